@@ -1,0 +1,130 @@
+//! Messages between a site manager and the vault (all sent by the site, outbound only), and
+//! between a host agent and its site manager. Every field listed here is documented in
+//! `docs/data-privacy.md` (FAB-9); nothing else is sent to the vault.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::fabric::SiteInventory;
+
+/// How the site reaches the vault (FAB-3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    pub address: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// Site → vault: register with a registration key (FAB-2, FAB-3).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The registration key file's content, as issued by the vault.
+    pub key: String,
+    /// The vault name the operator expects (checked against the key and the vault).
+    pub vault_name: String,
+    /// Friendly name of the site manager (or its cluster role name when HA).
+    pub friendly_name: String,
+    /// Host name of this site manager instance.
+    pub server_name: String,
+    /// Site manager version; all instances of one site must match (FAB-8).
+    pub version: String,
+    /// Sync all clouds' metadata now (true) or none (false, enable per cloud later).
+    pub sync_all_clouds: bool,
+    /// Whether a proxy is used (address only; credentials never leave the site).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_address: Option<String>,
+    /// Certificate signing request (PEM) for the site manager's certificate.
+    pub csr_pem: String,
+    /// Cloud names and ids at registration (FAB-9: site metadata and cloud names).
+    pub clouds: Vec<CloudName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudName {
+    pub id: String,
+    pub name: String,
+}
+
+/// Vault → site: the result of registration.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    pub vault_id: Uuid,
+    pub fabric_id: Uuid,
+    pub provider_id: Uuid,
+    /// Secret the site presents as a bearer token from now on.
+    pub site_token: String,
+    /// The site manager's certificate (PEM), signed by the vault CA.
+    pub certificate_pem: String,
+    /// The vault CA certificate (PEM).
+    pub ca_pem: String,
+}
+
+/// Site → vault: heartbeat with the current inventory (FAB-4). Sent every few seconds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteReport {
+    pub provider_id: Uuid,
+    pub version: String,
+    /// Only clouds whose sync is on carry host groups, hosts and VMs; other clouds carry a name.
+    pub inventory: SiteInventory,
+}
+
+/// Vault → site: heartbeat answer: which clouds to sync, pending commands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct SiteReportAck {
+    /// Cloud ids whose metadata the vault wants.
+    pub synced_clouds: Vec<String>,
+    /// Whether this provider is the active one (FAB-8).
+    pub active: bool,
+}
+
+/// Site → vault: sign a host agent's certificate (SEC-1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignHostRequest {
+    pub host_id: String,
+    pub host_name: String,
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignHostResponse {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
+/// Host → site: join the site with a join secret and a CSR.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostJoinRequest {
+    pub host_name: String,
+    pub join_token: String,
+    pub csr_pem: String,
+    /// `host:port` where the agent serves its API.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostJoinResponse {
+    pub host_id: String,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
+/// Host → site: periodic report of the host's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    pub host_name: String,
+    pub agent_version: String,
+    pub qemu_version: String,
+    pub storage_locations: Vec<crate::fabric::StorageLocation>,
+    pub vms: Vec<crate::fabric::Vm>,
+}
