@@ -13,6 +13,14 @@ pub struct SiteObjectRef {
     pub id: String,
 }
 
+/// A source cloud and a target cloud.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudPair {
+    pub source: SiteObjectRef,
+    pub target: SiteObjectRef,
+}
+
 /// Source cloud → target cloud under a policy (ASR: protection container mapping).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ContainerMapping {

@@ -93,4 +93,7 @@ impl PolicySpec {
 pub struct CreatePolicy {
     #[serde(flatten)]
     pub spec: PolicySpec,
+    /// Cloud pairs to associate right away (source cloud → target cloud), POL-9.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub associate: Vec<crate::mapping::CloudPair>,
 }

@@ -128,3 +128,57 @@ pub struct HostReport {
     pub storage_locations: Vec<crate::fabric::StorageLocation>,
     pub vms: Vec<crate::fabric::Vm>,
 }
+
+/// A command the vault queues for a site; the site fetches it over its outbound connection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SiteCommandEnvelope {
+    pub id: Uuid,
+    pub command: SiteCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type")]
+pub enum SiteCommand {
+    /// Configure this site's side of a cloud pair under a policy (create or update).
+    ConfigurePair {
+        mapping: Uuid,
+        /// `Source` or `Target`.
+        role: PairRole,
+        source_cloud: String,
+        target_cloud: String,
+        policy_id: Uuid,
+        policy_version: i64,
+        policy: crate::policy::PolicySpec,
+    },
+    /// Forget a cloud pair.
+    RemovePair { mapping: Uuid },
+    /// Run a VM lifecycle action on one of this site's hosts.
+    Vm { host: String, action: VmAction },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum PairRole {
+    Source,
+    Target,
+}
+
+/// VM lifecycle actions (HOST-1), sent vault → site → host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum VmAction {
+    Create { definition: serde_json::Value },
+    Start { vm: String },
+    Shutdown { vm: String, timeout_secs: u64 },
+    Stop { vm: String },
+    Delete { vm: String, delete_disks: bool },
+}
+
+/// The site's answer to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommandResult {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ApiError>,
+    #[serde(default)]
+    pub output: serde_json::Value,
+}

@@ -1,1 +1,33 @@
-//! placeholder
+//! The Ferry vault: the control-plane server.
+//!
+//! A vault server holds one or more vaults (FAB-1). Each vault holds configuration and metadata
+//! only — sites, clouds, policies, mappings, protected items, jobs and events — never VM disk
+//! data. It serves:
+//!
+//! - the REST API under `/api/v1` (Azure Site Recovery resource names, OpenAPI at
+//!   `/api/v1/openapi.json`), authenticated with bearer tokens carrying a role (SEC-2);
+//! - the agent endpoints under `/api/v1/agent`, used by site managers over their outbound-only
+//!   TLS connection: registration with a registration key (FAB-2), periodic reports with the
+//!   site's inventory (FAB-4), the command outbox, host certificate signing (SEC-1).
+//!
+//! State lives in SQLite under the data directory (`ferry-store`). The private CA that signs
+//! every agent certificate and the vault's own HTTPS certificate live in `<data>/pki`.
+//!
+//! Long operations are durable jobs ([`jobs`]): a job's tasks are checkpointed in the store, and
+//! jobs that were running when the vault stopped are resumed at start; a task already done is not
+//! run again, and commands sent to sites carry ids derived from the job and task, so a resumed
+//! job never sends a command twice.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod inventory;
+pub mod jobs;
+pub mod server;
+pub mod state;
+
+pub use config::VaultConfig;
+pub use server::{start, VaultHandle};

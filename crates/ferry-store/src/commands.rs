@@ -1,0 +1,77 @@
+//! The outbox of commands for sites. A site fetches pending commands over its outbound
+//! connection, runs them and posts the result; a job waits for that result.
+
+use uuid::Uuid;
+
+use crate::db::Store;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct SiteCommandRow {
+    pub id: Uuid,
+    pub fabric: Uuid,
+    pub job: Option<Uuid>,
+    pub body: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+}
+
+type Row = (String, String, Option<String>, String, Option<String>);
+
+fn decode(r: Row) -> Result<SiteCommandRow> {
+    Ok(SiteCommandRow {
+        id: Uuid::parse_str(&r.0).unwrap_or_default(),
+        fabric: Uuid::parse_str(&r.1).unwrap_or_default(),
+        job: r.2.and_then(|j| Uuid::parse_str(&j).ok()),
+        body: serde_json::from_str(&r.3).map_err(|e| Error::corrupt("Decode site command", e))?,
+        result: r.4.map(|x| serde_json::from_str(&x)).transpose().map_err(|e| Error::corrupt("Decode site command result", e))?,
+    })
+}
+
+impl Store {
+    pub async fn enqueue_command(&self, id: Uuid, vault: Uuid, fabric: Uuid, job: Option<Uuid>, body: &serde_json::Value) -> Result<()> {
+        sqlx::query("INSERT INTO site_commands (id, vault, fabric, job, body, created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING")
+            .bind(id.to_string())
+            .bind(vault.to_string())
+            .bind(fabric.to_string())
+            .bind(job.map(|j| j.to_string()))
+            .bind(body.to_string())
+            .bind(chrono::Utc::now().timestamp_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::query("Enqueue site command", e))?;
+        Ok(())
+    }
+
+    /// Commands not yet answered for a site, oldest first.
+    pub async fn pending_commands(&self, fabric: Uuid, limit: i64) -> Result<Vec<SiteCommandRow>> {
+        let rows: Vec<Row> = sqlx::query_as("SELECT id, fabric, job, body, result FROM site_commands WHERE fabric = $1 AND done_ms IS NULL ORDER BY seq LIMIT $2")
+            .bind(fabric.to_string())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::query("List site commands", e))?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    /// Record a site's answer; the first answer wins. Returns whether this call recorded it.
+    pub async fn complete_command(&self, fabric: Uuid, id: Uuid, result: &serde_json::Value) -> Result<bool> {
+        let res = sqlx::query("UPDATE site_commands SET done_ms = $1, result = $2 WHERE id = $3 AND fabric = $4 AND done_ms IS NULL")
+            .bind(chrono::Utc::now().timestamp_millis())
+            .bind(result.to_string())
+            .bind(id.to_string())
+            .bind(fabric.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::query("Complete site command", e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    pub async fn get_command(&self, id: Uuid) -> Result<Option<SiteCommandRow>> {
+        let row: Option<Row> = sqlx::query_as("SELECT id, fabric, job, body, result FROM site_commands WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::query("Read site command", e))?;
+        row.map(decode).transpose()
+    }
+}

@@ -1,0 +1,84 @@
+//! Events: the vault's append-only timeline.
+
+use chrono::{DateTime, Utc};
+use ferry_types::event::{Event, Severity};
+use uuid::Uuid;
+
+use crate::db::Store;
+use crate::error::{Error, Result};
+
+/// What is recorded; the id is assigned by the store.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub vault: Uuid,
+    pub time: DateTime<Utc>,
+    pub severity: Severity,
+    pub kind: &'a str,
+    pub message: &'a str,
+    pub fabric: Option<Uuid>,
+    pub object_id: Option<&'a str>,
+}
+
+impl Store {
+    pub async fn append_event(&self, e: NewEvent<'_>) -> Result<i64> {
+        let mut ev = Event {
+            id: 0,
+            vault_id: e.vault,
+            time: e.time,
+            severity: e.severity,
+            kind: e.kind.to_string(),
+            message: e.message.to_string(),
+            fabric: e.fabric,
+            object_id: e.object_id.map(str::to_string),
+        };
+        let body = serde_json::to_string(&ev).map_err(|err| Error::corrupt("Encode event", err))?;
+        let res = sqlx::query("INSERT INTO events (vault, time_ms, severity, kind, fabric, object_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(e.vault.to_string())
+            .bind(e.time.timestamp_millis())
+            .bind(e.severity.as_str())
+            .bind(e.kind)
+            .bind(e.fabric.map(|f| f.to_string()))
+            .bind(e.object_id)
+            .bind(body)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| Error::query("Append event", err))?;
+        ev.id = res.last_insert_rowid();
+        Ok(ev.id)
+    }
+
+    /// Events newest first, optionally filtered; `before` is an event id cursor.
+    pub async fn list_events(
+        &self,
+        vault: Uuid,
+        severity: Option<Severity>,
+        fabric: Option<Uuid>,
+        kind: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<Event>, Option<i64>)> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, body FROM events WHERE vault = $1 AND ($2 IS NULL OR id < $2) AND ($3 IS NULL OR severity = $3) \
+             AND ($4 IS NULL OR fabric = $4) AND ($5 IS NULL OR kind = $5) ORDER BY id DESC LIMIT $6",
+        )
+        .bind(vault.to_string())
+        .bind(before)
+        .bind(severity.map(|s| s.as_str()))
+        .bind(fabric.map(|f| f.to_string()))
+        .bind(kind)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::query("List events", e))?;
+        let more = rows.len() as i64 > limit;
+        let mut out = Vec::new();
+        let mut last = None;
+        for (id, body) in rows.into_iter().take(limit.max(0) as usize) {
+            let mut ev: Event = serde_json::from_str(&body).map_err(|e| Error::corrupt("Decode event", e))?;
+            ev.id = id;
+            out.push(ev);
+            last = Some(id);
+        }
+        Ok((out, if more { last } else { None }))
+    }
+}

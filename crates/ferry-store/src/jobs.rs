@@ -1,0 +1,105 @@
+//! Jobs (JOB-1): durable rows with indexed filter columns and keyset pagination.
+
+use ferry_types::job::{Job, JobFilter};
+use uuid::Uuid;
+
+use crate::db::Store;
+use crate::error::{Error, ErrorKind, Result};
+
+fn encode(job: &Job) -> Result<String> {
+    serde_json::to_string(job).map_err(|e| Error::corrupt(format!("Encode job {}", job.id), e))
+}
+
+fn decode(body: &str) -> Result<Job> {
+    serde_json::from_str(body).map_err(|e| Error::corrupt("Decode job", e))
+}
+
+impl Store {
+    pub async fn insert_job(&self, job: &Job) -> Result<()> {
+        sqlx::query("INSERT INTO jobs (id, vault, created_ms, status, fabric, object_type, object_id, operation, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(job.id.to_string())
+            .bind(job.vault_id.to_string())
+            .bind(job.created_at.timestamp_millis())
+            .bind(job.status.as_str())
+            .bind(job.fabric.map(|f| f.to_string()))
+            .bind(&job.object_type)
+            .bind(&job.object_id)
+            .bind(&job.operation)
+            .bind(encode(job)?)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::query(format!("Insert job {}", job.id), e))?;
+        Ok(())
+    }
+
+    /// Replace a job's body and status.
+    pub async fn update_job(&self, job: &Job) -> Result<()> {
+        let res = sqlx::query("UPDATE jobs SET status = $1, body = $2 WHERE id = $3")
+            .bind(job.status.as_str())
+            .bind(encode(job)?)
+            .bind(job.id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::query(format!("Update job {}", job.id), e))?;
+        if res.rows_affected() == 0 {
+            return Err(Error::new(ErrorKind::NotFound, format!("Job {} does not exist", job.id)));
+        }
+        Ok(())
+    }
+
+    pub async fn get_job(&self, vault: Uuid, id: Uuid) -> Result<Option<Job>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT body FROM jobs WHERE vault = $1 AND id = $2")
+            .bind(vault.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::query(format!("Read job {id}"), e))?;
+        row.map(|(b,)| decode(&b)).transpose()
+    }
+
+    /// Jobs newest first. `before` is the cursor returned with the previous page.
+    pub async fn list_jobs(&self, vault: Uuid, f: &JobFilter, before: Option<i64>, limit: i64) -> Result<(Vec<Job>, Option<i64>)> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, body FROM jobs WHERE vault = $1 \
+             AND ($2 IS NULL OR seq < $2) \
+             AND ($3 IS NULL OR status = $3) \
+             AND ($4 IS NULL OR fabric = $4) \
+             AND ($5 IS NULL OR object_type = $5) \
+             AND ($6 IS NULL OR object_id = $6) \
+             AND ($7 IS NULL OR operation = $7) \
+             AND ($8 IS NULL OR created_ms >= $8) \
+             AND ($9 IS NULL OR created_ms <= $9) \
+             ORDER BY seq DESC LIMIT $10",
+        )
+        .bind(vault.to_string())
+        .bind(before)
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.fabric.map(|x| x.to_string()))
+        .bind(f.object_type.as_deref())
+        .bind(f.object_id.as_deref())
+        .bind(f.operation.as_deref())
+        .bind(f.from.map(|t| t.timestamp_millis()))
+        .bind(f.to.map(|t| t.timestamp_millis()))
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::query("List jobs", e))?;
+        let more = rows.len() as i64 > limit;
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut last = None;
+        for (seq, body) in rows.into_iter().take(limit.max(0) as usize) {
+            jobs.push(decode(&body)?);
+            last = Some(seq);
+        }
+        Ok((jobs, if more { last } else { None }))
+    }
+
+    /// Jobs not finished, across all vaults, oldest first (to resume after a restart).
+    pub async fn open_jobs(&self) -> Result<Vec<Job>> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT body FROM jobs WHERE status IN ('NotStarted', 'InProgress', 'WaitingForInput') ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::query("List open jobs", e))?;
+        rows.iter().map(|(b,)| decode(b)).collect()
+    }
+}

@@ -1,0 +1,146 @@
+//! `/api/v1/vaults/{vault}/replicationFabrics`: registered sites and their inventory (FAB-3,
+//! FAB-4, FAB-7).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ferry_store::DocKind;
+use ferry_types::auth::Role;
+use ferry_types::event::Severity;
+use ferry_types::fabric::{Cloud, CloudSyncUpdate, Fabric, Host, HostGroup, LogicalNetwork, StorageClassification, Vm, VmNetwork};
+use ferry_types::mapping::ContainerMapping;
+use ferry_types::Page;
+use serde::Deserialize;
+
+use super::vaults::load_fabric;
+use crate::auth::Auth;
+use crate::error::{ApiFailure, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, PageParams};
+use crate::state::AppState;
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics", tag = "fabrics", params(("vault" = String, Path)), responses((status = 200, body = [Fabric])))]
+pub async fn list_fabrics(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<Fabric>>> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(&vault).await?;
+    let docs = st.store.all_docs::<Fabric>(DocKind::Fabric, v.id).await?;
+    Ok(Json(docs.into_iter().map(|d| d.body).collect()))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path, description = "Site id or friendly name")), responses((status = 200, body = Fabric), (status = 404, body = ferry_types::ApiError)))]
+pub async fn get_fabric(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Fabric>> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(&vault).await?;
+    Ok(Json(load_fabric(&st, v.id, &fabric).await?.body))
+}
+
+#[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 204), (status = 409, body = ferry_types::ApiError)))]
+pub async fn delete_fabric(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    auth.require(Role::Contributor)?;
+    let (v, _) = st.vault(&vault).await?;
+    let f = load_fabric(&st, v.id, &fabric).await?.body;
+    let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?;
+    if pairs.iter().any(|m| m.body.source.fabric == f.id || m.body.target.fabric == f.id) {
+        return Err(ApiFailure::conflict("SiteInUse", format!("Site {} has clouds in a cloud pair; remove the pairs first", f.name)));
+    }
+    st.store.delete_doc(DocKind::Fabric, v.id, &f.id.to_string()).await?;
+    st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CloudQuery {
+    /// Only clouds whose metadata is synced (the ones that can be paired, FAB-7).
+    pub synced: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/protectionContainers", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path), CloudQuery), responses((status = 200, body = [Cloud])))]
+pub async fn list_clouds(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>, ApiQuery(q): ApiQuery<CloudQuery>) -> ApiResult<Json<Vec<Cloud>>> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(&vault).await?;
+    let f = load_fabric(&st, v.id, &fabric).await?.body;
+    let clouds = f.inventory.clouds.into_iter().filter(|c| q.synced.is_none_or(|s| c.sync_enabled == s)).collect();
+    Ok(Json(clouds))
+}
+
+#[utoipa::path(patch, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/protectionContainers/{cloud}", tag = "fabrics", request_body = CloudSyncUpdate, params(("vault" = String, Path), ("fabric" = String, Path), ("cloud" = String, Path, description = "Cloud id or name")), responses((status = 200, body = Cloud), (status = 404, body = ferry_types::ApiError)))]
+pub async fn set_cloud_sync(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric, cloud)): Path<(String, String, String)>,
+    ApiJson(req): ApiJson<CloudSyncUpdate>,
+) -> ApiResult<Json<Cloud>> {
+    auth.require(Role::Contributor)?;
+    let (v, _) = st.vault(&vault).await?;
+    let doc = load_fabric(&st, v.id, &fabric).await?;
+    let mut f = doc.body;
+    let c = f
+        .inventory
+        .clouds
+        .iter_mut()
+        .find(|c| c.id == cloud || c.name == cloud)
+        .ok_or_else(|| ApiFailure::not_found("Cloud", &cloud))?;
+    if !req.sync_enabled {
+        let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?;
+        let cid = c.id.clone();
+        if pairs.iter().any(|m| (m.body.source.fabric == f.id && m.body.source.id == cid) || (m.body.target.fabric == f.id && m.body.target.id == cid)) {
+            return Err(ApiFailure::conflict("CloudInUse", format!("Cloud {} is paired; its metadata sync cannot be turned off", c.name)));
+        }
+    }
+    c.sync_enabled = req.sync_enabled;
+    let out = c.clone();
+    st.store.put_doc(DocKind::Fabric, v.id, &f.id.to_string(), None, Some(&f.name), &f, Some(doc.version)).await?;
+    st.event(v.id, Severity::Info, "CloudSyncChanged", &format!("Cloud {} metadata sync {}", out.name, if out.sync_enabled { "on" } else { "off" }), Some(f.id), Some(&out.id))
+        .await;
+    Ok(Json(out))
+}
+
+async fn inventory_of(st: &AppState, auth: &Auth, vault: &str, fabric: &str) -> ApiResult<Fabric> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(vault).await?;
+    Ok(load_fabric(st, v.id, fabric).await?.body)
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hostGroups", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [HostGroup])))]
+pub async fn list_host_groups(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<HostGroup>>> {
+    Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.host_groups))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hosts", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [Host])))]
+pub async fn list_hosts(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<Host>>> {
+    Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.hosts))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/logicalNetworks", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [LogicalNetwork])))]
+pub async fn list_logical_networks(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<LogicalNetwork>>> {
+    Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.logical_networks))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/vmNetworks", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [VmNetwork])))]
+pub async fn list_vm_networks(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<VmNetwork>>> {
+    Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.vm_networks))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/storageClassifications", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [StorageClassification])))]
+pub async fn list_storage_classifications(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<StorageClassification>>> {
+    Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.storage_classifications))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/protectableItems", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path), PageParams), responses((status = 200, body = Page<Vm>)))]
+pub async fn list_protectable_items(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<Vm>>> {
+    let limit = p.limit()? as usize;
+    let mut vms = inventory_of(&st, &auth, &vault, &fabric).await?.inventory.vms;
+    vms.sort_by(|a, b| a.id.cmp(&b.id));
+    let start = match &p.cursor {
+        Some(c) => vms.iter().position(|v| &v.id > c).unwrap_or(vms.len()),
+        None => 0,
+    };
+    let items: Vec<Vm> = vms.into_iter().skip(start).take(limit + 1).collect();
+    let next = if items.len() > limit { items.get(limit - 1).map(|v| v.id.clone()) } else { None };
+    Ok(Json(Page { items: items.into_iter().take(limit).collect(), next }))
+}

@@ -1,0 +1,36 @@
+//! Vault server configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+
+#[derive(Clone)]
+pub struct VaultConfig {
+    /// Where the database, the CA and the admin token live.
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Extra DNS names for the vault's HTTPS certificate (localhost and the listen IP are always in).
+    pub dns_names: Vec<String>,
+    /// A site that has not reported for this long is reported as lost (JOB-4).
+    pub heartbeat_timeout: Duration,
+    /// How long a job waits for a site to answer a command before the task fails.
+    pub site_command_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl VaultConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            dns_names: Vec::new(),
+            heartbeat_timeout: Duration::from_secs(60),
+            site_command_timeout: Duration::from_secs(30 * 60),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! What a running job sees: its checkpointed tasks and the site command channel.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_types::job::{Job, JobStatus};
+use ferry_types::site_protocol::{CommandResult, SiteCommand};
+use ferry_types::ApiError;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+pub struct JobCtx {
+    pub state: AppState,
+    job: Job,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Namespace for command ids derived from (job, task).
+const COMMAND_NS: Uuid = Uuid::from_u128(0x6a1c_52f4_9b1e_4f0a_8d5e_3c2b_1a09_f7e6);
+
+impl JobCtx {
+    pub(crate) fn new(state: AppState, job: Job, cancel: Arc<AtomicBool>) -> Self {
+        Self { state, job, cancel }
+    }
+
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_json::from_value(self.job.params.clone())
+            .map_err(|e| ApiError::new("InvalidJobInput", format!("The job's input cannot be read: {e}")))
+    }
+
+    async fn save(&self) -> Result<(), ApiError> {
+        self.state
+            .store
+            .update_job(&self.job)
+            .await
+            .map_err(|e| ApiError::new("StoreError", format!("Cannot record job progress: {e}")))
+    }
+
+    pub(crate) async fn mark_started(&mut self) -> Result<(), ApiError> {
+        if self.job.status == JobStatus::NotStarted {
+            self.job.started_at = Some(self.state.clock.now());
+        }
+        self.job.status = JobStatus::InProgress;
+        self.job.allowed_actions = Job::actions_for(JobStatus::InProgress);
+        self.save().await
+    }
+
+    fn progress(&mut self) {
+        let total = self.job.tasks.len().max(1);
+        let done = self.job.tasks.iter().filter(|t| t.status == JobStatus::Succeeded).count();
+        self.job.progress = ((done * 100) / total) as u8;
+    }
+
+    /// Run task `name` unless it already succeeded (a resumed job). Cancels between tasks.
+    pub async fn task<F, Fut>(&mut self, name: &str, f: F) -> Result<(), ApiError>
+    where
+        F: FnOnce(AppState, Job) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ApiError>>,
+    {
+        self.task_with_output(name, |s, j| async move { f(s, j).await.map(|()| serde_json::Value::Null) }).await
+    }
+
+    /// Like [`JobCtx::task`]; a non-null output is kept in the job's `params.outputs[name]`.
+    pub async fn task_with_output<F, Fut>(&mut self, name: &str, f: F) -> Result<(), ApiError>
+    where
+        F: FnOnce(AppState, Job) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+    {
+        let idx = match self.job.tasks.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                self.job.tasks.push(ferry_types::job::JobTask { name: name.to_string(), status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None });
+                self.job.tasks.len() - 1
+            }
+        };
+        if self.job.tasks[idx].status == JobStatus::Succeeded {
+            return Ok(());
+        }
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(cancelled());
+        }
+        self.job.tasks[idx].status = JobStatus::InProgress;
+        self.job.tasks[idx].started_at = Some(self.state.clock.now());
+        self.save().await?;
+        let res = f(self.state.clone(), self.job.clone()).await;
+        self.job.tasks[idx].ended_at = Some(self.state.clock.now());
+        match &res {
+            Ok(output) => {
+                self.job.tasks[idx].status = JobStatus::Succeeded;
+                if !output.is_null() {
+                    if !self.job.params.is_object() {
+                        self.job.params = serde_json::json!({});
+                    }
+                    if let Some(obj) = self.job.params.as_object_mut() {
+                        let outputs = obj.entry("outputs").or_insert_with(|| serde_json::json!({}));
+                        if let Some(o) = outputs.as_object_mut() {
+                            o.insert(name.to_string(), output.clone());
+                        }
+                    }
+                }
+            }
+            Err(e) if e.code == "JobCancelled" => self.job.tasks[idx].status = JobStatus::Cancelled,
+            Err(e) => {
+                self.job.tasks[idx].status = JobStatus::Failed;
+                self.job.tasks[idx].error = Some(e.clone());
+            }
+        }
+        self.progress();
+        self.save().await?;
+        res.map(|_| ())
+    }
+
+    pub(crate) async fn finish(&mut self, outcome: Result<(), ApiError>) -> Result<(), ApiError> {
+        let status = match outcome {
+            Ok(()) => {
+                self.job.progress = 100;
+                JobStatus::Succeeded
+            }
+            Err(e) if e.code == "JobCancelled" => {
+                for t in &mut self.job.tasks {
+                    if t.status == JobStatus::NotStarted {
+                        t.status = JobStatus::Cancelled;
+                    }
+                }
+                JobStatus::Cancelled
+            }
+            Err(e) => {
+                self.job.errors.push(e);
+                JobStatus::Failed
+            }
+        };
+        self.job.status = status;
+        self.job.ended_at = Some(self.state.clock.now());
+        self.job.allowed_actions = Job::actions_for(status);
+        self.save().await?;
+        if status == JobStatus::Failed {
+            let msg = format!("Job {} ({}) on {} failed", self.job.operation, self.job.id, self.job.object_name);
+            self.state
+                .event(self.job.vault_id, ferry_types::event::Severity::Error, "JobFailed", &msg, self.job.fabric, Some(&self.job.object_id))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Send a command to a site and wait for its answer. The command id is derived from the
+    /// job and `key`, so a resumed job waits for the command it already sent.
+    pub async fn site_command(state: &AppState, job: &Job, fabric: Uuid, key: &str, command: SiteCommand) -> Result<CommandResult, ApiError> {
+        let id = Uuid::new_v5(&COMMAND_NS, format!("{}/{key}", job.id).as_bytes());
+        let body = serde_json::to_value(&command).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+        state
+            .store
+            .enqueue_command(id, job.vault_id, fabric, Some(job.id), &body)
+            .await
+            .map_err(|e| ApiError::new("StoreError", format!("Cannot queue the site command: {e}")))?;
+        state.commands_queued.notify_waiters();
+        let deadline = Instant::now() + state.config.site_command_timeout;
+        loop {
+            let row = state
+                .store
+                .get_command(id)
+                .await
+                .map_err(|e| ApiError::new("StoreError", format!("Cannot read the site command: {e}")))?;
+            if let Some(result) = row.and_then(|r| r.result) {
+                let result: CommandResult = serde_json::from_value(result)
+                    .map_err(|e| ApiError::new("SiteProtocolError", format!("The site's answer is unreadable: {e}")))?;
+                return Ok(result);
+            }
+            if Instant::now() >= deadline {
+                return Err(ApiError::new("SiteUnreachable", "The site did not answer the command in time")
+                    .cause("The site manager is stopped or cannot reach the vault")
+                    .recommend("Check the site manager's service and its connection to the vault, then restart the job"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub fn cancelled() -> ApiError {
+    ApiError::new("JobCancelled", "The job was cancelled by an operator")
+}

@@ -1,0 +1,181 @@
+//! The operations the job engine knows, one [`JobKind`] each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_store::DocKind;
+use ferry_types::mapping::ContainerMapping;
+use ferry_types::policy::Policy;
+use ferry_types::site_protocol::{CommandResult, PairRole, SiteCommand, VmAction};
+use ferry_types::ApiError;
+use uuid::Uuid;
+
+use super::ctx::JobCtx;
+use crate::state::AppState;
+
+pub const OP_CONFIGURE_PAIR: &str = "ConfigureCloudPair";
+pub const OP_REMOVE_PAIR: &str = "RemoveCloudPair";
+pub const OP_UPDATE_POLICY: &str = "UpdatePolicy";
+pub const OP_VM_ACTION: &str = "VmAction";
+
+#[async_trait::async_trait]
+pub trait JobKind: Send + Sync {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError>;
+}
+
+pub fn registry() -> HashMap<&'static str, Arc<dyn JobKind>> {
+    let mut m: HashMap<&'static str, Arc<dyn JobKind>> = HashMap::new();
+    m.insert(OP_CONFIGURE_PAIR, Arc::new(ConfigurePair));
+    m.insert(OP_REMOVE_PAIR, Arc::new(RemovePair));
+    m.insert(OP_UPDATE_POLICY, Arc::new(UpdatePolicy));
+    m.insert(OP_VM_ACTION, Arc::new(VmActionJob));
+    m
+}
+
+fn store_err(e: ferry_store::Error) -> ApiError {
+    ApiError::new("StoreError", e.to_string())
+}
+
+async fn load_mapping(state: &AppState, vault: Uuid, id: Uuid) -> Result<ContainerMapping, ApiError> {
+    state
+        .store
+        .get_doc::<ContainerMapping>(DocKind::ContainerMapping, vault, &id.to_string())
+        .await
+        .map_err(store_err)?
+        .map(|d| d.body)
+        .ok_or_else(|| ApiError::new("NotFound", format!("Cloud pair {id} no longer exists")))
+}
+
+async fn load_policy(state: &AppState, vault: Uuid, id: Uuid) -> Result<(Policy, i64), ApiError> {
+    state
+        .store
+        .get_doc::<Policy>(DocKind::Policy, vault, &id.to_string())
+        .await
+        .map_err(store_err)?
+        .map(|d| (d.body, d.version))
+        .ok_or_else(|| ApiError::new("NotFound", format!("Policy {id} no longer exists")))
+}
+
+fn check(result: CommandResult, what: &str) -> Result<(), ApiError> {
+    if result.ok {
+        return Ok(());
+    }
+    Err(result.error.unwrap_or_else(|| ApiError::new("SiteCommandFailed", format!("{what} failed on the site"))))
+}
+
+/// Send both sites their side of a pair (create or policy update).
+async fn configure_sides(ctx: &mut JobCtx, mapping_id: Uuid, key: &str) -> Result<(), ApiError> {
+    let vault = ctx.job().vault_id;
+    for role in [PairRole::Source, PairRole::Target] {
+        let task = match role {
+            PairRole::Source => format!("Configure source site ({key})"),
+            PairRole::Target => format!("Configure target site ({key})"),
+        };
+        let key = format!("{key}/{role:?}");
+        ctx.task(&task, |state, job| async move {
+            let mapping = load_mapping(&state, vault, mapping_id).await?;
+            let (policy, version) = load_policy(&state, vault, mapping.policy).await?;
+            let fabric = match role {
+                PairRole::Source => mapping.source.fabric,
+                PairRole::Target => mapping.target.fabric,
+            };
+            let cmd = SiteCommand::ConfigurePair {
+                mapping: mapping.id,
+                role,
+                source_cloud: mapping.source.id.clone(),
+                target_cloud: mapping.target.id.clone(),
+                policy_id: policy.id,
+                policy_version: version,
+                policy: policy.spec.clone(),
+            };
+            check(JobCtx::site_command(&state, &job, fabric, &key, cmd).await?, "Configuring the cloud pair")
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PairParams {
+    pub mapping: Uuid,
+}
+
+struct ConfigurePair;
+
+#[async_trait::async_trait]
+impl JobKind for ConfigurePair {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: PairParams = ctx.params()?;
+        configure_sides(ctx, p.mapping, "pair").await
+    }
+}
+
+struct RemovePair;
+
+#[async_trait::async_trait]
+impl JobKind for RemovePair {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: PairParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let mapping = load_mapping(&ctx.state, vault, p.mapping).await?;
+        for (name, fabric) in [("Remove from source site", mapping.source.fabric), ("Remove from target site", mapping.target.fabric)] {
+            ctx.task(name, |state, job| async move {
+                let r = JobCtx::site_command(&state, &job, fabric, name, SiteCommand::RemovePair { mapping: p.mapping }).await?;
+                check(r, "Removing the cloud pair")
+            })
+            .await?;
+        }
+        ctx.task("Delete cloud pair", |state, _job| async move {
+            state.store.delete_doc(DocKind::ContainerMapping, vault, &p.mapping.to_string()).await.map_err(store_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PolicyParams {
+    pub policy: Uuid,
+    pub version: i64,
+}
+
+struct UpdatePolicy;
+
+#[async_trait::async_trait]
+impl JobKind for UpdatePolicy {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: PolicyParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let mappings = ctx.state.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, vault).await.map_err(store_err)?;
+        for m in mappings.into_iter().filter(|m| m.body.policy == p.policy) {
+            let key = format!("mapping {} v{}", m.body.id, p.version);
+            configure_sides(ctx, m.body.id, &key).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct VmActionParams {
+    pub fabric: Uuid,
+    pub host: String,
+    pub action: VmAction,
+}
+
+struct VmActionJob;
+
+#[async_trait::async_trait]
+impl JobKind for VmActionJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: VmActionParams = ctx.params()?;
+        let cmd = SiteCommand::Vm { host: p.host.clone(), action: p.action.clone() };
+        let fabric = p.fabric;
+        ctx.task_with_output("Run on host", |state, job| async move {
+            let r = JobCtx::site_command(&state, &job, fabric, "vm", cmd).await?;
+            let output = r.output.clone();
+            check(r, "The VM action")?;
+            Ok(output)
+        })
+        .await
+    }
+}

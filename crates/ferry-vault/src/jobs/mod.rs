@@ -1,0 +1,199 @@
+//! The job engine (JOB-1): durable jobs with checkpointed tasks.
+//!
+//! A job is created `NotStarted` with its task list and its input (`params`), then run by a
+//! [`JobKind`] chosen by the job's operation. Each task is checkpointed in the store as it
+//! starts and ends. When the vault starts, every job still `NotStarted`/`InProgress` is run again:
+//! tasks already `Succeeded` are skipped, and site commands carry ids derived from the job id and
+//! the task name, so a resumed job waits for the same command instead of sending a new one.
+//! A job whose operation is unknown to this build fails cleanly with a reason.
+//!
+//! Cancel is honoured between tasks; a failed job can be restarted (a new job with the same
+//! input, `restart_of` pointing at the old one).
+
+mod ctx;
+mod kinds;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use ferry_store::Store;
+use ferry_types::job::{Job, JobStatus, JobTask};
+use ferry_types::ApiError;
+use uuid::Uuid;
+
+pub use ctx::JobCtx;
+pub use kinds::{JobKind, OP_CONFIGURE_PAIR, OP_REMOVE_PAIR, OP_UPDATE_POLICY, OP_VM_ACTION};
+
+use crate::state::AppState;
+
+/// What a new job is about.
+pub struct NewJob {
+    pub vault: Uuid,
+    pub operation: &'static str,
+    pub object_type: &'static str,
+    pub object_id: String,
+    pub object_name: String,
+    pub fabric: Option<Uuid>,
+    pub params: serde_json::Value,
+    pub tasks: Vec<String>,
+}
+
+pub struct JobEngine {
+    store: Store,
+    cancel_flags: Mutex<HashMap<Uuid, Arc<std::sync::atomic::AtomicBool>>>,
+    kinds: HashMap<&'static str, Arc<dyn JobKind>>,
+}
+
+impl JobEngine {
+    pub fn new(store: Store) -> Self {
+        Self { store, cancel_flags: Mutex::new(HashMap::new()), kinds: kinds::registry() }
+    }
+
+    /// Persist a new job and start it.
+    pub async fn submit(&self, state: &AppState, new: NewJob) -> Result<Job, ferry_store::Error> {
+        let now = state.clock.now();
+        let job = Job {
+            id: Uuid::new_v4(),
+            vault_id: new.vault,
+            operation: new.operation.to_string(),
+            object_type: new.object_type.to_string(),
+            object_id: new.object_id,
+            object_name: new.object_name,
+            fabric: new.fabric,
+            status: JobStatus::NotStarted,
+            tasks: new
+                .tasks
+                .into_iter()
+                .map(|name| JobTask { name, status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None })
+                .collect(),
+            progress: 0,
+            allowed_actions: Job::actions_for(JobStatus::NotStarted),
+            errors: Vec::new(),
+            params: new.params,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            restart_of: None,
+        };
+        self.store.insert_job(&job).await?;
+        self.spawn(state.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// Record a job that completed synchronously (e.g. registration), for the job list.
+    pub async fn record_done(&self, state: &AppState, new: NewJob) -> Result<Job, ferry_store::Error> {
+        let now = state.clock.now();
+        let job = Job {
+            id: Uuid::new_v4(),
+            vault_id: new.vault,
+            operation: new.operation.to_string(),
+            object_type: new.object_type.to_string(),
+            object_id: new.object_id,
+            object_name: new.object_name,
+            fabric: new.fabric,
+            status: JobStatus::Succeeded,
+            tasks: new
+                .tasks
+                .into_iter()
+                .map(|name| JobTask { name, status: JobStatus::Succeeded, started_at: Some(now), ended_at: Some(now), error: None })
+                .collect(),
+            progress: 100,
+            allowed_actions: vec![],
+            errors: vec![],
+            params: new.params,
+            created_at: now,
+            started_at: Some(now),
+            ended_at: Some(now),
+            restart_of: None,
+        };
+        self.store.insert_job(&job).await?;
+        Ok(job)
+    }
+
+    /// Restart a failed job: a new job with the same input.
+    pub async fn restart(&self, state: &AppState, old: &Job) -> Result<Job, ferry_store::Error> {
+        let now = state.clock.now();
+        let mut job = old.clone();
+        job.id = Uuid::new_v4();
+        job.status = JobStatus::NotStarted;
+        job.progress = 0;
+        job.errors.clear();
+        job.allowed_actions = Job::actions_for(JobStatus::NotStarted);
+        job.created_at = now;
+        job.started_at = None;
+        job.ended_at = None;
+        job.restart_of = Some(old.id);
+        for t in &mut job.tasks {
+            *t = JobTask { name: t.name.clone(), status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None };
+        }
+        self.store.insert_job(&job).await?;
+        self.spawn(state.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// Ask a job to stop. Returns the job as it is now.
+    pub async fn cancel(&self, state: &AppState, mut job: Job) -> Result<Job, ferry_store::Error> {
+        let flag = self.cancel_flags.lock().ok().and_then(|m| m.get(&job.id).cloned());
+        match flag {
+            Some(f) => {
+                f.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(job)
+            }
+            None => {
+                job.status = JobStatus::Cancelled;
+                job.ended_at = Some(state.clock.now());
+                job.allowed_actions = Job::actions_for(JobStatus::Cancelled);
+                self.store.update_job(&job).await?;
+                Ok(job)
+            }
+        }
+    }
+
+    /// Resume every unfinished job after a restart.
+    pub async fn resume_all(&self, state: &AppState) -> Result<usize, ferry_store::Error> {
+        let open = self.store.open_jobs().await?;
+        let n = open.len();
+        for job in open {
+            if job.status == JobStatus::WaitingForInput {
+                continue;
+            }
+            tracing::info!(job = %job.id, operation = %job.operation, "resuming job after restart");
+            self.spawn(state.clone(), job);
+        }
+        Ok(n)
+    }
+
+    fn spawn(&self, state: AppState, job: Job) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Ok(mut m) = self.cancel_flags.lock() {
+            m.insert(job.id, flag.clone());
+        }
+        let kind = self.kinds.get(job.operation.as_str()).cloned();
+        tokio::spawn(async move {
+            let id = job.id;
+            let mut ctx = JobCtx::new(state.clone(), job, flag);
+            let outcome = match kind {
+                Some(k) => {
+                    if let Err(e) = ctx.mark_started().await {
+                        tracing::error!(error = ?e, "cannot start job");
+                        return;
+                    }
+                    k.run(&mut ctx).await
+                }
+                None => Err(ApiError::new("UnknownOperation", format!("This vault cannot run '{}' jobs", ctx.job().operation))
+                    .recommend("Run a vault version that supports this operation, or cancel the job")),
+            };
+            if let Err(e) = ctx.finish(outcome).await {
+                tracing::error!(error = ?e, "cannot record job outcome");
+            }
+            if let Ok(mut m) = state.jobs.cancel_flags.lock() {
+                m.remove(&id);
+            }
+        });
+    }
+}
+
+pub(crate) fn now() -> chrono::DateTime<Utc> {
+    Utc::now()
+}

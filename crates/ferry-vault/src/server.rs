@@ -1,0 +1,154 @@
+//! Starting the vault server: database, CA, first admin token, HTTPS listener, job resume,
+//! heartbeat monitor.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_store::{DocKind, Store};
+use ferry_types::auth::Role;
+use ferry_types::event::Severity;
+use ferry_types::fabric::Fabric;
+use ferry_types::vault::Vault;
+use tokio::sync::Notify;
+
+use crate::config::VaultConfig;
+use crate::jobs::JobEngine;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("Cannot prepare the data directory {0}")]
+    DataDir(String, #[source] std::io::Error),
+    #[error("Cannot open the vault database")]
+    Store(#[from] ferry_store::Error),
+    #[error("Cannot set up the vault's certificates")]
+    Pki(#[from] ferry_pki::Error),
+    #[error("Cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+/// A running vault server.
+pub struct VaultHandle {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub ca_pem: String,
+    /// The admin token, only when it was created by this start (first start).
+    pub new_admin_token: Option<String>,
+    pub state: AppState,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl VaultHandle {
+    /// Stop accepting requests and wait for the server to end.
+    pub async fn shutdown(self) {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        let _ = self.task.await;
+    }
+
+    /// Wait until the server ends (it normally runs forever).
+    pub async fn wait(self) -> std::io::Result<()> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(&data).map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
+    let store = Store::open_sqlite(&data.join("vault.db")).await?;
+    let pki_dir = data.join("pki");
+    std::fs::create_dir_all(&pki_dir).map_err(|e| StartError::DataDir(pki_dir.display().to_string(), e))?;
+    let ca = ferry_pki::Ca::load_or_create(&pki_dir, "Ferry vault CA")?;
+
+    let std_listener = std::net::TcpListener::bind(config.listen).map_err(|e| StartError::Listen(config.listen, e))?;
+    std_listener.set_nonblocking(true).map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = std_listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+
+    let mut dns = vec!["localhost".to_string()];
+    dns.extend(config.dns_names.iter().cloned());
+    let mut ips: Vec<IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
+    if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
+        ips.push(addr.ip());
+    }
+    let server_cert = ca.issue_server_cert("ferry-vault", &dns, &ips)?;
+    let tls = ferry_pki::server_config(&server_cert.cert_pem, &server_cert.key_pem, ferry_pki::ClientAuth::None, true)?;
+
+    // First start: create the admin token and say how to use it.
+    let token_path = data.join(ADMIN_TOKEN_FILE);
+    let mut new_admin_token = None;
+    if !token_path.exists() {
+        let t = crate::api::tokens::make_token(&store, "admin", Role::Contributor, config.clock.now()).await?;
+        write_secret(&token_path, &t.secret).map_err(|e| StartError::DataDir(token_path.display().to_string(), e))?;
+        new_admin_token = Some(t.secret);
+    }
+    std::fs::write(data.join("ca-cert.pem"), ca.cert_pem()).map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
+
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let url = format!("https://{host}:{}", addr.port());
+    let state = AppState {
+        store: store.clone(),
+        ca: Arc::new(ca),
+        clock: config.clock.clone(),
+        config: Arc::new(config.clone()),
+        jobs: Arc::new(JobEngine::new(store.clone())),
+        commands_queued: Arc::new(Notify::new()),
+        public_url: url.clone(),
+    };
+    let resumed = state.jobs.resume_all(&state).await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished jobs");
+    }
+    tokio::spawn(heartbeat_monitor(state.clone()));
+
+    let (router, _) = crate::api::router(state.clone());
+    let handle = axum_server::Handle::new();
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    let server = axum_server::from_tcp_rustls(std_listener, rustls).handle(handle.clone());
+    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    tracing::info!(%url, "vault listening");
+    Ok(VaultHandle { addr, url, ca_pem: state.ca.cert_pem().to_string(), new_admin_token, state, handle, task })
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(secret.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Raise `HeartbeatLost` once when a site stops reporting, and `HeartbeatRestored` when it
+/// comes back (JOB-4).
+async fn heartbeat_monitor(state: AppState) {
+    let mut lost: std::collections::HashSet<uuid::Uuid> = Default::default();
+    let period = (state.config.heartbeat_timeout / 4).max(Duration::from_millis(500));
+    loop {
+        tokio::time::sleep(period).await;
+        let Ok(vaults) = state.store.list_vaults().await else { continue };
+        for (body, _) in vaults {
+            let Ok(v) = serde_json::from_value::<Vault>(body) else { continue };
+            let Ok(fabrics) = state.store.all_docs::<Fabric>(DocKind::Fabric, v.id).await else { continue };
+            let now = state.clock.now();
+            for f in fabrics {
+                let f = f.body;
+                let age = f.last_heartbeat.map(|t| (now - t).to_std().unwrap_or_default()).unwrap_or(Duration::MAX);
+                if age > state.config.heartbeat_timeout {
+                    if lost.insert(f.id) {
+                        let msg = format!("Site {} has not reported for {} s", f.name, age.as_secs());
+                        state.event(v.id, Severity::Critical, "HeartbeatLost", &msg, Some(f.id), None).await;
+                    }
+                } else if lost.remove(&f.id) {
+                    state.event(v.id, Severity::Info, "HeartbeatRestored", &format!("Site {} reports again", f.name), Some(f.id), None).await;
+                }
+            }
+        }
+    }
+}
