@@ -26,7 +26,10 @@ pub fn qemu_supported(version: &str) -> bool {
 /// `major.minor` of a semantic version like `0.1.3`, used to compare agent versions: agents of
 /// one `major.minor` speak the same protocol.
 pub fn agent_series(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.trim().trim_start_matches('v').split(['.', '-', '+']);
+    let mut parts = version
+        .trim()
+        .trim_start_matches('v')
+        .split(['.', '-', '+']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))

@@ -1,1 +1,126 @@
-//! placeholder
+//! The Ferry host agent (`ferry host`): the hypervisor side.
+//!
+//! A host agent joins its site with the site's join token; the site gets the agent's
+//! certificate signed by the vault CA (SEC-1). From then on the agent:
+//!
+//! - serves its API over mutual TLS (only peers with a vault-CA certificate get in), through
+//!   which its site manager drives VM lifecycle;
+//! - reports its storage locations (HOST-5) and VMs to the site every few seconds (FAB-4);
+//! - runs VMs under QEMU through `ferry-qemu` (HOST-1..HOST-4).
+
+pub mod api;
+pub mod config;
+pub mod join;
+pub mod net;
+pub mod storage;
+pub mod vms;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_types::site_protocol::{HostReport, HostReportAck, PairConfig};
+
+pub use config::HostConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("Joining the site failed: {0}")]
+    Join(String),
+    #[error(transparent)]
+    Client(#[from] ferry_client::Error),
+    #[error(transparent)]
+    Pki(#[from] ferry_pki::Error),
+    #[error("Host agent I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Vm(#[from] vms::VmError),
+}
+
+pub struct Host {
+    pub cfg: HostConfig,
+    pub data: PathBuf,
+    pub identity: join::Identity,
+    pub site: ferry_client::Client,
+    pub vms: vms::VmManager,
+    pub pairs: std::sync::Mutex<Vec<PairConfig>>,
+    pub api_addr: SocketAddr,
+}
+
+pub struct HostHandle {
+    pub host: Arc<Host>,
+    pub api_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HostHandle {
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub fn qemu_version() -> String {
+    std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(3).map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError> {
+    std::fs::create_dir_all(data)?;
+    let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+    std_listener.set_nonblocking(true)?;
+    let api_addr = std_listener.local_addr()?;
+    let identity = join::join_or_load(&cfg, data, api_addr).await?;
+    let site = ferry_client::Client::builder(&cfg.site_url).ca(identity.tls.ca_cert_pem.clone()).token(identity.host_token.clone()).build()?;
+    let vms = vms::VmManager::open(data.join("vms"), &cfg).await?;
+    let host = Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, pairs: Default::default(), api_addr });
+    let server = api::serve(host.clone(), std_listener)?;
+    let reporter = tokio::spawn(report_loop(host.clone()));
+    tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
+    Ok(HostHandle { host, api_addr, tasks: vec![server, reporter] })
+}
+
+pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Error> {
+    let report = HostReport {
+        host_name: host.cfg.name.clone(),
+        address: host.api_addr.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: qemu_version(),
+        storage_locations: storage::locations(&host.cfg.storage),
+        vms: host.vms.inventory().await,
+    };
+    let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
+    if let Ok(mut p) = host.pairs.lock() {
+        *p = ack.pairs.clone();
+    }
+    Ok(ack)
+}
+
+async fn report_loop(host: Arc<Host>) {
+    let period = Duration::from_secs(host.cfg.report_interval_secs.max(1));
+    loop {
+        if let Err(e) = report_once(&host).await {
+            tracing::warn!(error = %e, "cannot report to the site; retrying");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Write a file atomically (temp + fsync + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

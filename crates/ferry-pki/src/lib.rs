@@ -38,6 +38,7 @@ pub mod tls;
 pub use ca::{generate_key_and_csr, Ca, IssuedCert, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{Error, ErrorKind, Result};
 pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
+pub use hmac::constant_time_eq;
 pub use pem::{fingerprint_of_der, fingerprint_of_pem, verify_ca_pin};
 pub use regkey::RegistrationKey;
 pub use tls::{client_config, peer_common_name, server_config, ClientAuth};

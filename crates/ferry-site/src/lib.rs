@@ -1,1 +1,114 @@
-//! placeholder
+//! The Ferry site manager (`ferry site`): the VMM server of the original scenario.
+//!
+//! A site manager owns one site's fabric, defined in a TOML file (clouds, host groups, logical
+//! and VM networks with subnets and static IP pools, storage classifications, hosts). It:
+//!
+//! - registers with a vault using a registration key (FAB-2, FAB-3) — see [`register`];
+//! - keeps an outbound-only HTTPS connection to the vault: a periodic report (heartbeat plus
+//!   inventory, FAB-4) and a long poll for commands — see [`vault_link`]; while the vault is
+//!   unreachable it keeps serving its hosts and retries, and resyncs when the vault returns;
+//! - lets host agents join with a join token and gets their certificates signed by the vault CA
+//!   (SEC-1), and receives their reports — see [`host_server`];
+//! - runs the vault's commands: cloud pair configuration, VM actions forwarded to hosts over
+//!   mutual TLS — see [`commands`].
+//!
+//! What is sent to the vault is exactly the types of `ferry_types::site_protocol`; the
+//! `record_vault_traffic` option writes each message to a file (FAB-9).
+
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod host_server;
+pub mod inventory;
+pub mod recorder;
+pub mod register;
+pub mod state;
+pub mod vault_link;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use config::SiteConfig;
+pub use error::SiteError;
+use state::{read_json, Persisted, Registration};
+
+/// A running site manager.
+pub struct Site {
+    pub cfg: SiteConfig,
+    pub data: PathBuf,
+    pub fabric: config::Fabric,
+    pub reg: Registration,
+    pub vault: ferry_client::Client,
+    pub tls: ferry_pki::TlsFiles,
+    pub persisted: Mutex<Persisted>,
+    /// Cloud ids whose metadata the vault wants (from the last report answer).
+    pub synced: Mutex<Option<Vec<String>>>,
+    pub join_token: String,
+    pub recorder: recorder::Recorder,
+}
+
+pub struct SiteHandle {
+    pub site: Arc<Site>,
+    /// Where hosts join and report.
+    pub host_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SiteHandle {
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
+impl Site {
+    pub fn save(&self) -> std::io::Result<()> {
+        let p = self.persisted.lock().map_err(|_| std::io::Error::other("site state lock poisoned"))?.clone();
+        state::write_json(&self.data.join("state.json"), &p)
+    }
+}
+
+/// Load the registration and start the site's services.
+pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Result<SiteHandle, SiteError> {
+    let fabric = cfg.fabric()?;
+    let reg: Registration = read_json(&data.join("registration.json"))?.ok_or(SiteError::NotRegistered)?;
+    let tls = ferry_pki::TlsFiles::load(&state::tls_dir(data))?;
+    let vault = ferry_client::Client::builder(&reg.vault_url)
+        .ca(tls.ca_cert_pem.clone())
+        .token(reg.site_token.clone())
+        .proxy(register::proxy_of(&cfg))
+        .build()?;
+    let persisted: Persisted = read_json(&data.join("state.json"))?.unwrap_or_default();
+    let join_token = match std::fs::read_to_string(data.join(JOIN_TOKEN_FILE)) {
+        Ok(t) => t.trim().to_string(),
+        Err(_) => {
+            use base64::Engine;
+            let bytes: [u8; 24] = rand::random();
+            let t = format!("fj_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+            std::fs::write(data.join(JOIN_TOKEN_FILE), &t)?;
+            t
+        }
+    };
+    let site = Arc::new(Site {
+        cfg: cfg.clone(),
+        data: data.to_path_buf(),
+        fabric,
+        reg,
+        vault,
+        tls,
+        persisted: Mutex::new(persisted),
+        synced: Mutex::new(None),
+        join_token,
+        recorder: recorder::Recorder::new(record)?,
+    });
+    let (host_addr, server) = host_server::serve(site.clone()).await?;
+    let mut tasks = vec![server];
+    tasks.push(tokio::spawn(vault_link::report_loop(site.clone())));
+    tasks.push(tokio::spawn(vault_link::command_loop(site.clone())));
+    tracing::info!(site = %cfg.name, %host_addr, "site manager running");
+    Ok(SiteHandle { site, host_addr, tasks })
+}

@@ -277,3 +277,85 @@ impl SiteInventory {
         self.hosts.iter().filter(move |h| cloud.host_groups.contains(&h.host_group))
     }
 }
+
+/// A VM as an operator defines it (HOST-1). Disks live in the host's storage locations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefinition {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    #[serde(default = "mem256")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub disks: Vec<DiskDefinition>,
+    #[serde(default)]
+    pub nics: Vec<NicDefinition>,
+    #[serde(default)]
+    pub guest_agent: bool,
+    /// Kernel boot for test guests; absent = boot from the first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn mem256() -> u64 {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDefinition {
+    pub target: String,
+    pub path: String,
+    pub format: DiskFormat,
+    /// Create the image with this virtual size when the file does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_size: Option<u64>,
+    #[serde(default)]
+    pub excluded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicDefinition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// VM network name (as the site defines it); absent = disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_network: Option<String>,
+    /// Logical network of `vm_network`, filled in by the site manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub append: String,
+}
+
+/// A VM's state as its host reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStatus {
+    pub name: String,
+    pub power_state: PowerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Why the VM stopped when it crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub definition: VmDefinition,
+}

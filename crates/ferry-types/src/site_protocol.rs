@@ -114,8 +114,28 @@ pub struct HostJoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostJoinResponse {
     pub host_id: String,
+    /// Secret the host presents as a bearer token to its site from now on.
+    pub host_token: String,
     pub certificate_pem: String,
     pub ca_pem: String,
+}
+
+/// Site → host: answer to a report: the cloud pairs the host serves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostReportAck {
+    pub pairs: Vec<PairConfig>,
+}
+
+/// A cloud pair as a site applies it (what its hosts need to replicate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairConfig {
+    pub mapping: Uuid,
+    pub role: PairRole,
+    pub source_cloud: String,
+    pub target_cloud: String,
+    pub policy_id: Uuid,
+    pub policy_version: i64,
+    pub policy: crate::policy::PolicySpec,
 }
 
 /// Host → site: periodic report of the host's state.
@@ -123,6 +143,8 @@ pub struct HostJoinResponse {
 #[serde(deny_unknown_fields)]
 pub struct HostReport {
     pub host_name: String,
+    /// `host:port` of the agent's API now (it may change across restarts).
+    pub address: String,
     pub agent_version: String,
     pub qemu_version: String,
     pub storage_locations: Vec<crate::fabric::StorageLocation>,
@@ -171,6 +193,8 @@ pub enum VmAction {
     Shutdown { vm: String, timeout_secs: u64 },
     Stop { vm: String },
     Delete { vm: String, delete_disks: bool },
+    Status { vm: String },
+    List,
 }
 
 /// The site's answer to a command.

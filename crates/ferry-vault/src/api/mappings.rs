@@ -169,11 +169,11 @@ pub async fn create_network_mapping(
     let (v, _) = st.vault(&vault).await?;
     let src = fabric(&st, v.id, req.source.fabric).await?;
     let tgt = fabric(&st, v.id, req.target.fabric).await?;
+    let pairs: Vec<ContainerMapping> = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    let existing: Vec<NetworkMapping> = st.store.all_docs::<NetworkMapping>(DocKind::NetworkMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    ferry_core::network::validate_network_mapping(&req, &src.inventory, &tgt.inventory, &pairs, &existing)?;
     let sn = src.inventory.vm_network(&req.source.id).ok_or_else(|| ApiFailure::not_found("Source VM network", &req.source.id))?;
     let tn = tgt.inventory.vm_network(&req.target.id).ok_or_else(|| ApiFailure::not_found("Target VM network", &req.target.id))?;
-    if req.source == req.target {
-        return Err(ApiFailure::bad_request("SameSourceAndTargetNetwork", format!("VM network {} cannot be mapped to itself", sn.name)));
-    }
     let m = NetworkMapping { id: Uuid::new_v4(), source: req.source.clone(), target: req.target.clone(), created_at: st.clock.now() };
     // One mapping per source network (per target site).
     let unique = format!("{}/{}->{}", req.source.fabric, req.source.id, req.target.fabric);
@@ -240,8 +240,8 @@ pub async fn create_storage_mapping(
     let (v, _) = st.vault(&vault).await?;
     let src = fabric(&st, v.id, req.source.fabric).await?;
     let tgt = fabric(&st, v.id, req.target.fabric).await?;
-    let pairs: Vec<ContainerMapping> = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?.into_iter().map(|d| d.body).collect();
-    ferry_core::storage::validate_storage_mapping(&req, &src.inventory, &tgt.inventory, &pairs)?;
+    let existing: Vec<StorageMapping> = st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    ferry_core::storage::validate_storage_mapping(&req, &src.inventory, &tgt.inventory, &existing)?;
     let m = StorageMapping { id: Uuid::new_v4(), source: req.source.clone(), target: req.target.clone(), created_at: st.clock.now() };
     let unique = format!("{}/{}->{}", req.source.fabric, req.source.id, req.target.fabric);
     st.store

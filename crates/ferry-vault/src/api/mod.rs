@@ -69,10 +69,12 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, doc) = api_router().split_for_parts();
     let spec = doc.clone();
+    let ca_pem = state.ca.cert_pem().to_string();
     let router = router
         .with_state(state)
         .route("/api/v1/health", get(|| async { Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
         .route("/api/v1/openapi.json", get(move || async move { Json(spec) }))
+        .route("/api/v1/ca", get(move || async move { ca_pem }))
         .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES));
     (router, doc)
 }

@@ -16,7 +16,6 @@ mod kinds;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::Utc;
 use ferry_store::Store;
 use ferry_types::job::{Job, JobStatus, JobTask};
 use ferry_types::ApiError;
@@ -192,8 +191,4 @@ impl JobEngine {
             }
         });
     }
-}
-
-pub(crate) fn now() -> chrono::DateTime<Utc> {
-    Utc::now()
 }

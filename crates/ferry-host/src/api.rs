@@ -1,0 +1,81 @@
+//! The host agent's API, served over mutual TLS: only clients with a certificate of the vault
+//! CA (the site manager) get a connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_types::site_protocol::VmAction;
+use ferry_types::ApiError;
+
+use crate::vms::VmError;
+use crate::Host;
+
+type Failure = (StatusCode, Json<ApiError>);
+
+fn vm_failure(e: VmError) -> Failure {
+    let status = match &e {
+        VmError::Invalid(_) => StatusCode::BAD_REQUEST,
+        VmError::NotFound(_) => StatusCode::NOT_FOUND,
+        VmError::Exists(_) | VmError::WrongState { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    (status, Json(ApiError::new(e.code(), msg)))
+}
+
+pub fn serve(host: Arc<Host>, listener: std::net::TcpListener) -> Result<tokio::task::JoinHandle<()>, crate::HostError> {
+    let tls = ferry_pki::server_config(
+        &host.identity.tls.cert_pem,
+        &host.identity.tls.key_pem,
+        ferry_pki::ClientAuth::Required(host.identity.tls.ca_cert_pem.clone()),
+        true,
+    )?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/vm-actions", post(vm_action))
+        .with_state(host);
+    let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "host API stopped");
+        }
+    }))
+}
+
+async fn status(State(host): State<Arc<Host>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "name": host.cfg.name,
+        "host_id": host.identity.host_id,
+        "agent_version": env!("CARGO_PKG_VERSION"),
+        "qemu_version": crate::qemu_version(),
+        "accel": host.vms.accel().await.as_str(),
+    }))
+}
+
+async fn vm_action(State(host): State<Arc<Host>>, Json(action): Json<VmAction>) -> Result<Json<serde_json::Value>, Failure> {
+    let v = |x: Result<ferry_types::fabric::VmStatus, VmError>| -> Result<Json<serde_json::Value>, Failure> {
+        x.map(|s| Json(serde_json::to_value(s).unwrap_or_default())).map_err(vm_failure)
+    };
+    match action {
+        VmAction::Create { definition } => {
+            let def = serde_json::from_value(definition).map_err(|e| (StatusCode::BAD_REQUEST, Json(ApiError::new("InvalidVmDefinition", e.to_string()))))?;
+            v(host.vms.create(def).await)
+        }
+        VmAction::Start { vm } => v(host.vms.start(&vm).await),
+        VmAction::Shutdown { vm, timeout_secs } => v(host.vms.shutdown(&vm, Duration::from_secs(timeout_secs.clamp(1, 3600))).await),
+        VmAction::Stop { vm } => v(host.vms.stop(&vm).await),
+        VmAction::Delete { vm, delete_disks } => host.vms.delete(&vm, delete_disks).await.map(|()| Json(serde_json::Value::Null)).map_err(vm_failure),
+        VmAction::Status { vm } => v(host.vms.status(&vm).await),
+        VmAction::List => Ok(Json(serde_json::to_value(host.vms.list().await).unwrap_or_default())),
+    }
+}

@@ -1,0 +1,119 @@
+//! Host agent configuration (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{0} is not a valid host agent configuration")]
+    Parse(PathBuf, #[source] Box<toml::de::Error>),
+    #[error("Invalid host agent configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's name as the site definition lists it.
+    pub name: String,
+    /// The site manager's host endpoint, e.g. `https://127.0.0.1:7443`.
+    pub site_url: String,
+    /// The vault CA certificate (PEM file), to trust the site before joining.
+    pub ca_cert: PathBuf,
+    /// The site's join token, or a file holding it.
+    #[serde(default)]
+    pub join_token: Option<String>,
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// Where the agent's mutual-TLS API listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_report")]
+    pub report_interval_secs: u64,
+    #[serde(default)]
+    pub storage: Vec<StorageDef>,
+    /// Logical network name → bridge name on this host.
+    #[serde(default)]
+    pub bridges: Vec<BridgeDef>,
+    /// `auto` (probe KVM with a real boot, HOST-2), `kvm` or `tcg`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    /// Kernel and initrd of the probe guest (the test guest); without them `auto` means TCG.
+    #[serde(default)]
+    pub probe_kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub probe_initrd: Option<PathBuf>,
+}
+
+fn default_accel() -> String {
+    "auto".into()
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_report() -> u64 {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageDef {
+    pub path: PathBuf,
+    /// Storage classification name.
+    #[serde(default)]
+    pub classification: Option<String>,
+    #[serde(default)]
+    pub default_replica: bool,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeDef {
+    pub logical_network: String,
+    pub bridge: String,
+}
+
+impl HostConfig {
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        let cfg: HostConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::Invalid("name is empty".into()));
+        }
+        if !matches!(self.accel.as_str(), "auto" | "kvm" | "tcg") {
+            return Err(ConfigError::Invalid(format!("accel must be auto, kvm or tcg, not {}", self.accel)));
+        }
+        let defaults = self.storage.iter().filter(|s| s.default_replica).count();
+        if defaults > 1 {
+            return Err(ConfigError::Invalid("at most one storage location can be the default replica location".into()));
+        }
+        for s in &self.storage {
+            if !s.path.is_absolute() {
+                return Err(ConfigError::Invalid(format!("storage path {} must be absolute", s.path.display())));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn join_token(&self) -> Result<String, ConfigError> {
+        if let Some(t) = &self.join_token {
+            return Ok(t.clone());
+        }
+        match &self.join_token_file {
+            Some(p) => std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| ConfigError::Read(p.clone(), e)),
+            None => Err(ConfigError::Invalid("join_token or join_token_file is required to join the site".into())),
+        }
+    }
+}

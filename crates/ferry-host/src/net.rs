@@ -1,0 +1,92 @@
+//! Host networking (HOST-4): a logical network is a Linux bridge, a VM NIC is a tap on it.
+//! Test-failover networks are isolated bridges with no uplink. Uses `ip` from iproute2.
+
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {detail}")]
+pub struct NetError {
+    pub context: String,
+    pub detail: String,
+}
+
+fn ip(args: &[&str], context: &str) -> Result<(), NetError> {
+    let out = Command::new("ip").args(args).output().map_err(|e| NetError { context: context.into(), detail: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError { context: context.into(), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}
+
+pub fn link_exists(name: &str) -> bool {
+    Command::new("ip").args(["link", "show", "dev", name]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Interface names are at most 15 bytes.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Create a bridge (no uplink) if it does not exist, and bring it up.
+pub fn ensure_bridge(name: &str) -> Result<(), NetError> {
+    if !valid_ifname(name) {
+        return Err(NetError { context: format!("Bridge {name}"), detail: "invalid interface name".into() });
+    }
+    if !link_exists(name) {
+        ip(&["link", "add", "name", name, "type", "bridge"], &format!("Create bridge {name}"))?;
+    }
+    ip(&["link", "set", "dev", name, "up"], &format!("Bring up bridge {name}"))
+}
+
+pub fn delete_link(name: &str) -> Result<(), NetError> {
+    if link_exists(name) {
+        ip(&["link", "del", "dev", name], &format!("Delete {name}"))?;
+    }
+    Ok(())
+}
+
+/// Create a tap attached to `bridge`.
+pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
+    if !valid_ifname(tap) {
+        return Err(NetError { context: format!("Tap {tap}"), detail: "invalid interface name".into() });
+    }
+    if !link_exists(tap) {
+        ip(&["tuntap", "add", "dev", tap, "mode", "tap"], &format!("Create tap {tap}"))?;
+    }
+    ip(&["link", "set", "dev", tap, "master", bridge], &format!("Attach {tap} to {bridge}"))?;
+    ip(&["link", "set", "dev", tap, "up"], &format!("Bring up {tap}"))
+}
+
+/// A tap name derived from the VM and NIC index (stable, ≤ 15 bytes).
+pub fn tap_name(vm_uuid: &uuid::Uuid, index: usize) -> String {
+    format!("fy{}n{index}", &vm_uuid.simple().to_string()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_4_bridge_and_tap_are_created_and_removed() {
+        let br = format!("fyt{}", std::process::id() % 100000);
+        let tap = format!("{br}t");
+        struct Guard(String, String);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = delete_link(&self.1);
+                let _ = delete_link(&self.0);
+            }
+        }
+        let _g = Guard(br.clone(), tap.clone());
+        ensure_bridge(&br).expect("bridge");
+        ensure_bridge(&br).expect("bridge again is idempotent");
+        create_tap(&tap, &br).expect("tap");
+        let out = Command::new("ip").args(["-o", "link", "show", "dev", &tap]).output().expect("ip");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("master {br}")));
+        delete_link(&tap).expect("del tap");
+        delete_link(&br).expect("del bridge");
+        assert!(!link_exists(&br) && !link_exists(&tap));
+        assert!(ensure_bridge("this-name-is-far-too-long").is_err());
+    }
+}

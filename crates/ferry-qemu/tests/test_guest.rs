@@ -1,0 +1,105 @@
+//! HOST-6: the tiny test guest boots under TCG, writes fsync'ed records, answers the guest agent
+//! and shuts down on ACPI power-off; the verifier finds exactly the records the serial log shows.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{qcow2, test_guest, VmGuard};
+use ferry_qemu::guest_build::TestGuest;
+use ferry_qemu::guest_records::{last_serial_record, verify_image};
+use ferry_qemu::qga::FreezeStatus;
+use ferry_qemu::{Accel, Boot, DiskFormat, DiskSpec, NicSpec, Qemu, VmSpec};
+
+const MIB: u64 = 1 << 20;
+
+async fn wait_serial(vm: &ferry_qemu::RunningVm, needle: &str, timeout: Duration) -> Duration {
+    let t = Instant::now();
+    while !vm.serial_log().contains(needle) {
+        assert!(t.elapsed() < timeout, "no {needle:?} on the serial console:\n{}", vm.serial_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_6_guest_writes_records_and_verifier_reports_clean_prefix() {
+    let Some(g) = test_guest() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = qcow2(dir.path(), "data.qcow2", 16 * MIB).await;
+    let spec = VmSpec {
+        name: "guest1".into(),
+        uuid: uuid::Uuid::new_v4(),
+        vcpus: 1,
+        memory_mib: 256,
+        disks: vec![DiskSpec { target: "vda".into(), path: data.clone(), format: DiskFormat::Qcow2 }],
+        nics: vec![NicSpec { mac: "52:54:00:aa:00:01".into(), tap: None }],
+        guest_agent: true,
+        boot: Boot::Kernel {
+            kernel: g.kernel.clone(),
+            initrd: Some(g.initrd.clone()),
+            append: TestGuest::records_cmdline("/dev/vda", 100, 0),
+        },
+        accel: Accel::Tcg,
+        extra_serial_log: None,
+    };
+    let t0 = Instant::now();
+    let vm = Qemu::start(&spec, &dir.path().join("run")).await.expect("start");
+    let _guard = VmGuard(vm.pid());
+    let boot = wait_serial(&vm, "FERRY-BOOT-OK", Duration::from_secs(90)).await;
+    let ready = wait_serial(&vm, "FERRY READY", Duration::from_secs(90)).await;
+    wait_serial(&vm, "REC 5\n", Duration::from_secs(90)).await;
+    eprintln!("TCG boot: /init after {boot:?}, workload ready after {ready:?}");
+
+    // Guest agent while the workload runs.
+    let qga = Arc::new(vm.connect_qga().await.expect("qga connect"));
+    let t = Instant::now();
+    qga.wait_ready(Duration::from_secs(30)).await.expect("qga ready");
+    qga.ping().await.expect("ping");
+    eprintln!("qga sync+ping: {:?}", t.elapsed());
+    let out = qga
+        .exec_wait("/bin/cat", &["/proc/cmdline"], Duration::from_secs(20))
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ferry.workload=records"));
+    let out = qga.exec_wait("/bin/sh", &["-c", "exit 3"], Duration::from_secs(20)).await.expect("exec");
+    assert_eq!(out.exit_code, Some(3));
+    let ifs = qga.network_get_interfaces().await.expect("interfaces");
+    assert!(
+        ifs.iter().any(|i| i.hardware_address.as_deref() == Some("52:54:00:aa:00:01")),
+        "{ifs:?}"
+    );
+    let t = Instant::now();
+    let guard = qga.freeze(Duration::from_secs(10)).await.expect("freeze");
+    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Frozen);
+    guard.thaw().await.expect("thaw");
+    eprintln!("freeze+status+thaw (no guest filesystems): {:?}", t.elapsed());
+    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Thawed);
+    // Dropping a guard thaws in the background.
+    drop(qga.freeze(Duration::from_secs(10)).await.expect("freeze"));
+    let t = Instant::now();
+    while qga.fsfreeze_status().await.expect("status") != FreezeStatus::Thawed {
+        assert!(t.elapsed() < Duration::from_secs(10), "background thaw did not happen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(qga);
+
+    wait_serial(&vm, "REC 20\n", Duration::from_secs(90)).await;
+    let out = vm.shutdown_graceful(Duration::from_secs(60)).await.expect("shutdown");
+    eprintln!("graceful shutdown: {out:?}; total run {:?}", t0.elapsed());
+    assert!(out.graceful, "guest ignored the ACPI power button:\n{}", vm.serial_log());
+    let serial = vm.serial_log();
+    assert!(serial.contains("FERRY POWEROFF"), "{serial}");
+    let last = last_serial_record(&serial).expect("records on the console");
+
+    let t = Instant::now();
+    let r = verify_image(&data).await.expect("verify");
+    eprintln!("verify 16 MiB qcow2: {:?}; {r:?}", t.elapsed());
+    assert_eq!(r.clean_prefix_len, last, "serial log says {last}: {r:?}");
+    assert_eq!(r.last_record, Some(last));
+    assert_eq!(r.first_gap, None);
+    assert!(r.corrupted.is_empty());
+    assert!(r.other_run.is_empty());
+}

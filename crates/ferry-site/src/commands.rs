@@ -1,0 +1,77 @@
+//! Running the vault's commands on this site. A command is answered once: its result is kept,
+//! so a command delivered again (lost answer, vault restart) is not run twice.
+
+use ferry_types::site_protocol::{CommandResult, PairConfig, SiteCommand, SiteCommandEnvelope, VmAction};
+use ferry_types::ApiError;
+
+use crate::Site;
+
+pub async fn run_once(site: &Site, env: &SiteCommandEnvelope) -> CommandResult {
+    if let Some(r) = site.persisted.lock().ok().and_then(|p| p.answered.iter().find(|(id, _)| *id == env.id).map(|(_, r)| r.clone())) {
+        return r;
+    }
+    let result = match run(site, &env.command).await {
+        Ok(output) => CommandResult { ok: true, error: None, output },
+        Err(e) => CommandResult { ok: false, error: Some(e), output: serde_json::Value::Null },
+    };
+    if let Ok(mut p) = site.persisted.lock() {
+        p.answered.push_back((env.id, result.clone()));
+        while p.answered.len() > crate::state::MAX_ANSWERED {
+            p.answered.pop_front();
+        }
+    }
+    if let Err(e) = site.save() {
+        tracing::error!(error = %e, "cannot persist site state");
+    }
+    result
+}
+
+async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiError> {
+    match cmd {
+        SiteCommand::ConfigurePair { mapping, role, source_cloud, target_cloud, policy_id, policy_version, policy } => {
+            let cloud = match role {
+                ferry_types::site_protocol::PairRole::Source => source_cloud,
+                ferry_types::site_protocol::PairRole::Target => target_cloud,
+            };
+            if !site.fabric.clouds.iter().any(|c| &c.id == cloud) {
+                return Err(ApiError::new("UnknownCloud", format!("Cloud {cloud} is not defined on site {}", site.cfg.name)));
+            }
+            let pc = PairConfig {
+                mapping: *mapping,
+                role: *role,
+                source_cloud: source_cloud.clone(),
+                target_cloud: target_cloud.clone(),
+                policy_id: *policy_id,
+                policy_version: *policy_version,
+                policy: policy.clone(),
+            };
+            if let Ok(mut p) = site.persisted.lock() {
+                p.pairs.retain(|x| !(x.mapping == *mapping && x.role == *role));
+                p.pairs.push(pc);
+            }
+            Ok(serde_json::json!({"applied_policy_version": policy_version}))
+        }
+        SiteCommand::RemovePair { mapping } => {
+            if let Ok(mut p) = site.persisted.lock() {
+                p.pairs.retain(|x| x.mapping != *mapping);
+            }
+            Ok(serde_json::Value::Null)
+        }
+        SiteCommand::Vm { host, action } => vm_action(site, host, action).await,
+    }
+}
+
+/// Forward a VM action to a host agent over mutual TLS.
+async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_json::Value, ApiError> {
+    let entry = site
+        .persisted
+        .lock()
+        .ok()
+        .and_then(|p| p.hosts.iter().find(|h| h.id == host || h.name == host).cloned())
+        .ok_or_else(|| ApiError::new("HostNotJoined", format!("Host {host} has not joined site {}", site.cfg.name)))?;
+    let client = crate::host_server::host_client(site, &entry.address).map_err(|e| ApiError::new("HostUnreachable", e.to_string()))?;
+    client.post("/v1/vm-actions", action).await.map_err(|e| match e {
+        ferry_client::Error::Api { api, .. } => api,
+        other => ApiError::new("HostUnreachable", format!("Host {} cannot be reached: {other}", entry.name)),
+    })
+}

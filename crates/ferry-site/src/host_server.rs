@@ -1,0 +1,93 @@
+//! The site's HTTPS endpoint for its host agents: join (certificate through the vault CA) and
+//! periodic reports. Hosts authenticate with the join token once, then with their host token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use ferry_types::site_protocol::{HostJoinRequest, HostJoinResponse, HostReport, HostReportAck, SignHostRequest, SignHostResponse};
+use ferry_types::ApiError;
+use sha2::{Digest, Sha256};
+
+use crate::state::HostEntry;
+use crate::Site;
+
+type Failure = (StatusCode, Json<ApiError>);
+
+fn fail(status: StatusCode, code: &str, msg: impl Into<String>) -> Failure {
+    (status, Json(ApiError::new(code, msg)))
+}
+
+fn hash(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A client for a host agent's API: trusts the vault CA, presents the site's certificate.
+pub fn host_client(site: &Site, address: &str) -> Result<ferry_client::Client, ferry_client::Error> {
+    ferry_client::Client::builder(format!("https://{address}"))
+        .ca(site.tls.ca_cert_pem.clone())
+        .identity(site.tls.cert_pem.clone(), site.tls.key_pem.clone())
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+}
+
+pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::SiteError> {
+    let tls = ferry_pki::server_config(&site.tls.cert_pem, &site.tls.key_pem, ferry_pki::ClientAuth::None, true)?;
+    let listener = std::net::TcpListener::bind(site.cfg.listen)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    std::fs::write(site.data.join("host-endpoint"), addr.to_string())?;
+    let app = Router::new().route("/v1/join", post(join)).route("/v1/report", post(report)).with_state(site);
+    let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "host endpoint stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
+async fn join(State(site): State<Arc<Site>>, Json(req): Json<HostJoinRequest>) -> Result<Json<HostJoinResponse>, Failure> {
+    if !ferry_pki::constant_time_eq(req.join_token.as_bytes(), site.join_token.as_bytes()) {
+        return Err(fail(StatusCode::UNAUTHORIZED, "InvalidJoinToken", "The join token is not this site's"));
+    }
+    let Some((id, name, _)) = site.fabric.hosts.iter().find(|(_, n, _)| *n == req.host_name).cloned() else {
+        return Err(fail(StatusCode::NOT_FOUND, "UnknownHost", format!("Host {} is not in site {}'s definition", req.host_name, site.cfg.name)));
+    };
+    let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem.clone() };
+    site.recorder.record("/api/v1/agent/hosts/sign", &sign);
+    let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
+        ferry_client::Error::Api { api, status } => (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api)),
+        other => fail(StatusCode::BAD_GATEWAY, "VaultUnreachable", format!("The vault cannot sign the host certificate now: {other}")),
+    })?;
+    let host_token = {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        format!("fh_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    };
+    if let Ok(mut p) = site.persisted.lock() {
+        p.hosts.retain(|h| h.id != id);
+        p.hosts.push(HostEntry { id: id.clone(), name, address: req.address.clone(), token_hash: hash(&host_token), last_report: None, last_seen_ms: chrono::Utc::now().timestamp_millis() });
+    }
+    site.save().map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", e.to_string()))?;
+    Ok(Json(HostJoinResponse { host_id: id, host_token, certificate_pem: signed.certificate_pem, ca_pem: signed.ca_pem }))
+}
+
+async fn report(State(site): State<Arc<Site>>, headers: HeaderMap, Json(rep): Json<HostReport>) -> Result<Json<HostReportAck>, Failure> {
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "MissingCredentials", "Send the host token"))?;
+    let h = hash(token.trim());
+    let mut p = site.persisted.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", "lock poisoned"))?;
+    let entry = p.hosts.iter_mut().find(|e| e.token_hash == h).ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "InvalidCredentials", "Unknown host token"))?;
+    entry.address = rep.address.clone();
+    entry.last_report = Some(rep);
+    entry.last_seen_ms = chrono::Utc::now().timestamp_millis();
+    let pairs = p.pairs.clone();
+    Ok(Json(HostReportAck { pairs }))
+}

@@ -1,0 +1,76 @@
+//! The site's outbound connection to the vault: periodic reports and the command long poll.
+//! Both loops survive a vault outage: they log, back off and retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_types::site_protocol::{SiteCommandEnvelope, SiteReport, SiteReportAck};
+
+use crate::Site;
+
+pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
+    let report = SiteReport { provider_id: site.reg.provider_id, version: env!("CARGO_PKG_VERSION").to_string(), inventory: crate::inventory::build(site) };
+    site.recorder.record("/api/v1/agent/report", &report);
+    let ack: SiteReportAck = site.vault.post("/api/v1/agent/report", &report).await?;
+    let changed = match site.synced.lock() {
+        Ok(mut s) => {
+            let changed = s.as_ref() != Some(&ack.synced_clouds);
+            *s = Some(ack.synced_clouds.clone());
+            changed
+        }
+        Err(_) => false,
+    };
+    {
+        if changed {
+            // The set of synced clouds changed: send the new content now.
+            let report = SiteReport { provider_id: site.reg.provider_id, version: env!("CARGO_PKG_VERSION").to_string(), inventory: crate::inventory::build(site) };
+            site.recorder.record("/api/v1/agent/report", &report);
+            return site.vault.post("/api/v1/agent/report", &report).await;
+        }
+    }
+    Ok(ack)
+}
+
+pub async fn report_loop(site: Arc<Site>) {
+    let period = Duration::from_secs(site.cfg.report_interval_secs.max(1));
+    let mut down = false;
+    loop {
+        match report_once(&site).await {
+            Ok(_) => {
+                if down {
+                    tracing::info!("vault reachable again; inventory resynced");
+                    down = false;
+                }
+            }
+            Err(e) => {
+                if !down {
+                    tracing::warn!(error = %e, "cannot report to the vault; the site keeps working and retries");
+                    down = true;
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+pub async fn command_loop(site: Arc<Site>) {
+    loop {
+        let fetched: Result<Vec<SiteCommandEnvelope>, _> = site.vault.get("/api/v1/agent/commands?wait=20").await;
+        match fetched {
+            Ok(cmds) => {
+                for env in cmds {
+                    let result = crate::commands::run_once(&site, &env).await;
+                    let path = format!("/api/v1/agent/commands/{}/result", env.id);
+                    site.recorder.record(&path, &result);
+                    if let Err(e) = site.vault.post::<_, serde_json::Value>(&path, &result).await {
+                        tracing::warn!(command = %env.id, error = %e, "cannot send a command result; it is sent again on the next poll");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "command poll failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
