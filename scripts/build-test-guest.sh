@@ -23,7 +23,8 @@ QGA_PKGS=(qemu-guest-agent libc6 libgcc-s1 libglib2.0-0 libnuma1 libudev1 liburi
           libmount1 libblkid1 libselinux1 libpcre2-8-0 zlib1g)
 # Modules, in load order (dependencies first).
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
-         virtio_console failover net_failover virtio_net evdev button)
+         virtio_console failover net_failover virtio_net evdev button
+         crc16 mbcache jbd2 crc32c_generic ext4)
 
 pkg_version() {
     apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1
@@ -143,7 +144,7 @@ mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 {
     echo "kernel $KVER"
     printf '%s' "$INPUTS"
-    grep -E '^CONFIG_(VIRTIO|VIRTIO_PCI|VIRTIO_BLK|VIRTIO_NET|VIRTIO_CONSOLE|ACPI_BUTTON|INPUT_EVDEV)=' "$KCONF" || true
+    grep -E '^CONFIG_(VIRTIO|VIRTIO_PCI|VIRTIO_BLK|VIRTIO_NET|VIRTIO_CONSOLE|ACPI_BUTTON|INPUT_EVDEV|EXT4_FS|EXT4_USE_FOR_EXT2)=' "$KCONF" || true
     echo "modules: $(tr '\n' ' ' < "$R/lib/modules/order")"
 } > "$OUT/manifest.txt"
 echo "$STAMP" > "$OUT/stamp"

@@ -1,1 +1,135 @@
-fn main() {}
+//! `ferry`: one binary for every role and every operator command.
+//!
+//! Roles: `ferry vault`, `ferry site run|register`, `ferry host`, and `ferry lab` which starts a
+//! whole two-site lab on one machine. Operator commands talk to the vault's REST API; they find
+//! it through `--url/--token/--ca` or `FERRY_URL/FERRY_TOKEN/FERRY_CA` (the lab writes these to
+//! `lab-data/ferry.env`, which is read when nothing else is given).
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 not found, 4 conflict or not allowed,
+//! 5 authentication or permission, 6 a waited-for job failed or was cancelled.
+
+mod api_cmds;
+mod lab;
+mod output;
+mod roles;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Ferry: site recovery for KVM/QEMU virtual machines")]
+struct Cli {
+    #[command(flatten)]
+    conn: api_cmds::Connection,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the vault server (control plane).
+    Vault {
+        #[arg(long, default_value = "vault-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Seconds without a site report before its heartbeat is reported lost.
+        #[arg(long, default_value_t = 60)]
+        heartbeat_timeout: u64,
+    },
+    /// Run or register a site manager.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+    },
+    /// Run a host agent.
+    Host {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Start the two-site lab (vault, VMM-NewYork, VMM-Chicago, one host each) on this machine.
+    Lab(lab::LabArgs),
+    #[command(flatten)]
+    Api(api_cmds::ApiCmd),
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Register with a vault using a registration key file.
+    Register {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Write every message sent to the vault to this file (JSON lines).
+        #[arg(long)]
+        record_vault_traffic: Option<PathBuf>,
+    },
+    /// Run the site manager (registers first when given a key and not yet registered).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        record_vault_traffic: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Vault { data_dir, listen, heartbeat_timeout } => roles::vault(data_dir, listen, heartbeat_timeout).await,
+            Cmd::Site { cmd: SiteCmd::Register { config, data_dir, key, record_vault_traffic } } => {
+                roles::site_register(&config, &data_dir, &key, record_vault_traffic).await
+            }
+            Cmd::Site { cmd: SiteCmd::Run { config, data_dir, key, record_vault_traffic } } => {
+                roles::site_run(&config, &data_dir, key.as_deref(), record_vault_traffic).await
+            }
+            Cmd::Host { config, data_dir } => roles::host_run(&config, &data_dir).await,
+            Cmd::Lab(args) => lab::run(args).await,
+            Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        let mut src = e.source();
+        while let Some(s) = src {
+            eprintln!("  caused by: {s}");
+            src = s.source();
+        }
+        std::process::exit(exit_code(&e));
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(api_cmds::JobEnded(_)) = e.downcast_ref::<api_cmds::JobEnded>() {
+        return 6;
+    }
+    match e.downcast_ref::<ferry_client::Error>().and_then(|c| c.status()) {
+        Some(404) => 3,
+        Some(409) | Some(412) => 4,
+        Some(401) | Some(403) => 5,
+        _ => 1,
+    }
+}

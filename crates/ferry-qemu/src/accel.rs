@@ -105,10 +105,21 @@ async fn boot_test(kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Ac
     }
     let dir = tempfile::tempdir().map_err(|e| Error::io("Cannot create probe directory", e))?;
     let serial = dir.path().join("serial.log");
-    let serial_arg = format!("file,id=s0,path={}", serial.to_string_lossy().replace(',', ",,"));
+    let serial_arg = format!(
+        "file,id=s0,path={}",
+        serial.to_string_lossy().replace(',', ",,")
+    );
     let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-cpu", "qemu64", "-machine", "q35", "-m", "128"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-accel", "kvm", "-cpu", "qemu64", "-machine", "q35", "-m", "128",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .args(["-chardev", &serial_arg, "-serial", "chardev:s0"])
         .arg("-kernel")
         .arg(kernel)

@@ -75,7 +75,10 @@ pub fn ensure_test_guest(script: &Path, outdir: &Path) -> Result<TestGuest> {
     if !g.kernel.is_file() || !g.initrd.is_file() {
         return Err(Error::new(
             ErrorKind::Tool,
-            format!("Test guest build left no vmlinuz/initrd.img in {}", outdir.display()),
+            format!(
+                "Test guest build left no vmlinuz/initrd.img in {}",
+                outdir.display()
+            ),
         ));
     }
     Ok(g)

@@ -152,11 +152,7 @@ fn report(slots: &[Slot]) -> RecordReport {
             Slot::Empty => {}
         }
     }
-    r.clean_prefix_len = slots
-        .iter()
-        .skip(1)
-        .take_while(|s| ours(s))
-        .count() as u64;
+    r.clean_prefix_len = slots.iter().skip(1).take_while(|s| ours(s)).count() as u64;
     if let Some(last) = r.last_record {
         if last > r.clean_prefix_len {
             r.first_gap = Some(r.clean_prefix_len + 1);
@@ -252,7 +248,10 @@ mod tests {
 
     #[test]
     fn host_6_serial_last_record() {
-        assert_eq!(last_serial_record("x\nREC 1\nREC 12\nREC_ERR 13\n"), Some(12));
+        assert_eq!(
+            last_serial_record("x\nREC 1\nREC 12\nREC_ERR 13\n"),
+            Some(12)
+        );
         assert_eq!(last_serial_record("FERRY READY 1.2\n"), None);
     }
 }

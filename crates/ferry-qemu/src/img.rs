@@ -210,7 +210,10 @@ pub fn parse_info(text: &str) -> Result<ImageInfo> {
         actual_size: v.get("actual-size").and_then(Value::as_u64),
         backing_filename: s("backing-filename"),
         backing_format: s("backing-filename-format"),
-        dirty: v.get("dirty-flag").and_then(Value::as_bool).unwrap_or(false),
+        dirty: v
+            .get("dirty-flag")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         bitmaps,
         raw: v,
     })
@@ -301,7 +304,10 @@ pub async fn compare(a: &Path, b: &Path, force_share: bool) -> Result<bool> {
         1 => Ok(false),
         c => Err(Error::new(
             ErrorKind::Tool,
-            format!("qemu-img compare failed (status {c}): {}", out.stderr.trim()),
+            format!(
+                "qemu-img compare failed (status {c}): {}",
+                out.stderr.trim()
+            ),
         )),
     }
 }

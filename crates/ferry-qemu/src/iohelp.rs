@@ -65,7 +65,10 @@ impl<'a> GuestIo<'a> {
     pub async fn write_pattern(&self, offset: u64, len: u64, pattern: u8) -> Result<()> {
         self.aligned(offset, len)?;
         self.qmp
-            .qemu_io(self.node, &format!("write -q -P 0x{pattern:02x} {offset} {len}"))
+            .qemu_io(
+                self.node,
+                &format!("write -q -P 0x{pattern:02x} {offset} {len}"),
+            )
             .await
     }
 

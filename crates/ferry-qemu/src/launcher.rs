@@ -80,7 +80,10 @@ pub fn exit_report(pid: u32, paths: &RunPaths) -> ExitReport {
         _ => "disappeared (exit status unknown: not started by this agent)".to_string(),
     };
     let (kind, reason) = if requested {
-        (ExitKind::Stopped, format!("QEMU pid {pid} stopped on request ({how})"))
+        (
+            ExitKind::Stopped,
+            format!("QEMU pid {pid} stopped on request ({how})"),
+        )
     } else {
         let mut r = format!("QEMU pid {pid} {how}");
         if let Some(last) = log_tail.last() {
@@ -116,10 +119,20 @@ fn read_pid(paths: &RunPaths) -> Result<u32> {
 
 fn read_spec(run_dir: &Path) -> Result<VmSpec> {
     let p = RunPaths::new(run_dir, None).spec;
-    let text = std::fs::read(&p)
-        .map_err(|e| Error::with_source(ErrorKind::Process, format!("Cannot read {}", p.display()), e))?;
-    serde_json::from_slice(&text)
-        .map_err(|e| Error::with_source(ErrorKind::Parse, format!("Invalid VM spec in {}", p.display()), e))
+    let text = std::fs::read(&p).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Process,
+            format!("Cannot read {}", p.display()),
+            e,
+        )
+    })?;
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Parse,
+            format!("Invalid VM spec in {}", p.display()),
+            e,
+        )
+    })
 }
 
 fn is_our_qemu(pid: u32, paths: &RunPaths) -> bool {
@@ -145,8 +158,12 @@ impl Qemu {
                 ));
             }
         }
-        std::fs::create_dir_all(run_dir)
-            .map_err(|e| Error::io(format!("Cannot create run directory {}", run_dir.display()), e))?;
+        std::fs::create_dir_all(run_dir).map_err(|e| {
+            Error::io(
+                format!("Cannot create run directory {}", run_dir.display()),
+                e,
+            )
+        })?;
         for stale in [&paths.qmp, &paths.qga, &paths.pidfile, &paths.stop_marker] {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
@@ -224,7 +241,10 @@ impl Qemu {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        return Err(Error::io(format!("Cannot delete disk {}", d.path.display()), e))
+                        return Err(Error::io(
+                            format!("Cannot delete disk {}", d.path.display()),
+                            e,
+                        ))
                     }
                 }
             }
@@ -364,7 +384,8 @@ impl RunningVm {
     pub async fn shutdown_graceful(&self, timeout: Duration) -> Result<ShutdownOutcome> {
         let start = Instant::now();
         let mut events = self.qmp.subscribe();
-        let already_off = matches!(self.status().await?, VmState::Running(ref s) if s.status == "shutdown");
+        let already_off =
+            matches!(self.status().await?, VmState::Running(ref s) if s.status == "shutdown");
         let graceful = if already_off {
             true
         } else {

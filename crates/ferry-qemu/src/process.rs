@@ -55,9 +55,9 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::with_source(ErrorKind::Process, format!("Cannot start {program}"), e))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::with_source(ErrorKind::Process, format!("Cannot start {program}"), e)
+    })?;
     let pid = child.id();
     crate::qmp::lock(exits()).remove(&pid);
     std::thread::Builder::new()

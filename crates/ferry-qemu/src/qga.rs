@@ -307,9 +307,9 @@ impl Qga {
         let v = self
             .execute("guest-network-get-interfaces", Value::Null)
             .await?;
-        let arr = v.as_array().ok_or_else(|| {
-            Error::new(ErrorKind::Protocol, "Interfaces reply is not a list")
-        })?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "Interfaces reply is not a list"))?;
         Ok(arr
             .iter()
             .filter_map(|i| {
@@ -398,7 +398,9 @@ impl Drop for FreezeGuard {
                     }
                 });
             }
-            Err(_) => tracing::error!("FreezeGuard dropped outside a tokio runtime; guest stays frozen"),
+            Err(_) => {
+                tracing::error!("FreezeGuard dropped outside a tokio runtime; guest stays frozen")
+            }
         }
     }
 }
@@ -463,10 +465,9 @@ async fn read_reply(rd: &mut BufReader<UnixStream>) -> Result<Value> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = rd
-            .read_until(b'\n', &mut buf)
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e))?;
+        let n = rd.read_until(b'\n', &mut buf).await.map_err(|e| {
+            Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e)
+        })?;
         if n == 0 {
             return Err(Error::new(
                 ErrorKind::Disconnected,

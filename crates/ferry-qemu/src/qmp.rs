@@ -179,7 +179,9 @@ impl Qmp {
         let greeting = tokio::time::timeout(remaining, read_json_line(&mut rd))
             .await
             .map_err(|_| Error::new(ErrorKind::Timeout, "No QMP greeting from QEMU"))??
-            .ok_or_else(|| Error::new(ErrorKind::Disconnected, "QMP socket closed before greeting"))?;
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Disconnected, "QMP socket closed before greeting")
+            })?;
         if greeting.get("QMP").is_none() {
             return Err(Error::new(
                 ErrorKind::Protocol,
@@ -357,7 +359,10 @@ impl Qmp {
             .get_or_try_init(|| async {
                 let v = self.execute("query-qmp-schema", Value::Null).await?;
                 let arr = v.as_array().ok_or_else(|| {
-                    Error::new(ErrorKind::Protocol, "query-qmp-schema did not return a list")
+                    Error::new(
+                        ErrorKind::Protocol,
+                        "query-qmp-schema did not return a list",
+                    )
                 })?;
                 let mut cmds = HashSet::new();
                 let mut events = HashSet::new();
@@ -435,7 +440,10 @@ impl Qmp {
 
     /// `quit`. QEMU may close the socket before replying; that counts as success.
     pub async fn quit(&self, timeout: Duration) -> Result<()> {
-        match self.execute_with_timeout("quit", Value::Null, timeout).await {
+        match self
+            .execute_with_timeout("quit", Value::Null, timeout)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if *e.kind() == ErrorKind::Disconnected => Ok(()),
             Err(e) => Err(e),
@@ -460,10 +468,9 @@ async fn read_json_line(rd: &mut BufReader<OwnedReadHalf>) -> Result<Option<Valu
     let mut line = String::new();
     loop {
         line.clear();
-        let n = rd
-            .read_line(&mut line)
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Disconnected, "QMP socket read failed", e))?;
+        let n = rd.read_line(&mut line).await.map_err(|e| {
+            Error::with_source(ErrorKind::Disconnected, "QMP socket read failed", e)
+        })?;
         if n == 0 {
             return Ok(None);
         }
@@ -571,7 +578,10 @@ async fn reader_task(
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            Err(Error::new(ErrorKind::Qmp { class, desc }, "QMP command failed"))
+            Err(Error::new(
+                ErrorKind::Qmp { class, desc },
+                "QMP command failed",
+            ))
         } else {
             Err(Error::new(
                 ErrorKind::Protocol,

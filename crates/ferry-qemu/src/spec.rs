@@ -173,12 +173,23 @@ fn esc(p: &Path) -> String {
 fn check_file(p: &Path, what: &str) -> Result<std::fs::Metadata> {
     utf8(p, what)?;
     if !p.is_absolute() {
-        return Err(invalid(format!("{what} path must be absolute: {}", p.display())));
+        return Err(invalid(format!(
+            "{what} path must be absolute: {}",
+            p.display()
+        )));
     }
-    let md = std::fs::metadata(p)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidSpec, format!("{what} {} is not accessible", p.display()), e))?;
+    let md = std::fs::metadata(p).map_err(|e| {
+        Error::with_source(
+            ErrorKind::InvalidSpec,
+            format!("{what} {} is not accessible", p.display()),
+            e,
+        )
+    })?;
     if !md.is_file() {
-        return Err(invalid(format!("{what} {} is not a regular file", p.display())));
+        return Err(invalid(format!(
+            "{what} {} is not a regular file",
+            p.display()
+        )));
     }
     Ok(md)
 }
@@ -193,7 +204,10 @@ impl VmSpec {
             )));
         }
         if !(1..=64).contains(&self.vcpus) {
-            return Err(invalid(format!("vCPU count {} is outside 1..=64", self.vcpus)));
+            return Err(invalid(format!(
+                "vCPU count {} is outside 1..=64",
+                self.vcpus
+            )));
         }
         if !(16..=1 << 20).contains(&self.memory_mib) {
             return Err(invalid(format!(
@@ -204,7 +218,9 @@ impl VmSpec {
         let mut targets = HashSet::new();
         let mut paths = HashSet::new();
         for d in &self.disks {
-            if !valid_ident(&d.target, 16, &[]) || !d.target.starts_with(|c: char| c.is_ascii_lowercase()) {
+            if !valid_ident(&d.target, 16, &[])
+                || !d.target.starts_with(|c: char| c.is_ascii_lowercase())
+            {
                 return Err(invalid(format!(
                     "Disk target {:?} must be a lowercase name like vda",
                     d.target
@@ -253,7 +269,10 @@ impl VmSpec {
         let mut macs = HashSet::new();
         for n in &self.nics {
             if !valid_mac(&n.mac) {
-                return Err(invalid(format!("MAC address {:?} is not a unicast MAC", n.mac)));
+                return Err(invalid(format!(
+                    "MAC address {:?} is not a unicast MAC",
+                    n.mac
+                )));
             }
             if !macs.insert(n.mac.to_ascii_lowercase()) {
                 return Err(invalid(format!("MAC address {} is used twice", n.mac)));

@@ -63,6 +63,8 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
 
 /// Forward a VM action to a host agent over mutual TLS.
 async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_json::Value, ApiError> {
+    let action = resolve_networks(site, action)?;
+    let action = &action;
     let entry = site
         .persisted
         .lock()
@@ -74,4 +76,31 @@ async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_j
         ferry_client::Error::Api { api, .. } => api,
         other => ApiError::new("HostUnreachable", format!("Host {} cannot be reached: {other}", entry.name)),
     })
+}
+
+/// A VM definition names VM networks; hosts know logical networks (bridges). Fill them in.
+fn resolve_networks(site: &Site, action: &VmAction) -> Result<VmAction, ApiError> {
+    let VmAction::Create { definition } = action else { return Ok(action.clone()) };
+    let mut def: ferry_types::fabric::VmDefinition =
+        serde_json::from_value(definition.clone()).map_err(|e| ApiError::new("InvalidVmDefinition", format!("The VM definition is invalid: {e}")))?;
+    for nic in &mut def.nics {
+        if let Some(net) = &nic.vm_network {
+            let vmn = site
+                .fabric
+                .vm_networks
+                .iter()
+                .find(|n| &n.name == net || &n.id == net)
+                .ok_or_else(|| ApiError::new("UnknownNetwork", format!("VM network {net} is not defined on site {}", site.cfg.name)))?;
+            if let Some(sub) = &nic.subnet {
+                if !vmn.subnets.iter().any(|s| &s.name == sub) {
+                    return Err(ApiError::new("UnknownSubnet", format!("VM network {} has no subnet {sub}", vmn.name)));
+                }
+            }
+            let ln = site.fabric.logical_networks.iter().find(|l| l.id == vmn.logical_network).map(|l| l.name.clone());
+            nic.vm_network = Some(vmn.name.clone());
+            nic.logical_network = ln;
+        }
+    }
+    let definition = serde_json::to_value(&def).map_err(|e| ApiError::new("InvalidVmDefinition", e.to_string()))?;
+    Ok(VmAction::Create { definition })
 }

@@ -47,9 +47,16 @@ pub fn test_guest() -> Option<TestGuest> {
 
 pub async fn qcow2(dir: &Path, name: &str, size: u64) -> PathBuf {
     let p = dir.join(name);
-    img::create(&p, DiskFormat::Qcow2, &CreateOptions { size: Some(size), ..Default::default() })
-        .await
-        .expect("qemu-img create");
+    img::create(
+        &p,
+        DiskFormat::Qcow2,
+        &CreateOptions {
+            size: Some(size),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("qemu-img create");
     p
 }
 
@@ -62,7 +69,11 @@ pub fn diskless_os_spec(name: &str, disks: &[(&str, &Path)]) -> VmSpec {
         memory_mib: 64,
         disks: disks
             .iter()
-            .map(|(t, p)| DiskSpec { target: t.to_string(), path: p.to_path_buf(), format: DiskFormat::Qcow2 })
+            .map(|(t, p)| DiskSpec {
+                target: t.to_string(),
+                path: p.to_path_buf(),
+                format: DiskFormat::Qcow2,
+            })
             .collect(),
         nics: vec![],
         guest_agent: false,

@@ -144,3 +144,48 @@ pub async fn list_protectable_items(
     let next = if items.len() > limit { items.get(limit - 1).map(|v| v.id.clone()) } else { None };
     Ok(Json(Page { items: items.into_iter().take(limit).collect(), next }))
 }
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hosts/{host}/vmActions", tag = "fabrics", request_body = ferry_types::site_protocol::VmAction, params(("vault" = String, Path), ("fabric" = String, Path), ("host" = String, Path, description = "Host id or name")), responses((status = 202, body = ferry_types::job::Job), (status = 404, body = ferry_types::ApiError)))]
+pub async fn vm_action(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric, host)): Path<(String, String, String)>,
+    ApiJson(action): ApiJson<ferry_types::site_protocol::VmAction>,
+) -> ApiResult<(StatusCode, Json<ferry_types::job::Job>)> {
+    use ferry_types::site_protocol::VmAction;
+    let needed = match action {
+        VmAction::Create { .. } | VmAction::Delete { .. } => Role::Contributor,
+        VmAction::Status { .. } | VmAction::List => Role::Reader,
+        _ => Role::Operator,
+    };
+    auth.require(needed)?;
+    let (v, _) = st.vault(&vault).await?;
+    let f = load_fabric(&st, v.id, &fabric).await?.body;
+    let h = f.inventory.hosts.iter().find(|h| h.id == host || h.name == host).ok_or_else(|| ApiFailure::not_found("Host", &host))?;
+    let (op_name, vm_name) = match &action {
+        VmAction::Create { definition } => ("CreateVm", definition.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string()),
+        VmAction::Start { vm } => ("StartVm", vm.clone()),
+        VmAction::Shutdown { vm, .. } => ("ShutdownVm", vm.clone()),
+        VmAction::Stop { vm } => ("StopVm", vm.clone()),
+        VmAction::Delete { vm, .. } => ("DeleteVm", vm.clone()),
+        VmAction::Status { vm } => ("VmStatus", vm.clone()),
+        VmAction::List => ("ListVms", h.name.clone()),
+    };
+    let job = st
+        .jobs
+        .submit(
+            &st,
+            crate::jobs::NewJob {
+                vault: v.id,
+                operation: crate::jobs::OP_VM_ACTION,
+                object_type: "VirtualMachine",
+                object_id: format!("{}/{}", h.id, vm_name),
+                object_name: format!("{op_name} {vm_name}"),
+                fabric: Some(f.id),
+                params: serde_json::json!({"fabric": f.id, "host": h.id, "action": action}),
+                tasks: vec!["Run on host".into()],
+            },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}

@@ -48,6 +48,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(fabrics::list_vm_networks))
         .routes(routes!(fabrics::list_storage_classifications))
         .routes(routes!(fabrics::list_protectable_items))
+        .routes(routes!(fabrics::vm_action))
         .routes(routes!(policies::list_policies, policies::create_policy))
         .routes(routes!(policies::get_policy, policies::update_policy, policies::delete_policy))
         .routes(routes!(mappings::list_container_mappings, mappings::create_container_mapping))

@@ -1,0 +1,394 @@
+//! `ferry lab`: the whole scenario on one machine. A vault, the seed's two site managers
+//! (VMM-NewYork, VMM-Chicago) with their clouds, networks and storage classifications, and one
+//! host agent per site — each a separate `ferry` process talking TLS on loopback, registered
+//! through real registration keys. Stopping the lab stops every process it started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use ferry_client::Client;
+use serde_json::{json, Value};
+
+#[derive(Args, Debug, Clone)]
+pub struct LabArgs {
+    /// Lab state directory (kept across runs).
+    #[arg(long, default_value = "lab-data")]
+    pub dir: PathBuf,
+    /// Vault port (0 picks a free one).
+    #[arg(long, default_value_t = 8443)]
+    pub port: u16,
+    /// Report interval of sites and hosts, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub report_interval: u64,
+    /// Start, print the summary and exit, leaving the processes running (their PIDs are in
+    /// `<dir>/pids`); `ferry lab --down` stops them.
+    #[arg(long)]
+    pub detach: bool,
+    /// Stop a detached lab.
+    #[arg(long)]
+    pub down: bool,
+    /// Record every site → vault message to `<dir>/logs/<site>.vault-traffic.jsonl` (FAB-9).
+    #[arg(long)]
+    pub record_vault_traffic: bool,
+}
+
+pub const VAULT_NAME: &str = "ferry-lab";
+
+/// One site of the seed: name, config file content, host name, host storage.
+struct SiteSpec {
+    key: &'static str,
+    name: &'static str,
+    host: &'static str,
+    toml: &'static str,
+    storage: &'static [(&'static str, Option<&'static str>, bool)],
+    bridges: &'static [(&'static str, &'static str)],
+}
+
+const NEW_YORK: &str = r#"
+[[storage_classifications]]
+name = "GOLD"
+kind = "local"
+[[storage_classifications]]
+name = "SILVER"
+kind = "local"
+
+[[host_groups]]
+name = "HG-NewYork-Gold"
+storage_classifications = ["GOLD", "SILVER"]
+[[host_groups]]
+name = "HG-NewYork-Silver"
+storage_classifications = ["SILVER"]
+
+[[logical_networks]]
+name = "LogicalNetwork1-NewYork"
+host_groups = ["HG-NewYork-Gold", "HG-NewYork-Silver"]
+[[logical_networks]]
+name = "LogicalNetwork2-NewYork"
+host_groups = ["HG-NewYork-Gold"]
+
+[[vm_networks]]
+name = "VMNetwork1-NewYork"
+logical_network = "LogicalNetwork1-NewYork"
+[[vm_networks.subnets]]
+name = "Subnet1"
+cidr = "10.11.0.0/24"
+gateway = "10.11.0.1"
+pools = [{ name = "Pool1", start = "10.11.0.10", end = "10.11.0.99" }]
+[[vm_networks]]
+name = "VMNetwork2-NewYork"
+logical_network = "LogicalNetwork2-NewYork"
+[[vm_networks.subnets]]
+name = "Subnet1"
+cidr = "10.12.0.0/24"
+pools = [{ name = "Pool1", start = "10.12.0.10", end = "10.12.0.99" }]
+
+[[clouds]]
+name = "GoldCloud1"
+host_groups = ["HG-NewYork-Gold"]
+[[clouds]]
+name = "SilverCloud1"
+host_groups = ["HG-NewYork-Silver"]
+
+[[hosts]]
+name = "ny1"
+host_group = "HG-NewYork-Gold"
+"#;
+
+const CHICAGO: &str = r#"
+[[storage_classifications]]
+name = "GOLD_TARGET"
+kind = "cluster-volume"
+[[storage_classifications]]
+name = "SILVER_TARGET"
+kind = "shared-fs"
+
+[[host_groups]]
+name = "HG-Chicago-Gold"
+storage_classifications = ["GOLD_TARGET", "SILVER_TARGET"]
+[[host_groups]]
+name = "HG-Chicago-Silver"
+storage_classifications = ["SILVER_TARGET"]
+
+[[logical_networks]]
+name = "LogicalNetwork1-Chicago"
+host_groups = ["HG-Chicago-Gold", "HG-Chicago-Silver"]
+[[logical_networks]]
+name = "LogicalNetwork2-Chicago"
+host_groups = ["HG-Chicago-Gold"]
+
+[[vm_networks]]
+name = "VMNetwork1-Chicago"
+logical_network = "LogicalNetwork1-Chicago"
+[[vm_networks.subnets]]
+name = "Subnet1"
+cidr = "10.21.0.0/24"
+gateway = "10.21.0.1"
+pools = [{ name = "Pool1", start = "10.21.0.10", end = "10.21.0.99" }]
+[[vm_networks]]
+name = "VMNetwork2-Chicago"
+logical_network = "LogicalNetwork2-Chicago"
+[[vm_networks.subnets]]
+name = "Subnet1"
+cidr = "10.22.0.0/24"
+pools = [{ name = "Pool1", start = "10.22.0.10", end = "10.22.0.99" }]
+
+[[clouds]]
+name = "GoldCloud2"
+host_groups = ["HG-Chicago-Gold"]
+[[clouds]]
+name = "SilverCloud2"
+host_groups = ["HG-Chicago-Silver"]
+
+[[hosts]]
+name = "chi1"
+host_group = "HG-Chicago-Gold"
+"#;
+
+const SITES: [SiteSpec; 2] = [
+    SiteSpec {
+        key: "newyork",
+        name: "VMM-NewYork",
+        host: "ny1",
+        toml: NEW_YORK,
+        storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
+        bridges: &[("LogicalNetwork1-NewYork", "fyny-ln1"), ("LogicalNetwork2-NewYork", "fyny-ln2")],
+    },
+    SiteSpec {
+        key: "chicago",
+        name: "VMM-Chicago",
+        host: "chi1",
+        toml: CHICAGO,
+        storage: &[("gold_target", Some("GOLD_TARGET"), false), ("silver_target", Some("SILVER_TARGET"), false), ("replica", None, true)],
+        bridges: &[("LogicalNetwork1-Chicago", "fychi-ln1"), ("LogicalNetwork2-Chicago", "fychi-ln2")],
+    },
+];
+
+/// Children started by the lab; all are stopped when this is dropped.
+struct Procs {
+    children: Vec<(String, Child)>,
+    detach: bool,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if self.detach {
+            return;
+        }
+        for (_, c) in self.children.iter_mut().rev() {
+            stop_pid(c.id());
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stop_pid(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+fn spawn(procs: &mut Procs, name: &str, log_dir: &Path, args: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe().context("Cannot find the ferry executable")?;
+    let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()));
+    if !procs.detach {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; the child dies with the lab.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().with_context(|| format!("Cannot start {name}"))?;
+    procs.children.push((name.to_string(), child));
+    Ok(())
+}
+
+async fn wait_file(path: &Path, procs: &mut Procs, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path) {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_string());
+            }
+        }
+        for (name, c) in procs.children.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                bail!("{name} exited ({st}) while the lab was starting; see its log");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("Timed out waiting for {}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(args: LabArgs) -> Result<()> {
+    let dir = std::path::absolute(&args.dir)?;
+    if args.down {
+        return down(&dir);
+    }
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    if dir.join("pids").exists() {
+        down(&dir)?;
+    }
+    let mut procs = Procs { children: Vec::new(), detach: args.detach };
+    let vault_dir = dir.join("vault");
+    let _ = std::fs::remove_file(vault_dir.join(crate::roles::ENDPOINT_FILE));
+    let listen = format!("127.0.0.1:{}", args.port);
+    spawn(&mut procs, "vault", &logs, &["vault", "--data-dir", &vault_dir.to_string_lossy(), "--listen", &listen, "--heartbeat-timeout", &(args.report_interval * 5).to_string()])?;
+    let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), &mut procs, Duration::from_secs(30)).await?;
+    let token = wait_file(&vault_dir.join("admin-token"), &mut procs, Duration::from_secs(5)).await?;
+    let ca_path = vault_dir.join("ca-cert.pem");
+    let ca = std::fs::read_to_string(&ca_path)?;
+    let client = Client::builder(&url).ca(ca).token(&token).build()?;
+    let vaults: Value = client.get("/api/v1/vaults").await?;
+    if !vaults.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == VAULT_NAME)) {
+        let _: Value = client.post("/api/v1/vaults", &json!({"name": VAULT_NAME, "description": "Ferry lab: New York → Chicago", "region": "lab"})).await?;
+    }
+    let goal = json!({"replicate_to": "RecoverySite", "hypervisor": "Kvm", "managed_by_site_manager": true, "second_site_manager": true});
+    let _: Value = client.put(&format!("/api/v1/vaults/{VAULT_NAME}/protectionGoal"), &goal).await?;
+
+    for s in &SITES {
+        let sdir = dir.join("sites").join(s.key);
+        std::fs::create_dir_all(&sdir)?;
+        let cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
+        let cfg_path = sdir.join("site.toml");
+        std::fs::write(&cfg_path, cfg)?;
+        let data = sdir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let _ = std::fs::remove_file(data.join("host-endpoint"));
+        let mut run_args: Vec<String> = vec!["site".into(), "run".into(), "--config".into(), cfg_path.display().to_string(), "--data-dir".into(), data.display().to_string()];
+        if !data.join("registration.json").exists() {
+            let key: Value = client.post(&format!("/api/v1/vaults/{VAULT_NAME}/registrationKeys"), &json!(null)).await?;
+            let key_path = sdir.join("registration-key.json");
+            std::fs::write(&key_path, key["file"].as_str().unwrap_or_default())?;
+            run_args.extend(["--key".into(), key_path.display().to_string()]);
+        }
+        if args.record_vault_traffic {
+            run_args.extend(["--record-vault-traffic".into(), logs.join(format!("{}.vault-traffic.jsonl", s.key)).display().to_string()]);
+        }
+        let refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
+        spawn(&mut procs, &format!("site-{}", s.key), &logs, &refs)?;
+        let endpoint = wait_file(&data.join("host-endpoint"), &mut procs, Duration::from_secs(30)).await?;
+
+        let hdir = dir.join("hosts").join(s.host);
+        std::fs::create_dir_all(&hdir)?;
+        let mut hcfg = format!(
+            "name = \"{}\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
+            s.host,
+            ca_path.display(),
+            data.join(ferry_site::JOIN_TOKEN_FILE).display(),
+            args.report_interval,
+            std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
+        );
+        let guest = dir.join("..").join("target").join("test-guest");
+        if guest.join("vmlinuz").exists() {
+            hcfg.push_str(&format!("probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n", guest.join("vmlinuz").display(), guest.join("initrd.img").display()));
+        }
+        for (sub, class, default) in s.storage {
+            let p = dir.join("storage").join(s.host).join(sub);
+            std::fs::create_dir_all(&p)?;
+            hcfg.push_str(&format!("[[storage]]\npath = \"{}\"\n", p.display()));
+            if let Some(c) = class {
+                hcfg.push_str(&format!("classification = \"{c}\"\n"));
+            }
+            if *default {
+                hcfg.push_str("default_replica = true\n");
+            }
+        }
+        for (ln, br) in s.bridges {
+            hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{br}\"\n"));
+        }
+        std::fs::write(hdir.join("host.toml"), hcfg)?;
+        let hdata = hdir.join("data");
+        spawn(&mut procs, &format!("host-{}", s.host), &logs, &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()])?;
+    }
+
+    // Wait until the vault shows both sites with their hosts connected.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fabrics: Value = client.get(&format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics")).await?;
+        let ready = SITES.iter().all(|s| {
+            fabrics.as_array().into_iter().flatten().any(|f| f["name"] == s.name && f["inventory"]["hosts"].as_array().is_some_and(|h| h.iter().any(|h| h["name"] == s.host && h["connected"] == true)))
+        });
+        if ready {
+            break;
+        }
+        for (name, c) in procs.children.iter_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                bail!("{name} exited ({st}); see {}", logs.join(format!("{name}.log")).display());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("The sites did not report their hosts within 60 s; see the logs in {}", logs.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let env = format!("export FERRY_URL={url}\nexport FERRY_CA={}\nexport FERRY_TOKEN={token}\nexport FERRY_VAULT={VAULT_NAME}\n", ca_path.display());
+    std::fs::write(dir.join("ferry.env"), &env)?;
+    let pids: Vec<String> = procs.children.iter().map(|(n, c)| format!("{n} {}", c.id())).collect();
+    std::fs::write(dir.join("pids"), pids.join("\n") + "\n")?;
+    println!("Ferry lab is up.");
+    println!("  vault       {url}   (vault '{VAULT_NAME}')");
+    for s in &SITES {
+        println!("  site        {:<12} host {}", s.name, s.host);
+    }
+    println!("  logs        {}", logs.display());
+    println!("Use the CLI from this directory (it reads {}), or: source {}", dir.join("ferry.env").display(), dir.join("ferry.env").display());
+    println!("  ferry site-list");
+    println!("  ferry cloud-list --site VMM-NewYork");
+    println!("  ferry host-list --site VMM-Chicago");
+    if args.detach {
+        println!("Detached; stop with: ferry lab --down --dir {}", args.dir.display());
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop the lab.");
+    crate::roles::shutdown_signal().await;
+    println!("Stopping the lab...");
+    drop(procs);
+    let _ = std::fs::remove_file(dir.join("pids"));
+    remove_bridges();
+    Ok(())
+}
+
+fn remove_bridges() {
+    for s in &SITES {
+        for (_, br) in s.bridges {
+            let _ = ferry_host::net::delete_link(br);
+        }
+    }
+}
+
+/// Stop the processes of a detached lab, by the PIDs it recorded.
+fn down(dir: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join("pids")) else {
+        println!("No running lab in {}", dir.display());
+        return Ok(());
+    };
+    for line in text.lines().rev() {
+        if let Some(pid) = line.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            stop_pid(pid);
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("pids"));
+    remove_bridges();
+    println!("Lab stopped.");
+    Ok(())
+}

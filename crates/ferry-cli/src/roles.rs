@@ -1,0 +1,79 @@
+//! Running Ferry's roles in the foreground: `ferry vault`, `ferry site`, `ferry host`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Where a running vault writes its URL (so scripts and the lab can find a port-0 vault).
+pub const ENDPOINT_FILE: &str = "endpoint";
+
+pub async fn vault(data_dir: PathBuf, listen: SocketAddr, heartbeat_timeout_secs: u64) -> Result<()> {
+    let mut cfg = ferry_vault::VaultConfig::new(data_dir.clone(), listen);
+    cfg.heartbeat_timeout = std::time::Duration::from_secs(heartbeat_timeout_secs);
+    let handle = ferry_vault::start(cfg).await.context("Cannot start the vault")?;
+    std::fs::write(data_dir.join(ENDPOINT_FILE), &handle.url).context("Cannot write the endpoint file")?;
+    println!("Ferry vault listening on {}", handle.url);
+    println!("CA certificate: {}", data_dir.join("ca-cert.pem").display());
+    if let Some(t) = &handle.new_admin_token {
+        println!("Admin token (Contributor), also in {}:", data_dir.join(ferry_vault::server::ADMIN_TOKEN_FILE).display());
+        println!("  {t}");
+        println!("Use it: export FERRY_URL={} FERRY_CA={} FERRY_TOKEN=$(cat {})", handle.url, data_dir.join("ca-cert.pem").display(), data_dir.join("admin-token").display());
+    }
+    tokio::select! {
+        r = handle_wait(handle) => r,
+        _ = shutdown_signal() => Ok(()),
+    }
+}
+
+async fn handle_wait(h: ferry_vault::VaultHandle) -> Result<()> {
+    h.wait().await.context("The vault server stopped")
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub async fn site_register(config: &Path, data_dir: &Path, key: &Path, record: Option<PathBuf>) -> Result<()> {
+    let cfg = ferry_site::SiteConfig::load(config)?;
+    std::fs::create_dir_all(data_dir)?;
+    let key_text = std::fs::read_to_string(key).with_context(|| format!("Cannot read the registration key {}", key.display()))?;
+    let recorder = ferry_site::recorder::Recorder::new(record)?;
+    let reg = ferry_site::register::register(&cfg, data_dir, &key_text, &recorder).await?;
+    println!("Site {} registered with vault {} as fabric {}", cfg.name, cfg.vault_name, reg.fabric_id);
+    Ok(())
+}
+
+pub async fn site_run(config: &Path, data_dir: &Path, key: Option<&Path>, record: Option<PathBuf>) -> Result<()> {
+    let cfg = ferry_site::SiteConfig::load(config)?;
+    if !data_dir.join("registration.json").exists() {
+        match key {
+            Some(k) => site_register(config, data_dir, k, record.clone()).await?,
+            None => anyhow::bail!(ferry_site::SiteError::NotRegistered),
+        }
+    }
+    let handle = ferry_site::start(cfg, data_dir, record).await?;
+    println!("Site manager {} running; hosts join at https://{}", handle.site.cfg.name, handle.host_addr);
+    println!("Join token: {}", data_dir.join(ferry_site::JOIN_TOKEN_FILE).display());
+    shutdown_signal().await;
+    handle.stop();
+    Ok(())
+}
+
+pub async fn host_run(config: &Path, data_dir: &Path) -> Result<()> {
+    let cfg = ferry_host::HostConfig::load(config)?;
+    let handle = ferry_host::start(cfg, data_dir).await?;
+    std::fs::write(data_dir.join(ENDPOINT_FILE), handle.api_addr.to_string())?;
+    println!("Host agent {} running; API on {}", handle.host.cfg.name, handle.api_addr);
+    shutdown_signal().await;
+    handle.stop();
+    Ok(())
+}
