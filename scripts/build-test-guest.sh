@@ -26,8 +26,18 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          virtio_console failover net_failover virtio_net evdev button
          crc16 mbcache jbd2 crc32c_generic ext4)
 
+declare -A VER=()
+load_versions() {
+    # One apt-cache call for all packages (each call loads the whole cache).
+    local name ver
+    VER=()
+    while read -r name ver; do
+        [ "$ver" = "(none)" ] || VER[$name]=$ver
+    done < <(apt-cache policy "$@" 2>/dev/null \
+                 | awk '/^[^ ]/ { p = $1; sub(/:$/, "", p) } /^ +Candidate:/ { print p, $2 }')
+}
 pkg_version() {
-    apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1
+    echo "${VER[$1]:-}"
 }
 
 kernel_pkg() {
@@ -44,6 +54,7 @@ fi
 [ -n "$KPKG" ] || { echo "build-test-guest: cannot find linux-image-6.1.0-*-amd64" >&2; exit 1; }
 
 PKGS=("$KPKG" busybox-static "${QGA_PKGS[@]}")
+load_versions "${PKGS[@]}"
 INPUTS=""
 for p in "${PKGS[@]}"; do
     v=$(pkg_version "$p")
@@ -80,6 +91,7 @@ fetch_all() {
 if ! fetch_all; then
     echo "build-test-guest: download failed; refreshing apt lists and retrying" >&2
     apt-get update -qq >&2
+    load_versions "${PKGS[@]}"
     rm -f "$WORK"/debs/*.deb
     fetch_all
 fi

@@ -177,8 +177,17 @@ impl Drop for Procs {
         if self.detach {
             return;
         }
-        for (_, c) in self.children.iter_mut().rev() {
-            stop_pid(c.id());
+        for (_, c) in self.children.iter() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, c) in self.children.iter_mut() {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
             let _ = c.wait();
         }
     }
