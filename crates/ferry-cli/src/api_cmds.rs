@@ -59,10 +59,16 @@ pub enum ApiCmd {
         out: Option<PathBuf>,
     },
     KeyList,
-    KeyRevoke { id: String },
+    KeyRevoke {
+        id: String,
+    },
     SiteList,
-    SiteShow { site: String },
-    SiteDelete { site: String },
+    SiteShow {
+        site: String,
+    },
+    SiteDelete {
+        site: String,
+    },
     CloudList {
         #[arg(long)]
         site: String,
@@ -106,7 +112,9 @@ pub enum ApiCmd {
     },
     PolicyCreate(PolicyArgs),
     PolicyList,
-    PolicyShow { policy: String },
+    PolicyShow {
+        policy: String,
+    },
     /// Replace a policy's settings; applies to every VM under it.
     PolicyUpdate {
         policy: String,
@@ -115,7 +123,9 @@ pub enum ApiCmd {
         #[arg(long)]
         wait: bool,
     },
-    PolicyDelete { policy: String },
+    PolicyDelete {
+        policy: String,
+    },
     /// Pair a source cloud with a target cloud under a policy.
     PairCreate {
         /// SITE/CLOUD
@@ -145,7 +155,9 @@ pub enum ApiCmd {
         target: String,
     },
     NetworkMapList,
-    NetworkMapDelete { id: String },
+    NetworkMapDelete {
+        id: String,
+    },
     NetworkMapAvailability,
     /// Map a storage classification (STO-1).
     StorageMapCreate {
@@ -157,10 +169,16 @@ pub enum ApiCmd {
         target: String,
     },
     StorageMapList,
-    StorageMapDelete { id: String },
+    StorageMapDelete {
+        id: String,
+    },
     JobList(JobFilterArgs),
-    JobShow { id: String },
-    JobCancel { id: String },
+    JobShow {
+        id: String,
+    },
+    JobCancel {
+        id: String,
+    },
     JobRestart {
         id: String,
         #[arg(long)]
@@ -176,7 +194,9 @@ pub enum ApiCmd {
         filter: JobFilterArgs,
     },
     /// Wait for a job with a progress bar.
-    JobWait { id: String },
+    JobWait {
+        id: String,
+    },
     EventList {
         #[arg(long)]
         severity: Option<String>,
@@ -193,7 +213,9 @@ pub enum ApiCmd {
         role: String,
     },
     TokenList,
-    TokenRevoke { id: String },
+    TokenRevoke {
+        id: String,
+    },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -305,7 +327,10 @@ pub struct JobFilterArgs {
 }
 
 fn lab_env() -> Vec<(String, String)> {
-    let path = std::env::var("FERRY_LAB_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("lab-data")).join("ferry.env");
+    let path = std::env::var("FERRY_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("lab-data"))
+        .join("ferry.env");
     std::fs::read_to_string(path)
         .map(|t| {
             t.lines()
@@ -319,10 +344,22 @@ fn lab_env() -> Vec<(String, String)> {
 pub fn client(c: &Connection) -> Result<Client> {
     let env = lab_env();
     let get = |k: &str| env.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
-    let url = c.url.clone().or_else(|| get("FERRY_URL")).ok_or_else(|| anyhow!("No vault URL: pass --url or set FERRY_URL (the lab writes lab-data/ferry.env)"))?;
-    let token = c.token.clone().or_else(|| get("FERRY_TOKEN")).ok_or_else(|| anyhow!("No API token: pass --token or set FERRY_TOKEN"))?;
-    let ca = c.ca.clone().or_else(|| get("FERRY_CA").map(PathBuf::from)).ok_or_else(|| anyhow!("No CA certificate: pass --ca or set FERRY_CA"))?;
-    let ca_pem = std::fs::read_to_string(&ca).with_context(|| format!("Cannot read the CA certificate {}", ca.display()))?;
+    let url = c
+        .url
+        .clone()
+        .or_else(|| get("FERRY_URL"))
+        .ok_or_else(|| anyhow!("No vault URL: pass --url or set FERRY_URL (the lab writes lab-data/ferry.env)"))?;
+    let token = c
+        .token
+        .clone()
+        .or_else(|| get("FERRY_TOKEN"))
+        .ok_or_else(|| anyhow!("No API token: pass --token or set FERRY_TOKEN"))?;
+    let ca =
+        c.ca.clone()
+            .or_else(|| get("FERRY_CA").map(PathBuf::from))
+            .ok_or_else(|| anyhow!("No CA certificate: pass --ca or set FERRY_CA"))?;
+    let ca_pem =
+        std::fs::read_to_string(&ca).with_context(|| format!("Cannot read the CA certificate {}", ca.display()))?;
     Ok(Client::builder(url).ca(ca_pem).token(token).build()?)
 }
 
@@ -364,11 +401,18 @@ impl Ctx {
     async fn wait_job(&self, job: &Value) -> Result<Value> {
         let id = job["id"].as_str().ok_or_else(|| anyhow!("The answer carries no job id"))?.to_string();
         let bar = indicatif::ProgressBar::new(100);
-        bar.set_style(indicatif::ProgressStyle::with_template("{msg:30} [{bar:30}] {pos}%").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:30} [{bar:30}] {pos}%")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         loop {
             let j: Value = self.c.get(&self.v(&format!("/replicationJobs/{id}"))).await?;
             bar.set_position(j["progress"].as_u64().unwrap_or(0));
-            let running = j["tasks"].as_array().and_then(|t| t.iter().find(|t| t["status"] == "InProgress")).and_then(|t| t["name"].as_str()).unwrap_or("");
+            let running = j["tasks"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["status"] == "InProgress"))
+                .and_then(|t| t["name"].as_str())
+                .unwrap_or("");
             bar.set_message(format!("{} {}", j["operation"].as_str().unwrap_or(""), running));
             match j["status"].as_str() {
                 Some("Succeeded") => {
@@ -389,7 +433,14 @@ impl Ctx {
     }
 }
 
-const JOB_COLS: &[(&str, &str)] = &[("ID", "/id"), ("OPERATION", "/operation"), ("OBJECT", "/object_name"), ("STATUS", "/status"), ("PROGRESS", "/progress"), ("CREATED", "/created_at")];
+const JOB_COLS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("OPERATION", "/operation"),
+    ("OBJECT", "/object_name"),
+    ("STATUS", "/status"),
+    ("PROGRESS", "/progress"),
+    ("CREATED", "/created_at"),
+];
 
 fn policy_spec(a: &PolicyArgs) -> Result<Value> {
     let auth = match a.authentication.to_ascii_lowercase().as_str() {
@@ -448,9 +499,14 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
     let out = ctx.out;
     let c = &ctx.c;
     match cmd {
-        ApiCmd::VaultList => print(out, &c.get("/api/v1/vaults").await?, &[("ID", "/id"), ("NAME", "/name"), ("REGION", "/region"), ("CREATED", "/created_at")]),
+        ApiCmd::VaultList => print(
+            out,
+            &c.get("/api/v1/vaults").await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("REGION", "/region"), ("CREATED", "/created_at")],
+        ),
         ApiCmd::VaultCreate { name, description, region } => {
-            let v: Value = c.post("/api/v1/vaults", &json!({"name": name, "description": description, "region": region})).await?;
+            let v: Value =
+                c.post("/api/v1/vaults", &json!({"name": name, "description": description, "region": region})).await?;
             print(out, &v, &[("ID", "/id"), ("NAME", "/name")]);
         }
         ApiCmd::VaultShow => print(out, &c.get(&ctx.v("")).await?, &[]),
@@ -467,62 +523,135 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             match file {
                 Some(p) => {
                     std::fs::write(&p, text).with_context(|| format!("Cannot write {}", p.display()))?;
-                    println!("Registration key {} written to {} (valid until {})", k["info"]["id"], p.display(), k["info"]["expires_at"]);
+                    println!(
+                        "Registration key {} written to {} (valid until {})",
+                        k["info"]["id"],
+                        p.display(),
+                        k["info"]["expires_at"]
+                    );
                 }
                 None => print!("{text}"),
             }
         }
-        ApiCmd::KeyList => print(out, &c.get(&ctx.v("/registrationKeys")).await?, &[("ID", "/id"), ("ISSUED", "/issued_at"), ("EXPIRES", "/expires_at"), ("USED", "/used_at"), ("REVOKED", "/revoked_at")]),
+        ApiCmd::KeyList => print(
+            out,
+            &c.get(&ctx.v("/registrationKeys")).await?,
+            &[
+                ("ID", "/id"),
+                ("ISSUED", "/issued_at"),
+                ("EXPIRES", "/expires_at"),
+                ("USED", "/used_at"),
+                ("REVOKED", "/revoked_at"),
+            ],
+        ),
         ApiCmd::KeyRevoke { id } => {
             c.delete(&ctx.v(&format!("/registrationKeys/{}", enc(&id)))).await?;
         }
-        ApiCmd::SiteList => print(out, &c.get(&ctx.v("/replicationFabrics")).await?, &[("ID", "/id"), ("NAME", "/name"), ("LAST HEARTBEAT", "/last_heartbeat"), ("CLOUDS", "/inventory/clouds")]),
+        ApiCmd::SiteList => print(
+            out,
+            &c.get(&ctx.v("/replicationFabrics")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("LAST HEARTBEAT", "/last_heartbeat"), ("CLOUDS", "/inventory/clouds")],
+        ),
         ApiCmd::SiteShow { site } => print(out, &c.get(&ctx.f(&site, "")).await?, &[]),
         ApiCmd::SiteDelete { site } => {
             c.delete(&ctx.f(&site, "")).await?;
         }
         ApiCmd::CloudList { site, synced } => {
             let q = if synced { "?synced=true" } else { "" };
-            print(out, &c.get(&ctx.f(&site, &format!("/protectionContainers{q}"))).await?, &[("ID", "/id"), ("NAME", "/name"), ("SYNCED", "/sync_enabled"), ("HOST GROUPS", "/host_groups")]);
+            print(
+                out,
+                &c.get(&ctx.f(&site, &format!("/protectionContainers{q}"))).await?,
+                &[("ID", "/id"), ("NAME", "/name"), ("SYNCED", "/sync_enabled"), ("HOST GROUPS", "/host_groups")],
+            );
         }
         ApiCmd::CloudSync { site, cloud, enable, disable } => {
             if enable == disable {
                 bail!("Give --enable or --disable");
             }
-            let r: Value = c.patch(&ctx.f(&site, &format!("/protectionContainers/{}", enc(&cloud))), &json!({"sync_enabled": enable})).await?;
+            let r: Value = c
+                .patch(
+                    &ctx.f(&site, &format!("/protectionContainers/{}", enc(&cloud))),
+                    &json!({"sync_enabled": enable}),
+                )
+                .await?;
             print(out, &r, &[("ID", "/id"), ("NAME", "/name"), ("SYNCED", "/sync_enabled")]);
         }
-        ApiCmd::HostgroupList { site } => print(out, &c.get(&ctx.f(&site, "/hostGroups")).await?, &[("ID", "/id"), ("NAME", "/name"), ("CLASSIFICATIONS", "/storage_classifications")]),
+        ApiCmd::HostgroupList { site } => print(
+            out,
+            &c.get(&ctx.f(&site, "/hostGroups")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("CLASSIFICATIONS", "/storage_classifications")],
+        ),
         ApiCmd::HostList { site } => print(
             out,
             &c.get(&ctx.f(&site, "/hosts")).await?,
-            &[("NAME", "/name"), ("CONNECTED", "/connected"), ("AGENT", "/agent_version"), ("QEMU", "/qemu_version"), ("ADDRESS", "/address")],
+            &[
+                ("NAME", "/name"),
+                ("CONNECTED", "/connected"),
+                ("AGENT", "/agent_version"),
+                ("QEMU", "/qemu_version"),
+                ("ADDRESS", "/address"),
+            ],
         ),
-        ApiCmd::NetworkList { site } => print(out, &c.get(&ctx.f(&site, "/vmNetworks")).await?, &[("ID", "/id"), ("NAME", "/name"), ("LOGICAL NETWORK", "/logical_network")]),
-        ApiCmd::LogicalNetworkList { site } => print(out, &c.get(&ctx.f(&site, "/logicalNetworks")).await?, &[("ID", "/id"), ("NAME", "/name")]),
-        ApiCmd::ClassificationList { site } => print(out, &c.get(&ctx.f(&site, "/storageClassifications")).await?, &[("ID", "/id"), ("NAME", "/name"), ("KIND", "/kind")]),
-        ApiCmd::ProtectableList { site } => print(out, &c.get(&ctx.f(&site, "/protectableItems?limit=1000")).await?, &[("ID", "/id"), ("NAME", "/name"), ("STATE", "/power_state"), ("CLOUD", "/cloud")]),
+        ApiCmd::NetworkList { site } => print(
+            out,
+            &c.get(&ctx.f(&site, "/vmNetworks")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("LOGICAL NETWORK", "/logical_network")],
+        ),
+        ApiCmd::LogicalNetworkList { site } => {
+            print(out, &c.get(&ctx.f(&site, "/logicalNetworks")).await?, &[("ID", "/id"), ("NAME", "/name")])
+        }
+        ApiCmd::ClassificationList { site } => print(
+            out,
+            &c.get(&ctx.f(&site, "/storageClassifications")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("KIND", "/kind")],
+        ),
+        ApiCmd::ProtectableList { site } => print(
+            out,
+            &c.get(&ctx.f(&site, "/protectableItems?limit=1000")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("STATE", "/power_state"), ("CLOUD", "/cloud")],
+        ),
         ApiCmd::PolicyCreate(a) => {
             let mut body = policy_spec(&a)?;
             let mut assoc = Vec::new();
             for pair in &a.associate {
-                let (s, t) = pair.split_once('=').ok_or_else(|| anyhow!("--associate takes SOURCE_SITE/CLOUD=TARGET_SITE/CLOUD"))?;
+                let (s, t) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--associate takes SOURCE_SITE/CLOUD=TARGET_SITE/CLOUD"))?;
                 assoc.push(json!({"source": ctx.resolve(s, "/protectionContainers").await?, "target": ctx.resolve(t, "/protectionContainers").await?}));
             }
             if !assoc.is_empty() {
                 body["associate"] = json!(assoc);
             }
             let r: Value = c.post(&ctx.v("/replicationPolicies"), &body).await?;
-            print(out, &r["policy"], &[("ID", "/id"), ("NAME", "/name"), ("FREQUENCY", "/copy_frequency_secs"), ("RETENTION", "/recovery_point_retention_hours")]);
+            print(
+                out,
+                &r["policy"],
+                &[
+                    ("ID", "/id"),
+                    ("NAME", "/name"),
+                    ("FREQUENCY", "/copy_frequency_secs"),
+                    ("RETENTION", "/recovery_point_retention_hours"),
+                ],
+            );
         }
         ApiCmd::PolicyList => print(
             out,
             &c.get(&ctx.v("/replicationPolicies")).await?,
-            &[("ID", "/id"), ("NAME", "/name"), ("FREQUENCY", "/copy_frequency_secs"), ("RETENTION", "/recovery_point_retention_hours"), ("APP", "/app_consistent_frequency_hours"), ("CLOUDS", "/associated_clouds")],
+            &[
+                ("ID", "/id"),
+                ("NAME", "/name"),
+                ("FREQUENCY", "/copy_frequency_secs"),
+                ("RETENTION", "/recovery_point_retention_hours"),
+                ("APP", "/app_consistent_frequency_hours"),
+                ("CLOUDS", "/associated_clouds"),
+            ],
         ),
-        ApiCmd::PolicyShow { policy } => print(out, &c.get(&ctx.v(&format!("/replicationPolicies/{}", enc(&policy)))).await?, &[]),
+        ApiCmd::PolicyShow { policy } => {
+            print(out, &c.get(&ctx.v(&format!("/replicationPolicies/{}", enc(&policy)))).await?, &[])
+        }
         ApiCmd::PolicyUpdate { policy, spec, wait } => {
-            let r: Value = c.put(&ctx.v(&format!("/replicationPolicies/{}", enc(&policy))), &policy_spec(&spec)?).await?;
+            let r: Value =
+                c.put(&ctx.v(&format!("/replicationPolicies/{}", enc(&policy))), &policy_spec(&spec)?).await?;
             if wait && !r["job"].is_null() {
                 ctx.wait_job(&r["job"]).await?;
             }
@@ -540,7 +669,11 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             }
             print(out, &r["mapping"], &[("ID", "/id"), ("POLICY", "/policy")]);
         }
-        ApiCmd::PairList => print(out, &c.get(&ctx.v("/replicationProtectionContainerMappings")).await?, &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id"), ("POLICY", "/policy")]),
+        ApiCmd::PairList => print(
+            out,
+            &c.get(&ctx.v("/replicationProtectionContainerMappings")).await?,
+            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id"), ("POLICY", "/policy")],
+        ),
         ApiCmd::PairDelete { id, wait } => {
             let j: Value = c.delete(&ctx.v(&format!("/replicationProtectionContainerMappings/{}", enc(&id)))).await?;
             if wait {
@@ -550,22 +683,43 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::NetworkMapCreate { source, target } => {
             let body = json!({"source": ctx.resolve(&source, "/vmNetworks").await?, "target": ctx.resolve(&target, "/vmNetworks").await?});
-            print(out, &c.post(&ctx.v("/replicationNetworkMappings"), &body).await?, &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")]);
+            print(
+                out,
+                &c.post(&ctx.v("/replicationNetworkMappings"), &body).await?,
+                &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
+            );
         }
-        ApiCmd::NetworkMapList => print(out, &c.get(&ctx.v("/replicationNetworkMappings")).await?, &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")]),
+        ApiCmd::NetworkMapList => print(
+            out,
+            &c.get(&ctx.v("/replicationNetworkMappings")).await?,
+            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
+        ),
         ApiCmd::NetworkMapDelete { id } => {
             c.delete(&ctx.v(&format!("/replicationNetworkMappings/{}", enc(&id)))).await?;
         }
         ApiCmd::NetworkMapAvailability => print(
             out,
             &c.get(&ctx.v("/replicationNetworkMappings/availability")).await?,
-            &[("PAIR", "/container_mapping"), ("SOURCE CLOUD", "/source_cloud"), ("TARGET CLOUD", "/target_cloud"), ("TARGET NETWORKS", "/target_networks")],
+            &[
+                ("PAIR", "/container_mapping"),
+                ("SOURCE CLOUD", "/source_cloud"),
+                ("TARGET CLOUD", "/target_cloud"),
+                ("TARGET NETWORKS", "/target_networks"),
+            ],
         ),
         ApiCmd::StorageMapCreate { source, target } => {
             let body = json!({"source": ctx.resolve(&source, "/storageClassifications").await?, "target": ctx.resolve(&target, "/storageClassifications").await?});
-            print(out, &c.post(&ctx.v("/replicationStorageClassificationMappings"), &body).await?, &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")]);
+            print(
+                out,
+                &c.post(&ctx.v("/replicationStorageClassificationMappings"), &body).await?,
+                &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
+            );
         }
-        ApiCmd::StorageMapList => print(out, &c.get(&ctx.v("/replicationStorageClassificationMappings")).await?, &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")]),
+        ApiCmd::StorageMapList => print(
+            out,
+            &c.get(&ctx.v("/replicationStorageClassificationMappings")).await?,
+            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
+        ),
         ApiCmd::StorageMapDelete { id } => {
             c.delete(&ctx.v(&format!("/replicationStorageClassificationMappings/{}", enc(&id)))).await?;
         }
@@ -577,7 +731,9 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             print(out, &c.get(&ctx.v(&format!("/replicationJobs{}", job_query(&f, fabric)))).await?, JOB_COLS);
         }
         ApiCmd::JobShow { id } => print(out, &c.get(&ctx.v(&format!("/replicationJobs/{}", enc(&id)))).await?, &[]),
-        ApiCmd::JobCancel { id } => print(out, &c.post(&ctx.v(&format!("/replicationJobs/{}/cancel", enc(&id))), &json!(null)).await?, JOB_COLS),
+        ApiCmd::JobCancel { id } => {
+            print(out, &c.post(&ctx.v(&format!("/replicationJobs/{}/cancel", enc(&id))), &json!(null)).await?, JOB_COLS)
+        }
         ApiCmd::JobRestart { id, wait } => {
             let j: Value = c.post(&ctx.v(&format!("/replicationJobs/{}/restart", enc(&id))), &json!(null)).await?;
             let j = if wait { ctx.wait_job(&j).await? } else { j };
@@ -608,33 +764,56 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 q.push(format!("limit={l}"));
             }
             let q = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
-            print(out, &c.get(&ctx.v(&format!("/events{q}"))).await?, &[("TIME", "/time"), ("SEVERITY", "/severity"), ("KIND", "/kind"), ("MESSAGE", "/message")]);
+            print(
+                out,
+                &c.get(&ctx.v(&format!("/events{q}"))).await?,
+                &[("TIME", "/time"), ("SEVERITY", "/severity"), ("KIND", "/kind"), ("MESSAGE", "/message")],
+            );
         }
         ApiCmd::TokenCreate { name, role } => {
-            let role = ferry_types::auth::Role::parse(&role).ok_or_else(|| anyhow!("Unknown role '{role}': use reader, operator or contributor"))?;
+            let role = ferry_types::auth::Role::parse(&role)
+                .ok_or_else(|| anyhow!("Unknown role '{role}': use reader, operator or contributor"))?;
             let t: Value = c.post("/api/v1/tokens", &json!({"name": name, "role": role})).await?;
-            print(out, &t, &[("ID", "/info/id"), ("NAME", "/info/name"), ("ROLE", "/info/role"), ("SECRET", "/secret")]);
+            print(
+                out,
+                &t,
+                &[("ID", "/info/id"), ("NAME", "/info/name"), ("ROLE", "/info/role"), ("SECRET", "/secret")],
+            );
         }
-        ApiCmd::TokenList => print(out, &c.get("/api/v1/tokens").await?, &[("ID", "/id"), ("NAME", "/name"), ("ROLE", "/role"), ("CREATED", "/created_at")]),
+        ApiCmd::TokenList => print(
+            out,
+            &c.get("/api/v1/tokens").await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("ROLE", "/role"), ("CREATED", "/created_at")],
+        ),
         ApiCmd::TokenRevoke { id } => {
             c.delete(&format!("/api/v1/tokens/{}", enc(&id))).await?;
         }
         ApiCmd::VmCreate { site, host, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;
-            let definition: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let definition: Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
             vm_action(&ctx, &site, &host, json!({"action": "create", "definition": definition})).await?;
         }
         ApiCmd::VmList { site, host } => vm_action(&ctx, &site, &host, json!({"action": "list"})).await?,
-        ApiCmd::VmShow { site, host, vm } => vm_action(&ctx, &site, &host, json!({"action": "status", "vm": vm})).await?,
-        ApiCmd::VmStart { site, host, vm } => vm_action(&ctx, &site, &host, json!({"action": "start", "vm": vm})).await?,
-        ApiCmd::VmShutdown { site, host, vm, timeout } => vm_action(&ctx, &site, &host, json!({"action": "shutdown", "vm": vm, "timeout_secs": timeout})).await?,
+        ApiCmd::VmShow { site, host, vm } => {
+            vm_action(&ctx, &site, &host, json!({"action": "status", "vm": vm})).await?
+        }
+        ApiCmd::VmStart { site, host, vm } => {
+            vm_action(&ctx, &site, &host, json!({"action": "start", "vm": vm})).await?
+        }
+        ApiCmd::VmShutdown { site, host, vm, timeout } => {
+            vm_action(&ctx, &site, &host, json!({"action": "shutdown", "vm": vm, "timeout_secs": timeout})).await?
+        }
         ApiCmd::VmStop { site, host, vm } => vm_action(&ctx, &site, &host, json!({"action": "stop", "vm": vm})).await?,
-        ApiCmd::VmDelete { site, host, vm, delete_disks } => vm_action(&ctx, &site, &host, json!({"action": "delete", "vm": vm, "delete_disks": delete_disks})).await?,
+        ApiCmd::VmDelete { site, host, vm, delete_disks } => {
+            vm_action(&ctx, &site, &host, json!({"action": "delete", "vm": vm, "delete_disks": delete_disks})).await?
+        }
     }
     Ok(())
 }
 
-const VM_COLS: &[(&str, &str)] = &[("NAME", "/name"), ("STATE", "/power_state"), ("PID", "/pid"), ("REASON", "/reason")];
+const VM_COLS: &[(&str, &str)] =
+    &[("NAME", "/name"), ("STATE", "/power_state"), ("PID", "/pid"), ("REASON", "/reason")];
 
 /// VM actions run as jobs through vault → site → host; wait and print the host's answer.
 async fn vm_action(ctx: &Ctx, site: &str, host: &str, action: Value) -> Result<()> {

@@ -161,7 +161,11 @@ const SITES: [SiteSpec; 2] = [
         name: "VMM-Chicago",
         host: "chi1",
         toml: CHICAGO,
-        storage: &[("gold_target", Some("GOLD_TARGET"), false), ("silver_target", Some("SILVER_TARGET"), false), ("replica", None, true)],
+        storage: &[
+            ("gold_target", Some("GOLD_TARGET"), false),
+            ("silver_target", Some("SILVER_TARGET"), false),
+            ("replica", None, true),
+        ],
         bridges: &[("LogicalNetwork1-Chicago", "fychi-ln1"), ("LogicalNetwork2-Chicago", "fychi-ln2")],
     },
 ];
@@ -178,7 +182,8 @@ impl Drop for Procs {
             return;
         }
         for (_, c) in self.children.iter() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, c) in self.children.iter_mut() {
@@ -210,7 +215,11 @@ fn spawn(procs: &mut Procs, name: &str, log_dir: &Path, args: &[&str]) -> Result
     let exe = std::env::current_exe().context("Cannot find the ferry executable")?;
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()));
     if !procs.detach {
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe; the child dies with the lab.
@@ -260,7 +269,20 @@ pub async fn run(args: LabArgs) -> Result<()> {
     let vault_dir = dir.join("vault");
     let _ = std::fs::remove_file(vault_dir.join(crate::roles::ENDPOINT_FILE));
     let listen = format!("127.0.0.1:{}", args.port);
-    spawn(&mut procs, "vault", &logs, &["vault", "--data-dir", &vault_dir.to_string_lossy(), "--listen", &listen, "--heartbeat-timeout", &(args.report_interval * 5).to_string()])?;
+    spawn(
+        &mut procs,
+        "vault",
+        &logs,
+        &[
+            "vault",
+            "--data-dir",
+            &vault_dir.to_string_lossy(),
+            "--listen",
+            &listen,
+            "--heartbeat-timeout",
+            &(args.report_interval * 5).to_string(),
+        ],
+    )?;
     let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), &mut procs, Duration::from_secs(30)).await?;
     let token = wait_file(&vault_dir.join("admin-token"), &mut procs, Duration::from_secs(5)).await?;
     let ca_path = vault_dir.join("ca-cert.pem");
@@ -268,7 +290,12 @@ pub async fn run(args: LabArgs) -> Result<()> {
     let client = Client::builder(&url).ca(ca).token(&token).build()?;
     let vaults: Value = client.get("/api/v1/vaults").await?;
     if !vaults.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == VAULT_NAME)) {
-        let _: Value = client.post("/api/v1/vaults", &json!({"name": VAULT_NAME, "description": "Ferry lab: New York → Chicago", "region": "lab"})).await?;
+        let _: Value = client
+            .post(
+                "/api/v1/vaults",
+                &json!({"name": VAULT_NAME, "description": "Ferry lab: New York → Chicago", "region": "lab"}),
+            )
+            .await?;
     }
     let goal = json!({"replicate_to": "RecoverySite", "hypervisor": "Kvm", "managed_by_site_manager": true, "second_site_manager": true});
     let _: Value = client.put(&format!("/api/v1/vaults/{VAULT_NAME}/protectionGoal"), &goal).await?;
@@ -282,15 +309,26 @@ pub async fn run(args: LabArgs) -> Result<()> {
         let data = sdir.join("data");
         std::fs::create_dir_all(&data)?;
         let _ = std::fs::remove_file(data.join("host-endpoint"));
-        let mut run_args: Vec<String> = vec!["site".into(), "run".into(), "--config".into(), cfg_path.display().to_string(), "--data-dir".into(), data.display().to_string()];
+        let mut run_args: Vec<String> = vec![
+            "site".into(),
+            "run".into(),
+            "--config".into(),
+            cfg_path.display().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
         if !data.join("registration.json").exists() {
-            let key: Value = client.post(&format!("/api/v1/vaults/{VAULT_NAME}/registrationKeys"), &json!(null)).await?;
+            let key: Value =
+                client.post(&format!("/api/v1/vaults/{VAULT_NAME}/registrationKeys"), &json!(null)).await?;
             let key_path = sdir.join("registration-key.json");
             std::fs::write(&key_path, key["file"].as_str().unwrap_or_default())?;
             run_args.extend(["--key".into(), key_path.display().to_string()]);
         }
         if args.record_vault_traffic {
-            run_args.extend(["--record-vault-traffic".into(), logs.join(format!("{}.vault-traffic.jsonl", s.key)).display().to_string()]);
+            run_args.extend([
+                "--record-vault-traffic".into(),
+                logs.join(format!("{}.vault-traffic.jsonl", s.key)).display().to_string(),
+            ]);
         }
         let refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
         spawn(&mut procs, &format!("site-{}", s.key), &logs, &refs)?;
@@ -308,7 +346,11 @@ pub async fn run(args: LabArgs) -> Result<()> {
         );
         let guest = dir.join("..").join("target").join("test-guest");
         if guest.join("vmlinuz").exists() {
-            hcfg.push_str(&format!("probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n", guest.join("vmlinuz").display(), guest.join("initrd.img").display()));
+            hcfg.push_str(&format!(
+                "probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n",
+                guest.join("vmlinuz").display(),
+                guest.join("initrd.img").display()
+            ));
         }
         for (sub, class, default) in s.storage {
             let p = dir.join("storage").join(s.host).join(sub);
@@ -326,7 +368,12 @@ pub async fn run(args: LabArgs) -> Result<()> {
         }
         std::fs::write(hdir.join("host.toml"), hcfg)?;
         let hdata = hdir.join("data");
-        spawn(&mut procs, &format!("host-{}", s.host), &logs, &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()])?;
+        spawn(
+            &mut procs,
+            &format!("host-{}", s.host),
+            &logs,
+            &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()],
+        )?;
     }
 
     // Wait until the vault shows both sites with their hosts connected.
@@ -334,7 +381,12 @@ pub async fn run(args: LabArgs) -> Result<()> {
     loop {
         let fabrics: Value = client.get(&format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics")).await?;
         let ready = SITES.iter().all(|s| {
-            fabrics.as_array().into_iter().flatten().any(|f| f["name"] == s.name && f["inventory"]["hosts"].as_array().is_some_and(|h| h.iter().any(|h| h["name"] == s.host && h["connected"] == true)))
+            fabrics.as_array().into_iter().flatten().any(|f| {
+                f["name"] == s.name
+                    && f["inventory"]["hosts"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|h| h["name"] == s.host && h["connected"] == true))
+            })
         });
         if ready {
             break;
@@ -345,12 +397,18 @@ pub async fn run(args: LabArgs) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            return Err(anyhow!("The sites did not report their hosts within 60 s; see the logs in {}", logs.display()));
+            return Err(anyhow!(
+                "The sites did not report their hosts within 60 s; see the logs in {}",
+                logs.display()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    let env = format!("export FERRY_URL={url}\nexport FERRY_CA={}\nexport FERRY_TOKEN={token}\nexport FERRY_VAULT={VAULT_NAME}\n", ca_path.display());
+    let env = format!(
+        "export FERRY_URL={url}\nexport FERRY_CA={}\nexport FERRY_TOKEN={token}\nexport FERRY_VAULT={VAULT_NAME}\n",
+        ca_path.display()
+    );
     std::fs::write(dir.join("ferry.env"), &env)?;
     let pids: Vec<String> = procs.children.iter().map(|(n, c)| format!("{n} {}", c.id())).collect();
     std::fs::write(dir.join("pids"), pids.join("\n") + "\n")?;
@@ -360,7 +418,11 @@ pub async fn run(args: LabArgs) -> Result<()> {
         println!("  site        {:<12} host {}", s.name, s.host);
     }
     println!("  logs        {}", logs.display());
-    println!("Use the CLI from this directory (it reads {}), or: source {}", dir.join("ferry.env").display(), dir.join("ferry.env").display());
+    println!(
+        "Use the CLI from this directory (it reads {}), or: source {}",
+        dir.join("ferry.env").display(),
+        dir.join("ferry.env").display()
+    );
     println!("  ferry site-list");
     println!("  ferry cloud-list --site VMM-NewYork");
     println!("  ferry host-list --site VMM-Chicago");

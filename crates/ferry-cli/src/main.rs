@@ -86,7 +86,10 @@ enum SiteCmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -99,7 +102,9 @@ fn main() {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Vault { data_dir, listen, heartbeat_timeout } => roles::vault(data_dir, listen, heartbeat_timeout).await,
+            Cmd::Vault { data_dir, listen, heartbeat_timeout } => {
+                roles::vault(data_dir, listen, heartbeat_timeout).await
+            }
             Cmd::Site { cmd: SiteCmd::Register { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_register(&config, &data_dir, &key, record_vault_traffic).await
             }

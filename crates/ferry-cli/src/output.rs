@@ -15,14 +15,17 @@ pub fn print(out: Output, value: &Value, columns: &[(&str, &str)]) {
         Output::Table => {
             let rows: Vec<&Value> = match value {
                 Value::Array(a) => a.iter().collect(),
-                Value::Object(o) if o.contains_key("items") => o.get("items").and_then(|i| i.as_array()).map(|a| a.iter().collect()).unwrap_or_default(),
+                Value::Object(o) if o.contains_key("items") => {
+                    o.get("items").and_then(|i| i.as_array()).map(|a| a.iter().collect()).unwrap_or_default()
+                }
                 other => vec![other],
             };
             if columns.is_empty() {
                 println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
                 return;
             }
-            let cells: Vec<Vec<String>> = rows.iter().map(|r| columns.iter().map(|(_, p)| cell(r.pointer(p))).collect()).collect();
+            let cells: Vec<Vec<String>> =
+                rows.iter().map(|r| columns.iter().map(|(_, p)| cell(r.pointer(p))).collect()).collect();
             let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.len()).collect();
             for row in &cells {
                 for (i, c) in row.iter().enumerate() {
@@ -30,7 +33,14 @@ pub fn print(out: Output, value: &Value, columns: &[(&str, &str)]) {
                 }
             }
             let line = |items: Vec<String>| {
-                items.iter().enumerate().map(|(i, s)| format!("{:<w$}", s, w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("{:<w$}", s, w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
             };
             println!("{}", line(columns.iter().map(|(h, _)| h.to_string()).collect()));
             for row in cells {

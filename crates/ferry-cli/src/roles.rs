@@ -16,9 +16,17 @@ pub async fn vault(data_dir: PathBuf, listen: SocketAddr, heartbeat_timeout_secs
     println!("Ferry vault listening on {}", handle.url);
     println!("CA certificate: {}", data_dir.join("ca-cert.pem").display());
     if let Some(t) = &handle.new_admin_token {
-        println!("Admin token (Contributor), also in {}:", data_dir.join(ferry_vault::server::ADMIN_TOKEN_FILE).display());
+        println!(
+            "Admin token (Contributor), also in {}:",
+            data_dir.join(ferry_vault::server::ADMIN_TOKEN_FILE).display()
+        );
         println!("  {t}");
-        println!("Use it: export FERRY_URL={} FERRY_CA={} FERRY_TOKEN=$(cat {})", handle.url, data_dir.join("ca-cert.pem").display(), data_dir.join("admin-token").display());
+        println!(
+            "Use it: export FERRY_URL={} FERRY_CA={} FERRY_TOKEN=$(cat {})",
+            handle.url,
+            data_dir.join("ca-cert.pem").display(),
+            data_dir.join("admin-token").display()
+        );
     }
     tokio::select! {
         r = handle_wait(handle) => r,
@@ -45,7 +53,8 @@ pub async fn shutdown_signal() {
 pub async fn site_register(config: &Path, data_dir: &Path, key: &Path, record: Option<PathBuf>) -> Result<()> {
     let cfg = ferry_site::SiteConfig::load(config)?;
     std::fs::create_dir_all(data_dir)?;
-    let key_text = std::fs::read_to_string(key).with_context(|| format!("Cannot read the registration key {}", key.display()))?;
+    let key_text =
+        std::fs::read_to_string(key).with_context(|| format!("Cannot read the registration key {}", key.display()))?;
     let recorder = ferry_site::recorder::Recorder::new(record)?;
     let reg = ferry_site::register::register(&cfg, data_dir, &key_text, &recorder).await?;
     println!("Site {} registered with vault {} as fabric {}", cfg.name, cfg.vault_name, reg.fabric_id);

@@ -76,7 +76,15 @@ pub struct Builder {
 
 impl Client {
     pub fn builder(base: impl Into<String>) -> Builder {
-        Builder { base: base.into(), ca_pem: None, identity: None, token: None, proxy: None, timeout: Duration::from_secs(90), insecure_bootstrap: false }
+        Builder {
+            base: base.into(),
+            ca_pem: None,
+            identity: None,
+            token: None,
+            proxy: None,
+            timeout: Duration::from_secs(90),
+            insecure_bootstrap: false,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -103,14 +111,16 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().await.unwrap_or_default();
-        let api = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError::new("HttpError", format!("HTTP {status}: {text}")));
+        let api = serde_json::from_str::<ApiError>(&text)
+            .unwrap_or_else(|_| ApiError::new("HttpError", format!("HTTP {status}: {text}")));
         Err(Error::Api { status: status.as_u16(), api })
     }
 
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response, path: &str) -> Result<T> {
         let bytes = resp.bytes().await.map_err(|source| Error::Transport { url: self.url(path), source })?;
         if bytes.is_empty() {
-            return serde_json::from_str("null").map_err(|e| Error::Protocol { url: self.url(path), detail: e.to_string() });
+            return serde_json::from_str("null")
+                .map_err(|e| Error::Protocol { url: self.url(path), detail: e.to_string() });
         }
         serde_json::from_slice(&bytes).map_err(|e| Error::Protocol { url: self.url(path), detail: e.to_string() })
     }
@@ -195,7 +205,8 @@ impl Builder {
         }
         match &self.proxy {
             Some(p) => {
-                let mut px = reqwest::Proxy::all(&p.url).map_err(|e| Error::Config(format!("bad proxy {}: {e}", p.url)))?;
+                let mut px =
+                    reqwest::Proxy::all(&p.url).map_err(|e| Error::Config(format!("bad proxy {}: {e}", p.url)))?;
                 if let Some(u) = &p.username {
                     px = px.basic_auth(u, p.password.as_deref().unwrap_or(""));
                 }

@@ -33,17 +33,17 @@ fn vm_failure(e: VmError) -> Failure {
     (status, Json(ApiError::new(e.code(), msg)))
 }
 
-pub fn serve(host: Arc<Host>, listener: std::net::TcpListener) -> Result<tokio::task::JoinHandle<()>, crate::HostError> {
+pub fn serve(
+    host: Arc<Host>,
+    listener: std::net::TcpListener,
+) -> Result<tokio::task::JoinHandle<()>, crate::HostError> {
     let tls = ferry_pki::server_config(
         &host.identity.tls.cert_pem,
         &host.identity.tls.key_pem,
         ferry_pki::ClientAuth::Required(host.identity.tls.ca_cert_pem.clone()),
         true,
     )?;
-    let app = Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/vm-actions", post(vm_action))
-        .with_state(host);
+    let app = Router::new().route("/v1/status", get(status)).route("/v1/vm-actions", post(vm_action)).with_state(host);
     let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
@@ -62,19 +62,27 @@ async fn status(State(host): State<Arc<Host>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn vm_action(State(host): State<Arc<Host>>, Json(action): Json<VmAction>) -> Result<Json<serde_json::Value>, Failure> {
+async fn vm_action(
+    State(host): State<Arc<Host>>,
+    Json(action): Json<VmAction>,
+) -> Result<Json<serde_json::Value>, Failure> {
     let v = |x: Result<ferry_types::fabric::VmStatus, VmError>| -> Result<Json<serde_json::Value>, Failure> {
         x.map(|s| Json(serde_json::to_value(s).unwrap_or_default())).map_err(vm_failure)
     };
     match action {
         VmAction::Create { definition } => {
-            let def = serde_json::from_value(definition).map_err(|e| (StatusCode::BAD_REQUEST, Json(ApiError::new("InvalidVmDefinition", e.to_string()))))?;
+            let def = serde_json::from_value(definition)
+                .map_err(|e| (StatusCode::BAD_REQUEST, Json(ApiError::new("InvalidVmDefinition", e.to_string()))))?;
             v(host.vms.create(def).await)
         }
         VmAction::Start { vm } => v(host.vms.start(&vm).await),
-        VmAction::Shutdown { vm, timeout_secs } => v(host.vms.shutdown(&vm, Duration::from_secs(timeout_secs.clamp(1, 3600))).await),
+        VmAction::Shutdown { vm, timeout_secs } => {
+            v(host.vms.shutdown(&vm, Duration::from_secs(timeout_secs.clamp(1, 3600))).await)
+        }
         VmAction::Stop { vm } => v(host.vms.stop(&vm).await),
-        VmAction::Delete { vm, delete_disks } => host.vms.delete(&vm, delete_disks).await.map(|()| Json(serde_json::Value::Null)).map_err(vm_failure),
+        VmAction::Delete { vm, delete_disks } => {
+            host.vms.delete(&vm, delete_disks).await.map(|()| Json(serde_json::Value::Null)).map_err(vm_failure)
+        }
         VmAction::Status { vm } => v(host.vms.status(&vm).await),
         VmAction::List => Ok(Json(serde_json::to_value(host.vms.list().await).unwrap_or_default())),
     }

@@ -97,7 +97,9 @@ impl HostConfig {
         }
         let defaults = self.storage.iter().filter(|s| s.default_replica).count();
         if defaults > 1 {
-            return Err(ConfigError::Invalid("at most one storage location can be the default replica location".into()));
+            return Err(ConfigError::Invalid(
+                "at most one storage location can be the default replica location".into(),
+            ));
         }
         for s in &self.storage {
             if !s.path.is_absolute() {
@@ -112,7 +114,9 @@ impl HostConfig {
             return Ok(t.clone());
         }
         match &self.join_token_file {
-            Some(p) => std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| ConfigError::Read(p.clone(), e)),
+            Some(p) => {
+                std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| ConfigError::Read(p.clone(), e))
+            }
             None => Err(ConfigError::Invalid("join_token or join_token_file is required to join the site".into())),
         }
     }

@@ -27,14 +27,20 @@ pub async fn join_or_load(cfg: &HostConfig, data: &Path, api_addr: SocketAddr) -
     let tls_dir = data.join("tls");
     let saved_path = data.join("host.json");
     if ferry_pki::TlsFiles::exists(&tls_dir) && saved_path.exists() {
-        let saved: Saved = serde_json::from_slice(&std::fs::read(&saved_path)?).map_err(|e| HostError::Join(format!("{} is unreadable: {e}", saved_path.display())))?;
+        let saved: Saved = serde_json::from_slice(&std::fs::read(&saved_path)?)
+            .map_err(|e| HostError::Join(format!("{} is unreadable: {e}", saved_path.display())))?;
         let tls = ferry_pki::TlsFiles::load(&tls_dir)?;
         return Ok(Identity { host_id: saved.host_id, host_token: saved.host_token, tls });
     }
     let ca_pem = std::fs::read_to_string(&cfg.ca_cert)?;
     let client = ferry_client::Client::builder(&cfg.site_url).ca(ca_pem).build()?;
     let (key_pem, csr_pem) = ferry_pki::generate_key_and_csr(&format!("host-{}", cfg.name))?;
-    let req = HostJoinRequest { host_name: cfg.name.clone(), join_token: cfg.join_token()?, csr_pem, address: api_addr.to_string() };
+    let req = HostJoinRequest {
+        host_name: cfg.name.clone(),
+        join_token: cfg.join_token()?,
+        csr_pem,
+        address: api_addr.to_string(),
+    };
     let resp: HostJoinResponse = client.post("/v1/join", &req).await?;
     let tls = ferry_pki::TlsFiles::save(&tls_dir, &resp.ca_pem, &resp.certificate_pem, &key_pem)?;
     let saved = Saved { host_id: resp.host_id.clone(), host_token: resp.host_token.clone() };

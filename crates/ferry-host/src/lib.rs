@@ -80,9 +80,13 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     std_listener.set_nonblocking(true)?;
     let api_addr = std_listener.local_addr()?;
     let identity = join::join_or_load(&cfg, data, api_addr).await?;
-    let site = ferry_client::Client::builder(&cfg.site_url).ca(identity.tls.ca_cert_pem.clone()).token(identity.host_token.clone()).build()?;
+    let site = ferry_client::Client::builder(&cfg.site_url)
+        .ca(identity.tls.ca_cert_pem.clone())
+        .token(identity.host_token.clone())
+        .build()?;
     let vms = vms::VmManager::open(data.join("vms"), &cfg).await?;
-    let host = Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, pairs: Default::default(), api_addr });
+    let host =
+        Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, pairs: Default::default(), api_addr });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");

@@ -11,7 +11,10 @@ pub struct NetError {
 }
 
 fn ip(args: &[&str], context: &str) -> Result<(), NetError> {
-    let out = Command::new("ip").args(args).output().map_err(|e| NetError { context: context.into(), detail: e.to_string() })?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetError { context: context.into(), detail: e.to_string() })?;
     if out.status.success() {
         Ok(())
     } else {

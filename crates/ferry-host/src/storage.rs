@@ -44,7 +44,12 @@ mod tests {
     fn host_5_locations_report_classification_and_free_space() {
         let dir = tempfile::tempdir().expect("tempdir");
         let defs = vec![
-            StorageDef { path: dir.path().join("gold"), classification: Some("GOLD".into()), default_replica: false, shared: false },
+            StorageDef {
+                path: dir.path().join("gold"),
+                classification: Some("GOLD".into()),
+                default_replica: false,
+                shared: false,
+            },
             StorageDef { path: dir.path().join("replica"), classification: None, default_replica: true, shared: false },
         ];
         let locs = locations(&defs);

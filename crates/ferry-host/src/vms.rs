@@ -128,7 +128,11 @@ impl VmManager {
 
     fn validate(&self, def: &VmDefinition, existing: &HashMap<String, Entry>) -> Result<(), VmError> {
         let bad = |m: String| Err(VmError::Invalid(m));
-        if def.name.is_empty() || def.name.len() > 64 || !def.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || def.name.starts_with('.') {
+        if def.name.is_empty()
+            || def.name.len() > 64
+            || !def.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || def.name.starts_with('.')
+        {
             return bad(format!("name '{}' must be 1 to 64 letters, digits, '-', '_' or '.'", def.name));
         }
         if existing.contains_key(&def.name) {
@@ -145,7 +149,10 @@ impl VmManager {
             if !targets.insert(d.target.clone()) {
                 return bad(format!("disk target {} is used twice", d.target));
             }
-            if !(d.target.starts_with("vd") && d.target.len() <= 4 && d.target[2..].chars().all(|c| c.is_ascii_lowercase())) {
+            if !(d.target.starts_with("vd")
+                && d.target.len() <= 4
+                && d.target[2..].chars().all(|c| c.is_ascii_lowercase()))
+            {
                 return bad(format!("disk target {} must look like vda, vdb, ...", d.target));
             }
             let p = Path::new(&d.path);
@@ -200,7 +207,12 @@ impl VmManager {
                     if let Some(parent) = p.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
-                    let res = ferry_qemu::img::create(p, qemu_format(d.format), &ferry_qemu::img::CreateOptions { size: Some(size), ..Default::default() }).await;
+                    let res = ferry_qemu::img::create(
+                        p,
+                        qemu_format(d.format),
+                        &ferry_qemu::img::CreateOptions { size: Some(size), ..Default::default() },
+                    )
+                    .await;
                     if let Err(e) = res {
                         for c in &created {
                             let _ = std::fs::remove_file(c);
@@ -213,8 +225,17 @@ impl VmManager {
         }
         let dir = self.run_dir(&def.name);
         std::fs::create_dir_all(&dir)?;
-        crate::write_atomic(&dir.join(DEFINITION), &serde_json::to_vec_pretty(&def).map_err(|e| VmError::Invalid(e.to_string()))?)?;
-        let status = VmStatus { name: def.name.clone(), power_state: PowerState::Stopped, pid: None, reason: None, definition: def.clone() };
+        crate::write_atomic(
+            &dir.join(DEFINITION),
+            &serde_json::to_vec_pretty(&def).map_err(|e| VmError::Invalid(e.to_string()))?,
+        )?;
+        let status = VmStatus {
+            name: def.name.clone(),
+            power_state: PowerState::Stopped,
+            pid: None,
+            reason: None,
+            definition: def.clone(),
+        };
         vms.insert(def.name.clone(), Entry { def, running: None });
         Ok(status)
     }
@@ -225,7 +246,13 @@ impl VmManager {
         for (i, n) in def.nics.iter().enumerate() {
             let tap = match &n.logical_network {
                 Some(ln) => {
-                    let bridge = self.cfg.bridges.iter().find(|b| &b.logical_network == ln).map(|b| b.bridge.clone()).ok_or_else(|| VmError::Invalid(format!("no bridge for {ln}")))?;
+                    let bridge = self
+                        .cfg
+                        .bridges
+                        .iter()
+                        .find(|b| &b.logical_network == ln)
+                        .map(|b| b.bridge.clone())
+                        .ok_or_else(|| VmError::Invalid(format!("no bridge for {ln}")))?;
                     crate::net::ensure_bridge(&bridge)?;
                     let tap = crate::net::tap_name(&uuid, i);
                     crate::net::create_tap(&tap, &bridge)?;
@@ -240,11 +267,23 @@ impl VmManager {
             uuid,
             vcpus: def.vcpus,
             memory_mib: def.memory_mib,
-            disks: def.disks.iter().map(|d| DiskSpec { target: d.target.clone(), path: PathBuf::from(&d.path), format: qemu_format(d.format) }).collect(),
+            disks: def
+                .disks
+                .iter()
+                .map(|d| DiskSpec {
+                    target: d.target.clone(),
+                    path: PathBuf::from(&d.path),
+                    format: qemu_format(d.format),
+                })
+                .collect(),
             nics,
             guest_agent: def.guest_agent,
             boot: match &def.kernel_boot {
-                Some(k) => Boot::Kernel { kernel: PathBuf::from(&k.kernel), initrd: k.initrd.as_ref().map(PathBuf::from), append: k.append.clone() },
+                Some(k) => Boot::Kernel {
+                    kernel: PathBuf::from(&k.kernel),
+                    initrd: k.initrd.as_ref().map(PathBuf::from),
+                    append: k.append.clone(),
+                },
                 None => Boot::Disk,
             },
             accel: self.accel().await,
@@ -271,7 +310,11 @@ impl VmManager {
         {
             let vms = self.vms.lock().await;
             let e = vms.get(name).ok_or_else(|| VmError::NotFound(name.into()))?;
-            let r = e.running.as_ref().ok_or_else(|| VmError::WrongState { name: name.into(), state: "stopped".into(), action: "shutdown".into() })?;
+            let r = e.running.as_ref().ok_or_else(|| VmError::WrongState {
+                name: name.into(),
+                state: "stopped".into(),
+                action: "shutdown".into(),
+            })?;
             r.shutdown_graceful(timeout).await?;
         }
         self.cleanup_taps(name).await;
@@ -307,7 +350,11 @@ impl VmManager {
             let e = vms.get(name).ok_or_else(|| VmError::NotFound(name.into()))?;
             if let Some(r) = &e.running {
                 if matches!(r.status().await, Ok(VmState::Running(_))) {
-                    return Err(VmError::WrongState { name: name.into(), state: "running".into(), action: "delete".into() });
+                    return Err(VmError::WrongState {
+                        name: name.into(),
+                        state: "running".into(),
+                        action: "delete".into(),
+                    });
                 }
             }
             e.def.clone()
@@ -367,11 +414,25 @@ impl VmManager {
                             format: x.format,
                             path: x.path.clone(),
                             virtual_size: 0,
-                            classification: self.cfg.storage.iter().find(|l| Path::new(&x.path).starts_with(&l.path)).and_then(|l| l.classification.clone()),
+                            classification: self
+                                .cfg
+                                .storage
+                                .iter()
+                                .find(|l| Path::new(&x.path).starts_with(&l.path))
+                                .and_then(|l| l.classification.clone()),
                             excluded: x.excluded,
                         })
                         .collect(),
-                    nics: d.nics.iter().map(|n| VmNic { mac: n.mac.clone().unwrap_or_default(), vm_network: n.vm_network.clone(), subnet: n.subnet.clone(), ip: n.ip.clone() }).collect(),
+                    nics: d
+                        .nics
+                        .iter()
+                        .map(|n| VmNic {
+                            mac: n.mac.clone().unwrap_or_default(),
+                            vm_network: n.vm_network.clone(),
+                            subnet: n.subnet.clone(),
+                            ip: n.ip.clone(),
+                        })
+                        .collect(),
                     guest_agent: d.guest_agent,
                 }
             })
@@ -383,9 +444,13 @@ async fn entry_status(name: &str, e: &Entry, run_dir: &Path) -> VmStatus {
     let (power_state, pid, reason) = match &e.running {
         Some(r) => match r.status().await {
             Ok(VmState::Running(s)) if s.status == "paused" => (PowerState::Paused, Some(r.pid()), None),
-            Ok(VmState::Running(s)) if s.status == "shutdown" => (PowerState::Stopped, Some(r.pid()), Some("guest powered off".into())),
+            Ok(VmState::Running(s)) if s.status == "shutdown" => {
+                (PowerState::Stopped, Some(r.pid()), Some("guest powered off".into()))
+            }
             Ok(VmState::Running(_)) => (PowerState::Running, Some(r.pid()), None),
-            Ok(VmState::Exited(x)) if x.kind == ferry_qemu::ExitKind::Crashed => (PowerState::Crashed, None, Some(x.reason)),
+            Ok(VmState::Exited(x)) if x.kind == ferry_qemu::ExitKind::Crashed => {
+                (PowerState::Crashed, None, Some(x.reason))
+            }
             Ok(VmState::Exited(_)) => (PowerState::Stopped, None, None),
             Err(err) => (PowerState::Crashed, Some(r.pid()), Some(format!("QMP does not answer: {err}"))),
         },

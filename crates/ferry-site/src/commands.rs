@@ -7,7 +7,9 @@ use ferry_types::ApiError;
 use crate::Site;
 
 pub async fn run_once(site: &Site, env: &SiteCommandEnvelope) -> CommandResult {
-    if let Some(r) = site.persisted.lock().ok().and_then(|p| p.answered.iter().find(|(id, _)| *id == env.id).map(|(_, r)| r.clone())) {
+    if let Some(r) =
+        site.persisted.lock().ok().and_then(|p| p.answered.iter().find(|(id, _)| *id == env.id).map(|(_, r)| r.clone()))
+    {
         return r;
     }
     let result = match run(site, &env.command).await {
@@ -34,7 +36,10 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
                 ferry_types::site_protocol::PairRole::Target => target_cloud,
             };
             if !site.fabric.clouds.iter().any(|c| &c.id == cloud) {
-                return Err(ApiError::new("UnknownCloud", format!("Cloud {cloud} is not defined on site {}", site.cfg.name)));
+                return Err(ApiError::new(
+                    "UnknownCloud",
+                    format!("Cloud {cloud} is not defined on site {}", site.cfg.name),
+                ));
             }
             let pc = PairConfig {
                 mapping: *mapping,
@@ -71,7 +76,8 @@ async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_j
         .ok()
         .and_then(|p| p.hosts.iter().find(|h| h.id == host || h.name == host).cloned())
         .ok_or_else(|| ApiError::new("HostNotJoined", format!("Host {host} has not joined site {}", site.cfg.name)))?;
-    let client = crate::host_server::host_client(site, &entry.address).map_err(|e| ApiError::new("HostUnreachable", e.to_string()))?;
+    let client = crate::host_server::host_client(site, &entry.address)
+        .map_err(|e| ApiError::new("HostUnreachable", e.to_string()))?;
     client.post("/v1/vm-actions", action).await.map_err(|e| match e {
         ferry_client::Error::Api { api, .. } => api,
         other => ApiError::new("HostUnreachable", format!("Host {} cannot be reached: {other}", entry.name)),
@@ -81,16 +87,13 @@ async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_j
 /// A VM definition names VM networks; hosts know logical networks (bridges). Fill them in.
 fn resolve_networks(site: &Site, action: &VmAction) -> Result<VmAction, ApiError> {
     let VmAction::Create { definition } = action else { return Ok(action.clone()) };
-    let mut def: ferry_types::fabric::VmDefinition =
-        serde_json::from_value(definition.clone()).map_err(|e| ApiError::new("InvalidVmDefinition", format!("The VM definition is invalid: {e}")))?;
+    let mut def: ferry_types::fabric::VmDefinition = serde_json::from_value(definition.clone())
+        .map_err(|e| ApiError::new("InvalidVmDefinition", format!("The VM definition is invalid: {e}")))?;
     for nic in &mut def.nics {
         if let Some(net) = &nic.vm_network {
-            let vmn = site
-                .fabric
-                .vm_networks
-                .iter()
-                .find(|n| &n.name == net || &n.id == net)
-                .ok_or_else(|| ApiError::new("UnknownNetwork", format!("VM network {net} is not defined on site {}", site.cfg.name)))?;
+            let vmn = site.fabric.vm_networks.iter().find(|n| &n.name == net || &n.id == net).ok_or_else(|| {
+                ApiError::new("UnknownNetwork", format!("VM network {net} is not defined on site {}", site.cfg.name))
+            })?;
             if let Some(sub) = &nic.subnet {
                 if !vmn.subnets.iter().any(|s| &s.name == sub) {
                     return Err(ApiError::new("UnknownSubnet", format!("VM network {} has no subnet {sub}", vmn.name)));

@@ -165,7 +165,9 @@ impl SiteConfig {
     }
 
     fn id(&self, kind: &str, pinned: &Option<String>, name: &str) -> String {
-        pinned.clone().unwrap_or_else(|| Uuid::new_v5(&NS, format!("{}/{kind}/{name}", self.name).as_bytes()).to_string())
+        pinned
+            .clone()
+            .unwrap_or_else(|| Uuid::new_v5(&NS, format!("{}/{kind}/{name}", self.name).as_bytes()).to_string())
     }
 
     /// Resolve names to ids and check references.
@@ -177,7 +179,11 @@ impl SiteConfig {
             if !names.insert(("sc", c.name.clone())) {
                 return bad(format!("storage classification {} is defined twice", c.name));
             }
-            f.storage_classifications.push(StorageClassification { id: self.id("sc", &c.id, &c.name), name: c.name.clone(), kind: c.kind.clone() });
+            f.storage_classifications.push(StorageClassification {
+                id: self.id("sc", &c.id, &c.name),
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+            });
         }
         let sc_id = |n: &str| f.storage_classifications.iter().find(|c| c.name == n).map(|c| c.id.clone());
         for g in &self.host_groups {
@@ -191,42 +197,68 @@ impl SiteConfig {
                     None => return bad(format!("host group {} names unknown storage classification {s}", g.name)),
                 }
             }
-            f.host_groups.push(HostGroup { id: self.id("hg", &g.id, &g.name), name: g.name.clone(), storage_classifications: scs });
+            f.host_groups.push(HostGroup {
+                id: self.id("hg", &g.id, &g.name),
+                name: g.name.clone(),
+                storage_classifications: scs,
+            });
         }
         let hg_id = |n: &str| f.host_groups.iter().find(|g| g.name == n).map(|g| g.id.clone());
         for l in &self.logical_networks {
             let mut hgs = Vec::new();
             for g in &l.host_groups {
-                hgs.push(hg_id(g).ok_or_else(|| ConfigError::Invalid(format!("logical network {} names unknown host group {g}", l.name)))?);
+                hgs.push(hg_id(g).ok_or_else(|| {
+                    ConfigError::Invalid(format!("logical network {} names unknown host group {g}", l.name))
+                })?);
             }
-            f.logical_networks.push(LogicalNetwork { id: self.id("ln", &l.id, &l.name), name: l.name.clone(), host_groups: hgs });
+            f.logical_networks.push(LogicalNetwork {
+                id: self.id("ln", &l.id, &l.name),
+                name: l.name.clone(),
+                host_groups: hgs,
+            });
         }
         for n in &self.vm_networks {
-            let ln = f
-                .logical_networks
-                .iter()
-                .find(|l| l.name == n.logical_network)
-                .ok_or_else(|| ConfigError::Invalid(format!("VM network {} names unknown logical network {}", n.name, n.logical_network)))?;
+            let ln = f.logical_networks.iter().find(|l| l.name == n.logical_network).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "VM network {} names unknown logical network {}",
+                    n.name, n.logical_network
+                ))
+            })?;
             for s in &n.subnets {
                 if s.cidr.parse::<ipnet::IpNet>().is_err() {
                     return bad(format!("subnet {} of {} has an invalid CIDR {}", s.name, n.name, s.cidr));
                 }
             }
             let subnets = n.subnets.clone();
-            f.vm_networks.push(VmNetwork { id: self.id("vmn", &n.id, &n.name), name: n.name.clone(), logical_network: ln.id.clone(), subnets });
+            f.vm_networks.push(VmNetwork {
+                id: self.id("vmn", &n.id, &n.name),
+                name: n.name.clone(),
+                logical_network: ln.id.clone(),
+                subnets,
+            });
         }
         for c in &self.clouds {
             let mut hgs = Vec::new();
             for g in &c.host_groups {
-                hgs.push(hg_id(g).ok_or_else(|| ConfigError::Invalid(format!("cloud {} names unknown host group {g}", c.name)))?);
+                hgs.push(
+                    hg_id(g).ok_or_else(|| {
+                        ConfigError::Invalid(format!("cloud {} names unknown host group {g}", c.name))
+                    })?,
+                );
             }
-            f.clouds.push(Cloud { id: self.id("cloud", &c.id, &c.name), name: c.name.clone(), host_groups: hgs, sync_enabled: false });
+            f.clouds.push(Cloud {
+                id: self.id("cloud", &c.id, &c.name),
+                name: c.name.clone(),
+                host_groups: hgs,
+                sync_enabled: false,
+            });
         }
         for h in &self.hosts {
-            let g = hg_id(&h.host_group).ok_or_else(|| ConfigError::Invalid(format!("host {} names unknown host group {}", h.name, h.host_group)))?;
+            let g = hg_id(&h.host_group).ok_or_else(|| {
+                ConfigError::Invalid(format!("host {} names unknown host group {}", h.name, h.host_group))
+            })?;
             f.hosts.push((self.id("host", &h.id, &h.name), h.name.clone(), g));
         }
         Ok(f)
     }
 }
-

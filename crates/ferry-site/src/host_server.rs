@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use ferry_types::site_protocol::{HostJoinRequest, HostJoinResponse, HostReport, HostReportAck, SignHostRequest, SignHostResponse};
+use ferry_types::site_protocol::{
+    HostJoinRequest, HostJoinResponse, HostReport, HostReportAck, SignHostRequest, SignHostResponse,
+};
 use ferry_types::ApiError;
 use sha2::{Digest, Sha256};
 
@@ -50,18 +52,31 @@ pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHand
     Ok((addr, task))
 }
 
-async fn join(State(site): State<Arc<Site>>, Json(req): Json<HostJoinRequest>) -> Result<Json<HostJoinResponse>, Failure> {
+async fn join(
+    State(site): State<Arc<Site>>,
+    Json(req): Json<HostJoinRequest>,
+) -> Result<Json<HostJoinResponse>, Failure> {
     if !ferry_pki::constant_time_eq(req.join_token.as_bytes(), site.join_token.as_bytes()) {
         return Err(fail(StatusCode::UNAUTHORIZED, "InvalidJoinToken", "The join token is not this site's"));
     }
     let Some((id, name, _)) = site.fabric.hosts.iter().find(|(_, n, _)| *n == req.host_name).cloned() else {
-        return Err(fail(StatusCode::NOT_FOUND, "UnknownHost", format!("Host {} is not in site {}'s definition", req.host_name, site.cfg.name)));
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "UnknownHost",
+            format!("Host {} is not in site {}'s definition", req.host_name, site.cfg.name),
+        ));
     };
     let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem.clone() };
     site.recorder.record("/api/v1/agent/hosts/sign", &sign);
     let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
-        ferry_client::Error::Api { api, status } => (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api)),
-        other => fail(StatusCode::BAD_GATEWAY, "VaultUnreachable", format!("The vault cannot sign the host certificate now: {other}")),
+        ferry_client::Error::Api { api, status } => {
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api))
+        }
+        other => fail(
+            StatusCode::BAD_GATEWAY,
+            "VaultUnreachable",
+            format!("The vault cannot sign the host certificate now: {other}"),
+        ),
     })?;
     let host_token = {
         use base64::Engine;
@@ -70,21 +85,44 @@ async fn join(State(site): State<Arc<Site>>, Json(req): Json<HostJoinRequest>) -
     };
     if let Ok(mut p) = site.persisted.lock() {
         p.hosts.retain(|h| h.id != id);
-        p.hosts.push(HostEntry { id: id.clone(), name, address: req.address.clone(), token_hash: hash(&host_token), last_report: None, last_seen_ms: chrono::Utc::now().timestamp_millis() });
+        p.hosts.push(HostEntry {
+            id: id.clone(),
+            name,
+            address: req.address.clone(),
+            token_hash: hash(&host_token),
+            last_report: None,
+            last_seen_ms: chrono::Utc::now().timestamp_millis(),
+        });
     }
     site.save().map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", e.to_string()))?;
-    Ok(Json(HostJoinResponse { host_id: id, host_token, certificate_pem: signed.certificate_pem, ca_pem: signed.ca_pem }))
+    Ok(Json(HostJoinResponse {
+        host_id: id,
+        host_token,
+        certificate_pem: signed.certificate_pem,
+        ca_pem: signed.ca_pem,
+    }))
 }
 
-async fn report(State(site): State<Arc<Site>>, headers: HeaderMap, Json(rep): Json<HostReport>) -> Result<Json<HostReportAck>, Failure> {
+async fn report(
+    State(site): State<Arc<Site>>,
+    headers: HeaderMap,
+    Json(rep): Json<HostReport>,
+) -> Result<Json<HostReportAck>, Failure> {
     let token = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "MissingCredentials", "Send the host token"))?;
     let h = hash(token.trim());
-    let mut p = site.persisted.lock().map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", "lock poisoned"))?;
-    let entry = p.hosts.iter_mut().find(|e| e.token_hash == h).ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "InvalidCredentials", "Unknown host token"))?;
+    let mut p = site
+        .persisted
+        .lock()
+        .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", "lock poisoned"))?;
+    let entry = p
+        .hosts
+        .iter_mut()
+        .find(|e| e.token_hash == h)
+        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "InvalidCredentials", "Unknown host token"))?;
     entry.address = rep.address.clone();
     entry.last_report = Some(rep);
     entry.last_seen_ms = chrono::Utc::now().timestamp_millis();

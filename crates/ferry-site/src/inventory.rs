@@ -19,8 +19,11 @@ pub fn build(site: &Site) -> SiteInventory {
         None if site.cfg.sync_all_clouds => f.clouds.iter().map(|c| c.id.clone()).collect(),
         None => Vec::new(),
     };
-    let synced_groups: Vec<String> = f.clouds.iter().filter(|c| synced.contains(&c.id)).flat_map(|c| c.host_groups.clone()).collect();
-    let cloud_of_group = |g: &str| f.clouds.iter().find(|c| synced.contains(&c.id) && c.host_groups.iter().any(|h| h == g)).map(|c| c.id.clone());
+    let synced_groups: Vec<String> =
+        f.clouds.iter().filter(|c| synced.contains(&c.id)).flat_map(|c| c.host_groups.clone()).collect();
+    let cloud_of_group = |g: &str| {
+        f.clouds.iter().find(|c| synced.contains(&c.id) && c.host_groups.iter().any(|h| h == g)).map(|c| c.id.clone())
+    };
 
     let mut inv = SiteInventory {
         clouds: f
@@ -54,7 +57,12 @@ pub fn build(site: &Site) -> SiteInventory {
             address: entry.map(|e| e.address.clone()).unwrap_or_default(),
             agent_version: String::new(),
             qemu_version: String::new(),
-            logical_networks: f.logical_networks.iter().filter(|l| l.host_groups.contains(group)).map(|l| l.id.clone()).collect(),
+            logical_networks: f
+                .logical_networks
+                .iter()
+                .filter(|l| l.host_groups.contains(group))
+                .map(|l| l.id.clone())
+                .collect(),
             storage_locations: Vec::new(),
             connected: entry.is_some_and(|e| now - e.last_seen_ms <= window),
         };
@@ -64,7 +72,11 @@ pub fn build(site: &Site) -> SiteInventory {
             host.storage_locations = r.storage_locations;
             // Hosts name classifications; the inventory carries their ids.
             for l in &mut host.storage_locations {
-                if let Some(c) = l.classification.as_ref().and_then(|n| f.storage_classifications.iter().find(|sc| &sc.name == n || &sc.id == n)) {
+                if let Some(c) = l
+                    .classification
+                    .as_ref()
+                    .and_then(|n| f.storage_classifications.iter().find(|sc| &sc.name == n || &sc.id == n))
+                {
                     l.classification = Some(c.id.clone());
                 }
             }

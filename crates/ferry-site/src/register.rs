@@ -17,10 +17,19 @@ use crate::recorder::Recorder;
 use crate::state::{tls_dir, write_json, Registration};
 
 pub fn proxy_of(cfg: &SiteConfig) -> Option<Proxy> {
-    cfg.proxy.as_ref().map(|p| Proxy { url: format!("http://{}:{}", p.address, p.port), username: p.username.clone(), password: p.password.clone() })
+    cfg.proxy.as_ref().map(|p| Proxy {
+        url: format!("http://{}:{}", p.address, p.port),
+        username: p.username.clone(),
+        password: p.password.clone(),
+    })
 }
 
-pub async fn register(cfg: &SiteConfig, data: &Path, key_text: &str, recorder: &Recorder) -> Result<Registration, SiteError> {
+pub async fn register(
+    cfg: &SiteConfig,
+    data: &Path,
+    key_text: &str,
+    recorder: &Recorder,
+) -> Result<Registration, SiteError> {
     let key = RegistrationKey::parse(key_text).map_err(|e| SiteError::Registration(e.to_string()))?;
     if key.vault_name() != cfg.vault_name {
         return Err(SiteError::Registration(format!(
@@ -29,7 +38,11 @@ pub async fn register(cfg: &SiteConfig, data: &Path, key_text: &str, recorder: &
             cfg.vault_name
         )));
     }
-    let url = key.vault_urls().first().cloned().ok_or_else(|| SiteError::Registration("The key names no vault URL".into()))?;
+    let url = key
+        .vault_urls()
+        .first()
+        .cloned()
+        .ok_or_else(|| SiteError::Registration("The key names no vault URL".into()))?;
     let proxy = proxy_of(cfg);
     let boot = Client::builder(&url).insecure_for_pinned_bootstrap().proxy(proxy.clone()).build()?;
     let ca_pem = boot.get_text("/api/v1/ca").await?;
@@ -51,7 +64,13 @@ pub async fn register(cfg: &SiteConfig, data: &Path, key_text: &str, recorder: &
     recorder.record("/api/v1/agent/register", &req);
     let resp: RegisterResponse = client.post("/api/v1/agent/register", &req).await?;
     ferry_pki::TlsFiles::save(&tls_dir(data), &resp.ca_pem, &resp.certificate_pem, &key_pem)?;
-    let reg = Registration { vault_url: url, vault_id: resp.vault_id, fabric_id: resp.fabric_id, provider_id: resp.provider_id, site_token: resp.site_token };
+    let reg = Registration {
+        vault_url: url,
+        vault_id: resp.vault_id,
+        fabric_id: resp.fabric_id,
+        provider_id: resp.provider_id,
+        site_token: resp.site_token,
+    };
     write_json(&data.join("registration.json"), &reg)?;
     Ok(reg)
 }

@@ -9,7 +9,11 @@ use ferry_types::site_protocol::{SiteCommandEnvelope, SiteReport, SiteReportAck}
 use crate::Site;
 
 pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
-    let report = SiteReport { provider_id: site.reg.provider_id, version: env!("CARGO_PKG_VERSION").to_string(), inventory: crate::inventory::build(site) };
+    let report = SiteReport {
+        provider_id: site.reg.provider_id,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        inventory: crate::inventory::build(site),
+    };
     site.recorder.record("/api/v1/agent/report", &report);
     let ack: SiteReportAck = site.vault.post("/api/v1/agent/report", &report).await?;
     let changed = match site.synced.lock() {
@@ -23,7 +27,11 @@ pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Err
     {
         if changed {
             // The set of synced clouds changed: send the new content now.
-            let report = SiteReport { provider_id: site.reg.provider_id, version: env!("CARGO_PKG_VERSION").to_string(), inventory: crate::inventory::build(site) };
+            let report = SiteReport {
+                provider_id: site.reg.provider_id,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                inventory: crate::inventory::build(site),
+            };
             site.recorder.record("/api/v1/agent/report", &report);
             return site.vault.post("/api/v1/agent/report", &report).await;
         }

@@ -23,12 +23,23 @@ fn decode(r: Row) -> Result<SiteCommandRow> {
         fabric: Uuid::parse_str(&r.1).unwrap_or_default(),
         job: r.2.and_then(|j| Uuid::parse_str(&j).ok()),
         body: serde_json::from_str(&r.3).map_err(|e| Error::corrupt("Decode site command", e))?,
-        result: r.4.map(|x| serde_json::from_str(&x)).transpose().map_err(|e| Error::corrupt("Decode site command result", e))?,
+        result: r
+            .4
+            .map(|x| serde_json::from_str(&x))
+            .transpose()
+            .map_err(|e| Error::corrupt("Decode site command result", e))?,
     })
 }
 
 impl Store {
-    pub async fn enqueue_command(&self, id: Uuid, vault: Uuid, fabric: Uuid, job: Option<Uuid>, body: &serde_json::Value) -> Result<()> {
+    pub async fn enqueue_command(
+        &self,
+        id: Uuid,
+        vault: Uuid,
+        fabric: Uuid,
+        job: Option<Uuid>,
+        body: &serde_json::Value,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO site_commands (id, vault, fabric, job, body, created_ms) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING")
             .bind(id.to_string())
             .bind(vault.to_string())
@@ -55,14 +66,16 @@ impl Store {
 
     /// Record a site's answer; the first answer wins. Returns whether this call recorded it.
     pub async fn complete_command(&self, fabric: Uuid, id: Uuid, result: &serde_json::Value) -> Result<bool> {
-        let res = sqlx::query("UPDATE site_commands SET done_ms = $1, result = $2 WHERE id = $3 AND fabric = $4 AND done_ms IS NULL")
-            .bind(chrono::Utc::now().timestamp_millis())
-            .bind(result.to_string())
-            .bind(id.to_string())
-            .bind(fabric.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::query("Complete site command", e))?;
+        let res = sqlx::query(
+            "UPDATE site_commands SET done_ms = $1, result = $2 WHERE id = $3 AND fabric = $4 AND done_ms IS NULL",
+        )
+        .bind(chrono::Utc::now().timestamp_millis())
+        .bind(result.to_string())
+        .bind(id.to_string())
+        .bind(fabric.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::query("Complete site command", e))?;
         Ok(res.rows_affected() == 1)
     }
 

@@ -22,21 +22,26 @@ impl Store {
     pub async fn open_sqlite(path: &Path) -> Result<Store> {
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)
-            .map_err(|e| Error { kind: ErrorKind::Open, context: format!("Bad database path {}", path.display()), source: Some(Box::new(e)) })?
+            .map_err(|e| Error {
+                kind: ErrorKind::Open,
+                context: format!("Bad database path {}", path.display()),
+                source: Some(Box::new(e)),
+            })?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await
-            .map_err(|e| Error { kind: ErrorKind::Open, context: format!("Cannot open database {}", path.display()), source: Some(Box::new(e)) })?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| Error { kind: ErrorKind::Open, context: "Cannot migrate the database".into(), source: Some(Box::new(e)) })?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await.map_err(|e| Error {
+            kind: ErrorKind::Open,
+            context: format!("Cannot open database {}", path.display()),
+            source: Some(Box::new(e)),
+        })?;
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| Error {
+            kind: ErrorKind::Open,
+            context: "Cannot migrate the database".into(),
+            source: Some(Box::new(e)),
+        })?;
         Ok(Store { pool })
     }
 
@@ -65,7 +70,14 @@ impl Store {
 
 /// Vault rows: identity plus the secret that signs its registration keys.
 impl Store {
-    pub async fn insert_vault(&self, id: uuid::Uuid, name: &str, body: &serde_json::Value, signing_secret: &str, created_ms: i64) -> Result<()> {
+    pub async fn insert_vault(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        body: &serde_json::Value,
+        signing_secret: &str,
+        created_ms: i64,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO vaults (id, name, body, signing_secret, created_ms) VALUES ($1, $2, $3, $4, $5)")
             .bind(id.to_string())
             .bind(name)

@@ -51,20 +51,23 @@ where
     E: Executor<'c, Database = Sqlite>,
     T: DeserializeOwned,
 {
-    let row: Option<(i64, String)> = sqlx::query_as("SELECT version, body FROM docs WHERE kind = $1 AND vault = $2 AND id = $3")
-        .bind(kind.as_str())
-        .bind(vault.to_string())
-        .bind(id)
-        .fetch_optional(ex)
-        .await
-        .map_err(|e| Error::query(format!("Read {} {id}", kind.as_str()), e))?;
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT version, body FROM docs WHERE kind = $1 AND vault = $2 AND id = $3")
+            .bind(kind.as_str())
+            .bind(vault.to_string())
+            .bind(id)
+            .fetch_optional(ex)
+            .await
+            .map_err(|e| Error::query(format!("Read {} {id}", kind.as_str()), e))?;
     row.map(|(version, body)| {
-        let body = serde_json::from_str(&body).map_err(|e| Error::corrupt(format!("Decode {} {id}", kind.as_str()), e))?;
+        let body =
+            serde_json::from_str(&body).map_err(|e| Error::corrupt(format!("Decode {} {id}", kind.as_str()), e))?;
         Ok(Doc { id: id.to_string(), version, body })
     })
     .transpose()
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Insert (expected_version = None and no row) or update (expected_version = Some(current)).
 /// Returns the new version.
 async fn put_in<'c, E, T>(
@@ -112,7 +115,10 @@ where
                 .await
                 .map_err(|e| Error::query(what, e))?;
             if res.rows_affected() == 0 {
-                return Err(Error::new(ErrorKind::VersionMismatch, format!("{} {id} changed since version {v}", kind.as_str())));
+                return Err(Error::new(
+                    ErrorKind::VersionMismatch,
+                    format!("{} {id} changed since version {v}", kind.as_str()),
+                ));
             }
             Ok(v + 1)
         }
@@ -124,7 +130,12 @@ impl Store {
         get_in(&self.pool, kind, vault, id).await
     }
 
-    pub async fn get_doc_tx<T: DeserializeOwned>(tx: &mut Tx<'_>, kind: DocKind, vault: Uuid, id: &str) -> Result<Option<Doc<T>>> {
+    pub async fn get_doc_tx<T: DeserializeOwned>(
+        tx: &mut Tx<'_>,
+        kind: DocKind,
+        vault: Uuid,
+        id: &str,
+    ) -> Result<Option<Doc<T>>> {
         get_in(&mut **tx, kind, vault, id).await
     }
 
@@ -178,7 +189,8 @@ impl Store {
         .map_err(|e| Error::query(format!("List {}", kind.as_str()), e))?;
         rows.into_iter()
             .map(|(id, version, body)| {
-                let body = serde_json::from_str(&body).map_err(|e| Error::corrupt(format!("Decode {} {id}", kind.as_str()), e))?;
+                let body = serde_json::from_str(&body)
+                    .map_err(|e| Error::corrupt(format!("Decode {} {id}", kind.as_str()), e))?;
                 Ok(Doc { id, version, body })
             })
             .collect()
@@ -221,14 +233,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_sqlite(&dir.path().join("v.db")).await.expect("open");
         let vault = Uuid::new_v4();
-        let v1 = store.put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 1}), None).await.expect("insert");
-        let v2 = store.put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 2}), Some(v1)).await.expect("update");
+        let v1 = store
+            .put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 1}), None)
+            .await
+            .expect("insert");
+        let v2 = store
+            .put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 2}), Some(v1))
+            .await
+            .expect("update");
         assert_eq!(v2, 2);
-        let err = store.put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 3}), Some(v1)).await.unwrap_err();
+        let err = store
+            .put_doc(DocKind::Policy, vault, "p1", None, Some("gold"), &serde_json::json!({"a": 3}), Some(v1))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::VersionMismatch);
-        let dup = store.put_doc(DocKind::Policy, vault, "p2", None, Some("gold"), &serde_json::json!({}), None).await.unwrap_err();
+        let dup = store
+            .put_doc(DocKind::Policy, vault, "p2", None, Some("gold"), &serde_json::json!({}), None)
+            .await
+            .unwrap_err();
         assert_eq!(dup.kind, ErrorKind::Conflict);
-        let doc: Doc<serde_json::Value> = store.get_doc(DocKind::Policy, vault, "p1").await.expect("get").expect("exists");
+        let doc: Doc<serde_json::Value> =
+            store.get_doc(DocKind::Policy, vault, "p1").await.expect("get").expect("exists");
         assert_eq!(doc.body["a"], 2);
         assert_eq!(doc.version, 2);
     }

@@ -58,7 +58,13 @@ impl Store {
     }
 
     /// Jobs newest first. `before` is the cursor returned with the previous page.
-    pub async fn list_jobs(&self, vault: Uuid, f: &JobFilter, before: Option<i64>, limit: i64) -> Result<(Vec<Job>, Option<i64>)> {
+    pub async fn list_jobs(
+        &self,
+        vault: Uuid,
+        f: &JobFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<Job>, Option<i64>)> {
         let rows: Vec<(i64, String)> = sqlx::query_as(
             "SELECT seq, body FROM jobs WHERE vault = $1 \
              AND ($2 IS NULL OR seq < $2) \
@@ -96,10 +102,12 @@ impl Store {
 
     /// Jobs not finished, across all vaults, oldest first (to resume after a restart).
     pub async fn open_jobs(&self) -> Result<Vec<Job>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT body FROM jobs WHERE status IN ('NotStarted', 'InProgress', 'WaitingForInput') ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::query("List open jobs", e))?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT body FROM jobs WHERE status IN ('NotStarted', 'InProgress', 'WaitingForInput') ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::query("List open jobs", e))?;
         rows.iter().map(|(b,)| decode(b)).collect()
     }
 }

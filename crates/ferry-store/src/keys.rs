@@ -61,25 +61,35 @@ impl Store {
     }
 
     pub async fn revoke_key(&self, vault: Uuid, id: Uuid, now_ms: i64) -> Result<bool> {
-        let res = sqlx::query("UPDATE registration_keys SET revoked_ms = $1 WHERE vault = $2 AND id = $3 AND revoked_ms IS NULL")
-            .bind(now_ms)
-            .bind(vault.to_string())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::query("Revoke registration key", e))?;
+        let res = sqlx::query(
+            "UPDATE registration_keys SET revoked_ms = $1 WHERE vault = $2 AND id = $3 AND revoked_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(vault.to_string())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::query("Revoke registration key", e))?;
         Ok(res.rows_affected() > 0)
     }
 
     /// Consume a key inside the registration transaction: at most one registration wins.
-    pub async fn consume_key_tx(tx: &mut Tx<'_>, vault: Uuid, id: Uuid, secret_hash: &str, fabric: Uuid, now_ms: i64) -> Result<KeyUse> {
-        let row: Option<(String, Option<i64>, Option<i64>)> =
-            sqlx::query_as("SELECT secret_hash, used_ms, revoked_ms FROM registration_keys WHERE vault = $1 AND id = $2")
-                .bind(vault.to_string())
-                .bind(id.to_string())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(|e| Error::query("Read registration key", e))?;
+    pub async fn consume_key_tx(
+        tx: &mut Tx<'_>,
+        vault: Uuid,
+        id: Uuid,
+        secret_hash: &str,
+        fabric: Uuid,
+        now_ms: i64,
+    ) -> Result<KeyUse> {
+        let row: Option<(String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT secret_hash, used_ms, revoked_ms FROM registration_keys WHERE vault = $1 AND id = $2",
+        )
+        .bind(vault.to_string())
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| Error::query("Read registration key", e))?;
         let Some((hash, used, revoked)) = row else { return Ok(KeyUse::Unknown) };
         if hash != secret_hash {
             return Ok(KeyUse::SecretMismatch);
@@ -90,13 +100,15 @@ impl Store {
         if used.is_some() {
             return Ok(KeyUse::AlreadyUsed);
         }
-        let res = sqlx::query("UPDATE registration_keys SET used_ms = $1, used_by_fabric = $2 WHERE id = $3 AND used_ms IS NULL")
-            .bind(now_ms)
-            .bind(fabric.to_string())
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| Error::query("Consume registration key", e))?;
+        let res = sqlx::query(
+            "UPDATE registration_keys SET used_ms = $1, used_by_fabric = $2 WHERE id = $3 AND used_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(fabric.to_string())
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| Error::query("Consume registration key", e))?;
         Ok(if res.rows_affected() == 1 { KeyUse::Consumed } else { KeyUse::AlreadyUsed })
     }
 }

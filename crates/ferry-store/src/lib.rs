@@ -31,8 +31,8 @@ pub use commands::SiteCommandRow;
 pub use db::{Store, Tx};
 pub use docs::{Doc, DocKind};
 pub use error::{Error, ErrorKind};
-pub use keys::{KeyRow, KeyUse};
 pub use events::NewEvent;
+pub use keys::{KeyRow, KeyUse};
 pub use tokens::TokenRow;
 
 /// Milliseconds since the epoch for a time.

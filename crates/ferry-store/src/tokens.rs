@@ -28,7 +28,11 @@ fn decode(r: Row) -> TokenRow {
     }
 }
 
-async fn insert_in<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(ex: E, row: &TokenRow, secret_hash: &str) -> Result<()> {
+async fn insert_in<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
+    ex: E,
+    row: &TokenRow,
+    secret_hash: &str,
+) -> Result<()> {
     sqlx::query("INSERT INTO tokens (id, name, role, secret_hash, fabric, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(row.id.to_string())
         .bind(&row.name)
@@ -53,11 +57,13 @@ impl Store {
 
     /// The live token whose secret hashes to `secret_hash`.
     pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
-        let row: Option<Row> = sqlx::query_as("SELECT id, name, role, fabric, created_ms FROM tokens WHERE secret_hash = $1 AND revoked_ms IS NULL")
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::query("Look up token", e))?;
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, name, role, fabric, created_ms FROM tokens WHERE secret_hash = $1 AND revoked_ms IS NULL",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::query("Look up token", e))?;
         Ok(row.map(decode))
     }
 

@@ -60,14 +60,15 @@ impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiFailure;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiFailure::unauthorized("MissingCredentials", "Send an Authorization: Bearer <token> header"))?;
-        let value = header.to_str().map_err(|_| ApiFailure::unauthorized("InvalidCredentials", "The Authorization header is not valid text"))?;
-        let secret = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiFailure::unauthorized("InvalidCredentials", "The Authorization header must be 'Bearer <token>'"))?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiFailure::unauthorized("MissingCredentials", "Send an Authorization: Bearer <token> header")
+        })?;
+        let value = header.to_str().map_err(|_| {
+            ApiFailure::unauthorized("InvalidCredentials", "The Authorization header is not valid text")
+        })?;
+        let secret = value.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiFailure::unauthorized("InvalidCredentials", "The Authorization header must be 'Bearer <token>'")
+        })?;
         let row = state
             .store
             .token_by_hash(&hash_secret(secret.trim()))
@@ -77,7 +78,8 @@ impl FromRequestParts<AppState> for Auth {
             let fabric = row.fabric.ok_or_else(|| ApiFailure::internal("Site credential without a fabric"))?;
             return Ok(Auth(Principal::Site { fabric }));
         }
-        let role = Role::parse(&row.role).ok_or_else(|| ApiFailure::internal(format!("Stored token has unknown role {}", row.role)))?;
+        let role = Role::parse(&row.role)
+            .ok_or_else(|| ApiFailure::internal(format!("Stored token has unknown role {}", row.role)))?;
         Ok(Auth(Principal::User { token: row.id, name: row.name, role }))
     }
 }

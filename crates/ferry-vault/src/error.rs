@@ -51,7 +51,9 @@ impl From<ferry_store::Error> for ApiFailure {
         use ferry_store::ErrorKind as K;
         match e.kind {
             K::Conflict => ApiFailure::conflict("NameConflict", format!("{}: the name is already in use", e.context)),
-            K::VersionMismatch => ApiFailure::new(StatusCode::PRECONDITION_FAILED, "VersionMismatch", e.context.clone()),
+            K::VersionMismatch => {
+                ApiFailure::new(StatusCode::PRECONDITION_FAILED, "VersionMismatch", e.context.clone())
+            }
             K::NotFound => ApiFailure::new(StatusCode::NOT_FOUND, "NotFound", e.context.clone()),
             _ => {
                 tracing::error!(error = ?e, "store failure");

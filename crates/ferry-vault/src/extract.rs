@@ -37,9 +37,18 @@ fn json_rejection(rej: JsonRejection) -> ApiFailure {
             "UnsupportedMediaType",
             "The request body must be JSON (Content-Type: application/json)",
         ),
-        JsonRejection::JsonSyntaxError(e) => ApiFailure::bad_request("MalformedJson", format!("The request body is not valid JSON: {}", e.body_text())),
-        JsonRejection::JsonDataError(e) => ApiFailure::bad_request("InvalidBody", format!("The request body does not match the expected shape: {}", e.body_text())),
-        JsonRejection::BytesRejection(e) => ApiFailure::new(StatusCode::PAYLOAD_TOO_LARGE, "BodyTooLarge", format!("The request body could not be read: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiFailure::bad_request("MalformedJson", format!("The request body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => ApiFailure::bad_request(
+            "InvalidBody",
+            format!("The request body does not match the expected shape: {}", e.body_text()),
+        ),
+        JsonRejection::BytesRejection(e) => ApiFailure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BodyTooLarge",
+            format!("The request body could not be read: {}", e.body_text()),
+        ),
         other => ApiFailure::bad_request("InvalidBody", other.body_text()),
     }
 }
@@ -57,7 +66,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(ApiFailure::bad_request("InvalidQuery", e.body_text())),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiFailure::bad_request("InvalidQuery", e.body_text()))
+            }
             Err(e) => Err(ApiFailure::bad_request("InvalidQuery", e.body_text())),
         }
     }
@@ -65,7 +76,8 @@ where
 
 /// Parse a path id as a UUID with a clear error.
 pub fn parse_id(what: &str, raw: &str) -> Result<Uuid, ApiFailure> {
-    Uuid::parse_str(raw).map_err(|_| ApiFailure::bad_request("InvalidId", format!("{what} id '{raw}' is not a valid id")))
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiFailure::bad_request("InvalidId", format!("{what} id '{raw}' is not a valid id")))
 }
 
 /// Page size and cursor, common to every list.
@@ -89,7 +101,10 @@ impl PageParams {
     pub fn numeric_cursor(&self) -> Result<Option<i64>, ApiFailure> {
         self.cursor
             .as_deref()
-            .map(|c| c.parse::<i64>().map_err(|_| ApiFailure::bad_request("InvalidQuery", format!("cursor '{c}' is not valid"))))
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| ApiFailure::bad_request("InvalidQuery", format!("cursor '{c}' is not valid")))
+            })
             .transpose()
     }
 }

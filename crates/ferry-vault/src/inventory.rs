@@ -13,8 +13,10 @@ pub fn merge(previous: &SiteInventory, mut reported: SiteInventory, default_sync
     for c in &mut reported.clouds {
         c.sync_enabled = old.get(c.id.as_str()).copied().unwrap_or(default_sync);
     }
-    let synced_groups: Vec<String> = reported.clouds.iter().filter(|c| c.sync_enabled).flat_map(|c| c.host_groups.clone()).collect();
-    let unsynced_groups: Vec<String> = reported.clouds.iter().filter(|c| !c.sync_enabled).flat_map(|c| c.host_groups.clone()).collect();
+    let synced_groups: Vec<String> =
+        reported.clouds.iter().filter(|c| c.sync_enabled).flat_map(|c| c.host_groups.clone()).collect();
+    let unsynced_groups: Vec<String> =
+        reported.clouds.iter().filter(|c| !c.sync_enabled).flat_map(|c| c.host_groups.clone()).collect();
     let hidden = |g: &String| unsynced_groups.contains(g) && !synced_groups.contains(g);
     reported.host_groups.retain(|g| !hidden(&g.id));
     reported.hosts.retain(|h| !hidden(&h.host_group));
@@ -32,10 +34,25 @@ pub fn merge(previous: &SiteInventory, mut reported: SiteInventory, default_sync
 pub fn changes(old: &SiteInventory, new: &SiteInventory) -> Vec<String> {
     let mut out = Vec::new();
     diff(&mut out, "Cloud", old.clouds.iter().map(|c| (&c.id, &c.name)), new.clouds.iter().map(|c| (&c.id, &c.name)));
-    diff(&mut out, "Host group", old.host_groups.iter().map(|c| (&c.id, &c.name)), new.host_groups.iter().map(|c| (&c.id, &c.name)));
+    diff(
+        &mut out,
+        "Host group",
+        old.host_groups.iter().map(|c| (&c.id, &c.name)),
+        new.host_groups.iter().map(|c| (&c.id, &c.name)),
+    );
     diff(&mut out, "Host", old.hosts.iter().map(|c| (&c.id, &c.name)), new.hosts.iter().map(|c| (&c.id, &c.name)));
-    diff(&mut out, "Logical network", old.logical_networks.iter().map(|c| (&c.id, &c.name)), new.logical_networks.iter().map(|c| (&c.id, &c.name)));
-    diff(&mut out, "VM network", old.vm_networks.iter().map(|c| (&c.id, &c.name)), new.vm_networks.iter().map(|c| (&c.id, &c.name)));
+    diff(
+        &mut out,
+        "Logical network",
+        old.logical_networks.iter().map(|c| (&c.id, &c.name)),
+        new.logical_networks.iter().map(|c| (&c.id, &c.name)),
+    );
+    diff(
+        &mut out,
+        "VM network",
+        old.vm_networks.iter().map(|c| (&c.id, &c.name)),
+        new.vm_networks.iter().map(|c| (&c.id, &c.name)),
+    );
     diff(
         &mut out,
         "Storage classification",
@@ -76,7 +93,12 @@ mod tests {
 
     fn inv(sync: bool) -> SiteInventory {
         SiteInventory {
-            clouds: vec![Cloud { id: "c1".into(), name: "GoldCloud1".into(), host_groups: vec!["hg1".into()], sync_enabled: sync }],
+            clouds: vec![Cloud {
+                id: "c1".into(),
+                name: "GoldCloud1".into(),
+                host_groups: vec!["hg1".into()],
+                sync_enabled: sync,
+            }],
             host_groups: vec![HostGroup { id: "hg1".into(), name: "HG".into(), storage_classifications: vec![] }],
             hosts: vec![Host {
                 id: "h1".into(),
@@ -89,7 +111,12 @@ mod tests {
                 storage_locations: vec![],
                 connected: true,
             }],
-            vm_networks: vec![VmNetwork { id: "n1".into(), name: "VMNetwork1-NewYork".into(), logical_network: "l1".into(), subnets: vec![] }],
+            vm_networks: vec![VmNetwork {
+                id: "n1".into(),
+                name: "VMNetwork1-NewYork".into(),
+                logical_network: "l1".into(),
+                subnets: vec![],
+            }],
             ..Default::default()
         }
     }
@@ -112,6 +139,9 @@ mod tests {
         new.vm_networks[0].name = "VMNetwork1-NY".into();
         new.hosts.clear();
         let c = changes(&old, &new);
-        assert_eq!(c, vec!["Host ny1 removed".to_string(), "VM network VMNetwork1-NewYork renamed to VMNetwork1-NY".to_string()]);
+        assert_eq!(
+            c,
+            vec!["Host ny1 removed".to_string(), "VM network VMNetwork1-NewYork renamed to VMNetwork1-NY".to_string()]
+        );
     }
 }

@@ -87,7 +87,8 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         write_secret(&token_path, &t.secret).map_err(|e| StartError::DataDir(token_path.display().to_string(), e))?;
         new_admin_token = Some(t.secret);
     }
-    std::fs::write(data.join("ca-cert.pem"), ca.cert_pem()).map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
+    std::fs::write(data.join("ca-cert.pem"), ca.cert_pem())
+        .map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
 
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let url = format!("https://{host}:{}", addr.port());
@@ -146,7 +147,16 @@ async fn heartbeat_monitor(state: AppState) {
                         state.event(v.id, Severity::Critical, "HeartbeatLost", &msg, Some(f.id), None).await;
                     }
                 } else if lost.remove(&f.id) {
-                    state.event(v.id, Severity::Info, "HeartbeatRestored", &format!("Site {} reports again", f.name), Some(f.id), None).await;
+                    state
+                        .event(
+                            v.id,
+                            Severity::Info,
+                            "HeartbeatRestored",
+                            &format!("Site {} reports again", f.name),
+                            Some(f.id),
+                            None,
+                        )
+                        .await;
                 }
             }
         }

@@ -31,7 +31,8 @@ impl AppState {
     pub async fn vault(&self, raw: &str) -> Result<(Vault, String), ApiFailure> {
         let id = Uuid::parse_str(raw).ok();
         for (body, secret) in self.store.list_vaults().await? {
-            let v: Vault = serde_json::from_value(body).map_err(|e| ApiFailure::internal(format!("Stored vault is unreadable: {e}")))?;
+            let v: Vault = serde_json::from_value(body)
+                .map_err(|e| ApiFailure::internal(format!("Stored vault is unreadable: {e}")))?;
             if Some(v.id) == id || v.name == raw {
                 return Ok((v, secret));
             }
@@ -39,10 +40,26 @@ impl AppState {
         Err(ApiFailure::not_found("Vault", raw))
     }
 
-    pub async fn event(&self, vault: Uuid, severity: Severity, kind: &str, message: &str, fabric: Option<Uuid>, object_id: Option<&str>) {
+    pub async fn event(
+        &self,
+        vault: Uuid,
+        severity: Severity,
+        kind: &str,
+        message: &str,
+        fabric: Option<Uuid>,
+        object_id: Option<&str>,
+    ) {
         let res = self
             .store
-            .append_event(ferry_store::NewEvent { vault, time: self.clock.now(), severity, kind, message, fabric, object_id })
+            .append_event(ferry_store::NewEvent {
+                vault,
+                time: self.clock.now(),
+                severity,
+                kind,
+                message,
+                fabric,
+                object_id,
+            })
             .await;
         if let Err(e) = res {
             tracing::error!(error = ?e, kind, "cannot record event");

@@ -13,7 +13,8 @@ use ferry_store::{DocKind, KeyUse, Store};
 use ferry_types::event::Severity;
 use ferry_types::fabric::{Cloud, Fabric, Provider, SiteInventory};
 use ferry_types::site_protocol::{
-    CommandResult, RegisterRequest, RegisterResponse, SignHostRequest, SignHostResponse, SiteCommandEnvelope, SiteReport, SiteReportAck,
+    CommandResult, RegisterRequest, RegisterResponse, SignHostRequest, SignHostResponse, SiteCommandEnvelope,
+    SiteReport, SiteReportAck,
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -26,7 +27,10 @@ use crate::state::AppState;
 
 fn check_text(field: &str, value: &str, max: usize) -> ApiResult<()> {
     if value.trim().is_empty() || value.len() > max || value.chars().any(|c| c.is_control()) {
-        return Err(ApiFailure::bad_request("InvalidValue", format!("{field} must be 1 to {max} printable characters")));
+        return Err(ApiFailure::bad_request(
+            "InvalidValue",
+            format!("{field} must be 1 to {max} printable characters"),
+        ));
     }
     Ok(())
 }
@@ -41,13 +45,19 @@ fn key_error(e: ferry_pki::Error) -> ApiFailure {
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterRequest, responses((status = 200, body = RegisterResponse), (status = 401, body = ferry_types::ApiError), (status = 403, body = ferry_types::ApiError)))]
-pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<Json<RegisterResponse>> {
+pub async fn register(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> ApiResult<Json<RegisterResponse>> {
     let now = st.clock.now();
     let presented = RegistrationKey::parse(&req.key).map_err(key_error)?;
     let (vault, secret) = st.vault(&req.vault_name).await.map_err(|_| {
-        ApiFailure::not_found("Vault", &req.vault_name).into_code("VaultNameMismatch", "The vault name does not match any vault of this server")
+        ApiFailure::not_found("Vault", &req.vault_name)
+            .into_code("VaultNameMismatch", "The vault name does not match any vault of this server")
     })?;
-    let key = RegistrationKey::verify(&req.key, vault.id, secret.as_bytes(), now, ferry_pki::regkey::default_validity()).map_err(key_error)?;
+    let key =
+        RegistrationKey::verify(&req.key, vault.id, secret.as_bytes(), now, ferry_pki::regkey::default_validity())
+            .map_err(key_error)?;
     debug_assert_eq!(presented.key_id(), key.key_id());
     check_text("friendly_name", &req.friendly_name, 128)?;
     check_text("server_name", &req.server_name, 253)?;
@@ -56,17 +66,36 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
     let mut tx = st.store.begin().await?;
     let existing = find_fabric_by_name(&st.store, vault.id, &req.friendly_name).await?;
     let fabric_id = existing.as_ref().map(|d| d.body.id).unwrap_or_else(Uuid::new_v4);
-    match Store::consume_key_tx(&mut tx, vault.id, key.key_id(), &key.secret_hash(), fabric_id, now.timestamp_millis()).await? {
+    match Store::consume_key_tx(&mut tx, vault.id, key.key_id(), &key.secret_hash(), fabric_id, now.timestamp_millis())
+        .await?
+    {
         KeyUse::Consumed => {}
-        KeyUse::Revoked => return Err(ApiFailure::unauthorized("RegistrationKeyRevoked", format!("Registration key {} was revoked", key.key_id()))),
+        KeyUse::Revoked => {
+            return Err(ApiFailure::unauthorized(
+                "RegistrationKeyRevoked",
+                format!("Registration key {} was revoked", key.key_id()),
+            ))
+        }
         KeyUse::AlreadyUsed => {
-            return Err(ApiFailure::unauthorized("RegistrationKeyAlreadyUsed", format!("Registration key {} was already used; issue a new key", key.key_id())))
+            return Err(ApiFailure::unauthorized(
+                "RegistrationKeyAlreadyUsed",
+                format!("Registration key {} was already used; issue a new key", key.key_id()),
+            ))
         }
         KeyUse::Unknown | KeyUse::SecretMismatch => {
-            return Err(ApiFailure::unauthorized("RegistrationKeyForged", "This vault never issued this registration key"))
+            return Err(ApiFailure::unauthorized(
+                "RegistrationKeyForged",
+                "This vault never issued this registration key",
+            ))
         }
     }
-    let provider = Provider { id: Uuid::new_v4(), server_name: req.server_name.clone(), version: req.version.clone(), active: existing.is_none(), last_heartbeat: Some(now) };
+    let provider = Provider {
+        id: Uuid::new_v4(),
+        server_name: req.server_name.clone(),
+        version: req.version.clone(),
+        active: existing.is_none(),
+        last_heartbeat: Some(now),
+    };
     let (fabric, expected) = match existing {
         Some(mut d) => {
             // FAB-8: another instance of a highly available site manager; same version required.
@@ -87,7 +116,16 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
         }
         None => {
             let inventory = SiteInventory {
-                clouds: req.clouds.iter().map(|c| Cloud { id: c.id.clone(), name: c.name.clone(), host_groups: vec![], sync_enabled: req.sync_all_clouds }).collect(),
+                clouds: req
+                    .clouds
+                    .iter()
+                    .map(|c| Cloud {
+                        id: c.id.clone(),
+                        name: c.name.clone(),
+                        host_groups: vec![],
+                        sync_enabled: req.sync_all_clouds,
+                    })
+                    .collect(),
                 ..Default::default()
             };
             let f = Fabric {
@@ -104,22 +142,50 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
             (f, None)
         }
     };
-    Store::put_doc_tx(&mut tx, DocKind::Fabric, vault.id, &fabric.id.to_string(), None, Some(&fabric.name), &fabric, expected).await?;
+    Store::put_doc_tx(
+        &mut tx,
+        DocKind::Fabric,
+        vault.id,
+        &fabric.id.to_string(),
+        None,
+        Some(&fabric.name),
+        &fabric,
+        expected,
+    )
+    .await?;
     let site_token = new_secret("fs_");
     Store::insert_token_tx(
         &mut tx,
-        &ferry_store::TokenRow { id: Uuid::new_v4(), name: format!("site {} ({})", fabric.name, req.server_name), role: "Site".into(), fabric: Some(fabric.id), created_ms: now.timestamp_millis() },
+        &ferry_store::TokenRow {
+            id: Uuid::new_v4(),
+            name: format!("site {} ({})", fabric.name, req.server_name),
+            role: "Site".into(),
+            fabric: Some(fabric.id),
+            created_ms: now.timestamp_millis(),
+        },
         &hash_secret(&site_token),
     )
     .await?;
     let cert = st
         .ca
-        .sign_csr(&req.csr_pem, &format!("site-{}", fabric.id), &[req.server_name.clone(), "localhost".into()], &[std::net::Ipv4Addr::LOCALHOST.into()])
+        .sign_csr(
+            &req.csr_pem,
+            &format!("site-{}", fabric.id),
+            &[req.server_name.clone(), "localhost".into()],
+            &[std::net::Ipv4Addr::LOCALHOST.into()],
+        )
         .map_err(|e| ApiFailure::bad_request("InvalidCsr", e.to_string()))?;
     Store::commit(tx).await?;
 
-    st.event(vault.id, Severity::Info, "SiteRegistered", &format!("Site manager {} ({}) registered", fabric.name, req.server_name), Some(fabric.id), None)
-        .await;
+    st.event(
+        vault.id,
+        Severity::Info,
+        "SiteRegistered",
+        &format!("Site manager {} ({}) registered", fabric.name, req.server_name),
+        Some(fabric.id),
+        None,
+    )
+    .await;
     let _ = st
         .jobs
         .record_done(
@@ -132,7 +198,11 @@ pub async fn register(State(st): State<AppState>, ApiJson(req): ApiJson<Register
                 object_name: fabric.name.clone(),
                 fabric: Some(fabric.id),
                 params: serde_json::json!({"server_name": req.server_name}),
-                tasks: vec!["Validate registration key".into(), "Register site manager".into(), "Issue certificate".into()],
+                tasks: vec![
+                    "Validate registration key".into(),
+                    "Register site manager".into(),
+                    "Issue certificate".into(),
+                ],
             },
         )
         .await;
@@ -162,7 +232,11 @@ async fn site_fabric(st: &AppState, fabric: Uuid) -> ApiResult<ferry_store::Doc<
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/report", tag = "agent", request_body = SiteReport, responses((status = 200, body = SiteReportAck)))]
-pub async fn report(State(st): State<AppState>, auth: Auth, ApiJson(rep): ApiJson<SiteReport>) -> ApiResult<Json<SiteReportAck>> {
+pub async fn report(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiJson(rep): ApiJson<SiteReport>,
+) -> ApiResult<Json<SiteReportAck>> {
     let fabric_id = auth.require_site()?;
     for attempt in 0..5 {
         let doc = site_fabric(&st, fabric_id).await?;
@@ -185,10 +259,22 @@ pub async fn report(State(st): State<AppState>, auth: Auth, ApiJson(rep): ApiJso
             f.inventory = merged;
         }
         let synced: Vec<String> = f.inventory.clouds.iter().filter(|c| c.sync_enabled).map(|c| c.id.clone()).collect();
-        match st.store.put_doc(DocKind::Fabric, f.vault_id, &f.id.to_string(), None, Some(&f.name), &f, Some(doc.version)).await {
+        match st
+            .store
+            .put_doc(DocKind::Fabric, f.vault_id, &f.id.to_string(), None, Some(&f.name), &f, Some(doc.version))
+            .await
+        {
             Ok(_) => {
                 for c in changes {
-                    st.event(f.vault_id, Severity::Info, "InventoryChanged", &format!("{}: {c}", f.name), Some(f.id), None).await;
+                    st.event(
+                        f.vault_id,
+                        Severity::Info,
+                        "InventoryChanged",
+                        &format!("{}: {c}", f.name),
+                        Some(f.id),
+                        None,
+                    )
+                    .await;
                 }
                 return Ok(Json(SiteReportAck { synced_clouds: synced, active }));
             }
@@ -207,7 +293,11 @@ pub struct WaitParams {
 }
 
 #[utoipa::path(get, path = "/api/v1/agent/commands", tag = "agent", params(WaitParams), responses((status = 200, body = [SiteCommandEnvelope])))]
-pub async fn fetch_commands(State(st): State<AppState>, auth: Auth, ApiQuery(p): ApiQuery<WaitParams>) -> ApiResult<Json<Vec<SiteCommandEnvelope>>> {
+pub async fn fetch_commands(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiQuery(p): ApiQuery<WaitParams>,
+) -> ApiResult<Json<Vec<SiteCommandEnvelope>>> {
     let fabric = auth.require_site()?;
     let wait = Duration::from_secs(p.wait.unwrap_or(0).min(60));
     let deadline = tokio::time::Instant::now() + wait;
@@ -229,7 +319,12 @@ pub async fn fetch_commands(State(st): State<AppState>, auth: Auth, ApiQuery(p):
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/commands/{id}/result", tag = "agent", request_body = CommandResult, params(("id" = String, Path)), responses((status = 204), (status = 404, body = ferry_types::ApiError)))]
-pub async fn command_result(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, ApiJson(res): ApiJson<CommandResult>) -> ApiResult<StatusCode> {
+pub async fn command_result(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(res): ApiJson<CommandResult>,
+) -> ApiResult<StatusCode> {
     let fabric = auth.require_site()?;
     let cid = parse_id("Command", &id)?;
     let value = serde_json::to_value(&res).map_err(|e| ApiFailure::internal(e.to_string()))?;
@@ -243,7 +338,11 @@ pub async fn command_result(State(st): State<AppState>, auth: Auth, Path(id): Pa
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/hosts/sign", tag = "agent", request_body = SignHostRequest, responses((status = 200, body = SignHostResponse)))]
-pub async fn sign_host(State(st): State<AppState>, auth: Auth, ApiJson(req): ApiJson<SignHostRequest>) -> ApiResult<Json<SignHostResponse>> {
+pub async fn sign_host(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<SignHostRequest>,
+) -> ApiResult<Json<SignHostResponse>> {
     let fabric = auth.require_site()?;
     check_text("host_name", &req.host_name, 253)?;
     check_text("host_id", &req.host_id, 128)?;
@@ -253,9 +352,21 @@ pub async fn sign_host(State(st): State<AppState>, auth: Auth, ApiJson(req): Api
     let cn = format!("host-{}-{}", fabric, req.host_id);
     let cert = st
         .ca
-        .sign_csr(&req.csr_pem, &cn, &[req.host_name.clone(), "localhost".into()], &[std::net::Ipv4Addr::LOCALHOST.into()])
+        .sign_csr(
+            &req.csr_pem,
+            &cn,
+            &[req.host_name.clone(), "localhost".into()],
+            &[std::net::Ipv4Addr::LOCALHOST.into()],
+        )
         .map_err(|e| ApiFailure::bad_request("InvalidCsr", e.to_string()))?;
-    st.event(doc.body.vault_id, Severity::Info, "HostCertificateIssued", &format!("Certificate issued to host {} of {}", req.host_name, doc.body.name), Some(fabric), Some(&req.host_id))
-        .await;
+    st.event(
+        doc.body.vault_id,
+        Severity::Info,
+        "HostCertificateIssued",
+        &format!("Certificate issued to host {} of {}", req.host_name, doc.body.name),
+        Some(fabric),
+        Some(&req.host_id),
+    )
+    .await;
     Ok(Json(SignHostResponse { certificate_pem: cert, ca_pem: st.ca.cert_pem().to_string() }))
 }

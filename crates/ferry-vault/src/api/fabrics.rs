@@ -7,7 +7,9 @@ use axum::Json;
 use ferry_store::DocKind;
 use ferry_types::auth::Role;
 use ferry_types::event::Severity;
-use ferry_types::fabric::{Cloud, CloudSyncUpdate, Fabric, Host, HostGroup, LogicalNetwork, StorageClassification, Vm, VmNetwork};
+use ferry_types::fabric::{
+    Cloud, CloudSyncUpdate, Fabric, Host, HostGroup, LogicalNetwork, StorageClassification, Vm, VmNetwork,
+};
 use ferry_types::mapping::ContainerMapping;
 use ferry_types::Page;
 use serde::Deserialize;
@@ -19,7 +21,11 @@ use crate::extract::{ApiJson, ApiQuery, PageParams};
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics", tag = "fabrics", params(("vault" = String, Path)), responses((status = 200, body = [Fabric])))]
-pub async fn list_fabrics(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<Fabric>>> {
+pub async fn list_fabrics(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<Fabric>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let docs = st.store.all_docs::<Fabric>(DocKind::Fabric, v.id).await?;
@@ -27,23 +33,35 @@ pub async fn list_fabrics(State(st): State<AppState>, auth: Auth, Path(vault): P
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path, description = "Site id or friendly name")), responses((status = 200, body = Fabric), (status = 404, body = ferry_types::ApiError)))]
-pub async fn get_fabric(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Fabric>> {
+pub async fn get_fabric(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Fabric>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     Ok(Json(load_fabric(&st, v.id, &fabric).await?.body))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 204), (status = 409, body = ferry_types::ApiError)))]
-pub async fn delete_fabric(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete_fabric(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let f = load_fabric(&st, v.id, &fabric).await?.body;
     let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?;
     if pairs.iter().any(|m| m.body.source.fabric == f.id || m.body.target.fabric == f.id) {
-        return Err(ApiFailure::conflict("SiteInUse", format!("Site {} has clouds in a cloud pair; remove the pairs first", f.name)));
+        return Err(ApiFailure::conflict(
+            "SiteInUse",
+            format!("Site {} has clouds in a cloud pair; remove the pairs first", f.name),
+        ));
     }
     st.store.delete_doc(DocKind::Fabric, v.id, &f.id.to_string()).await?;
-    st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None).await;
+    st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -55,7 +73,12 @@ pub struct CloudQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/protectionContainers", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path), CloudQuery), responses((status = 200, body = [Cloud])))]
-pub async fn list_clouds(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>, ApiQuery(q): ApiQuery<CloudQuery>) -> ApiResult<Json<Vec<Cloud>>> {
+pub async fn list_clouds(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<CloudQuery>,
+) -> ApiResult<Json<Vec<Cloud>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let f = load_fabric(&st, v.id, &fabric).await?.body;
@@ -83,15 +106,28 @@ pub async fn set_cloud_sync(
     if !req.sync_enabled {
         let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?;
         let cid = c.id.clone();
-        if pairs.iter().any(|m| (m.body.source.fabric == f.id && m.body.source.id == cid) || (m.body.target.fabric == f.id && m.body.target.id == cid)) {
-            return Err(ApiFailure::conflict("CloudInUse", format!("Cloud {} is paired; its metadata sync cannot be turned off", c.name)));
+        if pairs.iter().any(|m| {
+            (m.body.source.fabric == f.id && m.body.source.id == cid)
+                || (m.body.target.fabric == f.id && m.body.target.id == cid)
+        }) {
+            return Err(ApiFailure::conflict(
+                "CloudInUse",
+                format!("Cloud {} is paired; its metadata sync cannot be turned off", c.name),
+            ));
         }
     }
     c.sync_enabled = req.sync_enabled;
     let out = c.clone();
     st.store.put_doc(DocKind::Fabric, v.id, &f.id.to_string(), None, Some(&f.name), &f, Some(doc.version)).await?;
-    st.event(v.id, Severity::Info, "CloudSyncChanged", &format!("Cloud {} metadata sync {}", out.name, if out.sync_enabled { "on" } else { "off" }), Some(f.id), Some(&out.id))
-        .await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "CloudSyncChanged",
+        &format!("Cloud {} metadata sync {}", out.name, if out.sync_enabled { "on" } else { "off" }),
+        Some(f.id),
+        Some(&out.id),
+    )
+    .await;
     Ok(Json(out))
 }
 
@@ -102,27 +138,47 @@ async fn inventory_of(st: &AppState, auth: &Auth, vault: &str, fabric: &str) -> 
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hostGroups", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [HostGroup])))]
-pub async fn list_host_groups(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<HostGroup>>> {
+pub async fn list_host_groups(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<HostGroup>>> {
     Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.host_groups))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hosts", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [Host])))]
-pub async fn list_hosts(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<Host>>> {
+pub async fn list_hosts(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<Host>>> {
     Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.hosts))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/logicalNetworks", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [LogicalNetwork])))]
-pub async fn list_logical_networks(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<LogicalNetwork>>> {
+pub async fn list_logical_networks(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<LogicalNetwork>>> {
     Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.logical_networks))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/vmNetworks", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [VmNetwork])))]
-pub async fn list_vm_networks(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<VmNetwork>>> {
+pub async fn list_vm_networks(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<VmNetwork>>> {
     Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.vm_networks))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/storageClassifications", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path)), responses((status = 200, body = [StorageClassification])))]
-pub async fn list_storage_classifications(State(st): State<AppState>, auth: Auth, Path((vault, fabric)): Path<(String, String)>) -> ApiResult<Json<Vec<StorageClassification>>> {
+pub async fn list_storage_classifications(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<StorageClassification>>> {
     Ok(Json(inventory_of(&st, &auth, &vault, &fabric).await?.inventory.storage_classifications))
 }
 
@@ -161,9 +217,16 @@ pub async fn vm_action(
     auth.require(needed)?;
     let (v, _) = st.vault(&vault).await?;
     let f = load_fabric(&st, v.id, &fabric).await?.body;
-    let h = f.inventory.hosts.iter().find(|h| h.id == host || h.name == host).ok_or_else(|| ApiFailure::not_found("Host", &host))?;
+    let h = f
+        .inventory
+        .hosts
+        .iter()
+        .find(|h| h.id == host || h.name == host)
+        .ok_or_else(|| ApiFailure::not_found("Host", &host))?;
     let (op_name, vm_name) = match &action {
-        VmAction::Create { definition } => ("CreateVm", definition.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string()),
+        VmAction::Create { definition } => {
+            ("CreateVm", definition.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string())
+        }
         VmAction::Start { vm } => ("StartVm", vm.clone()),
         VmAction::Shutdown { vm, .. } => ("ShutdownVm", vm.clone()),
         VmAction::Stop { vm } => ("StopVm", vm.clone()),

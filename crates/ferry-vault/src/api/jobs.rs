@@ -39,7 +39,10 @@ impl JobQuery {
         let status = self
             .status
             .as_deref()
-            .map(|s| JobStatus::parse(s).ok_or_else(|| ApiFailure::bad_request("InvalidQuery", format!("Unknown job status '{s}'"))))
+            .map(|s| {
+                JobStatus::parse(s)
+                    .ok_or_else(|| ApiFailure::bad_request("InvalidQuery", format!("Unknown job status '{s}'")))
+            })
             .transpose()?;
         Ok(JobFilter {
             fabric: self.fabric,
@@ -54,7 +57,12 @@ impl JobQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationJobs", tag = "jobs", params(("vault" = String, Path), JobQuery), responses((status = 200, body = Page<Job>)))]
-pub async fn list_jobs(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>, ApiQuery(q): ApiQuery<JobQuery>) -> ApiResult<Json<Page<Job>>> {
+pub async fn list_jobs(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiQuery(q): ApiQuery<JobQuery>,
+) -> ApiResult<Json<Page<Job>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let filter = q.filter()?;
@@ -92,16 +100,25 @@ pub fn job_csv_row(j: &Job) -> String {
     .join(",")
 }
 
-pub const JOB_CSV_HEADER: &str = "id,operation,object_type,object_name,fabric,status,progress,created_at,ended_at,errors";
+pub const JOB_CSV_HEADER: &str =
+    "id,operation,object_type,object_name,fabric,status,progress,created_at,ended_at,errors";
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationJobs/export", tag = "jobs", params(("vault" = String, Path), JobQuery), responses((status = 200, description = "Every matching job as CSV or a JSON array")))]
-pub async fn export_jobs(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>, ApiQuery(q): ApiQuery<JobQuery>) -> ApiResult<Response> {
+pub async fn export_jobs(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiQuery(q): ApiQuery<JobQuery>,
+) -> ApiResult<Response> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let filter = q.filter()?;
     let format = q.format.as_deref().unwrap_or("json");
     if format != "json" && format != "csv" {
-        return Err(ApiFailure::bad_request("InvalidQuery", format!("Unknown export format '{format}'; use json or csv")));
+        return Err(ApiFailure::bad_request(
+            "InvalidQuery",
+            format!("Unknown export format '{format}'; use json or csv"),
+        ));
     }
     let mut all = Vec::new();
     let mut cursor = None;
@@ -133,28 +150,46 @@ async fn load_job(st: &AppState, vault: &str, id: &str) -> ApiResult<Job> {
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationJobs/{job}", tag = "jobs", params(("vault" = String, Path), ("job" = String, Path)), responses((status = 200, body = Job), (status = 404, body = ferry_types::ApiError)))]
-pub async fn get_job(State(st): State<AppState>, auth: Auth, Path((vault, job)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+pub async fn get_job(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, job)): Path<(String, String)>,
+) -> ApiResult<Json<Job>> {
     auth.require(Role::Reader)?;
     Ok(Json(load_job(&st, &vault, &job).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationJobs/{job}/cancel", tag = "jobs", params(("vault" = String, Path), ("job" = String, Path)), responses((status = 202, body = Job), (status = 409, body = ferry_types::ApiError)))]
-pub async fn cancel_job(State(st): State<AppState>, auth: Auth, Path((vault, job)): Path<(String, String)>) -> ApiResult<(StatusCode, Json<Job>)> {
+pub async fn cancel_job(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, job)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
     auth.require(Role::Operator)?;
     let j = load_job(&st, &vault, &job).await?;
     if !j.allowed_actions.contains(&JobAction::Cancel) {
-        return Err(ApiFailure::conflict("JobActionNotAllowed", format!("Job {} is {} and cannot be cancelled", j.id, j.status.as_str())));
+        return Err(ApiFailure::conflict(
+            "JobActionNotAllowed",
+            format!("Job {} is {} and cannot be cancelled", j.id, j.status.as_str()),
+        ));
     }
     let j = st.jobs.cancel(&st, j).await?;
     Ok((StatusCode::ACCEPTED, Json(j)))
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationJobs/{job}/restart", tag = "jobs", params(("vault" = String, Path), ("job" = String, Path)), responses((status = 202, body = Job), (status = 409, body = ferry_types::ApiError)))]
-pub async fn restart_job(State(st): State<AppState>, auth: Auth, Path((vault, job)): Path<(String, String)>) -> ApiResult<(StatusCode, Json<Job>)> {
+pub async fn restart_job(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, job)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
     auth.require(Role::Operator)?;
     let j = load_job(&st, &vault, &job).await?;
     if !j.allowed_actions.contains(&JobAction::Restart) {
-        return Err(ApiFailure::conflict("JobActionNotAllowed", format!("Job {} is {} and cannot be restarted", j.id, j.status.as_str())));
+        return Err(ApiFailure::conflict(
+            "JobActionNotAllowed",
+            format!("Job {} is {} and cannot be restarted", j.id, j.status.as_str()),
+        ));
     }
     let new = st.jobs.restart(&st, &j).await?;
     Ok((StatusCode::ACCEPTED, Json(new)))

@@ -10,8 +10,8 @@ use ferry_types::event::Severity;
 use ferry_types::fabric::Fabric;
 use ferry_types::job::Job;
 use ferry_types::mapping::{
-    ContainerMapping, CreateContainerMapping, CreateNetworkMapping, CreateStorageMapping, NetworkAvailability, NetworkMapping, SiteObjectRef,
-    StorageMapping,
+    ContainerMapping, CreateContainerMapping, CreateNetworkMapping, CreateStorageMapping, NetworkAvailability,
+    NetworkMapping, SiteObjectRef, StorageMapping,
 };
 use ferry_types::policy::{Policy, PolicySpec};
 use ferry_types::vault::Vault;
@@ -34,17 +34,41 @@ async fn fabric(st: &AppState, vault: Uuid, id: Uuid) -> ApiResult<Fabric> {
 }
 
 /// FAB-5/6/7 checks for a new pair, without writing anything.
-pub async fn validate_pair(st: &AppState, v: &Vault, source: &SiteObjectRef, target: &SiteObjectRef, spec: &PolicySpec) -> ApiResult<()> {
+pub async fn validate_pair(
+    st: &AppState,
+    v: &Vault,
+    source: &SiteObjectRef,
+    target: &SiteObjectRef,
+    spec: &PolicySpec,
+) -> ApiResult<()> {
     let src = fabric(st, v.id, source.fabric).await?;
     let tgt = fabric(st, v.id, target.fabric).await?;
-    let existing: Vec<ContainerMapping> = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    let existing: Vec<ContainerMapping> = st
+        .store
+        .all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id)
+        .await?
+        .into_iter()
+        .map(|d| d.body)
+        .collect();
     let req = CreateContainerMapping { source: source.clone(), target: target.clone(), policy: Uuid::nil() };
-    ferry_core::fabric_rules::validate_container_mapping(&req, &src.inventory, &tgt.inventory, v.protection_goal.as_ref(), &existing)?;
+    ferry_core::fabric_rules::validate_container_mapping(
+        &req,
+        &src.inventory,
+        &tgt.inventory,
+        v.protection_goal.as_ref(),
+        &existing,
+    )?;
     check_pair_hosts(st, v, source, target, spec).await
 }
 
 /// POL-1: every host of both clouds reports the policy's host version.
-pub async fn check_pair_hosts(st: &AppState, v: &Vault, source: &SiteObjectRef, target: &SiteObjectRef, spec: &PolicySpec) -> ApiResult<()> {
+pub async fn check_pair_hosts(
+    st: &AppState,
+    v: &Vault,
+    source: &SiteObjectRef,
+    target: &SiteObjectRef,
+    spec: &PolicySpec,
+) -> ApiResult<()> {
     let src = fabric(st, v.id, source.fabric).await?;
     let tgt = fabric(st, v.id, target.fabric).await?;
     let mut hosts = Vec::new();
@@ -66,11 +90,33 @@ pub struct PairCreated {
 }
 
 /// Store a validated pair and start its configuration job.
-pub async fn create_pair(st: &AppState, v: &Vault, source: &SiteObjectRef, target: &SiteObjectRef, policy: Uuid) -> ApiResult<PairCreated> {
-    let mapping = ContainerMapping { id: Uuid::new_v4(), source: source.clone(), target: target.clone(), policy, created_at: st.clock.now() };
+pub async fn create_pair(
+    st: &AppState,
+    v: &Vault,
+    source: &SiteObjectRef,
+    target: &SiteObjectRef,
+    policy: Uuid,
+) -> ApiResult<PairCreated> {
+    let mapping = ContainerMapping {
+        id: Uuid::new_v4(),
+        source: source.clone(),
+        target: target.clone(),
+        policy,
+        created_at: st.clock.now(),
+    };
     // The unique name makes "a cloud in at most one pair" hold even under concurrent requests.
     let unique = format!("{}/{}", source.fabric, source.id);
-    st.store.put_doc(DocKind::ContainerMapping, v.id, &mapping.id.to_string(), Some(&policy.to_string()), Some(&unique), &mapping, None).await?;
+    st.store
+        .put_doc(
+            DocKind::ContainerMapping,
+            v.id,
+            &mapping.id.to_string(),
+            Some(&policy.to_string()),
+            Some(&unique),
+            &mapping,
+            None,
+        )
+        .await?;
     let src = fabric(st, v.id, source.fabric).await?;
     let name = format!(
         "{} -> {}",
@@ -93,15 +139,34 @@ pub async fn create_pair(st: &AppState, v: &Vault, source: &SiteObjectRef, targe
             },
         )
         .await?;
-    st.event(v.id, Severity::Info, "CloudsPaired", &format!("Clouds paired: {name}"), Some(source.fabric), Some(&mapping.id.to_string())).await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "CloudsPaired",
+        &format!("Clouds paired: {name}"),
+        Some(source.fabric),
+        Some(&mapping.id.to_string()),
+    )
+    .await;
     Ok(PairCreated { mapping, job })
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationProtectionContainerMappings", tag = "mappings", params(("vault" = String, Path)), responses((status = 200, body = [ContainerMapping])))]
-pub async fn list_container_mappings(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<ContainerMapping>>> {
+pub async fn list_container_mappings(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<ContainerMapping>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
-    Ok(Json(st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?.into_iter().map(|d| d.body).collect()))
+    Ok(Json(
+        st.store
+            .all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id)
+            .await?
+            .into_iter()
+            .map(|d| d.body)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectionContainerMappings", tag = "mappings", request_body = CreateContainerMapping, params(("vault" = String, Path)), responses((status = 202, body = PairCreated), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
@@ -123,7 +188,11 @@ pub async fn create_container_mapping(
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationProtectionContainerMappings/{mapping}", tag = "mappings", params(("vault" = String, Path), ("mapping" = String, Path)), responses((status = 202, body = Job), (status = 404, body = ferry_types::ApiError)))]
-pub async fn delete_container_mapping(State(st): State<AppState>, auth: Auth, Path((vault, mapping)): Path<(String, String)>) -> ApiResult<(StatusCode, Json<Job>)> {
+pub async fn delete_container_mapping(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, mapping)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Cloud pair", &mapping)?;
@@ -144,7 +213,11 @@ pub async fn delete_container_mapping(State(st): State<AppState>, auth: Auth, Pa
                 object_name: id.to_string(),
                 fabric: Some(m.body.source.fabric),
                 params: serde_json::json!({"mapping": id}),
-                tasks: vec!["Remove from source site".into(), "Remove from target site".into(), "Delete cloud pair".into()],
+                tasks: vec![
+                    "Remove from source site".into(),
+                    "Remove from target site".into(),
+                    "Delete cloud pair".into(),
+                ],
             },
         )
         .await?;
@@ -152,10 +225,16 @@ pub async fn delete_container_mapping(State(st): State<AppState>, auth: Auth, Pa
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationNetworkMappings", tag = "mappings", params(("vault" = String, Path)), responses((status = 200, body = [NetworkMapping])))]
-pub async fn list_network_mappings(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<NetworkMapping>>> {
+pub async fn list_network_mappings(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<NetworkMapping>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
-    Ok(Json(st.store.all_docs::<NetworkMapping>(DocKind::NetworkMapping, v.id).await?.into_iter().map(|d| d.body).collect()))
+    Ok(Json(
+        st.store.all_docs::<NetworkMapping>(DocKind::NetworkMapping, v.id).await?.into_iter().map(|d| d.body).collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationNetworkMappings", tag = "mappings", request_body = CreateNetworkMapping, params(("vault" = String, Path)), responses((status = 201, body = NetworkMapping), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
@@ -169,40 +248,83 @@ pub async fn create_network_mapping(
     let (v, _) = st.vault(&vault).await?;
     let src = fabric(&st, v.id, req.source.fabric).await?;
     let tgt = fabric(&st, v.id, req.target.fabric).await?;
-    let pairs: Vec<ContainerMapping> = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?.into_iter().map(|d| d.body).collect();
-    let existing: Vec<NetworkMapping> = st.store.all_docs::<NetworkMapping>(DocKind::NetworkMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    let pairs: Vec<ContainerMapping> = st
+        .store
+        .all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id)
+        .await?
+        .into_iter()
+        .map(|d| d.body)
+        .collect();
+    let existing: Vec<NetworkMapping> =
+        st.store.all_docs::<NetworkMapping>(DocKind::NetworkMapping, v.id).await?.into_iter().map(|d| d.body).collect();
     ferry_core::network::validate_network_mapping(&req, &src.inventory, &tgt.inventory, &pairs, &existing)?;
-    let sn = src.inventory.vm_network(&req.source.id).ok_or_else(|| ApiFailure::not_found("Source VM network", &req.source.id))?;
-    let tn = tgt.inventory.vm_network(&req.target.id).ok_or_else(|| ApiFailure::not_found("Target VM network", &req.target.id))?;
-    let m = NetworkMapping { id: Uuid::new_v4(), source: req.source.clone(), target: req.target.clone(), created_at: st.clock.now() };
+    let sn = src
+        .inventory
+        .vm_network(&req.source.id)
+        .ok_or_else(|| ApiFailure::not_found("Source VM network", &req.source.id))?;
+    let tn = tgt
+        .inventory
+        .vm_network(&req.target.id)
+        .ok_or_else(|| ApiFailure::not_found("Target VM network", &req.target.id))?;
+    let m = NetworkMapping {
+        id: Uuid::new_v4(),
+        source: req.source.clone(),
+        target: req.target.clone(),
+        created_at: st.clock.now(),
+    };
     // One mapping per source network (per target site).
     let unique = format!("{}/{}->{}", req.source.fabric, req.source.id, req.target.fabric);
-    st.store
-        .put_doc(DocKind::NetworkMapping, v.id, &m.id.to_string(), None, Some(&unique), &m, None)
-        .await
-        .map_err(|e| match e.kind {
-            ferry_store::ErrorKind::Conflict => ApiFailure::conflict("NetworkAlreadyMapped", format!("VM network {} is already mapped to a network of that site", sn.name)),
+    st.store.put_doc(DocKind::NetworkMapping, v.id, &m.id.to_string(), None, Some(&unique), &m, None).await.map_err(
+        |e| match e.kind {
+            ferry_store::ErrorKind::Conflict => ApiFailure::conflict(
+                "NetworkAlreadyMapped",
+                format!("VM network {} is already mapped to a network of that site", sn.name),
+            ),
             _ => e.into(),
-        })?;
-    st.event(v.id, Severity::Info, "NetworkMapped", &format!("VM network {} mapped to {}", sn.name, tn.name), Some(req.source.fabric), Some(&m.id.to_string()))
-        .await;
+        },
+    )?;
+    st.event(
+        v.id,
+        Severity::Info,
+        "NetworkMapped",
+        &format!("VM network {} mapped to {}", sn.name, tn.name),
+        Some(req.source.fabric),
+        Some(&m.id.to_string()),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationNetworkMappings/{mapping}", tag = "mappings", params(("vault" = String, Path), ("mapping" = String, Path)), responses((status = 204), (status = 404, body = ferry_types::ApiError)))]
-pub async fn delete_network_mapping(State(st): State<AppState>, auth: Auth, Path((vault, mapping)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete_network_mapping(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, mapping)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Network mapping", &mapping)?;
     if !st.store.delete_doc(DocKind::NetworkMapping, v.id, &id.to_string()).await? {
         return Err(ApiFailure::not_found("Network mapping", &mapping));
     }
-    st.event(v.id, Severity::Info, "NetworkUnmapped", &format!("Network mapping {id} removed"), None, Some(&id.to_string())).await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "NetworkUnmapped",
+        &format!("Network mapping {id} removed"),
+        None,
+        Some(&id.to_string()),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationNetworkMappings/availability", tag = "mappings", params(("vault" = String, Path)), responses((status = 200, body = [NetworkAvailability])))]
-pub async fn network_availability(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<NetworkAvailability>>> {
+pub async fn network_availability(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<NetworkAvailability>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let mut out = Vec::new();
@@ -210,7 +332,9 @@ pub async fn network_availability(State(st): State<AppState>, auth: Auth, Path(v
         let m = m.body;
         let src = fabric(&st, v.id, m.source.fabric).await?;
         let tgt = fabric(&st, v.id, m.target.fabric).await?;
-        let (Some(sc), Some(tc)) = (src.inventory.cloud(&m.source.id), tgt.inventory.cloud(&m.target.id)) else { continue };
+        let (Some(sc), Some(tc)) = (src.inventory.cloud(&m.source.id), tgt.inventory.cloud(&m.target.id)) else {
+            continue;
+        };
         let nets = ferry_core::network::available_target_networks(&tgt.inventory, tc);
         out.push(NetworkAvailability {
             container_mapping: m.id,
@@ -223,10 +347,16 @@ pub async fn network_availability(State(st): State<AppState>, auth: Auth, Path(v
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationStorageClassificationMappings", tag = "mappings", params(("vault" = String, Path)), responses((status = 200, body = [StorageMapping])))]
-pub async fn list_storage_mappings(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<StorageMapping>>> {
+pub async fn list_storage_mappings(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<StorageMapping>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
-    Ok(Json(st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect()))
+    Ok(Json(
+        st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationStorageClassificationMappings", tag = "mappings", request_body = CreateStorageMapping, params(("vault" = String, Path)), responses((status = 201, body = StorageMapping), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
@@ -240,24 +370,43 @@ pub async fn create_storage_mapping(
     let (v, _) = st.vault(&vault).await?;
     let src = fabric(&st, v.id, req.source.fabric).await?;
     let tgt = fabric(&st, v.id, req.target.fabric).await?;
-    let existing: Vec<StorageMapping> = st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect();
+    let existing: Vec<StorageMapping> =
+        st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect();
     ferry_core::storage::validate_storage_mapping(&req, &src.inventory, &tgt.inventory, &existing)?;
-    let m = StorageMapping { id: Uuid::new_v4(), source: req.source.clone(), target: req.target.clone(), created_at: st.clock.now() };
+    let m = StorageMapping {
+        id: Uuid::new_v4(),
+        source: req.source.clone(),
+        target: req.target.clone(),
+        created_at: st.clock.now(),
+    };
     let unique = format!("{}/{}->{}", req.source.fabric, req.source.id, req.target.fabric);
-    st.store
-        .put_doc(DocKind::StorageMapping, v.id, &m.id.to_string(), None, Some(&unique), &m, None)
-        .await
-        .map_err(|e| match e.kind {
-            ferry_store::ErrorKind::Conflict => ApiFailure::conflict("ClassificationAlreadyMapped", "This storage classification is already mapped for that site"),
+    st.store.put_doc(DocKind::StorageMapping, v.id, &m.id.to_string(), None, Some(&unique), &m, None).await.map_err(
+        |e| match e.kind {
+            ferry_store::ErrorKind::Conflict => ApiFailure::conflict(
+                "ClassificationAlreadyMapped",
+                "This storage classification is already mapped for that site",
+            ),
             _ => e.into(),
-        })?;
-    st.event(v.id, Severity::Info, "StorageMapped", &format!("Storage classification {} mapped to {}", req.source.id, req.target.id), Some(req.source.fabric), Some(&m.id.to_string()))
-        .await;
+        },
+    )?;
+    st.event(
+        v.id,
+        Severity::Info,
+        "StorageMapped",
+        &format!("Storage classification {} mapped to {}", req.source.id, req.target.id),
+        Some(req.source.fabric),
+        Some(&m.id.to_string()),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationStorageClassificationMappings/{mapping}", tag = "mappings", params(("vault" = String, Path), ("mapping" = String, Path)), responses((status = 204), (status = 404, body = ferry_types::ApiError)))]
-pub async fn delete_storage_mapping(State(st): State<AppState>, auth: Auth, Path((vault, mapping)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete_storage_mapping(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, mapping)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Storage mapping", &mapping)?;

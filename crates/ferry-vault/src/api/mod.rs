@@ -19,7 +19,10 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ferry vault API", description = "Site recovery for KVM/QEMU virtual machines. Resource names follow Azure Site Recovery."),
+    info(
+        title = "Ferry vault API",
+        description = "Site recovery for KVM/QEMU virtual machines. Resource names follow Azure Site Recovery."
+    ),
     components(schemas(ferry_types::ApiError))
 )]
 pub struct ApiDoc;
@@ -73,7 +76,10 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let ca_pem = state.ca.cert_pem().to_string();
     let router = router
         .with_state(state)
-        .route("/api/v1/health", get(|| async { Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route(
+            "/api/v1/health",
+            get(|| async { Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }),
+        )
         .route("/api/v1/openapi.json", get(move || async move { Json(spec) }))
         .route("/api/v1/ca", get(move || async move { ca_pem }))
         .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES));

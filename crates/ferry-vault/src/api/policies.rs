@@ -25,8 +25,12 @@ use crate::state::AppState;
 /// stay out of them) and whether Kerberos is available (it is not in this release).
 pub async fn policy_context(st: &AppState, vault: Uuid) -> ApiResult<PolicyContext> {
     let fabrics = st.store.all_docs::<Fabric>(DocKind::Fabric, vault).await?;
-    let replication_host_paths =
-        fabrics.iter().flat_map(|f| f.body.inventory.hosts.iter()).flat_map(|h| h.storage_locations.iter()).map(|l| l.path.clone()).collect();
+    let replication_host_paths = fabrics
+        .iter()
+        .flat_map(|f| f.body.inventory.hosts.iter())
+        .flat_map(|h| h.storage_locations.iter())
+        .map(|l| l.path.clone())
+        .collect();
     Ok(PolicyContext { kerberos_realm_configured: false, replication_host_paths })
 }
 
@@ -48,7 +52,11 @@ async fn load(st: &AppState, vault: Uuid, raw: &str) -> ApiResult<ferry_store::D
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationPolicies", tag = "policies", params(("vault" = String, Path)), responses((status = 200, body = [Policy])))]
-pub async fn list_policies(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<Policy>>> {
+pub async fn list_policies(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<Policy>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let mut out = Vec::new();
@@ -68,28 +76,53 @@ pub struct PolicyCreated {
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationPolicies", tag = "policies", request_body = CreatePolicy, params(("vault" = String, Path)), responses((status = 201, body = PolicyCreated), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
-pub async fn create_policy(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>, ApiJson(req): ApiJson<CreatePolicy>) -> ApiResult<(StatusCode, Json<PolicyCreated>)> {
+pub async fn create_policy(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiJson(req): ApiJson<CreatePolicy>,
+) -> ApiResult<(StatusCode, Json<PolicyCreated>)> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let ctx = policy_context(&st, v.id).await?;
     validate_policy(&req.spec, &ctx, st.clock.now())?;
     // Validate every association before writing anything.
-    let policy = Policy { id: Uuid::new_v4(), spec: req.spec, associated_clouds: vec![], version: 1, created_at: st.clock.now() };
+    let policy = Policy {
+        id: Uuid::new_v4(),
+        spec: req.spec,
+        associated_clouds: vec![],
+        version: 1,
+        created_at: st.clock.now(),
+    };
     for pair in &req.associate {
         super::mappings::validate_pair(&st, &v, &pair.source, &pair.target, &policy.spec).await?;
     }
-    st.store.put_doc(DocKind::Policy, v.id, &policy.id.to_string(), None, Some(&policy.spec.name), &policy, None).await?;
+    st.store
+        .put_doc(DocKind::Policy, v.id, &policy.id.to_string(), None, Some(&policy.spec.name), &policy, None)
+        .await?;
     let mut pairs = Vec::new();
     for pair in &req.associate {
         pairs.push(create_pair(&st, &v, &pair.source, &pair.target, policy.id).await?);
     }
-    st.event(v.id, Severity::Info, "PolicyCreated", &format!("Replication policy {} created", policy.spec.name), None, Some(&policy.id.to_string())).await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "PolicyCreated",
+        &format!("Replication policy {} created", policy.spec.name),
+        None,
+        Some(&policy.id.to_string()),
+    )
+    .await;
     let policy = with_associations(&st, v.id, policy).await?;
     Ok((StatusCode::CREATED, Json(PolicyCreated { policy, pairs })))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationPolicies/{policy}", tag = "policies", params(("vault" = String, Path), ("policy" = String, Path)), responses((status = 200, body = Policy), (status = 404, body = ferry_types::ApiError)))]
-pub async fn get_policy(State(st): State<AppState>, auth: Auth, Path((vault, policy)): Path<(String, String)>) -> ApiResult<Json<Policy>> {
+pub async fn get_policy(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, policy)): Path<(String, String)>,
+) -> ApiResult<Json<Policy>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let d = load(&st, v.id, &policy).await?;
@@ -134,7 +167,10 @@ pub async fn update_policy(
     }
     let mut p = d.body;
     p.spec = spec;
-    let version = st.store.put_doc(DocKind::Policy, v.id, &p.id.to_string(), None, Some(&p.spec.name), &p, Some(expected)).await?;
+    let version = st
+        .store
+        .put_doc(DocKind::Policy, v.id, &p.id.to_string(), None, Some(&p.spec.name), &p, Some(expected))
+        .await?;
     p.version = version;
     let job = if pairs.iter().any(|m| m.body.policy == p.id) {
         Some(
@@ -157,20 +193,34 @@ pub async fn update_policy(
     } else {
         None
     };
-    st.event(v.id, Severity::Info, "PolicyUpdated", &format!("Replication policy {} updated to version {version}", p.spec.name), None, Some(&p.id.to_string()))
-        .await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "PolicyUpdated",
+        &format!("Replication policy {} updated to version {version}", p.spec.name),
+        None,
+        Some(&p.id.to_string()),
+    )
+    .await;
     let policy = with_associations(&st, v.id, p).await?;
     Ok((StatusCode::ACCEPTED, Json(PolicyUpdated { policy, job })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/replicationPolicies/{policy}", tag = "policies", params(("vault" = String, Path), ("policy" = String, Path)), responses((status = 204), (status = 409, body = ferry_types::ApiError)))]
-pub async fn delete_policy(State(st): State<AppState>, auth: Auth, Path((vault, policy)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete_policy(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, policy)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let d = load(&st, v.id, &policy).await?;
     let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id).await?;
     if pairs.iter().any(|m| m.body.policy == d.body.id) {
-        return Err(ApiFailure::conflict("PolicyInUse", format!("Policy {} is associated with cloud pairs; remove them first", d.body.spec.name)));
+        return Err(ApiFailure::conflict(
+            "PolicyInUse",
+            format!("Policy {} is associated with cloud pairs; remove them first", d.body.spec.name),
+        ));
     }
     st.store.delete_doc(DocKind::Policy, v.id, &d.id).await?;
     Ok(StatusCode::NO_CONTENT)

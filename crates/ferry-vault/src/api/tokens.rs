@@ -17,17 +17,35 @@ pub async fn list_tokens(State(st): State<AppState>, auth: Auth) -> ApiResult<Js
     let rows = st.store.list_tokens().await?;
     Ok(Json(
         rows.into_iter()
-            .filter_map(|r| Role::parse(&r.role).map(|role| TokenInfo { id: r.id, name: r.name, role, created_at: ferry_store::from_ms(r.created_ms) }))
+            .filter_map(|r| {
+                Role::parse(&r.role).map(|role| TokenInfo {
+                    id: r.id,
+                    name: r.name,
+                    role,
+                    created_at: ferry_store::from_ms(r.created_ms),
+                })
+            })
             .collect(),
     ))
 }
 
 /// Create a token (used by the vault at first start for the admin token, too).
-pub async fn make_token(st: &ferry_store::Store, name: &str, role: Role, now: chrono::DateTime<chrono::Utc>) -> Result<CreatedToken, ferry_store::Error> {
+pub async fn make_token(
+    st: &ferry_store::Store,
+    name: &str,
+    role: Role,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<CreatedToken, ferry_store::Error> {
     let secret = new_secret("fy_");
     let info = TokenInfo { id: Uuid::new_v4(), name: name.to_string(), role, created_at: now };
     st.insert_token(
-        &ferry_store::TokenRow { id: info.id, name: info.name.clone(), role: role.as_str().to_string(), fabric: None, created_ms: now.timestamp_millis() },
+        &ferry_store::TokenRow {
+            id: info.id,
+            name: info.name.clone(),
+            role: role.as_str().to_string(),
+            fabric: None,
+            created_ms: now.timestamp_millis(),
+        },
         &hash_secret(&secret),
     )
     .await?;
@@ -35,7 +53,11 @@ pub async fn make_token(st: &ferry_store::Store, name: &str, role: Role, now: ch
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 400, body = ferry_types::ApiError)))]
-pub async fn create_token(State(st): State<AppState>, auth: Auth, ApiJson(req): ApiJson<CreateToken>) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+pub async fn create_token(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     auth.require(Role::Contributor)?;
     if req.name.trim().is_empty() || req.name.len() > 64 {
         return Err(ApiFailure::bad_request("InvalidName", "A token name is 1 to 64 characters"));

@@ -20,7 +20,9 @@ use crate::extract::{parse_id, ApiJson};
 use crate::state::AppState;
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults", tag = "vaults", responses((status = 200, body = [Vault])))]
@@ -34,15 +36,32 @@ pub async fn list_vaults(State(st): State<AppState>, auth: Auth) -> ApiResult<Js
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults", tag = "vaults", request_body = CreateVault, responses((status = 201, body = Vault), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
-pub async fn create_vault(State(st): State<AppState>, auth: Auth, ApiJson(req): ApiJson<CreateVault>) -> ApiResult<(StatusCode, Json<Vault>)> {
+pub async fn create_vault(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<CreateVault>,
+) -> ApiResult<(StatusCode, Json<Vault>)> {
     auth.require(Role::Contributor)?;
     if !valid_name(&req.name) {
-        return Err(ApiFailure::bad_request("InvalidName", "A vault name is 1 to 64 letters, digits, spaces, '-', '_' or '.'"));
+        return Err(ApiFailure::bad_request(
+            "InvalidName",
+            "A vault name is 1 to 64 letters, digits, spaces, '-', '_' or '.'",
+        ));
     }
     if req.description.len() > 1024 || req.region.len() > 64 {
-        return Err(ApiFailure::bad_request("InvalidValue", "Description is at most 1024 characters and region at most 64"));
+        return Err(ApiFailure::bad_request(
+            "InvalidValue",
+            "Description is at most 1024 characters and region at most 64",
+        ));
     }
-    let vault = Vault { id: Uuid::new_v4(), name: req.name, description: req.description, region: req.region, created_at: st.clock.now(), protection_goal: None };
+    let vault = Vault {
+        id: Uuid::new_v4(),
+        name: req.name,
+        description: req.description,
+        region: req.region,
+        created_at: st.clock.now(),
+        protection_goal: None,
+    };
     let body = serde_json::to_value(&vault).map_err(|e| ApiFailure::internal(e.to_string()))?;
     st.store.insert_vault(vault.id, &vault.name, &body, &new_secret(""), vault.created_at.timestamp_millis()).await?;
     st.event(vault.id, Severity::Info, "VaultCreated", &format!("Vault {} created", vault.name), None, None).await;
@@ -61,14 +80,22 @@ pub async fn delete_vault(State(st): State<AppState>, auth: Auth, Path(vault): P
     let (v, _) = st.vault(&vault).await?;
     let fabrics = st.store.list_docs::<serde_json::Value>(DocKind::Fabric, v.id, None, None, 1).await?;
     if !fabrics.is_empty() {
-        return Err(ApiFailure::conflict("VaultNotEmpty", format!("Vault {} still has registered sites; unregister them first", v.name)));
+        return Err(ApiFailure::conflict(
+            "VaultNotEmpty",
+            format!("Vault {} still has registered sites; unregister them first", v.name),
+        ));
     }
     st.store.delete_vault(v.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(put, path = "/api/v1/vaults/{vault}/protectionGoal", tag = "vaults", request_body = ProtectionGoal, params(("vault" = String, Path)), responses((status = 200, body = Vault), (status = 400, body = ferry_types::ApiError)))]
-pub async fn set_protection_goal(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>, ApiJson(goal): ApiJson<ProtectionGoal>) -> ApiResult<Json<Vault>> {
+pub async fn set_protection_goal(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiJson(goal): ApiJson<ProtectionGoal>,
+) -> ApiResult<Json<Vault>> {
     auth.require(Role::Contributor)?;
     let (mut v, _) = st.vault(&vault).await?;
     ferry_core::fabric_rules::validate_protection_goal(&goal)?;
@@ -97,14 +124,27 @@ pub struct IssuedKey {
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/registrationKeys", tag = "registration", params(("vault" = String, Path)), responses((status = 201, body = IssuedKey)))]
-pub async fn issue_key(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
+pub async fn issue_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
     auth.require(Role::Contributor)?;
     let (v, secret) = st.vault(&vault).await?;
     let now = st.clock.now();
-    let (key, file) = RegistrationKey::issue(v.id, &v.name, &[st.public_url.clone()], st.ca.fingerprint(), secret.as_bytes(), now)
-        .map_err(|e| ApiFailure::internal(e.to_string()))?;
+    let (key, file) =
+        RegistrationKey::issue(v.id, &v.name, std::slice::from_ref(&st.public_url), st.ca.fingerprint(), secret.as_bytes(), now)
+            .map_err(|e| ApiFailure::internal(e.to_string()))?;
     st.store.insert_key(key.key_id(), v.id, &key.secret_hash(), now.timestamp_millis()).await?;
-    st.event(v.id, Severity::Info, "RegistrationKeyIssued", &format!("Registration key {} issued", key.key_id()), None, None).await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "RegistrationKeyIssued",
+        &format!("Registration key {} issued", key.key_id()),
+        None,
+        None,
+    )
+    .await;
     let info = RegistrationKeyInfo {
         id: key.key_id(),
         issued_at: key.issued_at(),
@@ -117,7 +157,11 @@ pub async fn issue_key(State(st): State<AppState>, auth: Auth, Path(vault): Path
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/registrationKeys", tag = "registration", params(("vault" = String, Path)), responses((status = 200, body = [RegistrationKeyInfo])))]
-pub async fn list_keys(State(st): State<AppState>, auth: Auth, Path(vault): Path<String>) -> ApiResult<Json<Vec<RegistrationKeyInfo>>> {
+pub async fn list_keys(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<Vec<RegistrationKeyInfo>>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
     let validity = ferry_pki::regkey::default_validity();
@@ -137,14 +181,19 @@ pub async fn list_keys(State(st): State<AppState>, auth: Auth, Path(vault): Path
 }
 
 #[utoipa::path(delete, path = "/api/v1/vaults/{vault}/registrationKeys/{key}", tag = "registration", params(("vault" = String, Path), ("key" = String, Path)), responses((status = 204), (status = 404, body = ferry_types::ApiError)))]
-pub async fn revoke_key(State(st): State<AppState>, auth: Auth, Path((vault, key)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, key)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Registration key", &key)?;
     if !st.store.revoke_key(v.id, id, st.clock.now().timestamp_millis()).await? {
         return Err(ApiFailure::not_found("Registration key", &key));
     }
-    st.event(v.id, Severity::Info, "RegistrationKeyRevoked", &format!("Registration key {id} revoked"), None, None).await;
+    st.event(v.id, Severity::Info, "RegistrationKeyRevoked", &format!("Registration key {id} revoked"), None, None)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

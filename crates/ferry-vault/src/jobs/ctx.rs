@@ -75,7 +75,13 @@ impl JobCtx {
         let idx = match self.job.tasks.iter().position(|t| t.name == name) {
             Some(i) => i,
             None => {
-                self.job.tasks.push(ferry_types::job::JobTask { name: name.to_string(), status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None });
+                self.job.tasks.push(ferry_types::job::JobTask {
+                    name: name.to_string(),
+                    status: JobStatus::NotStarted,
+                    started_at: None,
+                    ended_at: None,
+                    error: None,
+                });
                 self.job.tasks.len() - 1
             }
         };
@@ -142,7 +148,14 @@ impl JobCtx {
         if status == JobStatus::Failed {
             let msg = format!("Job {} ({}) on {} failed", self.job.operation, self.job.id, self.job.object_name);
             self.state
-                .event(self.job.vault_id, ferry_types::event::Severity::Error, "JobFailed", &msg, self.job.fabric, Some(&self.job.object_id))
+                .event(
+                    self.job.vault_id,
+                    ferry_types::event::Severity::Error,
+                    "JobFailed",
+                    &msg,
+                    self.job.fabric,
+                    Some(&self.job.object_id),
+                )
                 .await;
         }
         Ok(())
@@ -150,7 +163,13 @@ impl JobCtx {
 
     /// Send a command to a site and wait for its answer. The command id is derived from the
     /// job and `key`, so a resumed job waits for the command it already sent.
-    pub async fn site_command(state: &AppState, job: &Job, fabric: Uuid, key: &str, command: SiteCommand) -> Result<CommandResult, ApiError> {
+    pub async fn site_command(
+        state: &AppState,
+        job: &Job,
+        fabric: Uuid,
+        key: &str,
+        command: SiteCommand,
+    ) -> Result<CommandResult, ApiError> {
         let id = Uuid::new_v5(&COMMAND_NS, format!("{}/{key}", job.id).as_bytes());
         let body = serde_json::to_value(&command).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
         state
@@ -174,7 +193,9 @@ impl JobCtx {
             if Instant::now() >= deadline {
                 return Err(ApiError::new("SiteUnreachable", "The site did not answer the command in time")
                     .cause("The site manager is stopped or cannot reach the vault")
-                    .recommend("Check the site manager's service and its connection to the vault, then restart the job"));
+                    .recommend(
+                        "Check the site manager's service and its connection to the vault, then restart the job",
+                    ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

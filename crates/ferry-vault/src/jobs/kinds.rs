@@ -118,15 +118,23 @@ impl JobKind for RemovePair {
         let p: PairParams = ctx.params()?;
         let vault = ctx.job().vault_id;
         let mapping = load_mapping(&ctx.state, vault, p.mapping).await?;
-        for (name, fabric) in [("Remove from source site", mapping.source.fabric), ("Remove from target site", mapping.target.fabric)] {
+        for (name, fabric) in
+            [("Remove from source site", mapping.source.fabric), ("Remove from target site", mapping.target.fabric)]
+        {
             ctx.task(name, |state, job| async move {
-                let r = JobCtx::site_command(&state, &job, fabric, name, SiteCommand::RemovePair { mapping: p.mapping }).await?;
+                let r =
+                    JobCtx::site_command(&state, &job, fabric, name, SiteCommand::RemovePair { mapping: p.mapping })
+                        .await?;
                 check(r, "Removing the cloud pair")
             })
             .await?;
         }
         ctx.task("Delete cloud pair", |state, _job| async move {
-            state.store.delete_doc(DocKind::ContainerMapping, vault, &p.mapping.to_string()).await.map_err(store_err)?;
+            state
+                .store
+                .delete_doc(DocKind::ContainerMapping, vault, &p.mapping.to_string())
+                .await
+                .map_err(store_err)?;
             Ok(())
         })
         .await
@@ -146,7 +154,8 @@ impl JobKind for UpdatePolicy {
     async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
         let p: PolicyParams = ctx.params()?;
         let vault = ctx.job().vault_id;
-        let mappings = ctx.state.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, vault).await.map_err(store_err)?;
+        let mappings =
+            ctx.state.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, vault).await.map_err(store_err)?;
         for m in mappings.into_iter().filter(|m| m.body.policy == p.policy) {
             let key = format!("mapping {} v{}", m.body.id, p.version);
             configure_sides(ctx, m.body.id, &key).await?;

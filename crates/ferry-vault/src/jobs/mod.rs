@@ -64,7 +64,13 @@ impl JobEngine {
             tasks: new
                 .tasks
                 .into_iter()
-                .map(|name| JobTask { name, status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None })
+                .map(|name| JobTask {
+                    name,
+                    status: JobStatus::NotStarted,
+                    started_at: None,
+                    ended_at: None,
+                    error: None,
+                })
                 .collect(),
             progress: 0,
             allowed_actions: Job::actions_for(JobStatus::NotStarted),
@@ -95,7 +101,13 @@ impl JobEngine {
             tasks: new
                 .tasks
                 .into_iter()
-                .map(|name| JobTask { name, status: JobStatus::Succeeded, started_at: Some(now), ended_at: Some(now), error: None })
+                .map(|name| JobTask {
+                    name,
+                    status: JobStatus::Succeeded,
+                    started_at: Some(now),
+                    ended_at: Some(now),
+                    error: None,
+                })
                 .collect(),
             progress: 100,
             allowed_actions: vec![],
@@ -124,7 +136,13 @@ impl JobEngine {
         job.ended_at = None;
         job.restart_of = Some(old.id);
         for t in &mut job.tasks {
-            *t = JobTask { name: t.name.clone(), status: JobStatus::NotStarted, started_at: None, ended_at: None, error: None };
+            *t = JobTask {
+                name: t.name.clone(),
+                status: JobStatus::NotStarted,
+                started_at: None,
+                ended_at: None,
+                error: None,
+            };
         }
         self.store.insert_job(&job).await?;
         self.spawn(state.clone(), job.clone());
@@ -180,8 +198,11 @@ impl JobEngine {
                     }
                     k.run(&mut ctx).await
                 }
-                None => Err(ApiError::new("UnknownOperation", format!("This vault cannot run '{}' jobs", ctx.job().operation))
-                    .recommend("Run a vault version that supports this operation, or cancel the job")),
+                None => Err(ApiError::new(
+                    "UnknownOperation",
+                    format!("This vault cannot run '{}' jobs", ctx.job().operation),
+                )
+                .recommend("Run a vault version that supports this operation, or cancel the job")),
             };
             if let Err(e) = ctx.finish(outcome).await {
                 tracing::error!(error = ?e, "cannot record job outcome");
