@@ -33,6 +33,12 @@ pub struct LabArgs {
     /// Record every site → vault message to `<dir>/logs/<site>.vault-traffic.jsonl` (FAB-9).
     #[arg(long)]
     pub record_vault_traffic: bool,
+    /// Prefix of the lab's bridge names (keep it short: names are at most 15 bytes).
+    #[arg(long, default_value = "fy")]
+    pub bridge_prefix: String,
+    /// Do not create the demo VMs.
+    #[arg(long)]
+    pub no_demo_vms: bool,
 }
 
 pub const VAULT_NAME: &str = "ferry-lab";
@@ -154,7 +160,7 @@ const SITES: [SiteSpec; 2] = [
         host: "ny1",
         toml: NEW_YORK,
         storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
-        bridges: &[("LogicalNetwork1-NewYork", "fyny-ln1"), ("LogicalNetwork2-NewYork", "fyny-ln2")],
+        bridges: &[("LogicalNetwork1-NewYork", "ny-ln1"), ("LogicalNetwork2-NewYork", "ny-ln2")],
     },
     SiteSpec {
         key: "chicago",
@@ -166,7 +172,7 @@ const SITES: [SiteSpec; 2] = [
             ("silver_target", Some("SILVER_TARGET"), false),
             ("replica", None, true),
         ],
-        bridges: &[("LogicalNetwork1-Chicago", "fychi-ln1"), ("LogicalNetwork2-Chicago", "fychi-ln2")],
+        bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
     },
 ];
 
@@ -344,7 +350,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
             args.report_interval,
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );
-        let guest = dir.join("..").join("target").join("test-guest");
+        let guest = test_guest_dir();
         if guest.join("vmlinuz").exists() {
             hcfg.push_str(&format!(
                 "probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n",
@@ -364,7 +370,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
             }
         }
         for (ln, br) in s.bridges {
-            hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{br}\"\n"));
+            hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n", args.bridge_prefix));
         }
         std::fs::write(hdir.join("host.toml"), hcfg)?;
         let hdata = hdir.join("data");
@@ -405,6 +411,10 @@ pub async fn run(args: LabArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    if !args.no_demo_vms {
+        demo_vms(&client, &dir).await?;
+    }
+
     let env = format!(
         "export FERRY_URL={url}\nexport FERRY_CA={}\nexport FERRY_TOKEN={token}\nexport FERRY_VAULT={VAULT_NAME}\n",
         ca_path.display()
@@ -433,16 +443,20 @@ pub async fn run(args: LabArgs) -> Result<()> {
     println!("Press Ctrl-C to stop the lab.");
     crate::roles::shutdown_signal().await;
     println!("Stopping the lab...");
+    stop_vms(&dir);
     drop(procs);
     let _ = std::fs::remove_file(dir.join("pids"));
-    remove_bridges();
+    remove_bridges(&dir);
     Ok(())
 }
 
-fn remove_bridges() {
+/// Remove the bridges named in the lab's host configurations.
+fn remove_bridges(dir: &Path) {
     for s in &SITES {
-        for (_, br) in s.bridges {
-            let _ = ferry_host::net::delete_link(br);
+        let Ok(text) = std::fs::read_to_string(dir.join("hosts").join(s.host).join("host.toml")) else { continue };
+        let Ok(cfg) = toml::from_str::<ferry_host::HostConfig>(&text) else { continue };
+        for b in cfg.bridges {
+            let _ = ferry_host::net::delete_link(&b.bridge);
         }
     }
 }
@@ -453,13 +467,102 @@ fn down(dir: &Path) -> Result<()> {
         println!("No running lab in {}", dir.display());
         return Ok(());
     };
+    stop_vms(dir);
     for line in text.lines().rev() {
         if let Some(pid) = line.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
             stop_pid(pid);
         }
     }
     let _ = std::fs::remove_file(dir.join("pids"));
-    remove_bridges();
+    remove_bridges(dir);
     println!("Lab stopped.");
     Ok(())
+}
+
+/// The demo VMs of the seed: on VMNetwork1-NewYork in GoldCloud1, two on GOLD storage and one on
+/// SILVER, each running the test guest's record workload on its data disk.
+async fn demo_vms(client: &Client, dir: &Path) -> Result<()> {
+    let _ = dir;
+    let guest = test_guest_dir();
+    let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.img"));
+    if !kernel.exists() || !initrd.exists() {
+        println!("(no test guest in {}: demo VMs skipped; scripts/setup-deps.sh builds it)", guest.display());
+        return Ok(());
+    }
+    let vms_path = format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics/VMM-NewYork/hosts/ny1/vmActions");
+    let existing = run_vm_action(client, &vms_path, json!({"action": "list"})).await?;
+    for (i, (name, class)) in [("web1", "gold"), ("db1", "gold"), ("app1", "silver")].iter().enumerate() {
+        let known = existing.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == *name));
+        if !known {
+            let store = dir.join("storage").join("ny1").join(class);
+            let def = json!({
+                "name": name,
+                "vcpus": 1,
+                "memory_mib": 256,
+                "guest_agent": true,
+                "disks": [
+                    {"target": "vda", "path": store.join(format!("{name}-vda.qcow2")), "format": "qcow2", "create_size": 64u64 << 20},
+                    {"target": "vdb", "path": store.join(format!("{name}-vdb.qcow2")), "format": "qcow2", "create_size": 64u64 << 20}
+                ],
+                "nics": [{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": format!("10.11.0.{}", 10 + i)}],
+                "kernel_boot": {
+                    "kernel": kernel, "initrd": initrd,
+                    "append": format!("console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=2000 ferry.count=100000")
+                }
+            });
+            run_vm_action(client, &vms_path, json!({"action": "create", "definition": def})).await?;
+        }
+        let st = run_vm_action(client, &vms_path, json!({"action": "status", "vm": name})).await?;
+        if st["power_state"] != "Running" {
+            run_vm_action(client, &vms_path, json!({"action": "start", "vm": name})).await?;
+        }
+        println!("  demo VM     {name:<12} VMNetwork1-NewYork, {} storage, running the record workload", class.to_uppercase());
+    }
+    Ok(())
+}
+
+/// Submit a VM action job and wait for the host's answer.
+async fn run_vm_action(client: &Client, path: &str, action: Value) -> Result<Value> {
+    let job: Value = client.post(path, &action).await?;
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j: Value = client.get(&format!("/api/v1/vaults/{VAULT_NAME}/replicationJobs/{id}")).await?;
+        match j["status"].as_str() {
+            Some("Succeeded") => return Ok(j["params"]["outputs"]["Run on host"].clone()),
+            Some("Failed") | Some("Cancelled") => bail!("VM action failed: {}", j["errors"]),
+            _ if Instant::now() > deadline => bail!("VM action {id} did not finish"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Where the test guest lives: `FERRY_TEST_GUEST`, else `target/test-guest` next to the build.
+pub fn test_guest_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("FERRY_TEST_GUEST") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(|p| p.parent()).map(|t| t.join("test-guest")))
+        .unwrap_or_else(|| PathBuf::from("target/test-guest"))
+}
+
+/// Stop the QEMU processes the lab's host agents started (by the PIDs in their run directories).
+fn stop_vms(dir: &Path) {
+    for s in &SITES {
+        let vms = dir.join("hosts").join(s.host).join("data").join("vms");
+        let Ok(entries) = std::fs::read_dir(&vms) else { continue };
+        for e in entries.flatten() {
+            let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy());
+            if ours {
+                let _ = std::fs::write(e.path().join("stop-requested"), b"lab stopped\n");
+                stop_pid(pid);
+            }
+        }
+    }
 }
