@@ -81,6 +81,11 @@ pub fn build(site: &Site) -> SiteInventory {
                 }
             }
             for mut vm in r.vms {
+                for d in &mut vm.disks {
+                    if let Some(c) = d.classification.as_ref().and_then(|n| class_id(f, n)) {
+                        d.classification = Some(c);
+                    }
+                }
                 vm.host = id.clone();
                 vm.cloud = cloud_of_group(group);
                 inv.vms.push(vm);
@@ -89,4 +94,9 @@ pub fn build(site: &Site) -> SiteInventory {
         inv.hosts.push(host);
     }
     inv
+}
+
+/// Hosts name storage classifications; the inventory carries their ids.
+fn class_id(f: &crate::config::Fabric, name_or_id: &str) -> Option<String> {
+    f.storage_classifications.iter().find(|sc| sc.name == name_or_id || sc.id == name_or_id).map(|sc| sc.id.clone())
 }

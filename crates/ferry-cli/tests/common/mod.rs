@@ -1,0 +1,209 @@
+//! Test harness: a whole lab (vault, two sites, two hosts: separate `ferry` processes on
+//! loopback TLS) in a temporary directory, stopped by PID when the test ends, also on failure.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn ferry_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// The test guest (built once per machine by scripts/build-test-guest.sh).
+pub fn test_guest() -> ferry_qemu::guest_build::TestGuest {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("target/test-guest");
+    ferry_qemu::guest_build::ensure_test_guest(&root.join("scripts/build-test-guest.sh"), &out).expect("test guest builds")
+}
+
+/// A child process killed by its PID when dropped.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        term_and_wait(&mut self.0, Duration::from_secs(10));
+    }
+}
+
+pub fn term_and_wait(c: &mut Child, grace: Duration) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+pub fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub bridge_prefix: String,
+}
+
+pub struct LabOptions {
+    pub demo_vms: bool,
+    pub record: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { demo_vms: false, record: false }
+    }
+}
+
+impl Lab {
+    pub fn start(opts: LabOptions) -> Lab {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("lab-data");
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let bridge_prefix = format!("t{}{}", std::process::id() % 1000, n);
+        let mut args = vec![
+            "lab".to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--port".into(),
+            "0".into(),
+            "--report-interval".into(),
+            "1".into(),
+            "--bridge-prefix".into(),
+            bridge_prefix.clone(),
+        ];
+        if !opts.demo_vms {
+            args.push("--no-demo-vms".into());
+        }
+        if opts.record {
+            args.push("--record-vault-traffic".into());
+        }
+        std::fs::create_dir_all(tmp.path()).expect("tmp");
+        let log = std::fs::File::create(tmp.path().join("lab.out")).expect("log");
+        let child = Command::new(ferry_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .env("FERRY_ACCEL", "tcg")
+            .spawn()
+            .expect("lab starts");
+        let mut lab = Lab { tmp, dir, child: Some(child), bridge_prefix };
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !lab.dir.join("ferry.env").exists() || !lab.dir.join("pids").exists() {
+            if let Some(c) = lab.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("lab exited early ({st}):\n{}", lab.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "lab did not come up:\n{}", lab.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        lab
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = std::fs::read_to_string(self.tmp.path().join("lab.out")).unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) {
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                s.push_str(&format!("\n--- {} ---\n{}", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            }
+        }
+        s
+    }
+
+    /// PID of a lab process by name (`vault`, `site-newyork`, `host-ny1`, ...).
+    pub fn pid(&self, name: &str) -> u32 {
+        let text = std::fs::read_to_string(self.dir.join("pids")).expect("pids");
+        text.lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(name)).then(|| it.next().and_then(|p| p.parse().ok())).flatten()
+            })
+            .unwrap_or_else(|| panic!("no pid for {name}"))
+    }
+
+    pub fn env(&self, key: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join("ferry.env")).expect("env");
+        text.lines()
+            .find_map(|l| l.strip_prefix("export ").and_then(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {key}"))
+    }
+
+    /// Run `ferry` with the lab's connection settings; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(ferry_bin())
+            .args(args)
+            .env("FERRY_LAB_DIR", &self.dir)
+            .env_remove("FERRY_URL")
+            .env_remove("FERRY_TOKEN")
+            .env_remove("FERRY_CA")
+            .output()
+            .expect("ferry runs");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Run a CLI command with `-o json` that must succeed; parse its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let (code, out, err) = self.cli(&a);
+        assert_eq!(code, 0, "ferry {args:?} failed: {err}\n{out}");
+        if out.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ferry {args:?}: not JSON ({e}): {out}"))
+    }
+
+    pub fn storage(&self, host: &str, sub: &str) -> PathBuf {
+        self.dir.join("storage").join(host).join(sub)
+    }
+
+    pub fn host_data(&self, host: &str) -> PathBuf {
+        self.dir.join("hosts").join(host).join("data")
+    }
+
+    /// Poll until `f` returns Some or the timeout passes.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Write a VM definition file and return its path.
+    pub fn vm_def(&self, name: &str, def: &Value) -> PathBuf {
+        let p = self.tmp.path().join(format!("{name}.json"));
+        std::fs::write(&p, serde_json::to_vec_pretty(def).expect("json")).expect("write def");
+        p
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            term_and_wait(&mut c, Duration::from_secs(30));
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
