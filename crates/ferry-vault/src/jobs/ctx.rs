@@ -190,6 +190,11 @@ impl JobCtx {
                     .map_err(|e| ApiError::new("SiteProtocolError", format!("The site's answer is unreadable: {e}")))?;
                 return Ok(result);
             }
+            // A job waiting for a site that does not answer can be cancelled (JOB-1); the
+            // command stays queued, a late answer is ignored.
+            if state.jobs.cancel_requested(job.id) {
+                return Err(cancelled());
+            }
             if Instant::now() >= deadline {
                 return Err(ApiError::new("SiteUnreachable", "The site did not answer the command in time")
                     .cause("The site manager is stopped or cannot reach the vault")

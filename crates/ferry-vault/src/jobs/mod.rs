@@ -167,6 +167,15 @@ impl JobEngine {
         }
     }
 
+    /// Whether an operator asked this (running) job to stop.
+    pub fn cancel_requested(&self, id: Uuid) -> bool {
+        self.cancel_flags
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|f| f.load(std::sync::atomic::Ordering::SeqCst)))
+            .unwrap_or(false)
+    }
+
     /// Resume every unfinished job after a restart.
     pub async fn resume_all(&self, state: &AppState) -> Result<usize, ferry_store::Error> {
         let open = self.store.open_jobs().await?;
