@@ -370,7 +370,10 @@ pub async fn run(args: LabArgs) -> Result<()> {
             }
         }
         for (ln, br) in s.bridges {
-            hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n", args.bridge_prefix));
+            hcfg.push_str(&format!(
+                "[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n",
+                args.bridge_prefix
+            ));
         }
         std::fs::write(hdir.join("host.toml"), hcfg)?;
         let hdata = hdir.join("data");
@@ -516,7 +519,10 @@ async fn demo_vms(client: &Client, dir: &Path) -> Result<()> {
         if st["power_state"] != "Running" {
             run_vm_action(client, &vms_path, json!({"action": "start", "vm": name})).await?;
         }
-        println!("  demo VM     {name:<12} VMNetwork1-NewYork, {} storage, running the record workload", class.to_uppercase());
+        println!(
+            "  demo VM     {name:<12} VMNetwork1-NewYork, {} storage, running the record workload",
+            class.to_uppercase()
+        );
     }
     Ok(())
 }
@@ -554,7 +560,9 @@ fn stop_vms(dir: &Path) {
         let vms = dir.join("hosts").join(s.host).join("data").join("vms");
         let Ok(entries) = std::fs::read_dir(&vms) else { continue };
         for e in entries.flatten() {
-            let Some(pid) = std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+            let Some(pid) =
+                std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok())
+            else {
                 continue;
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -8,7 +8,8 @@ use common::{Lab, LabOptions};
 use serde_json::{json, Value};
 
 fn names(v: &Value) -> Vec<String> {
-    let mut n: Vec<String> = v.as_array().into_iter().flatten().filter_map(|x| x["name"].as_str().map(str::to_string)).collect();
+    let mut n: Vec<String> =
+        v.as_array().into_iter().flatten().filter_map(|x| x["name"].as_str().map(str::to_string)).collect();
     n.sort();
     n
 }
@@ -20,11 +21,24 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
     let sites = lab.json(&["site-list"]);
     assert_eq!(names(&sites), vec!["VMM-Chicago", "VMM-NewYork"]);
     let keys = lab.json(&["key-list"]);
-    assert_eq!(keys.as_array().map(|a| a.iter().filter(|k| !k["used_at"].is_null()).count()), Some(2), "each site used one key");
+    assert_eq!(
+        keys.as_array().map(|a| a.iter().filter(|k| !k["used_at"].is_null()).count()),
+        Some(2),
+        "each site used one key"
+    );
     assert_eq!(names(&lab.json(&["cloud-list", "--site", "VMM-NewYork"])), vec!["GoldCloud1", "SilverCloud1"]);
-    assert_eq!(names(&lab.json(&["cloud-list", "--site", "VMM-Chicago", "--synced"])), vec!["GoldCloud2", "SilverCloud2"]);
-    assert_eq!(names(&lab.json(&["network-list", "--site", "VMM-NewYork"])), vec!["VMNetwork1-NewYork", "VMNetwork2-NewYork"]);
-    assert_eq!(names(&lab.json(&["classification-list", "--site", "VMM-Chicago"])), vec!["GOLD_TARGET", "SILVER_TARGET"]);
+    assert_eq!(
+        names(&lab.json(&["cloud-list", "--site", "VMM-Chicago", "--synced"])),
+        vec!["GoldCloud2", "SilverCloud2"]
+    );
+    assert_eq!(
+        names(&lab.json(&["network-list", "--site", "VMM-NewYork"])),
+        vec!["VMNetwork1-NewYork", "VMNetwork2-NewYork"]
+    );
+    assert_eq!(
+        names(&lab.json(&["classification-list", "--site", "VMM-Chicago"])),
+        vec!["GOLD_TARGET", "SILVER_TARGET"]
+    );
     assert_eq!(
         names(&lab.json(&["logical-network-list", "--site", "VMM-Chicago"])),
         vec!["LogicalNetwork1-Chicago", "LogicalNetwork2-Chicago"]
@@ -39,7 +53,8 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
     assert!(locs.iter().any(|l| l["default_replica"] == true));
     assert!(locs.iter().all(|l| l["free_bytes"].as_u64().unwrap_or(0) > 0));
     let classes = lab.json(&["classification-list", "--site", "VMM-NewYork"]);
-    let gold_id = classes.as_array().and_then(|a| a.iter().find(|c| c["name"] == "GOLD")).map(|c| c["id"].clone()).expect("GOLD");
+    let gold_id =
+        classes.as_array().and_then(|a| a.iter().find(|c| c["name"] == "GOLD")).map(|c| c["id"].clone()).expect("GOLD");
     assert!(locs.iter().any(|l| l["classification"] == gold_id), "hosts' classifications carry the site's ids");
 
     // FAB-4: a new VM appears as a protectable item; a removed one disappears.
@@ -58,7 +73,8 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
     assert_eq!(item["nics"][0]["ip"], "10.11.0.50");
     assert_eq!(item["disks"][0]["classification"], gold_id);
     let clouds = lab.json(&["cloud-list", "--site", "VMM-NewYork"]);
-    let gold_cloud = clouds.as_array().and_then(|a| a.iter().find(|c| c["name"] == "GoldCloud1")).map(|c| c["id"].clone());
+    let gold_cloud =
+        clouds.as_array().and_then(|a| a.iter().find(|c| c["name"] == "GoldCloud1")).map(|c| c["id"].clone());
     assert_eq!(Some(item["cloud"].clone()), gold_cloud, "the VM belongs to its host's cloud");
 
     lab.json(&["vm-delete", "--site", "VMM-NewYork", "--host", "ny1", "inv1", "--delete-disks"]);
@@ -68,7 +84,8 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
     });
     assert!(!disk.exists());
     let events = lab.json(&["event-list", "--kind", "InventoryChanged", "--limit", "200"]);
-    let msgs: Vec<&str> = events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).collect();
+    let msgs: Vec<&str> =
+        events["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str()).collect();
     assert!(msgs.iter().any(|m| m.contains("VM inv1 added")), "{msgs:?}");
     assert!(msgs.iter().any(|m| m.contains("VM inv1 removed")), "{msgs:?}");
 }

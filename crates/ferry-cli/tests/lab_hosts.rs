@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 fn vm_action_error(lab: &Lab, def: &Value, name: &str) -> String {
     let path = lab.vm_def(name, def);
-    let (code, out, err) = lab.cli(&["vm-create", "--site", "VMM-NewYork", "--host", "ny1", "--file", &path.display().to_string()]);
+    let (code, out, err) =
+        lab.cli(&["vm-create", "--site", "VMM-NewYork", "--host", "ny1", "--file", &path.display().to_string()]);
     assert_ne!(code, 0, "definition {name} must be refused: {out}");
     assert_eq!(code, 6, "a refused definition fails its job: {err}");
     err
@@ -25,9 +26,21 @@ fn host_1_invalid_definitions_are_refused_and_create_nothing() {
     let gold = lab.storage("ny1", "gold");
     let ok_disk = gold.join("ok-vda.qcow2");
     let good = json!({"name": "dup", "disks": [{"target": "vda", "path": ok_disk, "format": "qcow2", "create_size": 8u64 << 20}]});
-    lab.json(&["vm-create", "--site", "VMM-NewYork", "--host", "ny1", "--file", &lab.vm_def("dup", &good).display().to_string()]);
+    lab.json(&[
+        "vm-create",
+        "--site",
+        "VMM-NewYork",
+        "--host",
+        "ny1",
+        "--file",
+        &lab.vm_def("dup", &good).display().to_string(),
+    ]);
 
-    let err = vm_action_error(&lab, &json!({"name": "m1", "disks": [{"target": "vda", "path": gold.join("missing.qcow2"), "format": "qcow2"}]}), "m1");
+    let err = vm_action_error(
+        &lab,
+        &json!({"name": "m1", "disks": [{"target": "vda", "path": gold.join("missing.qcow2"), "format": "qcow2"}]}),
+        "m1",
+    );
     assert!(err.contains("does not exist"), "{err}");
     let err = vm_action_error(
         &lab,
@@ -38,7 +51,11 @@ fn host_1_invalid_definitions_are_refused_and_create_nothing() {
     let err = vm_action_error(&lab, &good, "dup-again");
     assert!(err.contains("VmAlreadyExists"), "{err}");
     let outside = lab.tmp.path().join("outside.qcow2");
-    let err = vm_action_error(&lab, &json!({"name": "m3", "disks": [{"target": "vda", "path": outside, "format": "qcow2", "create_size": 1048576}]}), "m3");
+    let err = vm_action_error(
+        &lab,
+        &json!({"name": "m3", "disks": [{"target": "vda", "path": outside, "format": "qcow2", "create_size": 1048576}]}),
+        "m3",
+    );
     assert!(err.contains("outside this host's storage locations"), "{err}");
     let err = vm_action_error(
         &lab,
@@ -50,7 +67,8 @@ fn host_1_invalid_definitions_are_refused_and_create_nothing() {
     assert!(err.contains("used twice"), "{err}");
 
     // Nothing was created by the refused definitions.
-    let listed: Vec<String> = vms(&lab).as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(str::to_string)).collect();
+    let listed: Vec<String> =
+        vms(&lab).as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(str::to_string)).collect();
     assert_eq!(listed, vec!["dup".to_string()]);
     for f in ["m2.qcow2", "m4a.qcow2", "m4b.qcow2"] {
         assert!(!gold.join(f).exists(), "{f} must not be created");
@@ -74,7 +92,15 @@ fn host_1_vm_lifecycle_with_nic_on_bridge_and_host_3_reattach_and_crash_report()
         ],
         "nics": [{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": "10.11.0.20"}, {}]
     });
-    let created = lab.json(&["vm-create", "--site", "VMM-NewYork", "--host", "ny1", "--file", &lab.vm_def("life", &def).display().to_string()]);
+    let created = lab.json(&[
+        "vm-create",
+        "--site",
+        "VMM-NewYork",
+        "--host",
+        "ny1",
+        "--file",
+        &lab.vm_def("life", &def).display().to_string(),
+    ]);
     assert_eq!(created["power_state"], "Stopped");
     assert!(disk.exists() && data.exists());
     let started = lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "life"]);
@@ -96,7 +122,13 @@ fn host_1_vm_lifecycle_with_nic_on_bridge_and_host_3_reattach_and_crash_report()
     let hdir = lab.dir.join("hosts/ny1");
     let _agent = ChildGuard(
         std::process::Command::new(common::ferry_bin())
-            .args(["host", "--config", &hdir.join("host.toml").display().to_string(), "--data-dir", &hdir.join("data").display().to_string()])
+            .args([
+                "host",
+                "--config",
+                &hdir.join("host.toml").display().to_string(),
+                "--data-dir",
+                &hdir.join("data").display().to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(lab.tmp.path().join("host-ny1-restarted.log")).expect("log"))
             .spawn()
@@ -115,7 +147,12 @@ fn host_1_vm_lifecycle_with_nic_on_bridge_and_host_3_reattach_and_crash_report()
         let v = lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "life"]);
         (v["power_state"] == "Crashed").then_some(v)
     });
-    assert!(st["reason"].as_str().is_some_and(|r| r.contains("SIGKILL") || r.contains("killed") || r.contains("disappeared")), "{st}");
+    assert!(
+        st["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("SIGKILL") || r.contains("killed") || r.contains("disappeared")),
+        "{st}"
+    );
 
     // Start again, graceful shutdown (no guest OS: ACPI is ignored, so it is stopped after the
     // timeout), delete with disks.

@@ -38,11 +38,24 @@ pub fn host_client(site: &Site, address: &str) -> Result<ferry_client::Client, f
 
 pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::SiteError> {
     let tls = ferry_pki::server_config(&site.tls.cert_pem, &site.tls.key_pem, ferry_pki::ClientAuth::None, true)?;
-    let listener = std::net::TcpListener::bind(site.cfg.listen)?;
+    // Hosts remember the address they joined; a restarted site with an ephemeral port binds the
+    // address it had before when it can.
+    let previous =
+        std::fs::read_to_string(site.data.join("host-endpoint")).ok().and_then(|a| a.trim().parse::<SocketAddr>().ok());
+    let listener = match previous {
+        Some(prev) if site.cfg.listen.port() == 0 && prev.ip() == site.cfg.listen.ip() => {
+            std::net::TcpListener::bind(prev).or_else(|_| std::net::TcpListener::bind(site.cfg.listen))?
+        }
+        _ => std::net::TcpListener::bind(site.cfg.listen)?,
+    };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     std::fs::write(site.data.join("host-endpoint"), addr.to_string())?;
-    let app = Router::new().route("/v1/join", post(join)).route("/v1/report", post(report)).with_state(site);
+    let app = Router::new()
+        .route("/v1/join", post(join))
+        .route("/v1/report", post(report))
+        .route("/v1/status", axum::routing::get(status))
+        .with_state(site);
     let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
@@ -128,4 +141,22 @@ async fn report(
     entry.last_seen_ms = chrono::Utc::now().timestamp_millis();
     let pairs = p.pairs.clone();
     Ok(Json(HostReportAck { pairs }))
+}
+
+/// Local status of the site (works while the vault is unreachable): its hosts and when the
+/// vault last accepted a report.
+async fn status(State(site): State<Arc<Site>>) -> Json<serde_json::Value> {
+    let p = site.persisted.lock().map(|p| p.clone()).unwrap_or_default();
+    let hosts: Vec<serde_json::Value> = p
+        .hosts
+        .iter()
+        .map(|h| serde_json::json!({"id": h.id, "name": h.name, "address": h.address, "last_seen_ms": h.last_seen_ms}))
+        .collect();
+    Json(serde_json::json!({
+        "site": site.cfg.name,
+        "fabric_id": site.reg.fabric_id,
+        "last_vault_report_ms": site.last_vault_report_ms.load(std::sync::atomic::Ordering::SeqCst),
+        "hosts": hosts,
+        "pairs": p.pairs.len(),
+    }))
 }

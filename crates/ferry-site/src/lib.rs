@@ -46,6 +46,8 @@ pub struct Site {
     pub synced: Mutex<Option<Vec<String>>>,
     pub join_token: String,
     pub recorder: recorder::Recorder,
+    /// When the vault last accepted a report (ms since the epoch); 0 = never since start.
+    pub last_vault_report_ms: std::sync::atomic::AtomicI64,
 }
 
 pub struct SiteHandle {
@@ -104,6 +106,7 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
         synced: Mutex::new(None),
         join_token,
         recorder: recorder::Recorder::new(record)?,
+        last_vault_report_ms: std::sync::atomic::AtomicI64::new(0),
     });
     let (host_addr, server) = host_server::serve(site.clone()).await?;
     let mut tasks = vec![server];

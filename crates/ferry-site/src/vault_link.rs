@@ -45,6 +45,8 @@ pub async fn report_loop(site: Arc<Site>) {
     loop {
         match report_once(&site).await {
             Ok(_) => {
+                site.last_vault_report_ms
+                    .store(chrono::Utc::now().timestamp_millis(), std::sync::atomic::Ordering::SeqCst);
                 if down {
                     tracing::info!("vault reachable again; inventory resynced");
                     down = false;

@@ -17,7 +17,8 @@ pub fn ferry_bin() -> PathBuf {
 pub fn test_guest() -> ferry_qemu::guest_build::TestGuest {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = root.join("target/test-guest");
-    ferry_qemu::guest_build::ensure_test_guest(&root.join("scripts/build-test-guest.sh"), &out).expect("test guest builds")
+    ferry_qemu::guest_build::ensure_test_guest(&root.join("scripts/build-test-guest.sh"), &out)
+        .expect("test guest builds")
 }
 
 /// A child process killed by its PID when dropped.
@@ -119,7 +120,11 @@ impl Lab {
             for e in rd.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                s.push_str(&format!("\n--- {} ---\n{}", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                s.push_str(&format!(
+                    "\n--- {} ---\n{}",
+                    e.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
             }
         }
         s
@@ -139,7 +144,9 @@ impl Lab {
     pub fn env(&self, key: &str) -> String {
         let text = std::fs::read_to_string(self.dir.join("ferry.env")).expect("env");
         text.lines()
-            .find_map(|l| l.strip_prefix("export ").and_then(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string))
+            .find_map(|l| {
+                l.strip_prefix("export ").and_then(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string)
+            })
             .unwrap_or_else(|| panic!("no {key}"))
     }
 
@@ -153,7 +160,11 @@ impl Lab {
             .env_remove("FERRY_CA")
             .output()
             .expect("ferry runs");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Run a CLI command with `-o json` that must succeed; parse its output.
