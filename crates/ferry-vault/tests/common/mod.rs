@@ -463,3 +463,30 @@ pub async fn policy_with_pair(tv: &TestVault, vault: &str, name: &str, ny: &Fake
     let jid = Uuid::parse_str(created["pairs"][0]["job"]["id"].as_str().expect("job")).expect("uuid");
     (pid, jid)
 }
+
+/// A raw request with extra headers (If-Match), answering (status, JSON body).
+pub async fn raw_request(
+    tv: &TestVault,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> (u16, serde_json::Value) {
+    let cfg = ferry_pki::client_config(tv.ca(), None).expect("tls config");
+    let http = reqwest::Client::builder().use_preconfigured_tls((*cfg).clone()).no_proxy().build().expect("http");
+    let mut rb = http.request(method, format!("{}{path}", tv.url()));
+    if let Some(t) = token {
+        rb = rb.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some((ct, b)) = body {
+        rb = rb.header("content-type", ct).body(b);
+    }
+    let resp = rb.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}

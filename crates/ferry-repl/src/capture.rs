@@ -1,0 +1,378 @@
+//! Change capture on the primary (REP-2, REP-3, POL-5): persistent dirty bitmaps and ONE QMP
+//! `transaction` per cycle covering every disk of the VM, so each point is crash-consistent across
+//! disks.
+//!
+//! Bitmaps are named `ferry-<generation>`; the generation is also the cycle id of the point taken
+//! when that bitmap was created. Steady state: exactly one recording `ferry-N` per disk.
+//!
+//! * seed: `{bitmap-add ferry-S; blockdev-backup sync=full → staging}` per disk, one transaction.
+//! * cycle: staging qcow2 per disk created + `blockdev-add`ed, then one transaction
+//!   `{bitmap-add ferry-N+1; bitmap-disable ferry-N; blockdev-backup sync=bitmap bitmap=ferry-N
+//!   bitmap-mode=never → staging}` per disk; wait for every job (an `error` inside
+//!   `BLOCK_JOB_COMPLETED` fails the cycle), `blockdev-del` the staging nodes.
+//! * [`Capture::commit`] after the replica acknowledged a durable apply: remove `ferry-N`.
+//! * [`Capture::abort`] on any failure: merge `ferry-N` into `ferry-N+1`, remove `ferry-N`; the
+//!   next cycle ships the union, nothing is lost.
+//!
+//! After an agent restart [`Capture::discover`] finds the bitmaps again through
+//! `query-named-block-nodes`; a half-finished cycle (two bitmaps) is folded back. A missing
+//! bitmap (raw disk after a QEMU restart) or an inconsistent one (after a QEMU crash) means
+//! [`TrackingState::ResyncRequired`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_qemu::block::action;
+use ferry_qemu::img::{self, CreateOptions};
+use ferry_qemu::{DiskFormat, Qga, Qmp};
+
+use crate::error::{Error, ErrorKind, Result};
+
+const PREFIX: &str = "ferry-";
+
+/// One disk of a protected VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureDisk {
+    /// Disk target (`vda`); also Ferry's QEMU format node name.
+    pub target: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Image format: qcow2 disks get persistent bitmaps, raw disks in-memory ones.
+    pub format: DiskFormat,
+}
+
+/// What the tracking bitmaps say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackingState {
+    /// No Ferry bitmap on any disk: seed first.
+    Untracked,
+    /// Every disk records into `ferry-<generation>`.
+    Tracking { generation: u64 },
+    /// Tracking is lost or unusable; a compare-based resync is needed (REP-6).
+    ResyncRequired { reason: String },
+}
+
+/// A captured point waiting to be shipped.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Cycle id = generation of the bitmap that records changes after this point.
+    pub cycle: u64,
+    /// The bitmap holding this cycle's changes (`None` for a seed).
+    pub old_generation: Option<u64>,
+    /// Staging image per disk, in disk order.
+    pub files: Vec<PathBuf>,
+    /// Full image (seed) rather than a delta.
+    pub base: bool,
+    pub app_consistent: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Non-fatal problems (e.g. the guest agent did not answer).
+    pub warnings: Vec<String>,
+}
+
+/// Change capture of one VM.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    disks: Vec<CaptureDisk>,
+    staging: PathBuf,
+    /// Budget for each block job.
+    pub job_timeout: Duration,
+    /// Budget for guest freeze / thaw.
+    pub freeze_timeout: Duration,
+}
+
+fn bitmap(generation: u64) -> String {
+    format!("{PREFIX}{generation}")
+}
+
+fn q(what: impl Into<String>) -> impl FnOnce(ferry_qemu::Error) -> Error {
+    let what = what.into();
+    move |e| Error::qemu(what, e)
+}
+
+impl Capture {
+    /// Capture for `disks`, staging images under `staging` (created if missing).
+    pub fn new(disks: Vec<CaptureDisk>, staging: &Path) -> Result<Self> {
+        if disks.is_empty() || disks.len() > crate::protocol::MAX_DISKS {
+            return Err(Error::new(ErrorKind::Invalid, "A VM needs 1 to 16 replicated disks"));
+        }
+        std::fs::create_dir_all(staging).map_err(|e| Error::io(format!("Cannot create {}", staging.display()), e))?;
+        Ok(Self {
+            disks,
+            staging: staging.to_path_buf(),
+            job_timeout: Duration::from_secs(3600),
+            freeze_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The disks.
+    pub fn disks(&self) -> &[CaptureDisk] {
+        &self.disks
+    }
+
+    /// Staging image of `disk` for `cycle`.
+    pub fn staging_file(&self, cycle: u64, disk: &CaptureDisk) -> PathBuf {
+        self.staging.join(format!("c{cycle}-{}.qcow2", disk.target))
+    }
+
+    fn node(cycle: u64, disk: &CaptureDisk) -> String {
+        format!("ferry-stg-{cycle}-{}", disk.target)
+    }
+
+    fn job(cycle: u64, disk: &CaptureDisk) -> String {
+        format!("ferry-{cycle}-{}", disk.target)
+    }
+
+    /// Find the tracking state after a (re)start; folds a half-finished cycle back (merge the
+    /// older bitmap into the newer) and detaches leftover staging nodes.
+    pub async fn discover(&self, qmp: &Qmp) -> Result<TrackingState> {
+        let nodes = qmp.query_named_block_nodes().await.map_err(q("Cannot list block nodes"))?;
+        for n in nodes.iter().filter(|n| n.node_name.starts_with("ferry-stg-")) {
+            if let Err(e) = qmp.blockdev_del(&n.node_name).await {
+                tracing::warn!(node = %n.node_name, error = %e, "Cannot detach leftover staging node");
+            }
+        }
+        let mut gens_per_disk = Vec::new();
+        for d in &self.disks {
+            let node = nodes.iter().find(|n| n.node_name == d.target).ok_or_else(|| {
+                Error::new(ErrorKind::Invalid, format!("Disk {} has no block node in this VM", d.target))
+            })?;
+            let mut gens = Vec::new();
+            for b in &node.dirty_bitmaps {
+                let Some(g) = b.name.strip_prefix(PREFIX).and_then(|s| s.parse::<u64>().ok()) else { continue };
+                if b.inconsistent {
+                    return Ok(TrackingState::ResyncRequired {
+                        reason: format!("Bitmap {} of {} is inconsistent (QEMU exited uncleanly)", b.name, d.target),
+                    });
+                }
+                gens.push((g, b.recording));
+            }
+            gens.sort();
+            gens_per_disk.push(gens);
+        }
+        if gens_per_disk.iter().all(Vec::is_empty) {
+            return Ok(TrackingState::Untracked);
+        }
+        let Some(newest) = gens_per_disk.iter().filter_map(|g| g.last().map(|x| x.0)).max() else {
+            return Ok(TrackingState::Untracked);
+        };
+        for (d, gens) in self.disks.iter().zip(&gens_per_disk) {
+            if gens.last().map(|x| x.0) != Some(newest) || !gens.last().is_some_and(|x| x.1) {
+                return Ok(TrackingState::ResyncRequired {
+                    reason: format!("Disk {} has no recording bitmap {}", d.target, bitmap(newest)),
+                });
+            }
+        }
+        // Fold older generations (an interrupted cycle) into the newest.
+        let mut actions = Vec::new();
+        for (d, gens) in self.disks.iter().zip(&gens_per_disk) {
+            for (g, _) in gens.iter().filter(|(g, _)| *g != newest) {
+                let old = bitmap(*g);
+                actions.push(action::bitmap_merge(&d.target, &bitmap(newest), &[&old]));
+                actions.push(action::bitmap_remove(&d.target, &old));
+            }
+        }
+        if !actions.is_empty() {
+            tracing::info!(generation = newest, "Folding bitmaps of an interrupted cycle");
+            qmp.transaction(actions).await.map_err(q("Cannot fold bitmaps of an interrupted cycle"))?;
+        }
+        Ok(TrackingState::Tracking { generation: newest })
+    }
+
+    /// Remove every Ferry bitmap (before a seed or resync: tracking starts over).
+    pub async fn drop_tracking(&self, qmp: &Qmp) -> Result<()> {
+        for d in &self.disks {
+            let bitmaps = qmp.dirty_bitmaps(&d.target).await.map_err(q("Cannot list bitmaps"))?;
+            for b in bitmaps.iter().filter(|b| b.name.starts_with(PREFIX)) {
+                qmp.block_dirty_bitmap_remove(&d.target, &b.name)
+                    .await
+                    .map_err(q(format!("Cannot remove bitmap {} of {}", b.name, d.target)))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_staging(&self, qmp: &Qmp, cycle: u64) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for d in &self.disks {
+            let f = self.staging_file(cycle, d);
+            let _ = std::fs::remove_file(&f);
+            img::create(&f, DiskFormat::Qcow2, &CreateOptions { size: Some(d.size), ..Default::default() })
+                .await
+                .map_err(q(format!("Cannot create staging image {}", f.display())))?;
+            if let Err(e) = qmp.blockdev_add_qcow2(&Self::node(cycle, d), &f).await {
+                self.cleanup_staging(qmp, cycle, &files).await;
+                return Err(Error::qemu(format!("Cannot attach staging image {}", f.display()), e));
+            }
+            files.push(f);
+        }
+        Ok(files)
+    }
+
+    async fn cleanup_staging(&self, qmp: &Qmp, cycle: u64, files: &[PathBuf]) {
+        for (d, f) in self.disks.iter().zip(files) {
+            if let Err(e) = qmp.blockdev_del(&Self::node(cycle, d)).await {
+                tracing::debug!(error = %e, "Staging node already detached");
+            }
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    /// Wait for every job, detach the staging nodes; any failed job fails the whole capture.
+    async fn finish_jobs(&self, qmp: &Qmp, cycle: u64, files: &[PathBuf]) -> Result<()> {
+        let mut first_err = None;
+        for d in &self.disks {
+            if let Err(e) = qmp.wait_block_job(&Self::job(cycle, d), self.job_timeout).await {
+                first_err.get_or_insert(Error::qemu(format!("Capture of {} failed", d.target), e));
+            }
+        }
+        for d in &self.disks {
+            if let Err(e) = qmp.blockdev_del(&Self::node(cycle, d)).await {
+                first_err.get_or_insert(Error::qemu(format!("Cannot detach staging image of {}", d.target), e));
+            }
+        }
+        match first_err {
+            Some(e) => {
+                for f in files {
+                    let _ = std::fs::remove_file(f);
+                }
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Seed (initial replication or resync): new bitmap `ferry-<cycle>` + full copy of every disk
+    /// at one point. Existing Ferry bitmaps are removed first.
+    pub async fn seed(&self, qmp: &Qmp, cycle: u64) -> Result<Snapshot> {
+        self.drop_tracking(qmp).await?;
+        let files = self.add_staging(qmp, cycle).await?;
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
+            actions.push(action::backup_full(&Self::job(cycle, d), &d.target, &Self::node(cycle, d)));
+        }
+        let created_at = chrono::Utc::now();
+        if let Err(e) = qmp.transaction(actions).await {
+            self.cleanup_staging(qmp, cycle, &files).await;
+            return Err(Error::qemu("Seed transaction failed", e));
+        }
+        if let Err(e) = self.finish_jobs(qmp, cycle, &files).await {
+            // The bitmap stays; the next seed removes it again.
+            return Err(e);
+        }
+        Ok(Snapshot {
+            cycle,
+            old_generation: None,
+            files,
+            base: true,
+            app_consistent: false,
+            created_at,
+            warnings: vec![],
+        })
+    }
+
+    /// One delta capture: changes recorded in `ferry-<old>` since the previous point, as of now.
+    /// With `qga`, the guest is frozen around the transaction (POL-5); if it does not answer, the
+    /// point is crash-consistent and a warning says so.
+    pub async fn cycle(&self, qmp: &Qmp, old: u64, cycle: u64, qga: Option<&Path>) -> Result<Snapshot> {
+        if cycle <= old {
+            return Err(Error::new(ErrorKind::Invalid, format!("Cycle {cycle} must follow generation {old}")));
+        }
+        let files = self.add_staging(qmp, cycle).await?;
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
+            actions.push(action::bitmap_disable(&d.target, &bitmap(old)));
+            actions.push(action::backup_bitmap(&Self::job(cycle, d), &d.target, &Self::node(cycle, d), &bitmap(old)));
+        }
+        let mut warnings = Vec::new();
+        let guard = match qga {
+            Some(path) => match self.freeze(path).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    let w = format!("Guest agent did not freeze the guest ({}); the point is crash-consistent", e.chain());
+                    tracing::warn!("{w}");
+                    warnings.push(w);
+                    None
+                }
+            },
+            None => None,
+        };
+        let created_at = chrono::Utc::now();
+        let txn = qmp.transaction(actions).await;
+        let app_consistent = match guard {
+            Some(g) => match g.thaw().await {
+                Ok(_) => txn.is_ok(),
+                Err(e) => {
+                    let w = format!("Thaw failed: {e}; the point is not marked app-consistent");
+                    tracing::error!("{w}");
+                    warnings.push(w);
+                    false
+                }
+            },
+            None => false,
+        };
+        if let Err(e) = txn {
+            self.cleanup_staging(qmp, cycle, &files).await;
+            return Err(Error::qemu("Cycle transaction failed", e));
+        }
+        if let Err(e) = self.finish_jobs(qmp, cycle, &files).await {
+            self.fold(qmp, old, cycle).await?;
+            return Err(e);
+        }
+        Ok(Snapshot { cycle, old_generation: Some(old), files, base: false, app_consistent, created_at, warnings })
+    }
+
+    async fn freeze(&self, path: &Path) -> Result<ferry_qemu::FreezeGuard> {
+        let t = self.freeze_timeout;
+        let fut = async {
+            let qga = Arc::new(Qga::connect(path).await?);
+            qga.freeze(t).await
+        };
+        match tokio::time::timeout(t + Duration::from_secs(1), fut).await {
+            Ok(r) => r.map_err(|e| Error::qemu("Guest freeze failed", e)),
+            Err(_) => Err(Error::new(ErrorKind::Qemu, format!("Guest agent did not answer within {t:?}"))),
+        }
+    }
+
+    async fn fold(&self, qmp: &Qmp, old: u64, new: u64) -> Result<()> {
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(action::bitmap_merge(&d.target, &bitmap(new), &[&bitmap(old)]));
+            actions.push(action::bitmap_remove(&d.target, &bitmap(old)));
+        }
+        qmp.transaction(actions).await.map_err(q("Cannot fold the unsent bitmap into the next one"))
+    }
+
+    fn remove_files(snap: &Snapshot) {
+        for f in &snap.files {
+            if let Err(e) = std::fs::remove_file(f) {
+                tracing::debug!(file = %f.display(), error = %e, "Cannot remove staging image");
+            }
+        }
+    }
+
+    /// The replica durably applied `snap`: drop its bitmap and staging images.
+    pub async fn commit(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
+        if let Some(old) = snap.old_generation {
+            let mut actions = Vec::new();
+            for d in &self.disks {
+                actions.push(action::bitmap_remove(&d.target, &bitmap(old)));
+            }
+            qmp.transaction(actions).await.map_err(q("Cannot remove the shipped bitmap"))?;
+        }
+        Self::remove_files(snap);
+        Ok(())
+    }
+
+    /// Shipping `snap` failed: fold its bitmap into the next one (the next cycle sends the union)
+    /// and drop the staging images. A failed seed keeps its bitmap; the next seed starts over.
+    pub async fn abort(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
+        Self::remove_files(snap);
+        match snap.old_generation {
+            Some(old) => self.fold(qmp, old, snap.cycle).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Reading disk images without QEMU in the data path: `qemu-img map` tells where each extent lives
+//! (layer depth + host offset), then the bytes are `pread` from the layer's file. Used for the
+//! primary's staging layers, the replica's chains (resync hashing) and existing images (REP-7).
+//! Only uncompressed, unencrypted images can be read this way; anything else is refused.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ferry_qemu::img::{self, MapExtent};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{is_zero, ExtentKind};
+
+/// Largest data extent the sender ships (payload before compression).
+pub const SEND_CHUNK: u64 = 1 << 20;
+
+/// A readable image: a chain of files (top first) plus its `qemu-img map`.
+#[derive(Debug)]
+pub struct ChainReader {
+    files: Vec<File>,
+    paths: Vec<PathBuf>,
+    map: Vec<MapExtent>,
+    size: u64,
+}
+
+impl ChainReader {
+    /// Reader over the whole chain whose top is `chain[0]` (its backing files follow in order,
+    /// as `qemu-img map` depth numbers them). `force_share` for images another process holds.
+    pub async fn open_chain(chain: &[PathBuf], size: u64, force_share: bool) -> Result<Self> {
+        let top = chain.first().ok_or_else(|| Error::new(ErrorKind::Invalid, "Empty image chain"))?;
+        let map = img::map(top, force_share).await.map_err(|e| Error::qemu(format!("Cannot map {}", top.display()), e))?;
+        Self::from_map(chain, map, size)
+    }
+
+    /// Reader over ONE qcow2 layer (its backing ignored): only that layer's extents.
+    pub async fn open_layer(path: &Path, size: u64) -> Result<Self> {
+        let map =
+            img::map_layer(path, false).await.map_err(|e| Error::qemu(format!("Cannot map {}", path.display()), e))?;
+        Self::from_map(&[path.to_path_buf()], map, size)
+    }
+
+    fn from_map(chain: &[PathBuf], mut map: Vec<MapExtent>, size: u64) -> Result<Self> {
+        let files = chain
+            .iter()
+            .map(|p| File::open(p).map_err(|e| Error::io(format!("Cannot open {}", p.display()), e)))
+            .collect::<Result<Vec<_>>>()?;
+        map.sort_by_key(|e| e.start);
+        for e in &map {
+            if e.data && (e.offset.is_none() || e.depth as usize >= files.len()) {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "Extent at {} of {} has no readable host offset (compressed or encrypted image?)",
+                        e.start,
+                        chain[0].display()
+                    ),
+                ));
+            }
+        }
+        Ok(Self { files, paths: chain.to_vec(), map, size })
+    }
+
+    /// Virtual size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The map (sorted by start).
+    pub fn map(&self) -> &[MapExtent] {
+        &self.map
+    }
+
+    fn first_at(&self, offset: u64) -> usize {
+        self.map.partition_point(|e| e.start + e.length <= offset)
+    }
+
+    /// True if `[offset, offset+len)` holds no data extent (reads as zero without reading).
+    pub fn is_hole(&self, offset: u64, len: u64) -> bool {
+        let end = offset + len;
+        self.map[self.first_at(offset)..].iter().take_while(|e| e.start < end).all(|e| !e.data)
+    }
+
+    /// Read `buf.len()` bytes at `offset`; areas without data read as zero.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        for e in self.map[self.first_at(offset)..].iter().take_while(|e| e.start < end) {
+            if !e.data {
+                continue;
+            }
+            let lo = e.start.max(offset);
+            let hi = (e.start + e.length).min(end);
+            let host = e.offset.unwrap_or(0) + (lo - e.start);
+            let file = &self.files[e.depth as usize];
+            file.read_exact_at(&mut buf[(lo - offset) as usize..(hi - offset) as usize], host).map_err(|err| {
+                Error::io(format!("Cannot read {} at {host}", self.paths[e.depth as usize].display()), err)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One extent the sender will ship, before reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedExtent {
+    pub disk: u16,
+    pub offset: u64,
+    pub len: u64,
+    pub kind: ExtentKind,
+}
+
+/// Plan the extents of one staging layer: its allocated data split into [`SEND_CHUNK`] pieces and
+/// its zero clusters as zero extents (kept whole).
+pub fn plan_layer(disk: u16, reader: &ChainReader, skip_zero: bool) -> Vec<PlannedExtent> {
+    let mut out = Vec::new();
+    for e in reader.map() {
+        if !e.present || e.depth != 0 {
+            continue;
+        }
+        if e.data {
+            let mut off = e.start;
+            let end = e.start + e.length;
+            while off < end {
+                let len = SEND_CHUNK.min(end - off);
+                out.push(PlannedExtent { disk, offset: off, len, kind: ExtentKind::Data });
+                off += len;
+            }
+        } else if e.zero && !skip_zero {
+            out.push(PlannedExtent { disk, offset: e.start, len: e.length, kind: ExtentKind::Zero });
+        }
+    }
+    out
+}
+
+/// blake3 hashes of `count` blocks of `block_size` starting at block `first` (the last block of
+/// the disk may be short). Holes are hashed without reading.
+pub fn hash_blocks(reader: &ChainReader, block_size: u64, first: u64, count: u64) -> Result<Vec<[u8; 32]>> {
+    let mut out = Vec::with_capacity(count as usize);
+    let mut buf = vec![0u8; block_size as usize];
+    let zero_full = *blake3::hash(&buf).as_bytes();
+    for b in first..first + count {
+        let off = b * block_size;
+        if off >= reader.size() {
+            break;
+        }
+        let len = block_size.min(reader.size() - off);
+        let slice = &mut buf[..len as usize];
+        if reader.is_hole(off, len) {
+            out.push(if len == block_size { zero_full } else { *blake3::hash(&vec![0u8; len as usize]).as_bytes() });
+            continue;
+        }
+        reader.read(off, slice)?;
+        out.push(*blake3::hash(slice).as_bytes());
+    }
+    Ok(out)
+}
+
+/// Read `[offset, offset+len)` and classify it: `None` if it is all zero.
+pub fn read_block(reader: &ChainReader, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+    if reader.is_hole(offset, len) {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len as usize];
+    reader.read(offset, &mut buf)?;
+    Ok(if is_zero(&buf) { None } else { Some(buf) })
+}
