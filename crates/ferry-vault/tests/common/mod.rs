@@ -194,12 +194,13 @@ impl FakeSite {
                     }
                 };
                 for c in cmds {
+                    let id = c.id;
+                    s2.lock().expect("lock").push(c);
                     let res = CommandResult { ok: true, error: None, output: serde_json::Value::Null };
                     let _ = site
                         .client
-                        .post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{}/result", c.id), &res)
+                        .post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{id}/result"), &res)
                         .await;
-                    s2.lock().expect("lock").push(c);
                 }
             }
         });
