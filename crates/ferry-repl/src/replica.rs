@@ -1,0 +1,643 @@
+//! The replica store (target side): per protected VM a directory holding, per disk, a forward
+//! qcow2 chain `base ← rp1 ← … ← rpN` and a catalog of recovery points.
+//!
+//! # On-disk layout
+//! ```text
+//! <root>/<vm-id>/catalog.json          recovery points (atomic: temp + fsync + rename + dir fsync)
+//! <root>/<vm-id>/<target>-<seq>.qcow2   one overlay per disk per point; backing = previous file
+//! <root>/<vm-id>/.pending-<cycle>-<target>.qcow2   an apply in progress (never listed)
+//! <root>/<vm-id>/.chain.lock            flock: catalog + chain mutations
+//! <root>/<vm-id>/.receive.lock          flock: the one apply in progress
+//! ```
+//! Backing names are relative (same directory), so a replica directory can be moved.
+//! A point is listed only once its overlays are finished (header written last, fsynced, renamed)
+//! and the catalog that names them is durable; the sender is acknowledged after that. Files no
+//! catalog entry names (a crash mid-apply) are deleted when the VM's store is opened.
+//!
+//! Removing point `Pk` (retention) commits the next overlay `F(k+1)` into `Fk` (`qemu-img commit
+//! -d`), so `Fk` then holds `P(k+1)`; `F(k+2)` is rebased (`rebase -u`) onto `Fk` and `F(k+1)` is
+//! deleted. An intent recorded in the catalog first makes an interrupted merge finish on restart.
+//!
+//! # Locking table
+//! | A \ B                 | capture (primary) | apply stream | apply finish | retention merge | test VM on Pk | failover on Pk |
+//! |-----------------------|-------------------|--------------|--------------|-----------------|---------------|----------------|
+//! | capture (primary)     | one per VM (`&mut Primary`) | yes (other host) | yes | yes | yes | yes |
+//! | apply stream          |                   | no: `.receive.lock` | no: same lock | yes: writes only its `.pending` files | yes | no: refused while a failover is pending |
+//! | apply finish          |                   |              | no           | no: `.chain.lock` (backing = current latest file) | yes: new file on top, chain below untouched | no (refused) |
+//! | retention merge       |                   |              |              | no: `.chain.lock` | merges only points NEWER than every in-use point (in-use mark in catalog); QEMU's image lock is the second guard | same as test VM |
+//! | test VM on Pk         |                   |              |              |                 | yes (each has its own overlay; marks are per tag) | yes |
+//! | failover on Pk        |                   |              |              |                 |               | one per VM (catalog `failover`) |
+//!
+//! In-use marks (`test:<dir>`, `failover`) are written to the catalog under `.chain.lock` before
+//! the overlay exists, and removed after it is deleted, so a crash can leave a stale mark (safe:
+//! it only defers retention) but never an unmarked overlay.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use ferry_core::retention::{plan_retention, PointInfo};
+use ferry_qemu::img::{self, CreateOptions};
+use ferry_qemu::DiskFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{hash_blocks, ChainReader};
+use crate::protocol::{valid_name, BeginCycle, DiskInfo, Extent, ExtentKind};
+use crate::qcow2::Qcow2Writer;
+
+const CATALOG: &str = "catalog.json";
+
+/// How a point came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PointKind {
+    /// Initial replication (a full image).
+    Initial,
+    /// A delta cycle.
+    Delta,
+    /// An existing image adopted as the base (REP-7).
+    Adopted,
+}
+
+/// One disk of a point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointDisk {
+    pub target: String,
+    /// Overlay file name inside the VM directory.
+    pub file: String,
+    /// blake3 over the received extents' checksums (hex).
+    pub checksum: String,
+}
+
+/// A recovery point (RP-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPoint {
+    pub id: String,
+    pub cycle: u64,
+    pub time: DateTime<Utc>,
+    pub app_consistent: bool,
+    pub kind: PointKind,
+    /// Bytes of data this point's cycle carried.
+    pub bytes: u64,
+    pub disks: Vec<PointDisk>,
+    /// Holders that must not lose this point's chain (`test:<dir>`, `failover`).
+    #[serde(default)]
+    pub in_use: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Catalog {
+    vm_id: String,
+    disks: Vec<DiskEntry>,
+    last_cycle: Option<u64>,
+    next_seq: u64,
+    points: Vec<RecoveryPoint>,
+    /// Point being removed by retention (finished on open).
+    #[serde(default)]
+    merging: Option<String>,
+    #[serde(default)]
+    failover: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct DiskEntry {
+    target: String,
+    size: u64,
+}
+
+/// Result of a retention run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub merged: Vec<String>,
+    /// Planned merges skipped because a point at or above them is in use.
+    pub deferred: Vec<String>,
+}
+
+/// Throwaway overlays on one point (test failover, inspection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOverlay {
+    pub point_id: String,
+    pub tag: String,
+    /// (target, overlay path) per disk.
+    pub disks: Vec<(String, PathBuf)>,
+}
+
+/// The store root: one directory per VM.
+#[derive(Debug, Clone)]
+pub struct ReplicaStore {
+    root: PathBuf,
+}
+
+/// An exclusive `flock`, released on drop.
+#[derive(Debug)]
+pub struct FileLock(File);
+
+impl FileLock {
+    fn open(path: &Path) -> Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("Cannot open lock {}", path.display()), e))
+    }
+
+    /// Block until the lock is held.
+    pub async fn acquire(path: &Path) -> Result<FileLock> {
+        let f = Self::open(path)?;
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: flock on an owned, open descriptor.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(Error::io(format!("Cannot lock {}", p.display()), std::io::Error::last_os_error()));
+            }
+            Ok(FileLock(f))
+        })
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Io, "Lock task failed", e))?
+    }
+
+    /// Take the lock now or fail with [`ErrorKind::Busy`].
+    pub fn try_acquire(path: &Path) -> Result<FileLock> {
+        let f = Self::open(path)?;
+        // SAFETY: flock on an owned, open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::new(ErrorKind::Busy, format!("{} is locked", path.display())));
+        }
+        Ok(FileLock(f))
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("Cannot fsync directory {}", dir.display()), e))
+}
+
+/// Write `data` to `path` atomically: temp file, fsync, rename, directory fsync.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().ok_or_else(|| Error::new(ErrorKind::Invalid, "Path without a directory"))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| Error::io(format!("Cannot create {}", tmp.display()), e))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::io(format!("Cannot write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("Cannot rename {}", tmp.display()), e))?;
+    fsync_dir(dir)
+}
+
+impl ReplicaStore {
+    /// Open (create) a store rooted at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(format!("Cannot create {}", root.display()), e))?;
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// The VM's replica (directory created on first use). Finishes an interrupted merge and deletes
+    /// files of interrupted applies when no apply is running.
+    pub async fn vm(&self, vm_id: &str) -> Result<VmReplica> {
+        valid_name(vm_id, "VM id")?;
+        let dir = self.root.join(vm_id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("Cannot create {}", dir.display()), e))?;
+        let vm = VmReplica { dir, vm_id: vm_id.to_string() };
+        vm.recover().await?;
+        Ok(vm)
+    }
+
+    /// VM ids with a replica.
+    pub fn vms(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.root).map_err(|e| Error::io("Cannot list the replica root", e))? {
+            let e = e.map_err(|e| Error::io("Cannot list the replica root", e))?;
+            if e.path().join(CATALOG).exists() {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// One VM's replica.
+#[derive(Debug, Clone)]
+pub struct VmReplica {
+    dir: PathBuf,
+    vm_id: String,
+}
+
+impl VmReplica {
+    /// The VM directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_catalog(&self) -> Result<Catalog> {
+        let p = self.dir.join(CATALOG);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::with_source(ErrorKind::Store, format!("Catalog {} is unreadable", p.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Catalog { vm_id: self.vm_id.clone(), next_seq: 1, ..Default::default() })
+            }
+            Err(e) => Err(Error::io(format!("Cannot read {}", p.display()), e)),
+        }
+    }
+
+    fn write_catalog(&self, c: &Catalog) -> Result<()> {
+        let b = serde_json::to_vec_pretty(c).map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode catalog", e))?;
+        atomic_write(&self.dir.join(CATALOG), &b)
+    }
+
+    async fn chain_lock(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.dir.join(".chain.lock")).await
+    }
+
+    async fn recover(&self) -> Result<()> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        if let Some(id) = cat.merging.clone() {
+            tracing::warn!(vm = %self.vm_id, point = %id, "Finishing an interrupted retention merge");
+            self.merge_point(&mut cat, &id).await?;
+        }
+        let Ok(_recv) = FileLock::try_acquire(&self.dir.join(".receive.lock")) else { return Ok(()) };
+        let referenced: std::collections::HashSet<&str> =
+            cat.points.iter().flat_map(|p| p.disks.iter().map(|d| d.file.as_str())).collect();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io("Cannot list replica directory", e))? {
+            let e = e.map_err(|e| Error::io("Cannot list replica directory", e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".qcow2") && !referenced.contains(name.as_str()) {
+                tracing::warn!(vm = %self.vm_id, file = %name, "Deleting unreferenced overlay (interrupted apply)");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Recovery points, oldest first (RP-1).
+    pub fn recovery_points(&self) -> Result<Vec<RecoveryPoint>> {
+        let c = self.read_catalog()?;
+        Ok(c.points.into_iter().filter(|p| Some(&p.id) != c.merging.as_ref()).collect())
+    }
+
+    /// Last applied cycle id.
+    pub fn last_cycle(&self) -> Result<Option<u64>> {
+        Ok(self.read_catalog()?.last_cycle)
+    }
+
+    /// Points as retention/selection see them.
+    pub fn point_infos(&self) -> Result<Vec<PointInfo>> {
+        Ok(self
+            .recovery_points()?
+            .into_iter()
+            .map(|p| PointInfo { id: p.id, time: p.time, app_consistent: p.app_consistent, in_use: !p.in_use.is_empty(), processed: true })
+            .collect())
+    }
+
+    /// Chain of `point` for disk `target`, top first (absolute paths).
+    pub fn chain(&self, point_id: &str, target: &str) -> Result<Vec<PathBuf>> {
+        let c = self.read_catalog()?;
+        let idx = c.points.iter().position(|p| p.id == point_id).ok_or_else(|| not_found(point_id))?;
+        c.points[..=idx]
+            .iter()
+            .rev()
+            .map(|p| {
+                p.disks.iter().find(|d| d.target == target).map(|d| self.dir.join(&d.file)).ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, format!("Point {} has no disk {target}", p.id))
+                })
+            })
+            .collect()
+    }
+
+    /// Top file of `point` for `target`.
+    pub fn point_file(&self, point_id: &str, target: &str) -> Result<PathBuf> {
+        let mut chain = self.chain(point_id, target)?;
+        Ok(chain.swap_remove(0))
+    }
+
+    /// Start applying a cycle. Fails with [`ErrorKind::Busy`] if another apply runs.
+    pub async fn begin(&self, h: &BeginCycle) -> Result<PendingApply> {
+        let recv = FileLock::try_acquire(&self.dir.join(".receive.lock"))?;
+        let cat = self.read_catalog()?;
+        if cat.failover.is_some() {
+            return Err(Error::new(ErrorKind::Busy, format!("VM {} has a failover pending; replication is paused", self.vm_id)));
+        }
+        if h.base && !cat.points.is_empty() {
+            return Err(Error::new(ErrorKind::Busy, format!("VM {} already has recovery points; a resync is needed, not a new base", self.vm_id)));
+        }
+        if !h.base {
+            if cat.points.is_empty() {
+                return Err(Error::new(ErrorKind::Store, format!("VM {} has no base yet; initial replication first", self.vm_id)));
+            }
+            let disks: Vec<DiskEntry> = h.disks.iter().map(|d| DiskEntry { target: d.target.clone(), size: d.size }).collect();
+            if disks != cat.disks {
+                return Err(Error::new(ErrorKind::Busy, "The cycle's disks differ from the replica's (a resync is needed)"));
+            }
+        }
+        let mut writers = Vec::new();
+        for d in &h.disks {
+            let name = format!(".pending-{}-{}.qcow2", h.cycle, d.target);
+            writers.push((name.clone(), Qcow2Writer::create(&self.dir.join(&name), d.size, !h.base)?, blake3::Hasher::new()));
+        }
+        Ok(PendingApply { vm: self.clone(), header: h.clone(), writers, next_extent: 0, total_bytes: 0, _recv: recv })
+    }
+
+    async fn commit_point(&self, p: &mut PendingApply) -> Result<RecoveryPoint> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        let prev = cat.points.last().cloned();
+        let seq = cat.next_seq.max(1);
+        let mut disks = Vec::new();
+        for (i, (name, w, hasher)) in std::mem::take(&mut p.writers).into_iter().enumerate() {
+            let target = &p.header.disks[i].target;
+            let backing = match &prev {
+                Some(prev) if !p.header.base => Some(
+                    prev.disks.iter().find(|d| &d.target == target).map(|d| d.file.clone()).ok_or_else(|| {
+                        Error::new(ErrorKind::Store, format!("Previous point has no disk {target}"))
+                    })?,
+                ),
+                _ => None,
+            };
+            tokio::task::spawn_blocking(move || w.finish(backing.as_deref()))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Io, "Finish task failed", e))??;
+            let file = format!("{target}-{seq:06}.qcow2");
+            std::fs::rename(self.dir.join(&name), self.dir.join(&file))
+                .map_err(|e| Error::io(format!("Cannot rename {name}"), e))?;
+            disks.push(PointDisk { target: target.clone(), file, checksum: hasher.finalize().to_hex().to_string() });
+        }
+        fsync_dir(&self.dir)?;
+        let h = &p.header;
+        let point = RecoveryPoint {
+            id: format!("rp-{}", h.cycle),
+            cycle: h.cycle,
+            time: DateTime::from_timestamp_millis(h.created_at_ms).unwrap_or_else(Utc::now),
+            app_consistent: h.app_consistent,
+            kind: if h.base { PointKind::Initial } else { PointKind::Delta },
+            bytes: p.total_bytes,
+            disks,
+            in_use: vec![],
+        };
+        if h.base {
+            cat.disks = h.disks.iter().map(|d| DiskEntry { target: d.target.clone(), size: d.size }).collect();
+        }
+        cat.points.push(point.clone());
+        cat.last_cycle = Some(h.cycle);
+        cat.next_seq = seq + 1;
+        self.write_catalog(&cat)?;
+        tracing::info!(vm = %self.vm_id, point = %point.id, bytes = point.bytes, "Recovery point recorded");
+        Ok(point)
+    }
+
+    /// Throwaway overlays on `point_id` in `dest` (one per disk), marking the point in use.
+    pub async fn overlay_for_test(&self, point_id: &str, dest: &Path) -> Result<TestOverlay> {
+        self.overlay_with_tag(point_id, dest, format!("test:{}", dest.display())).await
+    }
+
+    async fn overlay_with_tag(&self, point_id: &str, dest: &Path, tag: String) -> Result<TestOverlay> {
+        std::fs::create_dir_all(dest).map_err(|e| Error::io(format!("Cannot create {}", dest.display()), e))?;
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        let point = cat.points.iter_mut().find(|p| p.id == point_id).ok_or_else(|| not_found(point_id))?;
+        if !point.in_use.contains(&tag) {
+            point.in_use.push(tag.clone());
+        }
+        let files: Vec<(String, String)> = point.disks.iter().map(|d| (d.target.clone(), d.file.clone())).collect();
+        self.write_catalog(&cat)?;
+        let mut disks = Vec::new();
+        for (target, file) in files {
+            let size = cat.disks.iter().find(|d| d.target == target).map(|d| d.size);
+            let ov = dest.join(format!("{target}.qcow2"));
+            let opts = CreateOptions { size, backing: Some((self.dir.join(&file), DiskFormat::Qcow2)), unsafe_backing: true };
+            img::create(&ov, DiskFormat::Qcow2, &opts).await.map_err(|e| Error::qemu("Cannot create test overlay", e))?;
+            disks.push((target, ov));
+        }
+        Ok(TestOverlay { point_id: point_id.to_string(), tag, disks })
+    }
+
+    /// Delete a test overlay and drop its in-use mark.
+    pub async fn release_test(&self, ov: &TestOverlay) -> Result<()> {
+        let _chain = self.chain_lock().await?;
+        for (_, p) in &ov.disks {
+            let _ = std::fs::remove_file(p);
+        }
+        let mut cat = self.read_catalog()?;
+        for p in cat.points.iter_mut() {
+            p.in_use.retain(|t| t != &ov.tag);
+        }
+        if ov.tag == "failover" {
+            cat.failover = None;
+        }
+        self.write_catalog(&cat)
+    }
+
+    /// Failover onto `point_id`: an overlay that becomes the VM's disk; replication into this
+    /// replica is refused until the failover is released (cancel) or committed elsewhere.
+    pub async fn begin_failover(&self, point_id: &str, dest: &Path) -> Result<TestOverlay> {
+        {
+            let _chain = self.chain_lock().await?;
+            let mut cat = self.read_catalog()?;
+            if cat.failover.is_some() {
+                return Err(Error::new(ErrorKind::Busy, "A failover is already pending"));
+            }
+            cat.failover = Some(point_id.to_string());
+            self.write_catalog(&cat)?;
+        }
+        self.overlay_with_tag(point_id, dest, "failover".into()).await
+    }
+
+    /// RP-2: apply retention with ferry-core's plan; merges oldest first, never touches points in
+    /// use or anything their chains depend on.
+    pub async fn apply_retention(&self, retention_hours: u32, max_chain_depth: usize) -> Result<RetentionOutcome> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        let infos = self.point_infos()?;
+        let plan = plan_retention(&infos, retention_hours, max_chain_depth);
+        let newest_in_use = cat.points.iter().rposition(|p| !p.in_use.is_empty());
+        let mut out = RetentionOutcome::default();
+        for id in plan.merge {
+            let Some(k) = cat.points.iter().position(|p| p.id == id) else { continue };
+            if newest_in_use.is_some_and(|j| k <= j) || k + 1 >= cat.points.len() {
+                out.deferred.push(id);
+                continue;
+            }
+            cat.merging = Some(id.clone());
+            self.write_catalog(&cat)?;
+            self.merge_point(&mut cat, &id).await?;
+            out.merged.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Remove point `id` (not the latest): commit the next overlay into its file, rebase the one
+    /// after, delete the next file, update the catalog. Idempotent (re-run after a crash).
+    async fn merge_point(&self, cat: &mut Catalog, id: &str) -> Result<()> {
+        let Some(k) = cat.points.iter().position(|p| p.id == id) else {
+            cat.merging = None;
+            return self.write_catalog(cat);
+        };
+        if k + 1 >= cat.points.len() {
+            return Err(Error::new(ErrorKind::Store, format!("Cannot merge the latest point {id}")));
+        }
+        let disks: Vec<String> = cat.points[k].disks.iter().map(|d| d.target.clone()).collect();
+        for target in &disks {
+            let file_of = |i: usize| cat.points[i].disks.iter().find(|d| &d.target == target).map(|d| d.file.clone());
+            let (Some(fk), Some(fnext)) = (file_of(k), file_of(k + 1)) else {
+                return Err(Error::new(ErrorKind::Store, format!("Point chain of {target} is incomplete")));
+            };
+            let next_path = self.dir.join(&fnext);
+            if next_path.exists() {
+                img::commit(&next_path, None).await.map_err(|e| Error::qemu(format!("Cannot merge {fnext} into {fk}"), e))?;
+            }
+            if let Some(fafter) = (k + 2 < cat.points.len()).then(|| file_of(k + 2)).flatten() {
+                img::rebase_unsafe(&self.dir.join(&fafter), Path::new(&fk), DiskFormat::Qcow2)
+                    .await
+                    .map_err(|e| Error::qemu(format!("Cannot rebase {fafter}"), e))?;
+            }
+            if next_path.exists() {
+                std::fs::remove_file(&next_path).map_err(|e| Error::io(format!("Cannot delete {fnext}"), e))?;
+            }
+        }
+        let removed = cat.points.remove(k);
+        for (d, old) in cat.points[k].disks.iter_mut().zip(removed.disks.iter()) {
+            d.file = old.file.clone();
+        }
+        cat.merging = None;
+        self.write_catalog(cat)?;
+        tracing::info!(vm = %self.vm_id, point = %id, "Recovery point merged by retention");
+        Ok(())
+    }
+
+    /// blake3 hashes of blocks of the latest point's disk `disk` (resync, REP-6).
+    pub async fn latest_block_hashes(&self, disk: u16, block_size: u64, first: u64, count: u64) -> Result<Vec<[u8; 32]>> {
+        let _chain = self.chain_lock().await?;
+        let cat = self.read_catalog()?;
+        let latest = cat.points.last().ok_or_else(|| Error::new(ErrorKind::Store, "Replica has no points"))?;
+        let d = cat.disks.get(disk as usize).ok_or_else(|| Error::protocol(format!("No disk {disk}")))?;
+        let chain = self.chain(&latest.id, &d.target)?;
+        let reader = ChainReader::open_chain(&chain, d.size, true).await?;
+        tokio::task::spawn_blocking(move || hash_blocks(&reader, block_size, first, count))
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Io, "Hash task failed", e))?
+    }
+
+    /// REP-7: adopt existing disk images (an earlier replica, a restored backup, an offline
+    /// import) as this VM's base point. They are converted into the store (sources untouched);
+    /// a resync then sends only the differences.
+    pub async fn adopt_existing(&self, disks: &[(String, PathBuf)], time: DateTime<Utc>) -> Result<RecoveryPoint> {
+        let _recv = FileLock::try_acquire(&self.dir.join(".receive.lock"))?;
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        if !cat.points.is_empty() {
+            return Err(Error::new(ErrorKind::Busy, "Replica already has recovery points"));
+        }
+        let seq = cat.next_seq.max(1);
+        let mut pds = Vec::new();
+        let mut entries = Vec::new();
+        for (target, src) in disks {
+            valid_name(target, "Disk target")?;
+            let info = img::info(src, true).await.map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
+            let file = format!("{target}-{seq:06}.qcow2");
+            let fmt = if info.format == "raw" { DiskFormat::Raw } else { DiskFormat::Qcow2 };
+            let _ = fmt;
+            img::convert(src, &self.dir.join(&file), DiskFormat::Qcow2, true)
+                .await
+                .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;
+            File::open(self.dir.join(&file)).and_then(|f| f.sync_all()).map_err(|e| Error::io("Cannot fsync import", e))?;
+            pds.push(PointDisk { target: target.clone(), file, checksum: String::new() });
+            entries.push(DiskEntry { target: target.clone(), size: info.virtual_size });
+        }
+        fsync_dir(&self.dir)?;
+        let point = RecoveryPoint {
+            id: format!("rp-adopted-{seq}"),
+            cycle: 0,
+            time,
+            app_consistent: false,
+            kind: PointKind::Adopted,
+            bytes: 0,
+            disks: pds,
+            in_use: vec![],
+        };
+        cat.disks = entries;
+        cat.points.push(point.clone());
+        cat.next_seq = seq + 1;
+        self.write_catalog(&cat)?;
+        Ok(point)
+    }
+
+    /// The disks the replica holds.
+    pub fn disks(&self) -> Result<Vec<DiskInfo>> {
+        Ok(self.read_catalog()?.disks.into_iter().map(|d| DiskInfo { target: d.target, size: d.size }).collect())
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::new(ErrorKind::NotFound, format!("Recovery point {id} does not exist"))
+}
+
+/// A cycle being applied: extents go straight into new overlays (`.pending-*`).
+#[derive(Debug)]
+pub struct PendingApply {
+    vm: VmReplica,
+    header: BeginCycle,
+    writers: Vec<(String, Qcow2Writer, blake3::Hasher)>,
+    next_extent: u64,
+    total_bytes: u64,
+    _recv: FileLock,
+}
+
+impl PendingApply {
+    /// The cycle header.
+    pub fn header(&self) -> &BeginCycle {
+        &self.header
+    }
+
+    /// Index of the next expected extent (everything before it is written).
+    pub fn next_extent(&self) -> u64 {
+        self.next_extent
+    }
+
+    /// Verify and write one extent; it must be the next in sequence.
+    pub fn apply(&mut self, e: &Extent) -> Result<()> {
+        if e.index != self.next_extent {
+            return Err(Error::protocol(format!("Extent {} out of order (expected {})", e.index, self.next_extent)));
+        }
+        let (_, w, hasher) = self
+            .writers
+            .get_mut(e.disk as usize)
+            .ok_or_else(|| Error::protocol(format!("Extent for unknown disk {}", e.disk)))?;
+        let data = e.verified_data()?;
+        match (e.kind, data) {
+            (ExtentKind::Data, Some(d)) => w.write_data(e.offset, &d)?,
+            _ => w.write_zero(e.offset, e.len)?,
+        }
+        hasher.update(&e.offset.to_be_bytes());
+        hasher.update(&e.len.to_be_bytes());
+        hasher.update(&e.checksum);
+        if e.kind == ExtentKind::Data {
+            self.total_bytes += e.len;
+        }
+        self.next_extent += 1;
+        Ok(())
+    }
+
+    /// All extents arrived: finish the overlays (fsync), record the point durably.
+    pub async fn finish(mut self, extent_count: u64, total_bytes: u64) -> Result<RecoveryPoint> {
+        if extent_count != self.next_extent || total_bytes != self.total_bytes {
+            return Err(Error::protocol(format!(
+                "EndCycle says {extent_count} extents / {total_bytes} bytes, received {} / {}",
+                self.next_extent, self.total_bytes
+            )));
+        }
+        let vm = self.vm.clone();
+        vm.commit_point(&mut self).await
+    }
+}
+
+impl Drop for PendingApply {
+    fn drop(&mut self) {
+        for (name, _, _) in &self.writers {
+            let _ = std::fs::remove_file(self.vm.dir.join(name));
+        }
+    }
+}
