@@ -413,7 +413,7 @@ impl VmManager {
                             target: x.target.clone(),
                             format: x.format,
                             path: x.path.clone(),
-                            virtual_size: 0,
+                            virtual_size: virtual_size(Path::new(&x.path), x.format).unwrap_or(0),
                             classification: self
                                 .cfg
                                 .storage
@@ -460,4 +460,45 @@ async fn entry_status(name: &str, e: &Entry, run_dir: &Path) -> VmStatus {
         },
     };
     VmStatus { name: name.into(), power_state, pid, reason, definition: e.def.clone() }
+}
+
+/// A disk's virtual size: the qcow2 header's size field, or a raw file's length.
+pub fn virtual_size(path: &Path, format: DiskFormat) -> std::io::Result<u64> {
+    match format {
+        DiskFormat::Raw => Ok(std::fs::metadata(path)?.len()),
+        DiskFormat::Qcow2 => {
+            use std::io::Read;
+            let mut header = [0u8; 32];
+            std::fs::File::open(path)?.read_exact(&mut header)?;
+            if &header[..4] != b"QFI\xfb" {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a qcow2 image"));
+            }
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&header[24..32]);
+            Ok(u64::from_be_bytes(size))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn host_1_virtual_size_of_qcow2_and_raw() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = dir.path().join("a.qcow2");
+        ferry_qemu::img::create(
+            &q,
+            ferry_qemu::DiskFormat::Qcow2,
+            &ferry_qemu::img::CreateOptions { size: Some(3 << 30), ..Default::default() },
+        )
+        .await
+        .expect("create");
+        assert_eq!(virtual_size(&q, DiskFormat::Qcow2).expect("size"), 3 << 30);
+        let r = dir.path().join("b.raw");
+        std::fs::File::create(&r).expect("raw").set_len(5 << 20).expect("len");
+        assert_eq!(virtual_size(&r, DiskFormat::Raw).expect("size"), 5 << 20);
+        assert!(virtual_size(&r, DiskFormat::Qcow2).is_err(), "a raw file is not taken for qcow2");
+    }
 }

@@ -47,6 +47,42 @@ impl Store {
         Ok(ev.id)
     }
 
+    /// Append many events in one transaction (imports, the scale bench).
+    pub async fn append_events(&self, events: &[NewEvent<'_>]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for chunk in events.chunks(500) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                let ev = Event {
+                    id: 0,
+                    vault_id: e.vault,
+                    time: e.time,
+                    severity: e.severity,
+                    kind: e.kind.to_string(),
+                    message: e.message.to_string(),
+                    fabric: e.fabric,
+                    object_id: e.object_id.map(str::to_string),
+                };
+                let body = serde_json::to_string(&ev).map_err(|err| Error::corrupt("Encode event", err))?;
+                rows.push((e, body));
+            }
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (vault, time_ms, severity, kind, fabric, object_id, body) ",
+            );
+            qb.push_values(rows, |mut b, (e, body)| {
+                b.push_bind(e.vault.to_string())
+                    .push_bind(e.time.timestamp_millis())
+                    .push_bind(e.severity.as_str())
+                    .push_bind(e.kind.to_string())
+                    .push_bind(e.fabric.map(|f| f.to_string()))
+                    .push_bind(e.object_id.map(str::to_string))
+                    .push_bind(body);
+            });
+            qb.build().execute(&mut *tx).await.map_err(|e| Error::query("Append events", e))?;
+        }
+        Store::commit(tx).await
+    }
+
     /// Events newest first, optionally filtered; `before` is an event id cursor.
     pub async fn list_events(
         &self,

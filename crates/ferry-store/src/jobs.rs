@@ -32,6 +32,33 @@ impl Store {
         Ok(())
     }
 
+    /// Insert many jobs in one transaction (imports, the scale bench).
+    pub async fn insert_jobs(&self, jobs: &[Job]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for chunk in jobs.chunks(500) {
+            let mut encoded = Vec::with_capacity(chunk.len());
+            for job in chunk {
+                encoded.push((job, encode(job)?));
+            }
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO jobs (id, vault, created_ms, status, fabric, object_type, object_id, operation, body) ",
+            );
+            qb.push_values(encoded, |mut b, (job, body)| {
+                b.push_bind(job.id.to_string())
+                    .push_bind(job.vault_id.to_string())
+                    .push_bind(job.created_at.timestamp_millis())
+                    .push_bind(job.status.as_str())
+                    .push_bind(job.fabric.map(|f| f.to_string()))
+                    .push_bind(job.object_type.clone())
+                    .push_bind(job.object_id.clone())
+                    .push_bind(job.operation.clone())
+                    .push_bind(body);
+            });
+            qb.build().execute(&mut *tx).await.map_err(|e| Error::query("Insert jobs", e))?;
+        }
+        Store::commit(tx).await
+    }
+
     /// Replace a job's body and status.
     pub async fn update_job(&self, job: &Job) -> Result<()> {
         let res = sqlx::query("UPDATE jobs SET status = $1, body = $2 WHERE id = $3")

@@ -90,3 +90,123 @@ impl Operation {
         !matches!(self, Operation::DisableProtection)
     }
 }
+
+/// Which way a protected item replicates now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Direction {
+    /// Primary site → recovery site, as paired.
+    #[default]
+    Forward,
+    /// Recovery site → primary site, after failover and re-protect.
+    Reverse,
+}
+
+/// One side of a protected item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ItemSide {
+    pub fabric: uuid::Uuid,
+    pub cloud: String,
+    /// Host id.
+    pub host: String,
+    pub host_name: String,
+}
+
+/// Where a replicated disk lands (STO-2, STO-3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaDisk {
+    pub target: String,
+    pub source_path: String,
+    pub virtual_size: u64,
+    /// Storage location path on the target host that holds this disk's chain.
+    pub location: String,
+    /// Mapped, or the default replica location (and why).
+    pub placement: String,
+}
+
+/// A replica NIC and the network it joins (NET-2, NET-3, NET-4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaNic {
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_network: Option<String>,
+    /// Target VM network id; absent = disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// A recovery point as listed (RP-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecoveryPoint {
+    pub id: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub app_consistent: bool,
+    pub size_bytes: u64,
+}
+
+/// Replication statistics (REP-5, JOB-2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub cycles_ok: u64,
+    #[serde(default)]
+    pub cycles_missed: u64,
+    #[serde(default)]
+    pub avg_delta_bytes: u64,
+    #[serde(default)]
+    pub max_delta_bytes: u64,
+    #[serde(default)]
+    pub avg_latency_ms: u64,
+    /// Changed bytes not yet sent.
+    #[serde(default)]
+    pub data_waiting_bytes: u64,
+    /// Initial replication progress, 0..=100.
+    #[serde(default)]
+    pub initial_progress: u8,
+}
+
+/// A replicated VM (ASR: replication protected item).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProtectedItem {
+    pub id: uuid::Uuid,
+    pub vault_id: uuid::Uuid,
+    /// The VM's name.
+    pub name: String,
+    /// The VM's id in its source site's inventory.
+    pub vm_id: String,
+    pub container_mapping: uuid::Uuid,
+    pub policy: uuid::Uuid,
+    pub source: ItemSide,
+    pub target: ItemSide,
+    pub direction: Direction,
+    pub state: ReplicationState,
+    pub health: Health,
+    #[serde(default)]
+    pub health_reasons: Vec<String>,
+    #[serde(default)]
+    pub disks: Vec<ReplicaDisk>,
+    #[serde(default)]
+    pub nics: Vec<ReplicaNic>,
+    #[serde(default)]
+    pub stats: ReplicationStats,
+    #[serde(default)]
+    pub recovery_points: Vec<RecoveryPoint>,
+    #[serde(default)]
+    pub allowed_operations: Vec<Operation>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Enable protection for one or many VMs of a site (REP-1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnableProtection {
+    /// Source site (id or friendly name).
+    pub source_site: String,
+    /// VM names or ids on that site.
+    pub vms: Vec<String>,
+}

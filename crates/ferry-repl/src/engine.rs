@@ -1,0 +1,334 @@
+//! Glue on the primary: [`Primary`] runs seed + initial replication and delta cycles of one VM
+//! (capture → ship → commit or fold), keeps lag/size counters (REP-5) and persists the cycle
+//! counter. The replica side is [`Receiver`](crate::receiver::Receiver).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ferry_qemu::{Qmp, RunningVm};
+use serde::{Deserialize, Serialize};
+
+use crate::capture::{Capture, CaptureDisk, Snapshot, TrackingState};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{plan_layer, ChainReader};
+use crate::protocol::{BeginCycle, DiskInfo, Direction};
+use crate::replica::atomic_write;
+use crate::send::{send_cycle, CycleSource, Peer, SendOptions, SendStats};
+use crate::transport::Limiter;
+
+/// Anything that lends a QMP connection (the VM's monitor accepts only one client).
+pub trait QmpHandle: Send + Sync {
+    fn qmp(&self) -> &Qmp;
+}
+
+impl QmpHandle for RunningVm {
+    fn qmp(&self) -> &Qmp {
+        RunningVm::qmp(self)
+    }
+}
+
+impl QmpHandle for Qmp {
+    fn qmp(&self) -> &Qmp {
+        self
+    }
+}
+
+/// Settings of one protected VM on its primary host.
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    pub vm_id: String,
+    pub pair_id: String,
+    pub disks: Vec<CaptureDisk>,
+    /// Local directory for staging images and the primary's small state file.
+    pub staging_dir: PathBuf,
+    pub peer_addr: SocketAddr,
+    pub peer_name: String,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub compression: bool,
+    pub limiter: Option<Arc<Limiter>>,
+    /// Guest-agent socket for app-consistent cycles (POL-5).
+    pub qga_socket: Option<PathBuf>,
+    pub send: SendOptions,
+}
+
+impl PrimaryConfig {
+    /// Defaults for the optional settings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm_id: &str,
+        pair_id: &str,
+        disks: Vec<CaptureDisk>,
+        staging_dir: &Path,
+        peer_addr: SocketAddr,
+        peer_name: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            vm_id: vm_id.into(),
+            pair_id: pair_id.into(),
+            disks,
+            staging_dir: staging_dir.into(),
+            peer_addr,
+            peer_name: peer_name.into(),
+            tls,
+            compression: false,
+            limiter: None,
+            qga_socket: None,
+            send: SendOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct PrimaryState {
+    pub next_cycle: u64,
+    pub seeded: bool,
+}
+
+/// Per-VM replication counters (REP-5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationCounters {
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    /// Consecutive failed cycles since the last success.
+    pub missed_cycles: u64,
+    /// Capture time of the newest point the replica has durably.
+    pub last_point: Option<DateTime<Utc>>,
+    /// Data bytes captured but not yet acknowledged (the failed cycle(s) folded into the next).
+    pub unsent_bytes: u64,
+    pub total_wire_bytes: u64,
+}
+
+impl ReplicationCounters {
+    /// Replication lag now: age of the newest durable point.
+    pub fn lag(&self) -> Option<chrono::Duration> {
+        self.last_point.map(|t| Utc::now() - t)
+    }
+}
+
+/// Result of one cycle.
+#[derive(Debug, Clone)]
+pub struct CycleReport {
+    pub cycle: u64,
+    pub point_id: String,
+    pub base: bool,
+    pub app_consistent: bool,
+    pub warnings: Vec<String>,
+    /// Planned data bytes of the cycle.
+    pub data_bytes: u64,
+    pub send: SendStats,
+    pub capture_time: Duration,
+    pub send_time: Duration,
+    pub total_time: Duration,
+}
+
+/// Replication of one VM from its primary host.
+pub struct Primary {
+    pub(crate) cfg: PrimaryConfig,
+    pub(crate) vm: Arc<dyn QmpHandle>,
+    pub(crate) capture: Capture,
+    pub(crate) state: PrimaryState,
+    pub(crate) counters: ReplicationCounters,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("vm_id", &self.cfg.vm_id).field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+impl Primary {
+    /// Set up replication of a running VM (nothing is captured yet).
+    pub fn new(cfg: PrimaryConfig, vm: Arc<dyn QmpHandle>) -> Result<Self> {
+        crate::protocol::valid_name(&cfg.vm_id, "VM id")?;
+        crate::protocol::valid_name(&cfg.pair_id, "Pair id")?;
+        let capture = Capture::new(cfg.disks.clone(), &cfg.staging_dir)?;
+        let state = match std::fs::read(cfg.staging_dir.join("primary-state.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::with_source(ErrorKind::Store, "Primary state file is unreadable", e))?,
+            Err(_) => PrimaryState { next_cycle: 1, seeded: false },
+        };
+        Ok(Self { cfg, vm, capture, state, counters: ReplicationCounters::default() })
+    }
+
+    /// The capture (e.g. to tune job or freeze timeouts).
+    pub fn capture_mut(&mut self) -> &mut Capture {
+        &mut self.capture
+    }
+
+    /// Counters (REP-5).
+    pub fn counters(&self) -> &ReplicationCounters {
+        &self.counters
+    }
+
+    /// Mutable send options (compression, limiter, retries).
+    pub fn send_options_mut(&mut self) -> &mut SendOptions {
+        &mut self.cfg.send
+    }
+
+    /// Turn compression on or off (POL-6).
+    pub fn set_compression(&mut self, on: bool) {
+        self.cfg.compression = on;
+    }
+
+    /// Current tracking state (discovers bitmaps; folds an interrupted cycle).
+    pub async fn tracking(&self) -> Result<TrackingState> {
+        self.capture.discover(self.vm.qmp()).await
+    }
+
+    pub(crate) fn alloc_cycle(&mut self, at_least: u64) -> Result<u64> {
+        let c = self.state.next_cycle.max(at_least).max(1);
+        self.state.next_cycle = c + 1;
+        self.save_state()?;
+        Ok(c)
+    }
+
+    pub(crate) fn save_state(&self) -> Result<()> {
+        let b = serde_json::to_vec(&self.state).map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode state", e))?;
+        atomic_write(&self.cfg.staging_dir.join("primary-state.json"), &b)
+    }
+
+    pub(crate) fn peer(&self) -> Peer {
+        Peer {
+            addr: self.cfg.peer_addr,
+            server_name: self.cfg.peer_name.clone(),
+            tls: self.cfg.tls.clone(),
+            vm_id: self.cfg.vm_id.clone(),
+            pair_id: self.cfg.pair_id.clone(),
+            direction: Direction::Forward,
+        }
+    }
+
+    pub(crate) fn send_options(&self) -> SendOptions {
+        let mut o = self.cfg.send.clone();
+        o.compress = self.cfg.compression;
+        if self.cfg.limiter.is_some() {
+            o.limiter = self.cfg.limiter.clone();
+        }
+        o
+    }
+
+    pub(crate) fn header(&self, snap: &Snapshot, base: bool) -> BeginCycle {
+        BeginCycle {
+            cycle: snap.cycle,
+            disks: self.cfg.disks.iter().map(|d| DiskInfo { target: d.target.clone(), size: d.size }).collect(),
+            app_consistent: snap.app_consistent,
+            base,
+            created_at_ms: snap.created_at.timestamp_millis(),
+        }
+    }
+
+    async fn source_of(&self, snap: &Snapshot) -> Result<CycleSource> {
+        let mut readers = Vec::new();
+        let mut extents = Vec::new();
+        for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {
+            let r = ChainReader::open_layer(f, d.size).await?;
+            extents.extend(plan_layer(i as u16, &r, snap.base));
+            readers.push(r);
+        }
+        Ok(CycleSource { header: self.header(snap, snap.base), extents, readers })
+    }
+
+    /// REP-2: seed (new bitmaps + full copy of every disk at one point) and ship the allocated
+    /// data as the replica's base.
+    pub async fn seed_and_initial(&mut self) -> Result<CycleReport> {
+        let t0 = Instant::now();
+        let cycle = self.alloc_cycle(0)?;
+        let snap = self.capture.seed(self.vm.qmp(), cycle).await?;
+        self.ship(snap, t0).await.inspect(|_| {
+            self.state.seeded = true;
+            let _ = self.save_state();
+        })
+    }
+
+    /// REP-3: one delta cycle. `app_consistent` freezes the guest around the capture when a guest
+    /// agent socket is configured (falls back to crash-consistent with a warning).
+    pub async fn run_cycle(&mut self, app_consistent: bool) -> Result<CycleReport> {
+        let t0 = Instant::now();
+        let generation = match self.capture.discover(self.vm.qmp()).await? {
+            TrackingState::Tracking { generation } => generation,
+            TrackingState::Untracked => {
+                return Err(Error::new(ErrorKind::ResyncRequired, "No change tracking on this VM; seed or resync first"))
+            }
+            TrackingState::ResyncRequired { reason } => return Err(Error::new(ErrorKind::ResyncRequired, reason)),
+        };
+        let cycle = self.alloc_cycle(generation + 1)?;
+        let qga = if app_consistent {
+            if self.cfg.qga_socket.is_none() {
+                tracing::warn!(vm = %self.cfg.vm_id, "App-consistent cycle requested without a guest agent channel");
+            }
+            self.cfg.qga_socket.clone()
+        } else {
+            None
+        };
+        let mut snap = match self.capture.cycle(self.vm.qmp(), generation, cycle, qga.as_deref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.counters.cycles_failed += 1;
+                self.counters.missed_cycles += 1;
+                return Err(e);
+            }
+        };
+        if app_consistent && qga.is_none() {
+            snap.warnings.push("No guest agent channel; the point is crash-consistent".into());
+        }
+        self.ship(snap, t0).await
+    }
+
+    pub(crate) async fn ship(&mut self, snap: Snapshot, t0: Instant) -> Result<CycleReport> {
+        let capture_time = t0.elapsed();
+        let result = async {
+            let src = Arc::new(self.source_of(&snap).await?);
+            let data_bytes = src.data_bytes();
+            let t1 = Instant::now();
+            let stats = send_cycle(&self.peer(), &self.send_options(), src).await?;
+            Ok::<_, Error>((data_bytes, stats, t1.elapsed()))
+        }
+        .await;
+        self.finish(snap, result, capture_time, t0).await
+    }
+
+    pub(crate) async fn finish(
+        &mut self,
+        snap: Snapshot,
+        result: Result<(u64, SendStats, Duration)>,
+        capture_time: Duration,
+        t0: Instant,
+    ) -> Result<CycleReport> {
+        match result {
+            Ok((data_bytes, send, send_time)) => {
+                self.capture.commit(self.vm.qmp(), &snap).await?;
+                self.counters.cycles_ok += 1;
+                self.counters.missed_cycles = 0;
+                self.counters.unsent_bytes = 0;
+                self.counters.last_point = Some(snap.created_at);
+                self.counters.total_wire_bytes += send.wire_bytes;
+                Ok(CycleReport {
+                    cycle: snap.cycle,
+                    point_id: format!("rp-{}", snap.cycle),
+                    base: snap.base,
+                    app_consistent: snap.app_consistent,
+                    warnings: snap.warnings,
+                    data_bytes,
+                    send,
+                    capture_time,
+                    send_time,
+                    total_time: t0.elapsed(),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(vm = %self.cfg.vm_id, cycle = snap.cycle, error = %e.chain(), "Cycle failed; its changes fold into the next");
+                self.counters.cycles_failed += 1;
+                self.counters.missed_cycles += 1;
+                self.counters.unsent_bytes += snap.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
+                if let Err(fold) = self.capture.abort(self.vm.qmp(), &snap).await {
+                    tracing::error!(error = %fold.chain(), "Folding the bitmap back failed; a resync will be needed");
+                }
+                Err(e)
+            }
+        }
+    }
+}

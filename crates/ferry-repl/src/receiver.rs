@@ -1,0 +1,292 @@
+//! The receiving side (replica host): a TLS server that authorises peers, applies cycles into the
+//! [`ReplicaStore`](crate::replica::ReplicaStore), acknowledges progress and durable points, and
+//! answers resync hash requests.
+//!
+//! A cycle interrupted by a broken connection stays pending in memory (its overlays on disk) so
+//! the sender can resume with the next extent; a new cycle for the same VM, or a receiver
+//! restart, discards it (the files are then unreferenced and deleted).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{read_frame, valid_name, write_msg, ErrorCode, Message, PROTOCOL_VERSION};
+use crate::replica::{PendingApply, ReplicaStore, VmReplica};
+use crate::transport::{self, Allowlist};
+
+/// Receiver settings.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub allowlist: Allowlist,
+    /// Replica store root.
+    pub root: PathBuf,
+    /// Send a progress `ResumeFrom` every this many extents.
+    pub ack_every: u64,
+    pub handshake_timeout: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl ReceiverConfig {
+    /// Defaults for everything but the essentials.
+    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>, allowlist: Allowlist, root: PathBuf) -> Self {
+        Self {
+            listen,
+            tls,
+            allowlist,
+            root,
+            ack_every: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters of a receiver.
+#[derive(Debug, Default)]
+pub struct ReceiverStats {
+    pub connections: AtomicU64,
+    /// Connections refused for authorisation (SEC-1).
+    pub unauthorized: AtomicU64,
+    /// Malformed, oversized or out-of-sequence frames (SEC-3).
+    pub rejected_frames: AtomicU64,
+    pub cycles_applied: AtomicU64,
+}
+
+struct Slot {
+    owner: u64,
+    pending: Option<PendingApply>,
+}
+
+type Slots = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>>;
+
+#[derive(Clone)]
+struct Shared {
+    cfg: ReceiverConfig,
+    store: ReplicaStore,
+    slots: Slots,
+    stats: Arc<ReceiverStats>,
+    next_session: Arc<AtomicU64>,
+}
+
+/// A running receiver. Dropping it (or [`Receiver::stop`]) stops accepting and aborts every
+/// connection, like a crashed host.
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    /// Bind and start serving.
+    pub async fn start(cfg: ReceiverConfig) -> Result<Receiver> {
+        let store = ReplicaStore::open(&cfg.root)?;
+        let listener = transport::listen(cfg.listen).await?;
+        let addr = listener.local_addr().map_err(|e| Error::io("Cannot read listen address", e))?;
+        let shared = Shared {
+            cfg,
+            store,
+            slots: Arc::default(),
+            stats: Arc::default(),
+            next_session: Arc::new(AtomicU64::new(1)),
+        };
+        let s2 = shared.clone();
+        let task = tokio::spawn(async move {
+            let acceptor = TlsAcceptor::from(s2.cfg.tls.clone());
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((tcp, peer)) => {
+                            let _ = tcp.set_nodelay(true);
+                            let s = s2.clone();
+                            let acc = acceptor.clone();
+                            conns.spawn(async move { s.serve(acc, tcp, peer).await });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "Accept failed"),
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        tracing::info!(%addr, "Replication receiver listening");
+        Ok(Receiver { addr, shared, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The replica store.
+    pub fn store(&self) -> &ReplicaStore {
+        &self.shared.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.shared.stats
+    }
+
+    /// Stop accepting and abort all connections (pending cycles are dropped).
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = (&mut { self }.task).await;
+    }
+}
+
+impl Shared {
+    async fn serve(self, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (tls, cn) = match transport::accept(&acceptor, tcp, &self.cfg.allowlist, self.cfg.handshake_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(e.kind(), ErrorKind::Unauthorized | ErrorKind::Tls) {
+                    self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(%peer, error = %e.chain(), "Replication connection refused");
+                return;
+            }
+        };
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.session(&mut rd, &mut wr, &cn, session).await {
+            let code = match e.kind() {
+                ErrorKind::Protocol => ErrorCode::Protocol,
+                ErrorKind::Checksum => ErrorCode::Checksum,
+                ErrorKind::Unauthorized => ErrorCode::Unauthorized,
+                ErrorKind::Busy => ErrorCode::Conflict,
+                _ => ErrorCode::Internal,
+            };
+            if matches!(e.kind(), ErrorKind::Protocol | ErrorKind::Checksum) {
+                self.stats.rejected_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            if e.kind() == ErrorKind::Unauthorized {
+                self.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            }
+            if e.kind() == ErrorKind::Disconnected {
+                tracing::info!(%peer, %cn, error = %e.chain(), "Replication connection closed");
+            } else {
+                tracing::warn!(%peer, %cn, error = %e.chain(), "Replication session failed");
+                let _ = write_msg(&mut wr, &Message::Error { code, message: e.to_string() }).await;
+            }
+        }
+    }
+
+    async fn next<R: AsyncRead + Unpin>(&self, rd: &mut R) -> Result<Option<Message>> {
+        tokio::time::timeout(self.cfg.idle_timeout, read_frame(rd))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Disconnected, "Connection idle too long"))?
+    }
+
+    fn slot(&self, vm: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(vm.to_string()).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot { owner: 0, pending: None }))).clone()
+    }
+
+    async fn session<R, W>(&self, rd: &mut R, wr: &mut W, cn: &str, me: u64) -> Result<()>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let hello = tokio::time::timeout(self.cfg.handshake_timeout, read_frame(rd))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Disconnected, "No Hello"))??;
+        let (vm_id, pair_id, direction) = match hello {
+            Some(Message::Hello { version, vm_id, pair_id, direction }) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(Error::protocol(format!("Protocol version {version} not supported (this host speaks {PROTOCOL_VERSION})")));
+                }
+                (vm_id, pair_id, direction)
+            }
+            Some(m) => return Err(Error::protocol(format!("Expected Hello, got {}", m.name()))),
+            None => return Ok(()),
+        };
+        valid_name(&vm_id, "VM id")?;
+        valid_name(&pair_id, "Pair id")?;
+        if !self.cfg.allowlist.permits(cn, &pair_id) {
+            return Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised for pair {pair_id}")));
+        }
+        write_msg(wr, &Message::Hello { version: PROTOCOL_VERSION, vm_id: vm_id.clone(), pair_id: pair_id.clone(), direction }).await?;
+        let vm = self.store.vm(&vm_id).await?;
+        let slot = self.slot(&vm_id);
+        let mut cycle: Option<u64> = None;
+        while let Some(msg) = self.next(rd).await? {
+            match msg {
+                Message::BeginCycle(h) => {
+                    let mut s = slot.lock().await;
+                    if vm.last_cycle()?.is_some_and(|last| last >= h.cycle) {
+                        write_msg(wr, &Message::Ack { cycle: h.cycle, durable: true }).await?;
+                        continue;
+                    }
+                    let resume = matches!(&s.pending, Some(p) if p.header() == &h);
+                    if !resume {
+                        s.pending = None;
+                        s.pending = Some(vm.begin(&h).await?);
+                    }
+                    s.owner = me;
+                    let next = s.pending.as_ref().map_or(0, PendingApply::next_extent);
+                    cycle = Some(h.cycle);
+                    tracing::info!(vm = %vm_id, cycle = h.cycle, next, resume, "Cycle started");
+                    write_msg(wr, &Message::ResumeFrom { cycle: h.cycle, next_extent: next }).await?;
+                }
+                Message::Extent(e) => {
+                    let c = cycle.ok_or_else(|| Error::protocol("Extent before BeginCycle"))?;
+                    let mut s = slot.lock().await;
+                    if s.owner != me {
+                        return Err(Error::new(ErrorKind::Disconnected, "Another session took over this cycle"));
+                    }
+                    let p = s.pending.as_mut().ok_or_else(|| Error::protocol("Extent without a pending cycle"))?;
+                    p.apply(&e)?;
+                    let next = p.next_extent();
+                    if next % self.cfg.ack_every.max(1) == 0 {
+                        write_msg(wr, &Message::ResumeFrom { cycle: c, next_extent: next }).await?;
+                    }
+                }
+                Message::EndCycle { cycle: c, extent_count, total_bytes } => {
+                    if cycle != Some(c) {
+                        return Err(Error::protocol(format!("EndCycle for cycle {c} which is not open")));
+                    }
+                    let p = {
+                        let mut s = slot.lock().await;
+                        if s.owner != me {
+                            return Err(Error::new(ErrorKind::Disconnected, "Another session took over this cycle"));
+                        }
+                        s.pending.take().ok_or_else(|| Error::protocol("EndCycle without a pending cycle"))?
+                    };
+                    let point = p.finish(extent_count, total_bytes).await?;
+                    self.stats.cycles_applied.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(vm = %vm_id, cycle = c, point = %point.id, "Cycle applied durably");
+                    write_msg(wr, &Message::Ack { cycle: c, durable: true }).await?;
+                    cycle = None;
+                }
+                Message::HashRequest { disk, block_size, first, count } => {
+                    let hashes = hash_request(&vm, disk, block_size, first, count).await?;
+                    write_msg(wr, &Message::HashReply { disk, first, hashes }).await?;
+                }
+                m => return Err(Error::protocol(format!("Unexpected {} frame from the sender", m.name()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn hash_request(vm: &VmReplica, disk: u16, block_size: u32, first: u64, count: u32) -> Result<Vec<[u8; 32]>> {
+    vm.latest_block_hashes(disk, block_size as u64, first, count as u64).await
+}

@@ -1,0 +1,272 @@
+//! SEC-2 (roles) and SEC-3 (bad input changes nothing) through the vault's HTTPS API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferry_client::Client;
+use ferry_types::job::{Job, JobStatus};
+use ferry_types::vault::Vault;
+use uuid::Uuid;
+
+fn forbidden<T: std::fmt::Debug>(r: ferry_client::Result<T>) {
+    assert_eq!(expect_err(r), (403, "Forbidden".to_string()));
+}
+
+async fn cancel(c: &Client, job: Uuid) -> ferry_client::Result<Job> {
+    c.post(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await
+}
+
+async fn restart(c: &Client, job: Uuid) -> ferry_client::Result<Job> {
+    c.post(&format!("/api/v1/vaults/v1/replicationJobs/{job}/restart"), &()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_2_roles_reader_operator_contributor() {
+    let tv = start_vault_with(|c| c.site_command_timeout = Duration::from_secs(2)).await;
+    let (ny, chi) = two_sites(&tv, "v1").await;
+    let (reader_t, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let (operator_t, operator_id) = make_token(&tv.admin, "operator", "Operator").await;
+    let (contrib_t, _) = make_token(&tv.admin, "contributor", "Contributor").await;
+    let reader = tv.client(Some(&reader_t));
+    let operator = tv.client(Some(&operator_t));
+    let contrib = tv.client(Some(&contrib_t));
+
+    // Contributor: configuration changes. Two pairs whose target never answers.
+    let (pid, job1) = policy_with_pair(&tv, "v1", "gold", &ny, &chi).await;
+    let created: serde_json::Value = contrib
+        .post(
+            "/api/v1/vaults/v1/replicationProtectionContainerMappings",
+            &serde_json::json!({"source": ny.cloud("ny-silver"), "target": chi.cloud("chi-silver"), "policy": pid}),
+        )
+        .await
+        .expect("contributor pairs clouds");
+    let job2: Uuid = serde_json::from_value(created["job"]["id"].clone()).expect("job");
+    let before = snapshot(&tv.admin, "v1").await;
+
+    // Reader: reads everything, changes nothing.
+    let _: Vec<Vault> = reader.get("/api/v1/vaults").await.expect("reader lists vaults");
+    let _: serde_json::Value = reader.get("/api/v1/vaults/v1/replicationJobs").await.expect("reader lists jobs");
+    let _: serde_json::Value = reader.get("/api/v1/vaults/v1/replicationPolicies").await.expect("reader policies");
+    let _: serde_json::Value = reader.get("/api/v1/vaults/v1/replicationFabrics/ny/hosts").await.expect("hosts");
+    forbidden(reader.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationPolicies", &policy_json("r")).await);
+    forbidden(cancel(&reader, job1).await);
+    forbidden(restart(&reader, job1).await);
+    forbidden(reader.post::<_, Vault>("/api/v1/vaults", &serde_json::json!({"name": "r"})).await);
+    forbidden(reader.get::<serde_json::Value>("/api/v1/tokens").await);
+    forbidden(
+        reader
+            .post::<_, serde_json::Value>(
+                "/api/v1/vaults/v1/replicationFabrics/ny/hosts/ny-h1/vmActions",
+                &serde_json::json!({"action": "start", "vm": "ny-vm1"}),
+            )
+            .await,
+    );
+
+    // Operator: no configuration changes.
+    forbidden(operator.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationPolicies", &policy_json("o")).await);
+    forbidden(operator.put::<_, serde_json::Value>(&format!("/api/v1/vaults/v1/replicationPolicies/{pid}"), &policy_json("gold")).await);
+    forbidden(operator.delete("/api/v1/vaults/v1").await);
+    forbidden(operator.post::<_, serde_json::Value>("/api/v1/vaults/v1/registrationKeys", &()).await);
+    forbidden(
+        operator
+            .post::<_, serde_json::Value>(
+                "/api/v1/tokens",
+                &serde_json::json!({"name": "escalate", "role": "Contributor"}),
+            )
+            .await,
+    );
+    forbidden(
+        operator
+            .post::<_, serde_json::Value>(
+                "/api/v1/vaults/v1/replicationFabrics/ny/hosts/ny-h1/vmActions",
+                &serde_json::json!({"action": "delete", "vm": "ny-vm1", "delete_disks": true}),
+            )
+            .await,
+    );
+    assert_eq!(snapshot(&tv.admin, "v1").await, before, "refused requests change nothing");
+
+    // Operator: failover-type operations: cancel and restart jobs, start a VM.
+    cancel(&operator, job1).await.expect("operator cancels");
+    wait_status(&tv.admin, "v1", job1, JobStatus::Cancelled, 10).await;
+    wait_status(&tv.admin, "v1", job2, JobStatus::Failed, 15).await;
+    let job3 = restart(&operator, job2).await.expect("operator restarts");
+    assert_eq!(job3.restart_of, Some(job2));
+    // Contributor can do the same.
+    cancel(&contrib, job3.id).await.expect("contributor cancels");
+    wait_status(&tv.admin, "v1", job3.id, JobStatus::Cancelled, 10).await;
+    let vm_job: Job = operator
+        .post(
+            "/api/v1/vaults/v1/replicationFabrics/ny/hosts/ny-h1/vmActions",
+            &serde_json::json!({"action": "start", "vm": "ny-vm1"}),
+        )
+        .await
+        .expect("operator starts a VM");
+    assert_eq!(vm_job.operation, "VmAction");
+
+    // No token, an unknown token, a revoked token: 401.
+    let anon = tv.client(None);
+    assert_eq!(expect_err(anon.get::<Vec<Vault>>("/api/v1/vaults").await), (401, "MissingCredentials".to_string()));
+    let bogus = tv.client(Some("fy_not-a-token"));
+    assert_eq!(expect_err(bogus.get::<Vec<Vault>>("/api/v1/vaults").await), (401, "InvalidCredentials".to_string()));
+    tv.admin.delete(&format!("/api/v1/tokens/{operator_id}")).await.expect("revoke");
+    assert_eq!(
+        expect_err(operator.get::<Vec<Vault>>("/api/v1/vaults").await),
+        (401, "InvalidCredentials".to_string())
+    );
+    assert_eq!(expect_err(cancel(&operator, job1).await).0, 401);
+
+    // A site credential cannot use the management API; a user token cannot act as a site.
+    forbidden(ny.client.get::<Vec<Vault>>("/api/v1/vaults").await);
+    forbidden(ny.client.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationPolicies", &policy_json("s")).await);
+    forbidden(cancel(&ny.client, job2).await);
+    forbidden(tv.admin.get::<serde_json::Value>("/api/v1/agent/commands").await);
+    let rep = ferry_types::site_protocol::SiteReport {
+        provider_id: ny.provider_id,
+        version: SITE_VERSION.into(),
+        inventory: ny.inventory.clone(),
+    };
+    forbidden(reader.post::<_, serde_json::Value>("/api/v1/agent/report", &rep).await);
+}
+
+/// POST raw bytes; returns (status, code).
+async fn raw(c: &Client, path: &str, ct: &str, body: &[u8]) -> (u16, String) {
+    expect_err(c.post_raw(path, ct, body.to_vec()).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_bad_input_is_refused_and_changes_nothing() {
+    let tv = start_vault().await;
+    let (ny, chi) = two_sites(&tv, "v1").await;
+    let (pid, _job) = policy_with_pair(&tv, "v1", "gold", &ny, &chi).await;
+    let before = snapshot(&tv.admin, "v1").await;
+    let a = &tv.admin;
+    let json = "application/json";
+    let policies = "/api/v1/vaults/v1/replicationPolicies";
+
+    // Malformed JSON, unknown fields, wrong types, wrong content type, oversized body.
+    assert_eq!(raw(a, "/api/v1/vaults", json, b"{\"name\": ").await, (400, "MalformedJson".into()));
+    assert_eq!(raw(a, policies, json, b"not json").await, (400, "MalformedJson".into()));
+    assert_eq!(raw(a, "/api/v1/vaults", json, br#"{"name":"x","color":"red"}"#).await, (400, "InvalidBody".into()));
+    assert_eq!(raw(a, "/api/v1/vaults", json, br#"{"name":5}"#).await, (400, "InvalidBody".into()));
+    assert_eq!(raw(a, "/api/v1/vaults", json, br#"{}"#).await, (400, "InvalidBody".into()));
+    let mut p = policy_json("x");
+    p["unexpected"] = true.into();
+    assert_eq!(raw(a, policies, json, &serde_json::to_vec(&p).expect("json")).await, (400, "InvalidBody".into()));
+    assert_eq!(raw(a, "/api/v1/vaults", "text/plain", br#"{"name":"x"}"#).await, (415, "UnsupportedMediaType".into()));
+    assert_eq!(raw(a, policies, "application/xml", b"<policy/>").await, (415, "UnsupportedMediaType".into()));
+    let big = format!(r#"{{"name":"x","description":"{}"}}"#, "a".repeat(5 * 1024 * 1024));
+    assert_eq!(raw(a, "/api/v1/vaults", json, big.as_bytes()).await.0, 413);
+    // A malformed registration key and a malformed site report.
+    let mut req = register_request("garbage", "v1", "x", "x.lab", SITE_VERSION, true, &[]);
+    assert_eq!(expect_err(register_raw(&tv, &req).await), (400, "RegistrationKeyMalformed".into()));
+    req.vault_name = "no-such-vault".into();
+    let k = issue_key(a, "v1").await;
+    req.key = k.file;
+    assert_eq!(expect_err(register_raw(&tv, &req).await).0, 404);
+    assert_eq!(
+        raw(&ny.client, "/api/v1/agent/report", json, br#"{"provider_id":"x","version":"1","inventory":{}}"#).await,
+        (400, "InvalidBody".into())
+    );
+
+    // Unknown ids: 404 NotFound.
+    let u = Uuid::new_v4();
+    for path in [
+        format!("/api/v1/vaults/{u}"),
+        format!("/api/v1/vaults/v1/replicationPolicies/{u}"),
+        format!("/api/v1/vaults/v1/replicationJobs/{u}"),
+        format!("/api/v1/vaults/v1/replicationFabrics/{u}"),
+        format!("/api/v1/vaults/v1/replicationFabrics/{u}/hosts"),
+        format!("/api/v1/vaults/{u}/replicationJobs"),
+    ] {
+        assert_eq!(expect_err(a.get::<serde_json::Value>(&path).await), (404, "NotFound".into()), "{path}");
+    }
+    for path in [
+        format!("/api/v1/vaults/v1/replicationProtectionContainerMappings/{u}"),
+        format!("/api/v1/vaults/v1/replicationNetworkMappings/{u}"),
+        format!("/api/v1/vaults/v1/registrationKeys/{u}"),
+        format!("/api/v1/tokens/{u}"),
+        format!("/api/v1/vaults/v1/replicationPolicies/{u}"),
+    ] {
+        assert_eq!(expect_err(a.delete(&path).await), (404, "NotFound".into()), "{path}");
+    }
+    for path in [format!("/api/v1/vaults/v1/replicationJobs/{u}/cancel"), format!("/api/v1/vaults/v1/replicationJobs/{u}/restart")] {
+        assert_eq!(expect_err(a.post::<_, Job>(&path, &()).await), (404, "NotFound".into()), "{path}");
+    }
+    let r = serde_json::json!({"ok": true});
+    assert_eq!(
+        expect_err(ny.client.post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{u}/result"), &r).await),
+        (404, "NotFound".into())
+    );
+    let pair_unknown_policy = serde_json::json!({"source": ny.cloud("ny-silver"), "target": chi.cloud("chi-silver"), "policy": u});
+    assert_eq!(
+        expect_err(
+            a.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationProtectionContainerMappings", &pair_unknown_policy)
+                .await
+        ),
+        (404, "NotFound".into())
+    );
+
+    // Invalid ids: 400 InvalidId.
+    assert_eq!(
+        expect_err(a.get::<Job>("/api/v1/vaults/v1/replicationJobs/not-a-uuid").await),
+        (400, "InvalidId".into())
+    );
+    assert_eq!(expect_err(a.delete("/api/v1/tokens/xyz").await), (400, "InvalidId".into()));
+    assert_eq!(
+        expect_err(a.delete("/api/v1/vaults/v1/replicationProtectionContainerMappings/1234").await),
+        (400, "InvalidId".into())
+    );
+    assert_eq!(
+        expect_err(ny.client.post::<_, serde_json::Value>("/api/v1/agent/commands/zzz/result", &r).await),
+        (400, "InvalidId".into())
+    );
+
+    // Out-of-range and malformed query parameters: 400 InvalidQuery.
+    for q in [
+        "replicationJobs?limit=0",
+        "replicationJobs?limit=1001",
+        "replicationJobs?limit=-5",
+        "replicationJobs?limit=abc",
+        "replicationJobs?cursor=abc",
+        "replicationJobs?status=Done",
+        "replicationJobs?from=yesterday",
+        "replicationJobs?color=red",
+        "events?limit=100000",
+        "events?severity=Loud",
+        "replicationFabrics/ny/protectableItems?limit=0",
+        "replicationFabrics/ny/protectionContainers?synced=maybe",
+    ] {
+        let path = format!("/api/v1/vaults/v1/{q}");
+        assert_eq!(expect_err(a.get::<serde_json::Value>(&path).await), (400, "InvalidQuery".into()), "{q}");
+    }
+    assert_eq!(
+        expect_err(ny.client.get::<serde_json::Value>("/api/v1/agent/commands?wait=x").await),
+        (400, "InvalidQuery".into())
+    );
+
+    // Invalid values in well-formed bodies.
+    let mut bad = policy_json("bad");
+    bad["copy_frequency_secs"] = 31.into();
+    assert_eq!(expect_err(a.post::<_, serde_json::Value>(policies, &bad).await), (400, "PolicyInvalidCopyFrequency".into()));
+    let put = a.put::<_, serde_json::Value>(&format!("{policies}/{pid}"), &bad).await;
+    assert_eq!(expect_err(put), (400, "PolicyInvalidCopyFrequency".into()));
+    assert_eq!(
+        expect_err(a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "t", "role": "Root"})).await),
+        (400, "InvalidBody".into())
+    );
+    assert_eq!(
+        expect_err(a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "", "role": "Reader"})).await),
+        (400, "InvalidName".into())
+    );
+
+    // Nothing changed (the only addition is the key issued above).
+    let after = snapshot(&tv.admin, "v1").await;
+    let mut expected = before.clone();
+    expected.0.insert("keys", before.0["keys"] + 1);
+    assert_eq!(after, expected);
+    let p: ferry_types::policy::Policy = a.get(&format!("{policies}/{pid}")).await.expect("policy");
+    assert_eq!(p.version, 1);
+    assert_eq!(p.spec, policy_spec("gold"));
+}
