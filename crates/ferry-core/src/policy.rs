@@ -204,6 +204,7 @@ mod tests {
             logical_networks: vec![],
             storage_locations: vec![],
             connected: true,
+            replication_address: String::new(),
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Host {
     pub vms: vms::VmManager,
     pub pairs: std::sync::Mutex<Vec<PairConfig>>,
     pub api_addr: SocketAddr,
+    /// The replication listener's address (set when the receiver starts).
+    pub replication: std::sync::Mutex<Option<String>>,
 }
 
 pub struct HostHandle {
@@ -85,22 +87,39 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         .token(identity.host_token.clone())
         .build()?;
     let vms = vms::VmManager::open(data.join("vms"), &cfg).await?;
-    let host =
-        Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, pairs: Default::default(), api_addr });
+    let host = Arc::new(Host {
+        cfg,
+        data: data.to_path_buf(),
+        identity,
+        site,
+        vms,
+        pairs: Default::default(),
+        api_addr,
+        replication: Default::default(),
+    });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
     Ok(HostHandle { host, api_addr, tasks: vec![server, reporter] })
 }
 
+impl Host {
+    /// Where this host receives replication, once its receiver runs.
+    pub fn replication_address(&self) -> String {
+        self.replication.lock().ok().and_then(|r| r.clone()).unwrap_or_default()
+    }
+}
+
 pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Error> {
     let report = HostReport {
         host_name: host.cfg.name.clone(),
         address: host.api_addr.to_string(),
+        replication_address: host.replication_address(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: qemu_version(),
         storage_locations: storage::locations(&host.cfg.storage),
         vms: host.vms.inventory().await,
+        replication: Vec::new(),
     };
     let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
     if let Ok(mut p) = host.pairs.lock() {

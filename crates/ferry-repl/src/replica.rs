@@ -132,7 +132,9 @@ pub struct ReplicaStore {
 
 /// An exclusive `flock`, released on drop.
 #[derive(Debug)]
-pub struct FileLock(File);
+pub struct FileLock {
+    _file: File,
+}
 
 impl FileLock {
     fn open(path: &Path) -> Result<File> {
@@ -153,7 +155,7 @@ impl FileLock {
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 return Err(Error::io(format!("Cannot lock {}", p.display()), std::io::Error::last_os_error()));
             }
-            Ok(FileLock(f))
+            Ok(FileLock { _file: f })
         })
         .await
         .map_err(|e| Error::with_source(ErrorKind::Io, "Lock task failed", e))?
@@ -166,7 +168,7 @@ impl FileLock {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(Error::new(ErrorKind::Busy, format!("{} is locked", path.display())));
         }
-        Ok(FileLock(f))
+        Ok(FileLock { _file: f })
     }
 }
 
@@ -538,8 +540,6 @@ impl VmReplica {
             valid_name(target, "Disk target")?;
             let info = img::info(src, true).await.map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
             let file = format!("{target}-{seq:06}.qcow2");
-            let fmt = if info.format == "raw" { DiskFormat::Raw } else { DiskFormat::Qcow2 };
-            let _ = fmt;
             img::convert(src, &self.dir.join(&file), DiskFormat::Qcow2, true)
                 .await
                 .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -295,9 +295,4 @@ async fn stream_extents(
         return Err(Error::new(ErrorKind::Io, "Extent reader stopped early"));
     }
     Ok(())
-}
-
-/// Elapsed-time helper for reports.
-pub(crate) fn since(t: Instant) -> Duration {
-    t.elapsed()
 }

@@ -1,7 +1,9 @@
 //! Running the vault's commands on this site. A command is answered once: its result is kept,
 //! so a command delivered again (lost answer, vault restart) is not run twice.
 
-use ferry_types::site_protocol::{CommandResult, PairConfig, SiteCommand, SiteCommandEnvelope, VmAction};
+use ferry_types::site_protocol::{
+    CommandResult, PairConfig, ReplicationAction, SiteCommand, SiteCommandEnvelope, VmAction,
+};
 use ferry_types::ApiError;
 
 use crate::Site;
@@ -63,13 +65,37 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
             Ok(serde_json::Value::Null)
         }
         SiteCommand::Vm { host, action } => vm_action(site, host, action).await,
+        SiteCommand::PrepareReplica { host, replica } => {
+            to_host(site, host, "/v1/replication", &ReplicationAction::Prepare { replica: replica.clone() }).await
+        }
+        SiteCommand::StartReplication { host, replication } => {
+            to_host(site, host, "/v1/replication", &ReplicationAction::Start { replication: replication.clone() }).await
+        }
+        SiteCommand::StopReplication { host, item, delete_replica } => {
+            to_host(
+                site,
+                host,
+                "/v1/replication",
+                &ReplicationAction::Stop { item: *item, delete_replica: *delete_replica },
+            )
+            .await
+        }
     }
 }
 
 /// Forward a VM action to a host agent over mutual TLS.
 async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_json::Value, ApiError> {
     let action = resolve_networks(site, action)?;
-    let action = &action;
+    to_host(site, host, "/v1/vm-actions", &action).await
+}
+
+/// Send a request to one of this site's hosts over mutual TLS.
+async fn to_host<B: serde::Serialize>(
+    site: &Site,
+    host: &str,
+    path: &str,
+    body: &B,
+) -> Result<serde_json::Value, ApiError> {
     let entry = site
         .persisted
         .lock()
@@ -78,7 +104,7 @@ async fn vm_action(site: &Site, host: &str, action: &VmAction) -> Result<serde_j
         .ok_or_else(|| ApiError::new("HostNotJoined", format!("Host {host} has not joined site {}", site.cfg.name)))?;
     let client = crate::host_server::host_client(site, &entry.address)
         .map_err(|e| ApiError::new("HostUnreachable", e.to_string()))?;
-    client.post("/v1/vm-actions", action).await.map_err(|e| match e {
+    client.post(path, body).await.map_err(|e| match e {
         ferry_client::Error::Api { api, .. } => api,
         other => ApiError::new("HostUnreachable", format!("Host {} cannot be reached: {other}", entry.name)),
     })

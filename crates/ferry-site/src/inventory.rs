@@ -50,6 +50,7 @@ pub fn build(site: &Site) -> SiteInventory {
         }
         let entry = persisted.hosts.iter().find(|h| &h.id == id);
         let report = entry.and_then(|e| e.last_report.clone());
+        let report_replication_address = report.as_ref().map(|r| r.replication_address.clone()).unwrap_or_default();
         let mut host = Host {
             id: id.clone(),
             name: name.clone(),
@@ -65,6 +66,7 @@ pub fn build(site: &Site) -> SiteInventory {
                 .collect(),
             storage_locations: Vec::new(),
             connected: entry.is_some_and(|e| now - e.last_seen_ms <= window),
+            replication_address: report_replication_address.clone(),
         };
         if let Some(r) = report {
             host.agent_version = r.agent_version;

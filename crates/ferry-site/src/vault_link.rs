@@ -8,12 +8,31 @@ use ferry_types::site_protocol::{SiteCommandEnvelope, SiteReport, SiteReportAck}
 
 use crate::Site;
 
-pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
-    let report = SiteReport {
+fn build_report(site: &Site) -> SiteReport {
+    let inventory = crate::inventory::build(site);
+    // Replication state of the hosts whose content the vault syncs.
+    let replication = site
+        .persisted
+        .lock()
+        .map(|p| {
+            p.hosts
+                .iter()
+                .filter(|h| inventory.hosts.iter().any(|x| x.id == h.id))
+                .filter_map(|h| h.last_report.as_ref())
+                .flat_map(|r| r.replication.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    SiteReport {
         provider_id: site.reg.provider_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        inventory: crate::inventory::build(site),
-    };
+        replication,
+        inventory,
+    }
+}
+
+pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
+    let report = build_report(site);
     site.recorder.record("/api/v1/agent/report", &report);
     let ack: SiteReportAck = site.vault.post("/api/v1/agent/report", &report).await?;
     let changed = match site.synced.lock() {
@@ -27,11 +46,7 @@ pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Err
     {
         if changed {
             // The set of synced clouds changed: send the new content now.
-            let report = SiteReport {
-                provider_id: site.reg.provider_id,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                inventory: crate::inventory::build(site),
-            };
+            let report = build_report(site);
             site.recorder.record("/api/v1/agent/report", &report);
             return site.vault.post("/api/v1/agent/report", &report).await;
         }

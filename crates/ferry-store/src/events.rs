@@ -93,19 +93,25 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<(Vec<Event>, Option<i64>)> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, body FROM events WHERE vault = $1 AND ($2 IS NULL OR id < $2) AND ($3 IS NULL OR severity = $3) \
-             AND ($4 IS NULL OR fabric = $4) AND ($5 IS NULL OR kind = $5) ORDER BY id DESC LIMIT $6",
-        )
-        .bind(vault.to_string())
-        .bind(before)
-        .bind(severity.map(|s| s.as_str()))
-        .bind(fabric.map(|f| f.to_string()))
-        .bind(kind)
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::query("List events", e))?;
+        // Only the filters given are in the SQL, so SQLite can use the (vault, severity, id) and
+        // (vault, fabric, id) indexes instead of scanning the vault's whole timeline.
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id, body FROM events WHERE vault = ");
+        qb.push_bind(vault.to_string());
+        if let Some(b) = before {
+            qb.push(" AND id < ").push_bind(b);
+        }
+        if let Some(s) = severity {
+            qb.push(" AND severity = ").push_bind(s.as_str());
+        }
+        if let Some(x) = fabric {
+            qb.push(" AND fabric = ").push_bind(x.to_string());
+        }
+        if let Some(k) = kind {
+            qb.push(" AND kind = ").push_bind(k.to_string());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+        let rows: Vec<(i64, String)> =
+            qb.build_query_as().fetch_all(&self.pool).await.map_err(|e| Error::query("List events", e))?;
         let more = rows.len() as i64 > limit;
         let mut out = Vec::new();
         let mut last = None;

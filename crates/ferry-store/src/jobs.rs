@@ -92,31 +92,37 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<(Vec<Job>, Option<i64>)> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, body FROM jobs WHERE vault = $1 \
-             AND ($2 IS NULL OR seq < $2) \
-             AND ($3 IS NULL OR status = $3) \
-             AND ($4 IS NULL OR fabric = $4) \
-             AND ($5 IS NULL OR object_type = $5) \
-             AND ($6 IS NULL OR object_id = $6) \
-             AND ($7 IS NULL OR operation = $7) \
-             AND ($8 IS NULL OR created_ms >= $8) \
-             AND ($9 IS NULL OR created_ms <= $9) \
-             ORDER BY seq DESC LIMIT $10",
-        )
-        .bind(vault.to_string())
-        .bind(before)
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.fabric.map(|x| x.to_string()))
-        .bind(f.object_type.as_deref())
-        .bind(f.object_id.as_deref())
-        .bind(f.operation.as_deref())
-        .bind(f.from.map(|t| t.timestamp_millis()))
-        .bind(f.to.map(|t| t.timestamp_millis()))
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::query("List jobs", e))?;
+        // Only the filters given are in the SQL, so SQLite can pick the index that serves them
+        // (a `($n IS NULL OR col = $n)` form makes it scan every row of the vault).
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT seq, body FROM jobs WHERE vault = ");
+        qb.push_bind(vault.to_string());
+        if let Some(b) = before {
+            qb.push(" AND seq < ").push_bind(b);
+        }
+        if let Some(s) = f.status {
+            qb.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(x) = f.fabric {
+            qb.push(" AND fabric = ").push_bind(x.to_string());
+        }
+        if let Some(x) = &f.object_type {
+            qb.push(" AND object_type = ").push_bind(x.clone());
+        }
+        if let Some(x) = &f.object_id {
+            qb.push(" AND object_id = ").push_bind(x.clone());
+        }
+        if let Some(x) = &f.operation {
+            qb.push(" AND operation = ").push_bind(x.clone());
+        }
+        if let Some(t) = f.from {
+            qb.push(" AND created_ms >= ").push_bind(t.timestamp_millis());
+        }
+        if let Some(t) = f.to {
+            qb.push(" AND created_ms <= ").push_bind(t.timestamp_millis());
+        }
+        qb.push(" ORDER BY seq DESC LIMIT ").push_bind(limit + 1);
+        let rows: Vec<(i64, String)> =
+            qb.build_query_as().fetch_all(&self.pool).await.map_err(|e| Error::query("List jobs", e))?;
         let more = rows.len() as i64 > limit;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut last = None;

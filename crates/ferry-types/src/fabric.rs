@@ -110,6 +110,9 @@ pub struct Host {
     /// Whether the agent is connected and reporting.
     #[serde(default)]
     pub connected: bool,
+    /// `host:port` where the agent receives replication (mutual TLS, POL-2).
+    #[serde(default)]
+    pub replication_address: String,
 }
 
 /// A directory on a host where disks and replicas live (HOST-5).

@@ -72,6 +72,9 @@ pub struct RegisterResponse {
 pub struct SiteReport {
     pub provider_id: Uuid,
     pub version: String,
+    /// Replication state of protected VMs on this site's hosts.
+    #[serde(default)]
+    pub replication: Vec<ReplicationStatus>,
     /// Only clouds whose sync is on carry host groups, hosts and VMs; other clouds carry a name.
     pub inventory: SiteInventory,
 }
@@ -145,10 +148,15 @@ pub struct HostReport {
     pub host_name: String,
     /// `host:port` of the agent's API now (it may change across restarts).
     pub address: String,
+    /// `host:port` of the agent's replication listener.
+    #[serde(default)]
+    pub replication_address: String,
     pub agent_version: String,
     pub qemu_version: String,
     pub storage_locations: Vec<crate::fabric::StorageLocation>,
     pub vms: Vec<crate::fabric::Vm>,
+    #[serde(default)]
+    pub replication: Vec<ReplicationStatus>,
 }
 
 /// A command the vault queues for a site; the site fetches it over its outbound connection.
@@ -176,6 +184,37 @@ pub enum SiteCommand {
     RemovePair { mapping: Uuid },
     /// Run a VM lifecycle action on one of this site's hosts.
     Vm { host: String, action: VmAction },
+    /// Prepare a host to receive a protected VM's replica (REP-1).
+    PrepareReplica { host: String, replica: ReplicaSpec },
+    /// Start replicating a protected VM from one of this site's hosts (REP-2, REP-3).
+    StartReplication { host: String, replication: ReplicationSpec },
+    /// Stop replicating a VM and forget its tracking state; optionally delete the replica (REP-8).
+    StopReplication { host: String, item: Uuid, delete_replica: bool },
+}
+
+/// What a target host needs to receive a VM's replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaSpec {
+    pub item: Uuid,
+    pub vm_name: String,
+    /// (disk target, virtual size, storage location path)
+    pub disks: Vec<(String, u64, String)>,
+    /// Certificate name of the only host allowed to send this replica (SEC-1).
+    pub source_host_cn: String,
+}
+
+/// What a source host needs to replicate a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationSpec {
+    pub item: Uuid,
+    pub vm_name: String,
+    /// Disk targets to replicate (excluded disks are left out).
+    pub disks: Vec<String>,
+    /// `host:port` of the target host's replication listener.
+    pub target_address: String,
+    /// Certificate name the target host must present.
+    pub target_host_cn: String,
+    pub policy: crate::policy::PolicySpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -205,4 +244,57 @@ pub struct CommandResult {
     pub error: Option<crate::ApiError>,
     #[serde(default)]
     pub output: serde_json::Value,
+}
+
+/// Replication actions, sent site → host over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ReplicationAction {
+    Prepare { replica: ReplicaSpec },
+    Start { replication: ReplicationSpec },
+    Stop { item: Uuid, delete_replica: bool },
+}
+
+/// Phase of one VM's replication on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ReplicationPhase {
+    /// Waiting for its start (scheduled initial replication) or being set up.
+    Waiting,
+    InitialInProgress,
+    Replicating,
+    /// Change tracking was lost (QEMU crash, raw disk after restart): resync needed.
+    ResyncRequired,
+    Resynchronizing,
+    Paused,
+    /// The last cycle failed; the next one retries (the bitmap was folded back).
+    Retrying,
+}
+
+/// Host → site → vault: the state of one VM's replication on this host (REP-5, RP-1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationStatus {
+    pub item: Uuid,
+    pub role: PairRole,
+    pub phase: ReplicationPhase,
+    #[serde(default)]
+    pub initial_progress: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    pub cycles_ok: u64,
+    #[serde(default)]
+    pub cycles_failed: u64,
+    #[serde(default)]
+    pub avg_delta_bytes: u64,
+    #[serde(default)]
+    pub max_delta_bytes: u64,
+    #[serde(default)]
+    pub avg_latency_ms: u64,
+    #[serde(default)]
+    pub data_waiting_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Target side: the recovery points held.
+    #[serde(default)]
+    pub recovery_points: Vec<crate::protection::RecoveryPoint>,
 }

@@ -110,7 +110,11 @@ impl fmt::Display for BenchReport {
             self.fill_time.as_secs_f64(),
             self.database_bytes as f64 / (1024.0 * 1024.0)
         )?;
-        writeln!(f, "{:<48} {:>10} {:>10} {:>10} {:>8} {:>10}  result", "call", "p50", "p99", "max", "items", "target")?;
+        writeln!(
+            f,
+            "{:<48} {:>10} {:>10} {:>10} {:>8} {:>10}  result",
+            "call", "p50", "p99", "max", "items", "target"
+        )?;
         for m in &self.measures {
             writeln!(
                 f,
@@ -310,8 +314,17 @@ async fn run_in(opts: &BenchOptions, dir: PathBuf) -> Result<BenchReport, BenchE
         let pair = pairs[i % pairs.len()];
         let id = format!("pi-{i:06}");
         let body = protected_item(i, fabric, pair);
-        Store::put_doc_tx(&mut tx, DocKind::ProtectedItem, vault.id, &id, Some(&pair.to_string()), Some(&id), &body, None)
-            .await?;
+        Store::put_doc_tx(
+            &mut tx,
+            DocKind::ProtectedItem,
+            vault.id,
+            &id,
+            Some(&pair.to_string()),
+            Some(&id),
+            &body,
+            None,
+        )
+        .await?;
     }
     Store::commit(tx).await?;
 
@@ -411,7 +424,9 @@ async fn run_in(opts: &BenchOptions, dir: PathBuf) -> Result<BenchReport, BenchE
         ("jobs: status=Failed", Box::new(|_| format!("{vpath}/replicationJobs?limit=100&status=Failed"))),
         (
             "jobs: status=Failed, random cursor",
-            Box::new(|r| format!("{vpath}/replicationJobs?limit=100&status=Failed&cursor={}", r.gen_range(1..=max_seq))),
+            Box::new(|r| {
+                format!("{vpath}/replicationJobs?limit=100&status=Failed&cursor={}", r.gen_range(1..=max_seq))
+            }),
         ),
         (
             "jobs: operation=TestFailover",
@@ -432,7 +447,10 @@ async fn run_in(opts: &BenchOptions, dir: PathBuf) -> Result<BenchReport, BenchE
         (
             "jobs: objectId (one protected item)",
             Box::new(|r| {
-                format!("{vpath}/replicationJobs?limit=100&objectType=ProtectedItem&objectId=pi-{:06}", r.gen_range(0..10_000))
+                format!(
+                    "{vpath}/replicationJobs?limit=100&objectType=ProtectedItem&objectId=pi-{:06}",
+                    r.gen_range(0..10_000)
+                )
             }),
         ),
         ("events: first page", Box::new(|_| format!("{vpath}/events?limit=100"))),
@@ -441,10 +459,7 @@ async fn run_in(opts: &BenchOptions, dir: PathBuf) -> Result<BenchReport, BenchE
             "events: severity=Error, random cursor",
             Box::new(|r| format!("{vpath}/events?limit=100&severity=Error&cursor={}", r.gen_range(1..=max_event))),
         ),
-        (
-            "events: kind=HeartbeatLost",
-            Box::new(|_| format!("{vpath}/events?limit=100&kind=HeartbeatLost")),
-        ),
+        ("events: kind=HeartbeatLost", Box::new(|_| format!("{vpath}/events?limit=100&kind=HeartbeatLost"))),
     ];
     for (name, mut uri) in list_cases {
         let mut times = Vec::with_capacity(samples);
@@ -507,11 +522,8 @@ async fn run_in(opts: &BenchOptions, dir: PathBuf) -> Result<BenchReport, BenchE
     measures.push(measure("job status update (store, synchronous=FULL)", UPDATE_TARGET, times, samples));
 
     let resident_bytes = resident_bytes();
-    let database_bytes = ["vault.db", "vault.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    let database_bytes =
+        ["vault.db", "vault.db-wal"].iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum();
     handle.shutdown().await;
     Ok(BenchReport {
         protected_items: opts.protected_items,

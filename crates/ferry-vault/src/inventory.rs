@@ -110,6 +110,7 @@ mod tests {
                 logical_networks: vec![],
                 storage_locations: vec![],
                 connected: true,
+                replication_address: String::new(),
             }],
             vm_networks: vec![VmNetwork {
                 id: "n1".into(),

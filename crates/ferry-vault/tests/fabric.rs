@@ -23,9 +23,7 @@ async fn fab_1_vault_create_list_get_delete() {
     assert_eq!(by_name.id, v.id);
 
     // Duplicate name: 409 NameConflict, nothing added.
-    let dup = expect_err(
-        tv.admin.post::<_, Vault>("/api/v1/vaults", &serde_json::json!({"name": "Contoso-DR"})).await,
-    );
+    let dup = expect_err(tv.admin.post::<_, Vault>("/api/v1/vaults", &serde_json::json!({"name": "Contoso-DR"})).await);
     assert_eq!(dup, (409, "NameConflict".to_string()));
     // Invalid names: 400 InvalidName, nothing added.
     for bad in ["", "a/b", "x".repeat(65).as_str(), "semi;colon"] {
@@ -61,7 +59,8 @@ async fn fab_2_registration_key_refusals_have_distinct_codes() {
     create_vault(&tv.admin, "v1").await;
     create_vault(&tv.admin, "v2").await;
     let clouds = inventory("ny").clouds;
-    let req = |file: &str, friendly: &str| register_request(file, "v1", friendly, "ny.lab", SITE_VERSION, true, &clouds);
+    let req =
+        |file: &str, friendly: &str| register_request(file, "v1", friendly, "ny.lab", SITE_VERSION, true, &clouds);
 
     // A fresh key registers.
     let k1 = issue_key(&tv.admin, "v1").await;
@@ -337,8 +336,12 @@ async fn fab_5_fab_7_pairing_errors_are_precise_and_change_nothing() {
     let before = snapshot(&tv.admin, "v1").await;
     let cases = [
         ("unsynced target cloud", pair_body(ny.cloud("ny-silver"), chi.cloud("chi-silver"), policy), "CloudNotSynced"),
-        ("source already paired", pair_body(ny.cloud("ny-gold"), chi.cloud("chi-silver"), policy), "CloudAlreadyPaired"),
-        ("target already paired", pair_body(chi.cloud("chi-gold"), ny.cloud("ny-silver"), policy), "CloudAlreadyPaired"),
+        ("source already paired", pair_body(ny.cloud("ny-gold"), ny.cloud("ny-silver"), policy), "CloudAlreadyPaired"),
+        (
+            "target already paired",
+            pair_body(chi.cloud("chi-gold"), ny.cloud("ny-silver"), policy),
+            "CloudAlreadyPaired",
+        ),
         ("same cloud", pair_body(ny.cloud("ny-silver"), ny.cloud("ny-silver"), policy), "SameSourceAndTargetCloud"),
         (
             "same-site target already paired",
@@ -422,10 +425,9 @@ async fn fab_8_second_provider_joins_same_version_only() {
 
     // Another instance (other server name) of the same site, same version: joins the fabric.
     let k = issue_key(&tv.admin, "v1").await;
-    let second =
-        register_raw(&tv, &register_request(&k.file, "v1", "ny", "ny-node2.lab", SITE_VERSION, true, &clouds))
-            .await
-            .expect("second provider");
+    let second = register_raw(&tv, &register_request(&k.file, "v1", "ny", "ny-node2.lab", SITE_VERSION, true, &clouds))
+        .await
+        .expect("second provider");
     assert_eq!(second.fabric_id, first.fabric_id);
     assert_ne!(second.provider_id, first.provider_id);
     let fabrics: Vec<Fabric> = tv.admin.get("/api/v1/vaults/v1/replicationFabrics").await.expect("fabrics");

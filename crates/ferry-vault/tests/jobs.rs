@@ -128,18 +128,14 @@ async fn job_1_cancel_in_progress_pair_job() {
     .await;
     assert_eq!(j.operation, "ConfigureCloudPair");
     assert_eq!(j.allowed_actions, vec![JobAction::Cancel]);
-    let e = expect_err(
-        tv.admin.post::<_, Job>(&format!("/api/v1/vaults/v1/replicationJobs/{job}/restart"), &()).await,
-    );
+    let e = expect_err(tv.admin.post::<_, Job>(&format!("/api/v1/vaults/v1/replicationJobs/{job}/restart"), &()).await);
     assert_eq!(e, (409, "JobActionNotAllowed".to_string()));
-    let _: Job =
-        tv.admin.post(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await.expect("cancel");
+    let _: Job = tv.admin.post(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await.expect("cancel");
     let done = wait_status(&tv.admin, "v1", job, JobStatus::Cancelled, 10).await;
     assert!(done.tasks.iter().all(|t| t.status == JobStatus::Cancelled), "{:?}", done.tasks);
     assert!(done.ended_at.is_some());
     assert!(done.allowed_actions.is_empty());
-    let e =
-        expect_err(tv.admin.post::<_, Job>(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await);
+    let e = expect_err(tv.admin.post::<_, Job>(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await);
     assert_eq!(e, (409, "JobActionNotAllowed".to_string()));
     // A late answer from the site does not revive the job.
     let pending = ny.pending(0).await;

@@ -48,8 +48,12 @@ async fn pol_1_policy_created_with_every_field() {
     // Duplicate name: 409.
     let e = expect_err(tv.admin.post::<_, serde_json::Value>(POLICIES, &policy_json("gold")).await);
     assert_eq!(e, (409, "NameConflict".to_string()));
-    refused(&tv, serde_json::json!({"name": "x", "host_version": "", "copy_frequency_secs": 300}), "PolicyInvalidHostVersion")
-        .await;
+    refused(
+        &tv,
+        serde_json::json!({"name": "x", "host_version": "", "copy_frequency_secs": 300}),
+        "PolicyInvalidHostVersion",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,15 +175,20 @@ async fn pol_9_update_with_stale_if_match_is_refused() {
     let mut spec = policy_json("existing");
     spec["compression"] = false.into();
     let body = serde_json::to_vec(&spec).expect("json");
-    let put = |v: &str| {
-        raw_request(
-            &tv,
-            reqwest::Method::PUT,
-            &path,
-            Some(&tv.admin_token),
-            &[("if-match", v)],
-            Some(("application/json", body.clone())),
-        )
+    let put = |v: &'static str| {
+        let body = body.clone();
+        let (tv, path) = (&tv, path.clone());
+        async move {
+            raw_request(
+                tv,
+                reqwest::Method::PUT,
+                &path,
+                Some(&tv.admin_token),
+                &[("if-match", v)],
+                Some(("application/json", body)),
+            )
+            .await
+        }
     };
     let (status, updated) = put("1").await;
     assert_eq!(status, 202, "{updated}");

@@ -66,7 +66,11 @@ async fn sec_2_roles_reader_operator_contributor() {
 
     // Operator: no configuration changes.
     forbidden(operator.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationPolicies", &policy_json("o")).await);
-    forbidden(operator.put::<_, serde_json::Value>(&format!("/api/v1/vaults/v1/replicationPolicies/{pid}"), &policy_json("gold")).await);
+    forbidden(
+        operator
+            .put::<_, serde_json::Value>(&format!("/api/v1/vaults/v1/replicationPolicies/{pid}"), &policy_json("gold"))
+            .await,
+    );
     forbidden(operator.delete("/api/v1/vaults/v1").await);
     forbidden(operator.post::<_, serde_json::Value>("/api/v1/vaults/v1/registrationKeys", &()).await);
     forbidden(
@@ -111,10 +115,7 @@ async fn sec_2_roles_reader_operator_contributor() {
     let bogus = tv.client(Some("fy_not-a-token"));
     assert_eq!(expect_err(bogus.get::<Vec<Vault>>("/api/v1/vaults").await), (401, "InvalidCredentials".to_string()));
     tv.admin.delete(&format!("/api/v1/tokens/{operator_id}")).await.expect("revoke");
-    assert_eq!(
-        expect_err(operator.get::<Vec<Vault>>("/api/v1/vaults").await),
-        (401, "InvalidCredentials".to_string())
-    );
+    assert_eq!(expect_err(operator.get::<Vec<Vault>>("/api/v1/vaults").await), (401, "InvalidCredentials".to_string()));
     assert_eq!(expect_err(cancel(&operator, job1).await).0, 401);
 
     // A site credential cannot use the management API; a user token cannot act as a site.
@@ -191,7 +192,10 @@ async fn sec_3_bad_input_is_refused_and_changes_nothing() {
     ] {
         assert_eq!(expect_err(a.delete(&path).await), (404, "NotFound".into()), "{path}");
     }
-    for path in [format!("/api/v1/vaults/v1/replicationJobs/{u}/cancel"), format!("/api/v1/vaults/v1/replicationJobs/{u}/restart")] {
+    for path in [
+        format!("/api/v1/vaults/v1/replicationJobs/{u}/cancel"),
+        format!("/api/v1/vaults/v1/replicationJobs/{u}/restart"),
+    ] {
         assert_eq!(expect_err(a.post::<_, Job>(&path, &()).await), (404, "NotFound".into()), "{path}");
     }
     let r = serde_json::json!({"ok": true});
@@ -199,11 +203,15 @@ async fn sec_3_bad_input_is_refused_and_changes_nothing() {
         expect_err(ny.client.post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{u}/result"), &r).await),
         (404, "NotFound".into())
     );
-    let pair_unknown_policy = serde_json::json!({"source": ny.cloud("ny-silver"), "target": chi.cloud("chi-silver"), "policy": u});
+    let pair_unknown_policy =
+        serde_json::json!({"source": ny.cloud("ny-silver"), "target": chi.cloud("chi-silver"), "policy": u});
     assert_eq!(
         expect_err(
-            a.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationProtectionContainerMappings", &pair_unknown_policy)
-                .await
+            a.post::<_, serde_json::Value>(
+                "/api/v1/vaults/v1/replicationProtectionContainerMappings",
+                &pair_unknown_policy
+            )
+            .await
         ),
         (404, "NotFound".into())
     );
@@ -249,15 +257,22 @@ async fn sec_3_bad_input_is_refused_and_changes_nothing() {
     // Invalid values in well-formed bodies.
     let mut bad = policy_json("bad");
     bad["copy_frequency_secs"] = 31.into();
-    assert_eq!(expect_err(a.post::<_, serde_json::Value>(policies, &bad).await), (400, "PolicyInvalidCopyFrequency".into()));
+    assert_eq!(
+        expect_err(a.post::<_, serde_json::Value>(policies, &bad).await),
+        (400, "PolicyInvalidCopyFrequency".into())
+    );
     let put = a.put::<_, serde_json::Value>(&format!("{policies}/{pid}"), &bad).await;
     assert_eq!(expect_err(put), (400, "PolicyInvalidCopyFrequency".into()));
     assert_eq!(
-        expect_err(a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "t", "role": "Root"})).await),
+        expect_err(
+            a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "t", "role": "Root"})).await
+        ),
         (400, "InvalidBody".into())
     );
     assert_eq!(
-        expect_err(a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "", "role": "Reader"})).await),
+        expect_err(
+            a.post::<_, serde_json::Value>("/api/v1/tokens", &serde_json::json!({"name": "", "role": "Reader"})).await
+        ),
         (400, "InvalidName".into())
     );
 

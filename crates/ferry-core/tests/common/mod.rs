@@ -88,6 +88,7 @@ pub fn host(id: &str, group: &str, lns: &[&str], locations: Vec<StorageLocation>
         logical_networks: lns.iter().map(|l| l.to_string()).collect(),
         storage_locations: locations,
         connected: true,
+        replication_address: String::new(),
     }
 }
 

@@ -265,6 +265,9 @@ pub async fn report(
             .await
         {
             Ok(_) => {
+                if active {
+                    crate::replication::apply_statuses(&st, f.vault_id, &rep.replication).await;
+                }
                 for c in changes {
                     st.event(
                         f.vault_id,

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod events;
 pub mod fabrics;
+pub mod items;
 pub mod jobs;
 pub mod mappings;
 pub mod policies;
@@ -67,6 +68,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::restart_job))
         .routes(routes!(events::list_events))
+        .routes(routes!(items::list_items, items::enable_protection))
+        .routes(routes!(items::get_item))
 }
 
 /// The router and the OpenAPI document it serves.

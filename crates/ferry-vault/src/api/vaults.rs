@@ -132,9 +132,15 @@ pub async fn issue_key(
     auth.require(Role::Contributor)?;
     let (v, secret) = st.vault(&vault).await?;
     let now = st.clock.now();
-    let (key, file) =
-        RegistrationKey::issue(v.id, &v.name, std::slice::from_ref(&st.public_url), st.ca.fingerprint(), secret.as_bytes(), now)
-            .map_err(|e| ApiFailure::internal(e.to_string()))?;
+    let (key, file) = RegistrationKey::issue(
+        v.id,
+        &v.name,
+        std::slice::from_ref(&st.public_url),
+        st.ca.fingerprint(),
+        secret.as_bytes(),
+        now,
+    )
+    .map_err(|e| ApiFailure::internal(e.to_string()))?;
     st.store.insert_key(key.key_id(), v.id, &key.secret_hash(), now.timestamp_millis()).await?;
     st.event(
         v.id,

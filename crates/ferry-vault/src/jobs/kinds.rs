@@ -29,6 +29,7 @@ pub fn registry() -> HashMap<&'static str, Arc<dyn JobKind>> {
     m.insert(OP_REMOVE_PAIR, Arc::new(RemovePair));
     m.insert(OP_UPDATE_POLICY, Arc::new(UpdatePolicy));
     m.insert(OP_VM_ACTION, Arc::new(VmActionJob));
+    m.insert(OP_ENABLE_PROTECTION, Arc::new(EnableProtectionJob));
     m
 }
 
@@ -184,6 +185,131 @@ impl JobKind for VmActionJob {
             let output = r.output.clone();
             check(r, "The VM action")?;
             Ok(output)
+        })
+        .await
+    }
+}
+
+pub const OP_ENABLE_PROTECTION: &str = "EnableProtection";
+pub const OP_FINALIZE_PROTECTION: &str = "FinalizeProtection";
+pub const ENABLE_TASKS: [&str; 3] =
+    ["Check prerequisites", "Prepare replica on target host", "Start initial replication"];
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ItemParams {
+    pub item: Uuid,
+}
+
+/// The vault CA names host certificates `host-<fabric>-<host>`.
+pub fn host_cn(fabric: Uuid, host: &str) -> String {
+    format!("host-{fabric}-{host}")
+}
+
+async fn load_item(
+    state: &AppState,
+    vault: Uuid,
+    id: Uuid,
+) -> Result<ferry_types::protection::ProtectedItem, ApiError> {
+    state
+        .store
+        .get_doc::<ferry_types::protection::ProtectedItem>(DocKind::ProtectedItem, vault, &id.to_string())
+        .await
+        .map_err(store_err)?
+        .map(|d| d.body)
+        .ok_or_else(|| ApiError::new("NotFound", format!("Protected item {id} no longer exists")))
+}
+
+async fn load_fabric(state: &AppState, vault: Uuid, id: Uuid) -> Result<ferry_types::fabric::Fabric, ApiError> {
+    state
+        .store
+        .get_doc::<ferry_types::fabric::Fabric>(DocKind::Fabric, vault, &id.to_string())
+        .await
+        .map_err(store_err)?
+        .map(|d| d.body)
+        .ok_or_else(|| ApiError::new("NotFound", format!("Site {id} is no longer registered")))
+}
+
+/// Enable protection (REP-1): check, prepare the replica on the target host, start initial
+/// replication on the source host. Finalize protection follows when initial replication ends.
+pub struct EnableProtectionJob;
+
+#[async_trait::async_trait]
+impl JobKind for EnableProtectionJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: ItemParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        ctx.task(ENABLE_TASKS[0], |state, _job| async move {
+            let item = load_item(&state, vault, p.item).await?;
+            let source = load_fabric(&state, vault, item.source.fabric).await?;
+            let target = load_fabric(&state, vault, item.target.fabric).await?;
+            if !source.inventory.vms.iter().any(|v| v.id == item.vm_id) {
+                return Err(ApiError::new(
+                    "VmNotFound",
+                    format!("VM {} is no longer in the inventory of {}", item.name, source.name),
+                ));
+            }
+            for (f, h) in [(&source, &item.source.host), (&target, &item.target.host)] {
+                let host = f
+                    .inventory
+                    .host(h)
+                    .ok_or_else(|| ApiError::new("HostNotFound", format!("Host {h} is not in {}", f.name)))?;
+                if !host.connected {
+                    return Err(ApiError::new(
+                        "HostNotConnected",
+                        format!("Host {} of {} is not connected", host.name, f.name),
+                    )
+                    .recommend("Check the host agent and its site manager, then restart the job"));
+                }
+            }
+            let th =
+                target.inventory.host(&item.target.host).map(|h| h.replication_address.clone()).unwrap_or_default();
+            if th.is_empty() {
+                return Err(ApiError::new(
+                    "ReplicationListenerDown",
+                    format!("Host {} does not receive replication", item.target.host_name),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        ctx.task(ENABLE_TASKS[1], |state, job| async move {
+            let item = load_item(&state, vault, p.item).await?;
+            let replica = ferry_types::site_protocol::ReplicaSpec {
+                item: item.id,
+                vm_name: item.name.clone(),
+                disks: item.disks.iter().map(|d| (d.target.clone(), d.virtual_size, d.location.clone())).collect(),
+                source_host_cn: host_cn(item.source.fabric, &item.source.host),
+            };
+            let cmd = SiteCommand::PrepareReplica { host: item.target.host.clone(), replica };
+            check(
+                JobCtx::site_command(&state, &job, item.target.fabric, "prepare", cmd).await?,
+                "Preparing the replica",
+            )
+        })
+        .await?;
+        ctx.task(ENABLE_TASKS[2], |state, job| async move {
+            let item = load_item(&state, vault, p.item).await?;
+            let target = load_fabric(&state, vault, item.target.fabric).await?;
+            let (policy, _) = load_policy(&state, vault, item.policy).await?;
+            let address =
+                target.inventory.host(&item.target.host).map(|h| h.replication_address.clone()).unwrap_or_default();
+            let replication = ferry_types::site_protocol::ReplicationSpec {
+                item: item.id,
+                vm_name: item.name.clone(),
+                disks: item.disks.iter().map(|d| d.target.clone()).collect(),
+                target_address: address,
+                target_host_cn: host_cn(item.target.fabric, &item.target.host),
+                policy: policy.spec,
+            };
+            let cmd = SiteCommand::StartReplication { host: item.source.host.clone(), replication };
+            check(JobCtx::site_command(&state, &job, item.source.fabric, "start", cmd).await?, "Starting replication")?;
+            crate::replication::set_state(
+                &state,
+                vault,
+                item.id,
+                ferry_types::protection::ReplicationState::InitialReplicationInProgress,
+            )
+            .await
         })
         .await
     }

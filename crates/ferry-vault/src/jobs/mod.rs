@@ -22,7 +22,10 @@ use ferry_types::ApiError;
 use uuid::Uuid;
 
 pub use ctx::JobCtx;
-pub use kinds::{JobKind, OP_CONFIGURE_PAIR, OP_REMOVE_PAIR, OP_UPDATE_POLICY, OP_VM_ACTION};
+pub use kinds::{
+    host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
+    OP_UPDATE_POLICY, OP_VM_ACTION,
+};
 
 use crate::state::AppState;
 

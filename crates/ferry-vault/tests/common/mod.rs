@@ -242,7 +242,8 @@ pub async fn register_raw(tv: &TestVault, req: &RegisterRequest) -> ferry_client
 pub async fn register_site(tv: &TestVault, vault_name: &str, name: &str, sync_all: bool) -> FakeSite {
     let inv = inventory(name);
     let key = issue_key(&tv.admin, vault_name).await;
-    let req = register_request(&key.file, vault_name, name, &format!("{name}.lab"), SITE_VERSION, sync_all, &inv.clouds);
+    let req =
+        register_request(&key.file, vault_name, name, &format!("{name}.lab"), SITE_VERSION, sync_all, &inv.clouds);
     let resp = register_raw(tv, &req).await.expect("register");
     let site = FakeSite {
         name: name.to_string(),
@@ -284,6 +285,7 @@ pub fn inventory(site: &str) -> SiteInventory {
             shared: false,
         }],
         connected: true,
+        replication_address: String::new(),
     };
     let vm = |v: &str, h: &str, cloud: &str| Vm {
         id: i(v),
@@ -309,7 +311,12 @@ pub fn inventory(site: &str) -> SiteInventory {
     };
     SiteInventory {
         clouds: vec![
-            Cloud { id: i("gold"), name: format!("GoldCloud-{site}"), host_groups: vec![i("hg-gold")], sync_enabled: false },
+            Cloud {
+                id: i("gold"),
+                name: format!("GoldCloud-{site}"),
+                host_groups: vec![i("hg-gold")],
+                sync_enabled: false,
+            },
             Cloud {
                 id: i("silver"),
                 name: format!("SilverCloud-{site}"),
@@ -415,7 +422,8 @@ pub async fn snapshot(c: &Client, vault: &str) -> Snapshot {
     let mut m = HashMap::new();
     let vaults: Vec<serde_json::Value> = c.get("/api/v1/vaults").await.expect("vaults");
     m.insert("vaults", vaults.len());
-    let f: Vec<serde_json::Value> = c.get(&format!("/api/v1/vaults/{vault}/replicationFabrics")).await.expect("fabrics");
+    let f: Vec<serde_json::Value> =
+        c.get(&format!("/api/v1/vaults/{vault}/replicationFabrics")).await.expect("fabrics");
     m.insert("fabrics", f.len());
     let p: Vec<serde_json::Value> =
         c.get(&format!("/api/v1/vaults/{vault}/replicationPolicies")).await.expect("policies");
@@ -427,8 +435,7 @@ pub async fn snapshot(c: &Client, vault: &str) -> Snapshot {
         c.get(&format!("/api/v1/vaults/{vault}/replicationNetworkMappings")).await.expect("net maps");
     m.insert("network_mappings", nm.len());
     m.insert("jobs", all_jobs(c, vault, "limit=1000").await.len());
-    let keys: Vec<serde_json::Value> =
-        c.get(&format!("/api/v1/vaults/{vault}/registrationKeys")).await.expect("keys");
+    let keys: Vec<serde_json::Value> = c.get(&format!("/api/v1/vaults/{vault}/registrationKeys")).await.expect("keys");
     m.insert("keys", keys.len());
     m.insert("keys_used", keys.iter().filter(|k| !k["used_at"].is_null()).count());
     let tokens: Vec<serde_json::Value> = c.get("/api/v1/tokens").await.expect("tokens");

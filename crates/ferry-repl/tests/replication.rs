@@ -1,0 +1,458 @@
+//! REP / RP / POL / CAP: the data plane against real QEMU 7.2 processes (VMs without OS, written
+//! through HMP qemu-io) and real mutual TLS on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_qemu::DiskFormat;
+use ferry_repl::send::Fault;
+use ferry_repl::{ErrorKind, Limiter, RateSchedule, ResyncLimits, ResyncOutcome, TrackingState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_2_initial_replication_copies_allocated_data_at_one_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "ir", &[("vda", 128 * MIB)], false).await;
+    vm.write("vda", 0, 4 * MIB, 0x11).await;
+    vm.write("vda", 100 * MIB, 2 * MIB, 0x22).await;
+    vm.io("vda").await.write_zeroes(MIB, K64).await.expect("zero");
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-ir", rx.local_addr(), &pki);
+    let t = Instant::now();
+    let r = p.seed_and_initial().await.expect("initial replication");
+    eprintln!("initial replication of 6 MiB allocated / 128 MiB: {:?} ({:?} capture)", t.elapsed(), r.capture_time);
+    assert!(r.base);
+    // Only allocated data travels: 6 MiB minus the zeroed cluster.
+    assert_eq!(r.send.data_bytes_sent, 6 * MIB - K64, "{r:?}");
+    assert!(r.send.wire_bytes < 7 * MIB);
+    assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Tracking { generation: r.cycle });
+    let points = rx.store().vm("vm-ir").await.expect("vm").recovery_points().expect("points");
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].kind, ferry_repl::replica::PointKind::Initial);
+    assert_latest_identical(&rx, "vm-ir", &vm).await;
+    // Staging images are gone once the replica acknowledged.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("staging"))
+        .expect("staging")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".qcow2"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_3_delta_cycle_sends_only_changed_blocks_crash_consistent_across_disks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "dc", &[("vda", 64 * MIB), ("vdb", 64 * MIB)], false).await;
+    vm.write("vda", 0, 8 * MIB, 0x01).await;
+    vm.write("vdb", 0, 8 * MIB, 0x02).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-dc", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    // Scattered changes: 10 clusters on vda, 5 on vdb, one zeroed cluster on vda.
+    for i in 0..10 {
+        vm.write("vda", (i * 37 % 60) * MIB + K64, K64, 0xa0 + i as u8).await;
+    }
+    for i in 0..5 {
+        vm.write("vdb", (i * 11 % 60) * MIB, K64, 0xb0 + i as u8).await;
+    }
+    vm.io("vda").await.write_zeroes(2 * MIB, K64).await.expect("zero");
+    let r = p.run_cycle(false).await.expect("cycle");
+    eprintln!("delta cycle 15 clusters: total {:?} capture {:?} send {:?}", r.total_time, r.capture_time, r.send_time);
+    assert_eq!(r.data_bytes, 15 * K64, "{r:?}");
+    assert_eq!(r.send.extents, 16, "15 data runs + 1 zero extent: {r:?}");
+    assert_latest_identical(&rx, "vm-dc", &vm).await;
+
+    // Writes race the cycles: record i goes to vda then vdb (write order kept). Every point must
+    // hold a prefix of records on each disk, with vdb never ahead of vda and at most one behind.
+    let records = 120u64;
+    let vm2 = vm.vm.clone();
+    let writer = tokio::spawn(async move {
+        let ioa = ferry_qemu::iohelp::GuestIo::open(vm2.qmp(), "vda").await.expect("io");
+        let iob = ferry_qemu::iohelp::GuestIo::open(vm2.qmp(), "vdb").await.expect("io");
+        for i in 0..records {
+            let pat = (i % 250) as u8 + 1;
+            ioa.write_pattern(16 * MIB + i * K64, K64, pat).await.expect("write a");
+            iob.write_pattern(16 * MIB + i * K64, K64, pat).await.expect("write b");
+        }
+    });
+    let mut cycles = Vec::new();
+    while !writer.is_finished() {
+        cycles.push(p.run_cycle(false).await.expect("racing cycle"));
+    }
+    writer.await.expect("writer");
+    cycles.push(p.run_cycle(false).await.expect("final cycle"));
+    eprintln!("{} cycles raced the writer", cycles.len());
+    assert!(cycles.len() >= 2);
+    let mut last_a = 0;
+    for c in &cycles {
+        let a = point_bytes(&rx, "vm-dc", &c.point_id, "vda", dir.path()).await;
+        let b = point_bytes(&rx, "vm-dc", &c.point_id, "vdb", dir.path()).await;
+        let prefix = |img: &[u8]| -> u64 {
+            let mut n = 0;
+            while n < records && img[(16 * MIB + n * K64) as usize] == (n % 250) as u8 + 1 {
+                n += 1;
+            }
+            // Nothing after the prefix.
+            for j in n..records {
+                assert_eq!(img[(16 * MIB + j * K64) as usize], 0, "hole in the record sequence at {j}");
+            }
+            n
+        };
+        let (na, nb) = (prefix(&a), prefix(&b));
+        assert!(nb <= na && na <= nb + 1, "point {}: vda has {na} records, vdb {nb}", c.point_id);
+        assert!(na >= last_a);
+        last_a = na;
+    }
+    assert_eq!(last_a, records);
+    assert_latest_identical(&rx, "vm-dc", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_3_failed_transfer_folds_bitmap_into_next_cycle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "ft", &[("vda", 64 * MIB), ("vdb", 64 * MIB)], false).await;
+    let root = dir.path().join("replica");
+    let rx = receiver(&root, &pki, 4).await;
+    let addr = rx.local_addr();
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-ft", addr, &pki);
+    p.seed_and_initial().await.expect("seed");
+
+    // 1. The connection breaks and no retry is allowed: the cycle fails, its bitmap is folded.
+    vm.write("vda", 0, 4 * MIB, 0x31).await;
+    vm.write("vdb", 8 * MIB, 2 * MIB, 0x32).await;
+    p.send_options_mut().retries = 0;
+    p.send_options_mut().fault = Fault { cut_after_extents: Some(2) };
+    let e = p.run_cycle(false).await.expect_err("cut connection");
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    assert_eq!(p.counters().missed_cycles, 1);
+    assert!(p.counters().unsent_bytes > 0);
+    match p.tracking().await.expect("tracking") {
+        TrackingState::Tracking { .. } => {}
+        s => panic!("tracking lost: {s:?}"),
+    }
+    p.send_options_mut().fault = Fault::default();
+
+    // 2. The receiver dies mid-transfer (throttled so it is surely mid-way).
+    vm.write("vda", 20 * MIB, 4 * MIB, 0x33).await;
+    p.send_options_mut().limiter = Some(std::sync::Arc::new(Limiter::new(RateSchedule::constant(4 * MIB))));
+    let vm_handle = tokio::spawn(async move {
+        let r = p.run_cycle(false).await;
+        (p, r)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    rx.stop().await;
+    let (mut p, r) = vm_handle.await.expect("join");
+    assert!(r.is_err(), "cycle must fail when the receiver dies");
+    assert_eq!(p.counters().missed_cycles, 2);
+
+    // 3. The receiver comes back (same root, same port): the next cycle ships the union.
+    let rx = receiver_at(&root, &pki, 4, addr).await;
+    p.send_options_mut().limiter = None;
+    p.send_options_mut().retries = 3;
+    vm.write("vdb", 30 * MIB, K64, 0x34).await;
+    let r = p.run_cycle(false).await.expect("union cycle");
+    assert!(r.data_bytes >= 10 * MIB + K64, "the union of all three writes: {r:?}");
+    assert_eq!(p.counters().missed_cycles, 0);
+    assert_eq!(p.counters().unsent_bytes, 0);
+    assert!(p.counters().lag().expect("lag") < chrono::Duration::seconds(30));
+    let points = rx.store().vm("vm-ft").await.expect("vm").recovery_points().expect("points");
+    assert_eq!(points.len(), 2, "base + the union point; failed cycles left no point");
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("vm-ft"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pending"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_latest_identical(&rx, "vm-ft", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_4_compression_on_and_off_give_identical_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "cz", &[("vda", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-cz", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    let (rnd, txt) = (dir.path().join("rnd"), dir.path().join("txt"));
+    let mut ratios = Vec::new();
+    for (round, compress) in [(0u64, false), (1, true)] {
+        random_file(&rnd, MIB as usize, round);
+        text_file(&txt, MIB as usize, round);
+        for i in 0..4 {
+            write_file(&vm, "vda", (round * 16 + i) * MIB, MIB, &rnd).await;
+            write_file(&vm, "vda", (round * 16 + 8 + i) * MIB, MIB, &txt).await;
+        }
+        p.set_compression(compress);
+        let r = p.run_cycle(false).await.expect("cycle");
+        let ratio = r.send.wire_bytes as f64 / r.data_bytes as f64;
+        eprintln!("compression {compress}: data {} wire {} ratio {ratio:.3}", r.data_bytes, r.send.wire_bytes);
+        assert_eq!(r.data_bytes, 8 * MIB);
+        ratios.push(ratio);
+        assert_latest_identical(&rx, "vm-cz", &vm).await;
+    }
+    assert!(ratios[0] >= 1.0, "uncompressed wire bytes include the payload: {ratios:?}");
+    assert!(ratios[1] < 0.8, "mixed data must compress: {ratios:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_4_resume_from_last_acknowledged_extent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "rs", &[("vda", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 4).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-rs", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    for i in 0..16 {
+        vm.write("vda", i * 2 * MIB, MIB, 0x40 + i as u8).await;
+    }
+    p.send_options_mut().fault = Fault { cut_after_extents: Some(10) };
+    let r = p.run_cycle(false).await.expect("cycle survives a broken connection");
+    eprintln!("resume: {:?}", r.send);
+    assert_eq!(r.send.extents, 16);
+    assert_eq!(r.send.attempts, 2);
+    let resumed = r.send.resumed_from[1];
+    assert!((8..=10).contains(&resumed), "resumed from {resumed}, acks every 4 extents");
+    assert_eq!(r.send.extents_sent, 10 + (16 - resumed));
+    assert_latest_identical(&rx, "vm-rs", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp_1_each_cycle_is_a_listed_recovery_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "rp", &[("vda", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-rp", rx.local_addr(), &pki);
+    vm.write("vda", 0, K64, 0x50).await;
+    let mut ids = vec![p.seed_and_initial().await.expect("seed").point_id];
+    for k in 1..4u8 {
+        vm.write("vda", 0, K64, 0x50 + k).await;
+        vm.write("vda", k as u64 * MIB, K64, 0x60 + k).await;
+        ids.push(p.run_cycle(k == 2).await.expect("cycle").point_id);
+    }
+    let rep = rx.store().vm("vm-rp").await.expect("vm");
+    let points = rep.recovery_points().expect("points");
+    assert_eq!(points.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), ids);
+    assert!(points.windows(2).all(|w| w[0].time <= w[1].time && w[0].cycle < w[1].cycle));
+    assert!(points.iter().all(|p| !p.app_consistent), "no guest agent: crash-consistent only");
+    assert!(points[1..].iter().all(|p| p.bytes == 2 * K64));
+    // Every point still shows its own content.
+    for (k, id) in ids.iter().enumerate() {
+        let b = point_bytes(&rx, "vm-rp", id, "vda", dir.path()).await;
+        assert_eq!(b[0], 0x50 + k as u8, "point {id}");
+    }
+    // A crash mid-apply leaves an unreferenced overlay: deleted on reopen, never listed.
+    std::fs::write(rep.dir().join(".pending-99-vda.qcow2"), b"partial").expect("fake pending");
+    std::fs::write(rep.dir().join("vda-000099.qcow2"), b"renamed, not in catalog").expect("fake");
+    let rep = rx.store().vm("vm-rp").await.expect("reopen");
+    assert!(!rep.dir().join(".pending-99-vda.qcow2").exists());
+    assert!(!rep.dir().join("vda-000099.qcow2").exists());
+    assert_eq!(rep.recovery_points().expect("points").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp_2_retention_merges_oldest_and_skips_points_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "rt", &[("vda", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-rt", rx.local_addr(), &pki);
+    vm.write("vda", 0, MIB, 0x70).await;
+    let mut ids = vec![p.seed_and_initial().await.expect("seed").point_id];
+    for k in 1..6u8 {
+        vm.write("vda", 0, K64, 0x70 + k).await;
+        vm.write("vda", k as u64 * MIB, MIB, 0x80 + k).await;
+        ids.push(p.run_cycle(false).await.expect("cycle").point_id);
+    }
+    let mut expected = Vec::new();
+    for id in &ids {
+        expected.push(blake3::hash(&point_bytes(&rx, "vm-rt", id, "vda", dir.path()).await));
+    }
+    let rep = rx.store().vm("vm-rt").await.expect("vm");
+    // A test VM boots on point 3 (QEMU holds its chain open).
+    let ov = rep.overlay_for_test(&ids[3], &dir.path().join("testfo")).await.expect("test overlay");
+    let test_vm =
+        start_existing(dir.path(), "rt-test", vec![("vda".into(), ov.disks[0].1.clone(), 64 * MIB)], false).await;
+    test_vm.write("vda", 0, K64, 0xee).await;
+    let out = rep.apply_retention(0, 48).await.expect("retention");
+    eprintln!("retention with a test VM on {}: {out:?}", ids[3]);
+    assert_eq!(out.merged, vec![ids[4].clone()]);
+    assert_eq!(out.deferred, ids[..3].to_vec());
+    let left: Vec<String> = rep.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
+    assert_eq!(left, vec![ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[3].clone(), ids[5].clone()]);
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| *i != 4) {
+        let h = blake3::hash(&point_bytes(&rx, "vm-rt", id, "vda", dir.path()).await);
+        assert_eq!(h, expected[i], "point {id} changed");
+    }
+    // The test VM ends; now everything but the latest merges.
+    test_vm.vm.hard_stop().await.expect("stop test vm");
+    drop(test_vm);
+    rep.release_test(&ov).await.expect("release");
+    assert!(!ov.disks[0].1.exists());
+    let out = rep.apply_retention(0, 48).await.expect("retention");
+    assert_eq!(out.merged.len(), 4);
+    let left = rep.recovery_points().expect("points");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, ids[5]);
+    let top = rep.point_file(&ids[5], "vda").expect("file");
+    assert!(ferry_qemu::img::check(&top).await.expect("check").is_clean());
+    assert_eq!(rep.chain(&ids[5], "vda").expect("chain").len(), 1);
+    assert_eq!(blake3::hash(&point_bytes(&rx, "vm-rt", &ids[5], "vda", dir.path()).await), expected[5]);
+    assert_latest_identical(&rx, "vm-rt", &vm).await;
+    // Replication continues on the merged chain.
+    vm.write("vda", 40 * MIB, K64, 0x99).await;
+    p.run_cycle(false).await.expect("cycle after retention");
+    assert_latest_identical(&rx, "vm-rt", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_6_resync_after_lost_tracking_sends_only_differences_and_keeps_points() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "rsy", &[("vda", 64 * MIB), ("vdb", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let staging = dir.path().join("staging");
+    let mut p = primary(&vm, &staging, "vm-rsy", rx.local_addr(), &pki);
+    vm.write("vda", 0, 8 * MIB, 0x10).await;
+    vm.write("vdb", 0, 8 * MIB, 0x20).await;
+    p.seed_and_initial().await.expect("seed");
+    vm.write("vda", 10 * MIB, MIB, 0x11).await;
+    p.run_cycle(false).await.expect("cycle");
+    // Untracked changes, then QEMU dies: the persistent bitmaps come back inconsistent.
+    vm.write("vda", 3 * MIB, K64, 0x12).await;
+    vm.write("vdb", 50 * MIB, 2 * MIB, 0x22).await;
+    vm.flush_all().await;
+    drop(p);
+    let Vm { vm: old, guard, disks, .. } = vm;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old.pid() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    drop(guard);
+    drop(old);
+    let vm = start_existing(dir.path(), "rsy2", disks, false).await;
+    let mut p = primary(&vm, &staging, "vm-rsy", rx.local_addr(), &pki);
+    match p.tracking().await.expect("tracking") {
+        TrackingState::ResyncRequired { reason } => eprintln!("resync required: {reason}"),
+        s => panic!("expected ResyncRequired, got {s:?}"),
+    }
+    assert_eq!(p.run_cycle(false).await.expect_err("no cycle without tracking").kind(), ErrorKind::ResyncRequired);
+    // Pause after 40 of 128 blocks, then resume.
+    let limits = ResyncLimits { max_blocks: Some(40), ..Default::default() };
+    match p.resync(&limits).await.expect("resync part 1") {
+        ResyncOutcome::Paused { compared_blocks, total_blocks } => {
+            assert_eq!((compared_blocks, total_blocks), (40, 128));
+        }
+        o => panic!("expected a pause: {o:?}"),
+    }
+    assert!(p.resync_pending());
+    // Writes during the pause are tracked by the resync's new bitmap.
+    vm.write("vda", 30 * MIB, K64, 0x13).await;
+    let out = p.resync(&ResyncLimits::default()).await.expect("resync part 2");
+    let ResyncOutcome::Completed { report, compared_blocks, differing_blocks } = out else {
+        panic!("expected completion: {out:?}")
+    };
+    eprintln!("resync: compared {compared_blocks}, differing {differing_blocks}, sent {} bytes", report.send.data_bytes_sent);
+    assert_eq!(compared_blocks, 128);
+    assert_eq!(differing_blocks, 3, "1 block on vda + 2 on vdb");
+    assert_eq!(report.data_bytes, 3 * MIB);
+    let points = rx.store().vm("vm-rsy").await.expect("vm").recovery_points().expect("points");
+    assert_eq!(points.len(), 3, "history kept: base, cycle, resync point");
+    // The resync point equals the source as of the resync start; the tracked write follows.
+    p.run_cycle(false).await.expect("cycle after resync");
+    assert_latest_identical(&rx, "vm-rsy", &vm).await;
+    assert!(!p.resync_pending());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_7_onboarding_reuses_existing_replica_disks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "ob", &[("vda", 64 * MIB)], false).await;
+    vm.write("vda", 0, 16 * MIB, 0x5a).await;
+    vm.flush_all().await;
+    // An earlier copy of the disk exists on the target (e.g. restored from backup).
+    let old_copy = dir.path().join("restored.raw");
+    ferry_qemu::img::convert(&vm.path("vda"), &old_copy, DiskFormat::Raw, true).await.expect("copy");
+    vm.write("vda", 5 * MIB, K64, 0x5b).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let rep = rx.store().vm("vm-ob").await.expect("vm");
+    rep.adopt_existing(&[("vda".into(), old_copy)], chrono::Utc::now()).await.expect("adopt");
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-ob", rx.local_addr(), &pki);
+    let ResyncOutcome::Completed { differing_blocks, report, .. } =
+        p.resync(&ResyncLimits::default()).await.expect("onboarding resync")
+    else {
+        panic!("not completed")
+    };
+    assert_eq!(differing_blocks, 1);
+    assert_eq!(report.data_bytes, MIB);
+    assert_latest_identical(&rx, "vm-ob", &vm).await;
+    vm.write("vda", 40 * MIB, K64, 0x5c).await;
+    p.run_cycle(false).await.expect("delta after onboarding");
+    assert_latest_identical(&rx, "vm-ob", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pol_5_app_consistent_falls_back_to_crash_consistent_without_guest_agent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    // The VM has a guest-agent channel but no OS: nobody answers.
+    let vm = start_vm(dir.path(), "ac", &[("vda", 64 * MIB)], true).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-ac", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    drop(p);
+    let mut cfg = ferry_repl::PrimaryConfig::new(
+        "vm-ac",
+        "pair-1",
+        vm.capture_disks(),
+        &dir.path().join("staging"),
+        rx.local_addr(),
+        "localhost",
+        pki.primary.client_config().expect("tls"),
+    );
+    cfg.qga_socket = Some(vm.run_dir.join("qga.sock"));
+    assert!(vm.vm.paths().qga.exists(), "qga socket at {:?}", vm.vm.paths().qga);
+    cfg.qga_socket = Some(vm.vm.paths().qga.clone());
+    let mut p = ferry_repl::Primary::new(cfg, vm.vm.clone()).expect("primary");
+    p.capture_mut().freeze_timeout = Duration::from_secs(2);
+    vm.write("vda", 0, MIB, 0x61).await;
+    let t = Instant::now();
+    let r = p.run_cycle(true).await.expect("cycle falls back");
+    eprintln!("fallback cycle took {:?}: {:?}", t.elapsed(), r.warnings);
+    assert!(!r.app_consistent);
+    assert!(r.warnings.iter().any(|w| w.contains("crash-consistent")), "{:?}", r.warnings);
+    let points = rx.store().vm("vm-ac").await.expect("vm").recovery_points().expect("points");
+    assert!(!points.last().expect("point").app_consistent);
+    assert_latest_identical(&rx, "vm-ac", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_2_bandwidth_limit_and_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "bw", &[("vda", 64 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-bw", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    // Unlimited.
+    vm.write("vda", 0, 8 * MIB, 0x71).await;
+    let fast = p.run_cycle(false).await.expect("cycle");
+    // 4 MiB/s through a schedule whose only window covers the whole day.
+    let sched = RateSchedule {
+        default: None,
+        windows: vec![ferry_repl::RateWindow::new("00:00", "24:00", Some(4 * MIB)).expect("window")],
+    };
+    p.send_options_mut().limiter = Some(std::sync::Arc::new(Limiter::new(sched)));
+    vm.write("vda", 16 * MIB, 8 * MIB, 0x72).await;
+    let slow = p.run_cycle(false).await.expect("cycle");
+    eprintln!("8 MiB unlimited: {:?}; at 4 MiB/s: {:?}", fast.send_time, slow.send_time);
+    assert!(slow.send_time >= Duration::from_millis(1700), "{:?}", slow.send_time);
+    assert!(slow.send_time < Duration::from_secs(6), "{:?}", slow.send_time);
+    assert!(fast.send_time < slow.send_time);
+    assert_latest_identical(&rx, "vm-bw", &vm).await;
+}

@@ -1,0 +1,305 @@
+//! `/api/v1/vaults/{vault}/replicationProtectedItems`: replicated VMs (REP-1, JOB-2, JOB-3).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use ferry_core::addressing::IpAssignment;
+use ferry_core::network::ReplicaNic as NicConnection;
+use ferry_core::state::OperationContext;
+use ferry_store::DocKind;
+use ferry_types::auth::Role;
+use ferry_types::fabric::{Fabric, Vm};
+use ferry_types::job::Job;
+use ferry_types::mapping::{ContainerMapping, NetworkMapping, StorageMapping};
+use ferry_types::protection::{
+    Direction, EnableProtection, Health, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationState,
+    ReplicationStats,
+};
+use ferry_types::Page;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::vaults::load_fabric;
+use crate::auth::Auth;
+use crate::error::{ApiFailure, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, PageParams};
+use crate::jobs::NewJob;
+use crate::state::AppState;
+
+/// Fill in what is computed from the state: allowed operations (JOB-3).
+pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
+    let ctx = OperationContext {
+        test_failover_running: false,
+        recovery_points: item.recovery_points.len(),
+        reverse_direction: item.direction == Direction::Reverse,
+    };
+    item.allowed_operations = ferry_core::state::allowed_operations(item.state, &ctx);
+    item
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationProtectedItems", tag = "protectedItems", params(("vault" = String, Path), PageParams), responses((status = 200, body = Page<ProtectedItem>)))]
+pub async fn list_items(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> ApiResult<Json<Page<ProtectedItem>>> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(&vault).await?;
+    let limit = p.limit()?;
+    let docs =
+        st.store.list_docs::<ProtectedItem>(DocKind::ProtectedItem, v.id, None, p.cursor.as_deref(), limit + 1).await?;
+    let more = docs.len() as i64 > limit;
+    let items: Vec<ProtectedItem> = docs.into_iter().take(limit as usize).map(|d| with_allowed(d.body)).collect();
+    let next = if more { items.last().map(|i| i.id.to_string()) } else { None };
+    Ok(Json(Page { items, next }))
+}
+
+#[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationProtectedItems/{item}", tag = "protectedItems", params(("vault" = String, Path), ("item" = String, Path)), responses((status = 200, body = ProtectedItem), (status = 404, body = ferry_types::ApiError)))]
+pub async fn get_item(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, item)): Path<(String, String)>,
+) -> ApiResult<Json<ProtectedItem>> {
+    auth.require(Role::Reader)?;
+    let (v, _) = st.vault(&vault).await?;
+    Ok(Json(with_allowed(load_item(&st, v.id, &item).await?.body)))
+}
+
+pub async fn load_item(st: &AppState, vault: Uuid, raw: &str) -> ApiResult<ferry_store::Doc<ProtectedItem>> {
+    if let Ok(id) = Uuid::parse_str(raw) {
+        if let Some(d) = st.store.get_doc::<ProtectedItem>(DocKind::ProtectedItem, vault, &id.to_string()).await? {
+            return Ok(d);
+        }
+    }
+    // By VM name (unique among protected items through the unique name).
+    let all = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await?;
+    all.into_iter().find(|d| d.body.name == raw).ok_or_else(|| ApiFailure::not_found("Protected item", raw))
+}
+
+/// A protected item and its Enable protection job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Enabled {
+    pub item: ProtectedItem,
+    pub job: Job,
+}
+
+fn core_err(e: ferry_core::Error) -> ApiFailure {
+    e.into()
+}
+
+/// Everything that can be decided before anything is written: the pair, placement (STO-2/3,
+/// NET-5) and replica NICs (NET-2/3/4).
+pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> ApiResult<ProtectedItem> {
+    let cloud = vm.cloud.clone().ok_or_else(|| {
+        ApiFailure::bad_request("VmNotInCloud", format!("VM {} is not in a synced cloud of {}", vm.name, source.name))
+    })?;
+    let pairs = st.store.all_docs::<ContainerMapping>(DocKind::ContainerMapping, vault).await?;
+    let pair =
+        pairs.into_iter().map(|d| d.body).find(|m| m.source.fabric == source.id && m.source.id == cloud).ok_or_else(
+            || {
+                ApiFailure::bad_request(
+                    "CloudNotPaired",
+                    format!("The cloud of VM {} is not paired with a target cloud; pair it first", vm.name),
+                )
+            },
+        )?;
+    // REP-9: supported VMs.
+    if vm.disks.iter().filter(|d| !d.excluded).count() == 0 {
+        return Err(ApiFailure::bad_request("NoDiskToReplicate", format!("VM {} has no disk to replicate", vm.name)));
+    }
+    if vm.disks.len() > 16 {
+        return Err(ApiFailure::bad_request("TooManyDisks", format!("VM {} has more than 16 disks", vm.name)));
+    }
+    let target = st
+        .store
+        .get_doc::<Fabric>(DocKind::Fabric, vault, &pair.target.fabric.to_string())
+        .await?
+        .ok_or_else(|| ApiFailure::not_found("Target site", &pair.target.fabric.to_string()))?
+        .body;
+    let target_cloud = target
+        .inventory
+        .cloud(&pair.target.id)
+        .ok_or_else(|| ApiFailure::not_found("Target cloud", &pair.target.id))?
+        .clone();
+    let net_maps: Vec<NetworkMapping> = st
+        .store
+        .all_docs(DocKind::NetworkMapping, vault)
+        .await?
+        .into_iter()
+        .map(|d: ferry_store::Doc<NetworkMapping>| d.body)
+        .collect();
+    let sto_maps: Vec<StorageMapping> = st
+        .store
+        .all_docs(DocKind::StorageMapping, vault)
+        .await?
+        .into_iter()
+        .map(|d: ferry_store::Doc<StorageMapping>| d.body)
+        .collect();
+    // Addresses already used on the target side: its VMs and other replicas.
+    let mut used: HashSet<IpAddr> =
+        target.inventory.vms.iter().flat_map(|v| v.nics.iter()).filter_map(|n| n.ip.as_ref()?.parse().ok()).collect();
+    for other in st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await? {
+        used.extend(other.body.nics.iter().filter_map(|n| n.ip.as_ref()?.parse::<IpAddr>().ok()));
+    }
+    let nic_plans =
+        ferry_core::network::plan_replica_nics(vm, source.id, target.id, &target.inventory, &net_maps, &mut used)
+            .map_err(core_err)?;
+    let connections: Vec<NicConnection> = nic_plans.iter().map(|p| p.connection.clone()).collect();
+    let candidates =
+        ferry_core::network::placement_candidates(&target.inventory, &target_cloud, &connections).map_err(core_err)?;
+    let placement = ferry_core::storage::place_vm(vm, &candidates, &target.inventory, source.id, target.id, &sto_maps)
+        .map_err(core_err)?;
+    let target_host = target
+        .inventory
+        .host(&placement.host)
+        .ok_or_else(|| ApiFailure::not_found("Target host", &placement.host))?
+        .clone();
+    let source_host = source.inventory.host(&vm.host).ok_or_else(|| ApiFailure::not_found("Source host", &vm.host))?;
+    let disks = vm
+        .disks
+        .iter()
+        .filter(|d| !d.excluded)
+        .map(|d| {
+            let p = placement.disks.iter().find(|p| p.disk == d.target);
+            ReplicaDisk {
+                target: d.target.clone(),
+                source_path: d.path.clone(),
+                virtual_size: d.virtual_size,
+                location: p.map(|p| p.location.clone()).unwrap_or_default(),
+                placement: p.map(|p| format!("{:?}", p.kind)).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let nics = nic_plans
+        .iter()
+        .zip(vm.nics.iter())
+        .map(|(plan, src)| {
+            let (target_network, subnet) = match &plan.connection {
+                NicConnection::Connected { network, subnet } => (Some(network.id.clone()), subnet.clone()),
+                NicConnection::Disconnected(_) => (None, None),
+            };
+            let ip = match &plan.ip {
+                IpAssignment::Static { address, .. } => Some(address.to_string()),
+                IpAssignment::Dhcp => None,
+            };
+            ReplicaNic { mac: plan.mac.clone(), source_network: src.vm_network.clone(), target_network, subnet, ip }
+        })
+        .collect();
+    Ok(ProtectedItem {
+        id: Uuid::new_v4(),
+        vault_id: vault,
+        name: vm.name.clone(),
+        vm_id: vm.id.clone(),
+        container_mapping: pair.id,
+        policy: pair.policy,
+        source: ItemSide {
+            fabric: source.id,
+            cloud,
+            host: source_host.id.clone(),
+            host_name: source_host.name.clone(),
+        },
+        target: ItemSide {
+            fabric: target.id,
+            cloud: target_cloud.id.clone(),
+            host: target_host.id.clone(),
+            host_name: target_host.name.clone(),
+        },
+        direction: Direction::Forward,
+        state: ReplicationState::WaitingForInitialReplication,
+        health: Health::Warning,
+        health_reasons: vec!["Initial replication is not complete".into()],
+        disks,
+        nics,
+        stats: ReplicationStats::default(),
+        recovery_points: vec![],
+        allowed_operations: vec![],
+        created_at: st.clock.now(),
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems", tag = "protectedItems", request_body = EnableProtection, params(("vault" = String, Path)), responses((status = 202, body = [Enabled]), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
+pub async fn enable_protection(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(vault): Path<String>,
+    ApiJson(req): ApiJson<EnableProtection>,
+) -> ApiResult<(StatusCode, Json<Vec<Enabled>>)> {
+    auth.require(Role::Contributor)?;
+    let (v, _) = st.vault(&vault).await?;
+    if req.vms.is_empty() {
+        return Err(ApiFailure::bad_request("InvalidValue", "Give at least one VM"));
+    }
+    let source = load_fabric(&st, v.id, &req.source_site).await?.body;
+    // Plan every VM first: one bad VM refuses the request and changes nothing.
+    let mut planned = Vec::new();
+    let mut seen = HashSet::new();
+    for name in &req.vms {
+        let vm = source
+            .inventory
+            .vms
+            .iter()
+            .find(|x| &x.name == name || &x.id == name)
+            .ok_or_else(|| ApiFailure::not_found("VM", name))?;
+        if !seen.insert(vm.id.clone()) {
+            return Err(ApiFailure::bad_request("DuplicateVm", format!("VM {} is listed twice", vm.name)));
+        }
+        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, v.id).await?;
+        if existing.iter().any(|d| d.body.vm_id == vm.id) {
+            return Err(ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", vm.name)));
+        }
+        planned.push(plan_item(&st, v.id, &source, vm).await?);
+    }
+    let mut out = Vec::new();
+    for item in planned {
+        let unique = format!("vm:{}/{}", item.source.fabric, item.vm_id);
+        st.store
+            .put_doc(
+                DocKind::ProtectedItem,
+                v.id,
+                &item.id.to_string(),
+                Some(&item.container_mapping.to_string()),
+                Some(&unique),
+                &item,
+                None,
+            )
+            .await
+            .map_err(|e| match e.kind {
+                ferry_store::ErrorKind::Conflict => {
+                    ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", item.name))
+                }
+                _ => e.into(),
+            })?;
+        let job = st
+            .jobs
+            .submit(
+                &st,
+                NewJob {
+                    vault: v.id,
+                    operation: crate::jobs::OP_ENABLE_PROTECTION,
+                    object_type: "ProtectedItem",
+                    object_id: item.id.to_string(),
+                    object_name: item.name.clone(),
+                    fabric: Some(item.source.fabric),
+                    params: serde_json::json!({"item": item.id}),
+                    tasks: crate::jobs::ENABLE_TASKS.iter().map(|t| t.to_string()).collect(),
+                },
+            )
+            .await?;
+        st.event(
+            v.id,
+            ferry_types::event::Severity::Info,
+            "ProtectionEnabled",
+            &format!("Protection enabled for {} ({} → {})", item.name, item.source.host_name, item.target.host_name),
+            Some(item.source.fabric),
+            Some(&item.id.to_string()),
+        )
+        .await;
+        out.push(Enabled { item: with_allowed(item), job });
+    }
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}

@@ -1,0 +1,162 @@
+//! Applying replication status reported by sites to protected items: statistics (REP-5),
+//! recovery points (RP-1), state changes (JOB-3) and health (JOB-2). When initial replication
+//! completes, the item becomes Protected and a "Finalize protection" job is recorded (REP-1).
+
+use ferry_store::DocKind;
+use ferry_types::event::Severity;
+use ferry_types::protection::{ProtectedItem, ReplicationState};
+use ferry_types::site_protocol::{PairRole, ReplicationPhase, ReplicationStatus};
+use ferry_types::ApiError;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// Read-modify-write of an item with optimistic concurrency (retries on a concurrent change).
+pub async fn update_item<F>(
+    state: &AppState,
+    vault: Uuid,
+    id: Uuid,
+    mut f: F,
+) -> Result<Option<ProtectedItem>, ApiError>
+where
+    F: FnMut(&mut ProtectedItem),
+{
+    for _ in 0..10 {
+        let Some(doc) = state
+            .store
+            .get_doc::<ProtectedItem>(DocKind::ProtectedItem, vault, &id.to_string())
+            .await
+            .map_err(|e| ApiError::new("StoreError", e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let mut item = doc.body;
+        let before = item.clone();
+        f(&mut item);
+        if item == before {
+            return Ok(Some(item));
+        }
+        refresh_health(state, &mut item);
+        let unique = format!("vm:{}/{}", item.source.fabric, item.vm_id);
+        match state
+            .store
+            .put_doc(
+                DocKind::ProtectedItem,
+                vault,
+                &id.to_string(),
+                Some(&item.container_mapping.to_string()),
+                Some(&unique),
+                &item,
+                Some(doc.version),
+            )
+            .await
+        {
+            Ok(_) => return Ok(Some(item)),
+            Err(e) if e.kind == ferry_store::ErrorKind::VersionMismatch => continue,
+            Err(e) => return Err(ApiError::new("StoreError", e.to_string())),
+        }
+    }
+    Err(ApiError::new("Busy", "The protected item changed concurrently; retry"))
+}
+
+pub async fn set_state(state: &AppState, vault: Uuid, id: Uuid, to: ReplicationState) -> Result<(), ApiError> {
+    update_item(state, vault, id, |i| i.state = to).await.map(|_| ())
+}
+
+fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
+    let mut input = ferry_core::health::HealthInput::for_state(item.state);
+    input.last_sync = item.stats.last_sync;
+    input.cycles_missed = item.stats.cycles_missed;
+    input.cycles_expected = item.stats.cycles_ok + item.stats.cycles_missed;
+    let (health, reasons) = ferry_core::health::compute_health(&input, state.clock.now());
+    item.health = health;
+    item.health_reasons = reasons.into_iter().map(|r| format!("{}: {}", r.code, r.message)).collect();
+}
+
+/// Apply the replication statuses a site reported.
+pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[ReplicationStatus]) {
+    for s in statuses {
+        let mut finalized = None;
+        let res = update_item(state, vault, s.item, |item| match s.role {
+            PairRole::Source => {
+                item.stats.initial_progress = s.initial_progress;
+                item.stats.last_sync = s.last_sync.or(item.stats.last_sync);
+                item.stats.cycles_ok = s.cycles_ok;
+                item.stats.cycles_missed = s.cycles_failed;
+                item.stats.avg_delta_bytes = s.avg_delta_bytes;
+                item.stats.max_delta_bytes = s.max_delta_bytes;
+                item.stats.avg_latency_ms = s.avg_latency_ms;
+                item.stats.data_waiting_bytes = s.data_waiting_bytes;
+                let next = match (item.state, s.phase) {
+                    (
+                        ReplicationState::WaitingForInitialReplication | ReplicationState::InitialReplicationInProgress,
+                        ReplicationPhase::Replicating,
+                    ) => {
+                        finalized = Some(item.name.clone());
+                        Some(ReplicationState::Protected)
+                    }
+                    (ReplicationState::WaitingForInitialReplication, ReplicationPhase::InitialInProgress) => {
+                        Some(ReplicationState::InitialReplicationInProgress)
+                    }
+                    (ReplicationState::Protected, ReplicationPhase::ResyncRequired) => {
+                        Some(ReplicationState::ResyncRequired)
+                    }
+                    (
+                        ReplicationState::Protected | ReplicationState::ResyncRequired,
+                        ReplicationPhase::Resynchronizing,
+                    ) => Some(ReplicationState::Resynchronizing),
+                    (
+                        ReplicationState::Resynchronizing | ReplicationState::ResyncRequired,
+                        ReplicationPhase::Replicating,
+                    ) => Some(ReplicationState::Protected),
+                    _ => None,
+                };
+                if let Some(n) = next {
+                    item.state = n;
+                }
+            }
+            PairRole::Target => {
+                item.recovery_points = s.recovery_points.clone();
+            }
+        })
+        .await;
+        match res {
+            Ok(Some(item)) => {
+                if let Some(name) = finalized {
+                    finalize(state, vault, &item, &name).await;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(item = %s.item, error = %e, "cannot apply replication status"),
+        }
+    }
+}
+
+async fn finalize(state: &AppState, vault: Uuid, item: &ProtectedItem, name: &str) {
+    let _ = state
+        .jobs
+        .record_done(
+            state,
+            crate::jobs::NewJob {
+                vault,
+                operation: crate::jobs::OP_FINALIZE_PROTECTION,
+                object_type: "ProtectedItem",
+                object_id: item.id.to_string(),
+                object_name: name.to_string(),
+                fabric: Some(item.source.fabric),
+                params: serde_json::json!({"item": item.id}),
+                tasks: vec!["Initial replication complete".into(), "Ready for failover".into()],
+            },
+        )
+        .await;
+    state
+        .event(
+            vault,
+            Severity::Info,
+            "ProtectionFinalized",
+            &format!("{name} is protected and ready for failover"),
+            Some(item.source.fabric),
+            Some(&item.id.to_string()),
+        )
+        .await;
+}
