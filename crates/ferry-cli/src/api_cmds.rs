@@ -216,6 +216,20 @@ pub enum ApiCmd {
     TokenRevoke {
         id: String,
     },
+    /// Enable protection for VMs of a site (REP-1).
+    Protect {
+        #[arg(long)]
+        site: String,
+        /// VM names.
+        vms: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List protected items with state and health.
+    ItemList,
+    ItemShow { item: String },
+    /// Recovery points of a protected item (RP-1).
+    PointList { item: String },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -788,6 +802,22 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         ApiCmd::TokenRevoke { id } => {
             c.delete(&format!("/api/v1/tokens/{}", enc(&id))).await?;
         }
+        ApiCmd::Protect { site, vms, wait } => {
+            let r: Value = c.post(&ctx.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": vms})).await?;
+            if wait {
+                for e in r.as_array().into_iter().flatten() {
+                    ctx.wait_job(&e["job"]).await?;
+                }
+            }
+            let items: Vec<Value> = r.as_array().into_iter().flatten().map(|e| e["item"].clone()).collect();
+            print(out, &json!(items), ITEM_COLS);
+        }
+        ApiCmd::ItemList => print(out, &c.get(&ctx.v("/replicationProtectedItems?limit=1000")).await?, ITEM_COLS),
+        ApiCmd::ItemShow { item } => print(out, &c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?, &[]),
+        ApiCmd::PointList { item } => {
+            let i: Value = c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?;
+            print(out, &i["recovery_points"], &[("ID", "/id"), ("TIME", "/time"), ("APP-CONSISTENT", "/app_consistent"), ("SIZE", "/size_bytes")]);
+        }
         ApiCmd::VmCreate { site, host, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;
             let definition: Value =
@@ -811,6 +841,16 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
     }
     Ok(())
 }
+
+const ITEM_COLS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("NAME", "/name"),
+    ("STATE", "/state"),
+    ("HEALTH", "/health"),
+    ("SOURCE", "/source/host_name"),
+    ("TARGET", "/target/host_name"),
+    ("LAST SYNC", "/stats/last_sync"),
+];
 
 const VM_COLS: &[(&str, &str)] =
     &[("NAME", "/name"), ("STATE", "/power_state"), ("PID", "/pid"), ("REASON", "/reason")];

@@ -39,6 +39,9 @@ pub struct LabArgs {
     /// Do not create the demo VMs.
     #[arg(long)]
     pub no_demo_vms: bool,
+    /// Test-only: replication cycle interval of the hosts, instead of the policy's frequency.
+    #[arg(long)]
+    pub test_copy_interval_ms: Option<u64>,
 }
 
 pub const VAULT_NAME: &str = "ferry-lab";
@@ -343,13 +346,16 @@ pub async fn run(args: LabArgs) -> Result<()> {
         let hdir = dir.join("hosts").join(s.host);
         std::fs::create_dir_all(&hdir)?;
         let mut hcfg = format!(
-            "name = \"{}\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
+            "name = \"{}\"\nreplication_listen = \"127.0.0.1:0\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
             s.host,
             ca_path.display(),
             data.join(ferry_site::JOIN_TOKEN_FILE).display(),
             args.report_interval,
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );
+        if let Some(ms) = args.test_copy_interval_ms {
+            hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
+        }
         let guest = test_guest_dir();
         if guest.join("vmlinuz").exists() {
             hcfg.push_str(&format!(

@@ -43,7 +43,7 @@ pub fn serve(
         ferry_pki::ClientAuth::Required(host.identity.tls.ca_cert_pem.clone()),
         true,
     )?;
-    let app = Router::new().route("/v1/status", get(status)).route("/v1/vm-actions", post(vm_action)).with_state(host);
+    let app = Router::new().route("/v1/status", get(status)).route("/v1/vm-actions", post(vm_action)).route("/v1/replication", post(replication_action)).with_state(host);
     let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
@@ -86,4 +86,23 @@ async fn vm_action(
         VmAction::Status { vm } => v(host.vms.status(&vm).await),
         VmAction::List => Ok(Json(serde_json::to_value(host.vms.list().await).unwrap_or_default())),
     }
+}
+
+async fn replication_action(
+    State(host): State<Arc<Host>>,
+    Json(action): Json<ferry_types::site_protocol::ReplicationAction>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    use ferry_types::site_protocol::ReplicationAction as A;
+    let res = match action {
+        A::Prepare { replica } => host.replication.prepare(replica).await,
+        A::Start { replication } => host.replication.start_source(replication, host.vms.clone()).await,
+        A::Stop { item, delete_replica } => host.replication.stop(item, delete_replica).await,
+    };
+    res.map(Json).map_err(|e| {
+        let (status, code) = match &e {
+            crate::replication::ReplicationError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidReplicationRequest"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "ReplicationError"),
+        };
+        (status, Json(ApiError::new(code, e.to_string())))
+    })
 }

@@ -47,6 +47,16 @@ pub struct HostConfig {
     pub probe_kernel: Option<PathBuf>,
     #[serde(default)]
     pub probe_initrd: Option<PathBuf>,
+    /// Where this host receives replication (mutual TLS, POL-2 default port 8084).
+    #[serde(default = "default_replication_listen")]
+    pub replication_listen: SocketAddr,
+    /// Test-only: run replication cycles this often instead of the policy's copy frequency.
+    #[serde(default)]
+    pub test_copy_interval_ms: Option<u64>,
+}
+
+fn default_replication_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8084))
 }
 
 fn default_accel() -> String {

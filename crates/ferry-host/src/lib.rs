@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod join;
 pub mod net;
+pub mod replication;
 pub mod storage;
 pub mod vms;
 
@@ -38,6 +39,8 @@ pub enum HostError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Vm(#[from] vms::VmError),
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
 }
 
 pub struct Host {
@@ -45,11 +48,10 @@ pub struct Host {
     pub data: PathBuf,
     pub identity: join::Identity,
     pub site: ferry_client::Client,
-    pub vms: vms::VmManager,
+    pub vms: Arc<vms::VmManager>,
+    pub replication: Arc<replication::ReplicationService>,
     pub pairs: std::sync::Mutex<Vec<PairConfig>>,
     pub api_addr: SocketAddr,
-    /// The replication listener's address (set when the receiver starts).
-    pub replication: std::sync::Mutex<Option<String>>,
 }
 
 pub struct HostHandle {
@@ -86,17 +88,18 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         .ca(identity.tls.ca_cert_pem.clone())
         .token(identity.host_token.clone())
         .build()?;
-    let vms = vms::VmManager::open(data.join("vms"), &cfg).await?;
-    let host = Arc::new(Host {
-        cfg,
-        data: data.to_path_buf(),
-        identity,
-        site,
-        vms,
-        pairs: Default::default(),
-        api_addr,
-        replication: Default::default(),
-    });
+    let vms = Arc::new(vms::VmManager::open(data.join("vms"), &cfg).await?);
+    let tls = ferry_repl::TlsIdentity {
+        ca_pem: identity.tls.ca_cert_pem.clone(),
+        cert_pem: identity.tls.cert_pem.clone(),
+        key_pem: identity.tls.key_pem.clone(),
+    };
+    let test_interval = cfg.test_copy_interval_ms.map(Duration::from_millis);
+    let replication =
+        Arc::new(replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval).await?);
+    replication.resume(&vms).await;
+    let host =
+        Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, replication, pairs: Default::default(), api_addr });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
@@ -104,9 +107,14 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
 }
 
 impl Host {
-    /// Where this host receives replication, once its receiver runs.
+    /// Where this host receives replication.
     pub fn replication_address(&self) -> String {
-        self.replication.lock().ok().and_then(|r| r.clone()).unwrap_or_default()
+        let a = self.replication.address();
+        if a.ip().is_unspecified() {
+            format!("{}:{}", self.api_addr.ip(), a.port())
+        } else {
+            a.to_string()
+        }
     }
 }
 
@@ -119,7 +127,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         qemu_version: qemu_version(),
         storage_locations: storage::locations(&host.cfg.storage),
         vms: host.vms.inventory().await,
-        replication: Vec::new(),
+        replication: host.replication.statuses().await,
     };
     let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
     if let Ok(mut p) = host.pairs.lock() {

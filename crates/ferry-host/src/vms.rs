@@ -7,6 +7,7 @@
 //! silently.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ impl VmError {
 
 struct Entry {
     def: VmDefinition,
-    running: Option<RunningVm>,
+    running: Option<Arc<RunningVm>>,
 }
 
 pub struct VmManager {
@@ -93,7 +94,7 @@ impl VmManager {
             let running = match RunningVm::attach(&path).await {
                 Ok(r) => {
                     tracing::info!(vm = %def.name, pid = r.pid(), "re-attached to running VM");
-                    Some(r)
+                    Some(Arc::new(r))
                 }
                 Err(_) => None,
             };
@@ -301,7 +302,7 @@ impl VmManager {
         }
         let spec = self.spec(&e.def).await?;
         let running = Qemu::start(&spec, &self.run_dir(name)).await?;
-        e.running = Some(running);
+        e.running = Some(Arc::new(running));
         drop(vms);
         self.status(name).await
     }
@@ -375,6 +376,16 @@ impl VmManager {
         }
         self.vms.lock().await.remove(name);
         Ok(())
+    }
+
+    /// The running QEMU of a VM (for replication), if it runs.
+    pub async fn running(&self, name: &str) -> Option<Arc<RunningVm>> {
+        self.vms.lock().await.get(name).and_then(|e| e.running.clone())
+    }
+
+    /// A VM's definition.
+    pub async fn definition(&self, name: &str) -> Option<VmDefinition> {
+        self.vms.lock().await.get(name).map(|e| e.def.clone())
     }
 
     pub async fn status(&self, name: &str) -> Result<VmStatus, VmError> {

@@ -330,7 +330,7 @@ impl Capture {
             let qga = Arc::new(Qga::connect(path).await?);
             qga.freeze(t).await
         };
-        match tokio::time::timeout(t + Duration::from_secs(1), fut).await {
+        match tokio::time::timeout(t * 2 + Duration::from_secs(2), fut).await {
             Ok(r) => r.map_err(|e| Error::qemu("Guest freeze failed", e)),
             Err(_) => Err(Error::new(ErrorKind::Qemu, format!("Guest agent did not answer within {t:?}"))),
         }

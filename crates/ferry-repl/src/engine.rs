@@ -174,9 +174,16 @@ impl Primary {
         self.cfg.compression = on;
     }
 
-    /// Current tracking state (discovers bitmaps; folds an interrupted cycle).
+    /// Current tracking state (discovers bitmaps; folds an interrupted cycle). No bitmap after
+    /// the replica got its base (e.g. a QEMU crash before the new bitmap was ever stored, or a
+    /// raw disk after a restart) means tracking is lost: resync.
     pub async fn tracking(&self) -> Result<TrackingState> {
-        self.capture.discover(self.vm.qmp()).await
+        match self.capture.discover(self.vm.qmp()).await? {
+            TrackingState::Untracked if self.state.seeded => Ok(TrackingState::ResyncRequired {
+                reason: "The change-tracking bitmaps are gone (QEMU restarted or crashed)".into(),
+            }),
+            s => Ok(s),
+        }
     }
 
     pub(crate) fn alloc_cycle(&mut self, at_least: u64) -> Result<u64> {
@@ -248,7 +255,7 @@ impl Primary {
     /// agent socket is configured (falls back to crash-consistent with a warning).
     pub async fn run_cycle(&mut self, app_consistent: bool) -> Result<CycleReport> {
         let t0 = Instant::now();
-        let generation = match self.capture.discover(self.vm.qmp()).await? {
+        let generation = match self.tracking().await? {
             TrackingState::Tracking { generation } => generation,
             TrackingState::Untracked => {
                 return Err(Error::new(ErrorKind::ResyncRequired, "No change tracking on this VM; seed or resync first"))

@@ -341,7 +341,7 @@ impl VmReplica {
             let name = format!(".pending-{}-{}.qcow2", h.cycle, d.target);
             writers.push((name.clone(), Qcow2Writer::create(&self.dir.join(&name), d.size, !h.base)?, blake3::Hasher::new()));
         }
-        Ok(PendingApply { vm: self.clone(), header: h.clone(), writers, next_extent: 0, total_bytes: 0, _recv: recv })
+        Ok(PendingApply { vm: self.clone(), header: h.clone(), writers, next_extent: 0, data_bytes: 0, covered_bytes: 0, _recv: recv })
     }
 
     async fn commit_point(&self, p: &mut PendingApply) -> Result<RecoveryPoint> {
@@ -376,7 +376,7 @@ impl VmReplica {
             time: DateTime::from_timestamp_millis(h.created_at_ms).unwrap_or_else(Utc::now),
             app_consistent: h.app_consistent,
             kind: if h.base { PointKind::Initial } else { PointKind::Delta },
-            bytes: p.total_bytes,
+            bytes: p.data_bytes,
             disks,
             in_use: vec![],
         };
@@ -582,7 +582,10 @@ pub struct PendingApply {
     header: BeginCycle,
     writers: Vec<(String, Qcow2Writer, blake3::Hasher)>,
     next_extent: u64,
-    total_bytes: u64,
+    /// Data bytes received (the point's size).
+    data_bytes: u64,
+    /// Bytes covered by all extents (data + zero), checked against `EndCycle`.
+    covered_bytes: u64,
     _recv: FileLock,
 }
 
@@ -615,18 +618,19 @@ impl PendingApply {
         hasher.update(&e.len.to_be_bytes());
         hasher.update(&e.checksum);
         if e.kind == ExtentKind::Data {
-            self.total_bytes += e.len;
+            self.data_bytes += e.len;
         }
+        self.covered_bytes += e.len;
         self.next_extent += 1;
         Ok(())
     }
 
     /// All extents arrived: finish the overlays (fsync), record the point durably.
     pub async fn finish(mut self, extent_count: u64, total_bytes: u64) -> Result<RecoveryPoint> {
-        if extent_count != self.next_extent || total_bytes != self.total_bytes {
+        if extent_count != self.next_extent || total_bytes != self.covered_bytes {
             return Err(Error::protocol(format!(
                 "EndCycle says {extent_count} extents / {total_bytes} bytes, received {} / {}",
-                self.next_extent, self.total_bytes
+                self.next_extent, self.covered_bytes
             )));
         }
         let vm = self.vm.clone();

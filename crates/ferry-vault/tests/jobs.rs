@@ -24,7 +24,7 @@ fn synthetic_job(vault: Uuid, i: usize) -> Job {
         id: Uuid::new_v4(),
         vault_id: vault,
         operation: OPS[i % 4].to_string(),
-        object_type: if i % 2 == 0 { "ProtectedItem" } else { "RecoveryPlan" }.to_string(),
+        object_type: if i % 2 == 1 { "RecoveryPlan" } else { "ProtectedItem" }.to_string(),
         object_id: format!("obj-{i}"),
         object_name: format!("VM, \"{i}\""),
         fabric: None,

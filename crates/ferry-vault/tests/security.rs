@@ -123,11 +123,7 @@ async fn sec_2_roles_reader_operator_contributor() {
     forbidden(ny.client.post::<_, serde_json::Value>("/api/v1/vaults/v1/replicationPolicies", &policy_json("s")).await);
     forbidden(cancel(&ny.client, job2).await);
     forbidden(tv.admin.get::<serde_json::Value>("/api/v1/agent/commands").await);
-    let rep = ferry_types::site_protocol::SiteReport {
-        provider_id: ny.provider_id,
-        version: SITE_VERSION.into(),
-        inventory: ny.inventory.clone(),
-    };
+    let rep = serde_json::json!({"provider_id": ny.provider_id, "version": SITE_VERSION, "inventory": ny.inventory});
     forbidden(reader.post::<_, serde_json::Value>("/api/v1/agent/report", &rep).await);
 }
 

@@ -19,7 +19,7 @@ use ferry_types::fabric::{
 use ferry_types::job::{Job, JobStatus};
 use ferry_types::policy::{Authentication, InitialReplication, PolicySpec};
 use ferry_types::site_protocol::{
-    CloudName, CommandResult, RegisterRequest, RegisterResponse, SiteCommandEnvelope, SiteReport, SiteReportAck,
+    CloudName, CommandResult, RegisterRequest, RegisterResponse, SiteCommandEnvelope, SiteReportAck,
 };
 use ferry_types::vault::Vault;
 use ferry_types::Page;
@@ -160,7 +160,8 @@ impl FakeSite {
     }
 
     pub async fn report_inv(&self, inv: &SiteInventory) -> SiteReportAck {
-        let rep = SiteReport { provider_id: self.provider_id, version: SITE_VERSION.into(), inventory: inv.clone() };
+        // JSON rather than the struct, so fields added later (with defaults) need no change here.
+        let rep = serde_json::json!({"provider_id": self.provider_id, "version": SITE_VERSION, "inventory": inv});
         self.client.post("/api/v1/agent/report", &rep).await.expect("site report")
     }
 

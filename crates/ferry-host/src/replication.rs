@@ -1,0 +1,358 @@
+//! The host's side of replication: a receiver for replicas of VMs protected from other hosts,
+//! and one capture loop per VM this host replicates (REP-2, REP-3), built on `ferry-repl`.
+//!
+//! What the host was asked to do (replicas to receive, VMs to replicate) is kept in
+//! `<data>/replication.json`, so a restarted agent resumes every loop; the loops themselves
+//! resume from the bitmaps persisted in the VMs' qcow2 images.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ferry_repl::{Allowlist, CaptureDisk, Primary, PrimaryConfig, Receiver, ReceiverConfig, TlsIdentity};
+use ferry_types::protection::RecoveryPoint;
+use ferry_types::site_protocol::{PairRole, ReplicaSpec, ReplicationPhase, ReplicationSpec, ReplicationStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::vms::VmManager;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("Invalid replication request: {0}")]
+    Invalid(String),
+    #[error("Replication engine failed: {0}")]
+    Engine(String),
+    #[error("Replication state I/O failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ferry_repl::Error> for ReplicationError {
+    fn from(e: ferry_repl::Error) -> Self {
+        ReplicationError::Engine(e.chain())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    replicas: Vec<ReplicaSpec>,
+    sources: Vec<ReplicationSpec>,
+}
+
+#[derive(Debug, Clone)]
+struct SourceStatus {
+    phase: ReplicationPhase,
+    last_sync: Option<chrono::DateTime<Utc>>,
+    cycles_ok: u64,
+    cycles_failed: u64,
+    delta_sizes: Vec<u64>,
+    latencies_ms: Vec<u64>,
+    data_waiting: u64,
+    last_error: Option<String>,
+}
+
+pub struct ReplicationService {
+    data: PathBuf,
+    receiver: Receiver,
+    allowlist: Allowlist,
+    identity: TlsIdentity,
+    test_interval: Option<Duration>,
+    persisted: Mutex<Persisted>,
+    sources: Arc<std::sync::Mutex<HashMap<Uuid, SourceStatus>>>,
+    loops: Mutex<HashMap<Uuid, tokio::task::JoinHandle<()>>>,
+    /// Replica root: per-item directories (symlinks to the chosen storage location).
+    root: PathBuf,
+}
+
+fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
+    crate::write_atomic(path, &bytes)
+}
+
+impl ReplicationService {
+    pub async fn start(
+        data: &Path,
+        listen: SocketAddr,
+        identity: TlsIdentity,
+        test_interval: Option<Duration>,
+    ) -> Result<ReplicationService, ReplicationError> {
+        let root = data.join("replicas");
+        std::fs::create_dir_all(&root)?;
+        let allowlist = Allowlist::new();
+        let persisted: Persisted = match std::fs::read(data.join("replication.json")) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ReplicationError::Invalid(format!("replication.json: {e}")))?,
+            Err(_) => Persisted::default(),
+        };
+        for r in &persisted.replicas {
+            allowlist.allow_pair(&r.source_host_cn, &r.item.to_string());
+        }
+        let cfg = ReceiverConfig::new(listen, identity.server_config()?, allowlist.clone(), root.clone());
+        let receiver = Receiver::start(cfg).await?;
+        Ok(ReplicationService {
+            data: data.to_path_buf(),
+            receiver,
+            allowlist,
+            identity,
+            test_interval,
+            persisted: Mutex::new(persisted),
+            sources: Default::default(),
+            loops: Default::default(),
+            root,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.receiver.local_addr()
+    }
+
+    /// Resume the capture loops of every VM this host replicated before a restart.
+    pub async fn resume(self: &Arc<Self>, vms: &Arc<VmManager>) {
+        let sources = self.persisted.lock().await.sources.clone();
+        for s in sources {
+            if let Err(e) = self.spawn_loop(s.clone(), vms.clone()).await {
+                tracing::warn!(item = %s.item, error = %e, "cannot resume replication");
+            }
+        }
+    }
+
+    /// Target side: accept this item's replica from its source host only (SEC-1), stored in the
+    /// chosen storage location (STO-2).
+    pub async fn prepare(&self, spec: ReplicaSpec) -> Result<serde_json::Value, ReplicationError> {
+        let item = spec.item.to_string();
+        let location = spec.disks.first().map(|d| PathBuf::from(&d.2)).filter(|p| !p.as_os_str().is_empty());
+        let link = self.root.join(&item);
+        if let Some(loc) = location {
+            let dir = loc.join("ferry-replicas").join(&item);
+            std::fs::create_dir_all(&dir)?;
+            if !link.exists() {
+                std::os::unix::fs::symlink(&dir, &link)?;
+            }
+        } else {
+            std::fs::create_dir_all(&link)?;
+        }
+        self.allowlist.allow_pair(&spec.source_host_cn, &item);
+        let mut p = self.persisted.lock().await;
+        p.replicas.retain(|r| r.item != spec.item);
+        p.replicas.push(spec);
+        write_state(&self.data.join("replication.json"), &p)?;
+        Ok(serde_json::json!({"receiver": self.address().to_string()}))
+    }
+
+    /// Source side: start replicating a running VM.
+    pub async fn start_source(self: &Arc<Self>, spec: ReplicationSpec, vms: Arc<VmManager>) -> Result<serde_json::Value, ReplicationError> {
+        if vms.running(&spec.vm_name).await.is_none() {
+            return Err(ReplicationError::Invalid(format!("VM {} is not running on this host", spec.vm_name)));
+        }
+        {
+            let mut p = self.persisted.lock().await;
+            p.sources.retain(|s| s.item != spec.item);
+            p.sources.push(spec.clone());
+            write_state(&self.data.join("replication.json"), &p)?;
+        }
+        self.spawn_loop(spec, vms).await?;
+        Ok(serde_json::Value::Null)
+    }
+
+    pub async fn stop(&self, item: Uuid, delete_replica: bool) -> Result<serde_json::Value, ReplicationError> {
+        if let Some(h) = self.loops.lock().await.remove(&item) {
+            h.abort();
+        }
+        if let Ok(mut s) = self.sources.lock() {
+            s.remove(&item);
+        }
+        let mut p = self.persisted.lock().await;
+        p.sources.retain(|s| s.item != item);
+        if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
+            self.allowlist.revoke(&r.source_host_cn);
+        }
+        p.replicas.retain(|r| r.item != item);
+        write_state(&self.data.join("replication.json"), &p)?;
+        let staging = self.data.join("staging").join(item.to_string());
+        let _ = std::fs::remove_dir_all(&staging);
+        if delete_replica {
+            let link = self.root.join(item.to_string());
+            if let Ok(target) = std::fs::read_link(&link) {
+                let _ = std::fs::remove_dir_all(&target);
+            }
+            let _ = std::fs::remove_file(&link);
+            let _ = std::fs::remove_dir_all(&link);
+        }
+        Ok(serde_json::Value::Null)
+    }
+
+    async fn spawn_loop(self: &Arc<Self>, spec: ReplicationSpec, vms: Arc<VmManager>) -> Result<(), ReplicationError> {
+        let def = vms.definition(&spec.vm_name).await.ok_or_else(|| ReplicationError::Invalid(format!("VM {} is not defined here", spec.vm_name)))?;
+        let mut disks = Vec::new();
+        for target in &spec.disks {
+            let d = def.disks.iter().find(|d| &d.target == target).ok_or_else(|| ReplicationError::Invalid(format!("VM {} has no disk {target}", def.name)))?;
+            let size = crate::vms::virtual_size(Path::new(&d.path), d.format)?;
+            let format = match d.format {
+                ferry_types::fabric::DiskFormat::Qcow2 => ferry_qemu::DiskFormat::Qcow2,
+                ferry_types::fabric::DiskFormat::Raw => ferry_qemu::DiskFormat::Raw,
+            };
+            disks.push(CaptureDisk { target: target.clone(), size, format });
+        }
+        let peer: SocketAddr = spec.target_address.parse().map_err(|_| ReplicationError::Invalid(format!("bad target address {}", spec.target_address)))?;
+        let staging = self.data.join("staging").join(spec.item.to_string());
+        std::fs::create_dir_all(&staging)?;
+        let tls = self.identity.client_config()?;
+        let mut cfg = PrimaryConfig::new(&spec.item.to_string(), &spec.item.to_string(), disks, &staging, peer, &peer.ip().to_string(), tls);
+        cfg.compression = spec.policy.compression;
+        let interval = self.test_interval.unwrap_or(Duration::from_secs(spec.policy.copy_frequency_secs.max(1) as u64));
+        let app_every = spec.policy.app_consistent_frequency_hours.map(|h| Duration::from_secs(h as u64 * 3600));
+        if def.guest_agent {
+            cfg.qga_socket = vms.running(&spec.vm_name).await.map(|r| r.paths().qga.clone());
+        }
+        let sources = self.sources.clone();
+        sources.lock().map(|mut s| s.insert(spec.item, SourceStatus::new())).ok();
+        let item = spec.item;
+        let vm_name = spec.vm_name.clone();
+        let handle = tokio::spawn(async move {
+            let mut primary: Option<Primary> = None;
+            let mut last_app = Instant::now();
+            loop {
+                if primary.is_none() {
+                    match vms.running(&vm_name).await {
+                        Some(vm) => match Primary::new(cfg.clone(), vm) {
+                            Ok(p) => primary = Some(p),
+                            Err(e) => set_error(&sources, item, e.chain()),
+                        },
+                        None => set_error(&sources, item, format!("VM {vm_name} is not running")),
+                    }
+                }
+                if let Some(p) = primary.as_mut() {
+                    let seeded = matches!(p.tracking().await, Ok(ferry_repl::TrackingState::Tracking { .. }));
+                    let started = Instant::now();
+                    let res = if seeded {
+                        let app = app_every.is_some_and(|every| last_app.elapsed() >= every);
+                        let r = p.run_cycle(app).await;
+                        if app && r.is_ok() {
+                            last_app = Instant::now();
+                        }
+                        r
+                    } else {
+                        set_phase(&sources, item, ReplicationPhase::InitialInProgress);
+                        p.seed_and_initial().await
+                    };
+                    match res {
+                        Ok(report) => {
+                            if let Ok(mut s) = sources.lock() {
+                                if let Some(st) = s.get_mut(&item) {
+                                    st.phase = ReplicationPhase::Replicating;
+                                    st.cycles_ok += 1;
+                                    st.last_sync = Some(Utc::now());
+                                    st.delta_sizes.push(report.data_bytes);
+                                    st.latencies_ms.push(started.elapsed().as_millis() as u64);
+                                    st.data_waiting = 0;
+                                    st.last_error = None;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let resync = matches!(p.tracking().await, Ok(ferry_repl::TrackingState::ResyncRequired { .. }));
+                            if let Ok(mut s) = sources.lock() {
+                                if let Some(st) = s.get_mut(&item) {
+                                    st.cycles_failed += 1;
+                                    st.phase = if resync { ReplicationPhase::ResyncRequired } else { ReplicationPhase::Retrying };
+                                    st.last_error = Some(e.chain());
+                                    st.data_waiting = p.counters().unsent_bytes;
+                                }
+                            }
+                            tracing::warn!(item = %item, error = %e.chain(), "replication cycle failed; the next cycle retries");
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        if let Some(old) = self.loops.lock().await.insert(item, handle) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Status of every replication on this host (source loops and received replicas).
+    pub async fn statuses(&self) -> Vec<ReplicationStatus> {
+        let mut out = Vec::new();
+        let sources: Vec<(Uuid, SourceStatus)> = self.sources.lock().map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default();
+        for (item, s) in sources {
+            let n = s.delta_sizes.len().max(1) as u64;
+            out.push(ReplicationStatus {
+                item,
+                role: PairRole::Source,
+                phase: s.phase,
+                initial_progress: if s.cycles_ok > 0 { 100 } else { 0 },
+                last_sync: s.last_sync,
+                cycles_ok: s.cycles_ok,
+                cycles_failed: s.cycles_failed,
+                avg_delta_bytes: s.delta_sizes.iter().sum::<u64>() / n,
+                max_delta_bytes: s.delta_sizes.iter().copied().max().unwrap_or(0),
+                avg_latency_ms: s.latencies_ms.iter().sum::<u64>() / s.latencies_ms.len().max(1) as u64,
+                data_waiting_bytes: s.data_waiting,
+                last_error: s.last_error.clone(),
+                recovery_points: vec![],
+            });
+        }
+        let replicas = self.persisted.lock().await.replicas.clone();
+        for r in replicas {
+            let points = match self.receiver.store().vm(&r.item.to_string()).await {
+                Ok(vm) => vm.recovery_points().unwrap_or_default(),
+                Err(_) => vec![],
+            };
+            out.push(ReplicationStatus {
+                item: r.item,
+                role: PairRole::Target,
+                phase: ReplicationPhase::Replicating,
+                initial_progress: 0,
+                last_sync: points.last().map(|p| p.time),
+                cycles_ok: points.len() as u64,
+                cycles_failed: 0,
+                avg_delta_bytes: 0,
+                max_delta_bytes: 0,
+                avg_latency_ms: 0,
+                data_waiting_bytes: 0,
+                last_error: None,
+                recovery_points: points
+                    .iter()
+                    .map(|p| RecoveryPoint { id: p.id.clone(), time: p.time, app_consistent: p.app_consistent, size_bytes: p.bytes })
+                    .collect(),
+            });
+        }
+        out
+    }
+}
+
+impl SourceStatus {
+    fn new() -> Self {
+        SourceStatus {
+            phase: ReplicationPhase::Waiting,
+            last_sync: None,
+            cycles_ok: 0,
+            cycles_failed: 0,
+            delta_sizes: vec![],
+            latencies_ms: vec![],
+            data_waiting: 0,
+            last_error: None,
+        }
+    }
+}
+
+fn set_error(sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>, item: Uuid, e: String) {
+    if let Ok(mut s) = sources.lock() {
+        if let Some(st) = s.get_mut(&item) {
+            st.last_error = Some(e);
+        }
+    }
+}
+
+fn set_phase(sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>, item: Uuid, phase: ReplicationPhase) {
+    if let Ok(mut s) = sources.lock() {
+        if let Some(st) = s.get_mut(&item) {
+            st.phase = phase;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! SEC-1 / SEC-3: who may replicate, and what the receiver does with bad frames.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use ferry_pki::Ca;
+use ferry_repl::protocol::{self, data_extent, BeginCycle, DiskInfo, Direction, ErrorCode, Message};
+use ferry_repl::send::{Peer, Session};
+use ferry_repl::{transport, Allowlist, ErrorKind, Receiver, ReceiverConfig, TlsIdentity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn peer(addr: std::net::SocketAddr, id: &TlsIdentity, pair: &str, vm: &str) -> Peer {
+    Peer {
+        addr,
+        server_name: "localhost".into(),
+        tls: id.client_config().expect("client tls"),
+        vm_id: vm.into(),
+        pair_id: pair.into(),
+        direction: Direction::Forward,
+    }
+}
+
+async fn rx_with(root: &std::path::Path, pki: &Pki, allow: Allowlist) -> Receiver {
+    let cfg = ReceiverConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        pki.replica.server_config().expect("tls"),
+        allow,
+        root.to_path_buf(),
+    );
+    Receiver::start(cfg).await.expect("receiver")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_1_replication_refuses_unauthorised_or_foreign_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let allow = Allowlist::new();
+    allow.allow_pair(PRIMARY_CN, "pair-1");
+    let rx = rx_with(dir.path(), &pki, allow.clone()).await;
+    let t = Duration::from_secs(5);
+
+    // The authorised host, for its pair: accepted.
+    Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.expect("authorised host");
+
+    // Same host, another pair: refused after Hello.
+    let e = Session::open(&peer(rx.local_addr(), &pki.primary, "pair-2", "vm1"), t).await.err().expect("wrong pair");
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+
+    // Same vault CA, but a host not in the allowlist.
+    let stranger = identity(&pki.ca, "host-fab1-rogue");
+    let e = Session::open(&peer(rx.local_addr(), &stranger, "pair-1", "vm1"), t).await.err().expect("stranger");
+    eprintln!("unlisted CN: {e}");
+
+    // A certificate from another vault's CA (the client trusts our CA, so the handshake gets as far
+    // as the server's client-certificate check).
+    let other = Ca::create("another-vault").expect("ca");
+    let foreign_cert = other.issue_server_cert(PRIMARY_CN, &[], &[]).expect("cert");
+    let foreign = TlsIdentity { ca_pem: pki.ca.cert_pem().to_string(), cert_pem: foreign_cert.cert_pem, key_pem: foreign_cert.key_pem };
+    let e = Session::open(&peer(rx.local_addr(), &foreign, "pair-1", "vm1"), t).await.err().expect("foreign CA");
+    eprintln!("foreign CA: {e}");
+
+    // No client certificate at all.
+    let anon = ferry_pki::client_config(pki.ca.cert_pem(), None).expect("anon tls");
+    let p = Peer { tls: anon, ..peer(rx.local_addr(), &pki.primary, "pair-1", "vm1") };
+    assert!(Session::open(&p, t).await.is_err());
+
+    // Revocation takes effect for new connections.
+    allow.revoke(PRIMARY_CN);
+    assert!(Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.is_err());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = rx.stats().unauthorized.load(Ordering::Relaxed);
+    assert!(refused >= 5, "refusals counted: {refused}");
+    // Nothing was created for refused peers.
+    assert!(rx.store().vms().expect("vms").is_empty());
+}
+
+async fn raw_session(rx: &Receiver, pki: &Pki) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    transport::connect(rx.local_addr(), "localhost", pki.primary.client_config().expect("tls"), Duration::from_secs(5))
+        .await
+        .expect("connect")
+}
+
+async fn expect_error(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> (ErrorCode, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), protocol::read_frame(s)).await.expect("answer") {
+            Ok(Some(Message::Error { code, message })) => return (code, message),
+            Ok(Some(_)) => continue,
+            r => panic!("expected an Error frame, got {r:?}"),
+        }
+    }
+}
+
+fn hello(vm: &str) -> Message {
+    Message::Hello { version: protocol::PROTOCOL_VERSION, vm_id: vm.into(), pair_id: "pair-1".into(), direction: Direction::Forward }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_malformed_and_oversized_frames_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let rx = receiver(dir.path(), &pki, 64).await;
+
+    // Oversized: a 4 GiB length prefix is refused before anything is allocated.
+    let mut s = raw_session(&rx, &pki).await;
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 1]).await.expect("write");
+    let (code, msg) = expect_error(&mut s).await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(msg.contains("Frame length"), "{msg}");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+
+    // Unknown frame type.
+    let mut s = raw_session(&rx, &pki).await;
+    s.write_all(&[0, 0, 0, 1, 0x7f]).await.expect("write");
+    assert_eq!(expect_error(&mut s).await.0, ErrorCode::Protocol);
+
+    // Path traversal in the VM id.
+    let mut s = raw_session(&rx, &pki).await;
+    protocol::write_msg(&mut s, &hello("../../etc")).await.expect("write");
+    assert_eq!(expect_error(&mut s).await.0, ErrorCode::Protocol);
+
+    // Truncated Hello body (length says more than the fields hold).
+    let mut s = raw_session(&rx, &pki).await;
+    s.write_all(&[0, 0, 0, 4, 1, 0, 1, 0]).await.expect("write");
+    assert_eq!(expect_error(&mut s).await.0, ErrorCode::Protocol);
+
+    // Extent before BeginCycle.
+    let mut s = raw_session(&rx, &pki).await;
+    protocol::write_msg(&mut s, &hello("vm-sec")).await.expect("hello");
+    let e = data_extent(0, 0, 0, &[1u8; 65536], false).expect("extent");
+    protocol::write_msg(&mut s, &Message::Extent(e)).await.expect("extent");
+    assert_eq!(expect_error(&mut s).await.0, ErrorCode::Protocol);
+
+    // A base cycle whose extent fails its checksum: refused, and no point appears.
+    let mut s = raw_session(&rx, &pki).await;
+    protocol::write_msg(&mut s, &hello("vm-sec")).await.expect("hello");
+    let begin = BeginCycle {
+        cycle: 1,
+        disks: vec![DiskInfo { target: "vda".into(), size: 16 * MIB }],
+        app_consistent: false,
+        base: true,
+        created_at_ms: 0,
+    };
+    protocol::write_msg(&mut s, &Message::BeginCycle(begin)).await.expect("begin");
+    let mut e = data_extent(0, 0, 0, &[2u8; 65536], true).expect("extent");
+    e.checksum[0] ^= 0xff;
+    protocol::write_msg(&mut s, &Message::Extent(e)).await.expect("extent");
+    assert_eq!(expect_error(&mut s).await.0, ErrorCode::Checksum);
+    // Unaligned extent (not on a cluster boundary).
+    let e = data_extent(0, 0, 512, &[3u8; 4096], false).expect("extent");
+    let mut s2 = raw_session(&rx, &pki).await;
+    protocol::write_msg(&mut s2, &hello("vm-sec")).await.expect("hello");
+    let begin = BeginCycle {
+        cycle: 1,
+        disks: vec![DiskInfo { target: "vda".into(), size: 16 * MIB }],
+        app_consistent: false,
+        base: true,
+        created_at_ms: 0,
+    };
+    protocol::write_msg(&mut s2, &Message::BeginCycle(begin)).await.expect("begin");
+    protocol::write_msg(&mut s2, &Message::Extent(e)).await.expect("extent");
+    assert_eq!(expect_error(&mut s2).await.0, ErrorCode::Protocol);
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rejected = rx.stats().rejected_frames.load(Ordering::Relaxed);
+    assert!(rejected >= 7, "rejections counted: {rejected}");
+    let rep = rx.store().vm("vm-sec").await.expect("vm");
+    assert!(rep.recovery_points().expect("points").is_empty(), "bad input changed nothing");
+}
