@@ -102,8 +102,9 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, replication, pairs: Default::default(), api_addr });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
+    let retention = tokio::spawn(retention_loop(host.clone()));
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
-    Ok(HostHandle { host, api_addr, tasks: vec![server, reporter] })
+    Ok(HostHandle { host, api_addr, tasks: vec![server, reporter, retention] })
 }
 
 impl Host {
@@ -154,4 +155,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+async fn retention_loop(host: Arc<Host>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        host.replication.apply_retention().await;
+    }
 }

@@ -275,6 +275,18 @@ impl ReplicationService {
         Ok(())
     }
 
+    /// Retention on every replica this host holds (RP-2, POL-4): merge points outside the
+    /// window and keep chains short; points in use are never touched.
+    pub async fn apply_retention(&self) {
+        let replicas = self.persisted.lock().await.replicas.clone();
+        for r in replicas {
+            let Ok(vm) = self.receiver.store().vm(&r.item.to_string()).await else { continue };
+            if let Err(e) = vm.apply_retention(r.retention_hours, ferry_core::retention::DEFAULT_MAX_CHAIN_DEPTH).await {
+                tracing::warn!(item = %r.item, error = %e.chain(), "retention failed; retried later");
+            }
+        }
+    }
+
     /// Status of every replication on this host (source loops and received replicas).
     pub async fn statuses(&self) -> Vec<ReplicationStatus> {
         let mut out = Vec::new();

@@ -257,10 +257,8 @@ impl Capture {
             self.cleanup_staging(qmp, cycle, &files).await;
             return Err(Error::qemu("Seed transaction failed", e));
         }
-        if let Err(e) = self.finish_jobs(qmp, cycle, &files).await {
-            // The bitmap stays; the next seed removes it again.
-            return Err(e);
-        }
+        // On failure the bitmap stays; the next seed removes it again.
+        self.finish_jobs(qmp, cycle, &files).await?;
         Ok(Snapshot {
             cycle,
             old_generation: None,
@@ -291,7 +289,8 @@ impl Capture {
             Some(path) => match self.freeze(path).await {
                 Ok(g) => Some(g),
                 Err(e) => {
-                    let w = format!("Guest agent did not freeze the guest ({}); the point is crash-consistent", e.chain());
+                    let w =
+                        format!("Guest agent did not freeze the guest ({}); the point is crash-consistent", e.chain());
                     tracing::warn!("{w}");
                     warnings.push(w);
                     None

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::{Capture, CaptureDisk, Snapshot, TrackingState};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{plan_layer, ChainReader};
-use crate::protocol::{BeginCycle, DiskInfo, Direction};
+use crate::protocol::{BeginCycle, Direction, DiskInfo};
 use crate::replica::atomic_write;
 use crate::send::{send_cycle, CycleSource, Peer, SendOptions, SendStats};
 use crate::transport::Limiter;
@@ -194,7 +194,8 @@ impl Primary {
     }
 
     pub(crate) fn save_state(&self) -> Result<()> {
-        let b = serde_json::to_vec(&self.state).map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode state", e))?;
+        let b = serde_json::to_vec(&self.state)
+            .map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode state", e))?;
         atomic_write(&self.cfg.staging_dir.join("primary-state.json"), &b)
     }
 
@@ -258,7 +259,10 @@ impl Primary {
         let generation = match self.tracking().await? {
             TrackingState::Tracking { generation } => generation,
             TrackingState::Untracked => {
-                return Err(Error::new(ErrorKind::ResyncRequired, "No change tracking on this VM; seed or resync first"))
+                return Err(Error::new(
+                    ErrorKind::ResyncRequired,
+                    "No change tracking on this VM; seed or resync first",
+                ))
             }
             TrackingState::ResyncRequired { reason } => return Err(Error::new(ErrorKind::ResyncRequired, reason)),
         };
@@ -330,7 +334,8 @@ impl Primary {
                 tracing::warn!(vm = %self.cfg.vm_id, cycle = snap.cycle, error = %e.chain(), "Cycle failed; its changes fold into the next");
                 self.counters.cycles_failed += 1;
                 self.counters.missed_cycles += 1;
-                self.counters.unsent_bytes += snap.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
+                self.counters.unsent_bytes +=
+                    snap.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
                 if let Err(fold) = self.capture.abort(self.vm.qmp(), &snap).await {
                     tracing::error!(error = %fold.chain(), "Folding the bitmap back failed; a resync will be needed");
                 }

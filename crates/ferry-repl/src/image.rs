@@ -29,7 +29,8 @@ impl ChainReader {
     /// as `qemu-img map` depth numbers them). `force_share` for images another process holds.
     pub async fn open_chain(chain: &[PathBuf], size: u64, force_share: bool) -> Result<Self> {
         let top = chain.first().ok_or_else(|| Error::new(ErrorKind::Invalid, "Empty image chain"))?;
-        let map = img::map(top, force_share).await.map_err(|e| Error::qemu(format!("Cannot map {}", top.display()), e))?;
+        let map =
+            img::map(top, force_share).await.map_err(|e| Error::qemu(format!("Cannot map {}", top.display()), e))?;
         Self::from_map(chain, map, size)
     }
 

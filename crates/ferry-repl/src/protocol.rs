@@ -259,7 +259,10 @@ impl Message {
         }
         let len = b.len() - 4;
         if len > MAX_FRAME as usize {
-            return Err(Error::new(ErrorKind::Invalid, format!("{} frame of {len} bytes exceeds {MAX_FRAME}", self.name())));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("{} frame of {len} bytes exceeds {MAX_FRAME}", self.name()),
+            ));
         }
         b[..4].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(b)
@@ -331,7 +334,10 @@ impl Message {
                         return Err(Error::protocol(format!("Data extent of {len} bytes exceeds {MAX_DATA_EXTENT}")))
                     }
                     ExtentKind::Data if !compressed && payload.len() as u64 != len => {
-                        return Err(Error::protocol(format!("Extent payload {} bytes, header says {len}", payload.len())))
+                        return Err(Error::protocol(format!(
+                            "Extent payload {} bytes, header says {len}",
+                            payload.len()
+                        )))
                     }
                     ExtentKind::Zero if !payload.is_empty() || compressed => {
                         return Err(Error::protocol("Zero extent with a payload"))
@@ -459,7 +465,8 @@ impl<'a> Reader<'a> {
         if n > MAX_STR {
             return Err(Error::protocol(format!("String field of {n} bytes exceeds {MAX_STR}")));
         }
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| Error::with_source(ErrorKind::Protocol, "String field is not UTF-8", e))
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, "String field is not UTF-8", e))
     }
     fn remaining(&self) -> usize {
         self.b.len() - self.pos
@@ -478,7 +485,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Messag
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let n = r.read(&mut len[got..]).await.map_err(|e| Error::with_source(ErrorKind::Disconnected, "Read failed", e))?;
+        let n =
+            r.read(&mut len[got..]).await.map_err(|e| Error::with_source(ErrorKind::Disconnected, "Read failed", e))?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -493,9 +501,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Messag
         return Err(Error::protocol(format!("Frame length {len} outside 1..={MAX_FRAME}")));
     }
     let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf)
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes"), e))?;
+    r.read_exact(&mut buf).await.map_err(|e| {
+        Error::with_source(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes"), e)
+    })?;
     Message::decode(&buf).map(Some)
 }
 
@@ -528,8 +536,7 @@ pub fn is_zero(b: &[u8]) -> bool {
 pub fn data_extent(index: u64, disk: u16, offset: u64, data: &[u8], compress: bool) -> Result<Extent> {
     let checksum = *blake3::hash(data).as_bytes();
     let (payload, compressed) = if compress {
-        let c = zstd::bulk::compress(data, 1)
-            .map_err(|e| Error::io(format!("Cannot compress extent {index}"), e))?;
+        let c = zstd::bulk::compress(data, 1).map_err(|e| Error::io(format!("Cannot compress extent {index}"), e))?;
         if c.len() < data.len() {
             (c, true)
         } else {
@@ -562,17 +569,26 @@ impl Extent {
             return Ok(None);
         }
         let data = if self.compressed {
-            let d = zstd::bulk::decompress(&self.payload, self.len as usize)
-                .map_err(|e| Error::with_source(ErrorKind::Protocol, format!("Extent {} does not decompress", self.index), e))?;
+            let d = zstd::bulk::decompress(&self.payload, self.len as usize).map_err(|e| {
+                Error::with_source(ErrorKind::Protocol, format!("Extent {} does not decompress", self.index), e)
+            })?;
             if d.len() as u64 != self.len {
-                return Err(Error::protocol(format!("Extent {} decompresses to {} bytes, not {}", self.index, d.len(), self.len)));
+                return Err(Error::protocol(format!(
+                    "Extent {} decompresses to {} bytes, not {}",
+                    self.index,
+                    d.len(),
+                    self.len
+                )));
             }
             d
         } else {
             self.payload.clone()
         };
         if blake3::hash(&data).as_bytes() != &self.checksum {
-            return Err(Error::new(ErrorKind::Checksum, format!("Extent {} (disk {} offset {}) fails its checksum", self.index, self.disk, self.offset)));
+            return Err(Error::new(
+                ErrorKind::Checksum,
+                format!("Extent {} (disk {} offset {}) fails its checksum", self.index, self.disk, self.offset),
+            ));
         }
         Ok(Some(data))
     }

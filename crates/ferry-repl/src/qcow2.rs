@@ -49,8 +49,11 @@ impl Qcow2Writer {
     /// Create (truncate) `path` for an image of `size` virtual bytes. `has_backing` tells whether
     /// the finished image will get a backing file (zero extents must then mask it).
     pub fn create(path: &Path, size: u64, has_backing: bool) -> Result<Self> {
-        if size == 0 || size % 512 != 0 {
-            return Err(Error::new(ErrorKind::Invalid, format!("Virtual size {size} is not a positive multiple of 512")));
+        if size == 0 || !size.is_multiple_of(512) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("Virtual size {size} is not a positive multiple of 512"),
+            ));
         }
         let l1_size = size.div_ceil(CLUSTER * L2_ENTRIES);
         let l1_clusters = (l1_size * 8).div_ceil(CLUSTER);
@@ -85,7 +88,7 @@ impl Qcow2Writer {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let end = offset.checked_add(len).filter(|e| *e <= self.size);
-        let aligned = offset % CLUSTER == 0 && (len % CLUSTER == 0 || end == Some(self.size));
+        let aligned = offset.is_multiple_of(CLUSTER) && (len.is_multiple_of(CLUSTER) || end == Some(self.size));
         if end.is_none() || !aligned || len == 0 {
             return Err(Error::protocol(format!(
                 "Extent {offset}+{len} is not cluster-aligned inside the {} byte disk",
@@ -105,9 +108,8 @@ impl Qcow2Writer {
         self.check_range(offset, data.len() as u64)?;
         let first = offset / CLUSTER;
         let n = (data.len() as u64).div_ceil(CLUSTER);
-        let all_new = (first..first + n).all(|c| {
-            self.l2.get(&(c / L2_ENTRIES)).is_none_or(|t| t[(c % L2_ENTRIES) as usize] & OFFSET_MASK == 0)
-        });
+        let all_new = (first..first + n)
+            .all(|c| self.l2.get(&(c / L2_ENTRIES)).is_none_or(|t| t[(c % L2_ENTRIES) as usize] & OFFSET_MASK == 0));
         if all_new {
             let host0 = self.next_cluster * CLUSTER;
             for i in 0..n {
@@ -116,7 +118,7 @@ impl Qcow2Writer {
             }
             self.next_cluster += n;
             self.pwrite(data, host0)?;
-            if data.len() as u64 % CLUSTER != 0 {
+            if !(data.len() as u64).is_multiple_of(CLUSTER) {
                 let pad = vec![0u8; (n * CLUSTER - data.len() as u64) as usize];
                 self.pwrite(&pad, host0 + data.len() as u64)?;
             }
@@ -160,7 +162,9 @@ impl Qcow2Writer {
     }
 
     fn pwrite(&self, buf: &[u8], at: u64) -> Result<()> {
-        self.file.write_all_at(buf, at).map_err(|e| Error::io(format!("Cannot write {} at {at}", self.path.display()), e))
+        self.file
+            .write_all_at(buf, at)
+            .map_err(|e| Error::io(format!("Cannot write {} at {at}", self.path.display()), e))
     }
 
     /// Write metadata and header with `backing` (file name, format qcow2), fsync. Returns the
@@ -247,9 +251,7 @@ impl Qcow2Writer {
         h.extend_from_slice(bname);
         self.file.sync_data().map_err(|e| Error::io(format!("Cannot fsync {}", self.path.display()), e))?;
         self.pwrite(&h, 0)?;
-        self.file
-            .set_len(total * CLUSTER)
-            .map_err(|e| Error::io(format!("Cannot size {}", self.path.display()), e))?;
+        self.file.set_len(total * CLUSTER).map_err(|e| Error::io(format!("Cannot size {}", self.path.display()), e))?;
         self.file.sync_all().map_err(|e| Error::io(format!("Cannot fsync {}", self.path.display()), e))?;
         Ok(total * CLUSTER)
     }

@@ -154,7 +154,7 @@ impl Receiver {
 impl Shared {
     async fn serve(self, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (tls, cn) = match transport::accept(&acceptor, tcp, &self.cfg.allowlist, self.cfg.handshake_timeout).await {
+        let (tls, cn) = match transport::accept(&acceptor, tcp, self.cfg.handshake_timeout).await {
             Ok(x) => x,
             Err(e) => {
                 if matches!(e.kind(), ErrorKind::Unauthorized | ErrorKind::Tls) {
@@ -166,7 +166,12 @@ impl Shared {
         };
         let (mut rd, mut wr) = tokio::io::split(tls);
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.session(&mut rd, &mut wr, &cn, session).await {
+        let result = if self.cfg.allowlist.knows(&cn) {
+            self.session(&mut rd, &mut wr, &cn, session).await
+        } else {
+            Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised to replicate to this host")))
+        };
+        if let Err(e) = result {
             let code = match e.kind() {
                 ErrorKind::Protocol => ErrorCode::Protocol,
                 ErrorKind::Checksum => ErrorCode::Checksum,
@@ -197,7 +202,9 @@ impl Shared {
 
     fn slot(&self, vm: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut m = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry(vm.to_string()).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot { owner: 0, pending: None }))).clone()
+        m.entry(vm.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot { owner: 0, pending: None })))
+            .clone()
     }
 
     async fn session<R, W>(&self, rd: &mut R, wr: &mut W, cn: &str, me: u64) -> Result<()>
@@ -211,7 +218,9 @@ impl Shared {
         let (vm_id, pair_id, direction) = match hello {
             Some(Message::Hello { version, vm_id, pair_id, direction }) => {
                 if version != PROTOCOL_VERSION {
-                    return Err(Error::protocol(format!("Protocol version {version} not supported (this host speaks {PROTOCOL_VERSION})")));
+                    return Err(Error::protocol(format!(
+                        "Protocol version {version} not supported (this host speaks {PROTOCOL_VERSION})"
+                    )));
                 }
                 (vm_id, pair_id, direction)
             }
@@ -223,7 +232,11 @@ impl Shared {
         if !self.cfg.allowlist.permits(cn, &pair_id) {
             return Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised for pair {pair_id}")));
         }
-        write_msg(wr, &Message::Hello { version: PROTOCOL_VERSION, vm_id: vm_id.clone(), pair_id: pair_id.clone(), direction }).await?;
+        write_msg(
+            wr,
+            &Message::Hello { version: PROTOCOL_VERSION, vm_id: vm_id.clone(), pair_id: pair_id.clone(), direction },
+        )
+        .await?;
         let vm = self.store.vm(&vm_id).await?;
         let slot = self.slot(&vm_id);
         let mut cycle: Option<u64> = None;

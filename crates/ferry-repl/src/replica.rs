@@ -184,7 +184,9 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().ok_or_else(|| Error::new(ErrorKind::Invalid, "Path without a directory"))?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io(format!("Cannot create {}", tmp.display()), e))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::io(format!("Cannot write {}", tmp.display()), e))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(format!("Cannot write {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("Cannot rename {}", tmp.display()), e))?;
     fsync_dir(dir)
 }
@@ -247,7 +249,8 @@ impl VmReplica {
     }
 
     fn write_catalog(&self, c: &Catalog) -> Result<()> {
-        let b = serde_json::to_vec_pretty(c).map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode catalog", e))?;
+        let b = serde_json::to_vec_pretty(c)
+            .map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode catalog", e))?;
         atomic_write(&self.dir.join(CATALOG), &b)
     }
 
@@ -292,7 +295,13 @@ impl VmReplica {
         Ok(self
             .recovery_points()?
             .into_iter()
-            .map(|p| PointInfo { id: p.id, time: p.time, app_consistent: p.app_consistent, in_use: !p.in_use.is_empty(), processed: true })
+            .map(|p| PointInfo {
+                id: p.id,
+                time: p.time,
+                app_consistent: p.app_consistent,
+                in_use: !p.in_use.is_empty(),
+                processed: true,
+            })
             .collect())
     }
 
@@ -304,9 +313,11 @@ impl VmReplica {
             .iter()
             .rev()
             .map(|p| {
-                p.disks.iter().find(|d| d.target == target).map(|d| self.dir.join(&d.file)).ok_or_else(|| {
-                    Error::new(ErrorKind::NotFound, format!("Point {} has no disk {target}", p.id))
-                })
+                p.disks
+                    .iter()
+                    .find(|d| d.target == target)
+                    .map(|d| self.dir.join(&d.file))
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("Point {} has no disk {target}", p.id)))
             })
             .collect()
     }
@@ -322,26 +333,51 @@ impl VmReplica {
         let recv = FileLock::try_acquire(&self.dir.join(".receive.lock"))?;
         let cat = self.read_catalog()?;
         if cat.failover.is_some() {
-            return Err(Error::new(ErrorKind::Busy, format!("VM {} has a failover pending; replication is paused", self.vm_id)));
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("VM {} has a failover pending; replication is paused", self.vm_id),
+            ));
         }
         if h.base && !cat.points.is_empty() {
-            return Err(Error::new(ErrorKind::Busy, format!("VM {} already has recovery points; a resync is needed, not a new base", self.vm_id)));
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("VM {} already has recovery points; a resync is needed, not a new base", self.vm_id),
+            ));
         }
         if !h.base {
             if cat.points.is_empty() {
-                return Err(Error::new(ErrorKind::Store, format!("VM {} has no base yet; initial replication first", self.vm_id)));
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!("VM {} has no base yet; initial replication first", self.vm_id),
+                ));
             }
-            let disks: Vec<DiskEntry> = h.disks.iter().map(|d| DiskEntry { target: d.target.clone(), size: d.size }).collect();
+            let disks: Vec<DiskEntry> =
+                h.disks.iter().map(|d| DiskEntry { target: d.target.clone(), size: d.size }).collect();
             if disks != cat.disks {
-                return Err(Error::new(ErrorKind::Busy, "The cycle's disks differ from the replica's (a resync is needed)"));
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    "The cycle's disks differ from the replica's (a resync is needed)",
+                ));
             }
         }
         let mut writers = Vec::new();
         for d in &h.disks {
             let name = format!(".pending-{}-{}.qcow2", h.cycle, d.target);
-            writers.push((name.clone(), Qcow2Writer::create(&self.dir.join(&name), d.size, !h.base)?, blake3::Hasher::new()));
+            writers.push((
+                name.clone(),
+                Qcow2Writer::create(&self.dir.join(&name), d.size, !h.base)?,
+                blake3::Hasher::new(),
+            ));
         }
-        Ok(PendingApply { vm: self.clone(), header: h.clone(), writers, next_extent: 0, data_bytes: 0, covered_bytes: 0, _recv: recv })
+        Ok(PendingApply {
+            vm: self.clone(),
+            header: h.clone(),
+            writers,
+            next_extent: 0,
+            data_bytes: 0,
+            covered_bytes: 0,
+            _recv: recv,
+        })
     }
 
     async fn commit_point(&self, p: &mut PendingApply) -> Result<RecoveryPoint> {
@@ -352,14 +388,15 @@ impl VmReplica {
         let mut disks = Vec::new();
         for (i, (name, w, hasher)) in std::mem::take(&mut p.writers).into_iter().enumerate() {
             let target = &p.header.disks[i].target;
-            let backing = match &prev {
-                Some(prev) if !p.header.base => Some(
-                    prev.disks.iter().find(|d| &d.target == target).map(|d| d.file.clone()).ok_or_else(|| {
-                        Error::new(ErrorKind::Store, format!("Previous point has no disk {target}"))
-                    })?,
-                ),
-                _ => None,
-            };
+            let backing =
+                match &prev {
+                    Some(prev) if !p.header.base => {
+                        Some(prev.disks.iter().find(|d| &d.target == target).map(|d| d.file.clone()).ok_or_else(
+                            || Error::new(ErrorKind::Store, format!("Previous point has no disk {target}")),
+                        )?)
+                    }
+                    _ => None,
+                };
             tokio::task::spawn_blocking(move || w.finish(backing.as_deref()))
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Io, "Finish task failed", e))??;
@@ -410,8 +447,11 @@ impl VmReplica {
         for (target, file) in files {
             let size = cat.disks.iter().find(|d| d.target == target).map(|d| d.size);
             let ov = dest.join(format!("{target}.qcow2"));
-            let opts = CreateOptions { size, backing: Some((self.dir.join(&file), DiskFormat::Qcow2)), unsafe_backing: true };
-            img::create(&ov, DiskFormat::Qcow2, &opts).await.map_err(|e| Error::qemu("Cannot create test overlay", e))?;
+            let opts =
+                CreateOptions { size, backing: Some((self.dir.join(&file), DiskFormat::Qcow2)), unsafe_backing: true };
+            img::create(&ov, DiskFormat::Qcow2, &opts)
+                .await
+                .map_err(|e| Error::qemu("Cannot create test overlay", e))?;
             disks.push((target, ov));
         }
         Ok(TestOverlay { point_id: point_id.to_string(), tag, disks })
@@ -489,7 +529,9 @@ impl VmReplica {
             };
             let next_path = self.dir.join(&fnext);
             if next_path.exists() {
-                img::commit(&next_path, None).await.map_err(|e| Error::qemu(format!("Cannot merge {fnext} into {fk}"), e))?;
+                img::commit(&next_path, None)
+                    .await
+                    .map_err(|e| Error::qemu(format!("Cannot merge {fnext} into {fk}"), e))?;
             }
             if let Some(fafter) = (k + 2 < cat.points.len()).then(|| file_of(k + 2)).flatten() {
                 img::rebase_unsafe(&self.dir.join(&fafter), Path::new(&fk), DiskFormat::Qcow2)
@@ -511,7 +553,13 @@ impl VmReplica {
     }
 
     /// blake3 hashes of blocks of the latest point's disk `disk` (resync, REP-6).
-    pub async fn latest_block_hashes(&self, disk: u16, block_size: u64, first: u64, count: u64) -> Result<Vec<[u8; 32]>> {
+    pub async fn latest_block_hashes(
+        &self,
+        disk: u16,
+        block_size: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<[u8; 32]>> {
         let _chain = self.chain_lock().await?;
         let cat = self.read_catalog()?;
         let latest = cat.points.last().ok_or_else(|| Error::new(ErrorKind::Store, "Replica has no points"))?;
@@ -538,12 +586,15 @@ impl VmReplica {
         let mut entries = Vec::new();
         for (target, src) in disks {
             valid_name(target, "Disk target")?;
-            let info = img::info(src, true).await.map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
+            let info =
+                img::info(src, true).await.map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
             let file = format!("{target}-{seq:06}.qcow2");
             img::convert(src, &self.dir.join(&file), DiskFormat::Qcow2, true)
                 .await
                 .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;
-            File::open(self.dir.join(&file)).and_then(|f| f.sync_all()).map_err(|e| Error::io("Cannot fsync import", e))?;
+            File::open(self.dir.join(&file))
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io("Cannot fsync import", e))?;
             pds.push(PointDisk { target: target.clone(), file, checksum: String::new() });
             entries.push(DiskEntry { target: target.clone(), size: info.virtual_size });
         }

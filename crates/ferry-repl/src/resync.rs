@@ -72,7 +72,8 @@ impl Primary {
     }
 
     fn save_resync(&self, st: &ResyncState) -> Result<()> {
-        let b = serde_json::to_vec(st).map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode resync state", e))?;
+        let b = serde_json::to_vec(st)
+            .map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode resync state", e))?;
         atomic_write(&self.resync_path(), &b)
     }
 
@@ -86,15 +87,23 @@ impl Primary {
     pub async fn resync(&mut self, limits: &ResyncLimits) -> Result<ResyncOutcome> {
         let t0 = Instant::now();
         let bs = limits.block_size;
-        if bs == 0 || bs % crate::qcow2::CLUSTER != 0 || bs > crate::protocol::MAX_DATA_EXTENT {
-            return Err(Error::new(ErrorKind::Invalid, format!("Resync block size {bs} must be a multiple of 64 KiB up to 4 MiB")));
+        if bs == 0 || !bs.is_multiple_of(crate::qcow2::CLUSTER) || bs > crate::protocol::MAX_DATA_EXTENT {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("Resync block size {bs} must be a multiple of 64 KiB up to 4 MiB"),
+            ));
         }
         let existing: Option<ResyncState> = match std::fs::read(self.resync_path()) {
             Ok(b) => serde_json::from_slice(&b).ok(),
             Err(_) => None,
         };
         let mut st = match existing {
-            Some(s) if s.block_size == bs && self.cfg.disks.iter().all(|d| self.capture.staging_file(s.cycle, d).exists()) => s,
+            Some(s)
+                if s.block_size == bs
+                    && self.cfg.disks.iter().all(|d| self.capture.staging_file(s.cycle, d).exists()) =>
+            {
+                s
+            }
             _ => {
                 let cycle = self.alloc_cycle(0)?;
                 let snap = self.capture.seed(self.vm.qmp(), cycle).await?;
@@ -146,7 +155,11 @@ impl Primary {
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Io, "Hash task failed", e))??;
             if remote.len() != local.len() {
-                return Err(Error::protocol(format!("Replica returned {} hashes for {} blocks", remote.len(), local.len())));
+                return Err(Error::protocol(format!(
+                    "Replica returned {} hashes for {} blocks",
+                    remote.len(),
+                    local.len()
+                )));
             }
             for (i, (a, b)) in local.iter().zip(&remote).enumerate() {
                 if a != b {

@@ -16,8 +16,8 @@ use tokio_rustls::client::TlsStream;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{ChainReader, PlannedExtent};
 use crate::protocol::{
-    data_extent, expect_frame, is_zero, read_frame, write_msg, write_raw, zero_extent, BeginCycle, Direction, ExtentKind,
-    Message, PROTOCOL_VERSION,
+    data_extent, expect_frame, is_zero, read_frame, write_msg, write_raw, zero_extent, BeginCycle, Direction,
+    ExtentKind, Message, PROTOCOL_VERSION,
 };
 use crate::transport::{self, Limiter};
 
@@ -179,7 +179,13 @@ pub async fn send_cycle(peer: &Peer, opts: &SendOptions, src: Arc<CycleSource>) 
     }
 }
 
-async fn attempt_once(peer: &Peer, opts: &SendOptions, src: &Arc<CycleSource>, stats: &mut SendStats, first: bool) -> Result<()> {
+async fn attempt_once(
+    peer: &Peer,
+    opts: &SendOptions,
+    src: &Arc<CycleSource>,
+    stats: &mut SendStats,
+    first: bool,
+) -> Result<()> {
     let Session { mut rd, mut wr } = Session::open(peer, opts.connect_timeout).await?;
     let cycle = src.header.cycle;
     write_msg(&mut wr, &Message::BeginCycle(src.header.clone())).await?;
@@ -208,14 +214,17 @@ async fn attempt_once(peer: &Peer, opts: &SendOptions, src: &Arc<CycleSource>, s
                 }
                 Some(Message::Ack { cycle: c, durable: true }) if c == cycle => return Ok(()),
                 Some(m) => return Err(unexpected(m)),
-                None => return Err(Error::new(ErrorKind::Disconnected, "Replica closed the connection before the ack")),
+                None => {
+                    return Err(Error::new(ErrorKind::Disconnected, "Replica closed the connection before the ack"))
+                }
             }
         }
     });
     let result = stream_extents(&mut wr, opts, src, start, stats, first).await;
     let result = match result {
         Ok(()) => {
-            let end = Message::EndCycle { cycle, extent_count: src.extents.len() as u64, total_bytes: src.covered_bytes() };
+            let end =
+                Message::EndCycle { cycle, extent_count: src.extents.len() as u64, total_bytes: src.covered_bytes() };
             stats.wire_bytes += write_msg(&mut wr, &end).await? as u64;
             match tokio::time::timeout(opts.ack_timeout, ack_reader).await {
                 Err(_) => Err(Error::new(ErrorKind::Disconnected, "No durable ack from the replica")),
@@ -255,7 +264,10 @@ async fn stream_extents(
                     ExtentKind::Zero => zero_extent(i, pe.disk, pe.offset, pe.len),
                     ExtentKind::Data => {
                         buf.resize(pe.len as usize, 0);
-                        let reader = src2.readers.get(pe.disk as usize).ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
+                        let reader = src2
+                            .readers
+                            .get(pe.disk as usize)
+                            .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
                         reader.read(pe.offset, &mut buf)?;
                         if is_zero(&buf) {
                             zero_extent(i, pe.disk, pe.offset, pe.len)

@@ -28,8 +28,13 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     /// Server config: client certificates required, chaining to the vault CA.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
-        ferry_pki::server_config(&self.cert_pem, &self.key_pem, ferry_pki::ClientAuth::Required(self.ca_pem.clone()), false)
-            .ctx(ErrorKind::Tls, || "Cannot build the replication server TLS config".into())
+        ferry_pki::server_config(
+            &self.cert_pem,
+            &self.key_pem,
+            ferry_pki::ClientAuth::Required(self.ca_pem.clone()),
+            false,
+        )
+        .ctx(ErrorKind::Tls, || "Cannot build the replication server TLS config".into())
     }
 
     /// Client config presenting this host's certificate.
@@ -89,11 +94,12 @@ impl Allowlist {
     }
 }
 
-/// Accept one TLS connection and return it with the peer's CN, refusing unknown CNs.
+/// Accept one TLS connection (client certificate verified against the vault CA by rustls) and
+/// return it with the peer's CN. The caller checks the CN against its [`Allowlist`] and answers
+/// an unknown peer with an `Error` frame, so the peer learns why it was refused.
 pub async fn accept(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
-    allow: &Allowlist,
     timeout: Duration,
 ) -> Result<(server::TlsStream<TcpStream>, String)> {
     let peer = tcp.peer_addr().ok();
@@ -108,9 +114,6 @@ pub async fn accept(
         .and_then(|c| c.first())
         .and_then(|c| ferry_pki::peer_common_name(c))
         .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "Peer certificate has no common name"))?;
-    if !allow.knows(&cn) {
-        return Err(Error::new(ErrorKind::Unauthorized, format!("Peer {cn} ({peer:?}) is not authorised to replicate here")));
-    }
     Ok((tls, cn))
 }
 
@@ -124,14 +127,18 @@ pub async fn connect(
     let name = ServerName::try_from(server_name.to_string())
         .map_err(|e| Error::with_source(ErrorKind::Invalid, format!("Invalid server name {server_name}"), e))?;
     let fut = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| Error::with_source(ErrorKind::Disconnected, format!("Cannot connect to {addr}"), e))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Disconnected, format!("Cannot connect to {addr}"), e))?;
         let _ = tcp.set_nodelay(true);
         TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .map_err(|e| Error::with_source(ErrorKind::Tls, format!("TLS handshake with {addr} failed"), e))
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| Error::new(ErrorKind::Disconnected, format!("Connecting to {addr} timed out")))?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::new(ErrorKind::Disconnected, format!("Connecting to {addr} timed out")))?
 }
 
 /// Bind a listener.

@@ -370,7 +370,10 @@ async fn rep_6_resync_after_lost_tracking_sends_only_differences_and_keeps_point
     let ResyncOutcome::Completed { report, compared_blocks, differing_blocks } = out else {
         panic!("expected completion: {out:?}")
     };
-    eprintln!("resync: compared {compared_blocks}, differing {differing_blocks}, sent {} bytes", report.send.data_bytes_sent);
+    eprintln!(
+        "resync: compared {compared_blocks}, differing {differing_blocks}, sent {} bytes",
+        report.send.data_bytes_sent
+    );
     assert_eq!(compared_blocks, 128);
     assert_eq!(differing_blocks, 3, "1 block on vda + 2 on vdb");
     assert_eq!(report.data_bytes, 3 * MIB);

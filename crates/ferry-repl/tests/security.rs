@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use ferry_pki::Ca;
-use ferry_repl::protocol::{self, data_extent, BeginCycle, DiskInfo, Direction, ErrorCode, Message};
+use ferry_repl::protocol::{self, data_extent, BeginCycle, Direction, DiskInfo, ErrorCode, Message};
 use ferry_repl::send::{Peer, Session};
 use ferry_repl::{transport, Allowlist, ErrorKind, Receiver, ReceiverConfig, TlsIdentity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,15 +52,21 @@ async fn sec_1_replication_refuses_unauthorised_or_foreign_certificate() {
     // Same vault CA, but a host not in the allowlist.
     let stranger = identity(&pki.ca, "host-fab1-rogue");
     let e = Session::open(&peer(rx.local_addr(), &stranger, "pair-1", "vm1"), t).await.err().expect("stranger");
-    eprintln!("unlisted CN: {e}");
+    eprintln!("unlisted CN: {}", e.chain());
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    assert!(e.to_string().contains("host-fab1-rogue"), "{e}");
 
     // A certificate from another vault's CA (the client trusts our CA, so the handshake gets as far
     // as the server's client-certificate check).
     let other = Ca::create("another-vault").expect("ca");
     let foreign_cert = other.issue_server_cert(PRIMARY_CN, &[], &[]).expect("cert");
-    let foreign = TlsIdentity { ca_pem: pki.ca.cert_pem().to_string(), cert_pem: foreign_cert.cert_pem, key_pem: foreign_cert.key_pem };
+    let foreign = TlsIdentity {
+        ca_pem: pki.ca.cert_pem().to_string(),
+        cert_pem: foreign_cert.cert_pem,
+        key_pem: foreign_cert.key_pem,
+    };
     let e = Session::open(&peer(rx.local_addr(), &foreign, "pair-1", "vm1"), t).await.err().expect("foreign CA");
-    eprintln!("foreign CA: {e}");
+    eprintln!("foreign CA: {}", e.chain());
 
     // No client certificate at all.
     let anon = ferry_pki::client_config(pki.ca.cert_pem(), None).expect("anon tls");
@@ -94,7 +100,12 @@ async fn expect_error(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStr
 }
 
 fn hello(vm: &str) -> Message {
-    Message::Hello { version: protocol::PROTOCOL_VERSION, vm_id: vm.into(), pair_id: "pair-1".into(), direction: Direction::Forward }
+    Message::Hello {
+        version: protocol::PROTOCOL_VERSION,
+        vm_id: vm.into(),
+        pair_id: "pair-1".into(),
+        direction: Direction::Forward,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

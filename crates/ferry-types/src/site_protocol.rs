@@ -201,6 +201,9 @@ pub struct ReplicaSpec {
     pub disks: Vec<(String, u64, String)>,
     /// Certificate name of the only host allowed to send this replica (SEC-1).
     pub source_host_cn: String,
+    /// Additional hourly recovery points to keep (POL-4).
+    #[serde(default)]
+    pub retention_hours: u32,
 }
 
 /// What a source host needs to replicate a VM.

@@ -42,9 +42,8 @@ pub struct Pki {
 }
 
 pub fn identity(ca: &Ca, cn: &str) -> TlsIdentity {
-    let c = ca
-        .issue_server_cert(cn, &["localhost".to_string()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-        .expect("issue cert");
+    let c =
+        ca.issue_server_cert(cn, &["localhost".to_string()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("issue cert");
     TlsIdentity { ca_pem: ca.cert_pem().to_string(), cert_pem: c.cert_pem, key_pem: c.key_pem }
 }
 
@@ -140,7 +139,8 @@ pub async fn receiver(root: &Path, pki: &Pki, ack_every: u64) -> Receiver {
 pub async fn receiver_at(root: &Path, pki: &Pki, ack_every: u64, addr: SocketAddr) -> Receiver {
     let allow = Allowlist::new();
     allow.allow_any_pair(PRIMARY_CN);
-    let mut cfg = ReceiverConfig::new(addr, pki.replica.server_config().expect("server tls"), allow, root.to_path_buf());
+    let mut cfg =
+        ReceiverConfig::new(addr, pki.replica.server_config().expect("server tls"), allow, root.to_path_buf());
     cfg.ack_every = ack_every;
     Receiver::start(cfg).await.expect("receiver")
 }
@@ -167,7 +167,11 @@ pub async fn assert_latest_identical(rx: &Receiver, vm_id: &str, vm: &Vm) {
     let latest = points.last().expect("a point");
     for (t, p, _) in &vm.disks {
         let top = rep.point_file(&latest.id, t).expect("point file");
-        assert!(img::compare(&top, p, true).await.expect("compare"), "disk {t}: replica {} differs from source", latest.id);
+        assert!(
+            img::compare(&top, p, true).await.expect("compare"),
+            "disk {t}: replica {} differs from source",
+            latest.id
+        );
     }
 }
 
@@ -198,7 +202,7 @@ pub fn text_file(path: &Path, len: usize, seed: u64) {
     let mut i = seed as usize;
     while s.len() < len {
         s.push_str(words[i % words.len()]);
-        s.push(if i % 13 == 0 { '\n' } else { ' ' });
+        s.push(if i.is_multiple_of(13) { '\n' } else { ' ' });
         i = i.wrapping_mul(31).wrapping_add(7);
     }
     s.truncate(len);

@@ -274,7 +274,9 @@ impl JobKind for EnableProtectionJob {
         .await?;
         ctx.task(ENABLE_TASKS[1], |state, job| async move {
             let item = load_item(&state, vault, p.item).await?;
+            let (policy, _) = load_policy(&state, vault, item.policy).await?;
             let replica = ferry_types::site_protocol::ReplicaSpec {
+                retention_hours: policy.spec.recovery_point_retention_hours,
                 item: item.id,
                 vm_name: item.name.clone(),
                 disks: item.disks.iter().map(|d| (d.target.clone(), d.virtual_size, d.location.clone())).collect(),
