@@ -227,9 +227,13 @@ pub enum ApiCmd {
     },
     /// List protected items with state and health.
     ItemList,
-    ItemShow { item: String },
+    ItemShow {
+        item: String,
+    },
     /// Recovery points of a protected item (RP-1).
-    PointList { item: String },
+    PointList {
+        item: String,
+    },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -803,7 +807,8 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             c.delete(&format!("/api/v1/tokens/{}", enc(&id))).await?;
         }
         ApiCmd::Protect { site, vms, wait } => {
-            let r: Value = c.post(&ctx.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": vms})).await?;
+            let r: Value =
+                c.post(&ctx.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": vms})).await?;
             if wait {
                 for e in r.as_array().into_iter().flatten() {
                     ctx.wait_job(&e["job"]).await?;
@@ -813,10 +818,16 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             print(out, &json!(items), ITEM_COLS);
         }
         ApiCmd::ItemList => print(out, &c.get(&ctx.v("/replicationProtectedItems?limit=1000")).await?, ITEM_COLS),
-        ApiCmd::ItemShow { item } => print(out, &c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?, &[]),
+        ApiCmd::ItemShow { item } => {
+            print(out, &c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?, &[])
+        }
         ApiCmd::PointList { item } => {
             let i: Value = c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?;
-            print(out, &i["recovery_points"], &[("ID", "/id"), ("TIME", "/time"), ("APP-CONSISTENT", "/app_consistent"), ("SIZE", "/size_bytes")]);
+            print(
+                out,
+                &i["recovery_points"],
+                &[("ID", "/id"), ("TIME", "/time"), ("APP-CONSISTENT", "/app_consistent"), ("SIZE", "/size_bytes")],
+            );
         }
         ApiCmd::VmCreate { site, host, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;

@@ -12,11 +12,19 @@ fn host_6_lab_demo_vms_write_records_and_shut_down_cleanly() {
     common::test_guest();
     let lab = Lab::start(LabOptions { demo_vms: true, ..Default::default() });
     let vms = lab.json(&["vm-list", "--site", "VMM-NewYork", "--host", "ny1"]);
-    let running: Vec<&str> =
-        vms.as_array().into_iter().flatten().filter(|v| v["power_state"] == "Running").filter_map(|v| v["name"].as_str()).collect();
+    let running: Vec<&str> = vms
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["power_state"] == "Running")
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     assert_eq!(running, vec!["app1", "db1", "web1"], "{vms}");
     let app1 = vms.as_array().and_then(|a| a.iter().find(|v| v["name"] == "app1")).expect("app1");
-    assert!(app1["definition"]["disks"][0]["path"].as_str().is_some_and(|p| p.contains("/silver/")), "app1 lives on SILVER");
+    assert!(
+        app1["definition"]["disks"][0]["path"].as_str().is_some_and(|p| p.contains("/silver/")),
+        "app1 lives on SILVER"
+    );
 
     let serial = lab.host_data("ny1").join("vms/web1/serial.log");
     lab.wait_for("web1 to write 3 records", Duration::from_secs(120), || {

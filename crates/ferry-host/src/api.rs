@@ -43,7 +43,11 @@ pub fn serve(
         ferry_pki::ClientAuth::Required(host.identity.tls.ca_cert_pem.clone()),
         true,
     )?;
-    let app = Router::new().route("/v1/status", get(status)).route("/v1/vm-actions", post(vm_action)).route("/v1/replication", post(replication_action)).with_state(host);
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/vm-actions", post(vm_action))
+        .route("/v1/replication", post(replication_action))
+        .with_state(host);
     let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
@@ -77,7 +81,20 @@ async fn vm_action(
         }
         VmAction::Start { vm } => v(host.vms.start(&vm).await),
         VmAction::Shutdown { vm, timeout_secs } => {
-            v(host.vms.shutdown(&vm, Duration::from_secs(timeout_secs.clamp(1, 3600))).await)
+            let timeout = Duration::from_secs(timeout_secs.clamp(1, 3600));
+            // A replicated VM: power the guest off, send its final state, then stop QEMU (no data
+            // written before the shutdown is lost, FO-2).
+            if let (Some(item), Some(running)) = (host.replication.item_of(&vm).await, host.vms.running(&vm).await) {
+                running.powerdown_guest(timeout).await.map_err(|e| vm_failure(e.into()))?;
+                match host.replication.final_cycle(item).await {
+                    Ok(()) => tracing::info!(vm = %vm, "final replication cycle after guest shutdown done"),
+                    Err(e) => {
+                        tracing::warn!(vm = %vm, error = %e, "final replication cycle failed; the next cycle sends the changes")
+                    }
+                }
+                return v(host.vms.stop(&vm).await);
+            }
+            v(host.vms.shutdown(&vm, timeout).await)
         }
         VmAction::Stop { vm } => v(host.vms.stop(&vm).await),
         VmAction::Delete { vm, delete_disks } => {

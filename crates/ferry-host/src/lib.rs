@@ -98,8 +98,16 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let replication =
         Arc::new(replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval).await?);
     replication.resume(&vms).await;
-    let host =
-        Arc::new(Host { cfg, data: data.to_path_buf(), identity, site, vms, replication, pairs: Default::default(), api_addr });
+    let host = Arc::new(Host {
+        cfg,
+        data: data.to_path_buf(),
+        identity,
+        site,
+        vms,
+        replication,
+        pairs: Default::default(),
+        api_addr,
+    });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));

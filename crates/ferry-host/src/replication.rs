@@ -64,6 +64,8 @@ pub struct ReplicationService {
     persisted: Mutex<Persisted>,
     sources: Arc<std::sync::Mutex<HashMap<Uuid, SourceStatus>>>,
     loops: Mutex<HashMap<Uuid, tokio::task::JoinHandle<()>>>,
+    /// The Primary of each replicated VM, shared by its loop and by final cycles.
+    primaries: std::sync::Mutex<HashMap<Uuid, Arc<Mutex<Option<Primary>>>>>,
     /// Replica root: per-item directories (symlinks to the chosen storage location).
     root: PathBuf,
 }
@@ -84,7 +86,9 @@ impl ReplicationService {
         std::fs::create_dir_all(&root)?;
         let allowlist = Allowlist::new();
         let persisted: Persisted = match std::fs::read(data.join("replication.json")) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| ReplicationError::Invalid(format!("replication.json: {e}")))?,
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| ReplicationError::Invalid(format!("replication.json: {e}")))?
+            }
             Err(_) => Persisted::default(),
         };
         for r in &persisted.replicas {
@@ -101,6 +105,7 @@ impl ReplicationService {
             persisted: Mutex::new(persisted),
             sources: Default::default(),
             loops: Default::default(),
+            primaries: Default::default(),
             root,
         })
     }
@@ -143,7 +148,11 @@ impl ReplicationService {
     }
 
     /// Source side: start replicating a running VM.
-    pub async fn start_source(self: &Arc<Self>, spec: ReplicationSpec, vms: Arc<VmManager>) -> Result<serde_json::Value, ReplicationError> {
+    pub async fn start_source(
+        self: &Arc<Self>,
+        spec: ReplicationSpec,
+        vms: Arc<VmManager>,
+    ) -> Result<serde_json::Value, ReplicationError> {
         if vms.running(&spec.vm_name).await.is_none() {
             return Err(ReplicationError::Invalid(format!("VM {} is not running on this host", spec.vm_name)));
         }
@@ -185,10 +194,17 @@ impl ReplicationService {
     }
 
     async fn spawn_loop(self: &Arc<Self>, spec: ReplicationSpec, vms: Arc<VmManager>) -> Result<(), ReplicationError> {
-        let def = vms.definition(&spec.vm_name).await.ok_or_else(|| ReplicationError::Invalid(format!("VM {} is not defined here", spec.vm_name)))?;
+        let def = vms
+            .definition(&spec.vm_name)
+            .await
+            .ok_or_else(|| ReplicationError::Invalid(format!("VM {} is not defined here", spec.vm_name)))?;
         let mut disks = Vec::new();
         for target in &spec.disks {
-            let d = def.disks.iter().find(|d| &d.target == target).ok_or_else(|| ReplicationError::Invalid(format!("VM {} has no disk {target}", def.name)))?;
+            let d = def
+                .disks
+                .iter()
+                .find(|d| &d.target == target)
+                .ok_or_else(|| ReplicationError::Invalid(format!("VM {} has no disk {target}", def.name)))?;
             let size = crate::vms::virtual_size(Path::new(&d.path), d.format)?;
             let format = match d.format {
                 ferry_types::fabric::DiskFormat::Qcow2 => ferry_qemu::DiskFormat::Qcow2,
@@ -196,11 +212,22 @@ impl ReplicationService {
             };
             disks.push(CaptureDisk { target: target.clone(), size, format });
         }
-        let peer: SocketAddr = spec.target_address.parse().map_err(|_| ReplicationError::Invalid(format!("bad target address {}", spec.target_address)))?;
+        let peer: SocketAddr = spec
+            .target_address
+            .parse()
+            .map_err(|_| ReplicationError::Invalid(format!("bad target address {}", spec.target_address)))?;
         let staging = self.data.join("staging").join(spec.item.to_string());
         std::fs::create_dir_all(&staging)?;
         let tls = self.identity.client_config()?;
-        let mut cfg = PrimaryConfig::new(&spec.item.to_string(), &spec.item.to_string(), disks, &staging, peer, &peer.ip().to_string(), tls);
+        let mut cfg = PrimaryConfig::new(
+            &spec.item.to_string(),
+            &spec.item.to_string(),
+            disks,
+            &staging,
+            peer,
+            &peer.ip().to_string(),
+            tls,
+        );
         cfg.compression = spec.policy.compression;
         let interval = self.test_interval.unwrap_or(Duration::from_secs(spec.policy.copy_frequency_secs.max(1) as u64));
         let app_every = spec.policy.app_consistent_frequency_hours.map(|h| Duration::from_secs(h as u64 * 3600));
@@ -211,14 +238,18 @@ impl ReplicationService {
         sources.lock().map(|mut s| s.insert(spec.item, SourceStatus::new())).ok();
         let item = spec.item;
         let vm_name = spec.vm_name.clone();
+        let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
+        if let Ok(mut p) = self.primaries.lock() {
+            p.insert(item, slot.clone());
+        }
         let handle = tokio::spawn(async move {
-            let mut primary: Option<Primary> = None;
             let mut last_app = Instant::now();
             loop {
+                let mut primary = slot.lock().await;
                 if primary.is_none() {
                     match vms.running(&vm_name).await {
                         Some(vm) => match Primary::new(cfg.clone(), vm) {
-                            Ok(p) => primary = Some(p),
+                            Ok(p) => *primary = Some(p),
                             Err(e) => set_error(&sources, item, e.chain()),
                         },
                         None => set_error(&sources, item, format!("VM {vm_name} is not running")),
@@ -253,11 +284,16 @@ impl ReplicationService {
                             }
                         }
                         Err(e) => {
-                            let resync = matches!(p.tracking().await, Ok(ferry_repl::TrackingState::ResyncRequired { .. }));
+                            let resync =
+                                matches!(p.tracking().await, Ok(ferry_repl::TrackingState::ResyncRequired { .. }));
                             if let Ok(mut s) = sources.lock() {
                                 if let Some(st) = s.get_mut(&item) {
                                     st.cycles_failed += 1;
-                                    st.phase = if resync { ReplicationPhase::ResyncRequired } else { ReplicationPhase::Retrying };
+                                    st.phase = if resync {
+                                        ReplicationPhase::ResyncRequired
+                                    } else {
+                                        ReplicationPhase::Retrying
+                                    };
                                     st.last_error = Some(e.chain());
                                     st.data_waiting = p.counters().unsent_bytes;
                                 }
@@ -266,11 +302,39 @@ impl ReplicationService {
                         }
                     }
                 }
+                drop(primary);
                 tokio::time::sleep(interval).await;
             }
         });
         if let Some(old) = self.loops.lock().await.insert(item, handle) {
             old.abort();
+        }
+        Ok(())
+    }
+
+    /// The replicated item of a VM, if this host replicates it.
+    pub async fn item_of(&self, vm_name: &str) -> Option<Uuid> {
+        self.persisted.lock().await.sources.iter().find(|s| s.vm_name == vm_name).map(|s| s.item)
+    }
+
+    /// Run one cycle now (after the guest powered off: the final state, for a shutdown or a
+    /// planned failover with no data loss, FO-2). Waits for a cycle in progress to end first.
+    pub async fn final_cycle(&self, item: Uuid) -> Result<(), ReplicationError> {
+        let slot = self.primaries.lock().ok().and_then(|p| p.get(&item).cloned());
+        let Some(slot) = slot else {
+            return Err(ReplicationError::Invalid(format!("{item} is not replicated from this host")));
+        };
+        let mut guard = slot.lock().await;
+        let p = guard
+            .as_mut()
+            .ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
+        let report = p.run_cycle(false).await?;
+        if let Ok(mut s) = self.sources.lock() {
+            if let Some(st) = s.get_mut(&item) {
+                st.cycles_ok += 1;
+                st.last_sync = Some(Utc::now());
+                st.delta_sizes.push(report.data_bytes);
+            }
         }
         Ok(())
     }
@@ -281,7 +345,8 @@ impl ReplicationService {
         let replicas = self.persisted.lock().await.replicas.clone();
         for r in replicas {
             let Ok(vm) = self.receiver.store().vm(&r.item.to_string()).await else { continue };
-            if let Err(e) = vm.apply_retention(r.retention_hours, ferry_core::retention::DEFAULT_MAX_CHAIN_DEPTH).await {
+            if let Err(e) = vm.apply_retention(r.retention_hours, ferry_core::retention::DEFAULT_MAX_CHAIN_DEPTH).await
+            {
                 tracing::warn!(item = %r.item, error = %e.chain(), "retention failed; retried later");
             }
         }
@@ -290,7 +355,8 @@ impl ReplicationService {
     /// Status of every replication on this host (source loops and received replicas).
     pub async fn statuses(&self) -> Vec<ReplicationStatus> {
         let mut out = Vec::new();
-        let sources: Vec<(Uuid, SourceStatus)> = self.sources.lock().map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default();
+        let sources: Vec<(Uuid, SourceStatus)> =
+            self.sources.lock().map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default();
         for (item, s) in sources {
             let n = s.delta_sizes.len().max(1) as u64;
             out.push(ReplicationStatus {
@@ -330,7 +396,12 @@ impl ReplicationService {
                 last_error: None,
                 recovery_points: points
                     .iter()
-                    .map(|p| RecoveryPoint { id: p.id.clone(), time: p.time, app_consistent: p.app_consistent, size_bytes: p.bytes })
+                    .map(|p| RecoveryPoint {
+                        id: p.id.clone(),
+                        time: p.time,
+                        app_consistent: p.app_consistent,
+                        size_bytes: p.bytes,
+                    })
                     .collect(),
             });
         }

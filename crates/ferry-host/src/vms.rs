@@ -7,8 +7,8 @@
 //! silently.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_qemu::{Accel, Boot, DiskSpec, NicSpec, Qemu, RunningVm, VmSpec, VmState};

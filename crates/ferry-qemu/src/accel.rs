@@ -62,12 +62,8 @@ pub async fn probe_kvm_with_timeout(
     timeout: Duration,
 ) -> Result<Accel> {
     if let Ok(v) = std::env::var("FERRY_ACCEL") {
-        return Accel::parse(&v).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidSpec,
-                format!("FERRY_ACCEL must be tcg or kvm, not {v:?}"),
-            )
-        });
+        return Accel::parse(&v)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("FERRY_ACCEL must be tcg or kvm, not {v:?}")));
     }
     if let Some(cache) = cache_file {
         if let Ok(s) = std::fs::read_to_string(cache) {
@@ -84,12 +80,8 @@ pub async fn probe_kvm_with_timeout(
         boot_test(kernel, initrd, timeout).await?
     };
     if let Some(cache) = cache_file {
-        std::fs::write(cache, accel.as_str()).map_err(|e| {
-            Error::io(
-                format!("Cannot write accelerator cache {}", cache.display()),
-                e,
-            )
-        })?;
+        std::fs::write(cache, accel.as_str())
+            .map_err(|e| Error::io(format!("Cannot write accelerator cache {}", cache.display()), e))?;
     }
     Ok(accel)
 }
@@ -97,38 +89,21 @@ pub async fn probe_kvm_with_timeout(
 async fn boot_test(kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Accel> {
     for f in [kernel, initrd] {
         if !f.is_file() {
-            return Err(Error::new(
-                ErrorKind::InvalidSpec,
-                format!("Probe file {} does not exist", f.display()),
-            ));
+            return Err(Error::new(ErrorKind::InvalidSpec, format!("Probe file {} does not exist", f.display())));
         }
     }
     let dir = tempfile::tempdir().map_err(|e| Error::io("Cannot create probe directory", e))?;
     let serial = dir.path().join("serial.log");
-    let serial_arg = format!(
-        "file,id=s0,path={}",
-        serial.to_string_lossy().replace(',', ",,")
-    );
+    let serial_arg = format!("file,id=s0,path={}", serial.to_string_lossy().replace(',', ",,"));
     let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-accel", "kvm", "-cpu", "qemu64", "-machine", "q35", "-m", "128",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
+        .args(["-accel", "kvm", "-cpu", "qemu64", "-machine", "q35", "-m", "128"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-chardev", &serial_arg, "-serial", "chardev:s0"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 ferry.workload=probe",
-        ])
+        .args(["-append", "console=ttyS0 quiet panic=-1 ferry.workload=probe"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

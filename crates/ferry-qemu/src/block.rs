@@ -111,15 +111,10 @@ pub mod action {
 impl Qmp {
     /// `query-named-block-nodes` with `flat: true`.
     pub async fn query_named_block_nodes(&self) -> Result<Vec<BlockNode>> {
-        let v = self
-            .execute("query-named-block-nodes", json!({"flat": true}))
-            .await?;
-        let arr = v.as_array().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Protocol,
-                "query-named-block-nodes did not return a list",
-            )
-        })?;
+        let v = self.execute("query-named-block-nodes", json!({"flat": true})).await?;
+        let arr = v
+            .as_array()
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "query-named-block-nodes did not return a list"))?;
         Ok(arr.iter().filter_map(parse_node).collect())
     }
 
@@ -130,82 +125,41 @@ impl Qmp {
             .into_iter()
             .find(|n| n.node_name == node)
             .map(|n| n.dirty_bitmaps)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Process,
-                    format!("Block node {node} does not exist"),
-                )
-            })
+            .ok_or_else(|| Error::new(ErrorKind::Process, format!("Block node {node} does not exist")))
     }
 
     /// `block-dirty-bitmap-add`.
-    pub async fn block_dirty_bitmap_add(
-        &self,
-        node: &str,
-        name: &str,
-        persistent: bool,
-    ) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-add",
-            json!({"node": node, "name": name, "persistent": persistent}),
-        )
-        .await
-        .map(|_| ())
+    pub async fn block_dirty_bitmap_add(&self, node: &str, name: &str, persistent: bool) -> Result<()> {
+        self.execute("block-dirty-bitmap-add", json!({"node": node, "name": name, "persistent": persistent}))
+            .await
+            .map(|_| ())
     }
 
     /// `block-dirty-bitmap-remove`.
     pub async fn block_dirty_bitmap_remove(&self, node: &str, name: &str) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-remove",
-            json!({"node": node, "name": name}),
-        )
-        .await
-        .map(|_| ())
+        self.execute("block-dirty-bitmap-remove", json!({"node": node, "name": name})).await.map(|_| ())
     }
 
     /// `block-dirty-bitmap-disable`.
     pub async fn block_dirty_bitmap_disable(&self, node: &str, name: &str) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-disable",
-            json!({"node": node, "name": name}),
-        )
-        .await
-        .map(|_| ())
+        self.execute("block-dirty-bitmap-disable", json!({"node": node, "name": name})).await.map(|_| ())
     }
 
     /// `block-dirty-bitmap-enable`.
     pub async fn block_dirty_bitmap_enable(&self, node: &str, name: &str) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-enable",
-            json!({"node": node, "name": name}),
-        )
-        .await
-        .map(|_| ())
+        self.execute("block-dirty-bitmap-enable", json!({"node": node, "name": name})).await.map(|_| ())
     }
 
     /// `block-dirty-bitmap-clear`.
     pub async fn block_dirty_bitmap_clear(&self, node: &str, name: &str) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-clear",
-            json!({"node": node, "name": name}),
-        )
-        .await
-        .map(|_| ())
+        self.execute("block-dirty-bitmap-clear", json!({"node": node, "name": name})).await.map(|_| ())
     }
 
     /// `block-dirty-bitmap-merge` of `sources` into `target`.
-    pub async fn block_dirty_bitmap_merge(
-        &self,
-        node: &str,
-        target: &str,
-        sources: &[&str],
-    ) -> Result<()> {
-        self.execute(
-            "block-dirty-bitmap-merge",
-            json!({"node": node, "target": target, "bitmaps": sources}),
-        )
-        .await
-        .map(|_| ())
+    pub async fn block_dirty_bitmap_merge(&self, node: &str, target: &str, sources: &[&str]) -> Result<()> {
+        self.execute("block-dirty-bitmap-merge", json!({"node": node, "target": target, "bitmaps": sources}))
+            .await
+            .map(|_| ())
     }
 
     /// `blockdev-add` with raw options.
@@ -215,12 +169,9 @@ impl Qmp {
 
     /// `blockdev-add` of a qcow2 image file as node `node_name` (file node inline, no backing).
     pub async fn blockdev_add_qcow2(&self, node_name: &str, path: &Path) -> Result<()> {
-        let filename = path.to_str().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidSpec,
-                format!("Path is not UTF-8: {}", path.display()),
-            )
-        })?;
+        let filename = path
+            .to_str()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("Path is not UTF-8: {}", path.display())))?;
         self.blockdev_add(json!({
             "driver": "qcow2", "node-name": node_name, "backing": null,
             "file": {"driver": "file", "filename": filename}
@@ -230,9 +181,7 @@ impl Qmp {
 
     /// `blockdev-del`.
     pub async fn blockdev_del(&self, node_name: &str) -> Result<()> {
-        self.execute("blockdev-del", json!({"node-name": node_name}))
-            .await
-            .map(|_| ())
+        self.execute("blockdev-del", json!({"node-name": node_name})).await.map(|_| ())
     }
 
     /// Wait until block job `job_id` ends. `BLOCK_JOB_COMPLETED` with an `error` member and
@@ -247,10 +196,8 @@ impl Qmp {
                 stream
                     .wait(
                         |e| {
-                            matches!(
-                                e.name.as_str(),
-                                "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED"
-                            ) && e.data.get("device").and_then(Value::as_str) == Some(job_id)
+                            matches!(e.name.as_str(), "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED")
+                                && e.data.get("device").and_then(Value::as_str) == Some(job_id)
                         },
                         timeout,
                     )
@@ -274,18 +221,12 @@ impl Qmp {
             }
         };
         if let Some(err) = &end.error {
-            return Err(Error::new(
-                ErrorKind::BlockJob,
-                format!("Block job {job_id} failed: {err}"),
-            ));
+            return Err(Error::new(ErrorKind::BlockJob, format!("Block job {job_id} failed: {err}")));
         }
         if end.cancelled {
             return Err(Error::new(
                 ErrorKind::BlockJob,
-                format!(
-                    "Block job {job_id} was cancelled at {} of {} bytes",
-                    end.offset, end.len
-                ),
+                format!("Block job {job_id} was cancelled at {} of {} bytes", end.offset, end.len),
             ));
         }
         Ok(end)

@@ -57,11 +57,7 @@ impl fmt::Display for Error {
 impl Error {
     /// A new error without a source.
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Self {
-            kind,
-            context: context.into(),
-            source: None,
-        }
+        Self { kind, context: context.into(), source: None }
     }
 
     /// A new error caused by `source`.
@@ -70,11 +66,7 @@ impl Error {
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        Self {
-            kind,
-            context: context.into(),
-            source: Some(source.into()),
-        }
+        Self { kind, context: context.into(), source: Some(source.into()) }
     }
 
     /// I/O error with context.
@@ -108,10 +100,7 @@ mod tests {
     #[test]
     fn host_1_qmp_error_display_carries_class_and_desc() {
         let e = Error::new(
-            ErrorKind::Qmp {
-                class: "GenericError".into(),
-                desc: "Bitmap 'bm0' not found".into(),
-            },
+            ErrorKind::Qmp { class: "GenericError".into(), desc: "Bitmap 'bm0' not found".into() },
             "QMP command block-dirty-bitmap-remove failed",
         );
         assert_eq!(

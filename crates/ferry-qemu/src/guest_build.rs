@@ -33,8 +33,7 @@ impl TestGuest {
 /// Build (or reuse) the test guest in `outdir` with the script at `script`.
 pub fn ensure_test_guest(script: &Path, outdir: &Path) -> Result<TestGuest> {
     if let Some(parent) = outdir.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("Cannot create {}", parent.display()), e))?;
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("Cannot create {}", parent.display()), e))?;
     }
     let lock_path = outdir.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
@@ -45,10 +44,7 @@ pub fn ensure_test_guest(script: &Path, outdir: &Path) -> Result<TestGuest> {
         .map_err(|e| Error::io(format!("Cannot open {}", lock_path.display()), e))?;
     // SAFETY: flock on a valid descriptor owned by `lock`, which outlives the call.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(
-            "Cannot lock the test guest build",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(Error::io("Cannot lock the test guest build", std::io::Error::last_os_error()));
     }
     let out = Command::new("bash")
         .arg(script)
@@ -68,17 +64,11 @@ pub fn ensure_test_guest(script: &Path, outdir: &Path) -> Result<TestGuest> {
             ),
         ));
     }
-    let g = TestGuest {
-        kernel: outdir.join("vmlinuz"),
-        initrd: outdir.join("initrd.img"),
-    };
+    let g = TestGuest { kernel: outdir.join("vmlinuz"), initrd: outdir.join("initrd.img") };
     if !g.kernel.is_file() || !g.initrd.is_file() {
         return Err(Error::new(
             ErrorKind::Tool,
-            format!(
-                "Test guest build left no vmlinuz/initrd.img in {}",
-                outdir.display()
-            ),
+            format!("Test guest build left no vmlinuz/initrd.img in {}", outdir.display()),
         ));
     }
     Ok(g)

@@ -92,9 +92,7 @@ fn classify(slot: u64, block: &[u8]) -> Slot {
     if checksum(slot, run, &block[HEADER_SIZE..]) != *sum {
         return Slot::Bad;
     }
-    Slot::Valid {
-        run: run.to_string(),
-    }
+    Slot::Valid { run: run.to_string() }
 }
 
 /// Verify records in a raw disk image read from `reader` (slot 0 is skipped).
@@ -104,9 +102,7 @@ pub fn verify_reader(mut reader: impl Read) -> Result<RecordReport> {
     loop {
         let mut filled = 0;
         while filled < RECORD_SIZE {
-            let n = reader
-                .read(&mut block[filled..])
-                .map_err(|e| Error::io("Cannot read disk image", e))?;
+            let n = reader.read(&mut block[filled..]).map_err(|e| Error::io("Cannot read disk image", e))?;
             if n == 0 {
                 break;
             }
@@ -116,11 +112,7 @@ pub fn verify_reader(mut reader: impl Read) -> Result<RecordReport> {
             break;
         }
         let slot = slots.len() as u64;
-        slots.push(if slot == 0 {
-            Slot::Empty
-        } else {
-            classify(slot, &block)
-        });
+        slots.push(if slot == 0 { Slot::Empty } else { classify(slot, &block) });
     }
     Ok(report(&slots))
 }
@@ -138,10 +130,7 @@ fn report(slots: &[Slot]) -> RecordReport {
                 _ => None,
             })
         });
-    let mut r = RecordReport {
-        run_id,
-        ..RecordReport::default()
-    };
+    let mut r = RecordReport { run_id, ..RecordReport::default() };
     let ours = |s: &Slot| matches!(s, Slot::Valid { run } if Some(run) == r.run_id.as_ref());
     for (i, s) in slots.iter().enumerate().skip(1) {
         let seq = i as u64;
@@ -166,8 +155,7 @@ fn report(slots: &[Slot]) -> RecordReport {
 pub async fn verify_image(path: &Path) -> Result<RecordReport> {
     let info = img::info(path, true).await?;
     let read = |p: &Path| -> Result<RecordReport> {
-        let f = std::fs::File::open(p)
-            .map_err(|e| Error::io(format!("Cannot open {}", p.display()), e))?;
+        let f = std::fs::File::open(p).map_err(|e| Error::io(format!("Cannot open {}", p.display()), e))?;
         verify_reader(std::io::BufReader::with_capacity(1 << 20, f))
     };
     match info.format.as_str() {
@@ -178,20 +166,13 @@ pub async fn verify_image(path: &Path) -> Result<RecordReport> {
             img::convert(path, &raw, DiskFormat::Raw, true).await?;
             read(&raw)
         }
-        other => Err(Error::new(
-            ErrorKind::InvalidSpec,
-            format!("Cannot verify records in a {other} image"),
-        )),
+        other => Err(Error::new(ErrorKind::InvalidSpec, format!("Cannot verify records in a {other} image"))),
     }
 }
 
 /// The highest `REC <n>` line on a serial console log.
 pub fn last_serial_record(serial: &str) -> Option<u64> {
-    serial
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("REC "))
-        .filter_map(|n| n.trim().parse().ok())
-        .max()
+    serial.lines().filter_map(|l| l.trim().strip_prefix("REC ")).filter_map(|n| n.trim().parse().ok()).max()
 }
 
 #[cfg(test)]
@@ -202,9 +183,7 @@ mod tests {
         let mut d = vec![0u8; (slots as usize) * RECORD_SIZE];
         for (seq, rec) in records {
             let o = *seq as usize * RECORD_SIZE;
-            let rec = rec
-                .clone()
-                .unwrap_or_else(|| encode_record(*seq, "00112233aabbccdd", b"payload"));
+            let rec = rec.clone().unwrap_or_else(|| encode_record(*seq, "00112233aabbccdd", b"payload"));
             d[o..o + RECORD_SIZE].copy_from_slice(&rec);
         }
         d
@@ -227,17 +206,7 @@ mod tests {
         torn[3000] ^= 0xff;
         let moved = encode_record(4, "00112233aabbccdd", b"x");
         let other = encode_record(7, "ffffffffffffffff", b"x");
-        let d = disk(
-            &[
-                (1, None),
-                (2, None),
-                (3, Some(torn)),
-                (5, Some(moved)),
-                (6, None),
-                (7, Some(other)),
-            ],
-            16,
-        );
+        let d = disk(&[(1, None), (2, None), (3, Some(torn)), (5, Some(moved)), (6, None), (7, Some(other))], 16);
         let r = verify_reader(&d[..]).expect("verify");
         assert_eq!(r.clean_prefix_len, 2);
         assert_eq!(r.first_gap, Some(3));
@@ -248,10 +217,7 @@ mod tests {
 
     #[test]
     fn host_6_serial_last_record() {
-        assert_eq!(
-            last_serial_record("x\nREC 1\nREC 12\nREC_ERR 13\n"),
-            Some(12)
-        );
+        assert_eq!(last_serial_record("x\nREC 1\nREC 12\nREC_ERR 13\n"), Some(12));
         assert_eq!(last_serial_record("FERRY READY 1.2\n"), None);
     }
 }

@@ -86,12 +86,7 @@ impl CheckReport {
 }
 
 fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().ok_or_else(|| {
-        Error::new(
-            ErrorKind::InvalidSpec,
-            format!("Path is not UTF-8: {}", p.display()),
-        )
-    })
+    p.to_str().ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("Path is not UTF-8: {}", p.display())))
 }
 
 struct Output {
@@ -131,13 +126,8 @@ async fn run_ok(args: &[&str]) -> Result<String> {
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(what: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Parse,
-            format!("Cannot parse qemu-img {what} output"),
-            e,
-        )
-    })
+    serde_json::from_str(text)
+        .map_err(|e| Error::with_source(ErrorKind::Parse, format!("Cannot parse qemu-img {what} output"), e))
 }
 
 /// `qemu-img create -f <format> [-u] [-b backing -F fmt] path [size]`.
@@ -148,18 +138,12 @@ pub async fn create(path: &Path, format: DiskFormat, opts: &CreateOptions) -> Re
         args.extend(["-b", path_str(b)?, "-F", bf.as_str()]);
         if opts.unsafe_backing {
             if size.is_none() {
-                return Err(Error::new(
-                    ErrorKind::InvalidSpec,
-                    "qemu-img create -u needs an explicit size",
-                ));
+                return Err(Error::new(ErrorKind::InvalidSpec, "qemu-img create -u needs an explicit size"));
             }
             args.push("-u");
         }
     } else if size.is_none() {
-        return Err(Error::new(
-            ErrorKind::InvalidSpec,
-            "qemu-img create needs a size without a backing file",
-        ));
+        return Err(Error::new(ErrorKind::InvalidSpec, "qemu-img create needs a size without a backing file"));
     }
     args.push(path_str(path)?);
     if let Some(s) = &size {
@@ -193,11 +177,7 @@ pub fn parse_info(text: &str) -> Result<ImageInfo> {
                         flags: b
                             .get("flags")
                             .and_then(Value::as_array)
-                            .map(|f| {
-                                f.iter()
-                                    .filter_map(|x| x.as_str().map(str::to_string))
-                                    .collect()
-                            })
+                            .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
                             .unwrap_or_default(),
                     })
                 })
@@ -210,10 +190,7 @@ pub fn parse_info(text: &str) -> Result<ImageInfo> {
         actual_size: v.get("actual-size").and_then(Value::as_u64),
         backing_filename: s("backing-filename"),
         backing_format: s("backing-filename-format"),
-        dirty: v
-            .get("dirty-flag")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        dirty: v.get("dirty-flag").and_then(Value::as_bool).unwrap_or(false),
         bitmaps,
         raw: v,
     })
@@ -257,27 +234,14 @@ pub async fn map_layer(path: &Path, force_share: bool) -> Result<Vec<MapExtent>>
     }
     args.push(&spec);
     let all = parse_map(&run_ok(&args).await?)?;
-    Ok(all
-        .into_iter()
-        .filter(|e| e.depth == 0 && e.present && (e.data || e.zero))
-        .collect())
+    Ok(all.into_iter().filter(|e| e.depth == 0 && e.present && (e.data || e.zero)).collect())
 }
 
 /// `qemu-img rebase -u -f qcow2 -b backing -F fmt path` (metadata only).
 pub async fn rebase_unsafe(path: &Path, backing: &Path, backing_format: DiskFormat) -> Result<()> {
-    run_ok(&[
-        "rebase",
-        "-u",
-        "-f",
-        "qcow2",
-        "-b",
-        path_str(backing)?,
-        "-F",
-        backing_format.as_str(),
-        path_str(path)?,
-    ])
-    .await
-    .map(|_| ())
+    run_ok(&["rebase", "-u", "-f", "qcow2", "-b", path_str(backing)?, "-F", backing_format.as_str(), path_str(path)?])
+        .await
+        .map(|_| ())
 }
 
 /// `qemu-img commit -q -d [-b base] top`: merge `top` (and the layers between) into `base`
@@ -302,13 +266,7 @@ pub async fn compare(a: &Path, b: &Path, force_share: bool) -> Result<bool> {
     match out.code {
         0 => Ok(true),
         1 => Ok(false),
-        c => Err(Error::new(
-            ErrorKind::Tool,
-            format!(
-                "qemu-img compare failed (status {c}): {}",
-                out.stderr.trim()
-            ),
-        )),
+        c => Err(Error::new(ErrorKind::Tool, format!("qemu-img compare failed (status {c}): {}", out.stderr.trim()))),
     }
 }
 
@@ -319,21 +277,12 @@ pub async fn check(path: &Path) -> Result<CheckReport> {
     if !matches!(out.code, 0 | 2 | 3) || out.stdout.trim().is_empty() {
         return Err(Error::new(
             ErrorKind::Tool,
-            format!(
-                "qemu-img check failed (status {}): {}",
-                out.code,
-                out.stderr.trim()
-            ),
+            format!("qemu-img check failed (status {}): {}", out.code, out.stderr.trim()),
         ));
     }
     let v: Value = parse_json("check", &out.stdout)?;
     let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Ok(CheckReport {
-        corruptions: n("corruptions"),
-        leaks: n("leaks"),
-        check_errors: n("check-errors"),
-        raw: v,
-    })
+    Ok(CheckReport { corruptions: n("corruptions"), leaks: n("leaks"), check_errors: n("check-errors"), raw: v })
 }
 
 /// `qemu-img convert [-U] -O <format> src dst`.

@@ -21,19 +21,15 @@ impl<'a> GuestIo<'a> {
     /// Writer for `node` (the disk target, e.g. `vda`); looks up its virtual size.
     pub async fn open(qmp: &'a Qmp, node: &'a str) -> Result<GuestIo<'a>> {
         let nodes = qmp.query_named_block_nodes().await?;
-        let n = nodes.iter().find(|n| n.node_name == node).ok_or_else(|| {
-            Error::new(ErrorKind::Hmp, format!("Block node {node} does not exist"))
-        })?;
+        let n = nodes
+            .iter()
+            .find(|n| n.node_name == node)
+            .ok_or_else(|| Error::new(ErrorKind::Hmp, format!("Block node {node} does not exist")))?;
         let size = n
             .raw
             .pointer("/image/virtual-size")
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Protocol,
-                    format!("Block node {node} reports no virtual size"),
-                )
-            })?;
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Block node {node} reports no virtual size")))?;
         Ok(GuestIo { qmp, node, size })
     }
 
@@ -52,10 +48,7 @@ impl<'a> GuestIo<'a> {
         if offset.checked_add(len).map_or(true, |end| end > self.size) {
             return Err(Error::new(
                 ErrorKind::InvalidSpec,
-                format!(
-                    "qemu-io range {offset}+{len} exceeds node {} of {} bytes",
-                    self.node, self.size
-                ),
+                format!("qemu-io range {offset}+{len} exceeds node {} of {} bytes", self.node, self.size),
             ));
         }
         Ok(())
@@ -64,28 +57,19 @@ impl<'a> GuestIo<'a> {
     /// Fill `[offset, offset+len)` with byte `pattern`.
     pub async fn write_pattern(&self, offset: u64, len: u64, pattern: u8) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp
-            .qemu_io(
-                self.node,
-                &format!("write -q -P 0x{pattern:02x} {offset} {len}"),
-            )
-            .await
+        self.qmp.qemu_io(self.node, &format!("write -q -P 0x{pattern:02x} {offset} {len}")).await
     }
 
     /// Write zeroes (`write -z`: becomes zero clusters in qcow2).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp
-            .qemu_io(self.node, &format!("write -q -z {offset} {len}"))
-            .await
+        self.qmp.qemu_io(self.node, &format!("write -q -z {offset} {len}")).await
     }
 
     /// Discard (the node has `discard=unmap`).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp
-            .qemu_io(self.node, &format!("discard -q {offset} {len}"))
-            .await
+        self.qmp.qemu_io(self.node, &format!("discard -q {offset} {len}")).await
     }
 
     /// Flush the node.

@@ -71,19 +71,12 @@ pub fn exit_report(pid: u32, paths: &RunPaths) -> ExitReport {
     let log_tail = process::log_tail(&paths.log, 5);
     let requested = paths.stop_marker.exists();
     let how = match exit {
-        Some(ExitCode {
-            signal: Some(sig), ..
-        }) => format!("was killed by {}", process::signal_name(sig)),
-        Some(ExitCode {
-            code: Some(code), ..
-        }) => format!("exited with status {code}"),
+        Some(ExitCode { signal: Some(sig), .. }) => format!("was killed by {}", process::signal_name(sig)),
+        Some(ExitCode { code: Some(code), .. }) => format!("exited with status {code}"),
         _ => "disappeared (exit status unknown: not started by this agent)".to_string(),
     };
     let (kind, reason) = if requested {
-        (
-            ExitKind::Stopped,
-            format!("QEMU pid {pid} stopped on request ({how})"),
-        )
+        (ExitKind::Stopped, format!("QEMU pid {pid} stopped on request ({how})"))
     } else {
         let mut r = format!("QEMU pid {pid} {how}");
         if let Some(last) = log_tail.last() {
@@ -91,48 +84,24 @@ pub fn exit_report(pid: u32, paths: &RunPaths) -> ExitReport {
         }
         (ExitKind::Crashed, r)
     };
-    ExitReport {
-        kind,
-        pid,
-        exit,
-        reason,
-        log_tail,
-    }
+    ExitReport { kind, pid, exit, reason, log_tail }
 }
 
 fn read_pid(paths: &RunPaths) -> Result<u32> {
     let s = std::fs::read_to_string(&paths.pidfile).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Process,
-            format!("Cannot read pidfile {}", paths.pidfile.display()),
-            e,
-        )
+        Error::with_source(ErrorKind::Process, format!("Cannot read pidfile {}", paths.pidfile.display()), e)
     })?;
     s.trim().parse().map_err(|e| {
-        Error::with_source(
-            ErrorKind::Parse,
-            format!("Pidfile {} holds no pid", paths.pidfile.display()),
-            e,
-        )
+        Error::with_source(ErrorKind::Parse, format!("Pidfile {} holds no pid", paths.pidfile.display()), e)
     })
 }
 
 fn read_spec(run_dir: &Path) -> Result<VmSpec> {
     let p = RunPaths::new(run_dir, None).spec;
-    let text = std::fs::read(&p).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Process,
-            format!("Cannot read {}", p.display()),
-            e,
-        )
-    })?;
-    serde_json::from_slice(&text).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Parse,
-            format!("Invalid VM spec in {}", p.display()),
-            e,
-        )
-    })
+    let text = std::fs::read(&p)
+        .map_err(|e| Error::with_source(ErrorKind::Process, format!("Cannot read {}", p.display()), e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::with_source(ErrorKind::Parse, format!("Invalid VM spec in {}", p.display()), e))
 }
 
 fn is_our_qemu(pid: u32, paths: &RunPaths) -> bool {
@@ -140,8 +109,7 @@ fn is_our_qemu(pid: u32, paths: &RunPaths) -> bool {
         return false;
     };
     let qmp = paths.qmp.to_string_lossy().replace(',', ",,");
-    argv.first().is_some_and(|a| a.contains("qemu-system"))
-        && argv.iter().any(|a| a.contains(qmp.as_str()))
+    argv.first().is_some_and(|a| a.contains("qemu-system")) && argv.iter().any(|a| a.contains(qmp.as_str()))
 }
 
 impl Qemu {
@@ -158,12 +126,8 @@ impl Qemu {
                 ));
             }
         }
-        std::fs::create_dir_all(run_dir).map_err(|e| {
-            Error::io(
-                format!("Cannot create run directory {}", run_dir.display()),
-                e,
-            )
-        })?;
+        std::fs::create_dir_all(run_dir)
+            .map_err(|e| Error::io(format!("Cannot create run directory {}", run_dir.display()), e))?;
         for stale in [&paths.qmp, &paths.qga, &paths.pidfile, &paths.stop_marker] {
             match std::fs::remove_file(stale) {
                 Ok(()) => {}
@@ -203,12 +167,7 @@ impl Qemu {
             }
         };
         tracing::info!(vm = %spec.name, pid, elapsed = ?started.elapsed(), "QEMU started");
-        Ok(RunningVm {
-            pid,
-            paths,
-            spec: spec.clone(),
-            qmp,
-        })
+        Ok(RunningVm { pid, paths, spec: spec.clone(), qmp })
     }
 
     /// The exit report of the QEMU recorded in `run_dir`, or `None` if it still runs.
@@ -240,17 +199,11 @@ impl Qemu {
                 match std::fs::remove_file(&d.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(Error::io(
-                            format!("Cannot delete disk {}", d.path.display()),
-                            e,
-                        ))
-                    }
+                    Err(e) => return Err(Error::io(format!("Cannot delete disk {}", d.path.display()), e)),
                 }
             }
         }
-        std::fs::remove_dir_all(run_dir)
-            .map_err(|e| Error::io(format!("Cannot delete {}", run_dir.display()), e))
+        std::fs::remove_dir_all(run_dir).map_err(|e| Error::io(format!("Cannot delete {}", run_dir.display()), e))
     }
 }
 
@@ -272,28 +225,17 @@ impl RunningVm {
         let pid = read_pid(&paths)?;
         if !process::pid_alive(pid) {
             let report = exit_report(pid, &paths);
-            return Err(Error::new(
-                ErrorKind::Process,
-                format!("Cannot attach to {}: {}", spec.name, report.reason),
-            ));
+            return Err(Error::new(ErrorKind::Process, format!("Cannot attach to {}: {}", spec.name, report.reason)));
         }
         if !is_our_qemu(pid, &paths) {
             return Err(Error::new(
                 ErrorKind::Process,
-                format!(
-                    "Pid {pid} from {} is not the QEMU of this run directory",
-                    paths.pidfile.display()
-                ),
+                format!("Pid {pid} from {} is not the QEMU of this run directory", paths.pidfile.display()),
             ));
         }
         let qmp = Qmp::connect(&paths.qmp, Duration::from_secs(5)).await?;
         tracing::info!(vm = %spec.name, pid, "Re-attached to QEMU");
-        Ok(RunningVm {
-            pid,
-            paths,
-            spec,
-            qmp,
-        })
+        Ok(RunningVm { pid, paths, spec, qmp })
     }
 
     /// QEMU's pid.
@@ -346,17 +288,9 @@ impl RunningVm {
         if let Some(r) = self.exit_report() {
             return Ok(VmState::Exited(r));
         }
-        match self
-            .qmp
-            .execute_with_timeout("query-status", Value::Null, Duration::from_secs(5))
-            .await
-        {
+        match self.qmp.execute_with_timeout("query-status", Value::Null, Duration::from_secs(5)).await {
             Ok(v) => {
-                let status = v
-                    .get("status")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string();
+                let status = v.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string();
                 let running = v.get("running").and_then(Value::as_bool).unwrap_or(false);
                 Ok(VmState::Running(RunState { status, running }))
             }
@@ -383,9 +317,17 @@ impl RunningVm {
     /// hard instead.
     pub async fn shutdown_graceful(&self, timeout: Duration) -> Result<ShutdownOutcome> {
         let start = Instant::now();
+        let graceful = self.powerdown_guest(timeout).await?;
+        self.hard_stop().await?;
+        Ok(ShutdownOutcome { graceful, elapsed: start.elapsed() })
+    }
+
+    /// Ask the guest to power off (ACPI) and wait up to `timeout` for it; QEMU stays alive
+    /// (`-no-shutdown`) so its disks can still be read, e.g. for a final replication cycle.
+    /// Returns whether the guest powered off.
+    pub async fn powerdown_guest(&self, timeout: Duration) -> Result<bool> {
         let mut events = self.qmp.subscribe();
-        let already_off =
-            matches!(self.status().await?, VmState::Running(ref s) if s.status == "shutdown");
+        let already_off = matches!(self.status().await?, VmState::Running(ref s) if s.status == "shutdown");
         let graceful = if already_off {
             true
         } else {
@@ -395,11 +337,7 @@ impl RunningVm {
                 gone = process::wait_gone(self.pid, timeout) => gone,
             }
         };
-        self.hard_stop().await?;
-        Ok(ShutdownOutcome {
-            graceful,
-            elapsed: start.elapsed(),
-        })
+        Ok(graceful)
     }
 
     /// Stop QEMU now: `quit`, then SIGKILL by pid if it lingers.
@@ -418,10 +356,7 @@ impl RunningVm {
         if process::wait_gone(self.pid, Duration::from_secs(5)).await {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Process,
-                format!("QEMU pid {} survived SIGKILL", self.pid),
-            ))
+            Err(Error::new(ErrorKind::Process, format!("QEMU pid {} survived SIGKILL", self.pid)))
         }
     }
 }

@@ -38,14 +38,9 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
         .append(true)
         .open(log)
         .map_err(|e| Error::io(format!("Cannot open log {}", log.display()), e))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| Error::io("Cannot duplicate log handle", e))?;
+    let err = out.try_clone().map_err(|e| Error::io("Cannot duplicate log handle", e))?;
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err));
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
     // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -55,9 +50,8 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::with_source(ErrorKind::Process, format!("Cannot start {program}"), e)
-    })?;
+    let mut child =
+        cmd.spawn().map_err(|e| Error::with_source(ErrorKind::Process, format!("Cannot start {program}"), e))?;
     let pid = child.id();
     crate::qmp::lock(exits()).remove(&pid);
     std::thread::Builder::new()
@@ -73,10 +67,7 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
 
 /// Exit information recorded by the reaper (only for processes this agent spawned).
 pub fn recorded_exit(pid: u32) -> Option<ExitCode> {
-    crate::qmp::lock(exits()).get(&pid).map(|s| ExitCode {
-        code: s.code(),
-        signal: s.signal(),
-    })
+    crate::qmp::lock(exits()).get(&pid).map(|s| ExitCode { code: s.code(), signal: s.signal() })
 }
 
 /// True if `pid` exists and is not a zombie.
@@ -87,9 +78,7 @@ pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the last ')' (the command may contain spaces or parentheses).
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next());
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,
@@ -99,25 +88,15 @@ pub fn pid_alive(pid: u32) -> bool {
 /// argv of `pid` from /proc.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-    )
+    Some(raw.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
 }
 
 /// Send `sig` to `pid` (only pids Ferry started or attached to).
 pub fn send_signal(pid: u32, sig: Signal) -> Result<()> {
-    let raw = i32::try_from(pid)
-        .map_err(|_| Error::new(ErrorKind::Process, format!("Pid {pid} out of range")))?;
+    let raw = i32::try_from(pid).map_err(|_| Error::new(ErrorKind::Process, format!("Pid {pid} out of range")))?;
     match signal::kill(Pid::from_raw(raw), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(Error::with_source(
-            ErrorKind::Process,
-            format!("Cannot send {sig} to pid {pid}"),
-            e,
-        )),
+        Err(e) => Err(Error::with_source(ErrorKind::Process, format!("Cannot send {sig} to pid {pid}"), e)),
     }
 }
 
@@ -141,17 +120,11 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_string)
-        .collect();
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
 
 /// Signal name for messages.
 pub fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig)
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_else(|_| format!("signal {sig}"))
+    Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
 }

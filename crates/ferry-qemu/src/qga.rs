@@ -71,17 +71,11 @@ pub enum FreezeStatus {
 impl Qga {
     /// Connect to the chardev socket at `path`. Does not talk to the agent yet.
     pub async fn connect(path: &Path) -> Result<Self> {
-        let stream = UnixStream::connect(path).await.map_err(|e| {
-            Error::io(
-                format!("Cannot connect to guest agent socket {}", path.display()),
-                e,
-            )
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| Error::io(format!("Cannot connect to guest agent socket {}", path.display()), e))?;
         Ok(Qga {
-            conn: Mutex::new(Conn {
-                stream: BufReader::new(stream),
-                synced: false,
-            }),
+            conn: Mutex::new(Conn { stream: BufReader::new(stream), synced: false }),
             timeout: DEFAULT_QGA_TIMEOUT,
         })
     }
@@ -119,12 +113,7 @@ impl Qga {
     }
 
     /// Run a guest-agent command; a timeout forces a re-sync before the next command.
-    pub async fn execute_with_timeout(
-        &self,
-        cmd: &str,
-        args: Value,
-        timeout: Duration,
-    ) -> Result<Value> {
+    pub async fn execute_with_timeout(&self, cmd: &str, args: Value, timeout: Duration) -> Result<Value> {
         let mut c = self.conn.lock().await;
         if !c.synced {
             sync(&mut c, timeout).await?;
@@ -140,9 +129,7 @@ impl Qga {
                 .get_mut()
                 .write_all(line.as_bytes())
                 .await
-                .map_err(|e| {
-                    Error::with_source(ErrorKind::Disconnected, "Guest agent write failed", e)
-                })?;
+                .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent write failed", e))?;
             read_reply(&mut c.stream).await
         })
         .await;
@@ -166,18 +153,12 @@ impl Qga {
         if let Some(err) = v.get("error") {
             let s = |k| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
             return Err(Error::new(
-                ErrorKind::Qga {
-                    class: s("class"),
-                    desc: s("desc"),
-                },
+                ErrorKind::Qga { class: s("class"), desc: s("desc") },
                 format!("Guest agent command {cmd} failed"),
             ));
         }
         c.synced = false;
-        Err(Error::new(
-            ErrorKind::Protocol,
-            format!("Guest agent reply without return or error: {v}"),
-        ))
+        Err(Error::new(ErrorKind::Protocol, format!("Guest agent reply without return or error: {v}")))
     }
 
     /// `guest-ping`.
@@ -191,10 +172,7 @@ impl Qga {
         match v.as_str() {
             Some("thawed") => Ok(FreezeStatus::Thawed),
             Some("frozen") => Ok(FreezeStatus::Frozen),
-            _ => Err(Error::new(
-                ErrorKind::Protocol,
-                format!("Unexpected fsfreeze status {v}"),
-            )),
+            _ => Err(Error::new(ErrorKind::Protocol, format!("Unexpected fsfreeze status {v}"))),
         }
     }
 
@@ -202,34 +180,22 @@ impl Qga {
     /// [`Qga::freeze`], which guarantees the thaw.
     pub async fn fsfreeze_freeze(&self) -> Result<u64> {
         let v = self.execute("guest-fsfreeze-freeze", Value::Null).await?;
-        v.as_u64()
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Bad freeze reply {v}")))
+        v.as_u64().ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Bad freeze reply {v}")))
     }
 
     /// `guest-fsfreeze-thaw`; returns the number of thawed filesystems.
     pub async fn fsfreeze_thaw(&self) -> Result<u64> {
         let v = self.execute("guest-fsfreeze-thaw", Value::Null).await?;
-        v.as_u64()
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Bad thaw reply {v}")))
+        v.as_u64().ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Bad thaw reply {v}")))
     }
 
     /// Freeze guest filesystems and return a guard that thaws them. If the freeze fails or times
     /// out, a thaw is attempted before the error is returned (the guest may have frozen anyway).
     pub async fn freeze(self: &Arc<Self>, timeout: Duration) -> Result<FreezeGuard> {
-        match self
-            .execute_with_timeout("guest-fsfreeze-freeze", Value::Null, timeout)
-            .await
-        {
-            Ok(v) => Ok(FreezeGuard {
-                qga: Some(self.clone()),
-                frozen: v.as_u64().unwrap_or(0),
-                timeout,
-            }),
+        match self.execute_with_timeout("guest-fsfreeze-freeze", Value::Null, timeout).await {
+            Ok(v) => Ok(FreezeGuard { qga: Some(self.clone()), frozen: v.as_u64().unwrap_or(0), timeout }),
             Err(e) => {
-                if let Err(te) = self
-                    .execute_with_timeout("guest-fsfreeze-thaw", Value::Null, timeout)
-                    .await
-                {
+                if let Err(te) = self.execute_with_timeout("guest-fsfreeze-thaw", Value::Null, timeout).await {
                     tracing::warn!(error = %te, "Thaw after failed freeze failed");
                 }
                 Err(e)
@@ -239,12 +205,7 @@ impl Qga {
 
     /// `guest-exec` with captured output; returns the guest pid.
     pub async fn exec(&self, path: &str, args: &[&str]) -> Result<i64> {
-        let v = self
-            .execute(
-                "guest-exec",
-                json!({"path": path, "arg": args, "capture-output": true}),
-            )
-            .await?;
+        let v = self.execute("guest-exec", json!({"path": path, "arg": args, "capture-output": true})).await?;
         v.get("pid")
             .and_then(Value::as_i64)
             .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Bad guest-exec reply {v}")))
@@ -252,9 +213,7 @@ impl Qga {
 
     /// One `guest-exec-status` poll: `None` while the process runs.
     pub async fn exec_status(&self, pid: i64) -> Result<Option<ExecOutput>> {
-        let v = self
-            .execute("guest-exec-status", json!({ "pid": pid }))
-            .await?;
+        let v = self.execute("guest-exec-status", json!({ "pid": pid })).await?;
         if !v.get("exited").and_then(Value::as_bool).unwrap_or(false) {
             return Ok(None);
         }
@@ -263,9 +222,7 @@ impl Qga {
                 None => Ok(Vec::new()),
                 Some(s) => base64::engine::general_purpose::STANDARD
                     .decode(s)
-                    .map_err(|e| {
-                        Error::with_source(ErrorKind::Protocol, format!("Bad base64 in {k}"), e)
-                    }),
+                    .map_err(|e| Error::with_source(ErrorKind::Protocol, format!("Bad base64 in {k}"), e)),
             }
         };
         let int = |k: &str| v.get(k).and_then(Value::as_i64).map(|x| x as i32);
@@ -278,12 +235,7 @@ impl Qga {
     }
 
     /// Run a command in the guest and wait for it (polling `guest-exec-status`).
-    pub async fn exec_wait(
-        &self,
-        path: &str,
-        args: &[&str],
-        timeout: Duration,
-    ) -> Result<ExecOutput> {
+    pub async fn exec_wait(&self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecOutput> {
         let pid = self.exec(path, args).await?;
         let start = Instant::now();
         let mut delay = Duration::from_millis(20);
@@ -304,21 +256,14 @@ impl Qga {
 
     /// `guest-network-get-interfaces`.
     pub async fn network_get_interfaces(&self) -> Result<Vec<GuestInterface>> {
-        let v = self
-            .execute("guest-network-get-interfaces", Value::Null)
-            .await?;
-        let arr = v
-            .as_array()
-            .ok_or_else(|| Error::new(ErrorKind::Protocol, "Interfaces reply is not a list"))?;
+        let v = self.execute("guest-network-get-interfaces", Value::Null).await?;
+        let arr = v.as_array().ok_or_else(|| Error::new(ErrorKind::Protocol, "Interfaces reply is not a list"))?;
         Ok(arr
             .iter()
             .filter_map(|i| {
                 Some(GuestInterface {
                     name: i.get("name")?.as_str()?.to_string(),
-                    hardware_address: i
-                        .get("hardware-address")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    hardware_address: i.get("hardware-address").and_then(Value::as_str).map(str::to_string),
                     addresses: i
                         .get("ip-addresses")
                         .and_then(Value::as_array)
@@ -341,14 +286,7 @@ impl Qga {
     /// `guest-shutdown` (mode `powerdown`). The agent usually does not answer, so a timeout or
     /// disconnect counts as success.
     pub async fn shutdown(&self) -> Result<()> {
-        match self
-            .execute_with_timeout(
-                "guest-shutdown",
-                json!({"mode": "powerdown"}),
-                Duration::from_secs(3),
-            )
-            .await
-        {
+        match self.execute_with_timeout("guest-shutdown", json!({"mode": "powerdown"}), Duration::from_secs(3)).await {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Disconnected) => Ok(()),
             Err(e) => Err(e),
@@ -376,9 +314,7 @@ impl FreezeGuard {
         let Some(qga) = self.qga.take() else {
             return Ok(0);
         };
-        let v = qga
-            .execute_with_timeout("guest-fsfreeze-thaw", Value::Null, self.timeout)
-            .await?;
+        let v = qga.execute_with_timeout("guest-fsfreeze-thaw", Value::Null, self.timeout).await?;
         Ok(v.as_u64().unwrap_or(0))
     }
 }
@@ -390,10 +326,7 @@ impl Drop for FreezeGuard {
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
-                    if let Err(e) = qga
-                        .execute_with_timeout("guest-fsfreeze-thaw", Value::Null, timeout)
-                        .await
-                    {
+                    if let Err(e) = qga.execute_with_timeout("guest-fsfreeze-thaw", Value::Null, timeout).await {
                         tracing::error!(error = %e, "Background thaw after dropped FreezeGuard failed");
                     }
                 });
@@ -408,22 +341,22 @@ impl Drop for FreezeGuard {
 async fn sync(c: &mut Conn, timeout: Duration) -> Result<()> {
     let id = rand_id();
     let mut msg = vec![0xFFu8];
-    msg.extend_from_slice(
-        json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
-            .to_string()
-            .as_bytes(),
-    );
+    msg.extend_from_slice(json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string().as_bytes());
     msg.push(b'\n');
     let r = tokio::time::timeout(timeout, async {
-        c.stream.get_mut().write_all(&msg).await.map_err(|e| {
-            Error::with_source(ErrorKind::Disconnected, "Guest agent write failed", e)
-        })?;
+        c.stream
+            .get_mut()
+            .write_all(&msg)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent write failed", e))?;
         loop {
             // Skip everything up to the 0xFF that starts the sync reply.
             loop {
-                let b = c.stream.read_u8().await.map_err(|e| {
-                    Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e)
-                })?;
+                let b = c
+                    .stream
+                    .read_u8()
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e))?;
                 if b == 0xFF {
                     break;
                 }
@@ -465,14 +398,12 @@ async fn read_reply(rd: &mut BufReader<UnixStream>) -> Result<Value> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = rd.read_until(b'\n', &mut buf).await.map_err(|e| {
-            Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e)
-        })?;
+        let n = rd
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e))?;
         if n == 0 {
-            return Err(Error::new(
-                ErrorKind::Disconnected,
-                "Guest agent socket closed",
-            ));
+            return Err(Error::new(ErrorKind::Disconnected, "Guest agent socket closed"));
         }
         let text: Vec<u8> = buf.iter().copied().filter(|b| *b != 0xFF).collect();
         let text = String::from_utf8_lossy(&text);
@@ -480,12 +411,7 @@ async fn read_reply(rd: &mut BufReader<UnixStream>) -> Result<Value> {
         if text.is_empty() {
             continue;
         }
-        return serde_json::from_str(text).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Protocol,
-                format!("Invalid JSON from guest agent: {text}"),
-                e,
-            )
-        });
+        return serde_json::from_str(text)
+            .map_err(|e| Error::with_source(ErrorKind::Protocol, format!("Invalid JSON from guest agent: {text}"), e));
     }
 }

@@ -82,9 +82,7 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp")
-            .field("closed", &self.is_closed())
-            .finish_non_exhaustive()
+        f.debug_struct("Qmp").field("closed", &self.is_closed()).finish_non_exhaustive()
     }
 }
 
@@ -157,15 +155,10 @@ impl Qmp {
             match UnixStream::connect(path).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    let retry = matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    );
+                    let retry =
+                        matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
                     if !retry || start.elapsed() >= connect_timeout {
-                        return Err(Error::io(
-                            format!("Cannot connect to QMP socket {}", path.display()),
-                            e,
-                        ));
+                        return Err(Error::io(format!("Cannot connect to QMP socket {}", path.display()), e));
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -173,20 +166,13 @@ impl Qmp {
         };
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::new(rd);
-        let remaining = connect_timeout
-            .saturating_sub(start.elapsed())
-            .max(Duration::from_secs(2));
+        let remaining = connect_timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(2));
         let greeting = tokio::time::timeout(remaining, read_json_line(&mut rd))
             .await
             .map_err(|_| Error::new(ErrorKind::Timeout, "No QMP greeting from QEMU"))??
-            .ok_or_else(|| {
-                Error::new(ErrorKind::Disconnected, "QMP socket closed before greeting")
-            })?;
+            .ok_or_else(|| Error::new(ErrorKind::Disconnected, "QMP socket closed before greeting"))?;
         if greeting.get("QMP").is_none() {
-            return Err(Error::new(
-                ErrorKind::Protocol,
-                format!("Unexpected QMP greeting: {greeting}"),
-            ));
+            return Err(Error::new(ErrorKind::Protocol, format!("Unexpected QMP greeting: {greeting}")));
         }
 
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
@@ -227,11 +213,7 @@ impl Qmp {
     /// QEMU's version triple from the greeting.
     pub fn version(&self) -> Option<(u64, u64, u64)> {
         let v = self.greeting.pointer("/QMP/version/qemu")?;
-        Some((
-            v.get("major")?.as_u64()?,
-            v.get("minor")?.as_u64()?,
-            v.get("micro")?.as_u64()?,
-        ))
+        Some((v.get("major")?.as_u64()?, v.get("minor")?.as_u64()?, v.get("micro")?.as_u64()?))
     }
 
     /// Change the default per-command timeout.
@@ -246,10 +228,7 @@ impl Qmp {
 
     /// Subscribe to events from now on.
     pub fn subscribe(&self) -> EventStream {
-        EventStream {
-            rx: self.events.subscribe(),
-            closed: self.closed_tx.subscribe(),
-        }
+        EventStream { rx: self.events.subscribe(), closed: self.closed_tx.subscribe() }
     }
 
     /// Subscribe and wait for the next event matching `pred` (events before this call are not
@@ -263,22 +242,13 @@ impl Qmp {
 
     /// Run `cmd` with `args` (`Value::Null` or an object) under the default command timeout.
     pub async fn execute(&self, cmd: &str, args: Value) -> Result<Value> {
-        self.execute_with_timeout(cmd, args, self.command_timeout)
-            .await
+        self.execute_with_timeout(cmd, args, self.command_timeout).await
     }
 
     /// Run `cmd` with its own timeout. A QMP error reply becomes [`ErrorKind::Qmp`].
-    pub async fn execute_with_timeout(
-        &self,
-        cmd: &str,
-        args: Value,
-        timeout: Duration,
-    ) -> Result<Value> {
+    pub async fn execute_with_timeout(&self, cmd: &str, args: Value, timeout: Duration) -> Result<Value> {
         if self.is_closed() {
-            return Err(Error::new(
-                ErrorKind::Disconnected,
-                format!("QMP connection closed; cannot run {cmd}"),
-            ));
+            return Err(Error::new(ErrorKind::Disconnected, format!("QMP connection closed; cannot run {cmd}")));
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let mut msg = json!({ "execute": cmd, "id": id });
@@ -301,19 +271,14 @@ impl Qmp {
             {
                 let mut w = self.writer.lock().await;
                 w.write_all(line.as_bytes()).await.map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Disconnected,
-                        format!("Cannot send QMP command {cmd}"),
-                        e,
-                    )
+                    Error::with_source(ErrorKind::Disconnected, format!("Cannot send QMP command {cmd}"), e)
                 })?;
             }
             match rx.await {
                 Ok(r) => r,
-                Err(_) => Err(Error::new(
-                    ErrorKind::Disconnected,
-                    format!("QMP connection closed while running {cmd}"),
-                )),
+                Err(_) => {
+                    Err(Error::new(ErrorKind::Disconnected, format!("QMP connection closed while running {cmd}")))
+                }
             }
         })
         .await;
@@ -323,10 +288,7 @@ impl Qmp {
                 lock(&self.pending).remove(&id);
                 Err(match e.kind() {
                     ErrorKind::Qmp { class, desc } => Error::new(
-                        ErrorKind::Qmp {
-                            class: class.clone(),
-                            desc: desc.clone(),
-                        },
+                        ErrorKind::Qmp { class: class.clone(), desc: desc.clone() },
                         format!("QMP command {cmd} failed"),
                     ),
                     _ => e,
@@ -334,10 +296,7 @@ impl Qmp {
             }
             Err(_) => {
                 lock(&self.pending).remove(&id);
-                Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!("QMP command {cmd} got no reply within {timeout:?}"),
-                ))
+                Err(Error::new(ErrorKind::Timeout, format!("QMP command {cmd} got no reply within {timeout:?}")))
             }
         }
     }
@@ -358,12 +317,9 @@ impl Qmp {
         self.schema_commands
             .get_or_try_init(|| async {
                 let v = self.execute("query-qmp-schema", Value::Null).await?;
-                let arr = v.as_array().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Protocol,
-                        "query-qmp-schema did not return a list",
-                    )
-                })?;
+                let arr = v
+                    .as_array()
+                    .ok_or_else(|| Error::new(ErrorKind::Protocol, "query-qmp-schema did not return a list"))?;
                 let mut cmds = HashSet::new();
                 let mut events = HashSet::new();
                 for e in arr {
@@ -396,54 +352,35 @@ impl Qmp {
     /// Run an HMP command line through `human-monitor-command` and return its text. HMP errors
     /// come back as text, so callers must inspect it.
     pub async fn hmp(&self, command_line: &str) -> Result<String> {
-        let v = self
-            .execute(
-                "human-monitor-command",
-                json!({ "command-line": command_line }),
-            )
-            .await?;
-        v.as_str().map(str::to_string).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Protocol,
-                format!("human-monitor-command returned a non-string: {v}"),
-            )
-        })
+        let v = self.execute("human-monitor-command", json!({ "command-line": command_line })).await?;
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("human-monitor-command returned a non-string: {v}")))
     }
 
     /// Run `qemu-io <node> "<cmd>"` through HMP. qemu-io prints nothing on success (its normal
     /// output goes to QEMU's stdout), so any text in the reply is an error.
     pub async fn qemu_io(&self, node: &str, cmd: &str) -> Result<()> {
         if cmd.contains('"') || cmd.contains('\n') || node.contains(char::is_whitespace) {
-            return Err(Error::new(
-                ErrorKind::Hmp,
-                format!("Refusing qemu-io command with quotes or newlines: {cmd}"),
-            ));
+            return Err(Error::new(ErrorKind::Hmp, format!("Refusing qemu-io command with quotes or newlines: {cmd}")));
         }
         let out = self.hmp(&format!("qemu-io {node} \"{cmd}\"")).await?;
         let out = out.trim();
         if out.is_empty() {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::Hmp,
-                format!("qemu-io {node} \"{cmd}\" failed: {out}"),
-            ))
+            Err(Error::new(ErrorKind::Hmp, format!("qemu-io {node} \"{cmd}\" failed: {out}")))
         }
     }
 
     /// `transaction` with the given actions (each `{"type": ..., "data": {...}}`).
     pub async fn transaction(&self, actions: Vec<Value>) -> Result<()> {
-        self.execute("transaction", json!({ "actions": actions }))
-            .await
-            .map(|_| ())
+        self.execute("transaction", json!({ "actions": actions })).await.map(|_| ())
     }
 
     /// `quit`. QEMU may close the socket before replying; that counts as success.
     pub async fn quit(&self, timeout: Duration) -> Result<()> {
-        match self
-            .execute_with_timeout("quit", Value::Null, timeout)
-            .await
-        {
+        match self.execute_with_timeout("quit", Value::Null, timeout).await {
             Ok(_) => Ok(()),
             Err(e) if *e.kind() == ErrorKind::Disconnected => Ok(()),
             Err(e) => Err(e),
@@ -468,9 +405,10 @@ async fn read_json_line(rd: &mut BufReader<OwnedReadHalf>) -> Result<Option<Valu
     let mut line = String::new();
     loop {
         line.clear();
-        let n = rd.read_line(&mut line).await.map_err(|e| {
-            Error::with_source(ErrorKind::Disconnected, "QMP socket read failed", e)
-        })?;
+        let n = rd
+            .read_line(&mut line)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Disconnected, "QMP socket read failed", e))?;
         if n == 0 {
             return Ok(None);
         }
@@ -478,25 +416,17 @@ async fn read_json_line(rd: &mut BufReader<OwnedReadHalf>) -> Result<Option<Valu
             continue;
         }
         return serde_json::from_str(line.trim()).map(Some).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Protocol,
-                format!("Invalid JSON from QMP: {}", line.trim()),
-                e,
-            )
+            Error::with_source(ErrorKind::Protocol, format!("Invalid JSON from QMP: {}", line.trim()), e)
         });
     }
 }
 
 fn parse_event(v: &Value) -> Option<QmpEvent> {
     let name = v.get("event")?.as_str()?.to_string();
-    let ts = v.get("timestamp").and_then(|t| {
-        Some(t.get("seconds")?.as_i64()? * 1_000_000 + t.get("microseconds")?.as_i64()?)
-    });
-    Some(QmpEvent {
-        name,
-        data: v.get("data").cloned().unwrap_or(Value::Null),
-        timestamp_us: ts,
-    })
+    let ts = v
+        .get("timestamp")
+        .and_then(|t| Some(t.get("seconds")?.as_i64()? * 1_000_000 + t.get("microseconds")?.as_i64()?));
+    Some(QmpEvent { name, data: v.get("data").cloned().unwrap_or(Value::Null), timestamp_us: ts })
 }
 
 fn record_job_event(jobs: &FinishedJobs, ev: &QmpEvent) {
@@ -508,11 +438,7 @@ fn record_job_event(jobs: &FinishedJobs, ev: &QmpEvent) {
                     cancelled: ev.name == "BLOCK_JOB_CANCELLED",
                     len: ev.data.get("len").and_then(Value::as_u64).unwrap_or(0),
                     offset: ev.data.get("offset").and_then(Value::as_u64).unwrap_or(0),
-                    error: ev
-                        .data
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    error: ev.data.get("error").and_then(Value::as_str).map(str::to_string),
                 };
                 let mut j = lock(jobs);
                 if j.len() > 256 {
@@ -568,25 +494,11 @@ async fn reader_task(
         let r = if let Some(ret) = v.get("return") {
             Ok(ret.clone())
         } else if let Some(err) = v.get("error") {
-            let class = err
-                .get("class")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-                .to_string();
-            let desc = err
-                .get("desc")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            Err(Error::new(
-                ErrorKind::Qmp { class, desc },
-                "QMP command failed",
-            ))
+            let class = err.get("class").and_then(Value::as_str).unwrap_or("Unknown").to_string();
+            let desc = err.get("desc").and_then(Value::as_str).unwrap_or("").to_string();
+            Err(Error::new(ErrorKind::Qmp { class, desc }, "QMP command failed"))
         } else {
-            Err(Error::new(
-                ErrorKind::Protocol,
-                format!("QMP reply without return or error: {v}"),
-            ))
+            Err(Error::new(ErrorKind::Protocol, format!("QMP reply without return or error: {v}")))
         };
         let _ = tx.send(r);
     }
@@ -594,10 +506,7 @@ async fn reader_task(
     let _ = closed_tx.send(true);
     let drained: Vec<_> = lock(&pending).drain().collect();
     for (_, tx) in drained {
-        let _ = tx.send(Err(Error::new(
-            ErrorKind::Disconnected,
-            "QMP connection closed",
-        )));
+        let _ = tx.send(Err(Error::new(ErrorKind::Disconnected, "QMP connection closed")));
     }
 }
 

@@ -82,11 +82,7 @@ pub enum Boot {
     /// Firmware boots the first disk.
     Disk,
     /// Direct kernel boot.
-    Kernel {
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
-        append: String,
-    },
+    Kernel { kernel: PathBuf, initrd: Option<PathBuf>, append: String },
 }
 
 /// A VM definition.
@@ -123,9 +119,7 @@ pub struct RunPaths {
 impl RunPaths {
     /// Paths for `dir`, with the serial log taken from the spec when it overrides it.
     pub fn new(dir: &Path, spec: Option<&VmSpec>) -> Self {
-        let serial = spec
-            .and_then(|s| s.extra_serial_log.clone())
-            .unwrap_or_else(|| dir.join("serial.log"));
+        let serial = spec.and_then(|s| s.extra_serial_log.clone()).unwrap_or_else(|| dir.join("serial.log"));
         RunPaths {
             dir: dir.to_path_buf(),
             qmp: dir.join("qmp.sock"),
@@ -144,25 +138,18 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 fn valid_ident(s: &str, max: usize, extra: &[char]) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
 }
 
 fn valid_mac(mac: &str) -> bool {
     let parts: Vec<&str> = mac.split(':').collect();
     parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
         && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
 }
 
 fn utf8(p: &Path, what: &str) -> Result<String> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| invalid(format!("{what} path is not UTF-8: {}", p.display())))
+    p.to_str().map(str::to_string).ok_or_else(|| invalid(format!("{what} path is not UTF-8: {}", p.display())))
 }
 
 /// QEMU option value escaping: commas are doubled.
@@ -173,23 +160,13 @@ fn esc(p: &Path) -> String {
 fn check_file(p: &Path, what: &str) -> Result<std::fs::Metadata> {
     utf8(p, what)?;
     if !p.is_absolute() {
-        return Err(invalid(format!(
-            "{what} path must be absolute: {}",
-            p.display()
-        )));
+        return Err(invalid(format!("{what} path must be absolute: {}", p.display())));
     }
     let md = std::fs::metadata(p).map_err(|e| {
-        Error::with_source(
-            ErrorKind::InvalidSpec,
-            format!("{what} {} is not accessible", p.display()),
-            e,
-        )
+        Error::with_source(ErrorKind::InvalidSpec, format!("{what} {} is not accessible", p.display()), e)
     })?;
     if !md.is_file() {
-        return Err(invalid(format!(
-            "{what} {} is not a regular file",
-            p.display()
-        )));
+        return Err(invalid(format!("{what} {} is not a regular file", p.display())));
     }
     Ok(md)
 }
@@ -204,36 +181,22 @@ impl VmSpec {
             )));
         }
         if !(1..=64).contains(&self.vcpus) {
-            return Err(invalid(format!(
-                "vCPU count {} is outside 1..=64",
-                self.vcpus
-            )));
+            return Err(invalid(format!("vCPU count {} is outside 1..=64", self.vcpus)));
         }
         if !(16..=1 << 20).contains(&self.memory_mib) {
-            return Err(invalid(format!(
-                "Memory of {} MiB is outside 16 MiB..1 TiB",
-                self.memory_mib
-            )));
+            return Err(invalid(format!("Memory of {} MiB is outside 16 MiB..1 TiB", self.memory_mib)));
         }
         let mut targets = HashSet::new();
         let mut paths = HashSet::new();
         for d in &self.disks {
-            if !valid_ident(&d.target, 16, &[])
-                || !d.target.starts_with(|c: char| c.is_ascii_lowercase())
-            {
-                return Err(invalid(format!(
-                    "Disk target {:?} must be a lowercase name like vda",
-                    d.target
-                )));
+            if !valid_ident(&d.target, 16, &[]) || !d.target.starts_with(|c: char| c.is_ascii_lowercase()) {
+                return Err(invalid(format!("Disk target {:?} must be a lowercase name like vda", d.target)));
             }
             if !targets.insert(d.target.clone()) {
                 return Err(invalid(format!("Disk target {} is used twice", d.target)));
             }
             if !paths.insert(d.path.clone()) {
-                return Err(invalid(format!(
-                    "Disk file {} is attached twice",
-                    d.path.display()
-                )));
+                return Err(invalid(format!("Disk file {} is attached twice", d.path.display())));
             }
             let md = check_file(&d.path, &format!("Disk {}", d.target))?;
             match d.format {
@@ -248,20 +211,11 @@ impl VmSpec {
                 }
                 DiskFormat::Qcow2 => {
                     let mut magic = [0u8; 4];
-                    std::fs::File::open(&d.path)
-                        .and_then(|mut f| f.read_exact(&mut magic))
-                        .map_err(|e| {
-                            Error::with_source(
-                                ErrorKind::InvalidSpec,
-                                format!("Cannot read disk {}", d.path.display()),
-                                e,
-                            )
-                        })?;
+                    std::fs::File::open(&d.path).and_then(|mut f| f.read_exact(&mut magic)).map_err(|e| {
+                        Error::with_source(ErrorKind::InvalidSpec, format!("Cannot read disk {}", d.path.display()), e)
+                    })?;
                     if &magic != b"QFI\xfb" {
-                        return Err(invalid(format!(
-                            "Disk {} is not a qcow2 image",
-                            d.path.display()
-                        )));
+                        return Err(invalid(format!("Disk {} is not a qcow2 image", d.path.display())));
                     }
                 }
             }
@@ -269,10 +223,7 @@ impl VmSpec {
         let mut macs = HashSet::new();
         for n in &self.nics {
             if !valid_mac(&n.mac) {
-                return Err(invalid(format!(
-                    "MAC address {:?} is not a unicast MAC",
-                    n.mac
-                )));
+                return Err(invalid(format!("MAC address {:?} is not a unicast MAC", n.mac)));
             }
             if !macs.insert(n.mac.to_ascii_lowercase()) {
                 return Err(invalid(format!("MAC address {} is used twice", n.mac)));
@@ -291,11 +242,7 @@ impl VmSpec {
                     return Err(invalid("Boot from disk needs at least one disk"));
                 }
             }
-            Boot::Kernel {
-                kernel,
-                initrd,
-                append,
-            } => {
+            Boot::Kernel { kernel, initrd, append } => {
                 check_file(kernel, "Kernel")?;
                 if let Some(i) = initrd {
                     check_file(i, "Initrd")?;
@@ -312,10 +259,7 @@ impl VmSpec {
         let paths = RunPaths::new(run_dir, Some(self));
         for sock in [&paths.qmp, &paths.qga] {
             if sock.as_os_str().len() >= 100 {
-                return Err(invalid(format!(
-                    "Socket path {} is too long for a unix socket",
-                    sock.display()
-                )));
+                return Err(invalid(format!("Socket path {} is too long for a unix socket", sock.display())));
             }
         }
         Ok(())
@@ -342,20 +286,11 @@ impl VmSpec {
             "-mon",
             "chardev=qmp,mode=control",
         ]);
-        push(&[
-            "-chardev",
-            &format!("file,id=serial0,path={}", esc(&paths.serial)),
-            "-serial",
-            "chardev:serial0",
-        ]);
+        push(&["-chardev", &format!("file,id=serial0,path={}", esc(&paths.serial)), "-serial", "chardev:serial0"]);
         for (i, d) in self.disks.iter().enumerate() {
             push(&[
                 "-blockdev",
-                &format!(
-                    "driver=file,filename={},node-name={}",
-                    esc(&d.path),
-                    d.file_node_name()
-                ),
+                &format!("driver=file,filename={},node-name={}", esc(&d.path), d.file_node_name()),
                 "-blockdev",
                 &format!(
                     "driver={},file={},node-name={},discard=unmap",
@@ -364,18 +299,10 @@ impl VmSpec {
                     d.node_name()
                 ),
             ]);
-            let boot = if i == 0 && self.boot == Boot::Disk {
-                ",bootindex=0"
-            } else {
-                ""
-            };
+            let boot = if i == 0 && self.boot == Boot::Disk { ",bootindex=0" } else { "" };
             push(&[
                 "-device",
-                &format!(
-                    "virtio-blk-pci,drive={},id={}-dev,share-rw=on{boot}",
-                    d.node_name(),
-                    d.target
-                ),
+                &format!("virtio-blk-pci,drive={},id={}-dev,share-rw=on{boot}", d.node_name(), d.target),
             ]);
         }
         for (i, n) in self.nics.iter().enumerate() {
@@ -386,10 +313,7 @@ impl VmSpec {
                     "-device",
                     &format!("virtio-net-pci,netdev=net{i},mac={},id=nic{i}", n.mac),
                 ]),
-                None => push(&[
-                    "-device",
-                    &format!("virtio-net-pci,mac={},id=nic{i}", n.mac),
-                ]),
+                None => push(&["-device", &format!("virtio-net-pci,mac={},id=nic{i}", n.mac)]),
             }
         }
         if self.guest_agent {
@@ -402,12 +326,7 @@ impl VmSpec {
                 "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             ]);
         }
-        if let Boot::Kernel {
-            kernel,
-            initrd,
-            append,
-        } = &self.boot
-        {
+        if let Boot::Kernel { kernel, initrd, append } = &self.boot {
             push(&["-kernel", &kernel.to_string_lossy()]);
             if let Some(i) = initrd {
                 push(&["-initrd", &i.to_string_lossy()]);
@@ -430,20 +349,10 @@ mod tests {
             uuid: uuid::Uuid::nil(),
             vcpus: 1,
             memory_mib: 256,
-            disks: vec![DiskSpec {
-                target: "vda".into(),
-                path: disk,
-                format: DiskFormat::Raw,
-            }],
+            disks: vec![DiskSpec { target: "vda".into(), path: disk, format: DiskFormat::Raw }],
             nics: vec![
-                NicSpec {
-                    mac: "52:54:00:00:00:01".into(),
-                    tap: Some("tap0".into()),
-                },
-                NicSpec {
-                    mac: "52:54:00:00:00:02".into(),
-                    tap: None,
-                },
+                NicSpec { mac: "52:54:00:00:00:01".into(), tap: Some("tap0".into()) },
+                NicSpec { mac: "52:54:00:00:00:02".into(), tap: None },
             ],
             guest_agent: true,
             boot: Boot::Disk,
@@ -473,23 +382,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = spec(dir.path());
         let mut dup = base.clone();
-        dup.disks.push(DiskSpec {
-            target: "vda".into(),
-            path: dir.path().join("other"),
-            format: DiskFormat::Raw,
-        });
+        dup.disks.push(DiskSpec { target: "vda".into(), path: dir.path().join("other"), format: DiskFormat::Raw });
         let mut missing = base.clone();
         missing.disks[0].path = dir.path().join("nope.qcow2");
         let mut badmac = base.clone();
         badmac.nics[0].mac = "01:00:00:00:00:01".into();
         let mut notqcow = base.clone();
         notqcow.disks[0].format = DiskFormat::Qcow2;
-        for (s, what) in [
-            (dup, "used twice"),
-            (missing, "not accessible"),
-            (badmac, "unicast"),
-            (notqcow, "not a qcow2"),
-        ] {
+        for (s, what) in
+            [(dup, "used twice"), (missing, "not accessible"), (badmac, "unicast"), (notqcow, "not a qcow2")]
+        {
             let e = s.validate(dir.path()).expect_err(what);
             assert_eq!(*e.kind(), ErrorKind::InvalidSpec);
             assert!(e.to_string().contains(what), "{e}");

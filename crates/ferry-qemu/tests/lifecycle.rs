@@ -15,9 +15,7 @@ async fn host_3_sigkill_reported_as_crash_with_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = qcow2(dir.path(), "d.qcow2", 8 * MIB).await;
     let run = dir.path().join("run");
-    let vm = Qemu::start(&diskless_os_spec("crash1", &[("vda", &disk)]), &run)
-        .await
-        .expect("start");
+    let vm = Qemu::start(&diskless_os_spec("crash1", &[("vda", &disk)]), &run).await.expect("start");
     let _guard = VmGuard(vm.pid());
     assert!(vm.exit_report().is_none());
     process::send_signal(vm.pid(), Signal::SIGKILL).expect("kill");
@@ -44,15 +42,10 @@ async fn host_3_reattach_after_dropping_handle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = qcow2(dir.path(), "d.qcow2", 8 * MIB).await;
     let run = dir.path().join("run");
-    let vm = Qemu::start(&diskless_os_spec("attach1", &[("vda", &disk)]), &run)
-        .await
-        .expect("start");
+    let vm = Qemu::start(&diskless_os_spec("attach1", &[("vda", &disk)]), &run).await.expect("start");
     let pid = vm.pid();
     let _guard = VmGuard(pid);
-    vm.qmp()
-        .block_dirty_bitmap_add("vda", "bm-before", false)
-        .await
-        .expect("bitmap");
+    vm.qmp().block_dirty_bitmap_add("vda", "bm-before", false).await.expect("bitmap");
     drop(vm); // the "agent" goes away; QEMU keeps running
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(process::pid_alive(pid));
@@ -62,25 +55,15 @@ async fn host_3_reattach_after_dropping_handle() {
     assert_eq!(vm.pid(), pid);
     assert_eq!(vm.spec().name, "attach1");
     let bms = vm.qmp().dirty_bitmaps("vda").await.expect("bitmaps");
-    assert!(
-        bms.iter().any(|b| b.name == "bm-before"),
-        "same QEMU, same state"
-    );
-    assert!(matches!(
-        vm.status().await.expect("status"),
-        VmState::Running(_)
-    ));
+    assert!(bms.iter().any(|b| b.name == "bm-before"), "same QEMU, same state");
+    assert!(matches!(vm.status().await.expect("status"), VmState::Running(_)));
     // Starting a second QEMU in the same run directory is refused.
-    let e = Qemu::start(vm.spec(), &run)
-        .await
-        .expect_err("already running");
+    let e = Qemu::start(vm.spec(), &run).await.expect_err("already running");
     assert_eq!(*e.kind(), ErrorKind::Process);
     let e = Qemu::delete(&run, false).expect_err("running");
     assert_eq!(*e.kind(), ErrorKind::Process);
     vm.hard_stop().await.expect("stop");
-    let VmState::Exited(r) = vm.status().await.expect("status") else {
-        panic!("still running")
-    };
+    let VmState::Exited(r) = vm.status().await.expect("status") else { panic!("still running") };
     assert_eq!(r.kind, ExitKind::Stopped, "{r:?}");
 }
 
@@ -94,23 +77,16 @@ async fn host_2_kvm_probe_falls_back_to_tcg() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("accel");
     let t = Instant::now();
-    let a = ferry_qemu::accel::probe_kvm_with_timeout(
-        &g.kernel,
-        &g.initrd,
-        Some(&cache),
-        Duration::from_secs(15),
-    )
-    .await
-    .expect("probe");
+    let a = ferry_qemu::accel::probe_kvm_with_timeout(&g.kernel, &g.initrd, Some(&cache), Duration::from_secs(15))
+        .await
+        .expect("probe");
     eprintln!("KVM probe: {a:?} in {:?}", t.elapsed());
     // On these machines /dev/kvm is a nested PVM that cannot boot a stock kernel.
     assert_eq!(a, Accel::Tcg);
     assert_eq!(std::fs::read_to_string(&cache).expect("cache"), "tcg");
     // The cached answer is used without booting again.
     let t = Instant::now();
-    let again = ferry_qemu::probe_kvm(&g.kernel, &g.initrd, Some(&cache))
-        .await
-        .expect("cached");
+    let again = ferry_qemu::probe_kvm(&g.kernel, &g.initrd, Some(&cache)).await.expect("cached");
     assert_eq!(again, Accel::Tcg);
     assert!(t.elapsed() < Duration::from_secs(1));
 }

@@ -17,17 +17,9 @@ const MIB: u64 = 1 << 20;
 async fn wait_serial(vm: &ferry_qemu::RunningVm, needle: &str, timeout: Duration) -> Duration {
     let t = Instant::now();
     // The serial console ends lines with "\r\n"; match whole lines or their first words.
-    let seen = |log: &str| {
-        log.lines()
-            .map(str::trim_end)
-            .any(|l| l == needle || l.starts_with(&format!("{needle} ")))
-    };
+    let seen = |log: &str| log.lines().map(str::trim_end).any(|l| l == needle || l.starts_with(&format!("{needle} ")));
     while !seen(&vm.serial_log()) {
-        assert!(
-            t.elapsed() < timeout,
-            "no {needle:?} on the serial console:\n{}",
-            vm.serial_log()
-        );
+        assert!(t.elapsed() < timeout, "no {needle:?} on the serial console:\n{}", vm.serial_log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     t.elapsed()
@@ -45,114 +37,63 @@ async fn host_6_guest_writes_records_and_verifier_reports_clean_prefix() {
         vcpus: 1,
         memory_mib: 256,
         disks: vec![
-            DiskSpec {
-                target: "vda".into(),
-                path: data.clone(),
-                format: DiskFormat::Qcow2,
-            },
-            DiskSpec {
-                target: "vdb".into(),
-                path: fs,
-                format: DiskFormat::Qcow2,
-            },
+            DiskSpec { target: "vda".into(), path: data.clone(), format: DiskFormat::Qcow2 },
+            DiskSpec { target: "vdb".into(), path: fs, format: DiskFormat::Qcow2 },
         ],
-        nics: vec![NicSpec {
-            mac: "52:54:00:aa:00:01".into(),
-            tap: None,
-        }],
+        nics: vec![NicSpec { mac: "52:54:00:aa:00:01".into(), tap: None }],
         guest_agent: true,
         boot: Boot::Kernel {
             kernel: g.kernel.clone(),
             initrd: Some(g.initrd.clone()),
-            append: format!(
-                "{} ferry.fs=/dev/vdb",
-                TestGuest::records_cmdline("/dev/vda", 100, 0)
-            ),
+            append: format!("{} ferry.fs=/dev/vdb", TestGuest::records_cmdline("/dev/vda", 100, 0)),
         },
         accel: Accel::Tcg,
         extra_serial_log: None,
     };
     let t0 = Instant::now();
-    let vm = Qemu::start(&spec, &dir.path().join("run"))
-        .await
-        .expect("start");
+    let vm = Qemu::start(&spec, &dir.path().join("run")).await.expect("start");
     let _guard = VmGuard(vm.pid());
     wait_serial(&vm, "FERRY-BOOT-OK", Duration::from_secs(90)).await;
     let boot = t0.elapsed();
     wait_serial(&vm, "FERRY READY", Duration::from_secs(90)).await;
     let ready = t0.elapsed();
     wait_serial(&vm, "REC 5", Duration::from_secs(90)).await;
-    eprintln!(
-        "TCG boot: /init after {boot:?}, workload ready after {ready:?}, REC 5 after {:?}",
-        t0.elapsed()
-    );
-    assert!(
-        vm.serial_log().contains("FERRY FS /dev/vdb"),
-        "{}",
-        vm.serial_log()
-    );
+    eprintln!("TCG boot: /init after {boot:?}, workload ready after {ready:?}, REC 5 after {:?}", t0.elapsed());
+    assert!(vm.serial_log().contains("FERRY FS /dev/vdb"), "{}", vm.serial_log());
 
     // Guest agent while the workload runs.
     let qga = Arc::new(vm.connect_qga().await.expect("qga connect"));
     let t = Instant::now();
-    qga.wait_ready(Duration::from_secs(30))
-        .await
-        .expect("qga ready");
+    qga.wait_ready(Duration::from_secs(30)).await.expect("qga ready");
     qga.ping().await.expect("ping");
     eprintln!("qga sync+ping: {:?}", t.elapsed());
-    let out = qga
-        .exec_wait("/bin/cat", &["/proc/cmdline"], Duration::from_secs(20))
-        .await
-        .expect("exec");
+    let out = qga.exec_wait("/bin/cat", &["/proc/cmdline"], Duration::from_secs(20)).await.expect("exec");
     assert_eq!(out.exit_code, Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ferry.workload=records"));
-    let out = qga
-        .exec_wait("/bin/sh", &["-c", "exit 3"], Duration::from_secs(20))
-        .await
-        .expect("exec");
+    let out = qga.exec_wait("/bin/sh", &["-c", "exit 3"], Duration::from_secs(20)).await.expect("exec");
     assert_eq!(out.exit_code, Some(3));
     let ifs = qga.network_get_interfaces().await.expect("interfaces");
-    assert!(
-        ifs.iter()
-            .any(|i| i.hardware_address.as_deref() == Some("52:54:00:aa:00:01")),
-        "{ifs:?}"
-    );
+    assert!(ifs.iter().any(|i| i.hardware_address.as_deref() == Some("52:54:00:aa:00:01")), "{ifs:?}");
     let t = Instant::now();
     let guard = qga.freeze(Duration::from_secs(10)).await.expect("freeze");
     assert_eq!(guard.frozen(), 1, "one ext2 filesystem on vdb");
-    assert_eq!(
-        qga.fsfreeze_status().await.expect("status"),
-        FreezeStatus::Frozen
-    );
+    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Frozen);
     assert_eq!(guard.thaw().await.expect("thaw"), 1);
     eprintln!("freeze+status+thaw of one filesystem: {:?}", t.elapsed());
-    assert_eq!(
-        qga.fsfreeze_status().await.expect("status"),
-        FreezeStatus::Thawed
-    );
+    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Thawed);
     // Dropping a guard thaws in the background.
     drop(qga.freeze(Duration::from_secs(10)).await.expect("freeze"));
     let t = Instant::now();
     while qga.fsfreeze_status().await.expect("status") != FreezeStatus::Thawed {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "background thaw did not happen"
-        );
+        assert!(t.elapsed() < Duration::from_secs(10), "background thaw did not happen");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(qga);
 
     wait_serial(&vm, "REC 20", Duration::from_secs(90)).await;
-    let out = vm
-        .shutdown_graceful(Duration::from_secs(60))
-        .await
-        .expect("shutdown");
+    let out = vm.shutdown_graceful(Duration::from_secs(60)).await.expect("shutdown");
     eprintln!("graceful shutdown: {out:?}; total run {:?}", t0.elapsed());
-    assert!(
-        out.graceful,
-        "guest ignored the ACPI power button:\n{}",
-        vm.serial_log()
-    );
+    assert!(out.graceful, "guest ignored the ACPI power button:\n{}", vm.serial_log());
     let serial = vm.serial_log();
     assert!(serial.contains("FERRY POWEROFF"), "{serial}");
     let last = last_serial_record(&serial).expect("records on the console");

@@ -186,8 +186,12 @@ impl Primary {
         }
     }
 
+    /// Cycle ids grow monotonically: the persisted counter, the newest bitmap generation and the
+    /// wall clock in milliseconds, whichever is largest, so even a lost state file never reuses an
+    /// id the replica has already applied.
     pub(crate) fn alloc_cycle(&mut self, at_least: u64) -> Result<u64> {
-        let c = self.state.next_cycle.max(at_least).max(1);
+        let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let c = self.state.next_cycle.max(at_least).max(now).max(1);
         self.state.next_cycle = c + 1;
         self.save_state()?;
         Ok(c)

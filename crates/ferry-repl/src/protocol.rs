@@ -39,6 +39,8 @@
 //! payload is zstd (level 1) unless that does not make it smaller; then it is sent raw with the
 //! `compressed` flag clear.
 
+use std::borrow::Cow;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -55,6 +57,8 @@ pub const MAX_DATA_EXTENT: u64 = 4 << 20;
 pub const MAX_STR: usize = 1024;
 /// Most disks per VM (REP-9).
 pub const MAX_DISKS: usize = 16;
+/// Largest virtual disk (64 TiB).
+pub const MAX_DISK_SIZE: u64 = 64 << 40;
 /// Most hashes per `HashReply`.
 pub const MAX_HASHES: u32 = 65536;
 
@@ -299,7 +303,11 @@ impl Message {
                 for _ in 0..n {
                     let target = r.str()?;
                     valid_name(&target, "Disk target")?;
-                    disks.push(DiskInfo { target, size: r.u64()? });
+                    let size = r.u64()?;
+                    if size == 0 || size > MAX_DISK_SIZE || !size.is_multiple_of(512) {
+                        return Err(Error::protocol(format!("Disk {target} size {size} is invalid")));
+                    }
+                    disks.push(DiskInfo { target, size });
                 }
                 Message::BeginCycle(BeginCycle {
                     cycle,
@@ -532,20 +540,68 @@ pub fn is_zero(b: &[u8]) -> bool {
     head.iter().all(|&x| x == 0) && mid.iter().all(|&x| x == 0) && tail.iter().all(|&x| x == 0)
 }
 
-/// Build an extent frame from raw data: checksum, optional zstd (kept only if smaller).
+/// Build an extent from raw data: checksum, optional zstd (kept only if smaller).
 pub fn data_extent(index: u64, disk: u16, offset: u64, data: &[u8], compress: bool) -> Result<Extent> {
-    let checksum = *blake3::hash(data).as_bytes();
-    let (payload, compressed) = if compress {
-        let c = zstd::bulk::compress(data, 1).map_err(|e| Error::io(format!("Cannot compress extent {index}"), e))?;
-        if c.len() < data.len() {
-            (c, true)
-        } else {
-            (data.to_vec(), false)
+    let frame = encode_data_frame(
+        index,
+        disk,
+        offset,
+        data,
+        compress
+            .then(|| zstd::bulk::Compressor::new(1))
+            .transpose()
+            .map_err(|e| Error::io("Cannot create a zstd context", e))?
+            .as_mut(),
+    )?;
+    match Message::decode(&frame[4..])? {
+        Message::Extent(e) => Ok(e),
+        m => Err(Error::protocol(format!("Encoded a {} instead of an extent", m.name()))),
+    }
+}
+
+/// Encode a data extent frame straight from `data` (one copy): checksum of the raw data, zstd
+/// with the caller's reusable context when given, raw when compression does not shrink it.
+pub fn encode_data_frame(
+    index: u64,
+    disk: u16,
+    offset: u64,
+    data: &[u8],
+    compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+) -> Result<Vec<u8>> {
+    const HEADER: usize = 4 + 1 + 8 + 2 + 8 + 8 + 1 + 1 + 32;
+    if data.is_empty() || data.len() as u64 > MAX_DATA_EXTENT {
+        return Err(Error::new(ErrorKind::Invalid, format!("Data extent of {} bytes", data.len())));
+    }
+    let checksum = blake3::hash(data);
+    let mut b = Vec::with_capacity(HEADER + data.len());
+    b.extend_from_slice(&[0, 0, 0, 0, 3]);
+    b.extend_from_slice(&index.to_be_bytes());
+    b.extend_from_slice(&disk.to_be_bytes());
+    b.extend_from_slice(&offset.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    b.push(0);
+    b.push(0);
+    b.extend_from_slice(checksum.as_bytes());
+    let mut compressed = false;
+    if let Some(c) = compressor {
+        b.resize(HEADER + data.len(), 0);
+        // A result that does not fit in `data.len()` bytes is not worth sending compressed.
+        if let Ok(n) = c.compress_to_buffer(data, &mut b[HEADER..]) {
+            if n < data.len() {
+                b.truncate(HEADER + n);
+                compressed = true;
+            }
+        }
+        if !compressed {
+            b[HEADER..].copy_from_slice(data);
         }
     } else {
-        (data.to_vec(), false)
-    };
-    Ok(Extent { index, disk, offset, len: data.len() as u64, kind: ExtentKind::Data, compressed, checksum, payload })
+        b.extend_from_slice(data);
+    }
+    b[HEADER - 33] = u8::from(compressed);
+    let len = (b.len() - 4) as u32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(b)
 }
 
 /// A zero extent.
@@ -564,11 +620,11 @@ pub fn zero_extent(index: u64, disk: u16, offset: u64, len: u64) -> Extent {
 
 impl Extent {
     /// The uncompressed payload, verified against the checksum (`None` for zero extents).
-    pub fn verified_data(&self) -> Result<Option<Vec<u8>>> {
+    pub fn verified_data(&self) -> Result<Option<Cow<'_, [u8]>>> {
         if self.kind == ExtentKind::Zero {
             return Ok(None);
         }
-        let data = if self.compressed {
+        let data: Cow<'_, [u8]> = if self.compressed {
             let d = zstd::bulk::decompress(&self.payload, self.len as usize).map_err(|e| {
                 Error::with_source(ErrorKind::Protocol, format!("Extent {} does not decompress", self.index), e)
             })?;
@@ -580,9 +636,9 @@ impl Extent {
                     self.len
                 )));
             }
-            d
+            Cow::Owned(d)
         } else {
-            self.payload.clone()
+            Cow::Borrowed(&self.payload)
         };
         if blake3::hash(&data).as_bytes() != &self.checksum {
             return Err(Error::new(
@@ -636,7 +692,7 @@ mod tests {
         // Path traversal in a disk target.
         let mut f = Message::BeginCycle(BeginCycle {
             cycle: 1,
-            disks: vec![DiskInfo { target: "vda".into(), size: 1 }],
+            disks: vec![DiskInfo { target: "vda".into(), size: 512 }],
             app_consistent: false,
             base: false,
             created_at_ms: 0,

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -122,6 +123,7 @@ impl Qcow2Writer {
                 let pad = vec![0u8; (n * CLUSTER - data.len() as u64) as usize];
                 self.pwrite(&pad, host0 + data.len() as u64)?;
             }
+            self.start_writeback(host0, n * CLUSTER);
         } else {
             for i in 0..n {
                 let e = *self.entry(first + i);
@@ -159,6 +161,14 @@ impl Qcow2Writer {
             }
         }
         Ok(())
+    }
+
+    /// Start writing dirty pages back now, so the final fsync has little left to do.
+    fn start_writeback(&self, at: u64, len: u64) {
+        // SAFETY: advisory syscall on an open descriptor; failure only loses the head start.
+        unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     fn pwrite(&self, buf: &[u8], at: u64) -> Result<()> {

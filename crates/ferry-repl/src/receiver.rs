@@ -244,9 +244,19 @@ impl Shared {
             match msg {
                 Message::BeginCycle(h) => {
                     let mut s = slot.lock().await;
-                    if vm.last_cycle()?.is_some_and(|last| last >= h.cycle) {
-                        write_msg(wr, &Message::Ack { cycle: h.cycle, durable: true }).await?;
-                        continue;
+                    match vm.last_cycle()? {
+                        // A re-send after a lost ack: already durable.
+                        Some(last) if last == h.cycle => {
+                            write_msg(wr, &Message::Ack { cycle: h.cycle, durable: true }).await?;
+                            continue;
+                        }
+                        Some(last) if last > h.cycle => {
+                            return Err(Error::new(
+                                ErrorKind::Busy,
+                                format!("Cycle {} is older than the replica's last cycle {last}", h.cycle),
+                            ));
+                        }
+                        _ => {}
                     }
                     let resume = matches!(&s.pending, Some(p) if p.header() == &h);
                     if !resume {

@@ -16,7 +16,7 @@ use tokio_rustls::client::TlsStream;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{ChainReader, PlannedExtent};
 use crate::protocol::{
-    data_extent, expect_frame, is_zero, read_frame, write_msg, write_raw, zero_extent, BeginCycle, Direction,
+    encode_data_frame, expect_frame, is_zero, read_frame, write_msg, write_raw, zero_extent, BeginCycle, Direction,
     ExtentKind, Message, PROTOCOL_VERSION,
 };
 use crate::transport::{self, Limiter};
@@ -257,27 +257,28 @@ async fn stream_extents(
     let compress = opts.compress;
     let producer = tokio::task::spawn_blocking(move || {
         let mut buf = Vec::new();
+        let mut zctx = match compress.then(|| zstd::bulk::Compressor::new(1)).transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::io("Cannot create a zstd context", e)));
+                return;
+            }
+        };
         for i in start..src2.extents.len() as u64 {
             let pe = src2.extents[i as usize];
             let frame = (|| -> Result<(Vec<u8>, u64)> {
-                let ext = match pe.kind {
-                    ExtentKind::Zero => zero_extent(i, pe.disk, pe.offset, pe.len),
-                    ExtentKind::Data => {
-                        buf.resize(pe.len as usize, 0);
-                        let reader = src2
-                            .readers
-                            .get(pe.disk as usize)
-                            .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
-                        reader.read(pe.offset, &mut buf)?;
-                        if is_zero(&buf) {
-                            zero_extent(i, pe.disk, pe.offset, pe.len)
-                        } else {
-                            data_extent(i, pe.disk, pe.offset, &buf, compress)?
-                        }
+                if pe.kind == ExtentKind::Data {
+                    buf.resize(pe.len as usize, 0);
+                    let reader = src2
+                        .readers
+                        .get(pe.disk as usize)
+                        .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
+                    reader.read(pe.offset, &mut buf)?;
+                    if !is_zero(&buf) {
+                        return Ok((encode_data_frame(i, pe.disk, pe.offset, &buf, zctx.as_mut())?, pe.len));
                     }
-                };
-                let data = if ext.kind == ExtentKind::Data { ext.len } else { 0 };
-                Ok((Message::Extent(ext).encode()?, data))
+                }
+                Ok((Message::Extent(zero_extent(i, pe.disk, pe.offset, pe.len)).encode()?, 0))
             })();
             let stop = frame.is_err();
             if tx.blocking_send(frame).is_err() || stop {

@@ -90,7 +90,9 @@ pub fn build(site: &Site) -> SiteInventory {
                 }
                 // Hosts name VM networks; the inventory carries their ids.
                 for n in &mut vm.nics {
-                    if let Some(net) = n.vm_network.as_ref().and_then(|x| f.vm_networks.iter().find(|v| &v.name == x || &v.id == x)) {
+                    if let Some(net) =
+                        n.vm_network.as_ref().and_then(|x| f.vm_networks.iter().find(|v| &v.name == x || &v.id == x))
+                    {
                         n.vm_network = Some(net.id.clone());
                     }
                 }

@@ -56,15 +56,12 @@ pub struct Lab {
     pub bridge_prefix: String,
 }
 
+#[derive(Default)]
 pub struct LabOptions {
     pub demo_vms: bool,
     pub record: bool,
-}
-
-impl Default for LabOptions {
-    fn default() -> Self {
-        LabOptions { demo_vms: false, record: false }
-    }
+    /// Test-only replication cycle interval.
+    pub test_copy_interval_ms: Option<u64>,
 }
 
 impl Lab {
@@ -89,6 +86,10 @@ impl Lab {
         }
         if opts.record {
             args.push("--record-vault-traffic".into());
+        }
+        if let Some(ms) = opts.test_copy_interval_ms {
+            args.push("--test-copy-interval-ms".into());
+            args.push(ms.to_string());
         }
         std::fs::create_dir_all(tmp.path()).expect("tmp");
         let log = std::fs::File::create(tmp.path().join("lab.out")).expect("log");

@@ -32,9 +32,8 @@ pub fn workspace_root() -> PathBuf {
 /// Build (once, under a file lock) or reuse the test guest in `<target>/test-guest`.
 /// Returns `None` with a printed reason if the build is impossible here.
 pub fn test_guest() -> Option<TestGuest> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let script = workspace_root().join("scripts/build-test-guest.sh");
     match ensure_test_guest(&script, &target.join("test-guest")) {
         Ok(g) => Some(g),
@@ -47,16 +46,9 @@ pub fn test_guest() -> Option<TestGuest> {
 
 pub async fn qcow2(dir: &Path, name: &str, size: u64) -> PathBuf {
     let p = dir.join(name);
-    img::create(
-        &p,
-        DiskFormat::Qcow2,
-        &CreateOptions {
-            size: Some(size),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("qemu-img create");
+    img::create(&p, DiskFormat::Qcow2, &CreateOptions { size: Some(size), ..Default::default() })
+        .await
+        .expect("qemu-img create");
     p
 }
 
@@ -69,11 +61,7 @@ pub fn diskless_os_spec(name: &str, disks: &[(&str, &Path)]) -> VmSpec {
         memory_mib: 64,
         disks: disks
             .iter()
-            .map(|(t, p)| DiskSpec {
-                target: t.to_string(),
-                path: p.to_path_buf(),
-                format: DiskFormat::Qcow2,
-            })
+            .map(|(t, p)| DiskSpec { target: t.to_string(), path: p.to_path_buf(), format: DiskFormat::Qcow2 })
             .collect(),
         nics: vec![],
         guest_agent: false,
