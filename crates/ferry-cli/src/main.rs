@@ -51,10 +51,34 @@ enum Cmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Measure Ferry on this machine and print the figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Start the two-site lab (vault, VMM-NewYork, VMM-Chicago, one host each) on this machine.
     Lab(lab::LabArgs),
     #[command(flatten)]
     Api(api_cmds::ApiCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Vault listing and job updates at scale (10,000 items, 100,000 jobs, 1,000,000 events).
+    Vault {
+        /// A quick run with small tables.
+        #[arg(long)]
+        small: bool,
+    },
+    /// Replication: initial copy, delta cycles, wire bytes with and without zstd, idle cost.
+    Replication {
+        /// Scratch directory (needs about 3× the data size).
+        #[arg(long, default_value = "/var/tmp/ferry-bench")]
+        dir: PathBuf,
+        /// Allocated data for the initial replication, MiB.
+        #[arg(long, default_value_t = 1024)]
+        data_mib: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,6 +137,20 @@ fn main() {
             }
             Cmd::Host { config, data_dir } => roles::host_run(&config, &data_dir).await,
             Cmd::Lab(args) => lab::run(args).await,
+            Cmd::Bench { what: BenchCmd::Vault { small } } => {
+                let opts = if small { ferry_vault::bench::BenchOptions::small() } else { ferry_vault::bench::BenchOptions::full() };
+                let report = ferry_vault::bench::run(opts).await?;
+                println!("{report}");
+                Ok(())
+            }
+            Cmd::Bench { what: BenchCmd::Replication { dir, data_mib } } => {
+                let mut opts = ferry_repl::bench::BenchOptions::new(&dir);
+                opts.data_mib = data_mib;
+                let report = ferry_repl::bench::run(&opts).await?;
+                let _ = std::fs::remove_dir_all(&dir);
+                println!("{report}");
+                Ok(())
+            }
             Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
         }
     });
