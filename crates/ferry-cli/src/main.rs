@@ -138,7 +138,11 @@ fn main() {
             Cmd::Host { config, data_dir } => roles::host_run(&config, &data_dir).await,
             Cmd::Lab(args) => lab::run(args).await,
             Cmd::Bench { what: BenchCmd::Vault { small } } => {
-                let opts = if small { ferry_vault::bench::BenchOptions::small() } else { ferry_vault::bench::BenchOptions::full() };
+                let opts = if small {
+                    ferry_vault::bench::BenchOptions::small()
+                } else {
+                    ferry_vault::bench::BenchOptions::full()
+                };
                 let report = ferry_vault::bench::run(opts).await?;
                 println!("{report}");
                 Ok(())

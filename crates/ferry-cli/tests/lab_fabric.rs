@@ -69,7 +69,10 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
         let items = lab.json(&["protectable-list", "--site", "VMM-NewYork"]);
         items["items"].as_array().and_then(|a| a.iter().find(|v| v["name"] == "inv1").cloned())
     });
-    assert_eq!(item["nics"][0]["vm_network"], "VMNetwork1-NewYork");
+    let nets = lab.json(&["network-list", "--site", "VMM-NewYork"]);
+    let vmn1 =
+        nets.as_array().and_then(|a| a.iter().find(|n| n["name"] == "VMNetwork1-NewYork")).map(|n| n["id"].clone());
+    assert_eq!(Some(item["nics"][0]["vm_network"].clone()), vmn1, "NICs carry the VM network's id");
     assert_eq!(item["nics"][0]["ip"], "10.11.0.50");
     assert_eq!(item["disks"][0]["classification"], gold_id);
     let clouds = lab.json(&["cloud-list", "--site", "VMM-NewYork"]);

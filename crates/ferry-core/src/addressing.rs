@@ -31,18 +31,12 @@ pub enum IpAssignment {
 /// NET-3: the subnet named like `source_subnet`, else the first one; `None` when the network has
 /// no subnet at all.
 pub fn choose_subnet<'a>(source_subnet: Option<&str>, target: &'a VmNetwork) -> Option<&'a Subnet> {
-    source_subnet
-        .and_then(|name| target.subnets.iter().find(|s| s.name == name))
-        .or_else(|| target.subnets.first())
+    source_subnet.and_then(|name| target.subnets.iter().find(|s| s.name == name)).or_else(|| target.subnets.first())
 }
 
 /// NET-4: the address for a replica NIC in `subnet`. `used` holds every address already taken in
 /// the target subnet (other VMs, other NICs of this VM).
-pub fn choose_ip(
-    source_ip: Option<&str>,
-    subnet: &Subnet,
-    used: &HashSet<IpAddr>,
-) -> Result<IpAssignment, Error> {
+pub fn choose_ip(source_ip: Option<&str>, subnet: &Subnet, used: &HashSet<IpAddr>) -> Result<IpAssignment, Error> {
     let Some(source_ip) = source_ip else {
         return Ok(IpAssignment::Dhcp);
     };
@@ -50,20 +44,10 @@ pub fn choose_ip(
     if subnet.pools.is_empty() {
         return Ok(IpAssignment::Dhcp);
     }
-    let net: IpNet = subnet.cidr.parse().map_err(|_| Error::InvalidAddress {
-        what: "CIDR".into(),
-        value: subnet.cidr.clone(),
-    })?;
-    let gateway = subnet
-        .gateway
-        .as_deref()
-        .map(|g| parse_addr("gateway", g))
-        .transpose()?;
-    let pools = subnet
-        .pools
-        .iter()
-        .map(|p| parse_pool(subnet, &net, p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let net: IpNet =
+        subnet.cidr.parse().map_err(|_| Error::InvalidAddress { what: "CIDR".into(), value: subnet.cidr.clone() })?;
+    let gateway = subnet.gateway.as_deref().map(|g| parse_addr("gateway", g)).transpose()?;
+    let pools = subnet.pools.iter().map(|p| parse_pool(subnet, &net, p)).collect::<Result<Vec<_>, _>>()?;
 
     let free = |a: IpAddr| !used.contains(&a) && Some(a) != gateway && !is_reserved(&net, a);
     let as_static = |address, same_as_source| IpAssignment::Static {
@@ -88,16 +72,11 @@ pub fn choose_ip(
             cur += 1;
         }
     }
-    Err(Error::IpPoolExhausted {
-        subnet: subnet.name.clone(),
-    })
+    Err(Error::IpPoolExhausted { subnet: subnet.name.clone() })
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<IpAddr, Error> {
-    s.trim().parse().map_err(|_| Error::InvalidAddress {
-        what: what.into(),
-        value: s.into(),
-    })
+    s.trim().parse().map_err(|_| Error::InvalidAddress { what: what.into(), value: s.into() })
 }
 
 fn parse_pool(subnet: &Subnet, net: &IpNet, pool: &IpPool) -> Result<(IpAddr, IpAddr), Error> {
@@ -106,16 +85,8 @@ fn parse_pool(subnet: &Subnet, net: &IpNet, pool: &IpPool) -> Result<(IpAddr, Ip
         pool: pool.name.clone(),
         reason: reason.to_string(),
     };
-    let start: IpAddr = pool
-        .start
-        .trim()
-        .parse()
-        .map_err(|_| bad("the start is not an address"))?;
-    let end: IpAddr = pool
-        .end
-        .trim()
-        .parse()
-        .map_err(|_| bad("the end is not an address"))?;
+    let start: IpAddr = pool.start.trim().parse().map_err(|_| bad("the start is not an address"))?;
+    let end: IpAddr = pool.end.trim().parse().map_err(|_| bad("the end is not an address"))?;
     if !net.contains(&start) || !net.contains(&end) {
         return Err(bad("it is not inside the subnet"));
     }
@@ -128,9 +99,7 @@ fn parse_pool(subnet: &Subnet, net: &IpNet, pool: &IpPool) -> Result<(IpAddr, Ip
 /// Network and broadcast addresses of an IPv4 subnet larger than /31.
 fn is_reserved(net: &IpNet, a: IpAddr) -> bool {
     match net {
-        IpNet::V4(n) if n.prefix_len() < 31 => {
-            a == IpAddr::V4(n.network()) || a == IpAddr::V4(n.broadcast())
-        }
+        IpNet::V4(n) if n.prefix_len() < 31 => a == IpAddr::V4(n.network()) || a == IpAddr::V4(n.broadcast()),
         _ => false,
     }
 }
@@ -149,9 +118,7 @@ fn to_u128(a: IpAddr) -> u128 {
 fn from_u128(family: IpAddr, n: u128) -> IpAddr {
     match family {
         // Values come from a pool of the same family, so they fit in 32 bits.
-        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(
-            u32::try_from(n).unwrap_or(u32::MAX),
-        )),
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX))),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(n)),
     }
 }
@@ -168,11 +135,7 @@ mod tests {
             pools: pools
                 .iter()
                 .enumerate()
-                .map(|(i, (s, e))| IpPool {
-                    name: format!("pool{i}"),
-                    start: s.to_string(),
-                    end: e.to_string(),
-                })
+                .map(|(i, (s, e))| IpPool { name: format!("pool{i}"), start: s.to_string(), end: e.to_string() })
                 .collect(),
         }
     }
@@ -182,47 +145,23 @@ mod tests {
     }
 
     fn net(subnets: Vec<Subnet>) -> VmNetwork {
-        VmNetwork {
-            id: "n".into(),
-            name: "n".into(),
-            logical_network: "ln".into(),
-            subnets,
-        }
+        VmNetwork { id: "n".into(), name: "n".into(), logical_network: "ln".into(), subnets }
     }
 
     fn addr(a: &IpAssignment) -> Option<(IpAddr, bool)> {
         match a {
-            IpAssignment::Static {
-                address,
-                same_as_source,
-                ..
-            } => Some((*address, *same_as_source)),
+            IpAssignment::Static { address, same_as_source, .. } => Some((*address, *same_as_source)),
             IpAssignment::Dhcp => None,
         }
     }
 
     #[test]
     fn net_3_same_subnet_name_else_first() {
-        let n = net(vec![
-            subnet("front", "10.2.0.0/24", &[]),
-            subnet("back", "10.2.1.0/24", &[]),
-        ]);
-        assert_eq!(
-            choose_subnet(Some("back"), &n).map(|s| s.name.as_str()),
-            Some("back")
-        );
-        assert_eq!(
-            choose_subnet(Some("db"), &n).map(|s| s.name.as_str()),
-            Some("front")
-        );
-        assert_eq!(
-            choose_subnet(None, &n).map(|s| s.name.as_str()),
-            Some("front")
-        );
-        assert_eq!(
-            choose_subnet(Some("Back"), &n).map(|s| s.name.as_str()),
-            Some("front")
-        );
+        let n = net(vec![subnet("front", "10.2.0.0/24", &[]), subnet("back", "10.2.1.0/24", &[])]);
+        assert_eq!(choose_subnet(Some("back"), &n).map(|s| s.name.as_str()), Some("back"));
+        assert_eq!(choose_subnet(Some("db"), &n).map(|s| s.name.as_str()), Some("front"));
+        assert_eq!(choose_subnet(None, &n).map(|s| s.name.as_str()), Some("front"));
+        assert_eq!(choose_subnet(Some("Back"), &n).map(|s| s.name.as_str()), Some("front"));
         assert_eq!(choose_subnet(Some("back"), &net(vec![])), None);
     }
 
@@ -232,30 +171,19 @@ mod tests {
         let got = choose_ip(Some("10.2.0.15"), &s, &HashSet::new()).expect("assignment");
         assert_eq!(
             got,
-            IpAssignment::Static {
-                address: ip("10.2.0.15"),
-                prefix_len: 24,
-                gateway: None,
-                same_as_source: true
-            }
+            IpAssignment::Static { address: ip("10.2.0.15"), prefix_len: 24, gateway: None, same_as_source: true }
         );
     }
 
     #[test]
     fn net_4_first_free_when_same_ip_taken_or_outside_pool() {
-        let s = subnet(
-            "front",
-            "10.2.0.0/24",
-            &[("10.2.0.10", "10.2.0.12"), ("10.2.0.50", "10.2.0.51")],
-        );
+        let s = subnet("front", "10.2.0.0/24", &[("10.2.0.10", "10.2.0.12"), ("10.2.0.50", "10.2.0.51")]);
         let used: HashSet<IpAddr> = [ip("10.2.0.15"), ip("10.2.0.10")].into_iter().collect();
         // Outside every pool: lowest free pool address.
         let got = choose_ip(Some("10.1.0.15"), &s, &used).expect("assignment");
         assert_eq!(addr(&got), Some((ip("10.2.0.11"), false)));
         // Inside a pool but taken.
-        let used: HashSet<IpAddr> = [ip("10.2.0.10"), ip("10.2.0.11"), ip("10.2.0.12")]
-            .into_iter()
-            .collect();
+        let used: HashSet<IpAddr> = [ip("10.2.0.10"), ip("10.2.0.11"), ip("10.2.0.12")].into_iter().collect();
         let got = choose_ip(Some("10.2.0.11"), &s, &used).expect("assignment");
         assert_eq!(addr(&got), Some((ip("10.2.0.50"), false)));
     }
@@ -264,12 +192,7 @@ mod tests {
     fn net_4_exhausted_pool_is_an_error() {
         let s = subnet("front", "10.2.0.0/24", &[("10.2.0.10", "10.2.0.11")]);
         let used: HashSet<IpAddr> = [ip("10.2.0.10"), ip("10.2.0.11")].into_iter().collect();
-        assert_eq!(
-            choose_ip(Some("10.2.0.10"), &s, &used),
-            Err(Error::IpPoolExhausted {
-                subnet: "front".into()
-            })
-        );
+        assert_eq!(choose_ip(Some("10.2.0.10"), &s, &used), Err(Error::IpPoolExhausted { subnet: "front".into() }));
     }
 
     #[test]
@@ -293,10 +216,7 @@ mod tests {
         let s = subnet("front", "10.2.0.0/24", &[("10.2.0.10", "10.2.0.20")]);
         assert_eq!(choose_ip(None, &s, &HashSet::new()), Ok(IpAssignment::Dhcp));
         let s = subnet("front", "10.2.0.0/24", &[]);
-        assert_eq!(
-            choose_ip(Some("10.2.0.5"), &s, &HashSet::new()),
-            Ok(IpAssignment::Dhcp)
-        );
+        assert_eq!(choose_ip(Some("10.2.0.5"), &s, &HashSet::new()), Ok(IpAssignment::Dhcp));
     }
 
     #[test]
@@ -314,24 +234,13 @@ mod tests {
         let s = subnet("front", "10.2.0.0/24", &[("10.3.0.1", "10.3.0.9")]);
         assert_eq!(
             choose_ip(Some("10.2.0.5"), &s, &HashSet::new()).map_err(|e| e.to_string()),
-            Err(
-                "IP pool pool0 of subnet front is invalid: it is not inside the subnet".to_string()
-            )
+            Err("IP pool pool0 of subnet front is invalid: it is not inside the subnet".to_string())
         );
         let s = subnet("front", "10.2.0.0/24", &[("10.2.0.9", "10.2.0.1")]);
-        assert_eq!(
-            choose_ip(Some("10.2.0.5"), &s, &HashSet::new()).map_err(|e| e.code()),
-            Err("InvalidIpPool")
-        );
+        assert_eq!(choose_ip(Some("10.2.0.5"), &s, &HashSet::new()).map_err(|e| e.code()), Err("InvalidIpPool"));
         let s = subnet("front", "not-a-cidr", &[("10.2.0.1", "10.2.0.9")]);
-        assert_eq!(
-            choose_ip(Some("10.2.0.5"), &s, &HashSet::new()).map_err(|e| e.code()),
-            Err("InvalidAddress")
-        );
+        assert_eq!(choose_ip(Some("10.2.0.5"), &s, &HashSet::new()).map_err(|e| e.code()), Err("InvalidAddress"));
         let s = subnet("front", "10.2.0.0/24", &[("10.2.0.1", "10.2.0.9")]);
-        assert_eq!(
-            choose_ip(Some("10.2.0.x"), &s, &HashSet::new()).map_err(|e| e.code()),
-            Err("InvalidAddress")
-        );
+        assert_eq!(choose_ip(Some("10.2.0.x"), &s, &HashSet::new()).map_err(|e| e.code()), Err("InvalidAddress"));
     }
 }

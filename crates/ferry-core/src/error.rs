@@ -45,10 +45,7 @@ pub enum Error {
     #[error(
         "App-consistent snapshot frequency {frequency_hours} h must be less than the {retention_hours} additional recovery points kept"
     )]
-    PolicyAppConsistentFrequencyNotBelowRetention {
-        frequency_hours: u32,
-        retention_hours: u32,
-    },
+    PolicyAppConsistentFrequencyNotBelowRetention { frequency_hours: u32, retention_hours: u32 },
     #[error("Kerberos authentication needs a configured Kerberos realm")]
     KerberosRealmNotConfigured,
     #[error("Replication port 0 is not valid; use 1..=65535")]
@@ -58,11 +55,7 @@ pub enum Error {
     #[error("Scheduled initial replication time {start_at} is more than 7 days ahead")]
     PolicyScheduleTooFar { start_at: String },
     #[error("Host {host} reports version {version}, but the policy needs {expected}")]
-    HostVersionMismatch {
-        host: String,
-        version: String,
-        expected: String,
-    },
+    HostVersionMismatch { host: String, version: String, expected: String },
 
     // ---- paths (POL-8, PLAN-3, SEC-3) ----
     #[error("Path {field} is empty")]
@@ -78,11 +71,7 @@ pub enum Error {
     #[error("Path {field} ({path}) is not normalized")]
     PathNotNormalized { field: String, path: String },
     #[error("Path {field} ({path}) is on a replication host's storage location {location}")]
-    PathOnReplicationHost {
-        field: String,
-        path: String,
-        location: String,
-    },
+    PathOnReplicationHost { field: String, path: String, location: String },
 
     // ---- fabric (FAB-5..7) ----
     #[error("{} {id} was not found", kind.label())]
@@ -99,27 +88,19 @@ pub enum Error {
     SingleSiteNeedsTwoClouds,
     #[error("Source and target cloud are the same cloud {cloud}")]
     SameSourceAndTargetCloud { cloud: String },
-    #[error(
-        "Host {host} runs QEMU {version}, which is not supported; QEMU 7.2 or newer is needed"
-    )]
+    #[error("Host {host} runs QEMU {version}, which is not supported; QEMU 7.2 or newer is needed")]
     UnsupportedQemuVersion { host: String, version: String },
     #[error("Host {host} has no host agent joined")]
     HostAgentNotJoined { host: String },
     #[error("Host {host} runs agent version {version}, but {expected} is needed")]
-    AgentVersionMismatch {
-        host: String,
-        version: String,
-        expected: String,
-    },
+    AgentVersionMismatch { host: String, version: String, expected: String },
     #[error("Host {host} has no VM to protect")]
     HostHasNoVms { host: String },
     #[error("Cloud {cloud} has no VM to protect")]
     NoVmsToProtect { cloud: String },
     #[error("Protection goal is invalid: {reason}")]
     ProtectionGoalInvalid { reason: String },
-    #[error(
-        "Protection goal has no second site manager, so source and target must be on one site"
-    )]
+    #[error("Protection goal has no second site manager, so source and target must be on one site")]
     ProtectionGoalRequiresSameSite,
     #[error("Cloud {cloud} is not synced with the vault")]
     CloudNotSynced { cloud: String },
@@ -134,11 +115,7 @@ pub enum Error {
     #[error("Address {value} is not a valid {what}")]
     InvalidAddress { what: String, value: String },
     #[error("IP pool {pool} of subnet {subnet} is invalid: {reason}")]
-    InvalidIpPool {
-        subnet: String,
-        pool: String,
-        reason: String,
-    },
+    InvalidIpPool { subnet: String, pool: String, reason: String },
     #[error("Static IP pools of subnet {subnet} have no free address")]
     IpPoolExhausted { subnet: String },
     #[error("No target host of cloud {cloud} can reach every mapped network of the VM")]
@@ -149,34 +126,18 @@ pub enum Error {
     StorageMappingToItself { classification: String },
     #[error("Storage classification {classification} is already mapped on the target site")]
     StorageClassificationAlreadyMapped { classification: String },
-    #[error(
-        "Storage classification {classification} is not available to a host group of cloud {cloud}"
-    )]
-    ClassificationNotAvailable {
-        classification: String,
-        cloud: String,
-    },
+    #[error("Storage classification {classification} is not available to a host group of cloud {cloud}")]
+    ClassificationNotAvailable { classification: String, cloud: String },
     #[error("No storage location on host {host} has room for disk {disk} ({bytes} bytes)")]
-    NoSuitableStorage {
-        disk: String,
-        host: String,
-        bytes: u64,
-    },
+    NoSuitableStorage { disk: String, host: String, bytes: u64 },
     #[error("No target host can hold every disk of VM {vm}")]
     NoTargetHost { vm: String },
 
     // ---- state (JOB-3) ----
     #[error("Operation {} is not allowed in state {state:?}{}", operation.as_str(), reason_suffix(reason))]
-    OperationNotAllowed {
-        state: ReplicationState,
-        operation: Operation,
-        reason: Option<String>,
-    },
+    OperationNotAllowed { state: ReplicationState, operation: Operation, reason: Option<String> },
     #[error("Event {event} is not valid in state {state:?}")]
-    InvalidStateTransition {
-        state: ReplicationState,
-        event: String,
-    },
+    InvalidStateTransition { state: ReplicationState, event: String },
 
     // ---- recovery points (RP-*) ----
     #[error("There is no recovery point")]
@@ -204,9 +165,7 @@ impl Error {
             Error::PolicyInvalidHostVersion => "PolicyInvalidHostVersion",
             Error::PolicyInvalidCopyFrequency { .. } => "PolicyInvalidCopyFrequency",
             Error::PolicyInvalidRetention { .. } => "PolicyInvalidRetention",
-            Error::PolicyInvalidAppConsistentFrequency { .. } => {
-                "PolicyInvalidAppConsistentFrequency"
-            }
+            Error::PolicyInvalidAppConsistentFrequency { .. } => "PolicyInvalidAppConsistentFrequency",
             Error::PolicyAppConsistentFrequencyNotBelowRetention { .. } => {
                 "PolicyAppConsistentFrequencyNotBelowRetention"
             }
@@ -252,9 +211,7 @@ impl Error {
             Error::IpPoolExhausted { .. } => "IpPoolExhausted",
             Error::NoHostReachesNetworks { .. } => "NoHostReachesNetworks",
             Error::StorageMappingToItself { .. } => "StorageMappingToItself",
-            Error::StorageClassificationAlreadyMapped { .. } => {
-                "StorageClassificationAlreadyMapped"
-            }
+            Error::StorageClassificationAlreadyMapped { .. } => "StorageClassificationAlreadyMapped",
             Error::ClassificationNotAvailable { .. } => "ClassificationNotAvailable",
             Error::NoSuitableStorage { .. } => "NoSuitableStorage",
             Error::NoTargetHost { .. } => "NoTargetHost",
@@ -295,9 +252,7 @@ impl Error {
                 vec!["Every address of the subnet's static pools is in use."]
             }
             Error::NoSuitableStorage { .. } | Error::NoTargetHost { .. } => {
-                vec![
-                    "The target storage locations are full or not reachable from the target hosts.",
-                ]
+                vec!["The target storage locations are full or not reachable from the target hosts."]
             }
             Error::OperationNotAllowed { .. } => {
                 vec!["Another operation is running or the item is not in a state that allows this one."]
@@ -309,13 +264,19 @@ impl Error {
     /// What the operator can do about it, where there is something useful to say.
     pub fn recommendation(&self) -> Option<&'static str> {
         match self {
-            Error::KerberosRealmNotConfigured => Some("Use Certificate authentication, or configure a Kerberos realm first."),
+            Error::KerberosRealmNotConfigured => {
+                Some("Use Certificate authentication, or configure a Kerberos realm first.")
+            }
             Error::HostVersionMismatch { .. } => Some("Create one policy per host version family."),
             Error::PolicyAppConsistentFrequencyNotBelowRetention { .. } => {
                 Some("Lower the app-consistent frequency or raise the recovery point retention.")
             }
-            Error::PathOnReplicationHost { .. } => Some("Use removable media or a share that is not on a replication host."),
-            Error::CloudNotSynced { .. } => Some("Turn on metadata sync for the cloud and wait for the next site report."),
+            Error::PathOnReplicationHost { .. } => {
+                Some("Use removable media or a share that is not on a replication host.")
+            }
+            Error::CloudNotSynced { .. } => {
+                Some("Turn on metadata sync for the cloud and wait for the next site report.")
+            }
             Error::CloudAlreadyPaired { .. } => Some("Remove the existing cloud pairing first."),
             Error::UnsupportedQemuVersion { .. } => Some("Upgrade QEMU on the host to 7.2 or newer."),
             Error::AgentVersionMismatch { .. } => Some("Upgrade the host agent to the site manager's version."),
@@ -326,7 +287,9 @@ impl Error {
             Error::NoSuitableStorage { .. } | Error::NoTargetHost { .. } => {
                 Some("Free space in the target storage or set a default replica location with room.")
             }
-            Error::OperationNotAllowed { .. } => Some("Check the item's allowed operations and retry when it allows this one."),
+            Error::OperationNotAllowed { .. } => {
+                Some("Check the item's allowed operations and retry when it allows this one.")
+            }
             _ => None,
         }
     }
@@ -353,10 +316,7 @@ mod tests {
     fn sec_3_error_converts_to_api_error_with_code_cause_and_recommendation() {
         let api: ApiError = Error::KerberosRealmNotConfigured.into();
         assert_eq!(api.code, "KerberosRealmNotConfigured");
-        assert_eq!(
-            api.message,
-            "Kerberos authentication needs a configured Kerberos realm"
-        );
+        assert_eq!(api.message, "Kerberos authentication needs a configured Kerberos realm");
         assert_eq!(api.possible_causes.len(), 1);
         assert_eq!(
             api.recommendation.as_deref(),
@@ -372,24 +332,15 @@ mod tests {
             reason: None,
         };
         assert_eq!(e.code(), "OperationNotAllowed");
-        assert_eq!(
-            e.to_string(),
-            "Operation plannedFailover is not allowed in state Paused"
-        );
+        assert_eq!(e.to_string(), "Operation plannedFailover is not allowed in state Paused");
     }
 
     #[test]
     fn fab_5_not_found_code_depends_on_kind() {
-        let e = Error::NotFound {
-            kind: ObjectKind::Cloud,
-            id: "GoldCloud9".into(),
-        };
+        let e = Error::NotFound { kind: ObjectKind::Cloud, id: "GoldCloud9".into() };
         assert_eq!(e.code(), "CloudNotFound");
         assert_eq!(e.to_string(), "Cloud GoldCloud9 was not found");
-        let e = Error::NotFound {
-            kind: ObjectKind::StorageClassification,
-            id: "X".into(),
-        };
+        let e = Error::NotFound { kind: ObjectKind::StorageClassification, id: "X".into() };
         assert_eq!(e.code(), "StorageClassificationNotFound");
     }
 }

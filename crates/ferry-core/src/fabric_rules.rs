@@ -15,9 +15,7 @@ use crate::version::{agent_series, qemu_supported};
 /// FAB-5: a cloud needs at least one host group.
 pub fn check_cloud_has_host_groups(cloud: &Cloud) -> Result<(), Error> {
     if cloud.host_groups.is_empty() {
-        return Err(Error::CloudHasNoHostGroups {
-            cloud: cloud.name.clone(),
-        });
+        return Err(Error::CloudHasNoHostGroups { cloud: cloud.name.clone() });
     }
     Ok(())
 }
@@ -31,28 +29,20 @@ pub fn check_host_in_pair(
     target_cloud: &Cloud,
 ) -> Result<(), Error> {
     let in_cloud = |inv: &SiteInventory, cloud: &Cloud| {
-        inv.host(host_id)
-            .is_some_and(|h| cloud.host_groups.contains(&h.host_group))
+        inv.host(host_id).is_some_and(|h| cloud.host_groups.contains(&h.host_group))
     };
     if in_cloud(source_inv, source_cloud) || in_cloud(target_inv, target_cloud) {
         return Ok(());
     }
-    let name = source_inv
-        .host(host_id)
-        .or_else(|| target_inv.host(host_id))
-        .map_or(host_id, |h| h.name.as_str());
-    Err(Error::HostNotInPairedClouds {
-        host: name.to_string(),
-    })
+    let name = source_inv.host(host_id).or_else(|| target_inv.host(host_id)).map_or(host_id, |h| h.name.as_str());
+    Err(Error::HostNotInPairedClouds { host: name.to_string() })
 }
 
 /// FAB-5: the host runs a supported QEMU (7.2 or newer) and an agent of the site's series
 /// (`major.minor` of `expected_agent_version`; agents of one series speak one protocol).
 pub fn check_host_software(host: &Host, expected_agent_version: &str) -> Result<(), Error> {
     if host.agent_version.trim().is_empty() {
-        return Err(Error::HostAgentNotJoined {
-            host: host.name.clone(),
-        });
+        return Err(Error::HostAgentNotJoined { host: host.name.clone() });
     }
     let series = agent_series(&host.agent_version);
     if series.is_none() || series != agent_series(expected_agent_version) {
@@ -67,10 +57,7 @@ pub fn check_host_software(host: &Host, expected_agent_version: &str) -> Result<
 
 fn check_host_qemu(host: &Host) -> Result<(), Error> {
     if !qemu_supported(&host.qemu_version) {
-        return Err(Error::UnsupportedQemuVersion {
-            host: host.name.clone(),
-            version: host.qemu_version.clone(),
-        });
+        return Err(Error::UnsupportedQemuVersion { host: host.name.clone(), version: host.qemu_version.clone() });
     }
     Ok(())
 }
@@ -80,9 +67,7 @@ pub fn check_host_has_vms(inv: &SiteInventory, host: &Host) -> Result<(), Error>
     if inv.vms.iter().any(|v| v.host == host.id) {
         return Ok(());
     }
-    Err(Error::HostHasNoVms {
-        host: host.name.clone(),
-    })
+    Err(Error::HostHasNoVms { host: host.name.clone() })
 }
 
 /// FAB-6: the protection goal of this scenario.
@@ -91,9 +76,7 @@ pub fn validate_protection_goal(goal: &ProtectionGoal) -> Result<(), Error> {
     let ReplicateTo::RecoverySite = goal.replicate_to;
     let Hypervisor::Kvm = goal.hypervisor;
     if !goal.managed_by_site_manager {
-        return Err(Error::ProtectionGoalInvalid {
-            reason: "VMs must be managed by a Ferry site manager".into(),
-        });
+        return Err(Error::ProtectionGoalInvalid { reason: "VMs must be managed by a Ferry site manager".into() });
     }
     Ok(())
 }
@@ -125,43 +108,28 @@ pub fn validate_container_mapping(
     let source = find_cloud(source_inv, &req.source.id)?;
     let target = find_cloud(target_inv, &req.target.id)?;
     if same_fabric && req.source.id == req.target.id {
-        return Err(Error::SameSourceAndTargetCloud {
-            cloud: source.name.clone(),
-        });
+        return Err(Error::SameSourceAndTargetCloud { cloud: source.name.clone() });
     }
     for cloud in [source, target] {
         if !cloud.sync_enabled {
-            return Err(Error::CloudNotSynced {
-                cloud: cloud.name.clone(),
-            });
+            return Err(Error::CloudNotSynced { cloud: cloud.name.clone() });
         }
         check_cloud_has_host_groups(cloud)?;
     }
     for (r, cloud) in [(&req.source, source), (&req.target, target)] {
         if existing.iter().any(|m| pairs_cloud(m, r)) {
-            return Err(Error::CloudAlreadyPaired {
-                cloud: cloud.name.clone(),
-            });
+            return Err(Error::CloudAlreadyPaired { cloud: cloud.name.clone() });
         }
     }
     if target_inv.hosts_of_cloud(target).next().is_none() {
-        return Err(Error::CloudHasNoHosts {
-            cloud: target.name.clone(),
-        });
+        return Err(Error::CloudHasNoHosts { cloud: target.name.clone() });
     }
-    for host in source_inv
-        .hosts_of_cloud(source)
-        .chain(target_inv.hosts_of_cloud(target))
-    {
+    for host in source_inv.hosts_of_cloud(source).chain(target_inv.hosts_of_cloud(target)) {
         check_host_qemu(host)?;
     }
-    let source_has_vm = source_inv
-        .hosts_of_cloud(source)
-        .any(|h| source_inv.vms.iter().any(|v| v.host == h.id));
+    let source_has_vm = source_inv.hosts_of_cloud(source).any(|h| source_inv.vms.iter().any(|v| v.host == h.id));
     if !source_has_vm {
-        return Err(Error::NoVmsToProtect {
-            cloud: source.name.clone(),
-        });
+        return Err(Error::NoVmsToProtect { cloud: source.name.clone() });
     }
     Ok(())
 }
@@ -171,10 +139,7 @@ fn pairs_cloud(m: &ContainerMapping, cloud: &SiteObjectRef) -> bool {
 }
 
 pub(crate) fn find_cloud<'a>(inv: &'a SiteInventory, id: &str) -> Result<&'a Cloud, Error> {
-    inv.cloud(id).ok_or_else(|| Error::NotFound {
-        kind: ObjectKind::Cloud,
-        id: id.to_string(),
-    })
+    inv.cloud(id).ok_or_else(|| Error::NotFound { kind: ObjectKind::Cloud, id: id.to_string() })
 }
 
 #[cfg(test)]
@@ -225,24 +190,14 @@ mod tests {
     }
 
     fn hg(id: &str) -> HostGroup {
-        HostGroup {
-            id: id.into(),
-            name: id.into(),
-            storage_classifications: vec![],
-        }
+        HostGroup { id: id.into(), name: id.into(), storage_classifications: vec![] }
     }
 
     fn new_york() -> SiteInventory {
         SiteInventory {
-            clouds: vec![
-                cloud("GoldCloud1", &["HG-NY-Gold"]),
-                cloud("SilverCloud1", &["HG-NY-Silver"]),
-            ],
+            clouds: vec![cloud("GoldCloud1", &["HG-NY-Gold"]), cloud("SilverCloud1", &["HG-NY-Silver"])],
             host_groups: vec![hg("HG-NY-Gold"), hg("HG-NY-Silver")],
-            hosts: vec![
-                host("ny-host1", "HG-NY-Gold"),
-                host("ny-host2", "HG-NY-Silver"),
-            ],
+            hosts: vec![host("ny-host1", "HG-NY-Gold"), host("ny-host2", "HG-NY-Silver")],
             vms: vec![vm("VM1", "ny-host1"), vm("VM3", "ny-host2")],
             ..Default::default()
         }
@@ -250,32 +205,19 @@ mod tests {
 
     fn chicago() -> SiteInventory {
         SiteInventory {
-            clouds: vec![
-                cloud("GoldCloud2", &["HG-CHI-Gold"]),
-                cloud("SilverCloud2", &["HG-CHI-Silver"]),
-            ],
+            clouds: vec![cloud("GoldCloud2", &["HG-CHI-Gold"]), cloud("SilverCloud2", &["HG-CHI-Silver"])],
             host_groups: vec![hg("HG-CHI-Gold"), hg("HG-CHI-Silver")],
-            hosts: vec![
-                host("chi-host1", "HG-CHI-Gold"),
-                host("chi-host2", "HG-CHI-Silver"),
-            ],
+            hosts: vec![host("chi-host1", "HG-CHI-Gold"), host("chi-host2", "HG-CHI-Silver")],
             ..Default::default()
         }
     }
 
     fn r(fabric: Uuid, id: &str) -> SiteObjectRef {
-        SiteObjectRef {
-            fabric,
-            id: id.into(),
-        }
+        SiteObjectRef { fabric, id: id.into() }
     }
 
     fn req(src: SiteObjectRef, tgt: SiteObjectRef) -> CreateContainerMapping {
-        CreateContainerMapping {
-            source: src,
-            target: tgt,
-            policy: Uuid::from_u128(9),
-        }
+        CreateContainerMapping { source: src, target: tgt, policy: Uuid::from_u128(9) }
     }
 
     fn existing(src: SiteObjectRef, tgt: SiteObjectRef) -> ContainerMapping {
@@ -313,10 +255,7 @@ mod tests {
     #[test]
     fn fab_7_gold_cloud1_pairs_with_gold_cloud2() {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
-        assert_eq!(
-            validate_container_mapping(&rq, &new_york(), &chicago(), Some(&goal(true)), &[]),
-            Ok(())
-        );
+        assert_eq!(validate_container_mapping(&rq, &new_york(), &chicago(), Some(&goal(true)), &[]), Ok(()));
     }
 
     #[test]
@@ -326,9 +265,7 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chi, None, &[]),
-            Err(Error::CloudNotSynced {
-                cloud: "GoldCloud2".into()
-            })
+            Err(Error::CloudNotSynced { cloud: "GoldCloud2".into() })
         );
         let mut ny = new_york();
         ny.clouds[0].sync_enabled = false;
@@ -339,10 +276,7 @@ mod tests {
     fn fab_7_only_synced_clouds_are_listed() {
         let mut chi = chicago();
         chi.clouds[1].sync_enabled = false;
-        let names: Vec<&str> = synced_clouds(&chi)
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        let names: Vec<&str> = synced_clouds(&chi).iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, vec!["GoldCloud2"]);
     }
 
@@ -351,10 +285,7 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "BronzeCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chicago(), None, &[]),
-            Err(Error::NotFound {
-                kind: ObjectKind::Cloud,
-                id: "BronzeCloud2".into()
-            })
+            Err(Error::NotFound { kind: ObjectKind::Cloud, id: "BronzeCloud2".into() })
         );
     }
 
@@ -365,14 +296,9 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chi, None, &[]),
-            Err(Error::CloudHasNoHostGroups {
-                cloud: "GoldCloud2".into()
-            })
+            Err(Error::CloudHasNoHostGroups { cloud: "GoldCloud2".into() })
         );
-        assert_eq!(
-            check_cloud_has_host_groups(&cloud("c", &[])).map_err(|e| e.code()),
-            Err("CloudHasNoHostGroups")
-        );
+        assert_eq!(check_cloud_has_host_groups(&cloud("c", &[])).map_err(|e| e.code()), Err("CloudHasNoHostGroups"));
     }
 
     #[test]
@@ -382,17 +308,13 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "SilverCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chicago(), None, &ex),
-            Err(Error::CloudAlreadyPaired {
-                cloud: "GoldCloud1".into()
-            })
+            Err(Error::CloudAlreadyPaired { cloud: "GoldCloud1".into() })
         );
         // The target is already paired.
         let rq = req(r(NY, "SilverCloud1"), r(CHI, "GoldCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chicago(), None, &ex),
-            Err(Error::CloudAlreadyPaired {
-                cloud: "GoldCloud2".into()
-            })
+            Err(Error::CloudAlreadyPaired { cloud: "GoldCloud2".into() })
         );
         // A different pair is fine.
         let rq = req(r(NY, "SilverCloud1"), r(CHI, "SilverCloud2"));
@@ -404,16 +326,11 @@ mod tests {
         let mut ny = new_york();
         ny.clouds.truncate(1);
         let rq = req(r(NY, "GoldCloud1"), r(NY, "GoldCloud1"));
-        assert_eq!(
-            pair_code(&rq, &ny, &ny, Some(&goal(false)), &[]),
-            "SingleSiteNeedsTwoClouds"
-        );
+        assert_eq!(pair_code(&rq, &ny, &ny, Some(&goal(false)), &[]), "SingleSiteNeedsTwoClouds");
         let ny = new_york();
         assert_eq!(
             validate_container_mapping(&rq, &ny, &ny, Some(&goal(false)), &[]),
-            Err(Error::SameSourceAndTargetCloud {
-                cloud: "GoldCloud1".into()
-            })
+            Err(Error::SameSourceAndTargetCloud { cloud: "GoldCloud1".into() })
         );
         let rq = req(r(NY, "GoldCloud1"), r(NY, "SilverCloud1"));
         assert_eq!(pair_code(&rq, &ny, &ny, Some(&goal(false)), &[]), "Ok");
@@ -426,10 +343,7 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chi, None, &[]),
-            Err(Error::UnsupportedQemuVersion {
-                host: "chi-host1".into(),
-                version: "6.2.0".into()
-            })
+            Err(Error::UnsupportedQemuVersion { host: "chi-host1".into(), version: "6.2.0".into() })
         );
     }
 
@@ -447,16 +361,10 @@ mod tests {
         );
         let mut h2 = h.clone();
         h2.agent_version.clear();
-        assert_eq!(
-            check_host_software(&h2, "0.1.0").map_err(|e| e.code()),
-            Err("HostAgentNotJoined")
-        );
+        assert_eq!(check_host_software(&h2, "0.1.0").map_err(|e| e.code()), Err("HostAgentNotJoined"));
         let mut h3 = h;
         h3.qemu_version = "7.1.0".into();
-        assert_eq!(
-            check_host_software(&h3, "0.1.0").map_err(|e| e.code()),
-            Err("UnsupportedQemuVersion")
-        );
+        assert_eq!(check_host_software(&h3, "0.1.0").map_err(|e| e.code()), Err("UnsupportedQemuVersion"));
     }
 
     #[test]
@@ -466,19 +374,12 @@ mod tests {
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
         assert_eq!(
             validate_container_mapping(&rq, &ny, &chicago(), None, &[]),
-            Err(Error::NoVmsToProtect {
-                cloud: "GoldCloud1".into()
-            })
+            Err(Error::NoVmsToProtect { cloud: "GoldCloud1".into() })
         );
         let ny = new_york();
         assert_eq!(check_host_has_vms(&ny, &ny.hosts[0]), Ok(()));
         let lonely = host("ny-host9", "HG-NY-Gold");
-        assert_eq!(
-            check_host_has_vms(&ny, &lonely),
-            Err(Error::HostHasNoVms {
-                host: "ny-host9".into()
-            })
-        );
+        assert_eq!(check_host_has_vms(&ny, &lonely), Err(Error::HostHasNoVms { host: "ny-host9".into() }));
     }
 
     #[test]
@@ -486,35 +387,22 @@ mod tests {
         let mut chi = chicago();
         chi.hosts.retain(|h| h.host_group != "HG-CHI-Gold");
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
-        assert_eq!(
-            pair_code(&rq, &new_york(), &chi, None, &[]),
-            "CloudHasNoHosts"
-        );
+        assert_eq!(pair_code(&rq, &new_york(), &chi, None, &[]), "CloudHasNoHosts");
     }
 
     #[test]
     fn fab_5_host_must_be_in_source_or_target_cloud() {
         let (ny, chi) = (new_york(), chicago());
         let (gold1, gold2) = (&ny.clouds[0], &chi.clouds[0]);
-        assert_eq!(
-            check_host_in_pair("ny-host1", &ny, gold1, &chi, gold2),
-            Ok(())
-        );
-        assert_eq!(
-            check_host_in_pair("chi-host1", &ny, gold1, &chi, gold2),
-            Ok(())
-        );
+        assert_eq!(check_host_in_pair("ny-host1", &ny, gold1, &chi, gold2), Ok(()));
+        assert_eq!(check_host_in_pair("chi-host1", &ny, gold1, &chi, gold2), Ok(()));
         assert_eq!(
             check_host_in_pair("ny-host2", &ny, gold1, &chi, gold2),
-            Err(Error::HostNotInPairedClouds {
-                host: "ny-host2".into()
-            })
+            Err(Error::HostNotInPairedClouds { host: "ny-host2".into() })
         );
         assert_eq!(
             check_host_in_pair("nowhere", &ny, gold1, &chi, gold2),
-            Err(Error::HostNotInPairedClouds {
-                host: "nowhere".into()
-            })
+            Err(Error::HostNotInPairedClouds { host: "nowhere".into() })
         );
     }
 
@@ -523,15 +411,9 @@ mod tests {
         let mut g = goal(true);
         assert_eq!(validate_protection_goal(&g), Ok(()));
         g.managed_by_site_manager = false;
-        assert_eq!(
-            validate_protection_goal(&g).map_err(|e| e.code()),
-            Err("ProtectionGoalInvalid")
-        );
+        assert_eq!(validate_protection_goal(&g).map_err(|e| e.code()), Err("ProtectionGoalInvalid"));
         let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
-        assert_eq!(
-            pair_code(&rq, &new_york(), &chicago(), Some(&g), &[]),
-            "ProtectionGoalInvalid"
-        );
+        assert_eq!(pair_code(&rq, &new_york(), &chicago(), Some(&g), &[]), "ProtectionGoalInvalid");
     }
 
     #[test]

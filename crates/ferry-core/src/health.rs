@@ -37,8 +37,7 @@ impl HealthInput {
             enabled: state != ReplicationState::NotEnabled,
             initial_replication_complete: !matches!(
                 state,
-                ReplicationState::WaitingForInitialReplication
-                    | ReplicationState::InitialReplicationInProgress
+                ReplicationState::WaitingForInitialReplication | ReplicationState::InitialReplicationInProgress
             ),
             failed_over_not_reprotected: matches!(
                 state,
@@ -61,11 +60,7 @@ pub struct HealthReason {
 }
 
 fn reason(code: &'static str, health: Health, message: String) -> HealthReason {
-    HealthReason {
-        code,
-        health,
-        message,
-    }
+    HealthReason { code, health, message }
 }
 
 /// JOB-2: the health and every reason for it, most severe first.
@@ -82,29 +77,16 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
         ));
     }
     if input.resync_required {
-        reasons.push(reason(
-            "ResyncRequired",
-            Health::Critical,
-            "Resynchronization is required".into(),
-        ));
+        reasons.push(reason("ResyncRequired", Health::Critical, "Resynchronization is required".into()));
     }
     if input.replica_paused {
-        reasons.push(reason(
-            "ReplicaPaused",
-            Health::Critical,
-            "Replication is paused on the replica".into(),
-        ));
+        reasons.push(reason("ReplicaPaused", Health::Critical, "Replication is paused on the replica".into()));
     }
-    if input.cycles_expected > 0
-        && input.cycles_missed * 100 > input.cycles_expected * MISSED_CYCLES_WARNING_PERCENT
-    {
+    if input.cycles_expected > 0 && input.cycles_missed * 100 > input.cycles_expected * MISSED_CYCLES_WARNING_PERCENT {
         reasons.push(reason(
             "MissedCycles",
             Health::Warning,
-            format!(
-                "{} of {} replication cycles were missed",
-                input.cycles_missed, input.cycles_expected
-            ),
+            format!("{} of {} replication cycles were missed", input.cycles_missed, input.cycles_expected),
         ));
     }
     if input.initial_replication_complete && !input.failed_over_not_reprotected {
@@ -113,11 +95,7 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
             None => true,
         };
         if overdue {
-            reasons.push(reason(
-                "SyncOverdue",
-                Health::Warning,
-                "More than 1 hour since the last sync".into(),
-            ));
+            reasons.push(reason("SyncOverdue", Health::Warning, "More than 1 hour since the last sync".into()));
         }
     }
     if !input.initial_replication_complete {
@@ -128,24 +106,12 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
         ));
     }
     if input.failed_over_not_reprotected {
-        reasons.push(reason(
-            "FailedOverNotReprotected",
-            Health::Warning,
-            "Failed over but not re-protected".into(),
-        ));
+        reasons.push(reason("FailedOverNotReprotected", Health::Warning, "Failed over but not re-protected".into()));
     }
     if input.paused {
-        reasons.push(reason(
-            "ReplicationPaused",
-            Health::Warning,
-            "Replication is paused".into(),
-        ));
+        reasons.push(reason("ReplicationPaused", Health::Warning, "Replication is paused".into()));
     }
-    let health = reasons
-        .iter()
-        .map(|r| r.health)
-        .max()
-        .unwrap_or(Health::Normal);
+    let health = reasons.iter().map(|r| r.health).max().unwrap_or(Health::Normal);
     (health, reasons)
 }
 
@@ -196,9 +162,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
-            .single()
-            .expect("valid time")
+        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().expect("valid time")
     }
 
     fn healthy() -> HealthInput {
@@ -224,25 +188,14 @@ mod tests {
 
     #[test]
     fn job_2_not_applicable_when_not_enabled() {
-        let input = HealthInput {
-            enabled: false,
-            primary_cannot_send: true,
-            ..healthy()
-        };
+        let input = HealthInput { enabled: false, primary_cannot_send: true, ..healthy() };
         assert_eq!(codes(&input), (Health::NotApplicable, vec![]));
-        assert_eq!(
-            codes(&HealthInput::for_state(ReplicationState::NotEnabled)),
-            (Health::NotApplicable, vec![])
-        );
+        assert_eq!(codes(&HealthInput::for_state(ReplicationState::NotEnabled)), (Health::NotApplicable, vec![]));
     }
 
     #[test]
     fn job_2_missed_cycles_over_20_percent_is_warning() {
-        let mut input = HealthInput {
-            cycles_expected: 10,
-            cycles_missed: 2,
-            ..healthy()
-        };
+        let mut input = HealthInput { cycles_expected: 10, cycles_missed: 2, ..healthy() };
         assert_eq!(codes(&input), (Health::Normal, vec![]));
         input.cycles_missed = 3;
         let (h, reasons) = compute_health(&input, now());
@@ -254,73 +207,31 @@ mod tests {
 
     #[test]
     fn job_2_sync_older_than_an_hour_is_warning() {
-        let input = HealthInput {
-            last_sync: Some(now() - Duration::minutes(60)),
-            ..healthy()
-        };
+        let input = HealthInput { last_sync: Some(now() - Duration::minutes(60)), ..healthy() };
         assert_eq!(codes(&input), (Health::Normal, vec![]));
-        let input = HealthInput {
-            last_sync: Some(now() - Duration::minutes(61)),
-            ..healthy()
-        };
+        let input = HealthInput { last_sync: Some(now() - Duration::minutes(61)), ..healthy() };
         assert_eq!(codes(&input), (Health::Warning, vec!["SyncOverdue"]));
-        let input = HealthInput {
-            last_sync: None,
-            ..healthy()
-        };
+        let input = HealthInput { last_sync: None, ..healthy() };
         assert_eq!(codes(&input), (Health::Warning, vec!["SyncOverdue"]));
     }
 
     #[test]
     fn job_2_warning_reasons() {
-        let input = HealthInput {
-            initial_replication_complete: false,
-            last_sync: None,
-            ..healthy()
-        };
-        assert_eq!(
-            codes(&input),
-            (Health::Warning, vec!["InitialReplicationIncomplete"])
-        );
-        let input = HealthInput {
-            failed_over_not_reprotected: true,
-            last_sync: None,
-            ..healthy()
-        };
-        assert_eq!(
-            codes(&input),
-            (Health::Warning, vec!["FailedOverNotReprotected"])
-        );
-        let input = HealthInput {
-            paused: true,
-            ..healthy()
-        };
+        let input = HealthInput { initial_replication_complete: false, last_sync: None, ..healthy() };
+        assert_eq!(codes(&input), (Health::Warning, vec!["InitialReplicationIncomplete"]));
+        let input = HealthInput { failed_over_not_reprotected: true, last_sync: None, ..healthy() };
+        assert_eq!(codes(&input), (Health::Warning, vec!["FailedOverNotReprotected"]));
+        let input = HealthInput { paused: true, ..healthy() };
         assert_eq!(codes(&input), (Health::Warning, vec!["ReplicationPaused"]));
     }
 
     #[test]
     fn job_2_critical_reasons_outrank_warnings() {
-        let input = HealthInput {
-            primary_cannot_send: true,
-            paused: true,
-            ..healthy()
-        };
-        assert_eq!(
-            codes(&input),
-            (
-                Health::Critical,
-                vec!["PrimaryCannotSend", "ReplicationPaused"]
-            )
-        );
-        let input = HealthInput {
-            resync_required: true,
-            ..healthy()
-        };
+        let input = HealthInput { primary_cannot_send: true, paused: true, ..healthy() };
+        assert_eq!(codes(&input), (Health::Critical, vec!["PrimaryCannotSend", "ReplicationPaused"]));
+        let input = HealthInput { resync_required: true, ..healthy() };
         assert_eq!(codes(&input), (Health::Critical, vec!["ResyncRequired"]));
-        let input = HealthInput {
-            replica_paused: true,
-            ..healthy()
-        };
+        let input = HealthInput { replica_paused: true, ..healthy() };
         assert_eq!(codes(&input), (Health::Critical, vec!["ReplicaPaused"]));
     }
 
@@ -332,36 +243,17 @@ mod tests {
         assert!(!input.initial_replication_complete);
         let input = HealthInput::for_state(ReplicationState::Committed);
         assert!(input.failed_over_not_reprotected);
-        let input = HealthInput {
-            last_sync: Some(now()),
-            ..HealthInput::for_state(ReplicationState::Paused)
-        };
+        let input = HealthInput { last_sync: Some(now()), ..HealthInput::for_state(ReplicationState::Paused) };
         assert_eq!(codes(&input), (Health::Warning, vec!["ReplicationPaused"]));
     }
 
     #[test]
     fn job_2_statistics() {
         let samples = [
-            CycleSample {
-                succeeded: true,
-                delta_bytes: 100,
-                latency_ms: 10,
-            },
-            CycleSample {
-                succeeded: false,
-                delta_bytes: 999_999,
-                latency_ms: 9_999,
-            },
-            CycleSample {
-                succeeded: true,
-                delta_bytes: 300,
-                latency_ms: 30,
-            },
-            CycleSample {
-                succeeded: true,
-                delta_bytes: 200,
-                latency_ms: 50,
-            },
+            CycleSample { succeeded: true, delta_bytes: 100, latency_ms: 10 },
+            CycleSample { succeeded: false, delta_bytes: 999_999, latency_ms: 9_999 },
+            CycleSample { succeeded: true, delta_bytes: 300, latency_ms: 30 },
+            CycleSample { succeeded: true, delta_bytes: 200, latency_ms: 50 },
         ];
         assert_eq!(
             statistics(&samples),

@@ -28,29 +28,18 @@ use crate::fabric_rules::find_cloud;
 /// NET-1: whether `network` can be used by replicas in `cloud`.
 pub fn network_available_to_cloud(inv: &SiteInventory, cloud: &Cloud, network: &VmNetwork) -> bool {
     let ln = &network.logical_network;
-    let by_group = inv
-        .logical_networks
-        .iter()
-        .any(|l| &l.id == ln && l.host_groups.iter().any(|g| cloud.host_groups.contains(g)));
-    by_group
-        || inv
-            .hosts_of_cloud(cloud)
-            .any(|h| h.logical_networks.contains(ln))
+    let by_group =
+        inv.logical_networks.iter().any(|l| &l.id == ln && l.host_groups.iter().any(|g| cloud.host_groups.contains(g)));
+    by_group || inv.hosts_of_cloud(cloud).any(|h| h.logical_networks.contains(ln))
 }
 
 /// NET-1: the target VM networks available to a target cloud, in inventory order.
 pub fn available_target_networks<'a>(inv: &'a SiteInventory, cloud: &Cloud) -> Vec<&'a VmNetwork> {
-    inv.vm_networks
-        .iter()
-        .filter(|n| network_available_to_cloud(inv, cloud, n))
-        .collect()
+    inv.vm_networks.iter().filter(|n| network_available_to_cloud(inv, cloud, n)).collect()
 }
 
 /// NET-1: the availability list of one protected cloud pair.
-pub fn network_availability(
-    pair: &ContainerMapping,
-    target_inv: &SiteInventory,
-) -> Result<NetworkAvailability, Error> {
+pub fn network_availability(pair: &ContainerMapping, target_inv: &SiteInventory) -> Result<NetworkAvailability, Error> {
     let cloud = find_cloud(target_inv, &pair.target.id)?;
     Ok(NetworkAvailability {
         container_mapping: pair.id,
@@ -58,10 +47,7 @@ pub fn network_availability(
         target_cloud: pair.target.id.clone(),
         target_networks: available_target_networks(target_inv, cloud)
             .into_iter()
-            .map(|n| SiteObjectRef {
-                fabric: pair.target.fabric,
-                id: n.id.clone(),
-            })
+            .map(|n| SiteObjectRef { fabric: pair.target.fabric, id: n.id.clone() })
             .collect(),
     })
 }
@@ -79,42 +65,25 @@ pub fn validate_network_mapping(
     let source = find_network(source_inv, &req.source.id)?;
     let target = find_network(target_inv, &req.target.id)?;
     if req.source == req.target {
-        return Err(Error::NetworkMappingToItself {
-            network: source.name.clone(),
-        });
+        return Err(Error::NetworkMappingToItself { network: source.name.clone() });
     }
-    if existing
-        .iter()
-        .any(|m| m.source == req.source && m.target.fabric == req.target.fabric)
-    {
-        return Err(Error::NetworkAlreadyMapped {
-            network: source.name.clone(),
-        });
+    if existing.iter().any(|m| m.source == req.source && m.target.fabric == req.target.fabric) {
+        return Err(Error::NetworkAlreadyMapped { network: source.name.clone() });
     }
     let target_clouds: Vec<&Cloud> = pairs
         .iter()
         .filter(|p| p.source.fabric == req.source.fabric && p.target.fabric == req.target.fabric)
         .filter_map(|p| target_inv.cloud(&p.target.id))
         .collect();
-    if !target_clouds.is_empty()
-        && !target_clouds
-            .iter()
-            .any(|c| network_available_to_cloud(target_inv, c, target))
-    {
+    if !target_clouds.is_empty() && !target_clouds.iter().any(|c| network_available_to_cloud(target_inv, c, target)) {
         let names: Vec<&str> = target_clouds.iter().map(|c| c.name.as_str()).collect();
-        return Err(Error::NetworkNotAvailableOnTarget {
-            network: target.name.clone(),
-            cloud: names.join(", "),
-        });
+        return Err(Error::NetworkNotAvailableOnTarget { network: target.name.clone(), cloud: names.join(", ") });
     }
     Ok(())
 }
 
 fn find_network<'a>(inv: &'a SiteInventory, id: &str) -> Result<&'a VmNetwork, Error> {
-    inv.vm_network(id).ok_or_else(|| Error::NotFound {
-        kind: ObjectKind::VmNetwork,
-        id: id.to_string(),
-    })
+    inv.vm_network(id).ok_or_else(|| Error::NotFound { kind: ObjectKind::VmNetwork, id: id.to_string() })
 }
 
 /// The target network `source` is mapped to on `target_fabric`, if any.
@@ -123,19 +92,13 @@ pub fn mapped_target<'a>(
     target_fabric: Uuid,
     mappings: &'a [NetworkMapping],
 ) -> Option<&'a SiteObjectRef> {
-    mappings
-        .iter()
-        .find(|m| m.source == *source && m.target.fabric == target_fabric)
-        .map(|m| &m.target)
+    mappings.iter().find(|m| m.source == *source && m.target.fabric == target_fabric).map(|m| &m.target)
 }
 
 /// Where a replica NIC is connected (NET-2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaNic {
-    Connected {
-        network: SiteObjectRef,
-        subnet: Option<String>,
-    },
+    Connected { network: SiteObjectRef, subnet: Option<String> },
     Disconnected(DisconnectReason),
 }
 
@@ -160,10 +123,7 @@ pub fn resolve_replica_nic(
     let Some(net) = &nic.vm_network else {
         return ReplicaNic::Disconnected(DisconnectReason::SourceNicDisconnected);
     };
-    let source = SiteObjectRef {
-        fabric: source_fabric,
-        id: net.clone(),
-    };
+    let source = SiteObjectRef { fabric: source_fabric, id: net.clone() };
     let Some(target) = mapped_target(&source, target_fabric, mappings) else {
         return ReplicaNic::Disconnected(DisconnectReason::NetworkNotMapped);
     };
@@ -196,15 +156,11 @@ pub fn plan_replica_nics(
 ) -> Result<Vec<ReplicaNicPlan>, Error> {
     let mut plans = Vec::with_capacity(vm.nics.len());
     for nic in &vm.nics {
-        let connection =
-            resolve_replica_nic(source_fabric, nic, target_fabric, target_inv, mappings);
+        let connection = resolve_replica_nic(source_fabric, nic, target_fabric, target_inv, mappings);
         let subnet = match &connection {
-            ReplicaNic::Connected {
-                network,
-                subnet: Some(name),
-            } => target_inv
-                .vm_network(&network.id)
-                .and_then(|n| n.subnets.iter().find(|s| &s.name == name)),
+            ReplicaNic::Connected { network, subnet: Some(name) } => {
+                target_inv.vm_network(&network.id).and_then(|n| n.subnets.iter().find(|s| &s.name == name))
+            }
             _ => None,
         };
         let ip = match subnet {
@@ -214,11 +170,7 @@ pub fn plan_replica_nics(
         if let IpAssignment::Static { address, .. } = ip {
             used.insert(address);
         }
-        plans.push(ReplicaNicPlan {
-            mac: nic.mac.clone(),
-            connection,
-            ip,
-        });
+        plans.push(ReplicaNicPlan { mac: nic.mac.clone(), connection, ip });
     }
     Ok(plans)
 }
@@ -248,12 +200,7 @@ pub fn mapping_change_effects(
             let b = resolve_replica_nic(source_fabric, nic, target_fabric, target_inv, before);
             let a = resolve_replica_nic(source_fabric, nic, target_fabric, target_inv, after);
             if a != b {
-                changes.push(NicChange {
-                    vm: vm.name.clone(),
-                    mac: nic.mac.clone(),
-                    before: b,
-                    after: a,
-                });
+                changes.push(NicChange { vm: vm.name.clone(), mac: nic.mac.clone(), before: b, after: a });
             }
         }
     }
@@ -277,17 +224,10 @@ pub fn placement_candidates<'a>(
         .hosts
         .iter()
         .filter(|h| target_cloud.host_groups.contains(&h.host_group))
-        .filter(|h| {
-            h.connected
-                && needed
-                    .iter()
-                    .all(|ln| h.logical_networks.iter().any(|l| l == ln))
-        })
+        .filter(|h| h.connected && needed.iter().all(|ln| h.logical_networks.iter().any(|l| l == ln)))
         .collect();
     if hosts.is_empty() {
-        return Err(Error::NoHostReachesNetworks {
-            cloud: target_cloud.name.clone(),
-        });
+        return Err(Error::NoHostReachesNetworks { cloud: target_cloud.name.clone() });
     }
     Ok(hosts)
 }
@@ -332,11 +272,7 @@ pub fn failback_nic(
             .filter(|m| m.target == *current && m.source.fabric == original.fabric)
             .map(|m| &m.source)
             .collect();
-        reverse
-            .iter()
-            .find(|s| **s == original)
-            .or(reverse.first())
-            .copied()
+        reverse.iter().find(|s| **s == original).or(reverse.first()).copied()
     });
     match back {
         Some(n) if n == original => FailbackNic::StayOnOriginal,

@@ -10,10 +10,7 @@ use crate::error::Error;
 pub fn validate_absolute_path(field: &str, path: &str) -> Result<(), Error> {
     check_common(field, path)?;
     if !path.starts_with('/') {
-        return Err(Error::PathNotAbsolute {
-            field: field.into(),
-            path: path.into(),
-        });
+        return Err(Error::PathNotAbsolute { field: field.into(), path: path.into() });
     }
     if path == "/" {
         return Ok(());
@@ -27,10 +24,7 @@ pub fn validate_relative_script_path(path: &str) -> Result<(), Error> {
     const FIELD: &str = "script";
     check_common(FIELD, path)?;
     if path.starts_with('/') {
-        return Err(Error::PathNotRelative {
-            field: FIELD.into(),
-            path: path.into(),
-        });
+        return Err(Error::PathNotRelative { field: FIELD.into(), path: path.into() });
     }
     check_components(FIELD, path, path)
 }
@@ -46,14 +40,10 @@ pub fn is_same_or_inside(path: &str, parent: &str) -> bool {
 
 fn check_common(field: &str, path: &str) -> Result<(), Error> {
     if path.is_empty() {
-        return Err(Error::PathEmpty {
-            field: field.into(),
-        });
+        return Err(Error::PathEmpty { field: field.into() });
     }
     if path.contains('\0') {
-        return Err(Error::PathContainsNul {
-            field: field.into(),
-        });
+        return Err(Error::PathContainsNul { field: field.into() });
     }
     Ok(())
 }
@@ -61,16 +51,10 @@ fn check_common(field: &str, path: &str) -> Result<(), Error> {
 fn check_components(field: &str, path: &str, rest: &str) -> Result<(), Error> {
     let comps: Vec<&str> = rest.split('/').collect();
     if comps.contains(&"..") {
-        return Err(Error::PathTraversal {
-            field: field.into(),
-            path: path.into(),
-        });
+        return Err(Error::PathTraversal { field: field.into(), path: path.into() });
     }
     if comps.iter().any(|c| c.is_empty() || *c == ".") {
-        return Err(Error::PathNotNormalized {
-            field: field.into(),
-            path: path.into(),
-        });
+        return Err(Error::PathNotNormalized { field: field.into(), path: path.into() });
     }
     Ok(())
 }
@@ -88,45 +72,18 @@ mod tests {
 
     #[test]
     fn sec_3_absolute_path_rules() {
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/usb/export")),
-            "Ok"
-        );
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/usb/export")), "Ok");
         assert_eq!(code(validate_absolute_path("export_path", "/")), "Ok");
         assert_eq!(code(validate_absolute_path("export_path", "")), "PathEmpty");
-        assert_eq!(
-            code(validate_absolute_path("export_path", "mnt/usb")),
-            "PathNotAbsolute"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/../etc")),
-            "PathTraversal"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/..")),
-            "PathTraversal"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/\0x")),
-            "PathContainsNul"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt//usb")),
-            "PathNotNormalized"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/./usb")),
-            "PathNotNormalized"
-        );
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/usb/")),
-            "PathNotNormalized"
-        );
+        assert_eq!(code(validate_absolute_path("export_path", "mnt/usb")), "PathNotAbsolute");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/../etc")), "PathTraversal");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/..")), "PathTraversal");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/\0x")), "PathContainsNul");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt//usb")), "PathNotNormalized");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/./usb")), "PathNotNormalized");
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/usb/")), "PathNotNormalized");
         // `..` inside a name is not a traversal.
-        assert_eq!(
-            code(validate_absolute_path("export_path", "/mnt/a..b")),
-            "Ok"
-        );
+        assert_eq!(code(validate_absolute_path("export_path", "/mnt/a..b")), "Ok");
     }
 
     #[test]
@@ -140,32 +97,14 @@ mod tests {
 
     #[test]
     fn sec_3_relative_script_path_rules() {
-        assert_eq!(
-            code(validate_relative_script_path("scripts/pre-failover.sh")),
-            "Ok"
-        );
+        assert_eq!(code(validate_relative_script_path("scripts/pre-failover.sh")), "Ok");
         assert_eq!(code(validate_relative_script_path("start.sh")), "Ok");
-        assert_eq!(
-            code(validate_relative_script_path("/etc/passwd")),
-            "PathNotRelative"
-        );
-        assert_eq!(
-            code(validate_relative_script_path("../outside.sh")),
-            "PathTraversal"
-        );
-        assert_eq!(
-            code(validate_relative_script_path("a/../../b.sh")),
-            "PathTraversal"
-        );
-        assert_eq!(
-            code(validate_relative_script_path("a\0.sh")),
-            "PathContainsNul"
-        );
+        assert_eq!(code(validate_relative_script_path("/etc/passwd")), "PathNotRelative");
+        assert_eq!(code(validate_relative_script_path("../outside.sh")), "PathTraversal");
+        assert_eq!(code(validate_relative_script_path("a/../../b.sh")), "PathTraversal");
+        assert_eq!(code(validate_relative_script_path("a\0.sh")), "PathContainsNul");
         assert_eq!(code(validate_relative_script_path("")), "PathEmpty");
-        assert_eq!(
-            code(validate_relative_script_path("./a.sh")),
-            "PathNotNormalized"
-        );
+        assert_eq!(code(validate_relative_script_path("./a.sh")), "PathNotNormalized");
     }
 
     #[test]

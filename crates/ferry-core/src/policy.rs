@@ -32,11 +32,7 @@ pub struct PolicyContext {
 }
 
 /// Checks every rule of a policy. The first broken rule is returned.
-pub fn validate_policy(
-    spec: &PolicySpec,
-    ctx: &PolicyContext,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
+pub fn validate_policy(spec: &PolicySpec, ctx: &PolicyContext, now: DateTime<Utc>) -> Result<(), Error> {
     validate_name(&spec.name)?;
     if spec.host_version.trim().is_empty() {
         return Err(Error::PolicyInvalidHostVersion);
@@ -48,9 +44,7 @@ pub fn validate_policy(
         return Err(Error::PolicyInvalidPort);
     }
     if !COPY_FREQUENCIES_SECS.contains(&spec.copy_frequency_secs) {
-        return Err(Error::PolicyInvalidCopyFrequency {
-            secs: spec.copy_frequency_secs,
-        });
+        return Err(Error::PolicyInvalidCopyFrequency { secs: spec.copy_frequency_secs });
     }
     let retention = spec.recovery_point_retention_hours;
     if retention > MAX_RETENTION_HOURS {
@@ -83,30 +77,19 @@ fn validate_name(name: &str) -> Result<(), Error> {
     Err(Error::PolicyInvalidName { reason })
 }
 
-fn validate_initial_replication(
-    ir: &InitialReplication,
-    ctx: &PolicyContext,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
+fn validate_initial_replication(ir: &InitialReplication, ctx: &PolicyContext, now: DateTime<Utc>) -> Result<(), Error> {
     match ir {
         InitialReplication::OverNetworkNow => Ok(()),
         InitialReplication::OverNetworkScheduled { start_at } => {
             if *start_at <= now {
-                return Err(Error::PolicyScheduleInPast {
-                    start_at: start_at.to_rfc3339(),
-                });
+                return Err(Error::PolicyScheduleInPast { start_at: start_at.to_rfc3339() });
             }
             if *start_at > now + Duration::days(MAX_SCHEDULE_DAYS) {
-                return Err(Error::PolicyScheduleTooFar {
-                    start_at: start_at.to_rfc3339(),
-                });
+                return Err(Error::PolicyScheduleTooFar { start_at: start_at.to_rfc3339() });
             }
             Ok(())
         }
-        InitialReplication::Offline {
-            export_path,
-            import_path,
-        } => {
+        InitialReplication::Offline { export_path, import_path } => {
             validate_offline_path("export_path", export_path, ctx)?;
             validate_offline_path("import_path", import_path, ctx)
         }
@@ -115,11 +98,7 @@ fn validate_initial_replication(
 
 fn validate_offline_path(field: &str, path: &str, ctx: &PolicyContext) -> Result<(), Error> {
     validate_absolute_path(field, path)?;
-    if let Some(location) = ctx
-        .replication_host_paths
-        .iter()
-        .find(|loc| is_same_or_inside(path, loc))
-    {
+    if let Some(location) = ctx.replication_host_paths.iter().find(|loc| is_same_or_inside(path, loc)) {
         return Err(Error::PathOnReplicationHost {
             field: field.into(),
             path: path.into(),
@@ -131,21 +110,14 @@ fn validate_offline_path(field: &str, path: &str, ctx: &PolicyContext) -> Result
 
 /// POL-1: every host under the policy must report the policy's host version family.
 /// `host_version` `qemu-7.2` matches hosts reporting `7.2`, `7.2.9`, ...
-pub fn check_host_versions<'a>(
-    policy: &PolicySpec,
-    hosts: impl IntoIterator<Item = &'a Host>,
-) -> Result<(), Error> {
+pub fn check_host_versions<'a>(policy: &PolicySpec, hosts: impl IntoIterator<Item = &'a Host>) -> Result<(), Error> {
     let expected = qemu_family(&policy.host_version);
     for host in hosts {
         let family = qemu_family(&host.qemu_version);
         if expected.is_none() || family != expected {
             return Err(Error::HostVersionMismatch {
                 host: host.name.clone(),
-                version: if host.qemu_version.is_empty() {
-                    "(none)".into()
-                } else {
-                    host.qemu_version.clone()
-                },
+                version: if host.qemu_version.is_empty() { "(none)".into() } else { host.qemu_version.clone() },
                 expected: policy.host_version.clone(),
             });
         }
@@ -159,9 +131,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
-            .single()
-            .unwrap_or_default()
+        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().unwrap_or_default()
     }
 
     fn spec() -> PolicySpec {
@@ -180,10 +150,7 @@ mod tests {
     }
 
     fn ctx() -> PolicyContext {
-        PolicyContext {
-            kerberos_realm_configured: false,
-            replication_host_paths: vec!["/var/lib/ferry".into()],
-        }
+        PolicyContext { kerberos_realm_configured: false, replication_host_paths: vec!["/var/lib/ferry".into()] }
     }
 
     fn code_of(s: &PolicySpec) -> &'static str {
@@ -259,13 +226,8 @@ mod tests {
     #[test]
     fn pol_1_host_without_version_is_a_mismatch() {
         let hosts = [host("chi-host1", "")];
-        let err = check_host_versions(&spec(), hosts.iter())
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("Host chi-host1 reports version (none), but the policy needs qemu-7.2")
-        );
+        let err = check_host_versions(&spec(), hosts.iter()).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("Host chi-host1 reports version (none), but the policy needs qemu-7.2"));
     }
 
     #[test]
@@ -273,10 +235,7 @@ mod tests {
         let mut s = spec();
         s.authentication = Authentication::Kerberos;
         assert_eq!(code_of(&s), "KerberosRealmNotConfigured");
-        let with_realm = PolicyContext {
-            kerberos_realm_configured: true,
-            ..ctx()
-        };
+        let with_realm = PolicyContext { kerberos_realm_configured: true, ..ctx() };
         assert_eq!(validate_policy(&s, &with_realm, now()), Ok(()));
         assert_eq!(s.effective_port(), 8083);
     }
@@ -338,10 +297,7 @@ mod tests {
         s.app_consistent_frequency_hours = Some(4);
         assert_eq!(
             validate_policy(&s, &ctx(), now()),
-            Err(Error::PolicyAppConsistentFrequencyNotBelowRetention {
-                frequency_hours: 4,
-                retention_hours: 4
-            })
+            Err(Error::PolicyAppConsistentFrequencyNotBelowRetention { frequency_hours: 4, retention_hours: 4 })
         );
         s.app_consistent_frequency_hours = Some(3);
         assert_eq!(code_of(&s), "Ok");
@@ -357,41 +313,30 @@ mod tests {
         let mut s = spec();
         s.initial_replication = InitialReplication::OverNetworkScheduled { start_at: now() };
         assert_eq!(code_of(&s), "PolicyScheduleInPast");
-        s.initial_replication = InitialReplication::OverNetworkScheduled {
-            start_at: now() - Duration::hours(1),
-        };
+        s.initial_replication = InitialReplication::OverNetworkScheduled { start_at: now() - Duration::hours(1) };
         assert_eq!(code_of(&s), "PolicyScheduleInPast");
-        s.initial_replication = InitialReplication::OverNetworkScheduled {
-            start_at: now() + Duration::hours(2),
-        };
+        s.initial_replication = InitialReplication::OverNetworkScheduled { start_at: now() + Duration::hours(2) };
         assert_eq!(code_of(&s), "Ok");
-        s.initial_replication = InitialReplication::OverNetworkScheduled {
-            start_at: now() + Duration::days(7),
-        };
+        s.initial_replication = InitialReplication::OverNetworkScheduled { start_at: now() + Duration::days(7) };
         assert_eq!(code_of(&s), "Ok");
-        s.initial_replication = InitialReplication::OverNetworkScheduled {
-            start_at: now() + Duration::days(7) + Duration::seconds(1),
-        };
+        s.initial_replication =
+            InitialReplication::OverNetworkScheduled { start_at: now() + Duration::days(7) + Duration::seconds(1) };
         assert_eq!(code_of(&s), "PolicyScheduleTooFar");
     }
 
     #[test]
     fn pol_8_offline_paths_valid() {
         let mut s = spec();
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/mnt/usb/export".into(),
-            import_path: "/srv/import".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/mnt/usb/export".into(), import_path: "/srv/import".into() };
         assert_eq!(code_of(&s), "Ok");
     }
 
     #[test]
     fn pol_8_offline_path_not_on_replication_host() {
         let mut s = spec();
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/var/lib/ferry/x".into(),
-            import_path: "/srv/import".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/var/lib/ferry/x".into(), import_path: "/srv/import".into() };
         assert_eq!(
             validate_policy(&s, &ctx(), now()),
             Err(Error::PathOnReplicationHost {
@@ -400,15 +345,11 @@ mod tests {
                 location: "/var/lib/ferry".into()
             })
         );
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/mnt/usb".into(),
-            import_path: "/var/lib/ferry".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/mnt/usb".into(), import_path: "/var/lib/ferry".into() };
         assert_eq!(code_of(&s), "PathOnReplicationHost");
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/mnt/usb".into(),
-            import_path: "/var/lib/ferry-import".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/mnt/usb".into(), import_path: "/var/lib/ferry-import".into() };
         assert_eq!(code_of(&s), "Ok");
     }
 
@@ -420,20 +361,14 @@ mod tests {
             import_path: "/srv/import".into(),
         };
         assert_eq!(code_of(&s), "PathTraversal");
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/mnt/usb".into(),
-            import_path: "relative/import".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/mnt/usb".into(), import_path: "relative/import".into() };
         assert_eq!(code_of(&s), "PathNotAbsolute");
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/mnt/usb".into(),
-            import_path: "/srv/im\0port".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/mnt/usb".into(), import_path: "/srv/im\0port".into() };
         assert_eq!(code_of(&s), "PathContainsNul");
-        s.initial_replication = InitialReplication::Offline {
-            export_path: "/var/lib//ferry".into(),
-            import_path: "/srv/import".into(),
-        };
+        s.initial_replication =
+            InitialReplication::Offline { export_path: "/var/lib//ferry".into(), import_path: "/srv/import".into() };
         assert_eq!(code_of(&s), "PathNotNormalized");
     }
 }

@@ -40,11 +40,7 @@ pub struct RetentionPlan {
 }
 
 /// RP-2: the retention plan for one VM's points.
-pub fn plan_retention(
-    points: &[PointInfo],
-    retention_hours: u32,
-    max_chain_depth: usize,
-) -> RetentionPlan {
+pub fn plan_retention(points: &[PointInfo], retention_hours: u32, max_chain_depth: usize) -> RetentionPlan {
     let mut sorted: Vec<&PointInfo> = points.iter().collect();
     sorted.sort_by_key(|p| p.time);
     let Some(latest) = sorted.last().copied() else {
@@ -63,11 +59,7 @@ pub fn plan_retention(
     for (i, p) in sorted.iter().enumerate().take(last) {
         let age = (latest.time - p.time).num_seconds().max(0);
         let bucket = (age + 3599) / 3600;
-        let Some(slot) = usize::try_from(bucket)
-            .ok()
-            .filter(|b| *b >= 1)
-            .and_then(|b| chosen.get_mut(b))
-        else {
+        let Some(slot) = usize::try_from(bucket).ok().filter(|b| *b >= 1).and_then(|b| chosen.get_mut(b)) else {
             continue;
         };
         // Iterating oldest first, a later point replaces an earlier one of the same kind.
@@ -113,18 +105,14 @@ pub fn select_recovery_point<'a>(
     points: &'a [PointInfo],
     choice: &RecoveryPointChoice,
 ) -> Result<&'a PointInfo, Error> {
-    let latest_where =
-        |f: &dyn Fn(&PointInfo) -> bool| points.iter().filter(|p| f(p)).max_by_key(|p| p.time);
+    let latest_where = |f: &dyn Fn(&PointInfo) -> bool| points.iter().filter(|p| f(p)).max_by_key(|p| p.time);
     match choice {
-        RecoveryPointChoice::Specific(id) => points
-            .iter()
-            .find(|p| &p.id == id)
-            .ok_or_else(|| Error::RecoveryPointNotFound { id: id.clone() }),
+        RecoveryPointChoice::Specific(id) => {
+            points.iter().find(|p| &p.id == id).ok_or_else(|| Error::RecoveryPointNotFound { id: id.clone() })
+        }
         _ if points.is_empty() => Err(Error::NoRecoveryPoints),
         RecoveryPointChoice::Latest => latest_where(&|_| true).ok_or(Error::NoRecoveryPoints),
-        RecoveryPointChoice::LatestProcessed => {
-            latest_where(&|p| p.processed).ok_or(Error::NoProcessedRecoveryPoint)
-        }
+        RecoveryPointChoice::LatestProcessed => latest_where(&|p| p.processed).ok_or(Error::NoProcessedRecoveryPoint),
         RecoveryPointChoice::LatestAppConsistent => {
             latest_where(&|p| p.app_consistent).ok_or(Error::NoAppConsistentRecoveryPoint)
         }
@@ -137,9 +125,7 @@ mod tests {
     use chrono::{Duration, TimeZone};
 
     fn t0() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
-            .single()
-            .expect("valid time")
+        Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().expect("valid time")
     }
 
     /// A point `mins` minutes before t0.
@@ -155,9 +141,7 @@ mod tests {
 
     /// Points every 30 minutes for 4 hours: ids m0 (latest) .. m240.
     fn half_hourly() -> Vec<PointInfo> {
-        (0..=8)
-            .map(|i| p(&format!("m{}", i * 30), i * 30, false))
-            .collect()
+        (0..=8).map(|i| p(&format!("m{}", i * 30), i * 30, false)).collect()
     }
 
     fn ids(v: &[&str]) -> Vec<String> {
@@ -168,10 +152,7 @@ mod tests {
     fn rp_2_zero_retention_keeps_only_latest() {
         let plan = plan_retention(&half_hourly(), 0, DEFAULT_MAX_CHAIN_DEPTH);
         assert_eq!(plan.keep, ids(&["m0"]));
-        assert_eq!(
-            plan.merge,
-            ids(&["m240", "m210", "m180", "m150", "m120", "m90", "m60", "m30"])
-        );
+        assert_eq!(plan.merge, ids(&["m240", "m210", "m180", "m150", "m120", "m90", "m60", "m30"]));
     }
 
     #[test]
@@ -179,10 +160,7 @@ mod tests {
         // Hour 1 = (0, 60] min: m30, m60 → latest is m30. Hour 2 = (60, 120]: m90, m120 → m90.
         let plan = plan_retention(&half_hourly(), 2, DEFAULT_MAX_CHAIN_DEPTH);
         assert_eq!(plan.keep, ids(&["m90", "m30", "m0"]));
-        assert_eq!(
-            plan.merge,
-            ids(&["m240", "m210", "m180", "m150", "m120", "m60"])
-        );
+        assert_eq!(plan.merge, ids(&["m240", "m210", "m180", "m150", "m120", "m60"]));
     }
 
     #[test]
@@ -212,10 +190,7 @@ mod tests {
         assert_eq!(plan.keep, ids(&["m210", "m150", "m90", "m30", "m0"]));
         let plan = plan_retention(&points, 4, 3);
         assert_eq!(plan.keep, ids(&["m210", "m30", "m0"]));
-        assert_eq!(
-            plan.merge,
-            ids(&["m240", "m180", "m150", "m120", "m90", "m60"])
-        );
+        assert_eq!(plan.merge, ids(&["m240", "m180", "m150", "m120", "m90", "m60"]));
     }
 
     #[test]
@@ -224,18 +199,14 @@ mod tests {
         points.reverse();
         let plan = plan_retention(&points, 2, DEFAULT_MAX_CHAIN_DEPTH);
         assert_eq!(plan.keep, ids(&["m90", "m30", "m0"]));
-        assert_eq!(
-            plan_retention(&[], 24, DEFAULT_MAX_CHAIN_DEPTH),
-            RetentionPlan::default()
-        );
+        assert_eq!(plan_retention(&[], 24, DEFAULT_MAX_CHAIN_DEPTH), RetentionPlan::default());
     }
 
     #[test]
     fn rp_3_select_points() {
         let mut points = vec![p("a", 120, true), p("b", 60, false), p("c", 5, false)];
         points[2].processed = false;
-        let pick =
-            |c: RecoveryPointChoice| select_recovery_point(&points, &c).map(|p| p.id.as_str());
+        let pick = |c: RecoveryPointChoice| select_recovery_point(&points, &c).map(|p| p.id.as_str());
         assert_eq!(pick(RecoveryPointChoice::Latest), Ok("c"));
         assert_eq!(pick(RecoveryPointChoice::LatestProcessed), Ok("b"));
         assert_eq!(pick(RecoveryPointChoice::LatestAppConsistent), Ok("a"));
@@ -249,10 +220,7 @@ mod tests {
     #[test]
     fn rp_3_errors_when_none() {
         let none: Vec<PointInfo> = vec![];
-        assert_eq!(
-            select_recovery_point(&none, &RecoveryPointChoice::Latest),
-            Err(Error::NoRecoveryPoints)
-        );
+        assert_eq!(select_recovery_point(&none, &RecoveryPointChoice::Latest), Err(Error::NoRecoveryPoints));
         assert_eq!(
             select_recovery_point(&none, &RecoveryPointChoice::LatestAppConsistent),
             Err(Error::NoRecoveryPoints)

@@ -55,34 +55,21 @@ pub struct OperationContext {
 /// The state an operation leads to, judged on the state alone.
 fn operation_target(state: ReplicationState, op: Operation) -> Option<ReplicationState> {
     match (op, state) {
-        (
-            Operation::TestFailover,
-            S::Protected | S::Paused | S::ResyncRequired | S::Resynchronizing,
-        ) => Some(state),
+        (Operation::TestFailover, S::Protected | S::Paused | S::ResyncRequired | S::Resynchronizing) => Some(state),
         (Operation::TestFailoverCleanup, s) if s != S::NotEnabled => Some(state),
         (Operation::PlannedFailover, S::Protected) => Some(S::PreparedForPlannedFailover),
         (
             Operation::UnplannedFailover,
-            S::Protected
-            | S::Paused
-            | S::ResyncRequired
-            | S::Resynchronizing
-            | S::PreparedForPlannedFailover,
+            S::Protected | S::Paused | S::ResyncRequired | S::Resynchronizing | S::PreparedForPlannedFailover,
         ) => Some(S::FailoverInProgress),
         (Operation::ApplyRecoveryPoint, S::FailedOverCommitPending) => Some(state),
         (Operation::FailoverCommit, S::FailedOverCommitPending) => Some(S::Committed),
-        (Operation::FailoverCancel, S::FailedOverCommitPending | S::PreparedForPlannedFailover) => {
-            Some(S::Protected)
-        }
+        (Operation::FailoverCancel, S::FailedOverCommitPending | S::PreparedForPlannedFailover) => Some(S::Protected),
         (Operation::ReProtect, S::Committed) => Some(S::ReverseReplicating),
         (Operation::RepairReplication, S::ResyncRequired) => Some(S::Resynchronizing),
         (Operation::PauseReplication, S::Protected) => Some(S::Paused),
         (Operation::ResumeReplication, S::Paused) => Some(S::Protected),
-        (Operation::DisableProtection, s)
-            if !matches!(s, S::NotEnabled | S::FailoverInProgress) =>
-        {
-            Some(S::NotEnabled)
-        }
+        (Operation::DisableProtection, s) if !matches!(s, S::NotEnabled | S::FailoverInProgress) => Some(S::NotEnabled),
         _ => None,
     }
 }
@@ -90,15 +77,11 @@ fn operation_target(state: ReplicationState, op: Operation) -> Option<Replicatio
 /// Why the context forbids an operation the state would allow.
 fn context_veto(op: Operation, ctx: &OperationContext) -> Option<&'static str> {
     match op {
-        Operation::TestFailover if ctx.test_failover_running => {
-            Some("a test failover is already running")
-        }
+        Operation::TestFailover if ctx.test_failover_running => Some("a test failover is already running"),
         Operation::TestFailover | Operation::UnplannedFailover if ctx.recovery_points == 0 => {
             Some("there is no recovery point")
         }
-        Operation::TestFailoverCleanup if !ctx.test_failover_running => {
-            Some("no test failover is running")
-        }
+        Operation::TestFailoverCleanup if !ctx.test_failover_running => Some("no test failover is running"),
         Operation::DisableProtection if ctx.test_failover_running => {
             Some("a test failover is running; clean it up first")
         }
@@ -107,34 +90,19 @@ fn context_veto(op: Operation, ctx: &OperationContext) -> Option<&'static str> {
 }
 
 /// Checks one operation against the state and the context.
-pub fn check_operation(
-    state: ReplicationState,
-    ctx: &OperationContext,
-    op: Operation,
-) -> Result<(), Error> {
+pub fn check_operation(state: ReplicationState, ctx: &OperationContext, op: Operation) -> Result<(), Error> {
     if operation_target(state, op).is_none() {
-        return Err(Error::OperationNotAllowed {
-            state,
-            operation: op,
-            reason: None,
-        });
+        return Err(Error::OperationNotAllowed { state, operation: op, reason: None });
     }
     match context_veto(op, ctx) {
-        Some(reason) => Err(Error::OperationNotAllowed {
-            state,
-            operation: op,
-            reason: Some(reason.into()),
-        }),
+        Some(reason) => Err(Error::OperationNotAllowed { state, operation: op, reason: Some(reason.into()) }),
         None => Ok(()),
     }
 }
 
 /// The operations allowed now, in `Operation::ALL` order.
 pub fn allowed_operations(state: ReplicationState, ctx: &OperationContext) -> Vec<Operation> {
-    Operation::ALL
-        .into_iter()
-        .filter(|op| check_operation(state, ctx, *op).is_ok())
-        .collect()
+    Operation::ALL.into_iter().filter(|op| check_operation(state, ctx, *op).is_ok()).collect()
 }
 
 /// The next state after an event. Operations are judged on the state only (use
@@ -143,42 +111,23 @@ pub fn allowed_operations(state: ReplicationState, ctx: &OperationContext) -> Ve
 pub fn transition(state: ReplicationState, event: Event) -> Result<ReplicationState, Error> {
     let next = match (event, state) {
         (Event::Operation(op), _) => {
-            return operation_target(state, op).ok_or(Error::OperationNotAllowed {
-                state,
-                operation: op,
-                reason: None,
-            })
+            return operation_target(state, op).ok_or(Error::OperationNotAllowed { state, operation: op, reason: None })
         }
         (Event::EnableProtection, S::NotEnabled) => S::WaitingForInitialReplication,
-        (Event::InitialReplicationStarted, S::WaitingForInitialReplication) => {
-            S::InitialReplicationInProgress
-        }
+        (Event::InitialReplicationStarted, S::WaitingForInitialReplication) => S::InitialReplicationInProgress,
         (Event::InitialReplicationCompleted, S::InitialReplicationInProgress) => S::Protected,
-        (Event::InitialReplicationFailed, S::InitialReplicationInProgress) => {
-            S::WaitingForInitialReplication
-        }
+        (Event::InitialReplicationFailed, S::InitialReplicationInProgress) => S::WaitingForInitialReplication,
         (
             Event::ResyncNeeded,
-            S::Protected
-            | S::Paused
-            | S::Resynchronizing
-            | S::ResyncRequired
-            | S::ReverseReplicating,
+            S::Protected | S::Paused | S::Resynchronizing | S::ResyncRequired | S::ReverseReplicating,
         ) => S::ResyncRequired,
         (Event::ResyncStarted, S::ResyncRequired) => S::Resynchronizing,
         (Event::ResyncCompleted, S::Resynchronizing) => S::Protected,
         (Event::FailoverStarted, S::PreparedForPlannedFailover) => S::FailoverInProgress,
         (Event::FailoverCompleted, S::FailoverInProgress) => S::FailedOverCommitPending,
-        (Event::FailoverRolledBack, S::FailoverInProgress | S::PreparedForPlannedFailover) => {
-            S::Protected
-        }
+        (Event::FailoverRolledBack, S::FailoverInProgress | S::PreparedForPlannedFailover) => S::Protected,
         (Event::ReverseReplicationCompleted, S::ReverseReplicating) => S::Protected,
-        _ => {
-            return Err(Error::InvalidStateTransition {
-                state,
-                event: format!("{event:?}"),
-            })
-        }
+        _ => return Err(Error::InvalidStateTransition { state, event: format!("{event:?}") }),
     };
     Ok(next)
 }
@@ -201,44 +150,25 @@ mod tests {
     }
 
     fn ctx(points: usize) -> OperationContext {
-        OperationContext {
-            recovery_points: points,
-            ..Default::default()
-        }
+        OperationContext { recovery_points: points, ..Default::default() }
     }
 
     #[test]
     fn job_3_enable_to_protected() {
         let events = [Event::EnableProtection, Event::InitialReplicationStarted];
-        assert_eq!(
-            run(S::NotEnabled, &events),
-            Ok(S::InitialReplicationInProgress)
-        );
-        let events = [
-            Event::EnableProtection,
-            Event::InitialReplicationStarted,
-            Event::InitialReplicationCompleted,
-        ];
+        assert_eq!(run(S::NotEnabled, &events), Ok(S::InitialReplicationInProgress));
+        let events = [Event::EnableProtection, Event::InitialReplicationStarted, Event::InitialReplicationCompleted];
         assert_eq!(run(S::NotEnabled, &events), Ok(S::Protected));
         assert_eq!(
-            transition(
-                S::InitialReplicationInProgress,
-                Event::InitialReplicationFailed
-            ),
+            transition(S::InitialReplicationInProgress, Event::InitialReplicationFailed),
             Ok(S::WaitingForInitialReplication)
         );
     }
 
     #[test]
     fn job_3_pause_and_resume() {
-        assert_eq!(
-            transition(S::Protected, op(Operation::PauseReplication)),
-            Ok(S::Paused)
-        );
-        assert_eq!(
-            transition(S::Paused, op(Operation::ResumeReplication)),
-            Ok(S::Protected)
-        );
+        assert_eq!(transition(S::Protected, op(Operation::PauseReplication)), Ok(S::Paused));
+        assert_eq!(transition(S::Paused, op(Operation::ResumeReplication)), Ok(S::Protected));
         assert_eq!(
             transition(S::Paused, op(Operation::PauseReplication)).map_err(|e| e.code()),
             Err("OperationNotAllowed")
@@ -247,37 +177,18 @@ mod tests {
 
     #[test]
     fn job_3_resync_path() {
+        assert_eq!(transition(S::Protected, Event::ResyncNeeded), Ok(S::ResyncRequired));
         assert_eq!(
-            transition(S::Protected, Event::ResyncNeeded),
-            Ok(S::ResyncRequired)
-        );
-        assert_eq!(
-            run(
-                S::ResyncRequired,
-                &[op(Operation::RepairReplication), Event::ResyncCompleted]
-            ),
+            run(S::ResyncRequired, &[op(Operation::RepairReplication), Event::ResyncCompleted]),
             Ok(S::Protected)
         );
-        assert_eq!(
-            run(
-                S::ResyncRequired,
-                &[Event::ResyncStarted, Event::ResyncCompleted]
-            ),
-            Ok(S::Protected)
-        );
+        assert_eq!(run(S::ResyncRequired, &[Event::ResyncStarted, Event::ResyncCompleted]), Ok(S::Protected));
     }
 
     #[test]
     fn job_3_planned_failover_path() {
-        let events = [
-            op(Operation::PlannedFailover),
-            Event::FailoverStarted,
-            Event::FailoverCompleted,
-        ];
-        assert_eq!(
-            run(S::Protected, &events[..1]),
-            Ok(S::PreparedForPlannedFailover)
-        );
+        let events = [op(Operation::PlannedFailover), Event::FailoverStarted, Event::FailoverCompleted];
+        assert_eq!(run(S::Protected, &events[..1]), Ok(S::PreparedForPlannedFailover));
         assert_eq!(run(S::Protected, &events[..2]), Ok(S::FailoverInProgress));
         assert_eq!(run(S::Protected, &events), Ok(S::FailedOverCommitPending));
         assert_eq!(
@@ -292,12 +203,7 @@ mod tests {
             let events = [op(Operation::UnplannedFailover), Event::FailoverCompleted];
             assert_eq!(run(s, &events), Ok(S::FailedOverCommitPending), "{s:?}");
         }
-        for s in [
-            S::NotEnabled,
-            S::InitialReplicationInProgress,
-            S::Committed,
-            S::ReverseReplicating,
-        ] {
+        for s in [S::NotEnabled, S::InitialReplicationInProgress, S::Committed, S::ReverseReplicating] {
             assert_eq!(
                 transition(s, op(Operation::UnplannedFailover)).map_err(|e| e.code()),
                 Err("OperationNotAllowed")
@@ -308,10 +214,7 @@ mod tests {
     #[test]
     fn job_3_apply_recovery_point_stays_commit_pending() {
         assert_eq!(
-            transition(
-                S::FailedOverCommitPending,
-                op(Operation::ApplyRecoveryPoint)
-            ),
+            transition(S::FailedOverCommitPending, op(Operation::ApplyRecoveryPoint)),
             Ok(S::FailedOverCommitPending)
         );
         assert_eq!(
@@ -322,44 +225,19 @@ mod tests {
 
     #[test]
     fn fo_7_cancelled_failover_keeps_replication() {
-        assert_eq!(
-            transition(S::FailedOverCommitPending, op(Operation::FailoverCancel)),
-            Ok(S::Protected)
-        );
-        assert_eq!(
-            transition(S::PreparedForPlannedFailover, op(Operation::FailoverCancel)),
-            Ok(S::Protected)
-        );
-        assert_eq!(
-            transition(S::FailoverInProgress, Event::FailoverRolledBack),
-            Ok(S::Protected)
-        );
+        assert_eq!(transition(S::FailedOverCommitPending, op(Operation::FailoverCancel)), Ok(S::Protected));
+        assert_eq!(transition(S::PreparedForPlannedFailover, op(Operation::FailoverCancel)), Ok(S::Protected));
+        assert_eq!(transition(S::FailoverInProgress, Event::FailoverRolledBack), Ok(S::Protected));
         // Replication goes on after the cancel: the item can be paused and failed over again.
-        let after = run(
-            S::FailedOverCommitPending,
-            &[
-                op(Operation::FailoverCancel),
-                op(Operation::PlannedFailover),
-            ],
-        );
+        let after = run(S::FailedOverCommitPending, &[op(Operation::FailoverCancel), op(Operation::PlannedFailover)]);
         assert_eq!(after, Ok(S::PreparedForPlannedFailover));
     }
 
     #[test]
     fn fo_5_commit_then_reprotect_flips_direction() {
-        let events = [
-            op(Operation::FailoverCommit),
-            op(Operation::ReProtect),
-            Event::ReverseReplicationCompleted,
-        ];
-        assert_eq!(
-            run(S::FailedOverCommitPending, &events[..1]),
-            Ok(S::Committed)
-        );
-        assert_eq!(
-            run(S::FailedOverCommitPending, &events[..2]),
-            Ok(S::ReverseReplicating)
-        );
+        let events = [op(Operation::FailoverCommit), op(Operation::ReProtect), Event::ReverseReplicationCompleted];
+        assert_eq!(run(S::FailedOverCommitPending, &events[..1]), Ok(S::Committed));
+        assert_eq!(run(S::FailedOverCommitPending, &events[..2]), Ok(S::ReverseReplicating));
         assert_eq!(run(S::FailedOverCommitPending, &events), Ok(S::Protected));
         assert!(flips_direction(op(Operation::ReProtect)));
         assert!(!flips_direction(op(Operation::FailoverCommit)));
@@ -368,43 +246,25 @@ mod tests {
 
     #[test]
     fn fo_1_test_failover_needs_point_and_one_at_a_time() {
-        assert_eq!(
-            check_operation(S::Protected, &ctx(3), Operation::TestFailover),
-            Ok(())
-        );
-        assert_eq!(
-            check_operation(S::Paused, &ctx(3), Operation::TestFailover),
-            Ok(())
-        );
+        assert_eq!(check_operation(S::Protected, &ctx(3), Operation::TestFailover), Ok(()));
+        assert_eq!(check_operation(S::Paused, &ctx(3), Operation::TestFailover), Ok(()));
         assert_eq!(
             check_operation(S::Protected, &ctx(0), Operation::TestFailover).map_err(|e| e.to_string()),
             Err("Operation testFailover is not allowed in state Protected: there is no recovery point".to_string())
         );
-        let running = OperationContext {
-            test_failover_running: true,
-            recovery_points: 3,
-            reverse_direction: false,
-        };
+        let running = OperationContext { test_failover_running: true, recovery_points: 3, reverse_direction: false };
         assert_eq!(
             check_operation(S::Protected, &running, Operation::TestFailover).map_err(|e| e.to_string()),
-            Err("Operation testFailover is not allowed in state Protected: a test failover is already running".to_string())
+            Err("Operation testFailover is not allowed in state Protected: a test failover is already running"
+                .to_string())
         );
+        assert_eq!(check_operation(S::Protected, &running, Operation::TestFailoverCleanup), Ok(()));
         assert_eq!(
-            check_operation(S::Protected, &running, Operation::TestFailoverCleanup),
-            Ok(())
-        );
-        assert_eq!(
-            check_operation(S::Protected, &ctx(3), Operation::TestFailoverCleanup)
-                .map_err(|e| e.code()),
+            check_operation(S::Protected, &ctx(3), Operation::TestFailoverCleanup).map_err(|e| e.code()),
             Err("OperationNotAllowed")
         );
         assert_eq!(
-            check_operation(
-                S::WaitingForInitialReplication,
-                &ctx(0),
-                Operation::TestFailover
-            )
-            .map_err(|e| e.code()),
+            check_operation(S::WaitingForInitialReplication, &ctx(0), Operation::TestFailover).map_err(|e| e.code()),
             Err("OperationNotAllowed")
         );
     }
@@ -423,11 +283,7 @@ mod tests {
             S::Resynchronizing,
             S::ReverseReplicating,
         ] {
-            assert_eq!(
-                transition(s, op(Operation::DisableProtection)),
-                Ok(S::NotEnabled),
-                "{s:?}"
-            );
+            assert_eq!(transition(s, op(Operation::DisableProtection)), Ok(S::NotEnabled), "{s:?}");
         }
         for s in [S::NotEnabled, S::FailoverInProgress] {
             assert_eq!(
@@ -435,13 +291,9 @@ mod tests {
                 Err("OperationNotAllowed")
             );
         }
-        let running = OperationContext {
-            test_failover_running: true,
-            ..ctx(1)
-        };
+        let running = OperationContext { test_failover_running: true, ..ctx(1) };
         assert_eq!(
-            check_operation(S::Protected, &running, Operation::DisableProtection)
-                .map_err(|e| e.code()),
+            check_operation(S::Protected, &running, Operation::DisableProtection).map_err(|e| e.code()),
             Err("OperationNotAllowed")
         );
     }
@@ -467,15 +319,9 @@ mod tests {
     fn job_3_invalid_system_event() {
         assert_eq!(
             transition(S::Protected, Event::InitialReplicationCompleted),
-            Err(Error::InvalidStateTransition {
-                state: S::Protected,
-                event: "InitialReplicationCompleted".into()
-            })
+            Err(Error::InvalidStateTransition { state: S::Protected, event: "InitialReplicationCompleted".into() })
         );
-        assert_eq!(
-            transition(S::NotEnabled, Event::EnableProtection),
-            Ok(S::WaitingForInitialReplication)
-        );
+        assert_eq!(transition(S::NotEnabled, Event::EnableProtection), Ok(S::WaitingForInitialReplication));
         assert_eq!(
             transition(S::Protected, Event::EnableProtection).map_err(|e| e.code()),
             Err("InvalidStateTransition")
@@ -487,68 +333,28 @@ mod tests {
         use Operation::*;
         assert_eq!(
             allowed_operations(S::Protected, &ctx(2)),
-            vec![
-                TestFailover,
-                PlannedFailover,
-                UnplannedFailover,
-                PauseReplication,
-                DisableProtection
-            ]
+            vec![TestFailover, PlannedFailover, UnplannedFailover, PauseReplication, DisableProtection]
         );
         assert_eq!(
             allowed_operations(S::FailedOverCommitPending, &ctx(2)),
-            vec![
-                ApplyRecoveryPoint,
-                FailoverCommit,
-                FailoverCancel,
-                DisableProtection
-            ]
+            vec![ApplyRecoveryPoint, FailoverCommit, FailoverCancel, DisableProtection]
         );
-        assert_eq!(
-            allowed_operations(S::Committed, &ctx(2)),
-            vec![ReProtect, DisableProtection]
-        );
+        assert_eq!(allowed_operations(S::Committed, &ctx(2)), vec![ReProtect, DisableProtection]);
         assert_eq!(
             allowed_operations(S::ResyncRequired, &ctx(2)),
-            vec![
-                TestFailover,
-                UnplannedFailover,
-                RepairReplication,
-                DisableProtection
-            ]
+            vec![TestFailover, UnplannedFailover, RepairReplication, DisableProtection]
         );
-        assert_eq!(
-            allowed_operations(S::FailoverInProgress, &ctx(2)),
-            Vec::<Operation>::new()
-        );
-        assert_eq!(
-            allowed_operations(S::NotEnabled, &ctx(0)),
-            Vec::<Operation>::new()
-        );
-        assert_eq!(
-            allowed_operations(S::Paused, &ctx(0)),
-            vec![ResumeReplication, DisableProtection]
-        );
+        assert_eq!(allowed_operations(S::FailoverInProgress, &ctx(2)), Vec::<Operation>::new());
+        assert_eq!(allowed_operations(S::NotEnabled, &ctx(0)), Vec::<Operation>::new());
+        assert_eq!(allowed_operations(S::Paused, &ctx(0)), vec![ResumeReplication, DisableProtection]);
     }
 
     #[test]
     fn fo_6_failover_allowed_in_both_directions() {
         let forward = ctx(2);
-        let reverse = OperationContext {
-            reverse_direction: true,
-            ..forward
-        };
-        for s in [
-            S::Protected,
-            S::Paused,
-            S::FailedOverCommitPending,
-            S::Committed,
-        ] {
-            assert_eq!(
-                allowed_operations(s, &forward),
-                allowed_operations(s, &reverse),
-                "{s:?}"
-            );
+        let reverse = OperationContext { reverse_direction: true, ..forward };
+        for s in [S::Protected, S::Paused, S::FailedOverCommitPending, S::Committed] {
+            assert_eq!(allowed_operations(s, &forward), allowed_operations(s, &reverse), "{s:?}");
         }
         assert!(allowed_operations(S::Protected, &reverse).contains(&Operation::PlannedFailover));
     }

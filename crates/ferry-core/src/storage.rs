@@ -28,17 +28,10 @@ pub fn validate_storage_mapping(
     let source = classification_name(source_inv, &req.source.id)?;
     classification_name(target_inv, &req.target.id)?;
     if req.source == req.target {
-        return Err(Error::StorageMappingToItself {
-            classification: source.to_string(),
-        });
+        return Err(Error::StorageMappingToItself { classification: source.to_string() });
     }
-    if existing
-        .iter()
-        .any(|m| m.source == req.source && m.target.fabric == req.target.fabric)
-    {
-        return Err(Error::StorageClassificationAlreadyMapped {
-            classification: source.to_string(),
-        });
+    if existing.iter().any(|m| m.source == req.source && m.target.fabric == req.target.fabric) {
+        return Err(Error::StorageClassificationAlreadyMapped { classification: source.to_string() });
     }
     Ok(())
 }
@@ -48,35 +41,21 @@ fn classification_name<'a>(inv: &'a SiteInventory, id: &str) -> Result<&'a str, 
         .iter()
         .find(|c| c.id == id)
         .map(|c| c.name.as_str())
-        .ok_or_else(|| Error::NotFound {
-            kind: ObjectKind::StorageClassification,
-            id: id.to_string(),
-        })
+        .ok_or_else(|| Error::NotFound { kind: ObjectKind::StorageClassification, id: id.to_string() })
 }
 
 /// STO-4: the classification is available to at least one host group of the cloud.
-pub fn check_classification_available(
-    inv: &SiteInventory,
-    cloud: &Cloud,
-    classification: &str,
-) -> Result<(), Error> {
+pub fn check_classification_available(inv: &SiteInventory, cloud: &Cloud, classification: &str) -> Result<(), Error> {
     let available = cloud
         .host_groups
         .iter()
         .filter_map(|g| inv.host_group(g))
-        .any(|g| {
-            g.storage_classifications
-                .iter()
-                .any(|c| c == classification)
-        });
+        .any(|g| g.storage_classifications.iter().any(|c| c == classification));
     if available {
         return Ok(());
     }
     let name = classification_name(inv, classification).unwrap_or(classification);
-    Err(Error::ClassificationNotAvailable {
-        classification: name.to_string(),
-        cloud: cloud.name.clone(),
-    })
+    Err(Error::ClassificationNotAvailable { classification: name.to_string(), cloud: cloud.name.clone() })
 }
 
 /// STO-4 for a mapping used by a cloud pair: source classification available to the source
@@ -98,20 +77,13 @@ pub fn mapped_classification<'a>(
     target_fabric: Uuid,
     mappings: &'a [StorageMapping],
 ) -> Option<&'a str> {
-    mappings
-        .iter()
-        .find(|m| m.source == *source && m.target.fabric == target_fabric)
-        .map(|m| m.target.id.as_str())
+    mappings.iter().find(|m| m.source == *source && m.target.fabric == target_fabric).map(|m| m.target.id.as_str())
 }
 
 /// Locations a host can write to: its own, then the shared ones of its host group's other hosts.
 pub fn reachable_locations<'a>(inv: &'a SiteInventory, host: &'a Host) -> Vec<&'a StorageLocation> {
     let mut out: Vec<&StorageLocation> = host.storage_locations.iter().collect();
-    for peer in inv
-        .hosts
-        .iter()
-        .filter(|h| h.host_group == host.host_group && h.id != host.id)
-    {
+    for peer in inv.hosts.iter().filter(|h| h.host_group == host.host_group && h.id != host.id) {
         for loc in peer.storage_locations.iter().filter(|l| l.shared) {
             if !out.iter().any(|o| o.path == loc.path) {
                 out.push(loc);
@@ -155,29 +127,15 @@ pub fn place_disk(
     reserved: &HashMap<String, u64>,
 ) -> Result<DiskPlacement, Error> {
     let locations = reachable_locations(target_inv, host);
-    let room = |l: &StorageLocation| {
-        l.free_bytes
-            .saturating_sub(reserved.get(&l.path).copied().unwrap_or(0))
-    };
+    let room = |l: &StorageLocation| l.free_bytes.saturating_sub(reserved.get(&l.path).copied().unwrap_or(0));
     let fits = |l: &StorageLocation| room(l) >= disk.virtual_size;
     let target_cls = disk.classification.as_ref().and_then(|c| {
-        mapped_classification(
-            &SiteObjectRef {
-                fabric: source_fabric,
-                id: c.clone(),
-            },
-            target_fabric,
-            mappings,
-        )
+        mapped_classification(&SiteObjectRef { fabric: source_fabric, id: c.clone() }, target_fabric, mappings)
     });
     let mut kind = PlacementKind::DefaultNoMapping;
     if let Some(cls) = target_cls {
         let mut best: Option<&StorageLocation> = None;
-        for l in locations
-            .iter()
-            .copied()
-            .filter(|l| l.classification.as_deref() == Some(cls) && fits(l))
-        {
+        for l in locations.iter().copied().filter(|l| l.classification.as_deref() == Some(cls) && fits(l)) {
             let better = match best {
                 Some(b) => room(l) > room(b),
                 None => true,
@@ -191,11 +149,7 @@ pub fn place_disk(
         }
         kind = PlacementKind::DefaultNoSuitableLocation;
     }
-    match locations
-        .iter()
-        .copied()
-        .find(|l| l.default_replica && fits(l))
-    {
+    match locations.iter().copied().find(|l| l.default_replica && fits(l)) {
         Some(l) => Ok(placement(disk, l, kind)),
         None => Err(Error::NoSuitableStorage {
             disk: disk.target.clone(),
@@ -231,36 +185,21 @@ pub fn place_vm(
 ) -> Result<VmPlacement, Error> {
     let mut best: Option<((usize, u64), VmPlacement)> = None;
     for host in candidates {
-        let Some(disks) = place_all(vm, host, target_inv, source_fabric, target_fabric, mappings)
-        else {
+        let Some(disks) = place_all(vm, host, target_inv, source_fabric, target_fabric, mappings) else {
             continue;
         };
-        let mapped = disks
-            .iter()
-            .filter(|d| d.kind == PlacementKind::Mapped)
-            .count();
-        let free: u64 = reachable_locations(target_inv, host)
-            .iter()
-            .map(|l| l.free_bytes)
-            .sum();
+        let mapped = disks.iter().filter(|d| d.kind == PlacementKind::Mapped).count();
+        let free: u64 = reachable_locations(target_inv, host).iter().map(|l| l.free_bytes).sum();
         let score = (mapped, free);
         let better = match &best {
             Some((s, _)) => score > *s,
             None => true,
         };
         if better {
-            best = Some((
-                score,
-                VmPlacement {
-                    host: host.id.clone(),
-                    disks,
-                },
-            ));
+            best = Some((score, VmPlacement { host: host.id.clone(), disks }));
         }
     }
-    best.map(|(_, p)| p).ok_or_else(|| Error::NoTargetHost {
-        vm: vm.name.clone(),
-    })
+    best.map(|(_, p)| p).ok_or_else(|| Error::NoTargetHost { vm: vm.name.clone() })
 }
 
 fn place_all(
@@ -274,16 +213,7 @@ fn place_all(
     let mut reserved: HashMap<String, u64> = HashMap::new();
     let mut out = Vec::new();
     for disk in vm.disks.iter().filter(|d| !d.excluded) {
-        let p = place_disk(
-            disk,
-            host,
-            inv,
-            source_fabric,
-            target_fabric,
-            mappings,
-            &reserved,
-        )
-        .ok()?;
+        let p = place_disk(disk, host, inv, source_fabric, target_fabric, mappings, &reserved).ok()?;
         *reserved.entry(p.location.clone()).or_insert(0) += disk.virtual_size;
         out.push(p);
     }

@@ -7,11 +7,8 @@ pub const MIN_QEMU_FAMILY: (u32, u32) = (7, 2);
 /// Parses `7.2`, `7.2.9`, `qemu-7.2` or `QEMU 8.0.1` into `(major, minor)`.
 pub fn qemu_family(version: &str) -> Option<(u32, u32)> {
     let v = version.trim();
-    let v = v
-        .strip_prefix("qemu-")
-        .or_else(|| v.strip_prefix("QEMU "))
-        .or_else(|| v.strip_prefix("qemu "))
-        .unwrap_or(v);
+    let v =
+        v.strip_prefix("qemu-").or_else(|| v.strip_prefix("QEMU ")).or_else(|| v.strip_prefix("qemu ")).unwrap_or(v);
     let mut parts = v.split('.');
     let major = parts.next()?.trim().parse().ok()?;
     let minor = parts.next()?.trim().parse().ok()?;
@@ -26,10 +23,7 @@ pub fn qemu_supported(version: &str) -> bool {
 /// `major.minor` of a semantic version like `0.1.3`, used to compare agent versions: agents of
 /// one `major.minor` speak the same protocol.
 pub fn agent_series(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version
-        .trim()
-        .trim_start_matches('v')
-        .split(['.', '-', '+']);
+    let mut parts = version.trim().trim_start_matches('v').split(['.', '-', '+']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))

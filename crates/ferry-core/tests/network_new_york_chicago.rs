@@ -7,19 +7,14 @@ use ferry_core::fabric_rules::validate_container_mapping;
 use ferry_core::network::*;
 use ferry_core::Error;
 use ferry_types::fabric::Vm;
-use ferry_types::mapping::{
-    CreateContainerMapping, CreateNetworkMapping, NetworkMapping, SiteObjectRef,
-};
+use ferry_types::mapping::{CreateContainerMapping, CreateNetworkMapping, NetworkMapping, SiteObjectRef};
 
 fn vm_of<'a>(inv: &'a ferry_types::fabric::SiteInventory, id: &str) -> &'a Vm {
     inv.vm(id).expect("fixture VM")
 }
 
 fn connected(network: SiteObjectRef, subnet: &str) -> ReplicaNic {
-    ReplicaNic::Connected {
-        network,
-        subnet: Some(subnet.into()),
-    }
+    ReplicaNic::Connected { network, subnet: Some(subnet.into()) }
 }
 
 // ---------------------------------------------------------------- NET-7: the seed's tables
@@ -44,23 +39,11 @@ fn net_7_network_mapping_table() {
 fn net_7_seed_mappings_are_accepted() {
     let (ny, chi, pairs) = (new_york(), chicago(), seed_pairs());
     let maps = seed_network_mappings();
-    let req = CreateNetworkMapping {
-        source: maps[0].source.clone(),
-        target: maps[0].target.clone(),
-    };
-    assert_eq!(
-        validate_network_mapping(&req, &ny, &chi, &pairs, &[]),
-        Ok(())
-    );
+    let req = CreateNetworkMapping { source: maps[0].source.clone(), target: maps[0].target.clone() };
+    assert_eq!(validate_network_mapping(&req, &ny, &chi, &pairs, &[]), Ok(()));
     // The Chicago → New York direction: no cloud pair in that direction, so only existence counts.
-    let req = CreateNetworkMapping {
-        source: maps[1].source.clone(),
-        target: maps[1].target.clone(),
-    };
-    assert_eq!(
-        validate_network_mapping(&req, &chi, &ny, &pairs, &maps[..1]),
-        Ok(())
-    );
+    let req = CreateNetworkMapping { source: maps[1].source.clone(), target: maps[1].target.clone() };
+    assert_eq!(validate_network_mapping(&req, &chi, &ny, &pairs, &maps[..1]), Ok(()));
 }
 
 #[test]
@@ -89,35 +72,19 @@ fn net_7_replicas_of_vmnetwork2_vms_are_not_connected() {
 #[test]
 fn net_7_cloud_protection_table() {
     let (ny, chi) = (new_york(), chicago());
-    let gold = CreateContainerMapping {
-        source: r(NY, "GoldCloud1"),
-        target: r(CHI, "GoldCloud2"),
-        policy: uuid::Uuid::nil(),
-    };
-    assert_eq!(
-        validate_container_mapping(&gold, &ny, &chi, None, &[]),
-        Ok(())
-    );
+    let gold =
+        CreateContainerMapping { source: r(NY, "GoldCloud1"), target: r(CHI, "GoldCloud2"), policy: uuid::Uuid::nil() };
+    assert_eq!(validate_container_mapping(&gold, &ny, &chi, None, &[]), Ok(()));
     let pairs = seed_pairs();
     let silver = CreateContainerMapping {
         source: r(NY, "SilverCloud1"),
         target: r(CHI, "SilverCloud2"),
         policy: uuid::Uuid::nil(),
     };
-    assert_eq!(
-        validate_container_mapping(&silver, &ny, &chi, None, &pairs[..1]),
-        Ok(())
-    );
+    assert_eq!(validate_container_mapping(&silver, &ny, &chi, None, &pairs[..1]), Ok(()));
     // GoldCloud2 and SilverCloud2 protect; they are not protected themselves ("not applicable").
-    for (c2, c1) in [
-        ("GoldCloud2", "GoldCloud1"),
-        ("SilverCloud2", "SilverCloud1"),
-    ] {
-        let req = CreateContainerMapping {
-            source: r(CHI, c2),
-            target: r(NY, c1),
-            policy: uuid::Uuid::nil(),
-        };
+    for (c2, c1) in [("GoldCloud2", "GoldCloud1"), ("SilverCloud2", "SilverCloud1")] {
+        let req = CreateContainerMapping { source: r(CHI, c2), target: r(NY, c1), policy: uuid::Uuid::nil() };
         assert_eq!(
             validate_container_mapping(&req, &chi, &ny, None, &pairs),
             Err(Error::CloudAlreadyPaired { cloud: c2.into() })
@@ -135,16 +102,10 @@ fn net_7_logical_and_vm_network_table() {
         (&chi, "LogicalNetwork2Chicago", "VMNetwork2-Chicago"),
     ];
     for (inv, logical, net) in rows {
-        assert_eq!(
-            inv.vm_network(net).map(|n| n.logical_network.as_str()),
-            Some(logical)
-        );
+        assert_eq!(inv.vm_network(net).map(|n| n.logical_network.as_str()), Some(logical));
     }
     let gold1 = ny.cloud("GoldCloud1").expect("GoldCloud1");
-    let names: Vec<&str> = available_target_networks(&ny, gold1)
-        .iter()
-        .map(|n| n.name.as_str())
-        .collect();
+    let names: Vec<&str> = available_target_networks(&ny, gold1).iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, vec!["VMNetwork1-NewYork", "VMNetwork2-NewYork"]);
 }
 
@@ -157,51 +118,17 @@ fn net_7_target_networks_table() {
     let silver_av = network_availability(silver, &chi).expect("silver availability");
     // (selection, protected cloud, protecting cloud, available)
     let rows = [
-        (
-            "VMNetwork1-Chicago",
-            &silver_av,
-            "SilverCloud1",
-            "SilverCloud2",
-            true,
-        ),
-        (
-            "VMNetwork1-Chicago",
-            &gold_av,
-            "GoldCloud1",
-            "GoldCloud2",
-            true,
-        ),
-        (
-            "VMNetwork2-Chicago",
-            &silver_av,
-            "SilverCloud1",
-            "SilverCloud2",
-            false,
-        ),
-        (
-            "VMNetwork2-Chicago",
-            &gold_av,
-            "GoldCloud1",
-            "GoldCloud2",
-            true,
-        ),
+        ("VMNetwork1-Chicago", &silver_av, "SilverCloud1", "SilverCloud2", true),
+        ("VMNetwork1-Chicago", &gold_av, "GoldCloud1", "GoldCloud2", true),
+        ("VMNetwork2-Chicago", &silver_av, "SilverCloud1", "SilverCloud2", false),
+        ("VMNetwork2-Chicago", &gold_av, "GoldCloud1", "GoldCloud2", true),
     ];
     for (net, av, src, tgt, available) in rows {
-        assert_eq!(
-            (av.source_cloud.as_str(), av.target_cloud.as_str()),
-            (src, tgt)
-        );
-        assert_eq!(
-            av.target_networks.contains(&r(CHI, net)),
-            available,
-            "{net} for {src} → {tgt}"
-        );
+        assert_eq!((av.source_cloud.as_str(), av.target_cloud.as_str()), (src, tgt));
+        assert_eq!(av.target_networks.contains(&r(CHI, net)), available, "{net} for {src} → {tgt}");
     }
     assert_eq!(gold_av.container_mapping, gold.id);
-    assert_eq!(
-        silver_av.target_networks,
-        vec![r(CHI, "VMNetwork1-Chicago")]
-    );
+    assert_eq!(silver_av.target_networks, vec![r(CHI, "VMNetwork1-Chicago")]);
 }
 
 #[test]
@@ -210,43 +137,19 @@ fn net_7_failback_table() {
     let original = r(NY, "VMNetwork1-NewYork");
     let replica = r(CHI, "VMNetwork1-Chicago");
     let maps = seed_network_mappings();
-    let changed = vec![
-        maps[0].clone(),
-        net_map(r(CHI, "VMNetwork1-Chicago"), r(NY, "VMNetwork2-NewYork")),
-    ];
+    let changed = vec![maps[0].clone(), net_map(r(CHI, "VMNetwork1-Chicago"), r(NY, "VMNetwork2-NewYork"))];
     let rows: [(&ReplicaNicAfterFailover, &[NetworkMapping], FailbackNic); 4] = [
         // VM2's network properties unchanged after failover → VM1 stays on its network.
-        (
-            &ReplicaNicAfterFailover::Unchanged,
-            &maps,
-            FailbackNic::StayOnOriginal,
-        ),
+        (&ReplicaNicAfterFailover::Unchanged, &maps, FailbackNic::StayOnOriginal),
         // VM2 disconnected after failover → VM1 disconnected.
-        (
-            &ReplicaNicAfterFailover::Disconnected,
-            &maps,
-            FailbackNic::Disconnected,
-        ),
+        (&ReplicaNicAfterFailover::Disconnected, &maps, FailbackNic::Disconnected),
         // VM2 moved to VMNetwork2-Chicago, which is not mapped → VM1 disconnected.
-        (
-            &ReplicaNicAfterFailover::MovedTo(r(CHI, "VMNetwork2-Chicago")),
-            &maps,
-            FailbackNic::Disconnected,
-        ),
+        (&ReplicaNicAfterFailover::MovedTo(r(CHI, "VMNetwork2-Chicago")), &maps, FailbackNic::Disconnected),
         // The mapping of VMNetwork1-Chicago changed → VM1 joins the network now mapped to it.
-        (
-            &ReplicaNicAfterFailover::Unchanged,
-            &changed,
-            FailbackNic::Connect(r(NY, "VMNetwork2-NewYork")),
-        ),
+        (&ReplicaNicAfterFailover::Unchanged, &changed, FailbackNic::Connect(r(NY, "VMNetwork2-NewYork"))),
     ];
     for (i, (after, mappings, expected)) in rows.into_iter().enumerate() {
-        assert_eq!(
-            failback_nic(&original, &replica, after, mappings),
-            expected,
-            "row {}",
-            i + 1
-        );
+        assert_eq!(failback_nic(&original, &replica, after, mappings), expected, "row {}", i + 1);
     }
 }
 
@@ -254,10 +157,7 @@ fn net_7_failback_table() {
 
 #[test]
 fn net_6_unchanged_replica_stays_with_only_forward_mapping() {
-    let maps = vec![net_map(
-        r(NY, "VMNetwork1-NewYork"),
-        r(CHI, "VMNetwork1-Chicago"),
-    )];
+    let maps = vec![net_map(r(NY, "VMNetwork1-NewYork"), r(CHI, "VMNetwork1-Chicago"))];
     let got = failback_nic(
         &r(NY, "VMNetwork1-NewYork"),
         &r(CHI, "VMNetwork1-Chicago"),
@@ -270,10 +170,7 @@ fn net_6_unchanged_replica_stays_with_only_forward_mapping() {
 #[test]
 fn net_6_replica_moved_to_mapped_network_follows_mapping() {
     let mut maps = seed_network_mappings();
-    maps.push(net_map(
-        r(CHI, "VMNetwork2-Chicago"),
-        r(NY, "VMNetwork2-NewYork"),
-    ));
+    maps.push(net_map(r(CHI, "VMNetwork2-Chicago"), r(NY, "VMNetwork2-NewYork")));
     let got = failback_nic(
         &r(NY, "VMNetwork1-NewYork"),
         &r(CHI, "VMNetwork1-Chicago"),

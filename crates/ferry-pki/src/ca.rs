@@ -7,8 +7,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -41,10 +41,7 @@ pub struct IssuedCert {
 
 impl std::fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedCert")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("IssuedCert").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -61,67 +58,40 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
 impl Ca {
     /// Creates a fresh CA (ECDSA P-256, 10 years) with the given common name.
     pub fn create(common_name: &str) -> Result<Ca> {
-        let key = KeyPair::generate().ctx(ErrorKind::Crypto, || {
-            "Cannot generate the CA key".to_string()
-        })?;
+        let key = KeyPair::generate().ctx(ErrorKind::Crypto, || "Cannot generate the CA key".to_string())?;
         let now = Utc::now();
         let mut params = base_params(common_name, now, CA_VALIDITY_DAYS)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let signer = params.self_signed(&key).ctx(ErrorKind::Crypto, || {
-            "Cannot self-sign the CA certificate".to_string()
-        })?;
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let signer =
+            params.self_signed(&key).ctx(ErrorKind::Crypto, || "Cannot self-sign the CA certificate".to_string())?;
         let cert_pem = signer.pem();
-        Ok(Ca {
-            fingerprint: fingerprint_of_pem(&cert_pem)?,
-            cert_pem,
-            signer,
-            key,
-        })
+        Ok(Ca { fingerprint: fingerprint_of_pem(&cert_pem)?, cert_pem, signer, key })
     }
 
     /// Rebuilds a CA from its persisted certificate and key PEMs, checking that
     /// they belong together.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca> {
-        let key = KeyPair::from_pem(key_pem).ctx(ErrorKind::InvalidInput, || {
-            "CA private key PEM is not usable".to_string()
-        })?;
+        let key = KeyPair::from_pem(key_pem)
+            .ctx(ErrorKind::InvalidInput, || "CA private key PEM is not usable".to_string())?;
         let der = parse_certs(cert_pem)?.remove(0);
-        let (_, x509) = X509Certificate::from_der(&der).ctx(ErrorKind::InvalidInput, || {
-            "CA certificate cannot be parsed".to_string()
-        })?;
+        let (_, x509) = X509Certificate::from_der(&der)
+            .ctx(ErrorKind::InvalidInput, || "CA certificate cannot be parsed".to_string())?;
         if x509.public_key().raw != key.public_key_der().as_slice() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "CA private key does not match the CA certificate",
-            ));
+            return Err(Error::new(ErrorKind::InvalidInput, "CA private key does not match the CA certificate"));
         }
         let params = CertificateParams::from_ca_cert_der(&der)
-            .ctx(ErrorKind::InvalidInput, || {
-                "CA certificate is not usable for signing".to_string()
-            })?;
-        let signer = params.self_signed(&key).ctx(ErrorKind::Crypto, || {
-            "Cannot prepare the CA signer".to_string()
-        })?;
-        Ok(Ca {
-            fingerprint: crate::pem::fingerprint_of_der(&der),
-            cert_pem: cert_pem.to_string(),
-            signer,
-            key,
-        })
+            .ctx(ErrorKind::InvalidInput, || "CA certificate is not usable for signing".to_string())?;
+        let signer = params.self_signed(&key).ctx(ErrorKind::Crypto, || "Cannot prepare the CA signer".to_string())?;
+        Ok(Ca { fingerprint: crate::pem::fingerprint_of_der(&der), cert_pem: cert_pem.to_string(), signer, key })
     }
 
     /// Loads the CA from `dir/ca-cert.pem` and `dir/ca-key.pem`, or creates and
@@ -136,9 +106,8 @@ impl Ca {
                 Ca::from_pem(&cert_pem, &key_pem)
             }
             (false, false) => {
-                std::fs::create_dir_all(dir).ctx(ErrorKind::Io, || {
-                    format!("Cannot create CA directory {}", dir.display())
-                })?;
+                std::fs::create_dir_all(dir)
+                    .ctx(ErrorKind::Io, || format!("Cannot create CA directory {}", dir.display()))?;
                 let ca = Ca::create(common_name)?;
                 pem::write_private(&key_path, &ca.key_pem())?;
                 pem::write_public(&cert_path, &ca.cert_pem)?;
@@ -177,57 +146,35 @@ impl Ca {
         dns_names: &[String],
         ip_addrs: &[IpAddr],
     ) -> Result<IssuedCert> {
-        let key = KeyPair::generate().ctx(ErrorKind::Crypto, || {
-            format!("Cannot generate a key for {common_name}")
-        })?;
+        let key = KeyPair::generate().ctx(ErrorKind::Crypto, || format!("Cannot generate a key for {common_name}"))?;
         let params = leaf_params(common_name, dns_names, ip_addrs, Utc::now())?;
         let cert = params
             .signed_by(&key, &self.signer, &self.key)
-            .ctx(ErrorKind::Crypto, || {
-                format!("Cannot sign the certificate of {common_name}")
-            })?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+            .ctx(ErrorKind::Crypto, || format!("Cannot sign the certificate of {common_name}"))?;
+        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Signs an agent's CSR. Only the CSR's public key (and its proof of
     /// possession) is used: the subject and SANs are decided here by the CA.
-    pub fn sign_csr(
-        &self,
-        csr_pem: &str,
-        common_name: &str,
-        san_dns: &[String],
-        san_ips: &[IpAddr],
-    ) -> Result<String> {
+    pub fn sign_csr(&self, csr_pem: &str, common_name: &str, san_dns: &[String], san_ips: &[IpAddr]) -> Result<String> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .ctx(ErrorKind::InvalidInput, || {
-                "Certificate signing request is not valid".to_string()
-            })?;
+            .ctx(ErrorKind::InvalidInput, || "Certificate signing request is not valid".to_string())?;
         csr.params = leaf_params(common_name, san_dns, san_ips, Utc::now())?;
         let cert = csr
             .signed_by(&self.signer, &self.key)
-            .ctx(ErrorKind::Crypto, || {
-                format!("Cannot sign the certificate of {common_name}")
-            })?;
+            .ctx(ErrorKind::Crypto, || format!("Cannot sign the certificate of {common_name}"))?;
         Ok(cert.pem())
     }
 }
 
 /// Generates an agent key pair and a CSR for it: `(key_pem, csr_pem)`.
 pub fn generate_key_and_csr(common_name: &str) -> Result<(String, String)> {
-    let key = KeyPair::generate().ctx(ErrorKind::Crypto, || {
-        format!("Cannot generate a key for {common_name}")
-    })?;
+    let key = KeyPair::generate().ctx(ErrorKind::Crypto, || format!("Cannot generate a key for {common_name}"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
-    let csr = params.serialize_request(&key).ctx(ErrorKind::Crypto, || {
-        format!("Cannot create a CSR for {common_name}")
-    })?;
-    let csr_pem = csr.pem().ctx(ErrorKind::Crypto, || {
-        "Cannot encode the CSR as PEM".to_string()
-    })?;
+    let csr =
+        params.serialize_request(&key).ctx(ErrorKind::Crypto, || format!("Cannot create a CSR for {common_name}"))?;
+    let csr_pem = csr.pem().ctx(ErrorKind::Crypto, || "Cannot encode the CSR as PEM".to_string())?;
     Ok((key.serialize_pem(), csr_pem))
 }
 
@@ -240,10 +187,7 @@ fn distinguished_name(common_name: &str) -> rcgen::DistinguishedName {
 
 fn base_params(common_name: &str, now: DateTime<Utc>, days: i64) -> Result<CertificateParams> {
     if common_name.is_empty() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "Certificate common name must not be empty",
-        ));
+        return Err(Error::new(ErrorKind::InvalidInput, "Certificate common name must not be empty"));
     }
     let mut params = CertificateParams::default();
     params.distinguished_name = distinguished_name(common_name);
@@ -261,24 +205,17 @@ fn leaf_params(
 ) -> Result<CertificateParams> {
     let mut params = base_params(common_name, now, LEAF_VALIDITY_DAYS)?;
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     for dns in dns_names {
-        let name = dns.as_str().try_into().ctx(ErrorKind::InvalidInput, || {
-            format!("DNS name {dns:?} is not valid for a certificate")
-        })?;
+        let name = dns
+            .as_str()
+            .try_into()
+            .ctx(ErrorKind::InvalidInput, || format!("DNS name {dns:?} is not valid for a certificate"))?;
         params.subject_alt_names.push(SanType::DnsName(name));
     }
-    params
-        .subject_alt_names
-        .extend(ip_addrs.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names.extend(ip_addrs.iter().map(|ip| SanType::IpAddress(*ip)));
     Ok(params)
 }
 
@@ -291,7 +228,6 @@ fn random_serial() -> SerialNumber {
 }
 
 fn to_offset(t: DateTime<Utc>) -> Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp(t.timestamp()).ctx(ErrorKind::InvalidInput, || {
-        format!("Time {t} is out of range for a certificate")
-    })
+    OffsetDateTime::from_unix_timestamp(t.timestamp())
+        .ctx(ErrorKind::InvalidInput, || format!("Time {t} is out of range for a certificate"))
 }

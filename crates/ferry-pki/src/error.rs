@@ -58,24 +58,12 @@ pub struct Error {
 impl Error {
     /// An error without an underlying cause.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Self { kind, message: message.into(), source: None }
     }
 
     /// An error wrapping an underlying cause.
-    pub fn with_source(
-        kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl Into<Source>,
-    ) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            source: Some(source.into()),
-        }
+    pub fn with_source(kind: ErrorKind, message: impl Into<String>, source: impl Into<Source>) -> Self {
+        Self { kind, message: message.into(), source: Some(source.into()) }
     }
 
     /// The coarse kind of this error.

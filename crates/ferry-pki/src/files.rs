@@ -36,9 +36,7 @@ impl std::fmt::Debug for TlsFiles {
 impl TlsFiles {
     /// True when all three files exist in `dir`.
     pub fn exists(dir: &Path) -> bool {
-        [CA_CERT_FILE, CERT_FILE, KEY_FILE]
-            .iter()
-            .all(|f| dir.join(f).is_file())
+        [CA_CERT_FILE, CERT_FILE, KEY_FILE].iter().all(|f| dir.join(f).is_file())
     }
 
     /// Reads the three files and checks that each holds parseable PEM.
@@ -57,9 +55,7 @@ impl TlsFiles {
     /// Writes the three files into `dir` (created if missing); the key gets mode 0600.
     pub fn save(dir: &Path, ca_cert_pem: &str, cert_pem: &str, key_pem: &str) -> Result<TlsFiles> {
         use crate::error::{Context, ErrorKind};
-        std::fs::create_dir_all(dir).ctx(ErrorKind::Io, || {
-            format!("Cannot create TLS directory {}", dir.display())
-        })?;
+        std::fs::create_dir_all(dir).ctx(ErrorKind::Io, || format!("Cannot create TLS directory {}", dir.display()))?;
         write_private(&dir.join(KEY_FILE), key_pem)?;
         write_public(&dir.join(CERT_FILE), cert_pem)?;
         write_public(&dir.join(CA_CERT_FILE), ca_cert_pem)?;

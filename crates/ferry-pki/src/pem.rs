@@ -13,14 +13,9 @@ use crate::error::{Context, Error, ErrorKind, Result};
 pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .ctx(ErrorKind::InvalidInput, || {
-            "Certificate PEM could not be read".to_string()
-        })?;
+        .ctx(ErrorKind::InvalidInput, || "Certificate PEM could not be read".to_string())?;
     if certs.is_empty() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "Certificate PEM contains no certificate",
-        ));
+        return Err(Error::new(ErrorKind::InvalidInput, "Certificate PEM contains no certificate"));
     }
     Ok(certs)
 }
@@ -28,9 +23,7 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 /// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM text.
 pub fn parse_private_key(pem: &str) -> Result<PrivateKeyDer<'static>> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .ctx(ErrorKind::InvalidInput, || {
-            "Private key PEM could not be read".to_string()
-        })?
+        .ctx(ErrorKind::InvalidInput, || "Private key PEM could not be read".to_string())?
         .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "Private key PEM contains no key"))
 }
 
@@ -49,11 +42,7 @@ pub fn fingerprint_of_der(cert_der: &[u8]) -> String {
 /// registration key). Comparison ignores case and `:` separators.
 pub fn verify_ca_pin(ca_pem: &str, expected_fingerprint: &str) -> Result<()> {
     let actual = fingerprint_of_pem(ca_pem)?;
-    let expected: String = expected_fingerprint
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let expected: String = expected_fingerprint.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     if actual == expected {
         Ok(())
     } else {
@@ -84,11 +73,9 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .ctx(ErrorKind::Io, err)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).ctx(ErrorKind::Io, err)?;
     }
-    file.write_all(contents.as_bytes())
-        .ctx(ErrorKind::Io, err)?;
+    file.write_all(contents.as_bytes()).ctx(ErrorKind::Io, err)?;
     file.sync_all().ctx(ErrorKind::Io, err)
 }
 

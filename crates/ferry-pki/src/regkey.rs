@@ -83,9 +83,7 @@ impl Wire {
 
     fn signature_valid(&self, signing_secret: &[u8]) -> bool {
         match hex::decode(&self.signature) {
-            Ok(given) => {
-                constant_time_eq(&given, &hmac_sha256(signing_secret, &self.signed_message()))
-            }
+            Ok(given) => constant_time_eq(&given, &hmac_sha256(signing_secret, &self.signed_message())),
             Err(_) => false,
         }
     }
@@ -147,8 +145,7 @@ impl RegistrationKey {
             signature: String::new(),
         };
         wire.signature = wire.sign(signing_secret);
-        let key = Self::from_wire(wire)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.message().to_string()))?;
+        let key = Self::from_wire(wire).map_err(|e| Error::new(ErrorKind::InvalidInput, e.message().to_string()))?;
         let text = key.to_file_text();
         Ok((key, text))
     }
@@ -272,9 +269,7 @@ impl RegistrationKey {
             return Err(malformed("Registration key has no usable vault URL"));
         }
         if normalize_fingerprint(&wire.ca_fingerprint).as_deref() != Some(&wire.ca_fingerprint) {
-            return Err(malformed(
-                "Registration key CA fingerprint is not 64 lower-case hex digits",
-            ));
+            return Err(malformed("Registration key CA fingerprint is not 64 lower-case hex digits"));
         }
         let secret = URL_SAFE_NO_PAD
             .decode(&wire.secret)
@@ -282,21 +277,9 @@ impl RegistrationKey {
             .filter(|s| s.len() == SECRET_LEN)
             .ok_or_else(|| malformed("Registration key secret is not 32 bytes of base64url"))?;
         let issued_at = DateTime::parse_from_rfc3339(&wire.issued_at)
-            .map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Malformed,
-                    "Registration key issue time is not RFC 3339",
-                    e,
-                )
-            })?
+            .map_err(|e| Error::with_source(ErrorKind::Malformed, "Registration key issue time is not RFC 3339", e))?
             .with_timezone(&Utc);
-        Ok(RegistrationKey {
-            wire,
-            vault_id,
-            key_id,
-            secret,
-            issued_at,
-        })
+        Ok(RegistrationKey { wire, vault_id, key_id, secret, issued_at })
     }
 }
 
@@ -309,13 +292,8 @@ fn read_wire(file_text: &str) -> Result<Wire> {
         return Err(malformed("Registration key file is too large"));
     }
     // Check the version first so a future format gives a clear message.
-    let value: serde_json::Value = serde_json::from_str(file_text.trim()).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Malformed,
-            "Registration key file is not valid JSON",
-            e,
-        )
-    })?;
+    let value: serde_json::Value = serde_json::from_str(file_text.trim())
+        .map_err(|e| Error::with_source(ErrorKind::Malformed, "Registration key file is not valid JSON", e))?;
     match value.get("version").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
         Some(v) => {
@@ -326,30 +304,17 @@ fn read_wire(file_text: &str) -> Result<Wire> {
         None => return Err(malformed("Registration key file has no format version")),
     }
     serde_json::from_value(value).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Malformed,
-            "Registration key file is missing fields or has unexpected ones",
-            e,
-        )
+        Error::with_source(ErrorKind::Malformed, "Registration key file is missing fields or has unexpected ones", e)
     })
 }
 
 fn parse_uuid(text: &str, what: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| {
-        Error::with_source(
-            ErrorKind::Malformed,
-            format!("Registration key {what} is not a UUID"),
-            e,
-        )
-    })
+    Uuid::parse_str(text)
+        .map_err(|e| Error::with_source(ErrorKind::Malformed, format!("Registration key {what} is not a UUID"), e))
 }
 
 /// Lower-cases and strips `:` separators; `None` unless 64 hex digits remain.
 fn normalize_fingerprint(fp: &str) -> Option<String> {
-    let fp: String = fp
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let fp: String = fp.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     (fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit())).then_some(fp)
 }

@@ -33,53 +33,35 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A server config presenting `cert_pem` (leaf first, chain may follow) and
 /// `key_pem`. With `alpn` the server offers `h2` and `http/1.1`.
-pub fn server_config(
-    cert_pem: &str,
-    key_pem: &str,
-    client_auth: ClientAuth,
-    alpn: bool,
-) -> Result<Arc<ServerConfig>> {
+pub fn server_config(cert_pem: &str, key_pem: &str, client_auth: ClientAuth, alpn: bool) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let certs = parse_certs(cert_pem)?;
     let key = parse_private_key(key_pem)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .ctx(ErrorKind::Tls, || {
-            "TLS protocol versions not supported by the provider".to_string()
-        })?;
+        .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?;
     let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional(ca_pem) | ClientAuth::Required(ca_pem) if ca_pem.trim().is_empty() => {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "Client authentication needs a CA certificate",
-            ));
+            return Err(Error::new(ErrorKind::InvalidInput, "Client authentication needs a CA certificate"));
         }
         ClientAuth::Optional(ca_pem) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_pem)?), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .ctx(ErrorKind::Tls, || {
-                        "Cannot build the client certificate verifier".to_string()
-                    })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_pem)?), provider)
+                .allow_unauthenticated()
+                .build()
+                .ctx(ErrorKind::Tls, || "Cannot build the client certificate verifier".to_string())?;
             builder.with_client_cert_verifier(verifier)
         }
         ClientAuth::Required(ca_pem) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_pem)?), provider)
-                    .build()
-                    .ctx(ErrorKind::Tls, || {
-                        "Cannot build the client certificate verifier".to_string()
-                    })?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_pem)?), provider)
+                .build()
+                .ctx(ErrorKind::Tls, || "Cannot build the client certificate verifier".to_string())?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(certs, key)
-        .ctx(ErrorKind::InvalidInput, || {
-            "Server certificate and key do not form a usable identity".to_string()
-        })?;
+        .ctx(ErrorKind::InvalidInput, || "Server certificate and key do not form a usable identity".to_string())?;
     if alpn {
         config.alpn_protocols = ALPN_H2_HTTP11.iter().map(|p| p.to_vec()).collect();
     }
@@ -90,25 +72,18 @@ pub fn server_config(
 /// client certificate `(cert_pem, key_pem)` for mutual TLS.
 pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Arc<ClientConfig>> {
     let provider = provider();
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
-            .build()
-            .ctx(ErrorKind::Tls, || {
-                "Cannot build the server certificate verifier".to_string()
-            })?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
+        .build()
+        .ctx(ErrorKind::Tls, || "Cannot build the server certificate verifier".to_string())?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .ctx(ErrorKind::Tls, || {
-            "TLS protocol versions not supported by the provider".to_string()
-        })?
+        .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
         .with_webpki_verifier(verifier);
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert_pem, key_pem)) => builder
             .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
-            .ctx(ErrorKind::InvalidInput, || {
-                "Client certificate and key do not form a usable identity".to_string()
-            })?,
+            .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?,
     };
     Ok(Arc::new(config))
 }
@@ -124,9 +99,9 @@ pub fn peer_common_name(cert_der: &[u8]) -> Option<String> {
 fn roots(ca_pem: &str) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
     for cert in parse_certs(ca_pem)? {
-        store.add(cert).ctx(ErrorKind::InvalidInput, || {
-            "CA certificate cannot be used as a trust anchor".to_string()
-        })?;
+        store
+            .add(cert)
+            .ctx(ErrorKind::InvalidInput, || "CA certificate cannot be used as a trust anchor".to_string())?;
     }
     Ok(store)
 }

@@ -3,28 +3,17 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 
-use ferry_pki::{
-    fingerprint_of_pem, generate_key_and_csr, peer_common_name, verify_ca_pin, Ca, ErrorKind,
-    TlsFiles,
-};
+use ferry_pki::{fingerprint_of_pem, generate_key_and_csr, peer_common_name, verify_ca_pin, Ca, ErrorKind, TlsFiles};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 fn der_of(pem: &str) -> Vec<u8> {
     let mut reader = pem.as_bytes();
-    let der = rustls_pemfile::certs(&mut reader)
-        .next()
-        .expect("one cert")
-        .expect("valid pem")
-        .to_vec();
+    let der = rustls_pemfile::certs(&mut reader).next().expect("one cert").expect("valid pem").to_vec();
     der
 }
 
 fn mode(path: &std::path::Path) -> u32 {
-    std::fs::metadata(path)
-        .expect("metadata")
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
 }
 
 #[test]
@@ -37,15 +26,9 @@ fn sec_1_ca_persists_and_reloads_with_same_fingerprint() {
     let again = Ca::load_or_create(&ca_dir, "ignored").expect("load");
     assert_eq!(ca.fingerprint(), again.fingerprint());
     assert_eq!(ca.cert_pem(), again.cert_pem());
-    assert_eq!(
-        fingerprint_of_pem(ca.cert_pem()).expect("fp"),
-        ca.fingerprint()
-    );
+    assert_eq!(fingerprint_of_pem(ca.cert_pem()).expect("fp"), ca.fingerprint());
     assert_eq!(ca.fingerprint().len(), 64);
-    assert_eq!(
-        peer_common_name(&der_of(ca.cert_pem())).as_deref(),
-        Some("Ferry vault CA")
-    );
+    assert_eq!(peer_common_name(&der_of(ca.cert_pem())).as_deref(), Some("Ferry vault CA"));
 }
 
 #[test]
@@ -56,10 +39,7 @@ fn sec_1_ca_refuses_lone_or_mismatched_files() {
     let err = Ca::load_or_create(dir.path(), "A").expect_err("lone cert");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     // The surviving certificate was not replaced.
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("ca-cert.pem")).expect("read"),
-        a.cert_pem()
-    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("ca-cert.pem")).expect("read"), a.cert_pem());
     let b = Ca::create("B").expect("create");
     let err = Ca::from_pem(a.cert_pem(), &b.key_pem()).expect_err("mismatch");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -78,29 +58,15 @@ fn sec_1_server_cert_has_requested_names_and_one_year_validity() {
     let der = der_of(&issued.cert_pem);
     let (_, cert) = X509Certificate::from_der(&der).expect("parse");
     assert_eq!(peer_common_name(&der).as_deref(), Some("vault.example"));
-    assert_eq!(
-        cert.issuer(),
-        &X509Certificate::from_der(&der_of(ca.cert_pem()))
-            .expect("ca")
-            .1
-            .subject()
-            .clone()
-    );
-    let days =
-        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
+    assert_eq!(cert.issuer(), &X509Certificate::from_der(&der_of(ca.cert_pem())).expect("ca").1.subject().clone());
+    let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
     assert_eq!(days, 365);
-    let san = cert
-        .subject_alternative_name()
-        .expect("san ext")
-        .expect("san present");
+    let san = cert.subject_alternative_name().expect("san ext").expect("san present");
     let names = &san.value.general_names;
     assert!(names.contains(&GeneralName::DNSName("vault.example")));
     assert!(names.contains(&GeneralName::DNSName("localhost")));
     assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
-    let eku = cert
-        .extended_key_usage()
-        .expect("eku")
-        .expect("eku present");
+    let eku = cert.extended_key_usage().expect("eku").expect("eku present");
     assert!(eku.value.server_auth && eku.value.client_auth);
     assert!(!issued.key_pem.is_empty());
     assert!(!format!("{issued:?}").contains("PRIVATE KEY"));
@@ -111,17 +77,12 @@ fn sec_1_csr_subject_is_decided_by_the_ca() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let (key_pem, csr_pem) = generate_key_and_csr("i-am-the-vault").expect("csr");
     assert!(key_pem.contains("PRIVATE KEY"));
-    let cert_pem = ca
-        .sign_csr(&csr_pem, "host-ny1", &["ny1.lab".to_string()], &[])
-        .expect("sign");
+    let cert_pem = ca.sign_csr(&csr_pem, "host-ny1", &["ny1.lab".to_string()], &[]).expect("sign");
     let der = der_of(&cert_pem);
     assert_eq!(peer_common_name(&der).as_deref(), Some("host-ny1"));
     let (_, cert) = X509Certificate::from_der(&der).expect("parse");
     let san = cert.subject_alternative_name().expect("ext").expect("san");
-    assert_eq!(
-        san.value.general_names,
-        vec![GeneralName::DNSName("ny1.lab")]
-    );
+    assert_eq!(san.value.general_names, vec![GeneralName::DNSName("ny1.lab")]);
 }
 
 #[test]
@@ -129,10 +90,7 @@ fn sec_3_garbage_csr_and_pem_refused() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let err = ca.sign_csr("garbage", "h", &[], &[]).expect_err("garbage");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
-    assert_eq!(
-        fingerprint_of_pem("nope").map_err(|e| e.kind()),
-        Err(ErrorKind::InvalidInput)
-    );
+    assert_eq!(fingerprint_of_pem("nope").map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
     assert_eq!(peer_common_name(b"not der"), None);
     let err = ca.issue_server_cert("", &[], &[]).expect_err("empty cn");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -163,14 +121,6 @@ fn sec_1_tls_files_save_and_load() {
     assert_eq!(loaded.cert_pem, issued.cert_pem);
     assert_eq!(loaded.key_pem, issued.key_pem);
     std::fs::write(tls_dir.join("cert.pem"), "junk").expect("write");
-    assert_eq!(
-        TlsFiles::load(&tls_dir).map(|_| ()).map_err(|e| e.kind()),
-        Err(ErrorKind::InvalidInput)
-    );
-    assert_eq!(
-        TlsFiles::load(&dir.path().join("missing"))
-            .map(|_| ())
-            .map_err(|e| e.kind()),
-        Err(ErrorKind::Io)
-    );
+    assert_eq!(TlsFiles::load(&tls_dir).map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
+    assert_eq!(TlsFiles::load(&dir.path().join("missing")).map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::Io));
 }

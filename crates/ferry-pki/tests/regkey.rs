@@ -9,27 +9,16 @@ const SIGNING: &[u8] = b"vault-signing-secret-0123456789abcdef";
 const FP: &str = "8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4";
 
 fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
-        .single()
-        .expect("valid date")
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().expect("valid date")
 }
 
 fn issue(vault: Uuid) -> (RegistrationKey, String) {
-    RegistrationKey::issue(
-        vault,
-        "Contoso DR vault",
-        &["https://vault.example:8443".to_string()],
-        FP,
-        SIGNING,
-        t0(),
-    )
-    .expect("issue")
+    RegistrationKey::issue(vault, "Contoso DR vault", &["https://vault.example:8443".to_string()], FP, SIGNING, t0())
+        .expect("issue")
 }
 
 fn verify_kind(text: &str, vault: Uuid, now: DateTime<Utc>) -> Option<ErrorKind> {
-    RegistrationKey::verify(text, vault, SIGNING, now, default_validity())
-        .err()
-        .map(|e| e.kind())
+    RegistrationKey::verify(text, vault, SIGNING, now, default_validity()).err().map(|e| e.kind())
 }
 
 /// Replaces one character of the string field `field` with another character
@@ -54,8 +43,7 @@ fn flip_field(text: &str, field: &str) -> String {
 fn fab_2_issued_key_verifies_and_round_trips() {
     let vault = Uuid::new_v4();
     let (key, text) = issue(vault);
-    let got = RegistrationKey::verify(&text, vault, SIGNING, t0(), default_validity())
-        .expect("valid key");
+    let got = RegistrationKey::verify(&text, vault, SIGNING, t0(), default_validity()).expect("valid key");
     assert_eq!(got.key_id(), key.key_id());
     assert_eq!(got.vault_id(), vault);
     assert_eq!(got.vault_name(), "Contoso DR vault");
@@ -92,8 +80,7 @@ fn fab_2_expired_key_refused() {
     let vault = Uuid::new_v4();
     let (_, text) = issue(vault);
     let now = t0() + Duration::days(5) + Duration::seconds(1);
-    let err = RegistrationKey::verify(&text, vault, SIGNING, now, default_validity())
-        .expect_err("expired");
+    let err = RegistrationKey::verify(&text, vault, SIGNING, now, default_validity()).expect_err("expired");
     assert_eq!(err.kind(), ErrorKind::Expired);
     assert!(err.to_string().starts_with("Registration key"), "{err}");
 }
@@ -105,11 +92,7 @@ fn fab_2_key_from_the_future_refused_as_malformed() {
     // Within tolerated skew.
     assert_eq!(verify_kind(&text, vault, t0() - Duration::minutes(5)), None);
     assert_eq!(
-        verify_kind(
-            &text,
-            vault,
-            t0() - Duration::minutes(5) - Duration::seconds(1)
-        ),
+        verify_kind(&text, vault, t0() - Duration::minutes(5) - Duration::seconds(1)),
         Some(ErrorKind::Malformed)
     );
 }
@@ -133,10 +116,7 @@ fn fab_2_forged_issued_at_refused() {
     let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
     v["issued_at"] = serde_json::Value::String("2025-03-20T12:00:00Z".into());
     let extended = v.to_string();
-    assert_eq!(
-        verify_kind(&extended, vault, t0() + Duration::days(19)),
-        Some(ErrorKind::Forged)
-    );
+    assert_eq!(verify_kind(&extended, vault, t0() + Duration::days(19)), Some(ErrorKind::Forged));
 }
 
 #[test]
@@ -153,18 +133,11 @@ fn fab_2_forged_other_fields_refused() {
     let (_, text) = issue(vault);
     for field in ["ca_fingerprint", "key_id", "signature"] {
         let forged = flip_field(&text, field);
-        assert_eq!(
-            verify_kind(&forged, vault, t0()),
-            Some(ErrorKind::Forged),
-            "{field}"
-        );
+        assert_eq!(verify_kind(&forged, vault, t0()), Some(ErrorKind::Forged), "{field}");
     }
     let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
     v["vault_urls"][0] = serde_json::Value::String("https://evil.example".into());
-    assert_eq!(
-        verify_kind(&v.to_string(), vault, t0()),
-        Some(ErrorKind::Forged)
-    );
+    assert_eq!(verify_kind(&v.to_string(), vault, t0()), Some(ErrorKind::Forged));
 }
 
 #[test]
@@ -185,16 +158,13 @@ fn fab_2_key_signed_with_other_secret_refused_as_forged() {
 #[test]
 fn fab_2_other_vault_key_refused() {
     let (_, text) = issue(Uuid::new_v4());
-    let err = RegistrationKey::verify(&text, Uuid::new_v4(), SIGNING, t0(), default_validity())
-        .expect_err("other vault");
+    let err =
+        RegistrationKey::verify(&text, Uuid::new_v4(), SIGNING, t0(), default_validity()).expect_err("other vault");
     assert_eq!(err.kind(), ErrorKind::OtherVault);
     assert!(err.to_string().contains("Contoso DR vault"), "{err}");
     // Another vault's key is reported as such even if it is also expired.
     let (_, text) = issue(Uuid::new_v4());
-    assert_eq!(
-        verify_kind(&text, Uuid::new_v4(), t0() + Duration::days(30)),
-        Some(ErrorKind::OtherVault)
-    );
+    assert_eq!(verify_kind(&text, Uuid::new_v4(), t0() + Duration::days(30)), Some(ErrorKind::OtherVault));
 }
 
 #[test]
@@ -213,17 +183,8 @@ fn fab_2_malformed_key_refused() {
         "x".repeat(100_000),
     ];
     for case in &cases {
-        assert_eq!(
-            verify_kind(case, vault, t0()),
-            Some(ErrorKind::Malformed),
-            "{case:.60}"
-        );
-        assert_eq!(
-            RegistrationKey::parse(case)
-                .map(|_| ())
-                .map_err(|e| e.kind()),
-            Err(ErrorKind::Malformed)
-        );
+        assert_eq!(verify_kind(case, vault, t0()), Some(ErrorKind::Malformed), "{case:.60}");
+        assert_eq!(RegistrationKey::parse(case).map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::Malformed));
     }
 }
 
@@ -238,9 +199,6 @@ fn fab_2_issue_rejects_bad_input() {
         RegistrationKey::issue(vault, "v", &[], FP, SIGNING, t0()),
     ];
     for r in bad {
-        assert_eq!(
-            r.map(|_| ()).map_err(|e| e.kind()),
-            Err(ErrorKind::InvalidInput)
-        );
+        assert_eq!(r.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::InvalidInput));
     }
 }

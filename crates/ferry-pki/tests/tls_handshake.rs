@@ -4,10 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_pki::{
-    client_config, generate_key_and_csr, peer_common_name, server_config, Ca, ClientAuth,
-    IssuedCert,
-};
+use ferry_pki::{client_config, generate_key_and_csr, peer_common_name, server_config, Ca, ClientAuth, IssuedCert};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,25 +19,13 @@ struct Outcome {
     client: Result<Option<Vec<u8>>, String>,
 }
 
-async fn handshake(
-    server: Arc<rustls::ServerConfig>,
-    client: Arc<rustls::ClientConfig>,
-    server_name: &str,
-) -> Outcome {
+async fn handshake(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientConfig>, server_name: &str) -> Outcome {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut tls = TlsAcceptor::from(server)
-            .accept(tcp)
-            .await
-            .map_err(|e| e.to_string())?;
-        let cn = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| peer_common_name(c));
+        let mut tls = TlsAcceptor::from(server).accept(tcp).await.map_err(|e| e.to_string())?;
+        let cn = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| peer_common_name(c));
         tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
         tls.shutdown().await.map_err(|e| e.to_string())?;
         Ok::<_, String>(cn)
@@ -48,10 +33,7 @@ async fn handshake(
     let name = ServerName::try_from(server_name.to_string()).expect("server name");
     let client_result = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut tls = TlsConnector::from(client)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tls = TlsConnector::from(client).connect(name, tcp).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
         if &buf != b"ping" {
@@ -71,8 +53,7 @@ async fn handshake(
 }
 
 fn vault_cert(ca: &Ca) -> IssuedCert {
-    ca.issue_server_cert("vault", &["localhost".to_string()], &[LOCALHOST])
-        .expect("vault cert")
+    ca.issue_server_cert("vault", &["localhost".to_string()], &[LOCALHOST]).expect("vault cert")
 }
 
 fn agent_cert(ca: &Ca, cn: &str) -> IssuedCert {
@@ -84,18 +65,10 @@ async fn sec_1_mutual_tls_same_ca_succeeds() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let server_id = vault_cert(&ca);
     let client_id = agent_cert(&ca, "site-ny");
-    let server = server_config(
-        &server_id.cert_pem,
-        &server_id.key_pem,
-        ClientAuth::Required(ca.cert_pem().to_string()),
-        true,
-    )
-    .expect("server config");
-    let client = client_config(
-        ca.cert_pem(),
-        Some((&client_id.cert_pem, &client_id.key_pem)),
-    )
-    .expect("client config");
+    let server =
+        server_config(&server_id.cert_pem, &server_id.key_pem, ClientAuth::Required(ca.cert_pem().to_string()), true)
+            .expect("server config");
+    let client = client_config(ca.cert_pem(), Some((&client_id.cert_pem, &client_id.key_pem))).expect("client config");
     let out = handshake(server.clone(), client.clone(), "localhost").await;
     assert_eq!(out.server, Ok(Some("site-ny".to_string())));
     assert_eq!(out.client, Ok(None), "client offered no ALPN");
@@ -108,13 +81,7 @@ async fn sec_1_mutual_tls_same_ca_succeeds() {
 async fn sec_1_alpn_h2_negotiated_when_enabled() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let server_id = vault_cert(&ca);
-    let server = server_config(
-        &server_id.cert_pem,
-        &server_id.key_pem,
-        ClientAuth::None,
-        true,
-    )
-    .expect("server");
+    let server = server_config(&server_id.cert_pem, &server_id.key_pem, ClientAuth::None, true).expect("server");
     let mut client = (*client_config(ca.cert_pem(), None).expect("client")).clone();
     client.alpn_protocols = vec![b"h2".to_vec()];
     let out = handshake(server, Arc::new(client), "localhost").await;
@@ -128,16 +95,11 @@ async fn sec_1_cert_from_other_ca_refused() {
     let other = Ca::create("Vault B CA").expect("other ca");
     let server_id = vault_cert(&ca);
     let intruder = agent_cert(&other, "host-evil");
-    let server = server_config(
-        &server_id.cert_pem,
-        &server_id.key_pem,
-        ClientAuth::Required(ca.cert_pem().to_string()),
-        false,
-    )
-    .expect("server config");
+    let server =
+        server_config(&server_id.cert_pem, &server_id.key_pem, ClientAuth::Required(ca.cert_pem().to_string()), false)
+            .expect("server config");
     // The intruder trusts vault A's CA (public) but its own cert is from B.
-    let client = client_config(ca.cert_pem(), Some((&intruder.cert_pem, &intruder.key_pem)))
-        .expect("client config");
+    let client = client_config(ca.cert_pem(), Some((&intruder.cert_pem, &intruder.key_pem))).expect("client config");
     let out = handshake(server, client, "localhost").await;
     assert!(out.server.is_err(), "server accepted: {:?}", out.server);
     assert!(out.client.is_err(), "client got data: {:?}", out.client);
@@ -147,13 +109,9 @@ async fn sec_1_cert_from_other_ca_refused() {
 async fn sec_1_missing_client_cert_refused_when_required() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let server_id = vault_cert(&ca);
-    let server = server_config(
-        &server_id.cert_pem,
-        &server_id.key_pem,
-        ClientAuth::Required(ca.cert_pem().to_string()),
-        false,
-    )
-    .expect("server config");
+    let server =
+        server_config(&server_id.cert_pem, &server_id.key_pem, ClientAuth::Required(ca.cert_pem().to_string()), false)
+            .expect("server config");
     let client = client_config(ca.cert_pem(), None).expect("client config");
     let out = handshake(server, client, "localhost").await;
     assert!(out.server.is_err());
@@ -165,23 +123,15 @@ async fn sec_1_optional_client_auth_accepts_anonymous_refuses_foreign() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let other = Ca::create("Other CA").expect("other");
     let server_id = vault_cert(&ca);
-    let server = server_config(
-        &server_id.cert_pem,
-        &server_id.key_pem,
-        ClientAuth::Optional(ca.cert_pem().to_string()),
-        false,
-    )
-    .expect("server config");
+    let server =
+        server_config(&server_id.cert_pem, &server_id.key_pem, ClientAuth::Optional(ca.cert_pem().to_string()), false)
+            .expect("server config");
     let anonymous = client_config(ca.cert_pem(), None).expect("client");
     let out = handshake(server.clone(), anonymous, "localhost").await;
     assert_eq!(out.server, Ok(None));
     assert!(out.client.is_ok());
     let foreign_id = agent_cert(&other, "x");
-    let foreign = client_config(
-        ca.cert_pem(),
-        Some((&foreign_id.cert_pem, &foreign_id.key_pem)),
-    )
-    .expect("client");
+    let foreign = client_config(ca.cert_pem(), Some((&foreign_id.cert_pem, &foreign_id.key_pem))).expect("client");
     let out = handshake(server, foreign, "localhost").await;
     assert!(out.server.is_err());
 }
@@ -191,20 +141,11 @@ async fn sec_1_server_cert_from_other_ca_refused_by_client() {
     let ca = Ca::create("Vault A CA").expect("ca");
     let other = Ca::create("Vault B CA").expect("other ca");
     let impostor = vault_cert(&other);
-    let server = server_config(
-        &impostor.cert_pem,
-        &impostor.key_pem,
-        ClientAuth::None,
-        false,
-    )
-    .expect("server");
+    let server = server_config(&impostor.cert_pem, &impostor.key_pem, ClientAuth::None, false).expect("server");
     let client = client_config(ca.cert_pem(), None).expect("client");
     let out = handshake(server, client, "localhost").await;
     let err = out.client.expect_err("client must refuse");
-    assert!(
-        err.to_lowercase().contains("unknown") || err.contains("issuer"),
-        "{err}"
-    );
+    assert!(err.to_lowercase().contains("unknown") || err.contains("issuer"), "{err}");
     assert!(out.server.is_err());
 }
 
@@ -215,24 +156,12 @@ async fn sec_1_csr_signed_host_cert_works_for_mtls() {
     Ca::load_or_create(dir.path(), "Ferry vault CA").expect("create");
     let ca = Ca::load_or_create(dir.path(), "Ferry vault CA").expect("reload");
     let (key_a, csr_a) = generate_key_and_csr("whatever").expect("csr a");
-    let cert_a = ca
-        .sign_csr(
-            &csr_a,
-            "host-chi1",
-            &["localhost".to_string()],
-            &[LOCALHOST],
-        )
-        .expect("sign a");
+    let cert_a = ca.sign_csr(&csr_a, "host-chi1", &["localhost".to_string()], &[LOCALHOST]).expect("sign a");
     let (key_b, csr_b) = generate_key_and_csr("host-ny1").expect("csr b");
     let cert_b = ca.sign_csr(&csr_b, "host-ny1", &[], &[]).expect("sign b");
     // host-chi1 receives replication; host-ny1 sends it.
-    let server = server_config(
-        &cert_a,
-        &key_a,
-        ClientAuth::Required(ca.cert_pem().to_string()),
-        false,
-    )
-    .expect("server");
+    let server =
+        server_config(&cert_a, &key_a, ClientAuth::Required(ca.cert_pem().to_string()), false).expect("server");
     let client = client_config(ca.cert_pem(), Some((&cert_b, &key_b))).expect("client");
     let out = handshake(server, client, "localhost").await;
     assert_eq!(out.server, Ok(Some("host-ny1".to_string())));
@@ -246,12 +175,6 @@ fn sec_1_wrong_key_for_cert_refused() {
     let b = agent_cert(&ca, "b");
     assert!(server_config(&a.cert_pem, &b.key_pem, ClientAuth::None, false).is_err());
     assert!(client_config(ca.cert_pem(), Some((&a.cert_pem, &b.key_pem))).is_err());
-    assert!(server_config(
-        &a.cert_pem,
-        &a.key_pem,
-        ClientAuth::Required(String::new()),
-        false
-    )
-    .is_err());
+    assert!(server_config(&a.cert_pem, &a.key_pem, ClientAuth::Required(String::new()), false).is_err());
     assert!(client_config("no pem here", None).is_err());
 }

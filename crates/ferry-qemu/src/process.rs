@@ -17,6 +17,12 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Pids spawned by this process whose reaper has not recorded an exit yet.
+fn reaping() -> &'static Mutex<std::collections::HashSet<u32>> {
+    static REAPING: OnceLock<Mutex<std::collections::HashSet<u32>>> = OnceLock::new();
+    REAPING.get_or_init(|| Mutex::new(std::collections::HashSet::new()))
+}
+
 fn exits() -> &'static Mutex<HashMap<u32, ExitStatus>> {
     static EXITS: OnceLock<Mutex<HashMap<u32, ExitStatus>>> = OnceLock::new();
     EXITS.get_or_init(|| Mutex::new(HashMap::new()))
@@ -54,12 +60,14 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
         cmd.spawn().map_err(|e| Error::with_source(ErrorKind::Process, format!("Cannot start {program}"), e))?;
     let pid = child.id();
     crate::qmp::lock(exits()).remove(&pid);
+    crate::qmp::lock(reaping()).insert(pid);
     std::thread::Builder::new()
         .name(format!("reap-{pid}"))
         .spawn(move || {
             if let Ok(status) = child.wait() {
                 crate::qmp::lock(exits()).insert(pid, status);
             }
+            crate::qmp::lock(reaping()).remove(&pid);
         })
         .map_err(|e| Error::io("Cannot start reaper thread", e))?;
     Ok(pid)
@@ -67,7 +75,26 @@ pub fn spawn_detached(program: &str, args: &[String], log: &Path) -> Result<u32>
 
 /// Exit information recorded by the reaper (only for processes this agent spawned).
 pub fn recorded_exit(pid: u32) -> Option<ExitCode> {
-    crate::qmp::lock(exits()).get(&pid).map(|s| ExitCode { code: s.code(), signal: s.signal() })
+    // A child that just died may be a zombie whose reaper has not run yet: give it a moment, so
+    // the exit status (and the signal) is not lost to a race.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if let Some(s) = crate::qmp::lock(exits()).get(&pid) {
+            return Some(ExitCode { code: s.code(), signal: s.signal() });
+        }
+        let pending = crate::qmp::lock(reaping()).contains(&pid);
+        if !pending || std::time::Instant::now() >= deadline || !is_zombie_or_gone(pid) {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn is_zombie_or_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z"),
+        Err(_) => true,
+    }
 }
 
 /// True if `pid` exists and is not a zombie.

@@ -47,7 +47,9 @@ impl Store {
 
     /// Begin a transaction; commit it with `tx.commit()`.
     pub async fn begin(&self) -> Result<Tx<'static>> {
-        self.pool.begin().await.map_err(|e| Error::query("Begin transaction", e))
+        // IMMEDIATE: take the write lock now, so a read-then-write transaction cannot fail when
+        // another writer commits in between (SQLite would refuse the upgrade).
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::query("Begin transaction", e))
     }
 
     pub async fn commit(tx: Tx<'_>) -> Result<()> {

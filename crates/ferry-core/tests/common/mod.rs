@@ -20,44 +20,23 @@ pub const CHI: Uuid = Uuid::from_u128(0x0c41_0002); // VMM-Chicago / VMM_Target
 pub const GIB: u64 = 1 << 30;
 
 pub fn r(fabric: Uuid, id: &str) -> SiteObjectRef {
-    SiteObjectRef {
-        fabric,
-        id: id.into(),
-    }
+    SiteObjectRef { fabric, id: id.into() }
 }
 
 fn t() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
-        .single()
-        .expect("valid time")
+    Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).single().expect("valid time")
 }
 
 pub fn net_map(source: SiteObjectRef, target: SiteObjectRef) -> NetworkMapping {
-    NetworkMapping {
-        id: Uuid::new_v4(),
-        source,
-        target,
-        created_at: t(),
-    }
+    NetworkMapping { id: Uuid::new_v4(), source, target, created_at: t() }
 }
 
 pub fn sto_map(source: SiteObjectRef, target: SiteObjectRef) -> StorageMapping {
-    StorageMapping {
-        id: Uuid::new_v4(),
-        source,
-        target,
-        created_at: t(),
-    }
+    StorageMapping { id: Uuid::new_v4(), source, target, created_at: t() }
 }
 
 pub fn pair(source: SiteObjectRef, target: SiteObjectRef) -> ContainerMapping {
-    ContainerMapping {
-        id: Uuid::new_v4(),
-        source,
-        target,
-        policy: Uuid::from_u128(7),
-        created_at: t(),
-    }
+    ContainerMapping { id: Uuid::new_v4(), source, target, policy: Uuid::from_u128(7), created_at: t() }
 }
 
 pub fn cloud(id: &str, groups: &[&str]) -> Cloud {
@@ -93,11 +72,7 @@ pub fn host(id: &str, group: &str, lns: &[&str], locations: Vec<StorageLocation>
 }
 
 pub fn ln(id: &str, groups: &[&str]) -> LogicalNetwork {
-    LogicalNetwork {
-        id: id.into(),
-        name: id.into(),
-        host_groups: groups.iter().map(|g| g.to_string()).collect(),
-    }
+    LogicalNetwork { id: id.into(), name: id.into(), host_groups: groups.iter().map(|g| g.to_string()).collect() }
 }
 
 pub fn subnet(name: &str, cidr: &str, start: &str, end: &str) -> Subnet {
@@ -105,21 +80,12 @@ pub fn subnet(name: &str, cidr: &str, start: &str, end: &str) -> Subnet {
         name: name.into(),
         cidr: cidr.into(),
         gateway: None,
-        pools: vec![IpPool {
-            name: format!("{name}-pool"),
-            start: start.into(),
-            end: end.into(),
-        }],
+        pools: vec![IpPool { name: format!("{name}-pool"), start: start.into(), end: end.into() }],
     }
 }
 
 pub fn vm_net(id: &str, logical: &str, subnets: Vec<Subnet>) -> VmNetwork {
-    VmNetwork {
-        id: id.into(),
-        name: id.into(),
-        logical_network: logical.into(),
-        subnets,
-    }
+    VmNetwork { id: id.into(), name: id.into(), logical_network: logical.into(), subnets }
 }
 
 pub fn nic(mac: &str, network: Option<&str>, subnet: Option<&str>, ip: Option<&str>) -> VmNic {
@@ -175,29 +141,13 @@ pub fn location(
 /// VMM-NewYork.
 pub fn new_york() -> SiteInventory {
     SiteInventory {
-        clouds: vec![
-            cloud("GoldCloud1", &["HG-NY-Gold"]),
-            cloud("SilverCloud1", &["HG-NY-Silver"]),
-        ],
+        clouds: vec![cloud("GoldCloud1", &["HG-NY-Gold"]), cloud("SilverCloud1", &["HG-NY-Silver"])],
         host_groups: vec![group("HG-NY-Gold", &[]), group("HG-NY-Silver", &[])],
         hosts: vec![
-            host(
-                "ny-gold-host",
-                "HG-NY-Gold",
-                &["LogicalNetwork1-NewYork"],
-                vec![],
-            ),
-            host(
-                "ny-silver-host",
-                "HG-NY-Silver",
-                &["LogicalNetwork1-NewYork"],
-                vec![],
-            ),
+            host("ny-gold-host", "HG-NY-Gold", &["LogicalNetwork1-NewYork"], vec![]),
+            host("ny-silver-host", "HG-NY-Silver", &["LogicalNetwork1-NewYork"], vec![]),
         ],
-        logical_networks: vec![ln(
-            "LogicalNetwork1-NewYork",
-            &["HG-NY-Gold", "HG-NY-Silver"],
-        )],
+        logical_networks: vec![ln("LogicalNetwork1-NewYork", &["HG-NY-Gold", "HG-NY-Silver"])],
         vm_networks: vec![
             vm_net(
                 "VMNetwork1-NewYork",
@@ -218,34 +168,19 @@ pub fn new_york() -> SiteInventory {
             vm(
                 "VM1",
                 "ny-gold-host",
-                vec![nic(
-                    "52:54:00:00:00:01",
-                    Some("VMNetwork1-NewYork"),
-                    Some("Subnet1"),
-                    Some("10.1.1.10"),
-                )],
+                vec![nic("52:54:00:00:00:01", Some("VMNetwork1-NewYork"), Some("Subnet1"), Some("10.1.1.10"))],
                 vec![],
             ),
             vm(
                 "VM3",
                 "ny-gold-host",
-                vec![nic(
-                    "52:54:00:00:00:03",
-                    Some("VMNetwork2-NewYork"),
-                    Some("Subnet2"),
-                    Some("10.1.2.10"),
-                )],
+                vec![nic("52:54:00:00:00:03", Some("VMNetwork2-NewYork"), Some("Subnet2"), Some("10.1.2.10"))],
                 vec![],
             ),
             vm(
                 "VM4",
                 "ny-silver-host",
-                vec![nic(
-                    "52:54:00:00:00:04",
-                    Some("VMNetwork1-NewYork"),
-                    Some("Backend"),
-                    Some("10.1.9.20"),
-                )],
+                vec![nic("52:54:00:00:00:04", Some("VMNetwork1-NewYork"), Some("Backend"), Some("10.1.9.20"))],
                 vec![],
             ),
         ],
@@ -255,24 +190,11 @@ pub fn new_york() -> SiteInventory {
 /// VMM-Chicago.
 pub fn chicago() -> SiteInventory {
     SiteInventory {
-        clouds: vec![
-            cloud("GoldCloud2", &["HG-CHI-Gold"]),
-            cloud("SilverCloud2", &["HG-CHI-Silver"]),
-        ],
+        clouds: vec![cloud("GoldCloud2", &["HG-CHI-Gold"]), cloud("SilverCloud2", &["HG-CHI-Silver"])],
         host_groups: vec![group("HG-CHI-Gold", &[]), group("HG-CHI-Silver", &[])],
         hosts: vec![
-            host(
-                "chi-gold-host",
-                "HG-CHI-Gold",
-                &["LogicalNetwork1-Chicago", "LogicalNetwork2Chicago"],
-                vec![],
-            ),
-            host(
-                "chi-silver-host",
-                "HG-CHI-Silver",
-                &["LogicalNetwork1-Chicago"],
-                vec![],
-            ),
+            host("chi-gold-host", "HG-CHI-Gold", &["LogicalNetwork1-Chicago", "LogicalNetwork2Chicago"], vec![]),
+            host("chi-silver-host", "HG-CHI-Silver", &["LogicalNetwork1-Chicago"], vec![]),
         ],
         logical_networks: vec![
             ln("LogicalNetwork1-Chicago", &["HG-CHI-Gold", "HG-CHI-Silver"]),
@@ -297,12 +219,7 @@ pub fn chicago() -> SiteInventory {
         vms: vec![vm(
             "VM6",
             "chi-gold-host",
-            vec![nic(
-                "52:54:00:00:00:06",
-                Some("VMNetwork2-Chicago"),
-                Some("Subnet2"),
-                Some("10.2.2.10"),
-            )],
+            vec![nic("52:54:00:00:00:06", Some("VMNetwork2-Chicago"), Some("Subnet2"), Some("10.2.2.10"))],
             vec![],
         )],
     }
@@ -319,18 +236,11 @@ pub fn seed_network_mappings() -> Vec<NetworkMapping> {
 
 /// The seed's cloud protection table: GoldCloud1 → GoldCloud2, SilverCloud1 → SilverCloud2.
 pub fn seed_pairs() -> Vec<ContainerMapping> {
-    vec![
-        pair(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2")),
-        pair(r(NY, "SilverCloud1"), r(CHI, "SilverCloud2")),
-    ]
+    vec![pair(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2")), pair(r(NY, "SilverCloud1"), r(CHI, "SilverCloud2"))]
 }
 
 fn classification(id: &str, kind: &str) -> StorageClassification {
-    StorageClassification {
-        id: id.into(),
-        name: id.into(),
-        kind: kind.into(),
-    }
+    StorageClassification { id: id.into(), name: id.into(), kind: kind.into() }
 }
 
 /// VMM_Source of the storage example.
@@ -344,41 +254,11 @@ pub fn storage_source() -> SiteInventory {
             "HG-Source",
             &[],
             vec![
-                location(
-                    "/srv/cluster/SourceVolume1",
-                    Some("GOLD"),
-                    900 * GIB,
-                    true,
-                    false,
-                ),
-                location(
-                    "/mnt/fileserver/SourceShare1",
-                    Some("GOLD"),
-                    900 * GIB,
-                    true,
-                    false,
-                ),
-                location(
-                    "/srv/cluster/SourceVolume2",
-                    Some("SILVER"),
-                    900 * GIB,
-                    true,
-                    false,
-                ),
-                location(
-                    "/mnt/fileserver/SourceShare2",
-                    Some("SILVER"),
-                    900 * GIB,
-                    true,
-                    false,
-                ),
-                location(
-                    "/mnt/fileserver/SourceShare3",
-                    Some("BRONZE"),
-                    900 * GIB,
-                    true,
-                    false,
-                ),
+                location("/srv/cluster/SourceVolume1", Some("GOLD"), 900 * GIB, true, false),
+                location("/mnt/fileserver/SourceShare1", Some("GOLD"), 900 * GIB, true, false),
+                location("/srv/cluster/SourceVolume2", Some("SILVER"), 900 * GIB, true, false),
+                location("/mnt/fileserver/SourceShare2", Some("SILVER"), 900 * GIB, true, false),
+                location("/mnt/fileserver/SourceShare3", Some("BRONZE"), 900 * GIB, true, false),
                 location("/srv/cluster/SourceVolume3", None, 900 * GIB, true, true),
             ],
         )],
@@ -392,57 +272,27 @@ pub fn storage_source() -> SiteInventory {
                 "VM1",
                 "src-host1",
                 vec![],
-                vec![disk(
-                    "vda",
-                    "/srv/cluster/SourceVolume1/VM1.qcow2",
-                    Some("GOLD"),
-                    40 * GIB,
-                )],
+                vec![disk("vda", "/srv/cluster/SourceVolume1/VM1.qcow2", Some("GOLD"), 40 * GIB)],
             ),
             vm(
                 "VM2",
                 "src-host1",
                 vec![],
-                vec![disk(
-                    "vda",
-                    "/mnt/fileserver/SourceShare1/VM2.qcow2",
-                    Some("GOLD"),
-                    40 * GIB,
-                )],
+                vec![disk("vda", "/mnt/fileserver/SourceShare1/VM2.qcow2", Some("GOLD"), 40 * GIB)],
             ),
             vm(
                 "VM3",
                 "src-host1",
                 vec![],
-                vec![disk(
-                    "vda",
-                    "/srv/cluster/SourceVolume2/VM3.qcow2",
-                    Some("SILVER"),
-                    40 * GIB,
-                )],
+                vec![disk("vda", "/srv/cluster/SourceVolume2/VM3.qcow2", Some("SILVER"), 40 * GIB)],
             ),
             vm(
                 "VM4",
                 "src-host1",
                 vec![],
-                vec![disk(
-                    "vda",
-                    "/mnt/fileserver/SourceShare2/VM4.qcow2",
-                    Some("SILVER"),
-                    40 * GIB,
-                )],
+                vec![disk("vda", "/mnt/fileserver/SourceShare2/VM4.qcow2", Some("SILVER"), 40 * GIB)],
             ),
-            vm(
-                "VM5",
-                "src-host1",
-                vec![],
-                vec![disk(
-                    "vda",
-                    "/srv/cluster/SourceVolume3/VM5.qcow2",
-                    None,
-                    40 * GIB,
-                )],
-            ),
+            vm("VM5", "src-host1", vec![], vec![disk("vda", "/srv/cluster/SourceVolume3/VM5.qcow2", None, 40 * GIB)]),
         ],
         ..Default::default()
     }
@@ -462,49 +312,14 @@ pub fn storage_target() -> SiteInventory {
                 "HG-Target",
                 &[],
                 vec![
-                    location(
-                        "/srv/cluster/TargetVolume1",
-                        Some("GOLD_TARGET"),
-                        500 * GIB,
-                        true,
-                        false,
-                    ),
-                    location(
-                        "/mnt/fileserver/TargetShare1",
-                        Some("GOLD_TARGET"),
-                        300 * GIB,
-                        true,
-                        false,
-                    ),
-                    location(
-                        "/srv/cluster/TargetVolume2",
-                        Some("SILVER_TARGET"),
-                        200 * GIB,
-                        true,
-                        false,
-                    ),
-                    location(
-                        "/mnt/fileserver/TargetShare2",
-                        Some("SILVER_TARGET"),
-                        400 * GIB,
-                        true,
-                        false,
-                    ),
+                    location("/srv/cluster/TargetVolume1", Some("GOLD_TARGET"), 500 * GIB, true, false),
+                    location("/mnt/fileserver/TargetShare1", Some("GOLD_TARGET"), 300 * GIB, true, false),
+                    location("/srv/cluster/TargetVolume2", Some("SILVER_TARGET"), 200 * GIB, true, false),
+                    location("/mnt/fileserver/TargetShare2", Some("SILVER_TARGET"), 400 * GIB, true, false),
                     location("/var/lib/ferry/replicas", None, 100 * GIB, false, true),
                 ],
             ),
-            host(
-                "tgt-host2",
-                "HG-Target",
-                &[],
-                vec![location(
-                    "/var/lib/ferry/replicas",
-                    None,
-                    50 * GIB,
-                    false,
-                    true,
-                )],
-            ),
+            host("tgt-host2", "HG-Target", &[], vec![location("/var/lib/ferry/replicas", None, 50 * GIB, false, true)]),
         ],
         storage_classifications: vec![
             classification("GOLD_TARGET", "shared-fs"),
