@@ -234,6 +234,33 @@ pub enum ApiCmd {
     PointList {
         item: String,
     },
+    /// Boot `<vm>-test` from a recovery point while replication continues (FO-1).
+    TestFailover {
+        item: String,
+        /// latest, latestProcessed (default), latestAppConsistent, or a point id.
+        #[arg(long)]
+        point: Option<String>,
+        /// none (default), auto (an isolated network created for the test), or a target VM network.
+        #[arg(long, default_value = "none")]
+        network: String,
+        /// Wait until the test VM runs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Complete testing: delete the test VM and what was created for it, record notes.
+    TestFailoverCleanup {
+        item: String,
+        #[arg(long, default_value = "")]
+        notes: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop protecting a VM; the replica is deleted or kept per policy (REP-8, POL-7).
+    DisableProtection {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -414,6 +441,19 @@ impl Ctx {
             .and_then(|a| a.iter().find(|i| i["name"] == name || i["id"] == name))
             .ok_or_else(|| anyhow!("Site {site} has no {} named {name}", list.trim_start_matches('/')))?;
         Ok(json!({"fabric": fabric["id"], "id": item["id"]}))
+    }
+
+    /// Wait until a job ends or waits for an operator (test failover waits at "Complete testing").
+    async fn wait_input_or_end(&self, job: &Value) -> Result<Value> {
+        let id = job["id"].as_str().ok_or_else(|| anyhow!("The answer carries no job id"))?.to_string();
+        loop {
+            let j: Value = self.c.get(&self.v(&format!("/replicationJobs/{id}"))).await?;
+            match j["status"].as_str() {
+                Some("WaitingForInput") => return Ok(j),
+                Some("InProgress") | Some("NotStarted") => tokio::time::sleep(Duration::from_millis(300)).await,
+                _ => return self.wait_job(&j).await,
+            }
+        }
     }
 
     async fn wait_job(&self, job: &Value) -> Result<Value> {
@@ -828,6 +868,38 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 &i["recovery_points"],
                 &[("ID", "/id"), ("TIME", "/time"), ("APP-CONSISTENT", "/app_consistent"), ("SIZE", "/size_bytes")],
             );
+        }
+        ApiCmd::TestFailover { item, point, network, wait } => {
+            let net = match network.as_str() {
+                "none" => json!({"mode": "None"}),
+                "auto" => json!({"mode": "Automatic"}),
+                name => json!({"mode": "Existing", "network": name}),
+            };
+            let mut body = json!({"network": net});
+            if let Some(p) = point {
+                body["recovery_point"] = json!(p);
+            }
+            let j: Value =
+                c.post(&ctx.v(&format!("/replicationProtectedItems/{}/testFailover", enc(&item))), &body).await?;
+            let j = if wait { ctx.wait_input_or_end(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::TestFailoverCleanup { item, notes, wait } => {
+            let j: Value = c
+                .post(
+                    &ctx.v(&format!("/replicationProtectedItems/{}/testFailoverCleanup", enc(&item))),
+                    &json!({"notes": notes}),
+                )
+                .await?;
+            let j = if wait { ctx.wait_job(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::DisableProtection { item, wait } => {
+            let j: Value = c
+                .post(&ctx.v(&format!("/replicationProtectedItems/{}/disableProtection", enc(&item))), &json!({}))
+                .await?;
+            let j = if wait { ctx.wait_job(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
         }
         ApiCmd::VmCreate { site, host, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;

@@ -114,6 +114,17 @@ async fn replication_action(
         A::Prepare { replica } => host.replication.prepare(replica).await,
         A::Start { replication } => host.replication.start_source(replication, host.vms.clone()).await,
         A::Stop { item, delete_replica } => host.replication.stop(item, delete_replica).await,
+        A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
+        A::ReleaseTest { item } => host.replication.release_test(item).await,
+        A::RemoveTestNetwork { bridge } => {
+            if !bridge.starts_with("fyt") || !crate::net::valid_ifname(&bridge) {
+                Err(crate::replication::ReplicationError::Invalid(format!("{bridge} is not a test-failover bridge")))
+            } else {
+                crate::net::delete_link(&bridge)
+                    .map(|()| serde_json::Value::Null)
+                    .map_err(|e| crate::replication::ReplicationError::Engine(e.to_string()))
+            }
+        }
     };
     res.map(Json).map_err(|e| {
         let (status, code) = match &e {

@@ -41,6 +41,17 @@ impl From<ferry_repl::Error> for ReplicationError {
 struct Persisted {
     replicas: Vec<ReplicaSpec>,
     sources: Vec<ReplicationSpec>,
+    /// Test overlays in use (item, point, holder tag, (disk target, overlay path)).
+    #[serde(default)]
+    tests: Vec<TestRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TestRecord {
+    item: Uuid,
+    point: String,
+    tag: String,
+    disks: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +321,42 @@ impl ReplicationService {
             old.abort();
         }
         Ok(())
+    }
+
+    /// Throwaway overlays on a recovery point for a test VM (FO-1); the point stays in use (so
+    /// retention never merges it) until [`ReplicationService::release_test`].
+    pub async fn test_overlays(&self, item: Uuid, point: &str) -> Result<serde_json::Value, ReplicationError> {
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let real = std::fs::canonicalize(self.root.join(item.to_string()))?;
+        let dest = real.join("test");
+        let ov = vm.overlay_for_test(point, &dest).await?;
+        let mut p = self.persisted.lock().await;
+        p.tests.retain(|t| t.item != item);
+        p.tests.push(TestRecord { item, point: ov.point_id.clone(), tag: ov.tag.clone(), disks: ov.disks.clone() });
+        write_state(&self.data.join("replication.json"), &p)?;
+        Ok(serde_json::json!({
+            "point": ov.point_id,
+            "disks": ov.disks.iter().map(|(t, path)| serde_json::json!({"target": t, "path": path})).collect::<Vec<_>>(),
+        }))
+    }
+
+    pub async fn release_test(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
+        let rec = self.persisted.lock().await.tests.iter().find(|t| t.item == item).cloned();
+        if let Some(rec) = rec {
+            let vm = self.receiver.store().vm(&item.to_string()).await?;
+            let ov =
+                ferry_repl::TestOverlay { point_id: rec.point.clone(), tag: rec.tag.clone(), disks: rec.disks.clone() };
+            vm.release_test(&ov).await?;
+            if let Some((_, first)) = rec.disks.first() {
+                if let Some(dir) = first.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+            let mut p = self.persisted.lock().await;
+            p.tests.retain(|t| t.item != item);
+            write_state(&self.data.join("replication.json"), &p)?;
+        }
+        Ok(serde_json::Value::Null)
     }
 
     /// The replicated item of a VM, if this host replicates it.

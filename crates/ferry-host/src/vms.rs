@@ -168,7 +168,11 @@ impl VmManager {
             }
         }
         for (i, n) in def.nics.iter().enumerate() {
-            if let Some(ln) = &n.logical_network {
+            if let Some(br) = &n.bridge {
+                if !crate::net::valid_ifname(br) {
+                    return bad(format!("NIC {i}: bridge name {br} is invalid"));
+                }
+            } else if let Some(ln) = &n.logical_network {
                 if !self.cfg.bridges.iter().any(|b| &b.logical_network == ln) {
                     return bad(format!("NIC {i}: logical network {ln} has no bridge on this host"));
                 }
@@ -245,8 +249,14 @@ impl VmManager {
         let uuid = def.uuid.unwrap_or_else(uuid::Uuid::new_v4);
         let mut nics = Vec::new();
         for (i, n) in def.nics.iter().enumerate() {
-            let tap = match &n.logical_network {
-                Some(ln) => {
+            let tap = match (&n.bridge, &n.logical_network) {
+                (Some(bridge), _) => {
+                    crate::net::ensure_bridge(bridge)?;
+                    let tap = crate::net::tap_name(&uuid, i);
+                    crate::net::create_tap(&tap, bridge)?;
+                    Some(tap)
+                }
+                (None, Some(ln)) => {
                     let bridge = self
                         .cfg
                         .bridges
@@ -259,7 +269,7 @@ impl VmManager {
                     crate::net::create_tap(&tap, &bridge)?;
                     Some(tap)
                 }
-                None => None,
+                (None, None) => None,
             };
             nics.push(NicSpec { mac: n.mac.clone().unwrap_or_else(|| derived_mac(&uuid, i)), tap });
         }

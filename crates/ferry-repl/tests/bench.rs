@@ -8,16 +8,37 @@ async fn rep_5_bench_smoke_reports_throughput_and_costs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = BenchOptions::new(dir.path());
     o.data_mib = 64;
-    o.delta_mib = 16;
+    o.delta_percent = 5.0;
     o.mixed_mib = 16;
     o.idle_disk_gib = 10;
+    o.idle_cycles = 1;
+    o.mem_vms = 2;
+    o.mem_disks_per_vm = 5;
+    o.mem_disk_mib = 4;
+    o.mem_cycles = 1;
     let r = run(&o).await.expect("bench");
     eprintln!("{r}");
     assert!(r.data_bytes >= 64 << 20);
-    assert!(r.delta_bytes >= 15 << 20);
+    // 5 % of 64 MiB in 64 KiB blocks, exactly what was written.
+    assert_eq!(r.delta.data_bytes, 52 * (64 << 10));
+    assert_eq!(r.mixed_raw.data_bytes, 16 << 20);
+    assert_eq!(r.mixed_zstd.data_bytes, 16 << 20);
     assert!(r.wire_ratio_zstd < r.wire_ratio_raw);
+    assert!(r.zstd_own_ratio < 1.0 && r.zstd_own_ratio > 0.1);
+    assert!(r.baseline.bytes == 16 << 20 && r.baseline.total() > 0.0);
+    assert!(r.mixed_zstd.cpu.primary() > 0.0 && r.initial.cpu.replica > 0.0);
+    assert!(r.seq_read_mib_s > 0.0);
     assert!(r.idle_wire_bytes < 4096, "an idle cycle sends almost nothing");
+    assert_eq!(r.mem_disks, 10);
     assert!(r.peak_rss_bytes > 0);
+    // Every target of issue 4 is on the report, each with a verdict unless rsync is missing.
+    let ids: Vec<&str> = r.targets.iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["1a", "1b", "2", "3", "4", "5", "6"]);
+    for t in &r.targets {
+        assert!(t.pass.is_some() || (r.rsync.is_none() && (t.id == "1b" || t.id == "2")), "{t:?}");
+    }
+    let text = r.to_string();
+    assert!(text.contains("PASS") || text.contains("MISS"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,7 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
         SiteCommand::StartReplication { host, replication } => {
             to_host(site, host, "/v1/replication", &ReplicationAction::Start { replication: replication.clone() }).await
         }
+        SiteCommand::Replication { host, action } => to_host(site, host, "/v1/replication", action).await,
         SiteCommand::StopReplication { host, item, delete_replica } => {
             to_host(
                 site,

@@ -334,6 +334,9 @@ pub struct NicDefinition {
     /// Logical network of `vm_network`, filled in by the site manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logical_network: Option<String>,
+    /// An explicit bridge on the host (isolated test-failover networks), instead of a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

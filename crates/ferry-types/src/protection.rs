@@ -199,6 +199,62 @@ pub struct ProtectedItem {
     #[serde(default)]
     pub allowed_operations: Vec<Operation>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The source VM's definition (CPU, memory, disks, NICs, boot), recorded at enable time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<crate::fabric::VmDefinition>,
+    /// The test failover in progress, if any (FO-1: one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_failover: Option<TestFailoverInfo>,
+    /// When the last test failover was cleaned up, and the operator's notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test_failover: Option<CompletedTest>,
+}
+
+/// A running test failover (FO-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TestFailoverInfo {
+    pub job: uuid::Uuid,
+    pub vm_name: String,
+    pub recovery_point: String,
+    pub network: TestNetwork,
+    /// Bridge created for an automatic isolated network (deleted at cleanup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_bridge: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CompletedTest {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub notes: String,
+    pub recovery_point: String,
+}
+
+/// Network of a test failover VM (FO-1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "mode", deny_unknown_fields)]
+pub enum TestNetwork {
+    /// NICs disconnected.
+    #[default]
+    None,
+    /// An existing (isolated) VM network of the target site, by name or id.
+    Existing { network: String },
+    /// A network created automatically for the test (an isolated bridge), deleted at cleanup.
+    Automatic,
+}
+
+/// Input of an operation on a protected item (fields used by the operation only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperationRequest {
+    /// `latest`, `latestProcessed`, `latestAppConsistent` or a recovery point id (RP-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<TestNetwork>,
+    /// Operator's notes (test failover cleanup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
 }
 
 /// Enable protection for one or many VMs of a site (REP-1).

@@ -190,6 +190,8 @@ pub enum SiteCommand {
     StartReplication { host: String, replication: ReplicationSpec },
     /// Stop replicating a VM and forget its tracking state; optionally delete the replica (REP-8).
     StopReplication { host: String, item: Uuid, delete_replica: bool },
+    /// Any other replication action on one of this site's hosts.
+    Replication { host: String, action: ReplicationAction },
 }
 
 /// What a target host needs to receive a VM's replica.
@@ -253,9 +255,29 @@ pub struct CommandResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ReplicationAction {
-    Prepare { replica: ReplicaSpec },
-    Start { replication: ReplicationSpec },
-    Stop { item: Uuid, delete_replica: bool },
+    Prepare {
+        replica: ReplicaSpec,
+    },
+    Start {
+        replication: ReplicationSpec,
+    },
+    Stop {
+        item: Uuid,
+        delete_replica: bool,
+    },
+    /// Throwaway overlays on a recovery point, one per disk, for a test VM (FO-1).
+    TestOverlays {
+        item: Uuid,
+        point: String,
+    },
+    /// Remove the test overlays of an item and release its point.
+    ReleaseTest {
+        item: Uuid,
+    },
+    /// Remove an isolated bridge created for a test failover.
+    RemoveTestNetwork {
+        bridge: String,
+    },
 }
 
 /// Phase of one VM's replication on one host.

@@ -15,8 +15,8 @@ use ferry_types::fabric::{Fabric, Vm};
 use ferry_types::job::Job;
 use ferry_types::mapping::{ContainerMapping, NetworkMapping, StorageMapping};
 use ferry_types::protection::{
-    Direction, EnableProtection, Health, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationState,
-    ReplicationStats,
+    Direction, EnableProtection, Health, ItemSide, Operation, OperationRequest, ProtectedItem, ReplicaDisk, ReplicaNic,
+    ReplicationState, ReplicationStats, TestNetwork,
 };
 use ferry_types::Page;
 use serde::Serialize;
@@ -33,7 +33,7 @@ use crate::state::AppState;
 /// Fill in what is computed from the state: allowed operations (JOB-3).
 pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
     let ctx = OperationContext {
-        test_failover_running: false,
+        test_failover_running: item.test_failover.is_some(),
         recovery_points: item.recovery_points.len(),
         reverse_direction: item.direction == Direction::Reverse,
     };
@@ -219,6 +219,9 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         recovery_points: vec![],
         allowed_operations: vec![],
         created_at: st.clock.now(),
+        definition: None,
+        test_failover: None,
+        last_test_failover: None,
     })
 }
 
@@ -302,4 +305,144 @@ pub async fn enable_protection(
         out.push(Enabled { item: with_allowed(item), job });
     }
     Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+fn point_choice(raw: Option<&str>) -> ferry_core::retention::RecoveryPointChoice {
+    use ferry_core::retention::RecoveryPointChoice as C;
+    match raw.unwrap_or("latestProcessed") {
+        "latest" => C::Latest,
+        "latestProcessed" => C::LatestProcessed,
+        "latestAppConsistent" => C::LatestAppConsistent,
+        id => C::Specific(id.to_string()),
+    }
+}
+
+/// RP-3: the recovery point an operation uses.
+fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
+    let infos: Vec<ferry_core::retention::PointInfo> = item
+        .recovery_points
+        .iter()
+        .map(|p| ferry_core::retention::PointInfo {
+            id: p.id.clone(),
+            time: p.time,
+            app_consistent: p.app_consistent,
+            in_use: false,
+            processed: true,
+        })
+        .collect();
+    let chosen = ferry_core::retention::select_recovery_point(&infos, &point_choice(raw)).map_err(core_err)?;
+    Ok(chosen.id.clone())
+}
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems/{item}/{operation}", tag = "protectedItems", request_body = OperationRequest, params(("vault" = String, Path), ("item" = String, Path), ("operation" = String, Path, description = "testFailover, testFailoverCleanup, disableProtection, ...")), responses((status = 202, body = Job), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError), (status = 501, body = ferry_types::ApiError)))]
+pub async fn operate(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, item, operation)): Path<(String, String, String)>,
+    ApiJson(req): ApiJson<OperationRequest>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let op = Operation::parse(&operation).ok_or_else(|| {
+        ApiFailure::not_found("Operation", &operation)
+            .into_code("UnknownOperation", format!("'{operation}' is not an operation on protected items"))
+    })?;
+    auth.require(if op.is_failover_type() { Role::Operator } else { Role::Contributor })?;
+    let (v, _) = st.vault(&vault).await?;
+    let doc = load_item(&st, v.id, &item).await?;
+    let it = doc.body;
+    let ctx = OperationContext {
+        test_failover_running: it.test_failover.is_some(),
+        recovery_points: it.recovery_points.len(),
+        reverse_direction: it.direction == Direction::Reverse,
+    };
+    ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
+    let new_job = |operation: &'static str, params: serde_json::Value, tasks: &[&str]| NewJob {
+        vault: v.id,
+        operation,
+        object_type: "ProtectedItem",
+        object_id: it.id.to_string(),
+        object_name: it.name.clone(),
+        fabric: Some(it.target.fabric),
+        params,
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+    };
+    let job = match op {
+        Operation::TestFailover => {
+            let point = choose_point(&it, req.recovery_point.as_deref())?;
+            let network = req.network.clone().unwrap_or_default();
+            let network = match network {
+                TestNetwork::Existing { network } => {
+                    let target = load_fabric(&st, v.id, &it.target.fabric.to_string()).await?.body;
+                    let n = target
+                        .inventory
+                        .vm_networks
+                        .iter()
+                        .find(|n| n.name == network || n.id == network)
+                        .ok_or_else(|| ApiFailure::not_found("Target VM network", &network))?;
+                    TestNetwork::Existing { network: n.name.clone() }
+                }
+                other => other,
+            };
+            let bridge = matches!(network, TestNetwork::Automatic)
+                .then(|| format!("fyt{}", &Uuid::new_v4().simple().to_string()[..8]));
+            // Claim the item first: one test failover at a time, even under concurrent requests.
+            let now = st.clock.now();
+            let vm_name = format!("{}-test", it.name);
+            let info = crate::jobs::test_info(
+                Uuid::nil(),
+                vm_name.clone(),
+                point.clone(),
+                network.clone(),
+                bridge.clone(),
+                now,
+            );
+            let mut claimed = false;
+            crate::replication::update_item(&st, v.id, it.id, |i| {
+                claimed = false;
+                if i.test_failover.is_none() {
+                    i.test_failover = Some(info.clone());
+                    claimed = true;
+                }
+            })
+            .await
+            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            if !claimed {
+                return Err(ApiFailure::conflict(
+                    "TestFailoverRunning",
+                    format!("A test failover of {} is already running", it.name),
+                ));
+            }
+            let params = serde_json::json!({"item": it.id, "point": point, "network": network, "bridge": bridge});
+            let job =
+                st.jobs.submit(&st, new_job(crate::jobs::OP_TEST_FAILOVER, params, &crate::jobs::TEST_TASKS)).await?;
+            let jid = job.id;
+            crate::replication::update_item(&st, v.id, it.id, |i| {
+                if let Some(t) = i.test_failover.as_mut() {
+                    t.job = jid;
+                }
+            })
+            .await
+            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            job
+        }
+        Operation::TestFailoverCleanup => {
+            let params = serde_json::json!({"item": it.id, "notes": req.notes.clone().unwrap_or_default()});
+            st.jobs
+                .submit(&st, new_job(crate::jobs::OP_TEST_FAILOVER_CLEANUP, params, &crate::jobs::CLEANUP_TASKS))
+                .await?
+        }
+        Operation::DisableProtection => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs
+                .submit(&st, new_job(crate::jobs::OP_DISABLE_PROTECTION, params, &crate::jobs::DISABLE_TASKS))
+                .await?
+        }
+        other => {
+            return Err(ApiFailure::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "OperationNotImplemented",
+                format!("{} is not available in this release of Ferry", other.as_str()),
+            ))
+        }
+    };
+    Ok((StatusCode::ACCEPTED, Json(job)))
 }

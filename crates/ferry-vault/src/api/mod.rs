@@ -70,6 +70,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::list_events))
         .routes(routes!(items::list_items, items::enable_protection))
         .routes(routes!(items::get_item))
+        .routes(routes!(items::operate))
 }
 
 /// The router and the OpenAPI document it serves.

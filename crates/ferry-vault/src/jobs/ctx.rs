@@ -122,7 +122,25 @@ impl JobCtx {
         res.map(|_| ())
     }
 
+    /// Park the job at task `name` until an operator acts (the job shows WaitingForInput).
+    pub async fn wait_for_input(&mut self, name: &str) -> Result<(), ApiError> {
+        if let Some(t) = self.job.tasks.iter_mut().find(|t| t.name == name) {
+            if t.status == JobStatus::Succeeded {
+                return Ok(());
+            }
+            t.status = JobStatus::WaitingForInput;
+            t.started_at = Some(self.state.clock.now());
+        }
+        self.job.status = JobStatus::WaitingForInput;
+        self.job.allowed_actions = Job::actions_for(JobStatus::WaitingForInput);
+        self.save().await?;
+        Err(ApiError::new(AWAITING_INPUT, format!("Waiting for an operator at '{name}'")))
+    }
+
     pub(crate) async fn finish(&mut self, outcome: Result<(), ApiError>) -> Result<(), ApiError> {
+        if matches!(&outcome, Err(e) if e.code == AWAITING_INPUT) {
+            return Ok(());
+        }
         let status = match outcome {
             Ok(()) => {
                 self.job.progress = 100;
@@ -206,6 +224,9 @@ impl JobCtx {
         }
     }
 }
+
+/// Internal marker: the job parked itself waiting for input.
+pub const AWAITING_INPUT: &str = "AwaitingInput";
 
 pub fn cancelled() -> ApiError {
     ApiError::new("JobCancelled", "The job was cancelled by an operator")

@@ -30,14 +30,15 @@ pub fn registry() -> HashMap<&'static str, Arc<dyn JobKind>> {
     m.insert(OP_UPDATE_POLICY, Arc::new(UpdatePolicy));
     m.insert(OP_VM_ACTION, Arc::new(VmActionJob));
     m.insert(OP_ENABLE_PROTECTION, Arc::new(EnableProtectionJob));
+    super::failover::register(&mut m);
     m
 }
 
-fn store_err(e: ferry_store::Error) -> ApiError {
+pub(crate) fn store_err(e: ferry_store::Error) -> ApiError {
     ApiError::new("StoreError", e.to_string())
 }
 
-async fn load_mapping(state: &AppState, vault: Uuid, id: Uuid) -> Result<ContainerMapping, ApiError> {
+pub(crate) async fn load_mapping(state: &AppState, vault: Uuid, id: Uuid) -> Result<ContainerMapping, ApiError> {
     state
         .store
         .get_doc::<ContainerMapping>(DocKind::ContainerMapping, vault, &id.to_string())
@@ -47,7 +48,7 @@ async fn load_mapping(state: &AppState, vault: Uuid, id: Uuid) -> Result<Contain
         .ok_or_else(|| ApiError::new("NotFound", format!("Cloud pair {id} no longer exists")))
 }
 
-async fn load_policy(state: &AppState, vault: Uuid, id: Uuid) -> Result<(Policy, i64), ApiError> {
+pub(crate) async fn load_policy(state: &AppState, vault: Uuid, id: Uuid) -> Result<(Policy, i64), ApiError> {
     state
         .store
         .get_doc::<Policy>(DocKind::Policy, vault, &id.to_string())
@@ -57,7 +58,7 @@ async fn load_policy(state: &AppState, vault: Uuid, id: Uuid) -> Result<(Policy,
         .ok_or_else(|| ApiError::new("NotFound", format!("Policy {id} no longer exists")))
 }
 
-fn check(result: CommandResult, what: &str) -> Result<(), ApiError> {
+pub(crate) fn check(result: CommandResult, what: &str) -> Result<(), ApiError> {
     if result.ok {
         return Ok(());
     }
@@ -205,7 +206,7 @@ pub fn host_cn(fabric: Uuid, host: &str) -> String {
     format!("host-{fabric}-{host}")
 }
 
-async fn load_item(
+pub(crate) async fn load_item(
     state: &AppState,
     vault: Uuid,
     id: Uuid,
@@ -219,7 +220,11 @@ async fn load_item(
         .ok_or_else(|| ApiError::new("NotFound", format!("Protected item {id} no longer exists")))
 }
 
-async fn load_fabric(state: &AppState, vault: Uuid, id: Uuid) -> Result<ferry_types::fabric::Fabric, ApiError> {
+pub(crate) async fn load_fabric(
+    state: &AppState,
+    vault: Uuid,
+    id: Uuid,
+) -> Result<ferry_types::fabric::Fabric, ApiError> {
     state
         .store
         .get_doc::<ferry_types::fabric::Fabric>(DocKind::Fabric, vault, &id.to_string())
@@ -268,6 +273,19 @@ impl JobKind for EnableProtectionJob {
                     "ReplicationListenerDown",
                     format!("Host {} does not receive replication", item.target.host_name),
                 ));
+            }
+            if item.definition.is_none() {
+                // The VM's definition (CPU, memory, boot, NICs) for VMs started at the recovery site.
+                let cmd = SiteCommand::Vm {
+                    host: item.source.host.clone(),
+                    action: VmAction::Status { vm: item.name.clone() },
+                };
+                let r = JobCtx::site_command(&state, &_job, item.source.fabric, "definition", cmd).await?;
+                let out = r.output.clone();
+                check(r, "Reading the VM definition")?;
+                let def: ferry_types::fabric::VmDefinition = serde_json::from_value(out["definition"].clone())
+                    .map_err(|e| ApiError::new("SiteProtocolError", format!("The VM definition is unreadable: {e}")))?;
+                crate::replication::update_item(&state, vault, item.id, |i| i.definition = Some(def.clone())).await?;
             }
             Ok(())
         })

@@ -11,6 +11,7 @@
 //! input, `restart_of` pointing at the old one).
 
 mod ctx;
+mod failover;
 mod kinds;
 
 use std::collections::HashMap;
@@ -22,6 +23,10 @@ use ferry_types::ApiError;
 use uuid::Uuid;
 
 pub use ctx::JobCtx;
+pub use failover::{
+    test_info, CLEANUP_TASKS, DISABLE_TASKS, OP_DISABLE_PROTECTION, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP,
+    TEST_TASKS,
+};
 pub use kinds::{
     host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
     OP_UPDATE_POLICY, OP_VM_ACTION,

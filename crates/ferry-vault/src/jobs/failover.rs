@@ -1,0 +1,244 @@
+//! Jobs on protected items: test failover and its cleanup (FO-1), disable protection (REP-8,
+//! POL-7).
+//!
+//! A test failover boots `<vm>-test` on the recovery host from throwaway overlays on the chosen
+//! recovery point (the point stays in use, so retention never merges it), while replication
+//! continues. The job then waits at "Complete testing" until an operator runs the cleanup, which
+//! deletes the test VM, its overlays and any network created for it, and records the notes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ferry_store::DocKind;
+use ferry_types::fabric::{NicDefinition, VmDefinition};
+use ferry_types::job::JobStatus;
+use ferry_types::protection::{CompletedTest, TestFailoverInfo, TestNetwork};
+use ferry_types::site_protocol::{ReplicationAction, SiteCommand, VmAction};
+use ferry_types::ApiError;
+use uuid::Uuid;
+
+use super::ctx::JobCtx;
+use super::kinds::{check, load_item, load_policy, store_err, JobKind};
+
+pub const OP_TEST_FAILOVER: &str = "TestFailover";
+pub const OP_TEST_FAILOVER_CLEANUP: &str = "TestFailoverCleanup";
+pub const OP_DISABLE_PROTECTION: &str = "DisableProtection";
+
+pub const TEST_TASKS: [&str; 4] = ["Prepare test disks", "Create test VM", "Start test VM", "Complete testing"];
+pub const CLEANUP_TASKS: [&str; 4] = ["Delete test VM", "Release test disks", "Delete test network", "Record notes"];
+pub const DISABLE_TASKS: [&str; 3] =
+    ["Stop replication on the source host", "Handle the replica", "Remove protected item"];
+
+pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
+    m.insert(OP_TEST_FAILOVER, Arc::new(TestFailoverJob));
+    m.insert(OP_TEST_FAILOVER_CLEANUP, Arc::new(TestFailoverCleanupJob));
+    m.insert(OP_DISABLE_PROTECTION, Arc::new(DisableProtectionJob));
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct TestParams {
+    pub item: Uuid,
+    pub point: String,
+    pub network: TestNetwork,
+    #[serde(default)]
+    pub bridge: Option<String>,
+}
+
+/// The test VM: the source VM's definition on the overlays, new identity, NICs per option.
+fn test_definition(def: &VmDefinition, disks: &serde_json::Value, p: &TestParams) -> Result<VmDefinition, ApiError> {
+    let mut t = def.clone();
+    t.name = format!("{}-test", def.name);
+    t.uuid = None;
+    for d in &mut t.disks {
+        let path = disks
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["target"] == d.target.as_str()))
+            .and_then(|x| x["path"].as_str())
+            .ok_or_else(|| ApiError::new("SiteProtocolError", format!("No test overlay for disk {}", d.target)))?;
+        d.path = path.to_string();
+        d.format = ferry_types::fabric::DiskFormat::Qcow2;
+        d.create_size = None;
+    }
+    t.disks.retain(|d| !d.excluded);
+    t.nics = def
+        .nics
+        .iter()
+        .map(|_| {
+            let mut n = NicDefinition {
+                mac: None,
+                vm_network: None,
+                logical_network: None,
+                bridge: None,
+                subnet: None,
+                ip: None,
+            };
+            match &p.network {
+                TestNetwork::None => {}
+                TestNetwork::Existing { network } => n.vm_network = Some(network.clone()),
+                TestNetwork::Automatic => n.bridge = p.bridge.clone(),
+            }
+            n
+        })
+        .collect();
+    Ok(t)
+}
+
+struct TestFailoverJob;
+
+#[async_trait::async_trait]
+impl JobKind for TestFailoverJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: TestParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let (fabric, host) = (item.target.fabric, item.target.host.clone());
+        let (h1, point) = (host.clone(), p.point.clone());
+        ctx.task_with_output(TEST_TASKS[0], |state, job| async move {
+            let cmd =
+                SiteCommand::Replication { host: h1, action: ReplicationAction::TestOverlays { item: p.item, point } };
+            let r = JobCtx::site_command(&state, &job, fabric, "overlays", cmd).await?;
+            let out = r.output.clone();
+            check(r, "Preparing the test disks")?;
+            Ok(out)
+        })
+        .await?;
+        let def = item
+            .definition
+            .clone()
+            .ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
+        let h2 = host.clone();
+        ctx.task(TEST_TASKS[1], |state, job| async move {
+            let disks = job.params["outputs"][TEST_TASKS[0]]["disks"].clone();
+            let t = test_definition(&def, &disks, &p)?;
+            let definition = serde_json::to_value(&t).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+            let cmd = SiteCommand::Vm { host: h2, action: VmAction::Create { definition } };
+            check(JobCtx::site_command(&state, &job, fabric, "create", cmd).await?, "Creating the test VM")
+        })
+        .await?;
+        let (h3, vm) = (host.clone(), format!("{}-test", item.name));
+        ctx.task(TEST_TASKS[2], |state, job| async move {
+            let cmd = SiteCommand::Vm { host: h3, action: VmAction::Start { vm } };
+            check(JobCtx::site_command(&state, &job, fabric, "start", cmd).await?, "Starting the test VM")
+        })
+        .await?;
+        ctx.wait_for_input(TEST_TASKS[3]).await
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct CleanupParams {
+    pub item: Uuid,
+    #[serde(default)]
+    pub notes: String,
+}
+
+struct TestFailoverCleanupJob;
+
+#[async_trait::async_trait]
+impl JobKind for TestFailoverCleanupJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: CleanupParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let info =
+            item.test_failover.clone().ok_or_else(|| ApiError::new("NoTestFailover", "No test failover is running"))?;
+        let (fabric, host) = (item.target.fabric, item.target.host.clone());
+        let (h1, vm) = (host.clone(), info.vm_name.clone());
+        ctx.task(CLEANUP_TASKS[0], |state, job| async move {
+            let stop = SiteCommand::Vm { host: h1.clone(), action: VmAction::Stop { vm: vm.clone() } };
+            let r = JobCtx::site_command(&state, &job, fabric, "stop", stop).await?;
+            if !r.ok && r.error.as_ref().is_none_or(|e| e.code != "VmNotFound") {
+                return check(r, "Stopping the test VM");
+            }
+            let del = SiteCommand::Vm { host: h1, action: VmAction::Delete { vm, delete_disks: false } };
+            let r = JobCtx::site_command(&state, &job, fabric, "delete", del).await?;
+            if !r.ok && r.error.as_ref().is_some_and(|e| e.code == "VmNotFound") {
+                return Ok(());
+            }
+            check(r, "Deleting the test VM")
+        })
+        .await?;
+        let h2 = host.clone();
+        ctx.task(CLEANUP_TASKS[1], |state, job| async move {
+            let cmd = SiteCommand::Replication { host: h2, action: ReplicationAction::ReleaseTest { item: p.item } };
+            check(JobCtx::site_command(&state, &job, fabric, "release", cmd).await?, "Releasing the test disks")
+        })
+        .await?;
+        let (h3, bridge) = (host.clone(), info.created_bridge.clone());
+        ctx.task(CLEANUP_TASKS[2], |state, job| async move {
+            let Some(bridge) = bridge else { return Ok(()) };
+            let cmd = SiteCommand::Replication { host: h3, action: ReplicationAction::RemoveTestNetwork { bridge } };
+            check(JobCtx::site_command(&state, &job, fabric, "network", cmd).await?, "Deleting the test network")
+        })
+        .await?;
+        let notes = p.notes.clone();
+        ctx.task(CLEANUP_TASKS[3], |state, _job| async move {
+            let now = state.clock.now();
+            crate::replication::update_item(&state, vault, p.item, |i| {
+                if let Some(t) = i.test_failover.take() {
+                    i.last_test_failover =
+                        Some(CompletedTest { at: now, notes: notes.clone(), recovery_point: t.recovery_point });
+                }
+            })
+            .await?;
+            // The test failover job ends now that testing is complete.
+            if let Some(mut tj) = state.store.get_job(vault, info.job).await.map_err(store_err)? {
+                for t in &mut tj.tasks {
+                    if t.status == JobStatus::WaitingForInput {
+                        t.status = JobStatus::Succeeded;
+                        t.ended_at = Some(now);
+                    }
+                }
+                tj.status = JobStatus::Succeeded;
+                tj.progress = 100;
+                tj.ended_at = Some(now);
+                tj.allowed_actions = vec![];
+                state.store.update_job(&tj).await.map_err(store_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+struct DisableProtectionJob;
+
+#[async_trait::async_trait]
+impl JobKind for DisableProtectionJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: CleanupParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let (policy, _) = load_policy(&ctx.state, vault, item.policy).await?;
+        let src = item.source.clone();
+        ctx.task(DISABLE_TASKS[0], |state, job| async move {
+            let cmd = SiteCommand::StopReplication { host: src.host, item: p.item, delete_replica: false };
+            check(JobCtx::site_command(&state, &job, src.fabric, "source", cmd).await?, "Stopping replication")
+        })
+        .await?;
+        let tgt = item.target.clone();
+        let delete = policy.spec.delete_replica_on_disable;
+        ctx.task(DISABLE_TASKS[1], |state, job| async move {
+            let cmd = SiteCommand::StopReplication { host: tgt.host, item: p.item, delete_replica: delete };
+            check(JobCtx::site_command(&state, &job, tgt.fabric, "target", cmd).await?, "Removing the replica")
+        })
+        .await?;
+        ctx.task(DISABLE_TASKS[2], |state, _job| async move {
+            state.store.delete_doc(DocKind::ProtectedItem, vault, &p.item.to_string()).await.map_err(store_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Record a test failover on its item before its job starts (one at a time, FO-1).
+pub fn test_info(
+    job: Uuid,
+    vm_name: String,
+    point: String,
+    network: TestNetwork,
+    bridge: Option<String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> TestFailoverInfo {
+    TestFailoverInfo { job, vm_name, recovery_point: point, network, created_bridge: bridge, started_at: now }
+}
