@@ -261,6 +261,19 @@ pub enum ApiCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Planned failover (FO-2): shut the source down, send its last changes, start the VM at
+    /// the recovery site. Ends commit pending.
+    PlannedFailover {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make a failover final (FO-4).
+    FailoverCommit {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -890,6 +903,20 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                     &ctx.v(&format!("/replicationProtectedItems/{}/testFailoverCleanup", enc(&item))),
                     &json!({"notes": notes}),
                 )
+                .await?;
+            let j = if wait { ctx.wait_job(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::PlannedFailover { item, wait } => {
+            let j: Value = c
+                .post(&ctx.v(&format!("/replicationProtectedItems/{}/plannedFailover", enc(&item))), &json!({}))
+                .await?;
+            let j = if wait { ctx.wait_job(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::FailoverCommit { item, wait } => {
+            let j: Value = c
+                .post(&ctx.v(&format!("/replicationProtectedItems/{}/failoverCommit", enc(&item))), &json!({}))
                 .await?;
             let j = if wait { ctx.wait_job(&j).await? } else { j };
             print(out, &j, JOB_COLS);

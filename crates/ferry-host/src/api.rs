@@ -116,6 +116,7 @@ async fn replication_action(
         A::Stop { item, delete_replica } => host.replication.stop(item, delete_replica).await,
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
         A::ReleaseTest { item } => host.replication.release_test(item).await,
+        A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,
         A::RemoveTestNetwork { bridge } => {
             if !bridge.starts_with("fyt") || !crate::net::valid_ifname(&bridge) {
                 Err(crate::replication::ReplicationError::Invalid(format!("{bridge} is not a test-failover bridge")))

@@ -340,6 +340,22 @@ impl ReplicationService {
         }))
     }
 
+    /// Failover disks: overlays on `point` that become the recovered VM's disks; the replica is
+    /// marked failed over, so no replication lands in it until the failover is released.
+    pub async fn failover_overlays(&self, item: Uuid, point: &str) -> Result<serde_json::Value, ReplicationError> {
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let real = std::fs::canonicalize(self.root.join(item.to_string()))?;
+        // `latest`: the newest point this host holds now (it includes a final cycle the vault
+        // may not have heard of yet).
+        let latest = vm.recovery_points()?.last().map(|p| p.id.clone());
+        let point = if point == "latest" { latest.as_deref().unwrap_or(point) } else { point };
+        let ov = vm.begin_failover(point, &real.join("failover")).await?;
+        Ok(serde_json::json!({
+            "point": ov.point_id,
+            "disks": ov.disks.iter().map(|(t, path)| serde_json::json!({"target": t, "path": path})).collect::<Vec<_>>(),
+        }))
+    }
+
     pub async fn release_test(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
         let rec = self.persisted.lock().await.tests.iter().find(|t| t.item == item).cloned();
         if let Some(rec) = rec {

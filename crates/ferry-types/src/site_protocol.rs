@@ -278,6 +278,11 @@ pub enum ReplicationAction {
     RemoveTestNetwork {
         bridge: String,
     },
+    /// Overlays on a recovery point that become a failed-over VM's disks (FO-2, FO-3).
+    FailoverOverlays {
+        item: Uuid,
+        point: String,
+    },
 }
 
 /// Phase of one VM's replication on one host.

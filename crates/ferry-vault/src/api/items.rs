@@ -430,6 +430,17 @@ pub async fn operate(
                 .submit(&st, new_job(crate::jobs::OP_TEST_FAILOVER_CLEANUP, params, &crate::jobs::CLEANUP_TASKS))
                 .await?
         }
+        Operation::PlannedFailover => {
+            crate::replication::set_state(&st, v.id, it.id, ReplicationState::PreparedForPlannedFailover)
+                .await
+                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
+        }
+        Operation::FailoverCommit => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_COMMIT, params, &["Commit the failover"])).await?
+        }
         Operation::DisableProtection => {
             let params = serde_json::json!({"item": it.id});
             st.jobs

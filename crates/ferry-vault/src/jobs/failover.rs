@@ -33,6 +33,7 @@ pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_TEST_FAILOVER, Arc::new(TestFailoverJob));
     m.insert(OP_TEST_FAILOVER_CLEANUP, Arc::new(TestFailoverCleanupJob));
     m.insert(OP_DISABLE_PROTECTION, Arc::new(DisableProtectionJob));
+    register_failover(m);
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -241,4 +242,163 @@ pub fn test_info(
     now: chrono::DateTime<chrono::Utc>,
 ) -> TestFailoverInfo {
     TestFailoverInfo { job, vm_name, recovery_point: point, network, created_bridge: bridge, started_at: now }
+}
+
+pub const OP_PLANNED_FAILOVER: &str = "PlannedFailover";
+pub const OP_FAILOVER_COMMIT: &str = "FailoverCommit";
+pub const PLANNED_TASKS: [&str; 5] = [
+    "Shut down the source VM and send its final changes",
+    "Stop replication on the source host",
+    "Prepare the failover disks",
+    "Create the VM at the recovery site",
+    "Start the VM at the recovery site",
+];
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PlannedParams {
+    pub item: Uuid,
+    #[serde(default = "default_shutdown")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_shutdown() -> u64 {
+    120
+}
+
+/// The recovered VM: the source definition on the failover disks, NICs per the replica NIC plan
+/// (NET-2, NET-3, NET-4).
+fn recovered_definition(
+    item: &ferry_types::protection::ProtectedItem,
+    def: &VmDefinition,
+    disks: &serde_json::Value,
+    target: &ferry_types::fabric::Fabric,
+) -> Result<VmDefinition, ApiError> {
+    let p = TestParams { item: item.id, point: String::new(), network: TestNetwork::None, bridge: None };
+    let mut t = test_definition(def, disks, &p)?;
+    t.name = def.name.clone();
+    t.uuid = def.uuid;
+    t.nics = item
+        .nics
+        .iter()
+        .map(|n| {
+            let net = n.target_network.as_ref().and_then(|id| target.inventory.vm_network(id)).map(|v| v.name.clone());
+            NicDefinition {
+                mac: Some(n.mac.clone()),
+                vm_network: net.clone(),
+                logical_network: None,
+                bridge: None,
+                subnet: net.and(n.subnet.clone()),
+                ip: n.ip.clone(),
+            }
+        })
+        .collect();
+    Ok(t)
+}
+
+/// Planned failover (FO-2): the source guest shuts down, its last changes are replicated, then
+/// the VM starts at the recovery site from the latest point — no data loss. Ends commit pending.
+struct PlannedFailoverJob;
+
+#[async_trait::async_trait]
+impl JobKind for PlannedFailoverJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: PlannedParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let (src, tgt) = (item.source.clone(), item.target.clone());
+        let (s1, vm1) = (src.clone(), item.name.clone());
+        ctx.task(PLANNED_TASKS[0], |state, job| async move {
+            let cmd = SiteCommand::Vm {
+                host: s1.host,
+                action: VmAction::Shutdown { vm: vm1, timeout_secs: p.shutdown_timeout_secs },
+            };
+            check(
+                JobCtx::site_command(&state, &job, s1.fabric, "shutdown", cmd).await?,
+                "Shutting down the source VM",
+            )?;
+            crate::replication::set_state(
+                &state,
+                vault,
+                p.item,
+                ferry_types::protection::ReplicationState::FailoverInProgress,
+            )
+            .await
+        })
+        .await?;
+        let s2 = src.clone();
+        ctx.task(PLANNED_TASKS[1], |state, job| async move {
+            let cmd = SiteCommand::StopReplication { host: s2.host, item: p.item, delete_replica: false };
+            check(JobCtx::site_command(&state, &job, s2.fabric, "stop", cmd).await?, "Stopping replication")
+        })
+        .await?;
+        let t3 = tgt.clone();
+        ctx.task_with_output(PLANNED_TASKS[2], |state, job| async move {
+            // The latest point, as the target host holds it now (it includes the final cycle).
+            let st = SiteCommand::Replication {
+                host: t3.host.clone(),
+                action: ReplicationAction::ReleaseTest { item: p.item },
+            };
+            let _ = JobCtx::site_command(&state, &job, t3.fabric, "release-tests", st).await?;
+            // No data loss: the newest point the target holds, final cycle included.
+            let point = "latest".to_string();
+            let cmd = SiteCommand::Replication {
+                host: t3.host,
+                action: ReplicationAction::FailoverOverlays { item: p.item, point },
+            };
+            let r = JobCtx::site_command(&state, &job, t3.fabric, "failover-disks", cmd).await?;
+            let out = r.output.clone();
+            check(r, "Preparing the failover disks")?;
+            Ok(out)
+        })
+        .await?;
+        let t4 = tgt.clone();
+        ctx.task(PLANNED_TASKS[3], |state, job| async move {
+            let item = load_item(&state, vault, p.item).await?;
+            let def = item
+                .definition
+                .clone()
+                .ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
+            let target = super::kinds::load_fabric(&state, vault, t4.fabric).await?;
+            let disks = job.params["outputs"][PLANNED_TASKS[2]]["disks"].clone();
+            let d = recovered_definition(&item, &def, &disks, &target)?;
+            let definition = serde_json::to_value(&d).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+            let cmd = SiteCommand::Vm { host: t4.host, action: VmAction::Create { definition } };
+            check(JobCtx::site_command(&state, &job, t4.fabric, "create", cmd).await?, "Creating the recovered VM")
+        })
+        .await?;
+        let (t5, vm5) = (tgt.clone(), item.name.clone());
+        ctx.task(PLANNED_TASKS[4], |state, job| async move {
+            let cmd = SiteCommand::Vm { host: t5.host, action: VmAction::Start { vm: vm5 } };
+            check(JobCtx::site_command(&state, &job, t5.fabric, "start", cmd).await?, "Starting the recovered VM")?;
+            crate::replication::set_state(
+                &state,
+                vault,
+                p.item,
+                ferry_types::protection::ReplicationState::FailedOverCommitPending,
+            )
+            .await
+        })
+        .await
+    }
+}
+
+/// Commit (FO-4): the failover is final.
+struct FailoverCommitJob;
+
+#[async_trait::async_trait]
+impl JobKind for FailoverCommitJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: CleanupParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        ctx.task("Commit the failover", |state, _job| async move {
+            crate::replication::set_state(&state, vault, p.item, ferry_types::protection::ReplicationState::Committed)
+                .await
+        })
+        .await
+    }
+}
+
+pub fn register_failover(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
+    m.insert(OP_PLANNED_FAILOVER, Arc::new(PlannedFailoverJob));
+    m.insert(OP_FAILOVER_COMMIT, Arc::new(FailoverCommitJob));
 }
