@@ -42,6 +42,9 @@ pub struct LabArgs {
     /// Test-only: replication cycle interval of the hosts, instead of the policy's frequency.
     #[arg(long)]
     pub test_copy_interval_ms: Option<u64>,
+    /// How often the hosts apply retention to their replicas, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub retention_interval_secs: u64,
 }
 
 pub const VAULT_NAME: &str = "ferry-lab";
@@ -353,6 +356,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
             args.report_interval,
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );
+        hcfg.push_str(&format!("retention_interval_secs = {}\n", args.retention_interval_secs));
         if let Some(ms) = args.test_copy_interval_ms {
             hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
         }

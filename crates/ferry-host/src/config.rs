@@ -53,6 +53,13 @@ pub struct HostConfig {
     /// Test-only: run replication cycles this often instead of the policy's copy frequency.
     #[serde(default)]
     pub test_copy_interval_ms: Option<u64>,
+    /// How often retention runs on the replicas this host holds (RP-2).
+    #[serde(default = "default_retention_interval")]
+    pub retention_interval_secs: u64,
+}
+
+fn default_retention_interval() -> u64 {
+    60
 }
 
 fn default_replication_listen() -> SocketAddr {

@@ -167,7 +167,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 async fn retention_loop(host: Arc<Host>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(host.cfg.retention_interval_secs.max(1))).await;
         host.replication.apply_retention().await;
     }
 }

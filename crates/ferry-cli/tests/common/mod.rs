@@ -87,6 +87,10 @@ impl Lab {
         if opts.record {
             args.push("--record-vault-traffic".into());
         }
+        // Retention is exercised by the engine's own tests; here it would merge the points the
+        // tests inspect, so it runs rarely.
+        args.push("--retention-interval-secs".into());
+        args.push("3600".into());
         if let Some(ms) = opts.test_copy_interval_ms {
             args.push("--test-copy-interval-ms".into());
             args.push(ms.to_string());
