@@ -206,6 +206,37 @@ impl RsyncFigures {
     }
 }
 
+/// System-wide CPU seconds (all CPUs, `/proc/stat`) by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SysTimes {
+    pub busy: f64,
+    pub iowait: f64,
+    pub idle: f64,
+    pub steal: f64,
+}
+
+impl SysTimes {
+    fn now() -> Self {
+        let Ok(s) = std::fs::read_to_string("/proc/stat") else { return Self::default() };
+        let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else { return Self::default() };
+        let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let g = |i: usize| v.get(i).copied().unwrap_or(0.0) / hz;
+        // user nice system idle iowait irq softirq steal
+        Self { busy: g(0) + g(1) + g(2) + g(5) + g(6), idle: g(3), iowait: g(4), steal: g(7) }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            busy: self.busy - before.busy,
+            iowait: self.iowait - before.iowait,
+            idle: self.idle - before.idle,
+            steal: self.steal - before.steal,
+        }
+    }
+}
+
 /// One target of issue 4 next to its measurement.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -226,6 +257,8 @@ pub struct Target {
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
     pub cpus: usize,
+    /// `/proc/loadavg` when the bench started (other work on the machine shares the cores).
+    pub loadavg_start: String,
     pub cipher: String,
     /// Allocated data of the source disk.
     pub data_bytes: u64,
@@ -233,6 +266,8 @@ pub struct BenchReport {
     pub image_file_bytes: u64,
     pub initial: CycleFigures,
     pub initial_mib_s: f64,
+    /// System-wide (all CPUs) seconds during the initial replication: in iowait, idle, stolen.
+    pub initial_sys: SysTimes,
     pub seq_read_mib_s: f64,
     pub seq_read_method: String,
     pub rsync: Option<RsyncFigures>,
@@ -284,8 +319,8 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Ferry replication bench: one run, same data; loopback mTLS ({}), QEMU backup jobs, direct qcow2 writer, {} CPUs",
-            self.cipher, self.cpus
+            "Ferry replication bench: one run, same data; loopback mTLS ({}), QEMU backup jobs, direct qcow2 writer, {} CPUs (load average at start {})",
+            self.cipher, self.cpus, self.loadavg_start
         )?;
         writeln!(f, "Figures")?;
         writeln!(
@@ -1048,6 +1083,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("Cannot create {}", dir.display()), e))?;
     let mut rep = BenchReport {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        loadavg_start: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         delta_percent: opts.delta_percent,
         ..Default::default()
     };
@@ -1097,9 +1135,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let cfg = PrimaryConfig::new("bench-vm", "bench", cdisks, &staging, rx.local_addr(), "localhost", tls.clone());
     let mut p = Primary::new(cfg, vm.clone())?;
     drop_cache(&disk);
-    let c0 = cpu_snap(&rxrt.cpu, qpid);
+    let (c0, s0) = (cpu_snap(&rxrt.cpu, qpid), SysTimes::now());
     let r = p.seed_and_initial().await?;
     rep.initial = CycleFigures::of(&r, cpu_since(c0, cpu_snap(&rxrt.cpu, qpid)));
+    rep.initial_sys = SysTimes::now().since(s0);
     rep.data_bytes = r.data_bytes;
     rep.initial_mib_s = mib(r.data_bytes) / r.total_time.as_secs_f64().max(1e-9);
     rep.image_file_bytes = std::fs::metadata(&disk).map(|m| m.len()).unwrap_or(0);
@@ -1347,13 +1386,30 @@ async fn mem_phase(
 // ---------------------------------------------------------------------------------------------
 // Targets
 
-fn util_note(cpu: f64, wall: Duration, cpus: usize) -> String {
+fn util_note(cpu: f64, wall: Duration, cpus: usize, sys: SysTimes) -> String {
     let util = cpu / (wall.as_secs_f64().max(1e-9) * cpus.max(1) as f64);
+    let system = format!(
+        "system-wide {:.1} s busy, {:.1} s iowait, {:.1} s idle, {:.1} s stolen",
+        sys.busy, sys.iowait, sys.idle, sys.steal
+    );
     if util > 0.85 {
-        format!("CPU-bound: {cpu:.2} CPU-s in {:.2} s on {cpus} cores ({:.0}% busy)", wall.as_secs_f64(), util * 100.0)
-    } else {
         format!(
-            "not CPU-bound: {cpu:.2} CPU-s in {:.2} s on {cpus} cores ({:.0}% busy), the rest waits on disk I/O",
+            "CPU-bound: {cpu:.2} CPU-s in {:.2} s on {cpus} cores ({:.0}% busy; {system})",
+            wall.as_secs_f64(),
+            util * 100.0
+        )
+    } else {
+        let total = wall.as_secs_f64().max(1e-9) * cpus.max(1) as f64;
+        let others = (sys.busy - cpu).max(0.0);
+        let waits = if sys.busy / total > 0.85 {
+            format!("the cores were full anyway: other processes on this machine took {others:.1} CPU-s")
+        } else if sys.iowait >= sys.idle {
+            "the rest is waiting on disk I/O (staging writes, fsyncs)".to_string()
+        } else {
+            "the rest is idle waiting, not on the disk: serial steps and synchronous round trips (block-job cluster copies, fsync ordering, extent queue)".to_string()
+        };
+        format!(
+            "not CPU-bound: {cpu:.2} CPU-s in {:.2} s on {cpus} cores ({:.0}% busy; {system}); {waits}",
             wall.as_secs_f64(),
             util * 100.0
         )
@@ -1387,7 +1443,7 @@ fn targets(r: &BenchReport) -> Vec<Target> {
             mib(i.data_bytes) / i.capture.as_secs_f64().max(1e-9),
             i.ship().as_secs_f64(),
             mib(i.data_bytes) / i.ship().as_secs_f64().max(1e-9),
-            util_note(icpu, i.wall, r.cpus)
+            util_note(icpu, i.wall, r.cpus, r.initial_sys)
         ),
     });
     // 1b, 2
