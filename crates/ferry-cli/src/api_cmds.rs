@@ -268,6 +268,20 @@ pub enum ApiCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Unplanned failover (FO-3): the source may be gone. Refused while the source runs, unless
+    /// it is shut down first (--shutdown-source) or confirmed fenced (--source-fenced).
+    UnplannedFailover {
+        item: String,
+        /// latest (default), latestProcessed, latestAppConsistent or a point id.
+        #[arg(long)]
+        point: Option<String>,
+        #[arg(long)]
+        shutdown_source: bool,
+        #[arg(long)]
+        source_fenced: bool,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Make a failover final (FO-4).
     FailoverCommit {
         item: String,
@@ -911,6 +925,16 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             let j: Value = c
                 .post(&ctx.v(&format!("/replicationProtectedItems/{}/plannedFailover", enc(&item))), &json!({}))
                 .await?;
+            let j = if wait { ctx.wait_job(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::UnplannedFailover { item, point, shutdown_source, source_fenced, wait } => {
+            let mut body = json!({"shutdown_source": shutdown_source, "source_fenced": source_fenced});
+            if let Some(p) = point {
+                body["recovery_point"] = json!(p);
+            }
+            let j: Value =
+                c.post(&ctx.v(&format!("/replicationProtectedItems/{}/unplannedFailover", enc(&item))), &body).await?;
             let j = if wait { ctx.wait_job(&j).await? } else { j };
             print(out, &j, JOB_COLS);
         }

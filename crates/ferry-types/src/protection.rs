@@ -255,6 +255,13 @@ pub struct OperationRequest {
     /// Operator's notes (test failover cleanup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// Unplanned failover: try to shut the source down and send its last changes first.
+    #[serde(default)]
+    pub shutdown_source: bool,
+    /// Unplanned failover: the operator confirms the source is fenced (its host powered off or
+    /// cut from storage and network), so a replica may start although the source looks alive.
+    #[serde(default)]
+    pub source_fenced: bool,
 }
 
 /// Enable protection for one or many VMs of a site (REP-1).

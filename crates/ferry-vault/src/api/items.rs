@@ -437,6 +437,29 @@ pub async fn operate(
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
         }
+        Operation::UnplannedFailover => {
+            // FO-3 fencing: a source VM the vault sees running on a connected host blocks the
+            // failover unless the operator confirms the source is fenced.
+            if !req.source_fenced && !req.shutdown_source {
+                let source = load_fabric(&st, v.id, &it.source.fabric.to_string()).await?.body;
+                let host_up = source.inventory.host(&it.source.host).is_some_and(|h| h.connected);
+                let running = source
+                    .inventory
+                    .vm(&it.vm_id)
+                    .is_some_and(|vm| vm.power_state == ferry_types::fabric::PowerState::Running);
+                if host_up && running {
+                    return Err(ApiFailure::with(StatusCode::CONFLICT, crate::jobs::source_running(&it.name)));
+                }
+            }
+            let point = match req.recovery_point.as_deref() {
+                None | Some("latest") => "latest".to_string(),
+                other => choose_point(&it, other)?,
+            };
+            let params = serde_json::json!({"item": it.id, "point": point, "shutdown_source": req.shutdown_source, "source_fenced": req.source_fenced});
+            st.jobs
+                .submit(&st, new_job(crate::jobs::OP_UNPLANNED_FAILOVER, params, &crate::jobs::UNPLANNED_TASKS))
+                .await?
+        }
         Operation::FailoverCommit => {
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_COMMIT, params, &["Commit the failover"])).await?

@@ -179,6 +179,18 @@ impl JobCtx {
         Ok(())
     }
 
+    /// Like [`JobCtx::site_command`] with its own time limit (probing a site that may be gone).
+    pub async fn site_command_within(
+        state: &AppState,
+        job: &Job,
+        fabric: Uuid,
+        key: &str,
+        command: SiteCommand,
+        limit: Duration,
+    ) -> Result<CommandResult, ApiError> {
+        Self::site_command_limited(state, job, fabric, key, command, Some(limit)).await
+    }
+
     /// Send a command to a site and wait for its answer. The command id is derived from the
     /// job and `key`, so a resumed job waits for the command it already sent.
     pub async fn site_command(
@@ -188,6 +200,17 @@ impl JobCtx {
         key: &str,
         command: SiteCommand,
     ) -> Result<CommandResult, ApiError> {
+        Self::site_command_limited(state, job, fabric, key, command, None).await
+    }
+
+    async fn site_command_limited(
+        state: &AppState,
+        job: &Job,
+        fabric: Uuid,
+        key: &str,
+        command: SiteCommand,
+        limit: Option<Duration>,
+    ) -> Result<CommandResult, ApiError> {
         let id = Uuid::new_v5(&COMMAND_NS, format!("{}/{key}", job.id).as_bytes());
         let body = serde_json::to_value(&command).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
         state
@@ -196,7 +219,7 @@ impl JobCtx {
             .await
             .map_err(|e| ApiError::new("StoreError", format!("Cannot queue the site command: {e}")))?;
         state.commands_queued.notify_waiters();
-        let deadline = Instant::now() + state.config.site_command_timeout;
+        let deadline = Instant::now() + limit.unwrap_or(state.config.site_command_timeout);
         loop {
             let row = state
                 .store

@@ -34,6 +34,7 @@ pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_TEST_FAILOVER_CLEANUP, Arc::new(TestFailoverCleanupJob));
     m.insert(OP_DISABLE_PROTECTION, Arc::new(DisableProtectionJob));
     register_failover(m);
+    register_unplanned(m);
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -401,4 +402,134 @@ impl JobKind for FailoverCommitJob {
 pub fn register_failover(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_PLANNED_FAILOVER, Arc::new(PlannedFailoverJob));
     m.insert(OP_FAILOVER_COMMIT, Arc::new(FailoverCommitJob));
+}
+
+pub const OP_UNPLANNED_FAILOVER: &str = "UnplannedFailover";
+pub const UNPLANNED_TASKS: [&str; 6] = [
+    "Try to shut down the source VM",
+    "Check that the source is not running (fencing)",
+    "Stop replication on the source host",
+    "Prepare the failover disks",
+    "Create the VM at the recovery site",
+    "Start the VM at the recovery site",
+];
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct UnplannedParams {
+    pub item: Uuid,
+    pub point: String,
+    #[serde(default)]
+    pub shutdown_source: bool,
+    #[serde(default)]
+    pub source_fenced: bool,
+}
+
+/// How long an unplanned failover waits for the source site before taking it as gone.
+const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Unplanned failover (FO-3): the source may be gone. Optionally shut it down and sync first; a
+/// source that answers and runs blocks the failover unless the operator confirms it is fenced.
+struct UnplannedFailoverJob;
+
+#[async_trait::async_trait]
+impl JobKind for UnplannedFailoverJob {
+    async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
+        let p: UnplannedParams = ctx.params()?;
+        let vault = ctx.job().vault_id;
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let (src, tgt, name) = (item.source.clone(), item.target.clone(), item.name.clone());
+        let (s1, n1) = (src.clone(), name.clone());
+        ctx.task(UNPLANNED_TASKS[0], |state, job| async move {
+            if !p.shutdown_source {
+                return Ok(());
+            }
+            let cmd = SiteCommand::Vm { host: s1.host, action: VmAction::Shutdown { vm: n1, timeout_secs: 60 } };
+            // The source may be gone: a failed or unanswered shutdown does not stop the failover.
+            let _ = JobCtx::site_command_within(&state, &job, s1.fabric, "shutdown", cmd, SOURCE_PROBE).await;
+            Ok(())
+        })
+        .await?;
+        let (s2, n2) = (src.clone(), name.clone());
+        ctx.task(UNPLANNED_TASKS[1], |state, job| async move {
+            if p.source_fenced {
+                return Ok(());
+            }
+            let cmd = SiteCommand::Vm { host: s2.host, action: VmAction::Status { vm: n2.clone() } };
+            match JobCtx::site_command_within(&state, &job, s2.fabric, "fence-check", cmd, SOURCE_PROBE).await {
+                Ok(r) if r.ok && r.output["power_state"] == "Running" => Err(source_running(&n2)),
+                _ => Ok(()),
+            }
+        })
+        .await?;
+        crate::replication::set_state(
+            &ctx.state,
+            vault,
+            p.item,
+            ferry_types::protection::ReplicationState::FailoverInProgress,
+        )
+        .await?;
+        let s3 = src.clone();
+        ctx.task(UNPLANNED_TASKS[2], |state, job| async move {
+            let cmd = SiteCommand::StopReplication { host: s3.host, item: p.item, delete_replica: false };
+            let _ = JobCtx::site_command_within(&state, &job, s3.fabric, "stop", cmd, SOURCE_PROBE).await;
+            Ok(())
+        })
+        .await?;
+        let (t4, point) = (tgt.clone(), p.point.clone());
+        ctx.task_with_output(UNPLANNED_TASKS[3], |state, job| async move {
+            let st = SiteCommand::Replication {
+                host: t4.host.clone(),
+                action: ReplicationAction::ReleaseTest { item: p.item },
+            };
+            let _ = JobCtx::site_command(&state, &job, t4.fabric, "release-tests", st).await?;
+            let cmd = SiteCommand::Replication {
+                host: t4.host,
+                action: ReplicationAction::FailoverOverlays { item: p.item, point },
+            };
+            let r = JobCtx::site_command(&state, &job, t4.fabric, "failover-disks", cmd).await?;
+            let out = r.output.clone();
+            check(r, "Preparing the failover disks")?;
+            Ok(out)
+        })
+        .await?;
+        let t5 = tgt.clone();
+        ctx.task(UNPLANNED_TASKS[4], |state, job| async move {
+            let item = load_item(&state, vault, p.item).await?;
+            let def = item
+                .definition
+                .clone()
+                .ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
+            let target = super::kinds::load_fabric(&state, vault, t5.fabric).await?;
+            let disks = job.params["outputs"][UNPLANNED_TASKS[3]]["disks"].clone();
+            let d = recovered_definition(&item, &def, &disks, &target)?;
+            let definition = serde_json::to_value(&d).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+            let cmd = SiteCommand::Vm { host: t5.host, action: VmAction::Create { definition } };
+            check(JobCtx::site_command(&state, &job, t5.fabric, "create", cmd).await?, "Creating the recovered VM")
+        })
+        .await?;
+        let t6 = tgt.clone();
+        ctx.task(UNPLANNED_TASKS[5], |state, job| async move {
+            let cmd = SiteCommand::Vm { host: t6.host, action: VmAction::Start { vm: name } };
+            check(JobCtx::site_command(&state, &job, t6.fabric, "start", cmd).await?, "Starting the recovered VM")?;
+            crate::replication::set_state(
+                &state,
+                vault,
+                p.item,
+                ferry_types::protection::ReplicationState::FailedOverCommitPending,
+            )
+            .await
+        })
+        .await
+    }
+}
+
+/// The fencing refusal (FO-3).
+pub fn source_running(vm: &str) -> ApiError {
+    ApiError::new("SourceStillRunning", format!("The source VM {vm} is running and reachable; starting the replica would make two live copies"))
+        .cause("The primary site is up")
+        .recommend("Use a planned failover, or fence the source (power its host off or isolate it) and run the unplanned failover with source_fenced")
+}
+
+pub fn register_unplanned(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
+    m.insert(OP_UNPLANNED_FAILOVER, Arc::new(UnplannedFailoverJob));
 }
