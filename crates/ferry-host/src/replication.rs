@@ -267,18 +267,43 @@ impl ReplicationService {
                     }
                 }
                 if let Some(p) = primary.as_mut() {
-                    let seeded = matches!(p.tracking().await, Ok(ferry_repl::TrackingState::Tracking { .. }));
+                    let tracking = p.tracking().await;
                     let started = Instant::now();
-                    let res = if seeded {
-                        let app = app_every.is_some_and(|every| last_app.elapsed() >= every);
-                        let r = p.run_cycle(app).await;
-                        if app && r.is_ok() {
-                            last_app = Instant::now();
+                    let res = match tracking {
+                        Ok(ferry_repl::TrackingState::Tracking { .. }) => {
+                            let app = app_every.is_some_and(|every| last_app.elapsed() >= every);
+                            let r = p.run_cycle(app).await;
+                            if app && r.is_ok() {
+                                last_app = Instant::now();
+                            }
+                            r
                         }
-                        r
-                    } else {
-                        set_phase(&sources, item, ReplicationPhase::InitialInProgress);
-                        p.seed_and_initial().await
+                        // REP-6: tracking was lost (QEMU crash, raw disk after a restart): compare
+                        // block hashes with the replica and send only the differences; the
+                        // replica's recovery points are kept.
+                        Ok(ferry_repl::TrackingState::ResyncRequired { reason }) => {
+                            tracing::warn!(item = %item, %reason, "change tracking lost; resynchronizing");
+                            set_phase(&sources, item, ReplicationPhase::Resynchronizing);
+                            match p.resync(&ferry_repl::ResyncLimits::default()).await {
+                                Ok(ferry_repl::ResyncOutcome::Completed {
+                                    report,
+                                    compared_blocks,
+                                    differing_blocks,
+                                }) => {
+                                    tracing::info!(item = %item, compared_blocks, differing_blocks, "resync complete");
+                                    Ok(*report)
+                                }
+                                Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
+                                    ferry_repl::ErrorKind::ResyncRequired,
+                                    "Resync paused; it continues next cycle",
+                                )),
+                                Err(e) => Err(e),
+                            }
+                        }
+                        _ => {
+                            set_phase(&sources, item, ReplicationPhase::InitialInProgress);
+                            p.seed_and_initial().await
+                        }
                     };
                     match res {
                         Ok(report) => {
@@ -310,6 +335,8 @@ impl ReplicationService {
                                 }
                             }
                             tracing::warn!(item = %item, error = %e.chain(), "replication cycle failed; the next cycle retries");
+                            // A restarted VM has a new QEMU: take it up on the next cycle.
+                            *primary = None;
                         }
                     }
                 }

@@ -1,0 +1,127 @@
+//! REP-6 end to end: a QEMU crash loses change tracking; replication resynchronizes by comparing
+//! block hashes, sends less than the disk, keeps the earlier recovery points, and the replica
+//! ends with every record the guest wrote.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{kill9, Lab, LabOptions};
+use serde_json::{json, Value};
+
+fn item(lab: &Lab, id: &str) -> Value {
+    lab.json(&["item-show", id])
+}
+
+#[test]
+fn rep_6_qemu_crash_resyncs_sending_only_differences_and_keeps_points() {
+    let guest = common::test_guest();
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let gold = lab.storage("ny1", "gold");
+    let def = json!({
+        "name": "rs1", "vcpus": 1, "memory_mib": 256,
+        "disks": [
+            {"target": "vda", "path": gold.join("rs1-vda.qcow2"), "format": "qcow2", "create_size": 8u64 << 20},
+            {"target": "vdb", "path": gold.join("rs1-vdb.qcow2"), "format": "qcow2", "create_size": 64u64 << 20}
+        ],
+        "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
+            "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
+    });
+    lab.json(&[
+        "vm-create",
+        "--site",
+        "VMM-NewYork",
+        "--host",
+        "ny1",
+        "--file",
+        &lab.vm_def("rs1", &def).display().to_string(),
+    ]);
+    lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "rs1"]);
+    lab.wait_for("the VM in the inventory", Duration::from_secs(30), || {
+        let items = lab.json(&["protectable-list", "--site", "VMM-NewYork"]);
+        items["items"].as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "rs1")).then_some(())
+    });
+    lab.json(&[
+        "policy-create",
+        "--name",
+        "gold",
+        "--copy-frequency",
+        "30",
+        "--associate",
+        "VMM-NewYork/GoldCloud1=VMM-Chicago/GoldCloud2",
+    ]);
+    lab.wait_for("the pair", Duration::from_secs(30), || {
+        (lab.json(&["job-list", "--operation", "ConfigureCloudPair"])["items"][0]["status"] == "Succeeded")
+            .then_some(())
+    });
+    let enabled = lab.json(&["protect", "--site", "VMM-NewYork", "rs1", "--wait"]);
+    let id = enabled[0]["id"].as_str().expect("id").to_string();
+    let serial = lab.host_data("ny1").join("vms/rs1/serial.log");
+    lab.wait_for("records and points", Duration::from_secs(150), || {
+        let n = ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(&serial).unwrap_or_default())
+            .unwrap_or(0);
+        let rps = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+        (n >= 6 && rps >= 3).then_some(())
+    });
+    let before: Vec<String> = item(&lab, &id)["recovery_points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str().map(str::to_string))
+        .collect();
+
+    // QEMU crashes; the VM is started again and its guest continues after its last record.
+    let pid =
+        lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "rs1"])["pid"].as_u64().expect("pid") as u32;
+    kill9(pid);
+    lab.wait_for("the crash to be seen", Duration::from_secs(20), || {
+        (lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "rs1"])["power_state"] == "Crashed")
+            .then_some(())
+    });
+    lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "rs1"]);
+    let host_log = lab.dir.join("logs/host-ny1.log");
+    let line = lab.wait_for("the resync to complete", Duration::from_secs(120), || {
+        let text = std::fs::read_to_string(&host_log).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains("resync complete"))
+            .map(|l| l.replace("\u{1b}[3m", "").replace("\u{1b}[0m", "").replace("\u{1b}[2m", ""))
+    });
+    let num = |key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    let (compared, differing) = (num("compared_blocks"), num("differing_blocks"));
+    assert!(differing < compared, "only differing blocks are sent: {differing} of {compared}");
+    lab.wait_for("Protected again with new points", Duration::from_secs(60), || {
+        let it = item(&lab, &id);
+        (it["state"] == "Protected" && it["recovery_points"].as_array().map(Vec::len).unwrap_or(0) > before.len())
+            .then_some(())
+    });
+    let after: Vec<String> = item(&lab, &id)["recovery_points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(before.iter().all(|p| after.contains(p)), "earlier points are kept: {before:?} ⊆ {after:?}");
+
+    // The replica catches up completely: after a graceful shutdown every record is there.
+    lab.wait_for("new records after the restart", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        text.contains("FERRY FOUND").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    lab.json(&["vm-shutdown", "--site", "VMM-NewYork", "--host", "ny1", "rs1", "--timeout", "60"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let last = ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(&serial).expect("serial"))
+        .expect("records");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data("chi1").join("replicas")).expect("store");
+    let vm = rt.block_on(store.vm(&id)).expect("replica");
+    let newest = vm.recovery_points().expect("points").last().expect("a point").id.clone();
+    let report = rt
+        .block_on(ferry_qemu::guest_records::verify_image(&vm.chain(&newest, "vdb").expect("chain")[0]))
+        .expect("verify");
+    assert_eq!(report.clean_prefix_len, last, "{report:?}");
+}
