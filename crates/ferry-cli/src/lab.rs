@@ -424,8 +424,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    if !args.no_demo_vms {
-        demo_vms(&client, &dir).await?;
+    if !args.no_demo_vms && demo_vms(&client, &dir).await? {
+        demo_replication(&client).await?;
     }
 
     let env = format!(
@@ -494,13 +494,13 @@ fn down(dir: &Path) -> Result<()> {
 
 /// The demo VMs of the seed: on VMNetwork1-NewYork in GoldCloud1, two on GOLD storage and one on
 /// SILVER, each running the test guest's record workload on its data disk.
-async fn demo_vms(client: &Client, dir: &Path) -> Result<()> {
+async fn demo_vms(client: &Client, dir: &Path) -> Result<bool> {
     let _ = dir;
     let guest = test_guest_dir();
     let (kernel, initrd) = (guest.join("vmlinuz"), guest.join("initrd.img"));
     if !kernel.exists() || !initrd.exists() {
         println!("(no test guest in {}: demo VMs skipped; scripts/setup-deps.sh builds it)", guest.display());
-        return Ok(());
+        return Ok(false);
     }
     let vms_path = format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics/VMM-NewYork/hosts/ny1/vmActions");
     let existing = run_vm_action(client, &vms_path, json!({"action": "list"})).await?;
@@ -534,6 +534,71 @@ async fn demo_vms(client: &Client, dir: &Path) -> Result<()> {
             class.to_uppercase()
         );
     }
+    Ok(true)
+}
+
+/// The seed's protection of the demo VMs: GoldCloud1 → GoldCloud2 under policy `lab-gold`,
+/// VMNetwork1 and the GOLD/SILVER classifications mapped, all three demo VMs protected.
+async fn demo_replication(client: &Client) -> Result<()> {
+    let v = format!("/api/v1/vaults/{VAULT_NAME}");
+    let fabric = |name: &str| format!("{v}/replicationFabrics/{name}");
+    let find = |list: &Value, name: &str| -> Result<Value> {
+        list.as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name))
+            .map(|x| x["id"].clone())
+            .ok_or_else(|| anyhow!("{name} is not in the lab's inventory"))
+    };
+    let ny: Value = client.get(&fabric("VMM-NewYork")).await?;
+    let chi: Value = client.get(&fabric("VMM-Chicago")).await?;
+    let r = |f: &Value, id: Value| json!({"fabric": f["id"], "id": id});
+    // The demo VMs must be in the vault's inventory first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let items: Value = client.get(&format!("{}/protectableItems?limit=1000", fabric("VMM-NewYork"))).await?;
+        let n = items["items"]
+            .as_array()
+            .map(|a| a.iter().filter(|x| ["web1", "db1", "app1"].contains(&x["name"].as_str().unwrap_or(""))).count())
+            .unwrap_or(0);
+        if n == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("The demo VMs did not reach the vault's inventory");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let policies: Value = client.get(&format!("{v}/replicationPolicies")).await?;
+    if !policies.as_array().is_some_and(|a| a.iter().any(|p| p["name"] == "lab-gold")) {
+        let clouds_ny: Value = client.get(&format!("{}/protectionContainers", fabric("VMM-NewYork"))).await?;
+        let clouds_chi: Value = client.get(&format!("{}/protectionContainers", fabric("VMM-Chicago"))).await?;
+        let body = json!({
+            "name": "lab-gold", "host_version": "qemu-7.2", "copy_frequency_secs": 30,
+            "recovery_point_retention_hours": 2, "app_consistent_frequency_hours": 1, "compression": true,
+            "associate": [{"source": r(&ny, find(&clouds_ny, "GoldCloud1")?), "target": r(&chi, find(&clouds_chi, "GoldCloud2")?)}]
+        });
+        let _: Value = client.post(&format!("{v}/replicationPolicies"), &body).await?;
+        let nets_ny: Value = client.get(&format!("{}/vmNetworks", fabric("VMM-NewYork"))).await?;
+        let nets_chi: Value = client.get(&format!("{}/vmNetworks", fabric("VMM-Chicago"))).await?;
+        let body = json!({"source": r(&ny, find(&nets_ny, "VMNetwork1-NewYork")?), "target": r(&chi, find(&nets_chi, "VMNetwork1-Chicago")?)});
+        let _: Value = client.post(&format!("{v}/replicationNetworkMappings"), &body).await?;
+        let sc_ny: Value = client.get(&format!("{}/storageClassifications", fabric("VMM-NewYork"))).await?;
+        let sc_chi: Value = client.get(&format!("{}/storageClassifications", fabric("VMM-Chicago"))).await?;
+        for (s, t) in [("GOLD", "GOLD_TARGET"), ("SILVER", "SILVER_TARGET")] {
+            let body = json!({"source": r(&ny, find(&sc_ny, s)?), "target": r(&chi, find(&sc_chi, t)?)});
+            let _: Value = client.post(&format!("{v}/replicationStorageClassificationMappings"), &body).await?;
+        }
+    }
+    let items: Value = client.get(&format!("{v}/replicationProtectedItems?limit=1000")).await?;
+    let missing: Vec<&str> = ["web1", "db1", "app1"]
+        .into_iter()
+        .filter(|n| !items["items"].as_array().is_some_and(|a| a.iter().any(|i| i["name"] == *n)))
+        .collect();
+    if !missing.is_empty() {
+        let _: Value = client
+            .post(&format!("{v}/replicationProtectedItems"), &json!({"source_site": "VMM-NewYork", "vms": missing}))
+            .await?;
+    }
+    println!("  protection  web1, db1, app1: GoldCloud1 -> GoldCloud2 under policy lab-gold (ferry item-list)");
     Ok(())
 }
 

@@ -26,6 +26,18 @@ fn host_6_lab_demo_vms_write_records_and_shut_down_cleanly() {
         "app1 lives on SILVER"
     );
 
+    // The lab protects its demo VMs (GoldCloud1 → GoldCloud2), with storage mapped per class.
+    let items = lab.wait_for("the demo VMs to be protected", Duration::from_secs(180), || {
+        let items = lab.json(&["item-list"]);
+        let all = items["items"].as_array().cloned().unwrap_or_default();
+        (all.len() == 3 && all.iter().all(|i| i["state"] == "Protected")).then_some(all)
+    });
+    let app1_item = items.iter().find(|i| i["name"] == "app1").expect("app1 protected");
+    assert!(
+        app1_item["disks"][0]["location"].as_str().is_some_and(|l| l.ends_with("silver_target")),
+        "SILVER → SILVER_TARGET: {app1_item}"
+    );
+
     let serial = lab.host_data("ny1").join("vms/web1/serial.log");
     lab.wait_for("web1 to write 3 records", Duration::from_secs(120), || {
         let text = std::fs::read_to_string(&serial).unwrap_or_default();
