@@ -14,56 +14,11 @@ fn item(lab: &Lab, id: &str) -> Value {
 
 #[test]
 fn fo_1_test_failover_sees_the_chosen_point_and_cleanup_leaves_nothing_then_rep_8_disable() {
-    let guest = common::test_guest();
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
-    let gold = lab.storage("ny1", "gold");
-    let def = json!({
-        "name": "tf1", "vcpus": 1, "memory_mib": 256,
-        "disks": [
-            {"target": "vda", "path": gold.join("tf1-vda.qcow2"), "format": "qcow2", "create_size": 8u64 << 20},
-            {"target": "vdb", "path": gold.join("tf1-vdb.qcow2"), "format": "qcow2", "create_size": 16u64 << 20}
-        ],
-        "nics": [{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": "10.11.0.30"}],
-        "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
-            "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
-    });
-    lab.json(&[
-        "vm-create",
-        "--site",
-        "VMM-NewYork",
-        "--host",
-        "ny1",
-        "--file",
-        &lab.vm_def("tf1", &def).display().to_string(),
-    ]);
-    lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "tf1"]);
-    lab.wait_for("the VM in the inventory", Duration::from_secs(30), || {
-        let items = lab.json(&["protectable-list", "--site", "VMM-NewYork"]);
-        items["items"].as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "tf1")).then_some(())
-    });
-    lab.json(&[
-        "policy-create",
-        "--name",
-        "gold",
-        "--copy-frequency",
-        "30",
-        "--delete-replica-on-disable",
-        "--associate",
-        "VMM-NewYork/GoldCloud1=VMM-Chicago/GoldCloud2",
-    ]);
-    lab.wait_for("the pair", Duration::from_secs(30), || {
-        (lab.json(&["job-list", "--operation", "ConfigureCloudPair"])["items"][0]["status"] == "Succeeded")
-            .then_some(())
-    });
-    let enabled = lab.json(&["protect", "--site", "VMM-NewYork", "tf1", "--wait"]);
-    let id = enabled[0]["id"].as_str().expect("id").to_string();
-    let serial = lab.host_data("ny1").join("vms/tf1/serial.log");
-    lab.wait_for("records and points", Duration::from_secs(150), || {
-        let n = ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(&serial).unwrap_or_default())
-            .unwrap_or(0);
-        let rps = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
-        (n >= 6 && rps >= 4).then_some(())
-    });
+    let serial = common::guest_vm(&lab, "tf1", 16, Some("10.11.0.30"));
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30", "--delete-replica-on-disable"]);
+    let id = common::protect(&lab, "tf1");
+    common::wait_records_and_points(&lab, &id, &serial, 6, 4);
 
     // RP-3: a specific, older point; its content decides what the test VM must see.
     let rps = item(&lab, &id)["recovery_points"].as_array().cloned().expect("points");

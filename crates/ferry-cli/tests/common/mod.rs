@@ -223,3 +223,67 @@ impl Drop for Lab {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A test-guest VM on ny1 (GOLD storage) writing records to its data disk `vdb`.
+pub fn guest_vm(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>) -> PathBuf {
+    let guest = test_guest();
+    let gold = lab.storage("ny1", "gold");
+    let nics = match nic_ip {
+        Some(ip) => serde_json::json!([{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": ip}]),
+        None => serde_json::json!([]),
+    };
+    let def = serde_json::json!({
+        "name": name, "vcpus": 1, "memory_mib": 256,
+        "disks": [
+            {"target": "vda", "path": gold.join(format!("{name}-vda.qcow2")), "format": "qcow2", "create_size": 8u64 << 20},
+            {"target": "vdb", "path": gold.join(format!("{name}-vdb.qcow2")), "format": "qcow2", "create_size": vdb_mib << 20}
+        ],
+        "nics": nics,
+        "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
+            "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
+    });
+    lab.json(&[
+        "vm-create",
+        "--site",
+        "VMM-NewYork",
+        "--host",
+        "ny1",
+        "--file",
+        &lab.vm_def(name, &def).display().to_string(),
+    ]);
+    lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", name]);
+    lab.wait_for("the VM in the vault's inventory", Duration::from_secs(30), || {
+        let items = lab.json(&["protectable-list", "--site", "VMM-NewYork"]);
+        items["items"].as_array().is_some_and(|a| a.iter().any(|v| v["name"] == name)).then_some(())
+    });
+    lab.host_data("ny1").join("vms").join(name).join("serial.log")
+}
+
+/// Create a policy associating GoldCloud1 with GoldCloud2 and wait for the pair to be configured.
+pub fn pair_gold(lab: &Lab, policy: &[&str]) {
+    let mut args = vec!["policy-create"];
+    args.extend_from_slice(policy);
+    args.extend(["--associate", "VMM-NewYork/GoldCloud1=VMM-Chicago/GoldCloud2"]);
+    lab.json(&args);
+    lab.wait_for("the pair to be configured", Duration::from_secs(30), || {
+        (lab.json(&["job-list", "--operation", "ConfigureCloudPair"])["items"][0]["status"] == "Succeeded")
+            .then_some(())
+    });
+}
+
+/// Enable protection of a VM of VMM-NewYork; returns the protected item's id.
+pub fn protect(lab: &Lab, vm: &str) -> String {
+    let enabled = lab.json(&["protect", "--site", "VMM-NewYork", vm, "--wait"]);
+    enabled[0]["id"].as_str().expect("protected item id").to_string()
+}
+
+/// Wait until the guest wrote `records` records and the item has `points` recovery points.
+pub fn wait_records_and_points(lab: &Lab, id: &str, serial: &Path, records: u64, points: usize) {
+    lab.wait_for("records and recovery points", Duration::from_secs(150), || {
+        let n = ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(serial).unwrap_or_default())
+            .unwrap_or(0);
+        let it = lab.json(&["item-show", id]);
+        let rps = it["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+        (n >= records && it["state"] == "Protected" && rps >= points).then_some(())
+    });
+}
