@@ -332,53 +332,14 @@ impl JobKind for PlannedFailoverJob {
             check(JobCtx::site_command(&state, &job, s2.fabric, "stop", cmd).await?, "Stopping replication")
         })
         .await?;
-        let t3 = tgt.clone();
-        ctx.task_with_output(PLANNED_TASKS[2], |state, job| async move {
-            // The latest point, as the target host holds it now (it includes the final cycle).
-            let st = SiteCommand::Replication {
-                host: t3.host.clone(),
-                action: ReplicationAction::ReleaseTest { item: p.item },
-            };
-            let _ = JobCtx::site_command(&state, &job, t3.fabric, "release-tests", st).await?;
-            // No data loss: the newest point the target holds, final cycle included.
-            let point = "latest".to_string();
-            let cmd = SiteCommand::Replication {
-                host: t3.host,
-                action: ReplicationAction::FailoverOverlays { item: p.item, point },
-            };
-            let r = JobCtx::site_command(&state, &job, t3.fabric, "failover-disks", cmd).await?;
-            let out = r.output.clone();
-            check(r, "Preparing the failover disks")?;
-            Ok(out)
-        })
-        .await?;
-        let t4 = tgt.clone();
-        ctx.task(PLANNED_TASKS[3], |state, job| async move {
-            let item = load_item(&state, vault, p.item).await?;
-            let def = item
-                .definition
-                .clone()
-                .ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
-            let target = super::kinds::load_fabric(&state, vault, t4.fabric).await?;
-            let disks = job.params["outputs"][PLANNED_TASKS[2]]["disks"].clone();
-            let d = recovered_definition(&item, &def, &disks, &target)?;
-            let definition = serde_json::to_value(&d).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
-            let cmd = SiteCommand::Vm { host: t4.host, action: VmAction::Create { definition } };
-            check(JobCtx::site_command(&state, &job, t4.fabric, "create", cmd).await?, "Creating the recovered VM")
-        })
-        .await?;
-        let (t5, vm5) = (tgt.clone(), item.name.clone());
-        ctx.task(PLANNED_TASKS[4], |state, job| async move {
-            let cmd = SiteCommand::Vm { host: t5.host, action: VmAction::Start { vm: vm5 } };
-            check(JobCtx::site_command(&state, &job, t5.fabric, "start", cmd).await?, "Starting the recovered VM")?;
-            crate::replication::set_state(
-                &state,
-                vault,
-                p.item,
-                ferry_types::protection::ReplicationState::FailedOverCommitPending,
-            )
-            .await
-        })
+        recover(
+            ctx,
+            p.item,
+            tgt,
+            item.name.clone(),
+            "latest".into(),
+            [PLANNED_TASKS[2], PLANNED_TASKS[3], PLANNED_TASKS[4]],
+        )
         .await
     }
 }
@@ -475,51 +436,8 @@ impl JobKind for UnplannedFailoverJob {
             Ok(())
         })
         .await?;
-        let (t4, point) = (tgt.clone(), p.point.clone());
-        ctx.task_with_output(UNPLANNED_TASKS[3], |state, job| async move {
-            let st = SiteCommand::Replication {
-                host: t4.host.clone(),
-                action: ReplicationAction::ReleaseTest { item: p.item },
-            };
-            let _ = JobCtx::site_command(&state, &job, t4.fabric, "release-tests", st).await?;
-            let cmd = SiteCommand::Replication {
-                host: t4.host,
-                action: ReplicationAction::FailoverOverlays { item: p.item, point },
-            };
-            let r = JobCtx::site_command(&state, &job, t4.fabric, "failover-disks", cmd).await?;
-            let out = r.output.clone();
-            check(r, "Preparing the failover disks")?;
-            Ok(out)
-        })
-        .await?;
-        let t5 = tgt.clone();
-        ctx.task(UNPLANNED_TASKS[4], |state, job| async move {
-            let item = load_item(&state, vault, p.item).await?;
-            let def = item
-                .definition
-                .clone()
-                .ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
-            let target = super::kinds::load_fabric(&state, vault, t5.fabric).await?;
-            let disks = job.params["outputs"][UNPLANNED_TASKS[3]]["disks"].clone();
-            let d = recovered_definition(&item, &def, &disks, &target)?;
-            let definition = serde_json::to_value(&d).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
-            let cmd = SiteCommand::Vm { host: t5.host, action: VmAction::Create { definition } };
-            check(JobCtx::site_command(&state, &job, t5.fabric, "create", cmd).await?, "Creating the recovered VM")
-        })
-        .await?;
-        let t6 = tgt.clone();
-        ctx.task(UNPLANNED_TASKS[5], |state, job| async move {
-            let cmd = SiteCommand::Vm { host: t6.host, action: VmAction::Start { vm: name } };
-            check(JobCtx::site_command(&state, &job, t6.fabric, "start", cmd).await?, "Starting the recovered VM")?;
-            crate::replication::set_state(
-                &state,
-                vault,
-                p.item,
-                ferry_types::protection::ReplicationState::FailedOverCommitPending,
-            )
+        recover(ctx, p.item, tgt, name, p.point.clone(), [UNPLANNED_TASKS[3], UNPLANNED_TASKS[4], UNPLANNED_TASKS[5]])
             .await
-        })
-        .await
     }
 }
 
@@ -532,4 +450,57 @@ pub fn source_running(vm: &str) -> ApiError {
 
 pub fn register_unplanned(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_UNPLANNED_FAILOVER, Arc::new(UnplannedFailoverJob));
+}
+
+/// The last steps of every failover: failover disks on `point` (`latest`: the newest point the
+/// target holds, final cycle included), the recovered VM, and its start; then commit pending.
+async fn recover(
+    ctx: &mut JobCtx,
+    item: Uuid,
+    tgt: ferry_types::protection::ItemSide,
+    name: String,
+    point: String,
+    tasks: [&'static str; 3],
+) -> Result<(), ApiError> {
+    let vault = ctx.job().vault_id;
+    let t1 = tgt.clone();
+    ctx.task_with_output(tasks[0], |state, job| async move {
+        // Test overlays left from a test failover would hold the point: release them first.
+        let release =
+            SiteCommand::Replication { host: t1.host.clone(), action: ReplicationAction::ReleaseTest { item } };
+        let _ = JobCtx::site_command(&state, &job, t1.fabric, "release-tests", release).await?;
+        let cmd =
+            SiteCommand::Replication { host: t1.host, action: ReplicationAction::FailoverOverlays { item, point } };
+        let r = JobCtx::site_command(&state, &job, t1.fabric, "failover-disks", cmd).await?;
+        let out = r.output.clone();
+        check(r, "Preparing the failover disks")?;
+        Ok(out)
+    })
+    .await?;
+    let t2 = tgt.clone();
+    let disks_task = tasks[0];
+    ctx.task(tasks[1], |state, job| async move {
+        let it = load_item(&state, vault, item).await?;
+        let def =
+            it.definition.clone().ok_or_else(|| ApiError::new("NoDefinition", "The VM definition was not recorded"))?;
+        let target = super::kinds::load_fabric(&state, vault, t2.fabric).await?;
+        let disks = job.params["outputs"][disks_task]["disks"].clone();
+        let d = recovered_definition(&it, &def, &disks, &target)?;
+        let definition = serde_json::to_value(&d).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+        let cmd = SiteCommand::Vm { host: t2.host, action: VmAction::Create { definition } };
+        check(JobCtx::site_command(&state, &job, t2.fabric, "create", cmd).await?, "Creating the recovered VM")
+    })
+    .await?;
+    ctx.task(tasks[2], |state, job| async move {
+        let cmd = SiteCommand::Vm { host: tgt.host, action: VmAction::Start { vm: name } };
+        check(JobCtx::site_command(&state, &job, tgt.fabric, "start", cmd).await?, "Starting the recovered VM")?;
+        crate::replication::set_state(
+            &state,
+            vault,
+            item,
+            ferry_types::protection::ReplicationState::FailedOverCommitPending,
+        )
+        .await
+    })
+    .await
 }
