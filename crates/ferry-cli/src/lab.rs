@@ -635,17 +635,27 @@ fn stop_vms(dir: &Path) {
         let vms = dir.join("hosts").join(s.host).join("data").join("vms");
         let Ok(entries) = std::fs::read_dir(&vms) else { continue };
         for e in entries.flatten() {
-            let Some(pid) =
-                std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let ours = String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy());
-            if ours {
-                let _ = std::fs::write(e.path().join("stop-requested"), b"lab stopped\n");
-                stop_pid(pid);
+            let pid =
+                std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy()) {
+                    let _ = std::fs::write(e.path().join("stop-requested"), b"lab stopped\n");
+                    stop_pid(pid);
+                }
             }
+            remove_taps(&e.path());
         }
+    }
+}
+
+/// Remove the taps of a VM whose QEMU the lab stopped (the agent removes them only when it
+/// stops the VM itself).
+fn remove_taps(vm_dir: &Path) {
+    let Ok(bytes) = std::fs::read(vm_dir.join("definition.json")) else { return };
+    let Ok(def) = serde_json::from_slice::<ferry_types::fabric::VmDefinition>(&bytes) else { return };
+    let Some(uuid) = def.uuid else { return };
+    for i in 0..def.nics.len() {
+        let _ = ferry_host::net::delete_link(&ferry_host::net::tap_name(&uuid, i));
     }
 }
