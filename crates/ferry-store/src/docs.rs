@@ -202,26 +202,28 @@ impl Store {
     }
 
     pub async fn delete_doc(&self, kind: DocKind, vault: Uuid, id: &str) -> Result<bool> {
-        let res = sqlx::query("DELETE FROM docs WHERE kind = $1 AND vault = $2 AND id = $3")
-            .bind(kind.as_str())
-            .bind(vault.to_string())
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::query(format!("Delete {} {id}", kind.as_str()), e))?;
-        Ok(res.rows_affected() > 0)
+        delete_in(&self.pool, kind, vault, id).await
     }
 
     pub async fn delete_doc_tx(tx: &mut Tx<'_>, kind: DocKind, vault: Uuid, id: &str) -> Result<bool> {
-        let res = sqlx::query("DELETE FROM docs WHERE kind = $1 AND vault = $2 AND id = $3")
-            .bind(kind.as_str())
-            .bind(vault.to_string())
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| Error::query(format!("Delete {} {id}", kind.as_str()), e))?;
-        Ok(res.rows_affected() > 0)
+        delete_in(&mut **tx, kind, vault, id).await
     }
+}
+
+async fn delete_in<'c, E: Executor<'c, Database = Sqlite>>(
+    ex: E,
+    kind: DocKind,
+    vault: Uuid,
+    id: &str,
+) -> Result<bool> {
+    let res = sqlx::query("DELETE FROM docs WHERE kind = $1 AND vault = $2 AND id = $3")
+        .bind(kind.as_str())
+        .bind(vault.to_string())
+        .bind(id)
+        .execute(ex)
+        .await
+        .map_err(|e| Error::query(format!("Delete {} {id}", kind.as_str()), e))?;
+    Ok(res.rows_affected() > 0)
 }
 
 #[cfg(test)]
