@@ -435,7 +435,7 @@ pub fn client(c: &Connection) -> Result<Client> {
     Ok(Client::builder(url).ca(ca_pem).token(token).build()?)
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -444,14 +444,14 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-struct Ctx {
-    c: Client,
-    vault: String,
-    out: Output,
+pub(crate) struct Ctx {
+    pub(crate) c: Client,
+    pub(crate) vault: String,
+    pub(crate) out: Output,
 }
 
 impl Ctx {
-    fn v(&self, rest: &str) -> String {
+    pub(crate) fn v(&self, rest: &str) -> String {
         format!("/api/v1/vaults/{}{}", enc(&self.vault), rest)
     }
     fn f(&self, site: &str, rest: &str) -> String {
@@ -471,7 +471,7 @@ impl Ctx {
     }
 
     /// Wait until a job ends or waits for an operator (test failover waits at "Complete testing").
-    async fn wait_input_or_end(&self, job: &Value) -> Result<Value> {
+    pub(crate) async fn wait_input_or_end(&self, job: &Value) -> Result<Value> {
         let id = job["id"].as_str().ok_or_else(|| anyhow!("The answer carries no job id"))?.to_string();
         loop {
             let j: Value = self.c.get(&self.v(&format!("/replicationJobs/{id}"))).await?;
@@ -483,7 +483,7 @@ impl Ctx {
         }
     }
 
-    async fn wait_job(&self, job: &Value) -> Result<Value> {
+    pub(crate) async fn wait_job(&self, job: &Value) -> Result<Value> {
         let id = job["id"].as_str().ok_or_else(|| anyhow!("The answer carries no job id"))?.to_string();
         let bar = indicatif::ProgressBar::new(100);
         bar.set_style(
@@ -518,7 +518,7 @@ impl Ctx {
     }
 }
 
-const JOB_COLS: &[(&str, &str)] = &[
+pub(crate) const JOB_COLS: &[(&str, &str)] = &[
     ("ID", "/id"),
     ("OPERATION", "/operation"),
     ("OBJECT", "/object_name"),
@@ -579,8 +579,12 @@ fn job_query(f: &JobFilterArgs, fabric: Option<String>) -> String {
     }
 }
 
+pub(crate) fn context(conn: &Connection) -> Result<Ctx> {
+    Ok(Ctx { c: client(conn)?, vault: conn.vault.clone(), out: conn.output })
+}
+
 pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
-    let ctx = Ctx { c: client(conn)?, vault: conn.vault.clone(), out: conn.output };
+    let ctx = context(conn)?;
     let out = ctx.out;
     let c = &ctx.c;
     match cmd {

@@ -11,6 +11,7 @@
 mod api_cmds;
 mod lab;
 mod output;
+mod recovery_cmds;
 mod roles;
 
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ enum Cmd {
     Lab(lab::LabArgs),
     #[command(flatten)]
     Api(api_cmds::ApiCmd),
+    #[command(flatten)]
+    Recovery(recovery_cmds::RecoveryCmd),
 }
 
 #[derive(Subcommand)]
@@ -156,6 +159,7 @@ fn main() {
                 Ok(())
             }
             Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
+            Cmd::Recovery(cmd) => recovery_cmds::run(&cli.conn, cmd).await,
         }
     });
     if let Err(e) = result {

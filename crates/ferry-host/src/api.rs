@@ -113,7 +113,12 @@ async fn replication_action(
     let res = match action {
         A::Prepare { replica } => host.replication.prepare(replica).await,
         A::Start { replication } => host.replication.start_source(replication, host.vms.clone()).await,
-        A::Stop { item, delete_replica } => host.replication.stop(item, delete_replica).await,
+        A::Stop { item, delete_replica, keep_tracking } => {
+            host.replication.stop(item, delete_replica, keep_tracking).await
+        }
+        A::ReleaseFailover { item } => host.replication.release_failover(item).await,
+        A::CommitFailover { item } => host.replication.commit_failover(item).await,
+        A::AdoptVm { vm, replica } => host.replication.adopt_vm(&vm, replica, &host.vms).await,
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
         A::ReleaseTest { item } => host.replication.release_test(item).await,
         A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,

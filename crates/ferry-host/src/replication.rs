@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use ferry_repl::{Allowlist, CaptureDisk, Primary, PrimaryConfig, Receiver, ReceiverConfig, TlsIdentity};
 use ferry_types::protection::RecoveryPoint;
-use ferry_types::site_protocol::{PairRole, ReplicaSpec, ReplicationPhase, ReplicationSpec, ReplicationStatus};
+use ferry_types::site_protocol::{
+    InitialReplication, PairRole, ReplicaSpec, ReplicationPhase, ReplicationSpec, ReplicationStatus,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -63,6 +65,7 @@ struct SourceStatus {
     delta_sizes: Vec<u64>,
     latencies_ms: Vec<u64>,
     data_waiting: u64,
+    initial_bytes: u64,
     last_error: Option<String>,
 }
 
@@ -167,6 +170,14 @@ impl ReplicationService {
         if vms.running(&spec.vm_name).await.is_none() {
             return Err(ReplicationError::Invalid(format!("VM {} is not running on this host", spec.vm_name)));
         }
+        if spec.initial != InitialReplication::Full {
+            // A replica that did not come from this host's tracking (reverse replication): any
+            // tracking state left from an earlier direction does not apply to it.
+            if let Some(h) = self.loops.lock().await.remove(&spec.item) {
+                h.abort();
+            }
+            let _ = std::fs::remove_dir_all(self.data.join("staging").join(spec.item.to_string()));
+        }
         {
             let mut p = self.persisted.lock().await;
             p.sources.retain(|s| s.item != spec.item);
@@ -177,7 +188,14 @@ impl ReplicationService {
         Ok(serde_json::Value::Null)
     }
 
-    pub async fn stop(&self, item: Uuid, delete_replica: bool) -> Result<serde_json::Value, ReplicationError> {
+    /// Stop replicating `item` from or to this host. `keep_tracking` keeps a source's tracking
+    /// state (bitmaps and cycle counter) so that starting again continues with deltas.
+    pub async fn stop(
+        &self,
+        item: Uuid,
+        delete_replica: bool,
+        keep_tracking: bool,
+    ) -> Result<serde_json::Value, ReplicationError> {
         if let Some(h) = self.loops.lock().await.remove(&item) {
             h.abort();
         }
@@ -191,8 +209,12 @@ impl ReplicationService {
         }
         p.replicas.retain(|r| r.item != item);
         write_state(&self.data.join("replication.json"), &p)?;
-        let staging = self.data.join("staging").join(item.to_string());
-        let _ = std::fs::remove_dir_all(&staging);
+        if let Ok(mut p) = self.primaries.lock() {
+            p.remove(&item);
+        }
+        if !keep_tracking {
+            let _ = std::fs::remove_dir_all(self.data.join("staging").join(item.to_string()));
+        }
         if delete_replica {
             let link = self.root.join(item.to_string());
             if let Ok(target) = std::fs::read_link(&link) {
@@ -249,6 +271,7 @@ impl ReplicationService {
         sources.lock().map(|mut s| s.insert(spec.item, SourceStatus::new())).ok();
         let item = spec.item;
         let vm_name = spec.vm_name.clone();
+        let initial = spec.initial;
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -269,6 +292,7 @@ impl ReplicationService {
                 if let Some(p) = primary.as_mut() {
                     let tracking = p.tracking().await;
                     let started = Instant::now();
+                    let mut initial_copy = false;
                     let res = match tracking {
                         Ok(ferry_repl::TrackingState::Tracking { .. }) => {
                             let app = app_every.is_some_and(|every| last_app.elapsed() >= every);
@@ -301,8 +325,22 @@ impl ReplicationService {
                             }
                         }
                         _ => {
+                            initial_copy = true;
                             set_phase(&sources, item, ReplicationPhase::InitialInProgress);
-                            p.seed_and_initial().await
+                            match initial {
+                                InitialReplication::Full => p.seed_and_initial().await,
+                                InitialReplication::SinceFailover => p.onboard_top_layer().await,
+                                InitialReplication::CompareHashes => {
+                                    match p.resync(&ferry_repl::ResyncLimits::default()).await {
+                                        Ok(ferry_repl::ResyncOutcome::Completed { report, .. }) => Ok(*report),
+                                        Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
+                                            ferry_repl::ErrorKind::ResyncRequired,
+                                            "Comparison paused; it continues next cycle",
+                                        )),
+                                        Err(e) => Err(e),
+                                    }
+                                }
+                            }
                         }
                     };
                     match res {
@@ -316,6 +354,9 @@ impl ReplicationService {
                                     st.latencies_ms.push(started.elapsed().as_millis() as u64);
                                     st.data_waiting = 0;
                                     st.last_error = None;
+                                    if initial_copy {
+                                        st.initial_bytes = report.data_bytes;
+                                    }
                                 }
                             }
                         }
@@ -381,6 +422,96 @@ impl ReplicationService {
             "point": ov.point_id,
             "disks": ov.disks.iter().map(|(t, path)| serde_json::json!({"target": t, "path": path})).collect::<Vec<_>>(),
         }))
+    }
+
+    /// Drop the failover overlays of `item` (the recovered VM was deleted first): the replica
+    /// accepts replication again (FO-4 change of point, cancel). Idempotent.
+    pub async fn release_failover(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let Some(point) = vm.failover_point()? else { return Ok(serde_json::Value::Null) };
+        let dir = std::fs::canonicalize(self.root.join(item.to_string()))?.join("failover");
+        let disks =
+            vm.disks()?.into_iter().map(|d| (d.target.clone(), dir.join(format!("{}.qcow2", d.target)))).collect();
+        vm.release_test(&ferry_repl::TestOverlay { point_id: point, tag: "failover".into(), disks }).await?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(serde_json::Value::Null)
+    }
+
+    /// FO-4 commit: discard the points newer than the failover point and stop receiving this
+    /// replica (the recovered VM runs on its chain now). Idempotent.
+    pub async fn commit_failover(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let discarded = match vm.failover_point()? {
+            Some(_) => vm.commit_failover().await?,
+            None => vec![],
+        };
+        let mut p = self.persisted.lock().await;
+        if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
+            self.allowlist.revoke(&r.source_host_cn);
+        }
+        p.replicas.retain(|r| r.item != item);
+        write_state(&self.data.join("replication.json"), &p)?;
+        Ok(serde_json::json!({ "discarded_points": discarded }))
+    }
+
+    /// FO-5: the stopped VM `vm` becomes the base of the replica this host receives back. Its
+    /// disks are converted into a new store next to the final one, then the VM and any previous
+    /// store of the item are removed and the new store takes its place. A retry after a crash
+    /// finds either the VM (and redoes the copy) or the adopted store (and only registers it).
+    pub async fn adopt_vm(
+        &self,
+        vm_name: &str,
+        spec: ReplicaSpec,
+        vms: &Arc<VmManager>,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let item = spec.item.to_string();
+        let location = spec.disks.first().map(|d| PathBuf::from(&d.2)).filter(|p| !p.as_os_str().is_empty());
+        let parent = match &location {
+            Some(loc) => loc.join("ferry-replicas"),
+            None => self.data.join("replica-store"),
+        };
+        let final_dir = parent.join(&item);
+        let link = self.root.join(&item);
+        if let Some(def) = vms.definition(vm_name).await {
+            if vms.running(vm_name).await.is_some()
+                && matches!(
+                    vms.status(vm_name).await.map(|s| s.power_state),
+                    Ok(ferry_types::fabric::PowerState::Running)
+                )
+            {
+                return Err(ReplicationError::Invalid(format!("VM {vm_name} runs; it must be off to be adopted")));
+            }
+            let staging_root = parent.join(format!(".adopt-{item}"));
+            let _ = std::fs::remove_dir_all(&staging_root);
+            std::fs::create_dir_all(&staging_root)?;
+            let store = ferry_repl::ReplicaStore::open(&staging_root)?;
+            let disks: Vec<(String, PathBuf)> =
+                def.disks.iter().filter(|d| !d.excluded).map(|d| (d.target.clone(), PathBuf::from(&d.path))).collect();
+            store.vm(&item).await?.adopt_existing(&disks, Utc::now()).await?;
+            vms.delete(vm_name, true).await.map_err(|e| ReplicationError::Engine(e.to_string()))?;
+            if let Ok(old) = std::fs::read_link(&link) {
+                let _ = std::fs::remove_dir_all(old);
+            }
+            let _ = std::fs::remove_file(&link);
+            let _ = std::fs::remove_dir_all(&link);
+            let _ = std::fs::remove_dir_all(&final_dir);
+            std::fs::rename(staging_root.join(&item), &final_dir)?;
+            let _ = std::fs::remove_dir_all(&staging_root);
+            // Tracking state of this host's earlier role as a source of the item is void now.
+            let _ = std::fs::remove_dir_all(self.data.join("staging").join(&item));
+        } else if !final_dir.exists() {
+            return Err(ReplicationError::Invalid(format!("VM {vm_name} is not defined on this host")));
+        }
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&final_dir, &link)?;
+        }
+        self.allowlist.allow_pair(&spec.source_host_cn, &item);
+        let mut p = self.persisted.lock().await;
+        p.sources.retain(|s| s.item != spec.item);
+        p.replicas.retain(|r| r.item != spec.item);
+        p.replicas.push(spec);
+        write_state(&self.data.join("replication.json"), &p)?;
+        Ok(serde_json::json!({"receiver": self.address().to_string()}))
     }
 
     pub async fn release_test(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
@@ -461,6 +592,7 @@ impl ReplicationService {
                 max_delta_bytes: s.delta_sizes.iter().copied().max().unwrap_or(0),
                 avg_latency_ms: s.latencies_ms.iter().sum::<u64>() / s.latencies_ms.len().max(1) as u64,
                 data_waiting_bytes: s.data_waiting,
+                initial_bytes: s.initial_bytes,
                 last_error: s.last_error.clone(),
                 recovery_points: vec![],
             });
@@ -483,6 +615,7 @@ impl ReplicationService {
                 max_delta_bytes: 0,
                 avg_latency_ms: 0,
                 data_waiting_bytes: 0,
+                initial_bytes: 0,
                 last_error: None,
                 recovery_points: points
                     .iter()
@@ -509,6 +642,7 @@ impl SourceStatus {
             delta_sizes: vec![],
             latencies_ms: vec![],
             data_waiting: 0,
+            initial_bytes: 0,
             last_error: None,
         }
     }

@@ -100,6 +100,13 @@ pub mod action {
                "data": {"job-id": job_id, "device": device, "target": target, "sync": "full"}})
     }
 
+    /// `blockdev-backup sync=top`: only what the top layer of the device holds (the writes since
+    /// an overlay was put on a backing chain).
+    pub fn backup_top(job_id: &str, device: &str, target: &str) -> Value {
+        json!({"type": "blockdev-backup",
+               "data": {"job-id": job_id, "device": device, "target": target, "sync": "top"}})
+    }
+
     /// `blockdev-backup sync=bitmap bitmap-mode=never` (the bitmap is left untouched).
     pub fn backup_bitmap(job_id: &str, device: &str, target: &str, bitmap: &str) -> Value {
         json!({"type": "blockdev-backup",

@@ -71,6 +71,12 @@ pub struct Snapshot {
 }
 
 /// Change capture of one VM.
+#[derive(Debug, Clone, Copy)]
+enum SeedCopy {
+    Full,
+    TopLayer,
+}
+
 #[derive(Debug, Clone)]
 pub struct Capture {
     disks: Vec<CaptureDisk>,
@@ -245,12 +251,30 @@ impl Capture {
     /// Seed (initial replication or resync): new bitmap `ferry-<cycle>` + full copy of every disk
     /// at one point. Existing Ferry bitmaps are removed first.
     pub async fn seed(&self, qmp: &Qmp, cycle: u64) -> Result<Snapshot> {
+        self.seed_with(qmp, cycle, SeedCopy::Full).await
+    }
+
+    /// Seed for reverse replication (FO-5): new bitmap `ferry-<cycle>` + a copy of only what the
+    /// top layer of every disk holds, at one point. The top layer of a recovered VM is the
+    /// overlay put on its recovery point at failover, so the copy is exactly the divergence from
+    /// that point, as QEMU itself knows it (no on-disk metadata read while the VM runs).
+    pub async fn seed_top_layer(&self, qmp: &Qmp, cycle: u64) -> Result<Snapshot> {
+        let mut snap = self.seed_with(qmp, cycle, SeedCopy::TopLayer).await?;
+        snap.base = false;
+        Ok(snap)
+    }
+
+    async fn seed_with(&self, qmp: &Qmp, cycle: u64, copy: SeedCopy) -> Result<Snapshot> {
         self.drop_tracking(qmp).await?;
         let files = self.add_staging(qmp, cycle).await?;
         let mut actions = Vec::new();
         for d in &self.disks {
             actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
-            actions.push(action::backup_full(&Self::job(cycle, d), &d.target, &Self::node(cycle, d)));
+            let (job, node) = (Self::job(cycle, d), Self::node(cycle, d));
+            actions.push(match copy {
+                SeedCopy::Full => action::backup_full(&job, &d.target, &node),
+                SeedCopy::TopLayer => action::backup_top(&job, &d.target, &node),
+            });
         }
         let created_at = chrono::Utc::now();
         if let Err(e) = qmp.transaction(actions).await {

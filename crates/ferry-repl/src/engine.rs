@@ -256,6 +256,21 @@ impl Primary {
         })
     }
 
+    /// FO-5: start replicating a recovered VM back to its original side, whose replica holds the
+    /// original disks as of the failover point (adopted). Ships only what the VM's top layer
+    /// holds (everything written since the failover) as one point on top of that base; tracking
+    /// starts at the same instant. Only valid when the original disks equal the failover point
+    /// (planned failover); otherwise use [`Primary::resync`], which compares block hashes.
+    pub async fn onboard_top_layer(&mut self) -> Result<CycleReport> {
+        let t0 = Instant::now();
+        let cycle = self.alloc_cycle(0)?;
+        let snap = self.capture.seed_top_layer(self.vm.qmp(), cycle).await?;
+        self.ship(snap, t0).await.inspect(|_| {
+            self.state.seeded = true;
+            let _ = self.save_state();
+        })
+    }
+
     /// REP-3: one delta cycle. `app_consistent` freezes the guest around the capture when a guest
     /// agent socket is configured (falls back to crash-consistent with a warning).
     pub async fn run_cycle(&mut self, app_consistent: bool) -> Result<CycleReport> {

@@ -488,6 +488,32 @@ impl VmReplica {
         self.overlay_with_tag(point_id, dest, "failover".into()).await
     }
 
+    /// The point a pending failover runs on, if any.
+    pub fn failover_point(&self) -> Result<Option<String>> {
+        Ok(self.read_catalog()?.failover)
+    }
+
+    /// FO-4: the failover is final. The points newer than the failover point are discarded (their
+    /// files deleted); the failover point and the ones before it stay, as the backing chain of the
+    /// recovered VM's disks. Idempotent.
+    pub async fn commit_failover(&self) -> Result<Vec<String>> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        let Some(fp) = cat.failover.clone() else {
+            return Err(Error::new(ErrorKind::Invalid, "No failover is pending on this replica"));
+        };
+        let k = cat.points.iter().position(|p| p.id == fp).ok_or_else(|| not_found(&fp))?;
+        let newer: Vec<RecoveryPoint> = cat.points.drain(k + 1..).collect();
+        self.write_catalog(&cat)?;
+        for p in &newer {
+            for d in &p.disks {
+                let _ = std::fs::remove_file(self.dir.join(&d.file));
+            }
+        }
+        fsync_dir(&self.dir)?;
+        Ok(newer.into_iter().map(|p| p.id).collect())
+    }
+
     /// RP-2: apply retention with ferry-core's plan; merges oldest first, never touches points in
     /// use or anything their chains depend on.
     pub async fn apply_retention(&self, retention_hours: u32, max_chain_depth: usize) -> Result<RetentionOutcome> {

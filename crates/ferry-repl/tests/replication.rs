@@ -472,3 +472,81 @@ async fn cap_2_bandwidth_limit_and_schedule() {
     assert!(fast.send_time < slow.send_time);
     assert_latest_identical(&rx, "vm-bw", &vm).await;
 }
+
+/// FO-5: after a planned failover, the recovered VM (running on an overlay on the failover point)
+/// replicates back to its original disks by sending only what it wrote since the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fo_5_reverse_replication_sends_only_the_divergence_from_the_failover_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let original = start_vm(dir.path(), "orig", &[("vda", 64 * MIB)], false).await;
+    original.write("vda", 0, 16 * MIB, 0x31).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&original, &dir.path().join("staging"), "vm-fwd", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    original.write("vda", 20 * MIB, MIB, 0x32).await;
+    p.run_cycle(false).await.expect("final cycle");
+    assert_latest_identical(&rx, "vm-fwd", &original).await;
+    drop(p);
+    let original_disk = original.path("vda");
+    drop(original);
+    // Failover: the recovered VM runs on an overlay on the latest point.
+    let rep = rx.store().vm("vm-fwd").await.expect("replica");
+    let latest = rep.recovery_points().expect("points").last().expect("point").id.clone();
+    let ov = rep.begin_failover(&latest, &dir.path().join("failover")).await.expect("failover overlay");
+    let disks = vec![("vda".to_string(), ov.disks[0].1.clone(), 64 * MIB)];
+    let recovered = start_existing(dir.path(), "recovered", disks, false).await;
+    recovered.write("vda", 2 * MIB, MIB, 0x41).await;
+    recovered.write("vda", 40 * MIB, 2 * MIB, 0x42).await;
+    recovered.flush_all().await;
+    // The original side adopts its own disk as the base of the reverse replica.
+    let back = receiver(&dir.path().join("back"), &pki, 64).await;
+    let rep_back = back.store().vm("vm-back").await.expect("vm");
+    rep_back.adopt_existing(&[("vda".into(), original_disk)], chrono::Utc::now()).await.expect("adopt");
+    let mut rev = primary(&recovered, &dir.path().join("staging-back"), "vm-back", back.local_addr(), &pki);
+    let r = rev.onboard_top_layer().await.expect("reverse onboarding");
+    assert!(!r.base);
+    assert_eq!(r.data_bytes, 3 * MIB, "only the blocks written since the failover travel: {r:?}");
+    assert_latest_identical(&back, "vm-back", &recovered).await;
+    // Tracking continues with ordinary delta cycles.
+    assert!(matches!(rev.tracking().await.expect("tracking"), TrackingState::Tracking { .. }));
+    recovered.write("vda", 50 * MIB, K64, 0x43).await;
+    let d = rev.run_cycle(false).await.expect("delta");
+    assert_eq!(d.data_bytes, K64);
+    assert_latest_identical(&back, "vm-back", &recovered).await;
+}
+
+/// FO-7: a source VM shut down cleanly (planned failover) and started again (failover cancelled)
+/// keeps its change tracking: replication continues with deltas, not a new full copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fo_7_tracking_survives_a_clean_source_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "rs", &[("vda", 64 * MIB)], false).await;
+    vm.write("vda", 0, 4 * MIB, 0x51).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let staging = dir.path().join("staging");
+    let mut p = primary(&vm, &staging, "vm-rs", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("seed");
+    vm.write("vda", 8 * MIB, MIB, 0x52).await;
+    p.run_cycle(false).await.expect("final cycle");
+    drop(p);
+    // A clean QEMU exit stores the persistent bitmaps in the images.
+    let _ = vm.vm.qmp().execute("quit", serde_json::Value::Null).await;
+    let pid = vm.vm.pid();
+    for _ in 0..250 {
+        if !ferry_qemu::process::pid_alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let disks = vm.disks.clone();
+    drop(vm);
+    let vm = start_existing(dir.path(), "rs2", disks, false).await;
+    vm.write("vda", 20 * MIB, MIB, 0x53).await;
+    let mut p = primary(&vm, &staging, "vm-rs", rx.local_addr(), &pki);
+    assert!(matches!(p.tracking().await.expect("tracking"), TrackingState::Tracking { .. }));
+    let r = p.run_cycle(false).await.expect("delta after restart");
+    assert_eq!(r.data_bytes, MIB, "only the write after the restart: {r:?}");
+    assert_latest_identical(&rx, "vm-rs", &vm).await;
+}

@@ -77,7 +77,7 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
                 site,
                 host,
                 "/v1/replication",
-                &ReplicationAction::Stop { item: *item, delete_replica: *delete_replica },
+                &ReplicationAction::Stop { item: *item, delete_replica: *delete_replica, keep_tracking: false },
             )
             .await
         }

@@ -168,6 +168,10 @@ pub struct ReplicationStats {
     /// Initial replication progress, 0..=100.
     #[serde(default)]
     pub initial_progress: u8,
+    /// Data bytes the initial replication sent (after re-protect: what reverse replication sent,
+    /// FO-5).
+    #[serde(default)]
+    pub initial_bytes: u64,
 }
 
 /// A replicated VM (ASR: replication protected item).
@@ -208,6 +212,32 @@ pub struct ProtectedItem {
     /// When the last test failover was cleaned up, and the operator's notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_test_failover: Option<CompletedTest>,
+    /// The failover in effect, from the start of the recovered VM until re-protect (FO-4, FO-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverRecord>,
+}
+
+/// A failover in effect: the point the recovered VM runs on and what reverse replication needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailoverRecord {
+    /// The recovery point the recovered VM started from.
+    pub point: String,
+    /// The point that holds the source's final state (a planned failover's last cycle), if
+    /// known. When `point` equals it, reverse replication sends only what the recovered VM wrote
+    /// since the failover; otherwise it compares block hashes (FO-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_final_point: Option<String>,
+    /// The recovered VM's disks (target, path on the recovery host).
+    #[serde(default)]
+    pub disks: Vec<(String, String)>,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl FailoverRecord {
+    /// The original disks equal the failover point: only the divergence since needs to travel.
+    pub fn exact(&self) -> bool {
+        self.source_final_point.as_deref() == Some(self.point.as_str())
+    }
 }
 
 /// A running test failover (FO-1).

@@ -220,6 +220,8 @@ pub struct ReplicationSpec {
     /// Certificate name the target host must present.
     pub target_host_cn: String,
     pub policy: crate::policy::PolicySpec,
+    #[serde(default)]
+    pub initial: InitialReplication,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -264,6 +266,10 @@ pub enum ReplicationAction {
     Stop {
         item: Uuid,
         delete_replica: bool,
+        /// Keep the change-tracking state of a source (a failover that may be cancelled, FO-4 /
+        /// FO-7: replication then resumes with deltas instead of a resync).
+        #[serde(default)]
+        keep_tracking: bool,
     },
     /// Throwaway overlays on a recovery point, one per disk, for a test VM (FO-1).
     TestOverlays {
@@ -283,6 +289,37 @@ pub enum ReplicationAction {
         item: Uuid,
         point: String,
     },
+    /// Remove the failover overlays of an item (change of recovery point or cancel, FO-4); its
+    /// replica accepts replication again.
+    ReleaseFailover {
+        item: Uuid,
+    },
+    /// The failover is final (FO-4): points newer than the failover point are discarded and the
+    /// host stops receiving this replica.
+    CommitFailover {
+        item: Uuid,
+    },
+    /// Reverse replication (FO-5): the stopped VM `vm` of this host becomes the base of the
+    /// replica it will receive back; its definition is removed and its disks are taken into the
+    /// replica store (the previous replica of the item on this host, if any, is replaced).
+    AdoptVm {
+        vm: String,
+        replica: ReplicaSpec,
+    },
+}
+
+/// How a source host starts replicating a VM whose replica does not come from this host yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum InitialReplication {
+    /// Copy every allocated block (REP-2).
+    #[default]
+    Full,
+    /// The replica holds an older copy of the disks: compare block hashes, send the differences
+    /// (REP-7, FO-5 after an unplanned failover).
+    CompareHashes,
+    /// The replica holds exactly the point the VM was recovered from: send only what the VM's
+    /// top layer holds, i.e. what was written since the failover (FO-5 after a planned failover).
+    SinceFailover,
 }
 
 /// Phase of one VM's replication on one host.
@@ -322,6 +359,10 @@ pub struct ReplicationStatus {
     pub avg_latency_ms: u64,
     #[serde(default)]
     pub data_waiting_bytes: u64,
+    /// Data bytes the initial replication (full copy, hash comparison or reverse replication
+    /// since a failover) sent.
+    #[serde(default)]
+    pub initial_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Target side: the recovery points held.

@@ -77,9 +77,11 @@ fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
 pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[ReplicationStatus]) {
     for s in statuses {
         let mut finalized = None;
+        let mut reversed = None;
         let res = update_item(state, vault, s.item, |item| match s.role {
             PairRole::Source => {
                 item.stats.initial_progress = s.initial_progress;
+                item.stats.initial_bytes = s.initial_bytes;
                 item.stats.last_sync = s.last_sync.or(item.stats.last_sync);
                 item.stats.cycles_ok = s.cycles_ok;
                 item.stats.cycles_missed = s.cycles_failed;
@@ -93,6 +95,11 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
                         ReplicationPhase::Replicating,
                     ) => {
                         finalized = Some(item.name.clone());
+                        Some(ReplicationState::Protected)
+                    }
+                    (ReplicationState::ReverseReplicating, ReplicationPhase::Replicating) => {
+                        reversed = Some((item.name.clone(), s.initial_bytes));
+                        item.failover = None;
                         Some(ReplicationState::Protected)
                     }
                     (ReplicationState::WaitingForInitialReplication, ReplicationPhase::InitialInProgress) => {
@@ -124,6 +131,23 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
             Ok(Some(item)) => {
                 if let Some(name) = finalized {
                     finalize(state, vault, &item, &name).await;
+                }
+                if let Some((name, bytes)) = reversed {
+                    let disks: u64 = item.disks.iter().map(|d| d.virtual_size).sum();
+                    let msg = format!(
+                        "{name} replicates from {} to {} again: reverse replication sent {bytes} bytes for {disks} bytes of disks",
+                        item.source.host_name, item.target.host_name
+                    );
+                    state
+                        .event(
+                            vault,
+                            Severity::Info,
+                            "ReverseReplicationCompleted",
+                            &msg,
+                            Some(item.source.fabric),
+                            Some(&item.id.to_string()),
+                        )
+                        .await;
                 }
             }
             Ok(None) => {}

@@ -217,6 +217,25 @@ impl Drop for Lab {
         if let Some(mut c) = self.child.take() {
             term_and_wait(&mut c, Duration::from_secs(30));
         }
+        if std::thread::panicking() {
+            self.keep_logs();
+        }
+    }
+}
+
+impl Lab {
+    /// A failed test keeps the lab's logs in `target/lab-failures/<test>/` for diagnosis.
+    fn keep_logs(&self) {
+        let test = std::thread::current().name().unwrap_or("lab").replace("::", "-");
+        let dest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab-failures").join(test);
+        let _ = std::fs::create_dir_all(&dest);
+        let _ = std::fs::copy(self.tmp.path().join("lab.out"), dest.join("lab.out"));
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) {
+            for e in rd.flatten() {
+                let _ = std::fs::copy(e.path(), dest.join(e.file_name()));
+            }
+        }
+        eprintln!("lab logs kept in {}", dest.display());
     }
 }
 
@@ -286,4 +305,28 @@ pub fn wait_records_and_points(lab: &Lab, id: &str, serial: &Path, records: u64,
         let rps = it["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
         (n >= records && it["state"] == "Protected" && rps >= points).then_some(())
     });
+}
+
+/// The number of records a (re)started test guest found on its data disk (`FERRY FOUND n` on
+/// the serial console of `vm` on `host`).
+pub fn found_records(lab: &Lab, host: &str, vm: &str) -> u64 {
+    let serial = lab.host_data(host).join("vms").join(vm).join("serial.log");
+    lab.wait_for("the guest to report the records it found", Duration::from_secs(120), || {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        text.lines().find_map(|l| l.trim().strip_prefix("FERRY FOUND ").and_then(|n| n.trim().parse::<u64>().ok()))
+    })
+}
+
+/// The last record a guest wrote, from its serial console.
+pub fn last_record(serial: &Path) -> u64 {
+    ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(serial).unwrap_or_default()).unwrap_or(0)
+}
+
+/// The records held by `point` of the replica of `item` on `host` (its `vdb` chain verified).
+pub fn records_in_point(lab: &Lab, host: &str, item: &str, point: &str) -> u64 {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data(host).join("replicas")).expect("store");
+    let vm = rt.block_on(store.vm(item)).expect("replica");
+    let top = vm.chain(point, "vdb").expect("chain")[0].clone();
+    rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify").clean_prefix_len
 }

@@ -222,6 +222,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         definition: None,
         test_failover: None,
         last_test_failover: None,
+        failover: None,
     })
 }
 
@@ -462,7 +463,35 @@ pub async fn operate(
         }
         Operation::FailoverCommit => {
             let params = serde_json::json!({"item": it.id});
-            st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_COMMIT, params, &["Commit the failover"])).await?
+            st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_COMMIT, params, &crate::jobs::COMMIT_TASKS)).await?
+        }
+        Operation::ApplyRecoveryPoint => {
+            let point = choose_point(&it, req.recovery_point.as_deref())?;
+            let params = serde_json::json!({"item": it.id, "point": point});
+            st.jobs
+                .submit(&st, new_job(crate::jobs::OP_APPLY_RECOVERY_POINT, params, &crate::jobs::APPLY_TASKS))
+                .await?
+        }
+        Operation::FailoverCancel => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_CANCEL, params, &crate::jobs::CANCEL_TASKS)).await?
+        }
+        Operation::ReProtect => {
+            crate::replication::set_state(&st, v.id, it.id, ReplicationState::ReverseReplicating)
+                .await
+                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            let params = serde_json::to_value(crate::jobs::ReProtectParams {
+                item: it.id,
+                original: it.source.clone(),
+                active: it.target.clone(),
+            })
+            .map_err(|e| {
+                ApiFailure::with(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ferry_types::ApiError::new("InternalError", e.to_string()),
+                )
+            })?;
+            st.jobs.submit(&st, new_job(crate::jobs::OP_REPROTECT, params, &crate::jobs::REPROTECT_TASKS)).await?
         }
         Operation::DisableProtection => {
             let params = serde_json::json!({"item": it.id});

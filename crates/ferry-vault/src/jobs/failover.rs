@@ -35,6 +35,7 @@ pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_DISABLE_PROTECTION, Arc::new(DisableProtectionJob));
     register_failover(m);
     register_unplanned(m);
+    super::reverse::register(m);
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -147,17 +148,7 @@ impl JobKind for TestFailoverCleanupJob {
         let (fabric, host) = (item.target.fabric, item.target.host.clone());
         let (h1, vm) = (host.clone(), info.vm_name.clone());
         ctx.task(CLEANUP_TASKS[0], |state, job| async move {
-            let stop = SiteCommand::Vm { host: h1.clone(), action: VmAction::Stop { vm: vm.clone() } };
-            let r = JobCtx::site_command(&state, &job, fabric, "stop", stop).await?;
-            if !r.ok && r.error.as_ref().is_none_or(|e| e.code != "VmNotFound") {
-                return check(r, "Stopping the test VM");
-            }
-            let del = SiteCommand::Vm { host: h1, action: VmAction::Delete { vm, delete_disks: false } };
-            let r = JobCtx::site_command(&state, &job, fabric, "delete", del).await?;
-            if !r.ok && r.error.as_ref().is_some_and(|e| e.code == "VmNotFound") {
-                return Ok(());
-            }
-            check(r, "Deleting the test VM")
+            stop_and_delete_vm(&state, &job, fabric, h1, vm, "the test VM").await
         })
         .await?;
         let h2 = host.clone();
@@ -201,6 +192,29 @@ impl JobKind for TestFailoverCleanupJob {
         })
         .await
     }
+}
+
+/// Hard-stop and delete a VM's definition (its disks stay: they are overlays the caller
+/// releases). A VM that does not exist is not an error.
+pub(super) async fn stop_and_delete_vm(
+    state: &crate::state::AppState,
+    job: &ferry_types::job::Job,
+    fabric: Uuid,
+    host: String,
+    vm: String,
+    what: &str,
+) -> Result<(), ApiError> {
+    let stop = SiteCommand::Vm { host: host.clone(), action: VmAction::Stop { vm: vm.clone() } };
+    let r = JobCtx::site_command(state, job, fabric, "stop", stop).await?;
+    if !r.ok && r.error.as_ref().is_none_or(|e| e.code != "VmNotFound") {
+        return check(r, &format!("Stopping {what}"));
+    }
+    let del = SiteCommand::Vm { host, action: VmAction::Delete { vm, delete_disks: false } };
+    let r = JobCtx::site_command(state, job, fabric, "delete", del).await?;
+    if !r.ok && r.error.as_ref().is_some_and(|e| e.code == "VmNotFound") {
+        return Ok(());
+    }
+    check(r, &format!("Deleting {what}"))
 }
 
 struct DisableProtectionJob;
@@ -247,6 +261,7 @@ pub fn test_info(
 
 pub const OP_PLANNED_FAILOVER: &str = "PlannedFailover";
 pub const OP_FAILOVER_COMMIT: &str = "FailoverCommit";
+pub const COMMIT_TASKS: [&str; 2] = ["Discard the other recovery points", "Commit the failover"];
 pub const PLANNED_TASKS: [&str; 5] = [
     "Shut down the source VM and send its final changes",
     "Stop replication on the source host",
@@ -328,7 +343,7 @@ impl JobKind for PlannedFailoverJob {
         .await?;
         let s2 = src.clone();
         ctx.task(PLANNED_TASKS[1], |state, job| async move {
-            let cmd = SiteCommand::StopReplication { host: s2.host, item: p.item, delete_replica: false };
+            let cmd = stop_keeping_tracking(s2.host, p.item);
             check(JobCtx::site_command(&state, &job, s2.fabric, "stop", cmd).await?, "Stopping replication")
         })
         .await?;
@@ -338,6 +353,7 @@ impl JobKind for PlannedFailoverJob {
             tgt,
             item.name.clone(),
             "latest".into(),
+            true,
             [PLANNED_TASKS[2], PLANNED_TASKS[3], PLANNED_TASKS[4]],
         )
         .await
@@ -352,9 +368,21 @@ impl JobKind for FailoverCommitJob {
     async fn run(&self, ctx: &mut JobCtx) -> Result<(), ApiError> {
         let p: CleanupParams = ctx.params()?;
         let vault = ctx.job().vault_id;
-        ctx.task("Commit the failover", |state, _job| async move {
-            crate::replication::set_state(&state, vault, p.item, ferry_types::protection::ReplicationState::Committed)
-                .await
+        let item = load_item(&ctx.state, vault, p.item).await?;
+        let tgt = item.target.clone();
+        ctx.task(COMMIT_TASKS[0], |state, job| async move {
+            let cmd =
+                SiteCommand::Replication { host: tgt.host, action: ReplicationAction::CommitFailover { item: p.item } };
+            check(JobCtx::site_command(&state, &job, tgt.fabric, "commit", cmd).await?, "Discarding the other points")
+        })
+        .await?;
+        ctx.task(COMMIT_TASKS[1], |state, _job| async move {
+            crate::replication::update_item(&state, vault, p.item, |i| {
+                i.state = ferry_types::protection::ReplicationState::Committed;
+                i.recovery_points.clear();
+            })
+            .await
+            .map(|_| ())
         })
         .await
     }
@@ -431,13 +459,21 @@ impl JobKind for UnplannedFailoverJob {
         .await?;
         let s3 = src.clone();
         ctx.task(UNPLANNED_TASKS[2], |state, job| async move {
-            let cmd = SiteCommand::StopReplication { host: s3.host, item: p.item, delete_replica: false };
+            let cmd = stop_keeping_tracking(s3.host, p.item);
             let _ = JobCtx::site_command_within(&state, &job, s3.fabric, "stop", cmd, SOURCE_PROBE).await;
             Ok(())
         })
         .await?;
-        recover(ctx, p.item, tgt, name, p.point.clone(), [UNPLANNED_TASKS[3], UNPLANNED_TASKS[4], UNPLANNED_TASKS[5]])
-            .await
+        recover(
+            ctx,
+            p.item,
+            tgt,
+            name,
+            p.point.clone(),
+            false,
+            [UNPLANNED_TASKS[3], UNPLANNED_TASKS[4], UNPLANNED_TASKS[5]],
+        )
+        .await
     }
 }
 
@@ -452,14 +488,26 @@ pub fn register_unplanned(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_UNPLANNED_FAILOVER, Arc::new(UnplannedFailoverJob));
 }
 
+/// Stop a source's replication but keep its tracking state, so that a cancelled failover
+/// resumes with deltas (FO-4, FO-7).
+pub(super) fn stop_keeping_tracking(host: String, item: Uuid) -> SiteCommand {
+    SiteCommand::Replication {
+        host,
+        action: ReplicationAction::Stop { item, delete_replica: false, keep_tracking: true },
+    }
+}
+
 /// The last steps of every failover: failover disks on `point` (`latest`: the newest point the
 /// target holds, final cycle included), the recovered VM, and its start; then commit pending.
-async fn recover(
+/// `source_final`: the source was shut down and its last changes replicated (planned failover),
+/// so the latest point equals the original disks (what reverse replication relies on, FO-5).
+pub(super) async fn recover(
     ctx: &mut JobCtx,
     item: Uuid,
     tgt: ferry_types::protection::ItemSide,
     name: String,
     point: String,
+    source_final: bool,
     tasks: [&'static str; 3],
 ) -> Result<(), ApiError> {
     let vault = ctx.job().vault_id;
@@ -469,11 +517,32 @@ async fn recover(
         let release =
             SiteCommand::Replication { host: t1.host.clone(), action: ReplicationAction::ReleaseTest { item } };
         let _ = JobCtx::site_command(&state, &job, t1.fabric, "release-tests", release).await?;
+        let latest = point == "latest";
         let cmd =
             SiteCommand::Replication { host: t1.host, action: ReplicationAction::FailoverOverlays { item, point } };
         let r = JobCtx::site_command(&state, &job, t1.fabric, "failover-disks", cmd).await?;
         let out = r.output.clone();
         check(r, "Preparing the failover disks")?;
+        let used = out["point"].as_str().unwrap_or_default().to_string();
+        let disks: Vec<(String, String)> = out["disks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| Some((d["target"].as_str()?.to_string(), d["path"].as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = state.clock.now();
+        crate::replication::update_item(&state, vault, item, |i| {
+            let keep_final = i.failover.as_ref().and_then(|f| f.source_final_point.clone());
+            i.failover = Some(ferry_types::protection::FailoverRecord {
+                point: used.clone(),
+                source_final_point: if source_final && latest { Some(used.clone()) } else { keep_final },
+                disks: disks.clone(),
+                at: now,
+            });
+        })
+        .await?;
         Ok(out)
     })
     .await?;

@@ -320,6 +320,7 @@ impl JobKind for EnableProtectionJob {
                 target_address: address,
                 target_host_cn: host_cn(item.target.fabric, &item.target.host),
                 policy: policy.spec,
+                initial: Default::default(),
             };
             let cmd = SiteCommand::StartReplication { host: item.source.host.clone(), replication };
             check(JobCtx::site_command(&state, &job, item.source.fabric, "start", cmd).await?, "Starting replication")?;

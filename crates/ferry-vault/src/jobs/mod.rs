@@ -13,6 +13,7 @@
 mod ctx;
 mod failover;
 mod kinds;
+mod reverse;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,13 +25,17 @@ use uuid::Uuid;
 
 pub use ctx::JobCtx;
 pub use failover::{
-    source_running, test_info, CLEANUP_TASKS, DISABLE_TASKS, OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT,
+    source_running, test_info, CLEANUP_TASKS, COMMIT_TASKS, DISABLE_TASKS, OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT,
     OP_PLANNED_FAILOVER, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP, OP_UNPLANNED_FAILOVER, PLANNED_TASKS, TEST_TASKS,
     UNPLANNED_TASKS,
 };
 pub use kinds::{
     host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
     OP_UPDATE_POLICY, OP_VM_ACTION,
+};
+pub use reverse::{
+    ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
+    REPROTECT_TASKS,
 };
 
 use crate::state::AppState;
