@@ -9,7 +9,7 @@
 //! Protected/Paused/ResyncRequired/Resynchronizing/PreparedForPlannedFailover
 //!   ─unplannedFailover→ FailoverInProgress
 //! FailoverInProgress ─failover completed→ FailedOverCommitPending (applyRecoveryPoint: stays)
-//!   ─failover rolled back→ Protected
+//!   ─failover rolled back / failoverCancel after its job ended (FO-7)→ Protected
 //! FailedOverCommitPending ─failoverCancel→ Protected   (FO-7: replication goes on)
 //!   ─failoverCommit→ Committed ─reProtect→ ReverseReplicating ─done→ Protected (other direction)
 //! any state but NotEnabled/FailoverInProgress ─disableProtection→ NotEnabled
@@ -50,6 +50,9 @@ pub struct OperationContext {
     pub recovery_points: usize,
     /// Replication currently runs from the recovery site back to the original one.
     pub reverse_direction: bool,
+    /// A failover job of this item is still running (an interrupted one is rolled back by a
+    /// cancel only once its job has ended, FO-7).
+    pub failover_job_running: bool,
 }
 
 /// The state an operation leads to, judged on the state alone.
@@ -64,7 +67,10 @@ fn operation_target(state: ReplicationState, op: Operation) -> Option<Replicatio
         ) => Some(S::FailoverInProgress),
         (Operation::ApplyRecoveryPoint, S::FailedOverCommitPending) => Some(state),
         (Operation::FailoverCommit, S::FailedOverCommitPending) => Some(S::Committed),
-        (Operation::FailoverCancel, S::FailedOverCommitPending | S::PreparedForPlannedFailover) => Some(S::Protected),
+        (
+            Operation::FailoverCancel,
+            S::FailedOverCommitPending | S::PreparedForPlannedFailover | S::FailoverInProgress,
+        ) => Some(S::Protected),
         (Operation::ReProtect, S::Committed) => Some(S::ReverseReplicating),
         (Operation::RepairReplication, S::ResyncRequired) => Some(S::Resynchronizing),
         (Operation::PauseReplication, S::Protected) => Some(S::Paused),
@@ -82,6 +88,9 @@ fn context_veto(op: Operation, ctx: &OperationContext) -> Option<&'static str> {
             Some("there is no recovery point")
         }
         Operation::TestFailoverCleanup if !ctx.test_failover_running => Some("no test failover is running"),
+        Operation::FailoverCancel if ctx.failover_job_running => {
+            Some("a failover job is still running; wait for it to end or cancel the job")
+        }
         Operation::DisableProtection if ctx.test_failover_running => {
             Some("a test failover is running; clean it up first")
         }
@@ -344,7 +353,10 @@ mod tests {
             allowed_operations(S::ResyncRequired, &ctx(2)),
             vec![TestFailover, UnplannedFailover, RepairReplication, DisableProtection]
         );
-        assert_eq!(allowed_operations(S::FailoverInProgress, &ctx(2)), Vec::<Operation>::new());
+        // An interrupted failover can be rolled back (FO-7), once its job has ended.
+        assert_eq!(allowed_operations(S::FailoverInProgress, &ctx(2)), vec![FailoverCancel]);
+        let running = OperationContext { failover_job_running: true, ..ctx(2) };
+        assert_eq!(allowed_operations(S::FailoverInProgress, &running), Vec::<Operation>::new());
         assert_eq!(allowed_operations(S::NotEnabled, &ctx(0)), Vec::<Operation>::new());
         assert_eq!(allowed_operations(S::Paused, &ctx(0)), vec![ResumeReplication, DisableProtection]);
     }

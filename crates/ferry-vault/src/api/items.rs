@@ -30,12 +30,14 @@ use crate::extract::{ApiJson, ApiQuery, PageParams};
 use crate::jobs::NewJob;
 use crate::state::AppState;
 
-/// Fill in what is computed from the state: allowed operations (JOB-3).
+/// Fill in what is computed from the state: allowed operations (JOB-3). Whether a failover job
+/// still runs is only checked when an operation is requested.
 pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
     let ctx = OperationContext {
         test_failover_running: item.test_failover.is_some(),
         recovery_points: item.recovery_points.len(),
         reverse_direction: item.direction == Direction::Reverse,
+        failover_job_running: false,
     };
     item.allowed_operations = ferry_core::state::allowed_operations(item.state, &ctx);
     item
@@ -319,6 +321,27 @@ fn point_choice(raw: Option<&str>) -> ferry_core::retention::RecoveryPointChoice
 }
 
 /// RP-3: the recovery point an operation uses.
+/// A failover-type job of the item has not ended yet (FO-7: no rollback under a running job).
+async fn failover_job_running(st: &AppState, vault: Uuid, it: &ProtectedItem) -> ApiResult<bool> {
+    for status in [ferry_types::job::JobStatus::InProgress, ferry_types::job::JobStatus::NotStarted] {
+        let f = ferry_types::job::JobFilter {
+            status: Some(status),
+            object_id: Some(it.id.to_string()),
+            ..Default::default()
+        };
+        let (jobs, _) = st.store.list_jobs(vault, &f, None, 20).await?;
+        let failover = [
+            crate::jobs::OP_PLANNED_FAILOVER,
+            crate::jobs::OP_UNPLANNED_FAILOVER,
+            crate::jobs::OP_APPLY_RECOVERY_POINT,
+        ];
+        if jobs.iter().any(|j| failover.contains(&j.operation.as_str())) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
     let infos: Vec<ferry_core::retention::PointInfo> = item
         .recovery_points
@@ -350,10 +373,12 @@ pub async fn operate(
     let (v, _) = st.vault(&vault).await?;
     let doc = load_item(&st, v.id, &item).await?;
     let it = doc.body;
+    let failover_job_running = op == Operation::FailoverCancel && failover_job_running(&st, v.id, &it).await?;
     let ctx = OperationContext {
         test_failover_running: it.test_failover.is_some(),
         recovery_points: it.recovery_points.len(),
         reverse_direction: it.direction == Direction::Reverse,
+        failover_job_running,
     };
     ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
     let new_job = |operation: &'static str, params: serde_json::Value, tasks: &[&str]| NewJob {

@@ -18,7 +18,7 @@ use ferry_store::DocKind;
 use ferry_types::fabric::Fabric;
 use ferry_types::mapping::{NetworkMapping, SiteObjectRef};
 use ferry_types::protection::{
-    Direction, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationState, ReplicationStats,
+    Direction, FailoverRecord, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationState, ReplicationStats,
 };
 use ferry_types::site_protocol::{
     InitialReplication, ReplicaSpec, ReplicationAction, ReplicationSpec, SiteCommand, VmAction,
@@ -75,11 +75,9 @@ impl JobKind for ApplyRecoveryPointJob {
         let p: ApplyParams = ctx.params()?;
         let vault = ctx.job().vault_id;
         let item = load_item(&ctx.state, vault, p.item).await?;
-        let (t1, vm) = (item.target.clone(), item.name.clone());
-        ctx.task(APPLY_TASKS[0], |state, job| async move {
-            stop_and_delete_vm(&state, &job, t1.fabric, t1.host, vm, "the recovered VM").await
-        })
-        .await?;
+        let (t1, vm, fo) = (item.target.clone(), item.name.clone(), item.failover.clone());
+        ctx.task(APPLY_TASKS[0], |state, job| async move { remove_recovered_vm(&state, &job, t1, vm, fo).await })
+            .await?;
         let t2 = item.target.clone();
         ctx.task(APPLY_TASKS[1], |state, job| async move {
             let cmd =
@@ -102,11 +100,9 @@ impl JobKind for FailoverCancelJob {
         let p: CleanupParams = ctx.params()?;
         let vault = ctx.job().vault_id;
         let item = load_item(&ctx.state, vault, p.item).await?;
-        let (t1, vm) = (item.target.clone(), item.name.clone());
-        ctx.task(CANCEL_TASKS[0], |state, job| async move {
-            stop_and_delete_vm(&state, &job, t1.fabric, t1.host, vm, "the recovered VM").await
-        })
-        .await?;
+        let (t1, vm, fo) = (item.target.clone(), item.name.clone(), item.failover.clone());
+        ctx.task(CANCEL_TASKS[0], |state, job| async move { remove_recovered_vm(&state, &job, t1, vm, fo).await })
+            .await?;
         let t2 = item.target.clone();
         ctx.task(CANCEL_TASKS[1], |state, job| async move {
             let cmd =
@@ -144,6 +140,36 @@ impl JobKind for FailoverCancelJob {
         })
         .await
     }
+}
+
+/// Stop and delete the VM this item's failover created on the recovery host. A VM of that name
+/// whose disks are not the failover disks is someone else's (a failover that failed to create
+/// its VM because the name was taken): it is left alone.
+async fn remove_recovered_vm(
+    state: &AppState,
+    job: &ferry_types::job::Job,
+    side: ItemSide,
+    vm: String,
+    failover: Option<FailoverRecord>,
+) -> Result<(), ApiError> {
+    let Some(failover) = failover else { return Ok(()) };
+    let status = SiteCommand::Vm { host: side.host.clone(), action: VmAction::Status { vm: vm.clone() } };
+    let r = JobCtx::site_command(state, job, side.fabric, "inspect", status).await?;
+    if !r.ok {
+        return match r.error.as_ref().map(|e| e.code.as_str()) {
+            Some("VmNotFound") => Ok(()),
+            _ => check(r, "Reading the recovered VM"),
+        };
+    }
+    let ours = r.output["definition"]["disks"].as_array().is_some_and(|disks| {
+        !disks.is_empty()
+            && disks.iter().all(|d| failover.disks.iter().any(|(_, p)| d["path"].as_str() == Some(p.as_str())))
+    });
+    if !ours {
+        tracing::warn!(vm = %vm, "a VM of that name exists on the recovery host but is not the recovered VM; left alone");
+        return Ok(());
+    }
+    stop_and_delete_vm(state, job, side.fabric, side.host, vm, "the recovered VM").await
 }
 
 /// What the source host of `item` needs to replicate it to its target host.

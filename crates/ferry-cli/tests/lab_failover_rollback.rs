@@ -1,0 +1,62 @@
+//! FO-7: a failover interrupted half-way (its VM cannot be created at the recovery site) is
+//! rolled back: the item is protected again, replication resumes, and a later failover works.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Lab, LabOptions};
+use serde_json::Value;
+
+fn item(lab: &Lab, id: &str) -> Value {
+    lab.json(&["item-show", id])
+}
+
+#[test]
+fn fo_7_interrupted_failover_rolls_back_and_the_vm_fails_over_later() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "rb1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "rb1");
+    common::wait_records_and_points(&lab, &id, &serial, 4, 2);
+
+    // Someone else's VM holds the name at the recovery site: the failover stops half-way.
+    let blocker = serde_json::json!({"name": "rb1", "vcpus": 1, "memory_mib": 64, "disks": [], "nics": []});
+    lab.json(&[
+        "vm-create",
+        "--site",
+        "VMM-Chicago",
+        "--host",
+        "chi1",
+        "--file",
+        &common::path_str(&lab.vm_def("blocker", &blocker)),
+    ]);
+    let (code, _, err) = lab.cli(&["planned-failover", &id, "--wait"]);
+    assert_eq!(code, 6, "the failover job fails: {err}");
+    let stuck = item(&lab, &id);
+    assert_eq!(stuck["state"], "FailoverInProgress");
+    assert_eq!(stuck["allowed_operations"], serde_json::json!(["failoverCancel"]), "{stuck}");
+
+    // Roll back: the source VM runs again, replication resumes, the other VM is untouched.
+    let job = lab.json(&["failover-cancel", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+    let blocker_vm = lab.json(&["vm-show", "--site", "VMM-Chicago", "--host", "chi1", "rb1"]);
+    assert_eq!(blocker_vm["definition"]["memory_mib"], 64, "the foreign VM is left alone");
+    let written = common::last_record(&serial);
+    let before = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+    lab.wait_for("replication to resume", Duration::from_secs(120), || {
+        let it = item(&lab, &id);
+        let rps = it["recovery_points"].as_array().cloned().unwrap_or_default();
+        let latest = rps.last()?["id"].as_str()?.to_string();
+        (it["state"] == "Protected"
+            && rps.len() > before
+            && common::records_in_point(&lab, "chi1", &id, &latest) > written)
+            .then_some(())
+    });
+
+    // Once the name is free, the same VM fails over.
+    lab.json(&["vm-delete", "--site", "VMM-Chicago", "--host", "chi1", "rb1"]);
+    assert_eq!(lab.json(&["planned-failover", &id, "--wait"])["status"], "Succeeded");
+    let last = common::last_record(&serial);
+    assert_eq!(common::found_records(&lab, "chi1", "rb1"), last, "no record lost");
+}
