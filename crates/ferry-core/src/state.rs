@@ -261,7 +261,12 @@ mod tests {
             check_operation(S::Protected, &ctx(0), Operation::TestFailover).map_err(|e| e.to_string()),
             Err("Operation testFailover is not allowed in state Protected: there is no recovery point".to_string())
         );
-        let running = OperationContext { test_failover_running: true, recovery_points: 3, reverse_direction: false };
+        let running = OperationContext {
+            test_failover_running: true,
+            recovery_points: 3,
+            reverse_direction: false,
+            ..Default::default()
+        };
         assert_eq!(
             check_operation(S::Protected, &running, Operation::TestFailover).map_err(|e| e.to_string()),
             Err("Operation testFailover is not allowed in state Protected: a test failover is already running"
