@@ -13,7 +13,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 }
 
 #[test]
-fn fo_2_planned_failover_loses_no_record_and_fo_4_commit() {
+fn fo_2_planned_failover_no_record_lost_fo_8_net_4_reip_in_guest_fo_4_commit() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "pf1", 16, Some("10.11.0.40"));
     lab.json(&[
@@ -45,6 +45,12 @@ fn fo_2_planned_failover_loses_no_record_and_fo_4_commit() {
     assert_eq!(recovered["power_state"], "Running");
     assert_eq!(recovered["definition"]["nics"][0]["vm_network"], "VMNetwork1-Chicago", "FO-8: mapped network");
     assert_eq!(recovered["definition"]["nics"][0]["ip"], "10.21.0.10", "NET-4: address from the target pool");
+    // NET-4 / FO-8: the address is applied inside the guest, which reports it through its agent.
+    let reip = &job["params"]["outputs"]["Apply the addresses inside the guest (re-IP)"]["nics"][0];
+    assert_eq!(reip["mac"], recovered["definition"]["nics"][0]["mac"], "{job}");
+    let addresses: Vec<&str> = reip["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+    assert!(addresses.contains(&"10.21.0.10/24"), "the guest reports its new address: {job}");
+    assert!(!addresses.iter().any(|a| a.starts_with("10.11.")), "no source address left: {addresses:?}");
     let source = lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "pf1"]);
     assert_ne!(source["power_state"], "Running", "never two live copies");
     let rserial = lab.host_data("chi1").join("vms/pf1/serial.log");

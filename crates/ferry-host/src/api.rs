@@ -102,6 +102,23 @@ async fn vm_action(
         }
         VmAction::Status { vm } => v(host.vms.status(&vm).await),
         VmAction::List => Ok(Json(serde_json::to_value(host.vms.list().await).unwrap_or_default())),
+        VmAction::ConfigureGuestNetwork { vm, nics, timeout_secs } => {
+            let running = host.vms.running(&vm).await.ok_or_else(|| {
+                (StatusCode::CONFLICT, Json(ApiError::new("VmNotRunning", format!("VM {vm} is not running"))))
+            })?;
+            let wait = Duration::from_secs(timeout_secs.clamp(1, 3600));
+            match crate::guest_net::apply(&running.paths().qga, &nics, wait).await {
+                Ok(applied) => Ok(Json(serde_json::json!({ "nics": applied }))),
+                Err(e) => {
+                    let code = match e {
+                        crate::guest_net::GuestNetError::Invalid(_) => "InvalidGuestAddress",
+                        crate::guest_net::GuestNetError::NoAgent(_) => "GuestAgentUnavailable",
+                        _ => "GuestNetworkFailed",
+                    };
+                    Err((StatusCode::CONFLICT, Json(ApiError::new(code, e.to_string()))))
+                }
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod config;
+pub mod guest_net;
 pub mod join;
 pub mod net;
 pub mod replication;

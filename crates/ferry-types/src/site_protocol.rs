@@ -234,13 +234,44 @@ pub enum PairRole {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum VmAction {
-    Create { definition: serde_json::Value },
-    Start { vm: String },
-    Shutdown { vm: String, timeout_secs: u64 },
-    Stop { vm: String },
-    Delete { vm: String, delete_disks: bool },
-    Status { vm: String },
+    Create {
+        definition: serde_json::Value,
+    },
+    Start {
+        vm: String,
+    },
+    Shutdown {
+        vm: String,
+        timeout_secs: u64,
+    },
+    Stop {
+        vm: String,
+    },
+    Delete {
+        vm: String,
+        delete_disks: bool,
+    },
+    Status {
+        vm: String,
+    },
     List,
+    /// Apply addresses inside the guest through its guest agent (re-IP at failover, NET-4 /
+    /// FO-8). Waits up to `timeout_secs` for the agent (the guest may still be booting).
+    ConfigureGuestNetwork {
+        vm: String,
+        nics: Vec<GuestNicAddress>,
+        timeout_secs: u64,
+    },
+}
+
+/// An address to apply to the guest NIC with this MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestNicAddress {
+    pub mac: String,
+    /// Address with prefix length, e.g. `10.21.0.10/24`.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// The site's answer to a command.

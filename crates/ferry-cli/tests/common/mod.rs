@@ -258,6 +258,7 @@ pub fn guest_vm(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>) -> Pa
             {"target": "vdb", "path": gold.join(format!("{name}-vdb.qcow2")), "format": "qcow2", "create_size": vdb_mib << 20}
         ],
         "nics": nics,
+        "guest_agent": true,
         "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
             "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
     });

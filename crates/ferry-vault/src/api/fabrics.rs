@@ -233,6 +233,7 @@ pub async fn vm_action(
         VmAction::Delete { vm, .. } => ("DeleteVm", vm.clone()),
         VmAction::Status { vm } => ("VmStatus", vm.clone()),
         VmAction::List => ("ListVms", h.name.clone()),
+        VmAction::ConfigureGuestNetwork { vm, .. } => ("ConfigureGuestNetwork", vm.clone()),
     };
     let job = st
         .jobs

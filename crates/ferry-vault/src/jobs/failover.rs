@@ -13,7 +13,7 @@ use ferry_store::DocKind;
 use ferry_types::fabric::{NicDefinition, VmDefinition};
 use ferry_types::job::JobStatus;
 use ferry_types::protection::{CompletedTest, TestFailoverInfo, TestNetwork};
-use ferry_types::site_protocol::{ReplicationAction, SiteCommand, VmAction};
+use ferry_types::site_protocol::{GuestNicAddress, ReplicationAction, SiteCommand, VmAction};
 use ferry_types::ApiError;
 use uuid::Uuid;
 
@@ -262,13 +262,17 @@ pub fn test_info(
 pub const OP_PLANNED_FAILOVER: &str = "PlannedFailover";
 pub const OP_FAILOVER_COMMIT: &str = "FailoverCommit";
 pub const COMMIT_TASKS: [&str; 2] = ["Discard the other recovery points", "Commit the failover"];
-pub const PLANNED_TASKS: [&str; 5] = [
+pub const PLANNED_TASKS: [&str; 6] = [
     "Shut down the source VM and send its final changes",
     "Stop replication on the source host",
     "Prepare the failover disks",
     "Create the VM at the recovery site",
     "Start the VM at the recovery site",
+    REIP_TASK,
 ];
+
+/// The last task of every failover: the planned addresses applied inside the guest (NET-4, FO-8).
+pub const REIP_TASK: &str = "Apply the addresses inside the guest (re-IP)";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct PlannedParams {
@@ -354,7 +358,7 @@ impl JobKind for PlannedFailoverJob {
             item.name.clone(),
             "latest".into(),
             true,
-            [PLANNED_TASKS[2], PLANNED_TASKS[3], PLANNED_TASKS[4]],
+            [PLANNED_TASKS[2], PLANNED_TASKS[3], PLANNED_TASKS[4], PLANNED_TASKS[5]],
         )
         .await
     }
@@ -394,13 +398,14 @@ pub fn register_failover(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
 }
 
 pub const OP_UNPLANNED_FAILOVER: &str = "UnplannedFailover";
-pub const UNPLANNED_TASKS: [&str; 6] = [
+pub const UNPLANNED_TASKS: [&str; 7] = [
     "Try to shut down the source VM",
     "Check that the source is not running (fencing)",
     "Stop replication on the source host",
     "Prepare the failover disks",
     "Create the VM at the recovery site",
     "Start the VM at the recovery site",
+    REIP_TASK,
 ];
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -471,7 +476,7 @@ impl JobKind for UnplannedFailoverJob {
             name,
             p.point.clone(),
             false,
-            [UNPLANNED_TASKS[3], UNPLANNED_TASKS[4], UNPLANNED_TASKS[5]],
+            [UNPLANNED_TASKS[3], UNPLANNED_TASKS[4], UNPLANNED_TASKS[5], UNPLANNED_TASKS[6]],
         )
         .await
     }
@@ -508,7 +513,7 @@ pub(super) async fn recover(
     name: String,
     point: String,
     source_final: bool,
-    tasks: [&'static str; 3],
+    tasks: [&'static str; 4],
 ) -> Result<(), ApiError> {
     let vault = ctx.job().vault_id;
     let t1 = tgt.clone();
@@ -560,9 +565,10 @@ pub(super) async fn recover(
         check(JobCtx::site_command(&state, &job, t2.fabric, "create", cmd).await?, "Creating the recovered VM")
     })
     .await?;
+    let (t3, n3) = (tgt.clone(), name.clone());
     ctx.task(tasks[2], |state, job| async move {
-        let cmd = SiteCommand::Vm { host: tgt.host, action: VmAction::Start { vm: name } };
-        check(JobCtx::site_command(&state, &job, tgt.fabric, "start", cmd).await?, "Starting the recovered VM")?;
+        let cmd = SiteCommand::Vm { host: t3.host, action: VmAction::Start { vm: n3 } };
+        check(JobCtx::site_command(&state, &job, t3.fabric, "start", cmd).await?, "Starting the recovered VM")?;
         crate::replication::set_state(
             &state,
             vault,
@@ -571,5 +577,70 @@ pub(super) async fn recover(
         )
         .await
     })
-    .await
+    .await?;
+    ctx.task_with_output(tasks[3], |state, job| async move { reip(&state, &job, vault, item, tgt, name).await }).await
+}
+
+/// How long re-IP waits for the recovered guest's agent (the guest is still booting).
+const GUEST_AGENT_WAIT_SECS: u64 = 180;
+
+/// NET-4 / FO-8: apply each NIC's planned address inside the recovered guest through its guest
+/// agent. The VM already runs, so a guest that cannot be reached does not fail the failover: the
+/// task records why and a warning event tells the operator to set the address by hand.
+async fn reip(
+    state: &crate::state::AppState,
+    job: &ferry_types::job::Job,
+    vault: Uuid,
+    item: Uuid,
+    tgt: ferry_types::protection::ItemSide,
+    name: String,
+) -> Result<serde_json::Value, ApiError> {
+    let it = load_item(state, vault, item).await?;
+    let target = super::kinds::load_fabric(state, vault, tgt.fabric).await?;
+    let nics: Vec<GuestNicAddress> = it
+        .nics
+        .iter()
+        .filter_map(|n| {
+            let (net, ip) = (n.target_network.as_ref()?, n.ip.as_ref()?);
+            let net = target.inventory.vm_network(net)?;
+            let subnet = net.subnets.iter().find(|s| Some(&s.name) == n.subnet.as_ref()).or(net.subnets.first())?;
+            let prefix = subnet.cidr.split_once('/')?.1;
+            Some(GuestNicAddress {
+                mac: n.mac.clone(),
+                address: format!("{ip}/{prefix}"),
+                gateway: subnet.gateway.clone(),
+            })
+        })
+        .collect();
+    if nics.is_empty() {
+        return Ok(serde_json::json!({"skipped": "no NIC has a planned static address"}));
+    }
+    if !it.definition.as_ref().is_some_and(|d| d.guest_agent) {
+        return Ok(serde_json::json!({"skipped": "the VM has no guest agent channel", "planned": nics}));
+    }
+    let cmd = SiteCommand::Vm {
+        host: tgt.host,
+        action: VmAction::ConfigureGuestNetwork {
+            vm: name.clone(),
+            nics: nics.clone(),
+            timeout_secs: GUEST_AGENT_WAIT_SECS,
+        },
+    };
+    let r = JobCtx::site_command(state, job, tgt.fabric, "reip", cmd).await?;
+    if r.ok {
+        return Ok(r.output);
+    }
+    let why = r.error.map(|e| e.message).unwrap_or_else(|| "unknown error".into());
+    let msg = format!("The addresses of {name} were not applied inside the guest: {why}; set them by hand");
+    state
+        .event(
+            vault,
+            ferry_types::event::Severity::Warning,
+            "ReIpFailed",
+            &msg,
+            Some(tgt.fabric),
+            Some(&item.to_string()),
+        )
+        .await;
+    Ok(serde_json::json!({"failed": why, "planned": nics}))
 }

@@ -27,7 +27,7 @@ use ferry_types::ApiError;
 use uuid::Uuid;
 
 use super::ctx::JobCtx;
-use super::failover::{recover, stop_and_delete_vm, CleanupParams};
+use super::failover::{recover, stop_and_delete_vm, CleanupParams, REIP_TASK};
 use super::kinds::{check, host_cn, load_fabric, load_item, load_policy, store_err, JobKind};
 use crate::state::AppState;
 
@@ -35,12 +35,13 @@ pub const OP_APPLY_RECOVERY_POINT: &str = "ApplyRecoveryPoint";
 pub const OP_FAILOVER_CANCEL: &str = "FailoverCancel";
 pub const OP_REPROTECT: &str = "ReProtect";
 
-pub const APPLY_TASKS: [&str; 5] = [
+pub const APPLY_TASKS: [&str; 6] = [
     "Stop the recovered VM",
     "Release the failover disks",
     "Prepare the failover disks",
     "Create the VM at the recovery site",
     "Start the VM at the recovery site",
+    REIP_TASK,
 ];
 pub const CANCEL_TASKS: [&str; 4] =
     ["Stop the recovered VM", "Release the failover disks", "Start the source VM", "Resume replication"];
@@ -85,7 +86,7 @@ impl JobKind for ApplyRecoveryPointJob {
             check(JobCtx::site_command(&state, &job, t2.fabric, "release", cmd).await?, "Releasing the failover disks")
         })
         .await?;
-        let tasks = [APPLY_TASKS[2], APPLY_TASKS[3], APPLY_TASKS[4]];
+        let tasks = [APPLY_TASKS[2], APPLY_TASKS[3], APPLY_TASKS[4], APPLY_TASKS[5]];
         recover(ctx, p.item, item.target.clone(), item.name.clone(), p.point.clone(), false, tasks).await
     }
 }
