@@ -45,6 +45,9 @@ pub struct LabArgs {
     /// How often the hosts apply retention to their replicas, seconds.
     #[arg(long, default_value_t = 60)]
     pub retention_interval_secs: u64,
+    /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
+    #[arg(long, default_value_t = 14 * 24 * 3600)]
+    pub test_failover_max_age: u64,
 }
 
 pub const VAULT_NAME: &str = "ferry-lab";
@@ -293,6 +296,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
             &listen,
             "--heartbeat-timeout",
             &(args.report_interval * 5).to_string(),
+            "--test-failover-max-age",
+            &args.test_failover_max_age.to_string(),
         ],
     )?;
     let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), &mut procs, Duration::from_secs(30)).await?;

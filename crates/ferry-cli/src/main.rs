@@ -39,6 +39,9 @@ enum Cmd {
         /// Seconds without a site report before its heartbeat is reported lost.
         #[arg(long, default_value_t = 60)]
         heartbeat_timeout: u64,
+        /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
+        #[arg(long, default_value_t = 14 * 24 * 3600)]
+        test_failover_max_age: u64,
     },
     /// Run or register a site manager.
     Site {
@@ -129,8 +132,8 @@ fn main() {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Vault { data_dir, listen, heartbeat_timeout } => {
-                roles::vault(data_dir, listen, heartbeat_timeout).await
+            Cmd::Vault { data_dir, listen, heartbeat_timeout, test_failover_max_age } => {
+                roles::vault(data_dir, listen, heartbeat_timeout, test_failover_max_age).await
             }
             Cmd::Site { cmd: SiteCmd::Register { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_register(&config, &data_dir, &key, record_vault_traffic).await

@@ -8,9 +8,15 @@ use anyhow::{Context, Result};
 /// Where a running vault writes its URL (so scripts and the lab can find a port-0 vault).
 pub const ENDPOINT_FILE: &str = "endpoint";
 
-pub async fn vault(data_dir: PathBuf, listen: SocketAddr, heartbeat_timeout_secs: u64) -> Result<()> {
+pub async fn vault(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    heartbeat_timeout_secs: u64,
+    test_failover_max_age_secs: u64,
+) -> Result<()> {
     let mut cfg = ferry_vault::VaultConfig::new(data_dir.clone(), listen);
     cfg.heartbeat_timeout = std::time::Duration::from_secs(heartbeat_timeout_secs);
+    cfg.test_failover_max_age = std::time::Duration::from_secs(test_failover_max_age_secs.max(1));
     let handle = ferry_vault::start(cfg).await.context("Cannot start the vault")?;
     std::fs::write(data_dir.join(ENDPOINT_FILE), &handle.url).context("Cannot write the endpoint file")?;
     println!("Ferry vault listening on {}", handle.url);

@@ -19,6 +19,8 @@ pub struct VaultConfig {
     pub heartbeat_timeout: Duration,
     /// How long a job waits for a site to answer a command before the task fails.
     pub site_command_timeout: Duration,
+    /// Test failovers left running longer than this are cleaned up automatically (FO-1).
+    pub test_failover_max_age: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -30,6 +32,7 @@ impl VaultConfig {
             dns_names: Vec::new(),
             heartbeat_timeout: Duration::from_secs(60),
             site_command_timeout: Duration::from_secs(30 * 60),
+            test_failover_max_age: crate::test_expiry::DEFAULT_MAX_AGE,
             clock: Arc::new(SystemClock),
         }
     }

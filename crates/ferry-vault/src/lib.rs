@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod replication;
 pub mod server;
 pub mod state;
+pub mod test_expiry;
 
 pub use config::VaultConfig;
 pub use server::{start, VaultHandle};

@@ -106,6 +106,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         tracing::info!(resumed, "resumed unfinished jobs");
     }
     tokio::spawn(heartbeat_monitor(state.clone()));
+    tokio::spawn(crate::test_expiry::run(state.clone()));
 
     let (router, _) = crate::api::router(state.clone());
     let handle = axum_server::Handle::new();

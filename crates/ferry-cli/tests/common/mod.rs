@@ -62,6 +62,8 @@ pub struct LabOptions {
     pub record: bool,
     /// Test-only replication cycle interval.
     pub test_copy_interval_ms: Option<u64>,
+    /// Test failovers older than this are cleaned up by the vault (FO-1), seconds.
+    pub test_failover_max_age_secs: Option<u64>,
 }
 
 impl Lab {
@@ -91,6 +93,10 @@ impl Lab {
         // tests inspect, so it runs rarely.
         args.push("--retention-interval-secs".into());
         args.push("3600".into());
+        if let Some(secs) = opts.test_failover_max_age_secs {
+            args.push("--test-failover-max-age".into());
+            args.push(secs.to_string());
+        }
         if let Some(ms) = opts.test_copy_interval_ms {
             args.push("--test-copy-interval-ms".into());
             args.push(ms.to_string());
