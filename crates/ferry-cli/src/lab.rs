@@ -45,6 +45,10 @@ pub struct LabArgs {
     /// How often the hosts apply retention to their replicas, seconds.
     #[arg(long, default_value_t = 60)]
     pub retention_interval_secs: u64,
+    /// Add a second New York host (ny2, in SilverCloud1's host group) so that the two clouds of
+    /// VMM-NewYork can protect each other (SGL-1).
+    #[arg(long)]
+    pub sgl: bool,
     /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
     #[arg(long, default_value_t = 14 * 24 * 3600)]
     pub test_failover_max_age: u64,
@@ -52,14 +56,30 @@ pub struct LabArgs {
 
 pub const VAULT_NAME: &str = "ferry-lab";
 
-/// One site of the seed: name, config file content, host name, host storage.
+/// One site of the seed: name, config file content, hosts.
 struct SiteSpec {
     key: &'static str,
     name: &'static str,
-    host: &'static str,
     toml: &'static str,
+    hosts: &'static [HostSpec],
+}
+
+/// One host of a site: its host group, storage locations and bridges.
+struct HostSpec {
+    name: &'static str,
+    host_group: &'static str,
+    /// (directory, classification, default replica location)
     storage: &'static [(&'static str, Option<&'static str>, bool)],
     bridges: &'static [(&'static str, &'static str)],
+    /// Only with `--sgl`: a second New York host, in the host group of SilverCloud1, so that
+    /// the two clouds of one site manager can protect each other (SGL-1).
+    sgl_only: bool,
+}
+
+impl SiteSpec {
+    fn hosts(&self, sgl: bool) -> impl Iterator<Item = &'static HostSpec> {
+        self.hosts.iter().filter(move |h| sgl || !h.sgl_only)
+    }
 }
 
 const NEW_YORK: &str = r#"
@@ -106,10 +126,6 @@ host_groups = ["HG-NewYork-Gold"]
 [[clouds]]
 name = "SilverCloud1"
 host_groups = ["HG-NewYork-Silver"]
-
-[[hosts]]
-name = "ny1"
-host_group = "HG-NewYork-Gold"
 "#;
 
 const CHICAGO: &str = r#"
@@ -156,34 +172,52 @@ host_groups = ["HG-Chicago-Gold"]
 [[clouds]]
 name = "SilverCloud2"
 host_groups = ["HG-Chicago-Silver"]
-
-[[hosts]]
-name = "chi1"
-host_group = "HG-Chicago-Gold"
 "#;
 
 const SITES: [SiteSpec; 2] = [
     SiteSpec {
         key: "newyork",
         name: "VMM-NewYork",
-        host: "ny1",
         toml: NEW_YORK,
-        storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
-        bridges: &[("LogicalNetwork1-NewYork", "ny-ln1"), ("LogicalNetwork2-NewYork", "ny-ln2")],
+        hosts: &[
+            HostSpec {
+                name: "ny1",
+                host_group: "HG-NewYork-Gold",
+                storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
+                bridges: &[("LogicalNetwork1-NewYork", "ny-ln1"), ("LogicalNetwork2-NewYork", "ny-ln2")],
+                sgl_only: false,
+            },
+            HostSpec {
+                name: "ny2",
+                host_group: "HG-NewYork-Silver",
+                storage: &[("silver", Some("SILVER"), false), ("replica", None, true)],
+                bridges: &[("LogicalNetwork1-NewYork", "ny-ln1")],
+                sgl_only: true,
+            },
+        ],
     },
     SiteSpec {
         key: "chicago",
         name: "VMM-Chicago",
-        host: "chi1",
         toml: CHICAGO,
-        storage: &[
-            ("gold_target", Some("GOLD_TARGET"), false),
-            ("silver_target", Some("SILVER_TARGET"), false),
-            ("replica", None, true),
-        ],
-        bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
+        hosts: &[HostSpec {
+            name: "chi1",
+            host_group: "HG-Chicago-Gold",
+            storage: &[
+                ("gold_target", Some("GOLD_TARGET"), false),
+                ("silver_target", Some("SILVER_TARGET"), false),
+                ("replica", None, true),
+            ],
+            bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
+            sgl_only: false,
+        }],
     },
 ];
+
+/// Every host a lab may have (for stopping and cleaning up whatever ran).
+fn all_hosts() -> impl Iterator<Item = &'static HostSpec> {
+    SITES.iter().flat_map(|s| s.hosts.iter())
+}
 
 /// Children started by the lab; all are stopped when this is dropped.
 struct Procs {
@@ -320,7 +354,10 @@ pub async fn run(args: LabArgs) -> Result<()> {
     for s in &SITES {
         let sdir = dir.join("sites").join(s.key);
         std::fs::create_dir_all(&sdir)?;
-        let cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
+        let mut cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
+        for h in s.hosts(args.sgl) {
+            cfg.push_str(&format!("\n[[hosts]]\nname = \"{}\"\nhost_group = \"{}\"\n", h.name, h.host_group));
+        }
         let cfg_path = sdir.join("site.toml");
         std::fs::write(&cfg_path, cfg)?;
         let data = sdir.join("data");
@@ -350,54 +387,9 @@ pub async fn run(args: LabArgs) -> Result<()> {
         let refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
         spawn(&mut procs, &format!("site-{}", s.key), &logs, &refs)?;
         let endpoint = wait_file(&data.join("host-endpoint"), &mut procs, Duration::from_secs(30)).await?;
-
-        let hdir = dir.join("hosts").join(s.host);
-        std::fs::create_dir_all(&hdir)?;
-        let mut hcfg = format!(
-            "name = \"{}\"\nreplication_listen = \"127.0.0.1:0\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
-            s.host,
-            ca_path.display(),
-            data.join(ferry_site::JOIN_TOKEN_FILE).display(),
-            args.report_interval,
-            std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
-        );
-        hcfg.push_str(&format!("retention_interval_secs = {}\n", args.retention_interval_secs));
-        if let Some(ms) = args.test_copy_interval_ms {
-            hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
+        for h in s.hosts(args.sgl) {
+            spawn_host(&mut procs, &args, &dir, &logs, h, &endpoint, &ca_path, &data)?;
         }
-        let guest = test_guest_dir();
-        if guest.join("vmlinuz").exists() {
-            hcfg.push_str(&format!(
-                "probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n",
-                guest.join("vmlinuz").display(),
-                guest.join("initrd.img").display()
-            ));
-        }
-        for (sub, class, default) in s.storage {
-            let p = dir.join("storage").join(s.host).join(sub);
-            std::fs::create_dir_all(&p)?;
-            hcfg.push_str(&format!("[[storage]]\npath = \"{}\"\n", p.display()));
-            if let Some(c) = class {
-                hcfg.push_str(&format!("classification = \"{c}\"\n"));
-            }
-            if *default {
-                hcfg.push_str("default_replica = true\n");
-            }
-        }
-        for (ln, br) in s.bridges {
-            hcfg.push_str(&format!(
-                "[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n",
-                args.bridge_prefix
-            ));
-        }
-        std::fs::write(hdir.join("host.toml"), hcfg)?;
-        let hdata = hdir.join("data");
-        spawn(
-            &mut procs,
-            &format!("host-{}", s.host),
-            &logs,
-            &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()],
-        )?;
     }
 
     // Wait until the vault shows both sites with their hosts connected.
@@ -405,11 +397,13 @@ pub async fn run(args: LabArgs) -> Result<()> {
     loop {
         let fabrics: Value = client.get(&format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics")).await?;
         let ready = SITES.iter().all(|s| {
-            fabrics.as_array().into_iter().flatten().any(|f| {
-                f["name"] == s.name
-                    && f["inventory"]["hosts"]
-                        .as_array()
-                        .is_some_and(|h| h.iter().any(|h| h["name"] == s.host && h["connected"] == true))
+            s.hosts(args.sgl).all(|host| {
+                fabrics.as_array().into_iter().flatten().any(|f| {
+                    f["name"] == s.name
+                        && f["inventory"]["hosts"]
+                            .as_array()
+                            .is_some_and(|h| h.iter().any(|h| h["name"] == host.name && h["connected"] == true))
+                })
             })
         });
         if ready {
@@ -443,7 +437,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
     println!("Ferry lab is up.");
     println!("  vault       {url}   (vault '{VAULT_NAME}')");
     for s in &SITES {
-        println!("  site        {:<12} host {}", s.name, s.host);
+        let hosts: Vec<&str> = s.hosts(args.sgl).map(|h| h.name).collect();
+        println!("  site        {:<12} hosts {}", s.name, hosts.join(", "));
     }
     println!("  logs        {}", logs.display());
     println!(
@@ -470,8 +465,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
 
 /// Remove the bridges named in the lab's host configurations.
 fn remove_bridges(dir: &Path) {
-    for s in &SITES {
-        let Ok(text) = std::fs::read_to_string(dir.join("hosts").join(s.host).join("host.toml")) else { continue };
+    for h in all_hosts() {
+        let Ok(text) = std::fs::read_to_string(dir.join("hosts").join(h.name).join("host.toml")) else { continue };
         let Ok(cfg) = toml::from_str::<ferry_host::HostConfig>(&text) else { continue };
         for b in cfg.bridges {
             let _ = ferry_host::net::delete_link(&b.bridge);
@@ -636,8 +631,8 @@ pub fn test_guest_dir() -> PathBuf {
 
 /// Stop the QEMU processes the lab's host agents started (by the PIDs in their run directories).
 fn stop_vms(dir: &Path) {
-    for s in &SITES {
-        let vms = dir.join("hosts").join(s.host).join("data").join("vms");
+    for h in all_hosts() {
+        let vms = dir.join("hosts").join(h.name).join("data").join("vms");
         let Ok(entries) = std::fs::read_dir(&vms) else { continue };
         for e in entries.flatten() {
             let pid =
@@ -663,4 +658,64 @@ fn remove_taps(vm_dir: &Path) {
     for i in 0..def.nics.len() {
         let _ = ferry_host::net::delete_link(&ferry_host::net::tap_name(&uuid, i));
     }
+}
+
+/// Write a host agent's configuration and start it, joining the site whose host endpoint is
+/// `endpoint` (its join token is in the site's data directory `site_data`).
+#[allow(clippy::too_many_arguments)]
+fn spawn_host(
+    procs: &mut Procs,
+    args: &LabArgs,
+    dir: &Path,
+    logs: &Path,
+    h: &HostSpec,
+    endpoint: &str,
+    ca_path: &Path,
+    site_data: &Path,
+) -> Result<()> {
+    let hdir = dir.join("hosts").join(h.name);
+    std::fs::create_dir_all(&hdir)?;
+    let mut hcfg = format!(
+            "name = \"{}\"\nreplication_listen = \"127.0.0.1:0\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
+            h.name,
+            ca_path.display(),
+            site_data.join(ferry_site::JOIN_TOKEN_FILE).display(),
+            args.report_interval,
+            std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
+        );
+    hcfg.push_str(&format!("retention_interval_secs = {}\n", args.retention_interval_secs));
+    if let Some(ms) = args.test_copy_interval_ms {
+        hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
+    }
+    let guest = test_guest_dir();
+    if guest.join("vmlinuz").exists() {
+        hcfg.push_str(&format!(
+            "probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n",
+            guest.join("vmlinuz").display(),
+            guest.join("initrd.img").display()
+        ));
+    }
+    for (sub, class, default) in h.storage {
+        let p = dir.join("storage").join(h.name).join(sub);
+        std::fs::create_dir_all(&p)?;
+        hcfg.push_str(&format!("[[storage]]\npath = \"{}\"\n", p.display()));
+        if let Some(c) = class {
+            hcfg.push_str(&format!("classification = \"{c}\"\n"));
+        }
+        if *default {
+            hcfg.push_str("default_replica = true\n");
+        }
+    }
+    for (ln, br) in h.bridges {
+        hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n", args.bridge_prefix));
+    }
+    std::fs::write(hdir.join("host.toml"), hcfg)?;
+    let hdata = hdir.join("data");
+    spawn(
+        procs,
+        &format!("host-{}", h.name),
+        logs,
+        &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()],
+    )?;
+    Ok(())
 }

@@ -64,6 +64,8 @@ pub struct LabOptions {
     pub test_copy_interval_ms: Option<u64>,
     /// Test failovers older than this are cleaned up by the vault (FO-1), seconds.
     pub test_failover_max_age_secs: Option<u64>,
+    /// A second New York host in SilverCloud1 (SGL-1).
+    pub sgl: bool,
 }
 
 impl Lab {
@@ -93,6 +95,9 @@ impl Lab {
         // tests inspect, so it runs rarely.
         args.push("--retention-interval-secs".into());
         args.push("3600".into());
+        if opts.sgl {
+            args.push("--sgl".into());
+        }
         if let Some(secs) = opts.test_failover_max_age_secs {
             args.push("--test-failover-max-age".into());
             args.push(secs.to_string());
