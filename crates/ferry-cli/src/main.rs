@@ -76,6 +76,18 @@ enum BenchCmd {
         #[arg(long)]
         small: bool,
     },
+    /// Failover: failover to QEMU running, reverse replication bytes against the change.
+    Failover {
+        /// Scratch directory.
+        #[arg(long, default_value = "/var/tmp/ferry-bench-failover")]
+        dir: PathBuf,
+        /// Data written before the failover, MiB.
+        #[arg(long, default_value_t = 256)]
+        data_mib: u64,
+        /// Data the recovered VM writes before reverse replication, MiB.
+        #[arg(long, default_value_t = 16)]
+        changed_mib: u64,
+    },
     /// Replication: initial copy, delta cycles, wire bytes with and without zstd, idle cost.
     Replication {
         /// Scratch directory (needs about 3× the data size).
@@ -151,6 +163,15 @@ fn main() {
                 };
                 let report = ferry_vault::bench::run(opts).await?;
                 println!("{report}");
+                Ok(())
+            }
+            Cmd::Bench { what: BenchCmd::Failover { dir, data_mib, changed_mib } } => {
+                let mut opts = ferry_repl::bench_failover::FailoverBenchOptions::new(&dir);
+                opts.data_mib = data_mib;
+                opts.changed_mib = changed_mib;
+                let report = ferry_repl::bench_failover::run(&opts).await;
+                let _ = std::fs::remove_dir_all(&dir);
+                println!("{}", report?);
                 Ok(())
             }
             Cmd::Bench { what: BenchCmd::Replication { dir, data_mib } } => {

@@ -40,12 +40,12 @@ use crate::image::{ChainReader, SEND_CHUNK};
 use crate::receiver::{Receiver, ReceiverConfig};
 use crate::transport::{Allowlist, TlsIdentity};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
 /// qcow2 cluster = dirty-bitmap granularity.
 const CLUSTER: u64 = 64 << 10;
 /// Write unit of the initial and mixed data.
-const CHUNK: u64 = 4 * MIB;
+pub(crate) const CHUNK: u64 = 4 * MIB;
 /// Bytes of a data frame before its payload (length, type, index, disk, offset, len, flags, blake3).
 const FRAME_HEADER: u64 = 4 + 1 + 8 + 2 + 8 + 8 + 1 + 1 + 32;
 
@@ -547,7 +547,7 @@ impl Drop for RxRuntime {
     }
 }
 
-struct Killer(u32);
+pub(crate) struct Killer(pub(crate) u32);
 
 impl Drop for Killer {
     fn drop(&mut self) {
@@ -626,7 +626,7 @@ fn reset_peak_rss() -> bool {
 }
 
 /// Write back and evict `path` from the page cache, so the next read comes from the disk.
-fn drop_cache(path: &Path) {
+pub(crate) fn drop_cache(path: &Path) {
     if let Ok(f) = File::open(path) {
         let _ = f.sync_data();
         // SAFETY: advisory call on a valid descriptor.
@@ -689,14 +689,14 @@ fn seq_read(path: &Path) -> Result<(f64, String)> {
 // Data
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Random,
     Text,
     Binary,
 }
 
 /// Half random, a quarter text, a quarter executable code.
-fn kind_of(i: u64) -> Kind {
+pub(crate) fn kind_of(i: u64) -> Kind {
     match i % 4 {
         1 => Kind::Text,
         3 => Kind::Binary,
@@ -722,13 +722,13 @@ const WORDS: [&str; 48] = [
 ];
 
 /// Deterministic bench data: the same (kind, seed, len) always gives the same bytes.
-struct Patterns {
+pub(crate) struct Patterns {
     /// An executable to take code-like data from.
     bin: Option<(File, u64)>,
 }
 
 impl Patterns {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let candidates = [std::env::current_exe().ok(), Some(PathBuf::from("/usr/bin/qemu-system-x86_64"))];
         let bin = candidates
             .into_iter()
@@ -739,7 +739,7 @@ impl Patterns {
         Self { bin }
     }
 
-    fn gen(&self, kind: Kind, seed: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn gen(&self, kind: Kind, seed: u64, len: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x1234_5678;
         match kind {
             Kind::Random => {
@@ -802,14 +802,14 @@ impl Patterns {
 
 /// One write of bench data: where, and which bytes.
 #[derive(Debug, Clone, Copy)]
-struct Piece {
-    offset: u64,
-    len: u64,
-    kind: Kind,
-    seed: u64,
+pub(crate) struct Piece {
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) kind: Kind,
+    pub(crate) seed: u64,
 }
 
-async fn start_vm(dir: &Path, name: &str, sizes: &[u64]) -> Result<(RunningVm, Killer, Vec<PathBuf>)> {
+pub(crate) async fn start_vm(dir: &Path, name: &str, sizes: &[u64]) -> Result<(RunningVm, Killer, Vec<PathBuf>)> {
     let mut disks = Vec::new();
     let mut paths = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
@@ -847,7 +847,13 @@ fn target_name(i: usize) -> String {
 
 /// Write `pieces` to disk `target` of `vm` through qemu-io (the guest's view, so the dirty
 /// bitmaps see it), then flush.
-async fn write_pieces(vm: &RunningVm, target: &str, pat: &Path, gen: &Patterns, pieces: &[Piece]) -> Result<()> {
+pub(crate) async fn write_pieces(
+    vm: &RunningVm,
+    target: &str,
+    pat: &Path,
+    gen: &Patterns,
+    pieces: &[Piece],
+) -> Result<()> {
     for p in pieces {
         std::fs::write(pat, gen.gen(p.kind, p.seed, p.len as usize))
             .map_err(|e| Error::io("Cannot write bench data", e))?;

@@ -31,6 +31,7 @@
 //! anywhere loses nothing: the next cycle ships the union of unacknowledged changes.
 
 pub mod bench;
+pub mod bench_failover;
 pub mod capture;
 pub mod engine;
 pub mod error;

@@ -48,3 +48,20 @@ async fn bench_full_default_sizes() {
     let r = run(&BenchOptions::new(dir.path())).await.expect("bench");
     eprintln!("{r}");
 }
+
+/// The failover bench (`ferry bench failover`) on small sizes: reverse replication sends exactly
+/// what the recovered VM wrote; the hash-comparison fallback sends whole differing blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fo_5_failover_bench_reports_reverse_bytes_against_the_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = ferry_repl::bench_failover::FailoverBenchOptions::new(dir.path());
+    o.data_mib = 32;
+    o.changed_mib = 2;
+    let r = ferry_repl::bench_failover::run(&o).await.expect("bench");
+    eprintln!("{r}");
+    assert_eq!(r.changed_bytes, 2 << 20);
+    assert_eq!(r.reverse_sent, r.changed_bytes, "only the blocks written since the failover");
+    assert!(r.hash_sent >= r.changed_bytes && r.hash_sent < r.disk_bytes);
+    assert!(r.overlays + r.qemu_start > std::time::Duration::ZERO);
+    assert!(r.to_string().contains("target ≤ 1.1×"));
+}
