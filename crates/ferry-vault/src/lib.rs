@@ -27,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod inventory;
 pub mod jobs;
+pub mod nic_plan;
 pub mod replication;
 pub mod server;
 pub mod state;

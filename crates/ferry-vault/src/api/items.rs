@@ -1,12 +1,11 @@
 //! `/api/v1/vaults/{vault}/replicationProtectedItems`: replicated VMs (REP-1, JOB-2, JOB-3).
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ferry_core::addressing::IpAssignment;
+
 use ferry_core::network::ReplicaNic as NicConnection;
 use ferry_core::state::OperationContext;
 use ferry_store::DocKind;
@@ -15,7 +14,7 @@ use ferry_types::fabric::{Fabric, Vm};
 use ferry_types::job::Job;
 use ferry_types::mapping::{ContainerMapping, NetworkMapping, StorageMapping};
 use ferry_types::protection::{
-    Direction, EnableProtection, Health, ItemSide, Operation, OperationRequest, ProtectedItem, ReplicaDisk, ReplicaNic,
+    Direction, EnableProtection, Health, ItemSide, Operation, OperationRequest, ProtectedItem, ReplicaDisk,
     ReplicationState, ReplicationStats, TestNetwork,
 };
 use ferry_types::Page;
@@ -143,11 +142,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         .map(|d: ferry_store::Doc<StorageMapping>| d.body)
         .collect();
     // Addresses already used on the target side: its VMs and other replicas.
-    let mut used: HashSet<IpAddr> =
-        target.inventory.vms.iter().flat_map(|v| v.nics.iter()).filter_map(|n| n.ip.as_ref()?.parse().ok()).collect();
-    for other in st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await? {
-        used.extend(other.body.nics.iter().filter_map(|n| n.ip.as_ref()?.parse::<IpAddr>().ok()));
-    }
+    let mut used = crate::nic_plan::used_addresses(st, vault, &target, None).await?;
     let nic_plans =
         ferry_core::network::plan_replica_nics(vm, source.id, target.id, &target.inventory, &net_maps, &mut used)
             .map_err(core_err)?;
@@ -177,21 +172,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
             }
         })
         .collect();
-    let nics = nic_plans
-        .iter()
-        .zip(vm.nics.iter())
-        .map(|(plan, src)| {
-            let (target_network, subnet) = match &plan.connection {
-                NicConnection::Connected { network, subnet } => (Some(network.id.clone()), subnet.clone()),
-                NicConnection::Disconnected(_) => (None, None),
-            };
-            let ip = match &plan.ip {
-                IpAssignment::Static { address, .. } => Some(address.to_string()),
-                IpAssignment::Dhcp => None,
-            };
-            ReplicaNic { mac: plan.mac.clone(), source_network: src.vm_network.clone(), target_network, subnet, ip }
-        })
-        .collect();
+    let nics = crate::nic_plan::replica_nics(vm, &nic_plans);
     Ok(ProtectedItem {
         id: Uuid::new_v4(),
         vault_id: vault,

@@ -292,6 +292,7 @@ pub async fn create_network_mapping(
         Some(&m.id.to_string()),
     )
     .await;
+    replanned(&st, v.id).await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 
@@ -316,7 +317,18 @@ pub async fn delete_network_mapping(
         Some(&id.to_string()),
     )
     .await;
+    replanned(&st, v.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// NET-2: existing replicas follow a mapping change; an event names the VMs whose NICs changed.
+async fn replanned(st: &AppState, vault: Uuid) -> ApiResult<()> {
+    let changed = crate::nic_plan::replan_after_mapping_change(st, vault).await?;
+    if !changed.is_empty() {
+        let msg = format!("Replica NICs planned again after a network mapping change: {}", changed.join(", "));
+        st.event(vault, Severity::Info, "ReplicaNicsUpdated", &msg, None, None).await;
+    }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/v1/vaults/{vault}/replicationNetworkMappings/availability", tag = "mappings", params(("vault" = String, Path)), responses((status = 200, body = [NetworkAvailability])))]
