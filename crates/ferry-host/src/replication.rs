@@ -66,6 +66,9 @@ struct SourceStatus {
     latencies_ms: Vec<u64>,
     data_waiting: u64,
     initial_bytes: u64,
+    /// App-consistent cycles that fell back to crash-consistent (POL-5).
+    consistency_fallbacks: u64,
+    last_warning: Option<String>,
     last_error: Option<String>,
 }
 
@@ -277,7 +280,8 @@ impl ReplicationService {
             p.insert(item, slot.clone());
         }
         let handle = tokio::spawn(async move {
-            let mut last_app = Instant::now();
+            // POL-5: the first delta cycle is app-consistent, then one every N hours.
+            let mut last_app: Option<Instant> = None;
             loop {
                 let mut primary = slot.lock().await;
                 if primary.is_none() {
@@ -295,10 +299,10 @@ impl ReplicationService {
                     let mut initial_copy = false;
                     let res = match tracking {
                         Ok(ferry_repl::TrackingState::Tracking { .. }) => {
-                            let app = app_every.is_some_and(|every| last_app.elapsed() >= every);
+                            let app = app_every.is_some_and(|every| last_app.is_none_or(|t| t.elapsed() >= every));
                             let r = p.run_cycle(app).await;
                             if app && r.is_ok() {
-                                last_app = Instant::now();
+                                last_app = Some(Instant::now());
                             }
                             r
                         }
@@ -356,6 +360,10 @@ impl ReplicationService {
                                     st.last_error = None;
                                     if initial_copy {
                                         st.initial_bytes = report.data_bytes;
+                                    }
+                                    if !report.warnings.is_empty() {
+                                        st.consistency_fallbacks += 1;
+                                        st.last_warning = Some(report.warnings.join("; "));
                                     }
                                 }
                             }
@@ -593,6 +601,8 @@ impl ReplicationService {
                 avg_latency_ms: s.latencies_ms.iter().sum::<u64>() / s.latencies_ms.len().max(1) as u64,
                 data_waiting_bytes: s.data_waiting,
                 initial_bytes: s.initial_bytes,
+                consistency_fallbacks: s.consistency_fallbacks,
+                last_warning: s.last_warning.clone(),
                 last_error: s.last_error.clone(),
                 recovery_points: vec![],
             });
@@ -616,6 +626,8 @@ impl ReplicationService {
                 avg_latency_ms: 0,
                 data_waiting_bytes: 0,
                 initial_bytes: 0,
+                consistency_fallbacks: 0,
+                last_warning: None,
                 last_error: None,
                 recovery_points: points
                     .iter()
@@ -643,6 +655,8 @@ impl SourceStatus {
             latencies_ms: vec![],
             data_waiting: 0,
             initial_bytes: 0,
+            consistency_fallbacks: 0,
+            last_warning: None,
             last_error: None,
         }
     }

@@ -172,6 +172,10 @@ pub struct ReplicationStats {
     /// FO-5).
     #[serde(default)]
     pub initial_bytes: u64,
+    /// App-consistent cycles that fell back to crash-consistent, as the source host counts them
+    /// (POL-5).
+    #[serde(default)]
+    pub consistency_fallbacks: u64,
 }
 
 /// A replicated VM (ASR: replication protected item).

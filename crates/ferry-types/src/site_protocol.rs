@@ -394,6 +394,12 @@ pub struct ReplicationStatus {
     /// since a failover) sent.
     #[serde(default)]
     pub initial_bytes: u64,
+    /// App-consistent cycles that fell back to crash-consistent since the agent started (POL-5).
+    #[serde(default)]
+    pub consistency_fallbacks: u64,
+    /// The last such fallback's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Target side: the recovery points held.

@@ -78,8 +78,15 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
     for s in statuses {
         let mut finalized = None;
         let mut reversed = None;
+        let mut fallback = None;
         let res = update_item(state, vault, s.item, |item| match s.role {
             PairRole::Source => {
+                // POL-5: a new fallback to crash-consistent raises a warning (a restarted agent
+                // counts from zero again).
+                if s.consistency_fallbacks > item.stats.consistency_fallbacks {
+                    fallback = Some((item.name.clone(), s.last_warning.clone().unwrap_or_default()));
+                }
+                item.stats.consistency_fallbacks = s.consistency_fallbacks;
                 item.stats.initial_progress = s.initial_progress;
                 item.stats.initial_bytes = s.initial_bytes;
                 item.stats.last_sync = s.last_sync.or(item.stats.last_sync);
@@ -131,6 +138,20 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
             Ok(Some(item)) => {
                 if let Some(name) = finalized {
                     finalize(state, vault, &item, &name).await;
+                }
+                if let Some((name, why)) = fallback {
+                    let msg =
+                        format!("An app-consistent recovery point of {name} fell back to crash-consistent: {why}");
+                    state
+                        .event(
+                            vault,
+                            Severity::Warning,
+                            "AppConsistencyFallback",
+                            &msg,
+                            Some(item.source.fabric),
+                            Some(&item.id.to_string()),
+                        )
+                        .await;
                 }
                 if let Some((name, bytes)) = reversed {
                     let disks: u64 = item.disks.iter().map(|d| d.virtual_size).sum();

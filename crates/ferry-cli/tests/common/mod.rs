@@ -254,8 +254,14 @@ pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A test-guest VM on ny1 (GOLD storage) writing records to its data disk `vdb`.
+/// A test-guest VM on ny1 (GOLD storage) writing records to its data disk `vdb`, with a guest
+/// agent.
 pub fn guest_vm(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>) -> PathBuf {
+    guest_vm_with(lab, name, vdb_mib, nic_ip, true)
+}
+
+/// [`guest_vm`], with or without a guest-agent channel.
+pub fn guest_vm_with(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>, guest_agent: bool) -> PathBuf {
     let guest = test_guest();
     let gold = lab.storage("ny1", "gold");
     let nics = match nic_ip {
@@ -269,7 +275,7 @@ pub fn guest_vm(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>) -> Pa
             {"target": "vdb", "path": gold.join(format!("{name}-vdb.qcow2")), "format": "qcow2", "create_size": vdb_mib << 20}
         ],
         "nics": nics,
-        "guest_agent": true,
+        "guest_agent": guest_agent,
         "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
             "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
     });
