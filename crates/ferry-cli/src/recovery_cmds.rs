@@ -39,6 +39,18 @@ pub enum RecoveryCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Pause replication of a protected VM (no cycles; changes are still tracked).
+    PauseReplication {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Resume a paused replication: what was written meanwhile goes in one delta.
+    ResumeReplication {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Failback (FO-6): planned failover to the original site, commit, re-protect.
     Failback { item: String },
     /// A recovery drill on one protected VM: test failover, cleanup, planned failover, commit,
@@ -73,6 +85,14 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
             } else {
                 print(ctx.out, &j, JOB_COLS);
             }
+        }
+        RecoveryCmd::PauseReplication { item, wait } => {
+            let j = operate(&ctx, &item, "pauseReplication", json!({}), wait).await?;
+            print(ctx.out, &j, JOB_COLS);
+        }
+        RecoveryCmd::ResumeReplication { item, wait } => {
+            let j = operate(&ctx, &item, "resumeReplication", json!({}), wait).await?;
+            print(ctx.out, &j, JOB_COLS);
         }
         RecoveryCmd::Failback { item } => failback(&ctx, &item, Duration::from_secs(3600)).await?,
         RecoveryCmd::Drill { item, step_timeout } => drill(&ctx, &item, Duration::from_secs(step_timeout)).await?,

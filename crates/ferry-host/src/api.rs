@@ -134,6 +134,8 @@ async fn replication_action(
             host.replication.stop(item, delete_replica, keep_tracking).await
         }
         A::ReleaseFailover { item } => host.replication.release_failover(item).await,
+        A::Pause { item } => host.replication.pause(item).await,
+        A::Resume { item } => host.replication.resume_paused(item, host.vms.clone()).await,
         A::CommitFailover { item } => host.replication.commit_failover(item).await,
         A::AdoptVm { vm, replica } => host.replication.adopt_vm(&vm, replica, &host.vms).await,
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,

@@ -46,6 +46,9 @@ struct Persisted {
     /// Test overlays in use (item, point, holder tag, (disk target, overlay path)).
     #[serde(default)]
     tests: Vec<TestRecord>,
+    /// Sources whose replication an operator paused (JOB-3); their tracking continues in QEMU.
+    #[serde(default)]
+    paused: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,8 +136,17 @@ impl ReplicationService {
 
     /// Resume the capture loops of every VM this host replicated before a restart.
     pub async fn resume(self: &Arc<Self>, vms: &Arc<VmManager>) {
-        let sources = self.persisted.lock().await.sources.clone();
+        let (sources, paused) = {
+            let p = self.persisted.lock().await;
+            (p.sources.clone(), p.paused.clone())
+        };
         for s in sources {
+            if paused.contains(&s.item) {
+                if let Ok(mut st) = self.sources.lock() {
+                    st.entry(s.item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Paused;
+                }
+                continue;
+            }
             if let Err(e) = self.spawn_loop(s.clone(), vms.clone()).await {
                 tracing::warn!(item = %s.item, error = %e, "cannot resume replication");
             }
@@ -207,6 +219,7 @@ impl ReplicationService {
         }
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != item);
+        p.paused.retain(|i| *i != item);
         if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
             self.allowlist.revoke(&r.source_host_cn);
         }
@@ -397,6 +410,51 @@ impl ReplicationService {
             old.abort();
         }
         Ok(())
+    }
+
+    /// Pause a source's replication (JOB-3): no more cycles until resumed. The dirty bitmaps keep
+    /// recording, so resuming sends everything written meanwhile in one delta.
+    pub async fn pause(&self, item: Uuid) -> Result<serde_json::Value, ReplicationError> {
+        let mut p = self.persisted.lock().await;
+        if !p.sources.iter().any(|s| s.item == item) {
+            return Err(ReplicationError::Invalid(format!("{item} is not replicated from this host")));
+        }
+        if let Some(h) = self.loops.lock().await.remove(&item) {
+            h.abort();
+        }
+        if !p.paused.contains(&item) {
+            p.paused.push(item);
+        }
+        write_state(&self.data.join("replication.json"), &p)?;
+        if let Ok(mut st) = self.sources.lock() {
+            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Paused;
+        }
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Resume a paused source's replication.
+    pub async fn resume_paused(
+        self: &Arc<Self>,
+        item: Uuid,
+        vms: Arc<VmManager>,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let spec = {
+            let mut p = self.persisted.lock().await;
+            let spec = p
+                .sources
+                .iter()
+                .find(|s| s.item == item)
+                .cloned()
+                .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+            p.paused.retain(|i| *i != item);
+            write_state(&self.data.join("replication.json"), &p)?;
+            spec
+        };
+        if let Ok(mut st) = self.sources.lock() {
+            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Replicating;
+        }
+        self.spawn_loop(spec, vms).await?;
+        Ok(serde_json::Value::Null)
     }
 
     /// Throwaway overlays on a recovery point for a test VM (FO-1); the point stays in use (so

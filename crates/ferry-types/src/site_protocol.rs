@@ -320,6 +320,14 @@ pub enum ReplicationAction {
         item: Uuid,
         point: String,
     },
+    /// Pause a source's replication (JOB-3): no cycles until resumed; tracking continues.
+    Pause {
+        item: Uuid,
+    },
+    /// Resume a paused source's replication.
+    Resume {
+        item: Uuid,
+    },
     /// Remove the failover overlays of an item (change of recovery point or cancel, FO-4); its
     /// replica accepts replication again.
     ReleaseFailover {

@@ -499,6 +499,14 @@ pub async fn operate(
             })?;
             st.jobs.submit(&st, new_job(crate::jobs::OP_REPROTECT, params, &crate::jobs::REPROTECT_TASKS)).await?
         }
+        Operation::PauseReplication => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_PAUSE_REPLICATION, params, &crate::jobs::PAUSE_TASKS)).await?
+        }
+        Operation::ResumeReplication => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_RESUME_REPLICATION, params, &crate::jobs::RESUME_TASKS)).await?
+        }
         Operation::DisableProtection => {
             let params = serde_json::json!({"item": it.id});
             st.jobs

@@ -36,6 +36,7 @@ pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     register_failover(m);
     register_unplanned(m);
     super::reverse::register(m);
+    super::pause::register(m);
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

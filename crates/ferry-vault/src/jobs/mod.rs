@@ -13,6 +13,7 @@
 mod ctx;
 mod failover;
 mod kinds;
+mod pause;
 mod reverse;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use kinds::{
     host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
     OP_UPDATE_POLICY, OP_VM_ACTION,
 };
+pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
     REPROTECT_TASKS,
