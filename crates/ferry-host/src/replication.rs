@@ -288,6 +288,10 @@ impl ReplicationService {
         let item = spec.item;
         let vm_name = spec.vm_name.clone();
         let initial = spec.initial;
+        let scheduled = match &spec.policy.initial_replication {
+            ferry_types::policy::InitialReplication::OverNetworkScheduled { start_at } => Some(*start_at),
+            _ => None,
+        };
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -340,6 +344,13 @@ impl ReplicationService {
                                 )),
                                 Err(e) => Err(e),
                             }
+                        }
+                        // POL-8: a scheduled initial replication waits for its time.
+                        _ if scheduled.is_some_and(|at| Utc::now() < at) => {
+                            set_phase(&sources, item, ReplicationPhase::Waiting);
+                            drop(primary);
+                            tokio::time::sleep(interval.min(Duration::from_secs(5))).await;
+                            continue;
                         }
                         _ => {
                             initial_copy = true;

@@ -322,8 +322,14 @@ impl JobKind for EnableProtectionJob {
                 policy: policy.spec,
                 initial: Default::default(),
             };
+            // POL-8: a scheduled initial replication waits on the source host until its time.
+            let waits = matches!(&replication.policy.initial_replication,
+                ferry_types::policy::InitialReplication::OverNetworkScheduled { start_at } if *start_at > state.clock.now());
             let cmd = SiteCommand::StartReplication { host: item.source.host.clone(), replication };
             check(JobCtx::site_command(&state, &job, item.source.fabric, "start", cmd).await?, "Starting replication")?;
+            if waits {
+                return Ok(());
+            }
             crate::replication::set_state(
                 &state,
                 vault,
