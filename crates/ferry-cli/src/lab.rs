@@ -684,6 +684,7 @@ fn spawn_host(
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );
     hcfg.push_str(&format!("retention_interval_secs = {}\n", args.retention_interval_secs));
+    hcfg.push_str("metrics_listen = \"127.0.0.1:0\"\n");
     if let Some(ms) = args.test_copy_interval_ms {
         hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
     }

@@ -13,7 +13,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 }
 
 #[test]
-fn job_3_pause_and_resume_replication_loses_nothing() {
+fn job_3_pause_and_resume_replication_loses_nothing_and_rep_5_metrics_show_it() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "pz1", 8, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
@@ -35,6 +35,16 @@ fn job_3_pause_and_resume_replication_loses_nothing() {
     assert_eq!(it["recovery_points"].as_array().map(Vec::len).unwrap_or(0), n0, "no cycles while paused");
     assert_ne!(it["health"], "Normal", "JOB-2: a paused item is not healthy: {it}");
     assert!(common::last_record(&serial) > at_pause + 5, "the guest kept writing");
+    // REP-5: the source host's Prometheus metrics say the same.
+    let m = common::host_metrics(&lab, "ny1");
+    assert!(m.contains(&format!("ferry_replication_phase{{host=\"ny1\",item=\"{id}\",phase=\"paused\"}} 1")), "{m}");
+    let cycles = m
+        .lines()
+        .find(|l| l.starts_with(&format!("ferry_replication_cycles_total{{host=\"ny1\",item=\"{id}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .expect("cycles series");
+    assert!(cycles >= 1.0, "{m}");
+    assert!(common::host_metrics(&lab, "chi1").contains("ferry_replica_recovery_points{host=\"chi1\""));
 
     assert_eq!(lab.json(&["resume-replication", &id, "--wait"])["status"], "Succeeded");
     let written = common::last_record(&serial);

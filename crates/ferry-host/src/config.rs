@@ -56,6 +56,9 @@ pub struct HostConfig {
     /// How often retention runs on the replicas this host holds (RP-2).
     #[serde(default = "default_retention_interval")]
     pub retention_interval_secs: u64,
+    /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_retention_interval() -> u64 {

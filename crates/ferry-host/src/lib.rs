@@ -12,6 +12,7 @@ pub mod api;
 pub mod config;
 pub mod guest_net;
 pub mod join;
+pub mod metrics;
 pub mod net;
 pub mod replication;
 pub mod storage;
@@ -69,6 +70,9 @@ impl HostHandle {
     }
 }
 
+/// File in the data directory with the metrics listener's address.
+pub const METRICS_ENDPOINT_FILE: &str = "metrics-endpoint";
+
 pub fn qemu_version() -> String {
     std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -112,8 +116,17 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));
+    let mut tasks = vec![server, reporter, retention];
+    if let Some(addr) = host.cfg.metrics_listen {
+        let l = std::net::TcpListener::bind(addr)?;
+        if let Some(bound) = metrics::bound(&l) {
+            write_atomic(&data.join(METRICS_ENDPOINT_FILE), bound.to_string().as_bytes())?;
+            tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+        }
+        tasks.push(metrics::serve(host.cfg.name.clone(), host.replication.clone(), l)?);
+    }
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
-    Ok(HostHandle { host, api_addr, tasks: vec![server, reporter, retention] })
+    Ok(HostHandle { host, api_addr, tasks })
 }
 
 impl Host {

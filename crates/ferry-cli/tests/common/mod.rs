@@ -348,3 +348,15 @@ pub fn records_in_point(lab: &Lab, host: &str, item: &str, point: &str) -> u64 {
     let top = vm.chain(point, "vdb").expect("chain")[0].clone();
     rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify").clean_prefix_len
 }
+
+/// The Prometheus metrics text of a lab host (plain HTTP on loopback).
+pub fn host_metrics(lab: &Lab, host: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = std::fs::read_to_string(lab.host_data(host).join("metrics-endpoint")).expect("metrics endpoint");
+    let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
