@@ -29,10 +29,13 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// One metric: name, type, help, value of a status.
+type Series = (&'static str, &'static str, &'static str, fn(&ReplicationStatus) -> f64);
+
 /// The exposition text for `statuses` of host `host`.
 pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
     let mut out = String::new();
-    let series: [(&str, &str, &str, fn(&ReplicationStatus) -> f64); 8] = [
+    let series: [Series; 8] = [
         ("ferry_replication_cycles_total", "counter", "Replication cycles completed", |s| s.cycles_ok as f64),
         ("ferry_replication_cycles_failed_total", "counter", "Replication cycles that failed (missed)", |s| {
             s.cycles_failed as f64
