@@ -45,6 +45,9 @@ pub struct LabArgs {
     /// How often the hosts apply retention to their replicas, seconds.
     #[arg(long, default_value_t = 60)]
     pub retention_interval_secs: u64,
+    /// Replication bandwidth limit of every host, MiB/s (CAP-2; default unlimited).
+    #[arg(long)]
+    pub bandwidth_mib_s: Option<f64>,
     /// Add a second New York host (ny2, in SilverCloud1's host group) so that the two clouds of
     /// VMM-NewYork can protect each other (SGL-1).
     #[arg(long)]
@@ -709,6 +712,9 @@ fn spawn_host(
     }
     for (ln, br) in h.bridges {
         hcfg.push_str(&format!("[[bridges]]\nlogical_network = \"{ln}\"\nbridge = \"{}{br}\"\n", args.bridge_prefix));
+    }
+    if let Some(b) = args.bandwidth_mib_s {
+        hcfg.push_str(&format!("[bandwidth]\ndefault_mib_per_sec = {b}\n"));
     }
     std::fs::write(hdir.join("host.toml"), hcfg)?;
     let hdata = hdir.join("data");

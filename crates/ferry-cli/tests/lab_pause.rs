@@ -13,8 +13,9 @@ fn item(lab: &Lab, id: &str) -> Value {
 }
 
 #[test]
-fn job_3_pause_and_resume_replication_loses_nothing_and_rep_5_metrics_show_it() {
-    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+fn job_3_pause_and_resume_loses_nothing_rep_5_cap_2_metrics_show_it() {
+    let lab =
+        Lab::start(LabOptions { test_copy_interval_ms: Some(1500), bandwidth_mib_s: Some(64.0), ..Default::default() });
     let serial = common::guest_vm(&lab, "pz1", 8, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
     let id = common::protect(&lab, "pz1");
@@ -45,6 +46,8 @@ fn job_3_pause_and_resume_replication_loses_nothing_and_rep_5_metrics_show_it() 
         .expect("cycles series");
     assert!(cycles >= 1.0, "{m}");
     assert!(common::host_metrics(&lab, "chi1").contains("ferry_replica_recovery_points{host=\"chi1\""));
+    // CAP-2: the host's bandwidth limit is the one in force for its replication.
+    assert!(m.contains("ferry_bandwidth_limit_bytes_per_second{host=\"ny1\"} 67108864"), "{m}");
 
     assert_eq!(lab.json(&["resume-replication", &id, "--wait"])["status"], "Succeeded");
     let written = common::last_record(&serial);

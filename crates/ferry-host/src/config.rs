@@ -59,6 +59,49 @@ pub struct HostConfig {
     /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bandwidth for the replication traffic this host sends (CAP-2), shared by all its VMs.
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthDef>,
+}
+
+/// CAP-2: a default rate and time-of-day windows with their own rate (first match wins; a
+/// window may wrap past midnight). Rates in MiB/s; absent = unlimited.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthDef {
+    #[serde(default)]
+    pub default_mib_per_sec: Option<f64>,
+    #[serde(default)]
+    pub windows: Vec<BandwidthWindow>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    /// `HH:MM`, local time, inclusive.
+    pub from: String,
+    /// `HH:MM`, exclusive.
+    pub to: String,
+    #[serde(default)]
+    pub mib_per_sec: Option<f64>,
+}
+
+impl BandwidthDef {
+    /// The engine's schedule; a bad time or a rate that is not positive is refused.
+    pub fn schedule(&self) -> Result<ferry_repl::RateSchedule, String> {
+        let rate = |r: Option<f64>| -> Result<Option<u64>, String> {
+            match r {
+                None => Ok(None),
+                Some(x) if x.is_finite() && x > 0.0 => Ok(Some((x * 1024.0 * 1024.0) as u64)),
+                Some(x) => Err(format!("bandwidth {x} MiB/s must be positive")),
+            }
+        };
+        let mut windows = Vec::new();
+        for w in &self.windows {
+            windows.push(ferry_repl::RateWindow::new(&w.from, &w.to, rate(w.mib_per_sec)?).map_err(|e| e.to_string())?);
+        }
+        Ok(ferry_repl::RateSchedule { default: rate(self.default_mib_per_sec)?, windows })
+    }
 }
 
 fn default_retention_interval() -> u64 {
@@ -126,6 +169,9 @@ impl HostConfig {
                 return Err(ConfigError::Invalid(format!("storage path {} must be absolute", s.path.display())));
             }
         }
+        if let Some(b) = &self.bandwidth {
+            b.schedule().map_err(|e| ConfigError::Invalid(format!("bandwidth: {e}")))?;
+        }
         Ok(())
     }
 
@@ -139,5 +185,26 @@ impl HostConfig {
             }
             None => Err(ConfigError::Invalid("join_token or join_token_file is required to join the site".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod bandwidth_tests {
+    use super::*;
+
+    #[test]
+    fn cap_2_host_bandwidth_schedule_from_config() {
+        let b: BandwidthDef = toml::from_str(
+            "default_mib_per_sec = 10\n[[windows]]\nfrom = \"08:00\"\nto = \"18:00\"\nmib_per_sec = 2\n[[windows]]\nfrom = \"22:00\"\nto = \"06:00\"\n",
+        )
+        .expect("toml");
+        let s = b.schedule().expect("schedule");
+        assert_eq!(s.rate_at(9 * 60), Some(2 << 20));
+        assert_eq!(s.rate_at(20 * 60), Some(10 << 20));
+        assert_eq!(s.rate_at(23 * 60), None, "unlimited at night");
+        let bad: BandwidthDef = toml::from_str("[[windows]]\nfrom = \"25:00\"\nto = \"06:00\"\n").expect("toml");
+        assert!(bad.schedule().is_err());
+        let zero: BandwidthDef = toml::from_str("default_mib_per_sec = 0").expect("toml");
+        assert!(zero.schedule().is_err());
     }
 }

@@ -100,8 +100,13 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         key_pem: identity.tls.key_pem.clone(),
     };
     let test_interval = cfg.test_copy_interval_ms.map(Duration::from_millis);
-    let replication =
-        Arc::new(replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval).await?);
+    let bandwidth = match &cfg.bandwidth {
+        Some(b) => Some(b.schedule().map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
+        None => None,
+    };
+    let replication = Arc::new(
+        replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval, bandwidth).await?,
+    );
     replication.resume(&vms).await;
     let host = Arc::new(Host {
         cfg,

@@ -96,7 +96,13 @@ pub fn serve(
         get(move || {
             let (host, replication) = (host.clone(), replication.clone());
             async move {
-                let text = render(&host, &replication.statuses().await);
+                let mut text = render(&host, &replication.statuses().await);
+                let limit = replication.bandwidth_now().map_or(-1.0, |b| b as f64);
+                let _ = writeln!(
+                    text,
+                    "# HELP ferry_bandwidth_limit_bytes_per_second Replication bandwidth limit in force now (-1: none).\n# TYPE ferry_bandwidth_limit_bytes_per_second gauge\nferry_bandwidth_limit_bytes_per_second{{host=\"{}\"}} {limit}",
+                    label(&host)
+                );
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }
         }),

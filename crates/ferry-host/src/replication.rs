@@ -88,6 +88,8 @@ pub struct ReplicationService {
     primaries: std::sync::Mutex<HashMap<Uuid, Arc<Mutex<Option<Primary>>>>>,
     /// Replica root: per-item directories (symlinks to the chosen storage location).
     root: PathBuf,
+    /// CAP-2: the host's bandwidth limit, shared by every VM it replicates.
+    limiter: Option<Arc<ferry_repl::Limiter>>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -101,6 +103,7 @@ impl ReplicationService {
         listen: SocketAddr,
         identity: TlsIdentity,
         test_interval: Option<Duration>,
+        bandwidth: Option<ferry_repl::RateSchedule>,
     ) -> Result<ReplicationService, ReplicationError> {
         let root = data.join("replicas");
         std::fs::create_dir_all(&root)?;
@@ -127,6 +130,7 @@ impl ReplicationService {
             loops: Default::default(),
             primaries: Default::default(),
             root,
+            limiter: bandwidth.map(|b| Arc::new(ferry_repl::Limiter::new(b))),
         })
     }
 
@@ -278,6 +282,7 @@ impl ReplicationService {
             tls,
         );
         cfg.compression = spec.policy.compression;
+        cfg.limiter = self.limiter.clone();
         let interval = self.test_interval.unwrap_or(Duration::from_secs(spec.policy.copy_frequency_secs.max(1) as u64));
         let app_every = spec.policy.app_consistent_frequency_hours.map(|h| Duration::from_secs(h as u64 * 3600));
         if def.guest_agent {
@@ -648,6 +653,11 @@ impl ReplicationService {
                 tracing::warn!(item = %r.item, error = %e.chain(), "retention failed; retried later");
             }
         }
+    }
+
+    /// The bandwidth limit in force now (bytes per second), if the host has one (CAP-2).
+    pub fn bandwidth_now(&self) -> Option<u64> {
+        self.limiter.as_ref().and_then(|l| l.rate_now())
     }
 
     /// Status of every replication on this host (source loops and received replicas).

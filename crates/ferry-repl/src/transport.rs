@@ -245,6 +245,11 @@ impl Limiter {
         }
     }
 
+    /// The rate in force now (bytes per second; `None` = unlimited).
+    pub fn rate_now(&self) -> Option<u64> {
+        self.schedule.rate_now()
+    }
+
     /// Wait until `n` bytes may be sent.
     pub async fn acquire(&self, n: u64) {
         let wait = self.reserve(n, self.schedule.rate_now(), Instant::now());

@@ -66,6 +66,8 @@ pub struct LabOptions {
     pub test_failover_max_age_secs: Option<u64>,
     /// A second New York host in SilverCloud1 (SGL-1).
     pub sgl: bool,
+    /// Replication bandwidth limit of the hosts, MiB/s (CAP-2).
+    pub bandwidth_mib_s: Option<f64>,
 }
 
 impl Lab {
@@ -95,6 +97,10 @@ impl Lab {
         // tests inspect, so it runs rarely.
         args.push("--retention-interval-secs".into());
         args.push("3600".into());
+        if let Some(b) = opts.bandwidth_mib_s {
+            args.push("--bandwidth-mib-s".into());
+            args.push(b.to_string());
+        }
         if opts.sgl {
             args.push("--sgl".into());
         }
