@@ -37,10 +37,18 @@ pub fn serve(
     host: Arc<Host>,
     listener: std::net::TcpListener,
 ) -> Result<tokio::task::JoinHandle<()>, crate::HostError> {
+    // SEC-1: only this host's own site manager may call it. The vault CA names host
+    // certificates `host-<site id>-<host id>` and site manager certificates `site-<site id>`.
+    let site = site_of_host_cert(&host.identity.tls.cert_pem).ok_or_else(|| {
+        crate::HostError::Join("the host certificate does not name its site (host-<site>-<host>)".into())
+    })?;
     let tls = ferry_pki::server_config(
         &host.identity.tls.cert_pem,
         &host.identity.tls.key_pem,
-        ferry_pki::ClientAuth::Required(host.identity.tls.ca_cert_pem.clone()),
+        ferry_pki::ClientAuth::RequiredNamed {
+            ca_pem: host.identity.tls.ca_cert_pem.clone(),
+            common_names: vec![format!("site-{site}")],
+        },
         true,
     )?;
     let app = Router::new()
@@ -54,6 +62,13 @@ pub fn serve(
             tracing::error!(error = %e, "host API stopped");
         }
     }))
+}
+
+/// The site id in a host certificate's CN `host-<site uuid>-<host id>`.
+fn site_of_host_cert(cert_pem: &str) -> Option<uuid::Uuid> {
+    let cn = ferry_pki::cert_common_name(cert_pem)?;
+    let rest = cn.strip_prefix("host-")?;
+    uuid::Uuid::parse_str(rest.get(..36)?).ok()
 }
 
 async fn status(State(host): State<Arc<Host>>) -> Json<serde_json::Value> {

@@ -21,6 +21,62 @@ pub enum ClientAuth {
     Optional(String),
     /// A client certificate chaining to this CA (PEM) is mandatory.
     Required(String),
+    /// Like `Required`, and the certificate's common name must be one of these.
+    RequiredNamed { ca_pem: String, common_names: Vec<String> },
+}
+
+/// A client verifier that accepts only certificates of the CA whose CN is allowed.
+#[derive(Debug)]
+struct NamedClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    common_names: Vec<String>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for NamedClientVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match peer_common_name(end_entity) {
+            Some(cn) if self.common_names.contains(&cn) => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The subject common name of the first certificate in `cert_pem`.
+pub fn cert_common_name(cert_pem: &str) -> Option<String> {
+    let certs = parse_certs(cert_pem).ok()?;
+    peer_common_name(certs.first()?)
 }
 
 /// ALPN protocols offered by servers built with `alpn = true`.
@@ -57,6 +113,15 @@ pub fn server_config(cert_pem: &str, key_pem: &str, client_auth: ClientAuth, alp
                 .build()
                 .ctx(ErrorKind::Tls, || "Cannot build the client certificate verifier".to_string())?;
             builder.with_client_cert_verifier(verifier)
+        }
+        ClientAuth::RequiredNamed { ca_pem, common_names } => {
+            if ca_pem.trim().is_empty() || common_names.is_empty() {
+                return Err(Error::new(ErrorKind::InvalidInput, "Named client authentication needs a CA and names"));
+            }
+            let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&ca_pem)?), provider)
+                .build()
+                .ctx(ErrorKind::Tls, || "Cannot build the client certificate verifier".to_string())?;
+            builder.with_client_cert_verifier(Arc::new(NamedClientVerifier { inner, common_names }))
         }
     };
     let mut config = builder
