@@ -884,7 +884,9 @@ mod tests {
         assert_eq!(
             s.initial_replication,
             InitialReplication::OverNetworkScheduled {
-                start_at: chrono::DateTime::parse_from_rfc3339("2025-06-16T02:30:00Z").expect("t").with_timezone(&chrono::Utc)
+                start_at: chrono::DateTime::parse_from_rfc3339("2025-06-16T02:30:00Z")
+                    .expect("t")
+                    .with_timezone(&chrono::Utc)
             }
         );
         assert_eq!(req.associate[0].source, SiteObjectRef { fabric: f, id: "cloud-1".into() });
