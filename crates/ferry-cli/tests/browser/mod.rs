@@ -61,12 +61,26 @@ impl Portal {
         Portal { tab, browser, url }
     }
 
-    /// Go to a portal path (or a full URL) and wait for the page.
+    /// Go to a portal path (or a full URL) and wait for the page. A navigation the browser
+    /// aborts (e.g. ERR_NETWORK_CHANGED while the lab adds interfaces) is retried: it is a GET.
     pub fn goto(&self, path: &str) {
         let url = if path.starts_with("https://") { path.to_string() } else { format!("{}{path}", self.url) };
-        self.tab.navigate_to(&url).expect("navigate");
-        self.tab.wait_until_navigated().expect("page loads");
-        self.wait_ready();
+        for attempt in 0..5 {
+            let ok = self.tab.navigate_to(&url).and_then(|t| t.wait_until_navigated()).is_ok();
+            if ok {
+                self.wait_ready();
+                if !self.on_error_page() {
+                    return;
+                }
+            }
+            assert!(attempt < 4, "cannot load {url}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Whether the browser shows its own error page instead of a portal page.
+    pub fn on_error_page(&self) -> bool {
+        self.tab.get_url().starts_with("chrome-error:")
     }
 
     fn wait_ready(&self) {
@@ -160,17 +174,23 @@ impl Portal {
     /// Click an element that loads a new page (a link or a form's button) and wait for it.
     pub fn click(&self, selector: &str) {
         assert!(self.exists(selector), "no {selector} on {}:\n{}", self.path(), self.text());
+        let href = self.eval(&format!("document.querySelector({}).getAttribute('href')", js_str(selector)));
         self.eval("(window.__ferryOld = true)");
-        self.tab.find_element(selector).expect("element").click().expect("click");
+        self.eval(&format!("(document.querySelector({}).click(), true)", js_str(selector)));
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let fresh =
                 self.tab.evaluate("window.__ferryOld === undefined && document.readyState === 'complete'", false);
             if matches!(fresh, Ok(r) if r.value == Some(Value::Bool(true))) {
-                return;
+                break;
             }
             assert!(Instant::now() < deadline, "no new page after clicking {selector}");
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.on_error_page() {
+            // A link is a GET and safe to repeat; a form post is not.
+            let href = href.as_str().unwrap_or_else(|| panic!("the browser aborted the form post of {selector}"));
+            self.goto(href);
         }
     }
 
