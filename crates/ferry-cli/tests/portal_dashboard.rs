@@ -43,7 +43,8 @@ fn mismatches(p: &Portal, d: &Value) -> Vec<String> {
     let mut out = Vec::new();
     for (sel, want) in tiles {
         let shown = p.text_of(&format!("{sel} .value"));
-        if shown != want.to_string() {
+        let want = want.as_u64().map(|n| n.to_string()).unwrap_or_else(|| format!("{want}"));
+        if shown != want {
             out.push(format!("{sel}: page {shown}, API {want}"));
         }
     }

@@ -225,7 +225,7 @@ pub fn compute(input: &Inputs<'_>) -> Dashboard {
     let mut jobs = JobCounts::default();
     let (mut failed_jobs, mut active_jobs, mut waiting_jobs) = (Vec::new(), Vec::new(), Vec::new());
     let mut sorted: Vec<&Job> = input.jobs.iter().collect();
-    sorted.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    sorted.sort_by_key(|j| std::cmp::Reverse(j.created_at));
     for j in sorted {
         let list = match j.status {
             JobStatus::Failed if j.ended_at.unwrap_or(j.created_at) >= since => {
@@ -360,7 +360,7 @@ pub fn config_issues(input: &Inputs<'_>) -> Vec<ConfigIssue> {
             ));
         }
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|i| std::cmp::Reverse(i.severity));
     out
 }
 

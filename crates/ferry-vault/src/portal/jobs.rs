@@ -167,8 +167,7 @@ pub async fn list(
             }
         }
         @if let Some(n) = &next {
-            @let mut q = refs.clone();
-            @let _ = q.push(("cursor", n.as_str()));
+            @let q: Vec<(&str, &str)> = refs.iter().copied().chain([("cursor", n.as_str())]).collect();
             p { a href={ (base) "/jobs?" (query(&q)) } id="next-page" { "Older jobs →" } }
         }
     };

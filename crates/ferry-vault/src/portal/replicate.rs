@@ -115,7 +115,7 @@ async fn render(
                     let (page, _) = st.store.list_jobs(v.id, &filter, None, 20).await?;
                     jobs.extend(page);
                 }
-                jobs.sort_by(|a: &Job, b: &Job| b.created_at.cmp(&a.created_at));
+                jobs.sort_by_key(|j: &Job| std::cmp::Reverse(j.created_at));
                 jobs.truncate(20);
                 jobs
             }
