@@ -88,6 +88,7 @@ fn fo_2_fo_3_fo_4_portal_planned_commit_unplanned_at_a_point_and_disable() {
     assert_eq!(lab.json(&["job-show", &job_id])["params"]["point"], point.as_str(), "the chosen point was used");
     portal.goto(&app1);
     assert_eq!(portal.text_of("#state"), "Failed over commit pending");
+    assert!(portal.text_of("#failover").contains(&point), "{}", portal.text_of("#summary"));
 
     // REP-8: disable protection of web1 (Contributor).
     let web1 = item_path(&lab, &base, "web1");

@@ -490,6 +490,7 @@ mod tests {
             definition: None,
             test_failover: None,
             last_test_failover: None,
+            failover: None,
         }
     }
 

@@ -304,6 +304,9 @@ async fn render(
                     dt { "Target" } dd { (site_name(&fabrics, it.target.fabric)) " / " (cloud_name(it.target.fabric, &it.target.cloud)) " / " (it.target.host_name) }
                     dt { "Policy" } dd { (policies.iter().find(|p| p.id == it.policy).map(|p| p.spec.name.clone()).unwrap_or_default()) }
                     dt { "Protected since" } dd { (fmt_time(it.created_at)) }
+                    @if let Some(f) = &it.failover {
+                        dt { "Failed over" } dd id="failover" { (fmt_time(f.at)) " at point " code { (f.point) } }
+                    }
                 }
             }
             section id="stats" {
