@@ -439,6 +439,11 @@ pub async fn run(args: LabArgs) -> Result<()> {
     std::fs::write(dir.join("pids"), pids.join("\n") + "\n")?;
     println!("Ferry lab is up.");
     println!("  vault       {url}   (vault '{VAULT_NAME}')");
+    println!(
+        "  portal      {url}/portal/   sign in with the admin token in {}",
+        vault_dir.join(ferry_vault::server::ADMIN_TOKEN_FILE).display()
+    );
+    println!("              (the browser warns about the lab's private CA: {})", ca_path.display());
     for s in &SITES {
         let hosts: Vec<&str> = s.hosts(args.sgl).map(|h| h.name).collect();
         println!("  site        {:<12} hosts {}", s.name, hosts.join(", "));

@@ -1,5 +1,9 @@
 //! Host networking (HOST-4): a logical network is a Linux bridge, a VM NIC is a tap on it.
 //! Test-failover networks are isolated bridges with no uplink. Uses `ip` from iproute2.
+//!
+//! Bridges and taps carry the guests' traffic only: the host takes no address on them (IPv6
+//! autoconfiguration is turned off before they come up), so the host is not reachable from VM
+//! networks and starting a VM does not change the host's addresses.
 
 use std::process::Command;
 
@@ -39,7 +43,14 @@ pub fn ensure_bridge(name: &str) -> Result<(), NetError> {
     if !link_exists(name) {
         ip(&["link", "add", "name", name, "type", "bridge"], &format!("Create bridge {name}"))?;
     }
+    no_host_address(name);
     ip(&["link", "set", "dev", name, "up"], &format!("Bring up bridge {name}"))
+}
+
+/// Keep the host off a guest-facing interface: no IPv6 link-local or autoconfigured address.
+/// Best effort: without IPv6 in the kernel there is nothing to turn off.
+fn no_host_address(name: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), b"1");
 }
 
 pub fn delete_link(name: &str) -> Result<(), NetError> {
@@ -57,6 +68,7 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
     if !link_exists(tap) {
         ip(&["tuntap", "add", "dev", tap, "mode", "tap"], &format!("Create tap {tap}"))?;
     }
+    no_host_address(tap);
     ip(&["link", "set", "dev", tap, "master", bridge], &format!("Attach {tap} to {bridge}"))?;
     ip(&["link", "set", "dev", tap, "up"], &format!("Bring up {tap}"))
 }

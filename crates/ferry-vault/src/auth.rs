@@ -69,17 +69,22 @@ impl FromRequestParts<AppState> for Auth {
         let secret = value.strip_prefix("Bearer ").ok_or_else(|| {
             ApiFailure::unauthorized("InvalidCredentials", "The Authorization header must be 'Bearer <token>'")
         })?;
-        let row = state
-            .store
-            .token_by_hash(&hash_secret(secret.trim()))
-            .await?
-            .ok_or_else(|| ApiFailure::unauthorized("InvalidCredentials", "The token is unknown or revoked"))?;
-        if row.role == "Site" {
-            let fabric = row.fabric.ok_or_else(|| ApiFailure::internal("Site credential without a fabric"))?;
-            return Ok(Auth(Principal::Site { fabric }));
-        }
-        let role = Role::parse(&row.role)
-            .ok_or_else(|| ApiFailure::internal(format!("Stored token has unknown role {}", row.role)))?;
-        Ok(Auth(Principal::User { token: row.id, name: row.name, role }))
+        authenticate(state, secret).await
     }
+}
+
+/// The principal a token secret stands for (the REST API's bearer token, the portal's session).
+pub async fn authenticate(state: &AppState, secret: &str) -> Result<Auth, ApiFailure> {
+    let row = state
+        .store
+        .token_by_hash(&hash_secret(secret.trim()))
+        .await?
+        .ok_or_else(|| ApiFailure::unauthorized("InvalidCredentials", "The token is unknown or revoked"))?;
+    if row.role == "Site" {
+        let fabric = row.fabric.ok_or_else(|| ApiFailure::internal("Site credential without a fabric"))?;
+        return Ok(Auth(Principal::Site { fabric }));
+    }
+    let role = Role::parse(&row.role)
+        .ok_or_else(|| ApiFailure::internal(format!("Stored token has unknown role {}", row.role)))?;
+    Ok(Auth(Principal::User { token: row.id, name: row.name, role }))
 }

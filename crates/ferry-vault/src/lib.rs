@@ -6,6 +6,8 @@
 //!
 //! - the REST API under `/api/v1` (Azure Site Recovery resource names, OpenAPI at
 //!   `/api/v1/openapi.json`), authenticated with bearer tokens carrying a role (SEC-2);
+//! - the web portal under `/portal` (server-rendered pages, nothing loaded from elsewhere; see
+//!   [`portal`]) on the same HTTPS listener, with the overview figures of [`dashboard`];
 //! - the agent endpoints under `/api/v1/agent`, used by site managers over their outbound-only
 //!   TLS connection: registration with a registration key (FAB-2), periodic reports with the
 //!   site's inventory (FAB-4), the command outbox, host certificate signing (SEC-1).
@@ -23,11 +25,13 @@ pub mod auth;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod inventory;
 pub mod jobs;
 pub mod nic_plan;
+pub mod portal;
 pub mod replication;
 pub mod server;
 pub mod state;

@@ -1,6 +1,7 @@
 //! The REST API. One file per resource; the tree mirrors the URL tree under `/api/v1`.
 
 pub mod agent;
+pub mod dashboard;
 pub mod events;
 pub mod fabrics;
 pub mod items;
@@ -68,6 +69,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::restart_job))
         .routes(routes!(events::list_events))
+        .routes(routes!(dashboard::get_dashboard))
         .routes(routes!(items::list_items, items::enable_protection))
         .routes(routes!(items::get_item))
         .routes(routes!(items::operate))
@@ -79,15 +81,22 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let spec = doc.clone();
     let ca_pem = state.ca.cert_pem().to_string();
     let router = router
-        .with_state(state)
+        .with_state(state.clone())
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }),
         )
         .route("/api/v1/openapi.json", get(move || async move { Json(spec) }))
         .route("/api/v1/ca", get(move || async move { ca_pem }))
+        .merge(crate::portal::router(state.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES));
     (router, doc)
+}
+
+/// The paths the REST API serves (the portal offers pages only for APIs that exist).
+pub fn api_paths() -> Vec<String> {
+    let (_, doc) = api_router().split_for_parts();
+    doc.paths.paths.keys().cloned().collect()
 }
 
 /// The OpenAPI document as pretty JSON (checked into `docs/openapi.json`).
