@@ -33,10 +33,12 @@ fn chromium() -> PathBuf {
 
 /// A browser session on a lab's vault portal.
 pub struct Portal {
-    // The tab borrows the browser's connection; the browser (and its process) goes last.
+    // The tab borrows the browser's connection; the browser (and its process) goes, then the
+    // temporary directory Chromium wrote its own scratch files to.
     pub tab: Arc<Tab>,
     browser: Browser,
     pub url: String,
+    _tmp: tempfile::TempDir,
 }
 
 impl Portal {
@@ -45,8 +47,13 @@ impl Portal {
     pub fn open(lab: &Lab) -> Portal {
         let url = lab.env("FERRY_URL");
         let args: Vec<&OsStr> = vec![OsStr::new("--disable-dev-shm-usage"), OsStr::new("--no-first-run")];
+        // Chromium leaves `org.chromium.Chromium.*` scratch directories in TMPDIR: give it one
+        // of ours, removed with the portal.
+        let tmp = tempfile::tempdir().expect("browser tmp");
+        let envs = std::collections::HashMap::from([("TMPDIR".to_string(), tmp.path().display().to_string())]);
         let opts = LaunchOptions::default_builder()
             .path(Some(chromium()))
+            .process_envs(Some(envs))
             .headless(true)
             .sandbox(false)
             .ignore_certificate_errors(true)
@@ -58,7 +65,7 @@ impl Portal {
         let browser = Browser::new(opts).expect("Chromium starts");
         let tab = browser.new_tab().expect("a tab");
         tab.set_default_timeout(Duration::from_secs(60));
-        Portal { tab, browser, url }
+        Portal { tab, browser, url, _tmp: tmp }
     }
 
     /// Go to a portal path (or a full URL) and wait for the page. A navigation the browser
