@@ -48,7 +48,11 @@ pub struct TestParams {
 }
 
 /// The test VM: the source VM's definition on the overlays, new identity, NICs per option.
-fn test_definition(def: &VmDefinition, disks: &serde_json::Value, p: &TestParams) -> Result<VmDefinition, ApiError> {
+pub(crate) fn test_definition(
+    def: &VmDefinition,
+    disks: &serde_json::Value,
+    p: &TestParams,
+) -> Result<VmDefinition, ApiError> {
     let mut t = def.clone();
     t.name = format!("{}-test", def.name);
     t.uuid = None;
@@ -287,7 +291,7 @@ fn default_shutdown() -> u64 {
 
 /// The recovered VM: the source definition on the failover disks, NICs per the replica NIC plan
 /// (NET-2, NET-3, NET-4).
-fn recovered_definition(
+pub(crate) fn recovered_definition(
     item: &ferry_types::protection::ProtectedItem,
     def: &VmDefinition,
     disks: &serde_json::Value,
@@ -419,7 +423,7 @@ pub struct UnplannedParams {
 }
 
 /// How long an unplanned failover waits for the source site before taking it as gone.
-const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Unplanned failover (FO-3): the source may be gone. Optionally shut it down and sync first; a
 /// source that answers and runs blocks the failover unless the operator confirms it is fenced.
