@@ -95,11 +95,11 @@ fn start_answers(lab: &Lab) -> HashMap<String, usize> {
 #[test]
 fn plan_2_plan_3_plan_4_three_group_plan_test_planned_commit_scripts_manual_action_vault_kill() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
-    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
     let mut serials = HashMap::new();
     for (vm, _) in SHOP.iter().chain(EDGE.iter()) {
         serials.insert(*vm, common::guest_vm(&lab, vm, 8, None));
     }
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
     let mut protect = vec!["protect", "--site", "VMM-NewYork"];
     protect.extend(SHOP.iter().chain(EDGE.iter()).map(|(v, _)| *v));
     protect.push("--wait");
