@@ -182,7 +182,7 @@ mod tests {
             env.trim(),
             format!("app 2 Pre PlannedFailover PrimaryToRecovery VMM-Chicago {}", lib_canon.join("db").display())
         );
-        let e = run(Some(&lib), "s", &script("fail.sh", 600)).await.err().expect("fails");
+        let e = run(Some(&lib), "s", &script("fail.sh", 600)).await.expect_err("fails");
         assert_eq!(e.code, "ScriptFailed");
         assert_eq!(e.message, "Script fail.sh exited with code 3: database not ready");
         assert_eq!(code(run(Some(&lib), "s", &script("stderr.sh", 600)).await), "ScriptWroteToStderr");
