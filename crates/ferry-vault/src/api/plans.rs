@@ -53,6 +53,7 @@ fn vm_state(it: &ProtectedItem) -> VmState {
             test_failover_running: it.test_failover.is_some(),
             recovery_points: it.recovery_points.len(),
             reverse_direction: it.direction == Direction::Reverse,
+            failover_job_running: false,
         },
     }
 }

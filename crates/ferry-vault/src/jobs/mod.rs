@@ -95,6 +95,12 @@ impl JobEngine {
         self.submit_with_id(state, id, new).await
     }
 
+    /// The job another job started under `key` with [`JobEngine::submit_child`], if any.
+    pub async fn child(&self, parent: &Job, key: &str) -> Result<Option<Job>, ferry_store::Error> {
+        let id = Uuid::new_v5(&CHILD_NS, format!("{}/{key}", parent.id).as_bytes());
+        self.store.get_job(parent.vault_id, id).await
+    }
+
     /// Resume a job an operator was asked to act on (a plan's manual action, PLAN-3): the task
     /// it waits at is done and the job runs on from there. `None` when the job is not parked at
     /// such a task or already runs.

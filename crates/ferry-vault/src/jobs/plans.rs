@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::ctx::{cancelled, JobCtx, AWAITING_INPUT};
-use super::failover::{recovered_definition, source_running, test_definition, TestParams, SOURCE_PROBE};
+use super::failover::{
+    recovered_definition, source_running, stop_keeping_tracking, test_definition, TestParams, SOURCE_PROBE,
+};
 use super::kinds::{check, load_fabric, load_item, store_err, JobKind};
 use crate::state::AppState;
 
@@ -47,7 +49,7 @@ pub const OP_PLAN_UNPLANNED_FAILOVER: &str = "RecoveryPlanUnplannedFailover";
 pub const OP_PLAN_FAILOVER_COMMIT: &str = "RecoveryPlanFailoverCommit";
 pub const OP_PLAN_REPROTECT: &str = "RecoveryPlanReProtect";
 /// The per-VM job kind a plan's reverse replication runs for each VM (FO-5).
-pub const OP_ITEM_REPROTECT: &str = "ReProtect";
+pub const OP_ITEM_REPROTECT: &str = super::OP_REPROTECT;
 /// Job parameter: a failed job of this kind may be resumed (see [`super::JobEngine::resume`]).
 pub const RESUME_AFTER_FAILURE: &str = "resume_after_failure";
 
@@ -258,7 +260,7 @@ impl JobKind for PlanJob {
         match p.operation {
             Operation::TestFailoverCleanup => cleanup(ctx, &p).await,
             Operation::FailoverCommit => children(ctx, &p, super::OP_FAILOVER_COMMIT).await,
-            Operation::ReProtect => children(ctx, &p, OP_ITEM_REPROTECT).await,
+            Operation::ReProtect => children(ctx, &p, super::OP_REPROTECT).await,
             op => match mode_of(op) {
                 Some(mode) => failover(ctx, &p, mode).await,
                 None => {
@@ -384,11 +386,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
             alive = per_vm(ctx, &mut out, &alive, t_stop_replication, |it, st, job| {
                 let k = key(p, format!("{}/stop", it.id));
                 async move {
-                    let cmd = SiteCommand::StopReplication {
-                        host: it.source.host.clone(),
-                        item: it.id,
-                        delete_replica: false,
-                    };
+                    let cmd = stop_keeping_tracking(it.source.host.clone(), it.id);
                     check(JobCtx::site_command(&st, &job, it.source.fabric, &k, cmd).await?, "Stopping replication")?;
                     Ok(serde_json::Value::Null)
                 }
@@ -436,11 +434,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
             alive = per_vm(ctx, &mut out, &alive, t_stop_replication, |it, st, job| {
                 let k = key(p, format!("{}/stop", it.id));
                 async move {
-                    let cmd = SiteCommand::StopReplication {
-                        host: it.source.host.clone(),
-                        item: it.id,
-                        delete_replica: false,
-                    };
+                    let cmd = stop_keeping_tracking(it.source.host.clone(), it.id);
                     let _ = JobCtx::site_command_within(&st, &job, it.source.fabric, &k, cmd, SOURCE_PROBE).await;
                     Ok(serde_json::Value::Null)
                 }
@@ -459,6 +453,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
         |v| t_disks(v, mode),
         |it, st, job| {
             let point = point_of(it.id).unwrap_or_else(|| "latest".into());
+            let latest = point == "latest";
             let (k1, k2) = (key(p, format!("{}/release-tests", it.id)), key(p, format!("{}/disks", it.id)));
             async move {
                 let tgt = it.target.clone();
@@ -477,6 +472,11 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                 let r = JobCtx::site_command(&st, &job, tgt.fabric, &k2, cmd).await?;
                 let output = r.output.clone();
                 check(r, "Preparing the disks")?;
+                if mode != Mode::Test {
+                    // What the per-VM operations after a failover need (FO-4, FO-5).
+                    let source_final = mode == Mode::Planned && latest;
+                    record_failover(&st, vault, it.id, &output, source_final).await?;
+                }
                 Ok(output)
             }
         },
@@ -558,6 +558,39 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
         return ctx.wait_for_input(T_COMPLETE_TESTING).await;
     }
     Ok(())
+}
+
+/// Record the failover in effect on the item, as the per-VM failover does: the point the
+/// recovered VM runs on, its disks, and — after a planned failover on the latest point — that
+/// the point holds the source's final state (reverse replication then sends only the changes).
+async fn record_failover(
+    st: &AppState,
+    vault: Uuid,
+    item: Uuid,
+    output: &serde_json::Value,
+    source_final: bool,
+) -> Result<(), ApiError> {
+    let used = output["point"].as_str().unwrap_or_default().to_string();
+    let disks: Vec<(String, String)> = output["disks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| Some((d["target"].as_str()?.to_string(), d["path"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = st.clock.now();
+    crate::replication::update_item(st, vault, item, |i| {
+        let keep_final = i.failover.as_ref().and_then(|f| f.source_final_point.clone());
+        i.failover = Some(ferry_types::protection::FailoverRecord {
+            point: used.clone(),
+            source_final_point: if source_final { Some(used.clone()) } else { keep_final },
+            disks: disks.clone(),
+            at: now,
+        });
+    })
+    .await
+    .map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -714,22 +747,39 @@ async fn children(ctx: &mut JobCtx, p: &PlanParams, operation: &'static str) -> 
             let it = vms[i].clone();
             async move {
                 let vault = job.vault_id;
-                let item = load_item(&st, vault, it.id).await?;
-                let new = super::NewJob {
-                    vault,
-                    operation,
-                    object_type: "ProtectedItem",
-                    object_id: it.id.to_string(),
-                    object_name: it.name.clone(),
-                    fabric: Some(item.target.fabric),
-                    params: serde_json::json!({"item": it.id}),
-                    tasks: vec![],
+                let key = format!("a{attempt}/{}/{operation}", it.id);
+                let child = match st.jobs.child(&job, &key).await.map_err(store_err)? {
+                    Some(existing) => existing,
+                    None => {
+                        let item = load_item(&st, vault, it.id).await?;
+                        // The per-VM operation's own preparation, as its API does.
+                        let (params, tasks): (serde_json::Value, &[&str]) = if operation == super::OP_REPROTECT {
+                            crate::replication::set_state(&st, vault, it.id, ReplicationState::ReverseReplicating)
+                                .await?;
+                            let p = super::ReProtectParams {
+                                item: it.id,
+                                original: item.source.clone(),
+                                active: item.target.clone(),
+                            };
+                            let v =
+                                serde_json::to_value(p).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
+                            (v, &super::REPROTECT_TASKS)
+                        } else {
+                            (serde_json::json!({"item": it.id}), &super::COMMIT_TASKS)
+                        };
+                        let new = super::NewJob {
+                            vault,
+                            operation,
+                            object_type: "ProtectedItem",
+                            object_id: it.id.to_string(),
+                            object_name: it.name.clone(),
+                            fabric: Some(item.target.fabric),
+                            params,
+                            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+                        };
+                        st.jobs.submit_child(&st, &job, &key, new).await.map_err(store_err)?
+                    }
                 };
-                let child = st
-                    .jobs
-                    .submit_child(&st, &job, &format!("a{attempt}/{}/{operation}", it.id), new)
-                    .await
-                    .map_err(store_err)?;
                 loop {
                     let j = st
                         .store
