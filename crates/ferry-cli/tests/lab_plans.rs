@@ -1,8 +1,9 @@
 //! Recovery plans (PLAN-1..PLAN-4) through the whole lab, on test-guest VMs: a three-group plan
 //! of five VMs through test failover (with a manual action), cleanup, planned failover (a
 //! failing script stops it; resumed after the fix; the vault is killed in the middle and the
-//! plan goes on without starting a VM twice) and commit; a second plan whose failing script does
-//! not stop an unplanned failover. Group order is proven from the start times the jobs record.
+//! plan goes on without starting a VM twice), commit, reverse replication, failback and
+//! reverse replication again; a second plan whose failing script does not stop an unplanned
+//! failover. Group order is proven from the start times the jobs record.
 
 mod common;
 
@@ -93,7 +94,7 @@ fn start_answers(lab: &Lab) -> HashMap<String, usize> {
 }
 
 #[test]
-fn plan_2_plan_3_plan_4_three_group_plan_test_planned_commit_scripts_manual_action_vault_kill() {
+fn plan_2_plan_3_plan_4_three_group_plan_test_planned_commit_reprotect_failback_scripts_manual_action_vault_kill() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let mut serials = HashMap::new();
     for (vm, _) in SHOP.iter().chain(EDGE.iter()) {
@@ -297,9 +298,33 @@ fn plan_2_plan_3_plan_4_three_group_plan_test_planned_commit_scripts_manual_acti
     for (vm, _) in SHOP {
         assert_eq!(lab.json(&["item-show", vm])["state"], "Committed");
     }
-    let (code, _, err) = lab.cli(&["plan-reprotect", "shop"]);
-    if code != 0 {
-        assert!(err.contains("OperationNotImplemented"), "reverse replication: {err}");
+
+    // PLAN-4 reverse replication: every VM replicates from Chicago back to New York.
+    let r = lab.json(&["plan-reprotect", "shop", "--wait"]);
+    assert_eq!(r["status"], "Succeeded", "{r}");
+    assert_eq!(lab.json(&["job-list", "--operation", "ReProtect"])["items"].as_array().map(Vec::len), Some(5));
+    for (vm, _) in SHOP {
+        lab.wait_for("reverse replication with a point", Duration::from_secs(240), || {
+            let it = lab.json(&["item-show", vm]);
+            let n = it["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+            (it["state"] == "Protected" && it["direction"] == "Reverse" && n >= 1).then_some(())
+        });
+    }
+    // Failback (FO-6) as a plan: a planned failover in the reverse direction, in group order,
+    // with the scripts now run by New York's site manager; then commit.
+    let fb = lab.json(&["plan-planned-failover", "shop", "--wait"]);
+    assert_eq!(fb["status"], "Succeeded", "{fb}");
+    assert_group_order(&fb, &SHOP, false);
+    let ny = running_on(&lab, "VMM-NewYork", "ny1");
+    for (vm, _) in SHOP {
+        assert!(ny.contains_key(vm), "{vm} is back in New York: {ny:?}");
+    }
+    let text = std::fs::read_to_string(&marks).expect("marks");
+    assert!(text.lines().any(|l| l == "mark shop 3 Post PlannedFailover RecoveryToPrimary VMM-NewYork"), "{text}");
+    assert_eq!(lab.json(&["plan-commit", "shop", "--wait"])["status"], "Succeeded");
+    assert_eq!(lab.json(&["plan-reprotect", "shop", "--wait"])["status"], "Succeeded", "protected again, as paired");
+    for (vm, _) in SHOP {
+        assert_eq!(lab.json(&["item-show", vm])["direction"], "Forward");
     }
 
     // An unplanned failover goes on after a failing script and reports it (PLAN-2, PLAN-3).
