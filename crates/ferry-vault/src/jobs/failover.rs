@@ -599,6 +599,19 @@ async fn reip(
     tgt: ferry_types::protection::ItemSide,
     name: String,
 ) -> Result<serde_json::Value, ApiError> {
+    reip_keyed(state, job, vault, item, tgt, name, "reip").await
+}
+
+/// [`reip`] with the site command's key given (a plan job re-IPs many VMs).
+pub(super) async fn reip_keyed(
+    state: &crate::state::AppState,
+    job: &ferry_types::job::Job,
+    vault: Uuid,
+    item: Uuid,
+    tgt: ferry_types::protection::ItemSide,
+    name: String,
+    key: &str,
+) -> Result<serde_json::Value, ApiError> {
     let it = load_item(state, vault, item).await?;
     let target = super::kinds::load_fabric(state, vault, tgt.fabric).await?;
     let nics: Vec<GuestNicAddress> = it
@@ -630,7 +643,7 @@ async fn reip(
             timeout_secs: GUEST_AGENT_WAIT_SECS,
         },
     };
-    let r = JobCtx::site_command(state, job, tgt.fabric, "reip", cmd).await?;
+    let r = JobCtx::site_command(state, job, tgt.fabric, key, cmd).await?;
     if r.ok {
         return Ok(r.output);
     }

@@ -8,7 +8,8 @@
 //!    test: nothing (the sources keep running and replicating);
 //! 2. the failover (or test) disks of every VM, in parallel, then every VM defined at the
 //!    recovery site, in parallel;
-//! 3. group by group: the group's pre-steps, then its VMs started in parallel, then its
+//! 3. group by group: the group's pre-steps, then its VMs started in parallel (and, for a
+//!    real failover, their planned addresses applied inside the guests, NET-4), then its
 //!    post-steps. Group N+1 begins only when every VM of group N is up. Each start task records
 //!    when the VM came up (`params.outputs["Group N: Start vm"].started_at`).
 //!
@@ -37,7 +38,8 @@ use uuid::Uuid;
 
 use super::ctx::{cancelled, JobCtx, AWAITING_INPUT};
 use super::failover::{
-    recovered_definition, source_running, stop_keeping_tracking, test_definition, TestParams, SOURCE_PROBE,
+    recovered_definition, reip_keyed, source_running, stop_keeping_tracking, test_definition, TestParams, REIP_TASK,
+    SOURCE_PROBE,
 };
 use super::kinds::{check, load_fabric, load_item, store_err, JobKind};
 use crate::state::AppState;
@@ -169,6 +171,9 @@ pub fn t_start(group: u8, vm: &str, test: bool) -> String {
         format!("Group {group}: Start {vm}")
     }
 }
+fn t_reip(group: u8, vm: &str) -> String {
+    format!("Group {group}: {vm}: {REIP_TASK}")
+}
 fn t_step(group: u8, phase: StepPhase, index: usize, step: &PlanStep) -> String {
     let phase = match phase {
         StepPhase::Pre => "Pre-step",
@@ -234,6 +239,9 @@ pub fn plan_tasks(p: &PlanParams) -> Vec<String> {
                 for (phase, steps) in [(StepPhase::Pre, &g.pre_steps), (StepPhase::Post, &g.post_steps)] {
                     if phase == StepPhase::Post {
                         t.extend(g.items.iter().map(|i| t_start(g.number, &i.name, mode == Mode::Test)));
+                        if mode != Mode::Test {
+                            t.extend(g.items.iter().map(|i| t_reip(g.number, &i.name)));
+                        }
                     }
                     for (i, s) in steps.iter().enumerate() {
                         if s.applies_to(mode.failover_type()) {
@@ -548,6 +556,22 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
         .await?;
         // VMs that did not come up stay out of later phases (unplanned goes on without them).
         alive.retain(|it| !g.items.iter().any(|x| x.id == it.id) || started.iter().any(|s| s.id == it.id));
+        if mode != Mode::Test {
+            // NET-4 / FO-8: the planned addresses inside each guest, as every failover does; the
+            // group is up when its guests have their addresses (a guest that cannot be reached
+            // is reported, not failed).
+            per_vm(
+                ctx,
+                &mut out,
+                &started,
+                |v| t_reip(group, v),
+                |it, st, job| {
+                    let k = key(p, format!("{}/reip", it.id));
+                    async move { reip_keyed(&st, &job, vault, it.id, it.target.clone(), it.name.clone(), &k).await }
+                },
+            )
+            .await?;
+        }
         run_steps(ctx, p, &mut out, mode, g.number, StepPhase::Post, &g.post_steps).await?;
     }
 
