@@ -288,6 +288,150 @@ pub enum ApiCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Resume a job that waits for an operator's manual action, or a failed recovery plan job
+    /// after its cause was fixed.
+    JobResume {
+        id: String,
+        /// Wait until the job ends or waits for an operator again.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Create a recovery plan (PLAN-1); the VMs go to Group 1.
+    PlanCreate {
+        name: String,
+        /// Protected VMs (names or ids); they decide the plan's cloud pair.
+        #[arg(long = "vm")]
+        vms: Vec<String>,
+        /// The cloud pair id (needed when no VM is given).
+        #[arg(long)]
+        pair: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    PlanList,
+    /// A plan with its groups, steps and allowed operations.
+    PlanShow {
+        plan: String,
+    },
+    PlanDelete {
+        plan: String,
+    },
+    /// Add protected VMs to a group of a plan.
+    PlanAddVm {
+        plan: String,
+        #[arg(long, default_value_t = 1)]
+        group: u8,
+        vms: Vec<String>,
+    },
+    /// Remove VMs from a plan.
+    PlanRemoveVm {
+        plan: String,
+        vms: Vec<String>,
+    },
+    /// Move VMs of a plan to another group.
+    PlanMoveVm {
+        plan: String,
+        #[arg(long)]
+        group: u8,
+        vms: Vec<String>,
+    },
+    /// Add a group at the end of a plan (at most 7).
+    PlanGroupAdd {
+        plan: String,
+    },
+    /// Delete an empty group (not Group 1); later groups are renumbered.
+    PlanGroupDelete {
+        plan: String,
+        group: u8,
+    },
+    /// Move a group to another position; groups are renumbered.
+    PlanGroupMove {
+        plan: String,
+        group: u8,
+        #[arg(long)]
+        to: u8,
+    },
+    /// Add a pre- or post-step to a group: a script from the site managers' script library or a
+    /// manual action (PLAN-3).
+    PlanStepAdd {
+        plan: String,
+        #[arg(long)]
+        group: u8,
+        /// Run after the group's VMs started (default: before).
+        #[arg(long)]
+        post: bool,
+        #[arg(long)]
+        name: String,
+        /// Script path relative to the script library.
+        #[arg(long, conflicts_with = "manual", required_unless_present = "manual")]
+        script: Option<String>,
+        /// Instructions of a manual action.
+        #[arg(long)]
+        manual: Option<String>,
+        /// test, planned or unplanned (repeat; default: all).
+        #[arg(long = "failover-type")]
+        failover_types: Vec<String>,
+    },
+    /// Remove a step (1-based index among the group's pre- or post-steps).
+    PlanStepRemove {
+        plan: String,
+        #[arg(long)]
+        group: u8,
+        #[arg(long)]
+        post: bool,
+        index: usize,
+    },
+    /// Test failover of a plan (PLAN-4): test VMs started group by group; waits at Complete
+    /// testing until the cleanup.
+    PlanTestFailover {
+        plan: String,
+        /// latestProcessed (default), latest or latestAppConsistent.
+        #[arg(long)]
+        point: Option<String>,
+        /// none (default), auto or a target VM network.
+        #[arg(long, default_value = "none")]
+        network: String,
+        /// Wait until the job ends or waits for an operator.
+        #[arg(long)]
+        wait: bool,
+    },
+    PlanTestFailoverCleanup {
+        plan: String,
+        #[arg(long, default_value = "")]
+        notes: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Planned failover of a plan: sources shut down, groups started in order; stops at the
+    /// first error.
+    PlanPlannedFailover {
+        plan: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Unplanned failover of a plan: goes on after errors and reports them all.
+    PlanUnplannedFailover {
+        plan: String,
+        #[arg(long)]
+        point: Option<String>,
+        #[arg(long)]
+        shutdown_source: bool,
+        #[arg(long)]
+        source_fenced: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    PlanCommit {
+        plan: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Reverse replication of every VM of a plan (FO-5).
+    PlanReprotect {
+        plan: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
         #[arg(long)]
@@ -956,6 +1100,96 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             let j = if wait { ctx.wait_job(&j).await? } else { j };
             print(out, &j, JOB_COLS);
         }
+        ApiCmd::JobResume { id, wait } => {
+            let j: Value = c.post(&ctx.v(&format!("/replicationJobs/{}/resume", enc(&id))), &json!(null)).await?;
+            let j = if wait { ctx.wait_input_or_end(&j).await? } else { j };
+            print(out, &j, JOB_COLS);
+        }
+        ApiCmd::PlanCreate { name, vms, pair, description } => {
+            let mut body = json!({"name": name, "description": description, "vms": vms});
+            if let Some(p) = pair {
+                body["container_mapping"] = json!(p);
+            }
+            let p: Value = c.post(&ctx.v("/replicationRecoveryPlans"), &body).await?;
+            print_plan(out, &p);
+        }
+        ApiCmd::PlanList => print(
+            out,
+            &c.get(&ctx.v("/replicationRecoveryPlans")).await?,
+            &[("ID", "/id"), ("NAME", "/name"), ("GROUPS", "/groups"), ("ALLOWED", "/allowed_operations")],
+        ),
+        ApiCmd::PlanShow { plan } => {
+            print_plan(out, &c.get(&ctx.v(&format!("/replicationRecoveryPlans/{}", enc(&plan)))).await?)
+        }
+        ApiCmd::PlanDelete { plan } => {
+            c.delete(&ctx.v(&format!("/replicationRecoveryPlans/{}", enc(&plan)))).await?;
+        }
+        ApiCmd::PlanAddVm { plan, group, vms } => {
+            plan_edit(&ctx, &plan, json!({"change": "addVms", "group": group, "vms": vms})).await?
+        }
+        ApiCmd::PlanRemoveVm { plan, vms } => {
+            plan_edit(&ctx, &plan, json!({"change": "removeVms", "vms": vms})).await?
+        }
+        ApiCmd::PlanMoveVm { plan, group, vms } => {
+            plan_edit(&ctx, &plan, json!({"change": "moveVms", "group": group, "vms": vms})).await?
+        }
+        ApiCmd::PlanGroupAdd { plan } => plan_edit(&ctx, &plan, json!({"change": "addGroup"})).await?,
+        ApiCmd::PlanGroupDelete { plan, group } => {
+            plan_edit(&ctx, &plan, json!({"change": "deleteGroup", "group": group})).await?
+        }
+        ApiCmd::PlanGroupMove { plan, group, to } => {
+            plan_edit(&ctx, &plan, json!({"change": "moveGroup", "group": group, "to": to})).await?
+        }
+        ApiCmd::PlanStepAdd { plan, group, post, name, script, manual, failover_types } => {
+            let types = failover_types
+                .iter()
+                .map(|t| match t.to_ascii_lowercase().as_str() {
+                    "test" => Ok("TestFailover"),
+                    "planned" => Ok("PlannedFailover"),
+                    "unplanned" => Ok("UnplannedFailover"),
+                    other => Err(anyhow!("Unknown failover type '{other}': use test, planned or unplanned")),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let step = match (script, manual) {
+                (Some(path), _) => json!({"kind": "Script", "name": name, "path": path, "failover_types": types}),
+                (None, Some(instructions)) => {
+                    json!({"kind": "ManualAction", "name": name, "instructions": instructions, "failover_types": types})
+                }
+                (None, None) => bail!("Give --script PATH or --manual INSTRUCTIONS"),
+            };
+            let phase = if post { "Post" } else { "Pre" };
+            plan_edit(&ctx, &plan, json!({"change": "addStep", "group": group, "phase": phase, "step": step})).await?
+        }
+        ApiCmd::PlanStepRemove { plan, group, post, index } => {
+            let phase = if post { "Post" } else { "Pre" };
+            plan_edit(&ctx, &plan, json!({"change": "removeStep", "group": group, "phase": phase, "index": index}))
+                .await?
+        }
+        ApiCmd::PlanTestFailover { plan, point, network, wait } => {
+            let net = match network.as_str() {
+                "none" => json!({"mode": "None"}),
+                "auto" => json!({"mode": "Automatic"}),
+                name => json!({"mode": "Existing", "network": name}),
+            };
+            let mut body = json!({"network": net});
+            if let Some(p) = point {
+                body["recovery_point"] = json!(p);
+            }
+            plan_op(&ctx, &plan, "testFailover", body, wait).await?
+        }
+        ApiCmd::PlanTestFailoverCleanup { plan, notes, wait } => {
+            plan_op(&ctx, &plan, "testFailoverCleanup", json!({"notes": notes}), wait).await?
+        }
+        ApiCmd::PlanPlannedFailover { plan, wait } => plan_op(&ctx, &plan, "plannedFailover", json!({}), wait).await?,
+        ApiCmd::PlanUnplannedFailover { plan, point, shutdown_source, source_fenced, wait } => {
+            let mut body = json!({"shutdown_source": shutdown_source, "source_fenced": source_fenced});
+            if let Some(p) = point {
+                body["recovery_point"] = json!(p);
+            }
+            plan_op(&ctx, &plan, "unplannedFailover", body, wait).await?
+        }
+        ApiCmd::PlanCommit { plan, wait } => plan_op(&ctx, &plan, "failoverCommit", json!({}), wait).await?,
+        ApiCmd::PlanReprotect { plan, wait } => plan_op(&ctx, &plan, "reProtect", json!({}), wait).await?,
         ApiCmd::VmCreate { site, host, file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("Cannot read {}", file.display()))?;
             let definition: Value =
@@ -1002,4 +1236,56 @@ async fn vm_action(ctx: &Ctx, site: &str, host: &str, action: Value) -> Result<(
         print(ctx.out, output, VM_COLS);
     }
     Ok(())
+}
+
+/// Apply one change to a plan and print the result.
+async fn plan_edit(ctx: &Ctx, plan: &str, change: Value) -> Result<()> {
+    let p: Value =
+        ctx.c.patch(&ctx.v(&format!("/replicationRecoveryPlans/{}", enc(plan))), &json!({"changes": [change]})).await?;
+    print_plan(ctx.out, &p);
+    Ok(())
+}
+
+/// Start a plan operation; with `wait`, follow it until it ends or waits for an operator
+/// (a manual action, or Complete testing after a test failover).
+async fn plan_op(ctx: &Ctx, plan: &str, op: &str, body: Value, wait: bool) -> Result<()> {
+    let j: Value = ctx.c.post(&ctx.v(&format!("/replicationRecoveryPlans/{}/{op}", enc(plan))), &body).await?;
+    let j = if wait { ctx.wait_input_or_end(&j).await? } else { j };
+    if ctx.out == Output::Table && j["status"] == "WaitingForInput" {
+        if let Some(t) = j["tasks"].as_array().and_then(|t| t.iter().find(|t| t["status"] == "WaitingForInput")) {
+            eprintln!("Waiting for an operator at: {}", t["name"].as_str().unwrap_or(""));
+        }
+    }
+    print(ctx.out, &j, JOB_COLS);
+    Ok(())
+}
+
+/// A plan as text: its groups in order with their VMs and steps (or JSON).
+fn print_plan(out: Output, p: &Value) {
+    if out == Output::Json {
+        print(out, p, &[]);
+        return;
+    }
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    println!("Plan {} ({}), version {}", s(&p["name"]), s(&p["id"]), p["version"]);
+    if !s(&p["description"]).is_empty() {
+        println!("  {}", s(&p["description"]));
+    }
+    let step = |st: &Value| match st["kind"].as_str() {
+        Some("Script") => format!("script '{}' ({})", s(&st["name"]), s(&st["path"])),
+        _ => format!("manual action '{}': {}", s(&st["name"]), s(&st["instructions"])),
+    };
+    for g in p["groups"].as_array().into_iter().flatten() {
+        let vms: Vec<String> = g["items"].as_array().into_iter().flatten().map(|i| s(&i["name"])).collect();
+        println!("Group {}: {}", g["number"], if vms.is_empty() { "(no VM)".to_string() } else { vms.join(", ") });
+        for (phase, key) in [("pre ", "pre_steps"), ("post", "post_steps")] {
+            for (i, st) in g[key].as_array().into_iter().flatten().enumerate() {
+                let types: Vec<String> = st["failover_types"].as_array().into_iter().flatten().map(s).collect();
+                let types = if types.is_empty() { String::new() } else { format!(" [{}]", types.join(", ")) };
+                println!("  {phase} {} {}{types}", i + 1, step(st));
+            }
+        }
+    }
+    let allowed: Vec<String> = p["allowed_operations"].as_array().into_iter().flatten().map(s).collect();
+    println!("Allowed operations: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") });
 }

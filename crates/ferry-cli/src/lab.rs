@@ -427,7 +427,7 @@ pub async fn run(args: LabArgs) -> Result<()> {
     }
 
     if !args.no_demo_vms && demo_vms(&client, &dir).await? {
-        demo_replication(&client).await?;
+        demo_replication(&client, &dir).await?;
     }
 
     let env = format!(
@@ -547,7 +547,7 @@ async fn demo_vms(client: &Client, dir: &Path) -> Result<bool> {
 
 /// The seed's protection of the demo VMs: GoldCloud1 → GoldCloud2 under policy `lab-gold`,
 /// VMNetwork1 and the GOLD/SILVER classifications mapped, all three demo VMs protected.
-async fn demo_replication(client: &Client) -> Result<()> {
+async fn demo_replication(client: &Client, dir: &Path) -> Result<()> {
     let v = format!("/api/v1/vaults/{VAULT_NAME}");
     let fabric = |name: &str| format!("{v}/replicationFabrics/{name}");
     let find = |list: &Value, name: &str| -> Result<Value> {
@@ -607,6 +607,46 @@ async fn demo_replication(client: &Client) -> Result<()> {
             .await?;
     }
     println!("  protection  web1, db1, app1: GoldCloud1 -> GoldCloud2 under policy lab-gold (ferry item-list)");
+    demo_plan(client, dir).await?;
+    Ok(())
+}
+
+/// The demo recovery plan `lab-app`: db1 first, then app1, then web1; a script from the lab's
+/// script library after the database group, and a manual check before the web tier.
+async fn demo_plan(client: &Client, dir: &Path) -> Result<()> {
+    let lib = dir.join("scripts").join("lab-app");
+    std::fs::create_dir_all(&lib)?;
+    let script = lib.join("db-ready.sh");
+    if !script.exists() {
+        std::fs::write(
+            &script,
+            "#!/bin/sh\n# Runs on the recovery site's manager after group 1 (db1) is up.\necho \"$FERRY_PLAN_NAME: group $FERRY_PLAN_GROUP up at $FERRY_SITE_NAME ($FERRY_FAILOVER_TYPE, $FERRY_FAILOVER_DIRECTION)\"\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let plans = format!("/api/v1/vaults/{VAULT_NAME}/replicationRecoveryPlans");
+    let existing: Value = client.get(&plans).await?;
+    if existing.as_array().is_some_and(|a| a.iter().any(|p| p["name"] == "lab-app")) {
+        return Ok(());
+    }
+    let _: Value = client
+        .post(&plans, &json!({"name": "lab-app", "description": "Demo application: database, app tier, web tier", "vms": ["db1"]}))
+        .await?;
+    let changes = json!({"changes": [
+        {"change": "addGroup"},
+        {"change": "addGroup"},
+        {"change": "addVms", "group": 2, "vms": ["app1"]},
+        {"change": "addVms", "group": 3, "vms": ["web1"]},
+        {"change": "addStep", "group": 1, "phase": "Post",
+         "step": {"kind": "Script", "name": "database ready", "path": "lab-app/db-ready.sh"}},
+        {"change": "addStep", "group": 3, "phase": "Pre",
+         "step": {"kind": "ManualAction", "name": "Check the app tier",
+                  "instructions": "Open app1's console and check that it found its records; then resume the job",
+                  "failover_types": ["PlannedFailover", "UnplannedFailover"]}}
+    ]});
+    let _: Value = client.patch(&format!("{plans}/lab-app"), &changes).await?;
+    println!("  plan        lab-app: group 1 db1, group 2 app1, group 3 web1 (ferry plan-show lab-app)");
     Ok(())
 }
 

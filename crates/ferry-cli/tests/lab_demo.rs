@@ -1,5 +1,5 @@
 //! The lab's demo VMs run the test guest's record workload (HOST-6) and shut down gracefully
-//! with every record intact.
+//! with every record intact; the lab protects them and defines a recovery plan for them.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Lab, LabOptions};
 
 #[test]
-fn host_6_lab_demo_vms_write_records_and_shut_down_cleanly() {
+fn host_6_lab_demo_vms_write_records_and_shut_down_cleanly_plan_1_lab_plan() {
     common::test_guest();
     let lab = Lab::start(LabOptions { demo_vms: true, ..Default::default() });
     let vms = lab.json(&["vm-list", "--site", "VMM-NewYork", "--host", "ny1"]);
@@ -37,6 +37,17 @@ fn host_6_lab_demo_vms_write_records_and_shut_down_cleanly() {
         app1_item["disks"][0]["location"].as_str().is_some_and(|l| l.ends_with("silver_target")),
         "SILVER → SILVER_TARGET: {app1_item}"
     );
+
+    // The lab defines a recovery plan for its demo VMs (PLAN-1).
+    let plan = lab.json(&["plan-show", "lab-app"]);
+    let groups: Vec<Vec<&str>> = plan["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| g["items"].as_array().expect("items").iter().filter_map(|i| i["name"].as_str()).collect())
+        .collect();
+    assert_eq!(groups, vec![vec!["db1"], vec!["app1"], vec!["web1"]], "{plan}");
+    assert_eq!(plan["groups"][0]["post_steps"][0]["path"], "lab-app/db-ready.sh");
 
     let serial = lab.host_data("ny1").join("vms/web1/serial.log");
     lab.wait_for("web1 to write 3 records", Duration::from_secs(120), || {

@@ -139,6 +139,38 @@ pub enum Error {
     #[error("Event {event} is not valid in state {state:?}")]
     InvalidStateTransition { state: ReplicationState, event: String },
 
+    // ---- recovery plans (PLAN-*) ----
+    #[error("Recovery plan name is invalid: {reason}")]
+    PlanInvalidName { reason: String },
+    #[error("Recovery plan description is longer than 1024 characters")]
+    PlanInvalidDescription,
+    #[error("A recovery plan holds at most {max} VMs; this change would make it {requested}")]
+    PlanTooManyVms { max: usize, requested: usize },
+    #[error("A recovery plan has at most {max} groups")]
+    PlanTooManyGroups { max: usize },
+    #[error("VM {vm} is not protected in the recovery plan's cloud pair")]
+    PlanVmNotInPair { vm: String },
+    #[error("VM {vm} is already in group {group} of this plan")]
+    PlanVmAlreadyInPlan { vm: String, group: u8 },
+    #[error("VM {vm} is not in this plan")]
+    PlanVmNotInPlan { vm: String },
+    #[error("The plan has no group {group}")]
+    PlanGroupNotFound { group: u8 },
+    #[error("Group 1 of a recovery plan cannot be deleted")]
+    PlanGroupOneCannotBeDeleted,
+    #[error("Group {group} still holds {vms} VMs; move or remove them first")]
+    PlanGroupNotEmpty { group: u8, vms: usize },
+    #[error("Step '{step}' is invalid: {reason}")]
+    PlanStepInvalid { step: String, reason: String },
+    #[error("Group {group} has no step {index} there")]
+    PlanStepNotFound { group: u8, index: usize },
+    #[error("The recovery plan has no VM")]
+    PlanHasNoVms,
+    #[error("'{operation}' is not an operation on recovery plans")]
+    PlanOperationUnknown { operation: String },
+    #[error("Operation {} is not allowed for every VM of the plan: {}", operation.as_str(), refused.join("; "))]
+    PlanOperationNotAllowed { operation: Operation, refused: Vec<String> },
+
     // ---- recovery points (RP-*) ----
     #[error("There is no recovery point")]
     NoRecoveryPoints,
@@ -217,6 +249,21 @@ impl Error {
             Error::NoTargetHost { .. } => "NoTargetHost",
             Error::OperationNotAllowed { .. } => "OperationNotAllowed",
             Error::InvalidStateTransition { .. } => "InvalidStateTransition",
+            Error::PlanInvalidName { .. } => "PlanInvalidName",
+            Error::PlanInvalidDescription => "PlanInvalidDescription",
+            Error::PlanTooManyVms { .. } => "PlanTooManyVms",
+            Error::PlanTooManyGroups { .. } => "PlanTooManyGroups",
+            Error::PlanVmNotInPair { .. } => "PlanVmNotInPair",
+            Error::PlanVmAlreadyInPlan { .. } => "PlanVmAlreadyInPlan",
+            Error::PlanVmNotInPlan { .. } => "PlanVmNotInPlan",
+            Error::PlanGroupNotFound { .. } => "PlanGroupNotFound",
+            Error::PlanGroupOneCannotBeDeleted => "PlanGroupOneCannotBeDeleted",
+            Error::PlanGroupNotEmpty { .. } => "PlanGroupNotEmpty",
+            Error::PlanStepInvalid { .. } => "PlanStepInvalid",
+            Error::PlanStepNotFound { .. } => "PlanStepNotFound",
+            Error::PlanHasNoVms => "PlanHasNoVms",
+            Error::PlanOperationUnknown { .. } => "PlanOperationUnknown",
+            Error::PlanOperationNotAllowed { .. } => "PlanOperationNotAllowed",
             Error::NoRecoveryPoints => "NoRecoveryPoints",
             Error::NoProcessedRecoveryPoint => "NoProcessedRecoveryPoint",
             Error::NoAppConsistentRecoveryPoint => "NoAppConsistentRecoveryPoint",
@@ -289,6 +336,13 @@ impl Error {
             }
             Error::OperationNotAllowed { .. } => {
                 Some("Check the item's allowed operations and retry when it allows this one.")
+            }
+            Error::PlanTooManyVms { .. } => Some("Split the VMs over several recovery plans."),
+            Error::PlanVmNotInPair { .. } => {
+                Some("Create one recovery plan per cloud pair; a plan holds the VMs of one pair.")
+            }
+            Error::PlanOperationNotAllowed { .. } => {
+                Some("Bring every VM of the plan into a state that allows the operation, or remove it from the plan.")
             }
             _ => None,
         }

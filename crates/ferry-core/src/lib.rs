@@ -14,6 +14,7 @@
 //! | [`storage`] | is this classification mapping valid; on which host and location does each replica disk go? | STO-1..5 |
 //! | [`state`] | which operations does a protected item allow; what is its next state? | JOB-3, FO-1, FO-5..7 |
 //! | [`health`] | what is an item's replication health and why; cycle statistics | JOB-2, REP-5 |
+//! | [`plan`] | what may a recovery plan hold; how is it edited; may a plan operation run? | PLAN-1, PLAN-3, PLAN-4 |
 //! | [`retention`] | which recovery points to merge; which point a failover uses | RP-2, RP-3, POL-4 |
 //!
 //! The model: a *site* (fabric) reports a `SiteInventory` of clouds → host groups → hosts, with
@@ -33,6 +34,7 @@ pub mod fabric_rules;
 pub mod health;
 pub mod network;
 pub mod paths;
+pub mod plan;
 pub mod policy;
 pub mod retention;
 pub mod state;

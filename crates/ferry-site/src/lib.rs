@@ -10,7 +10,8 @@
 //! - lets host agents join with a join token and gets their certificates signed by the vault CA
 //!   (SEC-1), and receives their reports — see [`host_server`];
 //! - runs the vault's commands: cloud pair configuration, VM actions forwarded to hosts over
-//!   mutual TLS — see [`commands`].
+//!   mutual TLS — see [`commands`] — and recovery plan scripts from its script library, on the
+//!   site manager itself — see [`scripts`].
 //!
 //! What is sent to the vault is exactly the types of `ferry_types::site_protocol`; the
 //! `record_vault_traffic` option writes each message to a file (FAB-9).
@@ -22,6 +23,7 @@ pub mod host_server;
 pub mod inventory;
 pub mod recorder;
 pub mod register;
+pub mod scripts;
 pub mod state;
 pub mod vault_link;
 
@@ -48,6 +50,8 @@ pub struct Site {
     pub recorder: recorder::Recorder,
     /// When the vault last accepted a report (ms since the epoch); 0 = never since start.
     pub last_vault_report_ms: std::sync::atomic::AtomicI64,
+    /// Commands being run now (commands run concurrently; one delivered again meanwhile waits).
+    pub in_flight: Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 pub struct SiteHandle {
@@ -69,6 +73,9 @@ pub const JOIN_TOKEN_FILE: &str = "join-token";
 
 impl Site {
     pub fn save(&self) -> std::io::Result<()> {
+        // One writer at a time: commands and host reports save concurrently.
+        static SAVING: Mutex<()> = Mutex::new(());
+        let _saving = SAVING.lock().map_err(|_| std::io::Error::other("site state lock poisoned"))?;
         let p = self.persisted.lock().map_err(|_| std::io::Error::other("site state lock poisoned"))?.clone();
         state::write_json(&self.data.join("state.json"), &p)
     }
@@ -107,6 +114,7 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
         join_token,
         recorder: recorder::Recorder::new(record)?,
         last_vault_report_ms: std::sync::atomic::AtomicI64::new(0),
+        in_flight: Mutex::new(std::collections::HashSet::new()),
     });
     let (host_addr, server) = host_server::serve(site.clone()).await?;
     let mut tasks = vec![server];

@@ -83,13 +83,32 @@ pub async fn command_loop(site: Arc<Site>) {
         let fetched: Result<Vec<SiteCommandEnvelope>, _> = site.vault.get("/api/v1/agent/commands?wait=20").await;
         match fetched {
             Ok(cmds) => {
+                // Commands run concurrently (a plan starts many VMs at once; a script may run for
+                // minutes). A command still running is not started again when it is delivered
+                // again; it is answered when it ends.
+                let mut started = 0;
+                let delivered = cmds.len();
                 for env in cmds {
-                    let result = crate::commands::run_once(&site, &env).await;
-                    let path = format!("/api/v1/agent/commands/{}/result", env.id);
-                    site.recorder.record(&path, &result);
-                    if let Err(e) = site.vault.post::<_, serde_json::Value>(&path, &result).await {
-                        tracing::warn!(command = %env.id, error = %e, "cannot send a command result; it is sent again on the next poll");
+                    let fresh = site.in_flight.lock().map(|mut s| s.insert(env.id)).unwrap_or(false);
+                    if !fresh {
+                        continue;
                     }
+                    started += 1;
+                    let site = site.clone();
+                    tokio::spawn(async move {
+                        let result = crate::commands::run_once(&site, &env).await;
+                        let path = format!("/api/v1/agent/commands/{}/result", env.id);
+                        site.recorder.record(&path, &result);
+                        if let Err(e) = site.vault.post::<_, serde_json::Value>(&path, &result).await {
+                            tracing::warn!(command = %env.id, error = %e, "cannot send a command result; it is sent again on the next poll");
+                        }
+                        if let Ok(mut s) = site.in_flight.lock() {
+                            s.remove(&env.id);
+                        }
+                    });
+                }
+                if delivered > 0 && started == 0 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
             Err(e) => {

@@ -18,6 +18,7 @@ pub mod event;
 pub mod fabric;
 pub mod job;
 pub mod mapping;
+pub mod plan;
 pub mod policy;
 pub mod protection;
 pub mod site_protocol;

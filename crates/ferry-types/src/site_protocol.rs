@@ -192,6 +192,9 @@ pub enum SiteCommand {
     StopReplication { host: String, item: Uuid, delete_replica: bool },
     /// Any other replication action on one of this site's hosts.
     Replication { host: String, action: ReplicationAction },
+    /// Run a recovery plan script from this site manager's script library, on the site
+    /// manager itself (PLAN-3).
+    RunScript { script: crate::plan::ScriptRun },
 }
 
 /// What a target host needs to receive a VM's replica.

@@ -66,7 +66,11 @@ impl From<ferry_store::Error> for ApiFailure {
 impl From<ferry_core::Error> for ApiFailure {
     fn from(e: ferry_core::Error) -> Self {
         let body: ApiError = e.into();
-        let status = if body.code == "OperationNotAllowed" { StatusCode::CONFLICT } else { StatusCode::BAD_REQUEST };
+        let status = if matches!(body.code.as_str(), "OperationNotAllowed" | "PlanOperationNotAllowed") {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         ApiFailure { status, body }
     }
 }

@@ -194,3 +194,23 @@ pub async fn restart_job(
     let new = st.jobs.restart(&st, &j).await?;
     Ok((StatusCode::ACCEPTED, Json(new)))
 }
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationJobs/{job}/resume", tag = "jobs", params(("vault" = String, Path), ("job" = String, Path)), responses((status = 202, body = Job), (status = 409, body = ferry_types::ApiError)))]
+/// Resume a job that waits for an operator's manual action (PLAN-3), or a failed recovery plan
+/// job after its cause was fixed: finished tasks are kept, the job runs on from where it stopped.
+pub async fn resume_job(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, job)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    auth.require(Role::Operator)?;
+    let j = load_job(&st, &vault, &job).await?;
+    let (id, status) = (j.id, j.status);
+    match st.jobs.resume(&st, j).await? {
+        Some(resumed) => Ok((StatusCode::ACCEPTED, Json(resumed))),
+        None => Err(ApiFailure::conflict(
+            "JobActionNotAllowed",
+            format!("Job {id} is {} and does not wait for an operator's manual action", status.as_str()),
+        )),
+    }
+}

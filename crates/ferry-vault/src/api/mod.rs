@@ -7,6 +7,7 @@ pub mod fabrics;
 pub mod items;
 pub mod jobs;
 pub mod mappings;
+pub mod plans;
 pub mod policies;
 pub mod tokens;
 pub mod vaults;
@@ -68,11 +69,15 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::restart_job))
+        .routes(routes!(jobs::resume_job))
         .routes(routes!(events::list_events))
         .routes(routes!(dashboard::get_dashboard))
         .routes(routes!(items::list_items, items::enable_protection))
         .routes(routes!(items::get_item))
         .routes(routes!(items::operate))
+        .routes(routes!(plans::list_plans, plans::create_plan))
+        .routes(routes!(plans::get_plan, plans::update_plan, plans::delete_plan))
+        .routes(routes!(plans::operate_plan))
 }
 
 /// The router and the OpenAPI document it serves.

@@ -122,6 +122,126 @@ impl JobCtx {
         res.map(|_| ())
     }
 
+    /// Run several tasks at once (one per VM, say): each is checkpointed as it starts and as it
+    /// ends, so the job shows progress while the others still run. Tasks that already succeeded
+    /// (a resumed job) are not run again; their recorded output is returned. `f(i, state, job)`
+    /// runs the task `names[i]`. Returns each task's result, in the order of `names`.
+    pub async fn parallel_tasks<F, Fut>(&mut self, names: &[String], f: F) -> Vec<Result<serde_json::Value, ApiError>>
+    where
+        F: Fn(usize, AppState, Job) -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+    {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut results: Vec<Option<Result<serde_json::Value, ApiError>>> = vec![None; names.len()];
+        let mut running = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let idx = self.task_index(name);
+            if self.job.tasks[idx].status == JobStatus::Succeeded {
+                results[i] = Some(Ok(self.output(name)));
+                continue;
+            }
+            if self.cancel.load(Ordering::SeqCst) {
+                results[i] = Some(Err(cancelled()));
+                continue;
+            }
+            self.job.tasks[idx].status = JobStatus::InProgress;
+            self.job.tasks[idx].started_at = Some(self.state.clock.now());
+            self.job.tasks[idx].error = None;
+            running.push((i, idx));
+        }
+        if !running.is_empty() {
+            if let Err(e) = self.save().await {
+                for (i, _) in &running {
+                    results[*i] = Some(Err(e.clone()));
+                }
+                return results.into_iter().map(|r| r.unwrap_or_else(|| Err(cancelled()))).collect();
+            }
+        }
+        let mut pending: FuturesUnordered<_> = running
+            .iter()
+            .map(|&(i, idx)| {
+                let fut = f(i, self.state.clone(), self.job.clone());
+                async move { (i, idx, fut.await) }
+            })
+            .collect();
+        while let Some((i, idx, res)) = pending.next().await {
+            self.record(idx, &res);
+            self.progress();
+            if let Err(e) = self.save().await {
+                tracing::error!(error = ?e, "cannot record a task's end");
+            }
+            results[i] = Some(res);
+        }
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(cancelled()))).collect()
+    }
+
+    fn task_index(&mut self, name: &str) -> usize {
+        match self.job.tasks.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                self.job.tasks.push(ferry_types::job::JobTask {
+                    name: name.to_string(),
+                    status: JobStatus::NotStarted,
+                    started_at: None,
+                    ended_at: None,
+                    error: None,
+                });
+                self.job.tasks.len() - 1
+            }
+        }
+    }
+
+    /// The recorded output of a task (null when none).
+    pub fn output(&self, name: &str) -> serde_json::Value {
+        self.job.params["outputs"][name].clone()
+    }
+
+    fn record(&mut self, idx: usize, res: &Result<serde_json::Value, ApiError>) {
+        self.job.tasks[idx].ended_at = Some(self.state.clock.now());
+        match res {
+            Ok(output) => {
+                self.job.tasks[idx].status = JobStatus::Succeeded;
+                if !output.is_null() {
+                    if !self.job.params.is_object() {
+                        self.job.params = serde_json::json!({});
+                    }
+                    let name = self.job.tasks[idx].name.clone();
+                    if let Some(obj) = self.job.params.as_object_mut() {
+                        let outputs = obj.entry("outputs").or_insert_with(|| serde_json::json!({}));
+                        if let Some(o) = outputs.as_object_mut() {
+                            o.insert(name, output.clone());
+                        }
+                    }
+                }
+            }
+            Err(e) if e.code == "JobCancelled" => self.job.tasks[idx].status = JobStatus::Cancelled,
+            Err(e) => {
+                self.job.tasks[idx].status = JobStatus::Failed;
+                self.job.tasks[idx].error = Some(e.clone());
+            }
+        }
+    }
+
+    /// Record an error in the job's error list without ending it (a plan that goes on after a
+    /// VM failed, PLAN-2).
+    pub fn add_error(&mut self, e: ApiError) {
+        self.job.errors.push(e);
+    }
+
+    /// Park the job at task `name` for an operator's manual action: the job shows
+    /// WaitingForInput and an operator resumes it (`replicationJobs/{job}/resume`), which marks
+    /// the task done and runs the job on from there.
+    pub async fn wait_for_operator(&mut self, name: &str) -> Result<(), ApiError> {
+        let idx = self.task_index(name);
+        if self.job.tasks[idx].status == JobStatus::Succeeded {
+            return Ok(());
+        }
+        if let Some(obj) = self.job.params.as_object_mut() {
+            obj.insert(RESUMABLE_AT.to_string(), serde_json::json!(name));
+        }
+        self.wait_for_input(name).await
+    }
+
     /// Park the job at task `name` until an operator acts (the job shows WaitingForInput).
     pub async fn wait_for_input(&mut self, name: &str) -> Result<(), ApiError> {
         if let Some(t) = self.job.tasks.iter_mut().find(|t| t.name == name) {
@@ -162,6 +282,9 @@ impl JobCtx {
         self.job.status = status;
         self.job.ended_at = Some(self.state.clock.now());
         self.job.allowed_actions = Job::actions_for(status);
+        if status == JobStatus::Failed && self.job.params[super::plans::RESUME_AFTER_FAILURE].as_bool() == Some(true) {
+            self.job.allowed_actions.push(ferry_types::job::JobAction::Resume);
+        }
         self.save().await?;
         if status == JobStatus::Failed {
             let msg = format!("Job {} ({}) on {} failed", self.job.operation, self.job.id, self.job.object_name);
@@ -247,6 +370,9 @@ impl JobCtx {
         }
     }
 }
+
+/// Job parameter naming the task an operator may resume the job at (a manual action).
+pub const RESUMABLE_AT: &str = "resumable_at";
 
 /// Internal marker: the job parked itself waiting for input.
 pub const AWAITING_INPUT: &str = "AwaitingInput";

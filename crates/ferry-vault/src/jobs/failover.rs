@@ -49,7 +49,11 @@ pub struct TestParams {
 }
 
 /// The test VM: the source VM's definition on the overlays, new identity, NICs per option.
-fn test_definition(def: &VmDefinition, disks: &serde_json::Value, p: &TestParams) -> Result<VmDefinition, ApiError> {
+pub(crate) fn test_definition(
+    def: &VmDefinition,
+    disks: &serde_json::Value,
+    p: &TestParams,
+) -> Result<VmDefinition, ApiError> {
     let mut t = def.clone();
     t.name = format!("{}-test", def.name);
     t.uuid = None;
@@ -288,7 +292,7 @@ fn default_shutdown() -> u64 {
 
 /// The recovered VM: the source definition on the failover disks, NICs per the replica NIC plan
 /// (NET-2, NET-3, NET-4).
-fn recovered_definition(
+pub(crate) fn recovered_definition(
     item: &ferry_types::protection::ProtectedItem,
     def: &VmDefinition,
     disks: &serde_json::Value,
@@ -420,7 +424,7 @@ pub struct UnplannedParams {
 }
 
 /// How long an unplanned failover waits for the source site before taking it as gone.
-const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Unplanned failover (FO-3): the source may be gone. Optionally shut it down and sync first; a
 /// source that answers and runs blocks the failover unless the operator confirms it is fenced.
@@ -596,6 +600,19 @@ async fn reip(
     tgt: ferry_types::protection::ItemSide,
     name: String,
 ) -> Result<serde_json::Value, ApiError> {
+    reip_keyed(state, job, vault, item, tgt, name, "reip").await
+}
+
+/// [`reip`] with the site command's key given (a plan job re-IPs many VMs).
+pub(super) async fn reip_keyed(
+    state: &crate::state::AppState,
+    job: &ferry_types::job::Job,
+    vault: Uuid,
+    item: Uuid,
+    tgt: ferry_types::protection::ItemSide,
+    name: String,
+    key: &str,
+) -> Result<serde_json::Value, ApiError> {
     let it = load_item(state, vault, item).await?;
     let target = super::kinds::load_fabric(state, vault, tgt.fabric).await?;
     let nics: Vec<GuestNicAddress> = it
@@ -627,7 +644,7 @@ async fn reip(
             timeout_secs: GUEST_AGENT_WAIT_SECS,
         },
     };
-    let r = JobCtx::site_command(state, job, tgt.fabric, "reip", cmd).await?;
+    let r = JobCtx::site_command(state, job, tgt.fabric, key, cmd).await?;
     if r.ok {
         return Ok(r.output);
     }

@@ -14,6 +14,7 @@ mod ctx;
 mod failover;
 mod kinds;
 mod pause;
+mod plans;
 mod reverse;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use ferry_types::job::{Job, JobStatus, JobTask};
 use ferry_types::ApiError;
 use uuid::Uuid;
 
-pub use ctx::JobCtx;
+pub use ctx::{JobCtx, RESUMABLE_AT};
 pub use failover::{
     source_running, test_info, CLEANUP_TASKS, COMMIT_TASKS, DISABLE_TASKS, OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT,
     OP_PLANNED_FAILOVER, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP, OP_UNPLANNED_FAILOVER, PLANNED_TASKS, TEST_TASKS,
@@ -35,6 +36,10 @@ pub use kinds::{
     OP_UPDATE_POLICY, OP_VM_ACTION,
 };
 pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
+pub use plans::{
+    plan_operation_name, plan_tasks, t_start, ItemPoint, PlanParams, OP_ITEM_REPROTECT, OP_PLAN_TEST_FAILOVER,
+    RESUME_AFTER_FAILURE,
+};
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
     REPROTECT_TASKS,
@@ -54,6 +59,9 @@ pub struct NewJob {
     pub tasks: Vec<String>,
 }
 
+/// Namespace for ids of jobs started by other jobs.
+const CHILD_NS: Uuid = Uuid::from_u128(0x3e5b_7c1d_40a2_4f6e_9b8a_2d4c_6e1f_0a37);
+
 pub struct JobEngine {
     store: Store,
     cancel_flags: Mutex<HashMap<Uuid, Arc<std::sync::atomic::AtomicBool>>>,
@@ -62,14 +70,104 @@ pub struct JobEngine {
 
 impl JobEngine {
     pub fn new(store: Store) -> Self {
-        Self { store, cancel_flags: Mutex::new(HashMap::new()), kinds: kinds::registry() }
+        let mut kinds = kinds::registry();
+        plans::register(&mut kinds);
+        Self { store, cancel_flags: Mutex::new(HashMap::new()), kinds }
     }
 
     /// Persist a new job and start it.
     pub async fn submit(&self, state: &AppState, new: NewJob) -> Result<Job, ferry_store::Error> {
+        self.submit_with_id(state, Uuid::new_v4(), new).await
+    }
+
+    /// Start a job on behalf of another one (a plan runs a per-VM operation): its id derives from
+    /// the parent job and `key`, so a resumed parent finds the job it started instead of
+    /// starting a second one.
+    pub async fn submit_child(
+        &self,
+        state: &AppState,
+        parent: &Job,
+        key: &str,
+        new: NewJob,
+    ) -> Result<Job, ferry_store::Error> {
+        let id = Uuid::new_v5(&CHILD_NS, format!("{}/{key}", parent.id).as_bytes());
+        if let Some(j) = self.store.get_job(parent.vault_id, id).await? {
+            return Ok(j);
+        }
+        self.submit_with_id(state, id, new).await
+    }
+
+    /// The job another job started under `key` with [`JobEngine::submit_child`], if any.
+    pub async fn child(&self, parent: &Job, key: &str) -> Result<Option<Job>, ferry_store::Error> {
+        let id = Uuid::new_v5(&CHILD_NS, format!("{}/{key}", parent.id).as_bytes());
+        self.store.get_job(parent.vault_id, id).await
+    }
+
+    /// Resume a job an operator was asked to act on (a plan's manual action, PLAN-3): the task
+    /// it waits at is done and the job runs on from there. `None` when the job is not parked at
+    /// such a task or already runs.
+    ///
+    /// A failed job whose kind allows it (`params.resume_after_failure`, plan jobs) is resumed
+    /// the same way: its succeeded tasks are kept, the failed ones run again with new site
+    /// commands (`params.attempt` counts the resumptions).
+    pub async fn resume(&self, state: &AppState, mut job: Job) -> Result<Option<Job>, ferry_store::Error> {
+        let at = job.params[ctx::RESUMABLE_AT].as_str().map(str::to_string).unwrap_or_default();
+        let after_failure =
+            job.status == JobStatus::Failed && job.params[plans::RESUME_AFTER_FAILURE].as_bool() == Some(true);
+        let at_operator = job.status == JobStatus::WaitingForInput && !at.is_empty();
+        if !after_failure && !at_operator {
+            return Ok(None);
+        }
+        {
+            let Ok(mut m) = self.cancel_flags.lock() else { return Ok(None) };
+            if m.contains_key(&job.id) {
+                return Ok(None);
+            }
+            // Claimed until the job's run starts (spawn replaces the flag).
+            m.insert(job.id, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        }
+        let now = state.clock.now();
+        for t in &mut job.tasks {
+            if t.name == at && t.status == JobStatus::WaitingForInput {
+                t.status = JobStatus::Succeeded;
+                t.ended_at = Some(now);
+            }
+        }
+        if after_failure {
+            for t in &mut job.tasks {
+                if matches!(t.status, JobStatus::Failed | JobStatus::Cancelled | JobStatus::InProgress) {
+                    t.status = JobStatus::NotStarted;
+                    t.error = None;
+                    t.started_at = None;
+                    t.ended_at = None;
+                }
+            }
+            job.errors.clear();
+            job.ended_at = None;
+            let attempt = job.params["attempt"].as_u64().unwrap_or(0) + 1;
+            if let Some(o) = job.params.as_object_mut() {
+                o.insert("attempt".into(), serde_json::json!(attempt));
+            }
+        }
+        if let Some(o) = job.params.as_object_mut() {
+            o.remove(ctx::RESUMABLE_AT);
+        }
+        job.status = JobStatus::InProgress;
+        job.allowed_actions = Job::actions_for(JobStatus::InProgress);
+        if let Err(e) = self.store.update_job(&job).await {
+            if let Ok(mut m) = self.cancel_flags.lock() {
+                m.remove(&job.id);
+            }
+            return Err(e);
+        }
+        self.spawn(state.clone(), job.clone());
+        Ok(Some(job))
+    }
+
+    async fn submit_with_id(&self, state: &AppState, id: Uuid, new: NewJob) -> Result<Job, ferry_store::Error> {
         let now = state.clock.now();
         let job = Job {
-            id: Uuid::new_v4(),
+            id,
             vault_id: new.vault,
             operation: new.operation.to_string(),
             object_type: new.object_type.to_string(),
@@ -181,6 +279,11 @@ impl JobEngine {
                 Ok(job)
             }
         }
+    }
+
+    /// Whether this build runs jobs of `operation`.
+    pub fn knows(&self, operation: &str) -> bool {
+        self.kinds.contains_key(operation)
     }
 
     /// Whether an operator asked this (running) job to stop.
