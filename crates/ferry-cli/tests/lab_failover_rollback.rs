@@ -1,5 +1,6 @@
 //! FO-7: a failover interrupted half-way (its VM cannot be created at the recovery site) is
-//! rolled back: the item is protected again, replication resumes, and a later failover works.
+//! rolled back (the item is protected again and replication resumes) or, once the cause is
+//! removed, resumed where it stopped.
 
 mod common;
 
@@ -13,7 +14,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 }
 
 #[test]
-fn fo_7_interrupted_failover_rolls_back_and_the_vm_fails_over_later() {
+fn fo_7_interrupted_failover_rolls_back_or_resumes() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "rb1", 16, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
@@ -54,9 +55,18 @@ fn fo_7_interrupted_failover_rolls_back_and_the_vm_fails_over_later() {
             .then_some(())
     });
 
-    // Once the name is free, the same VM fails over.
-    lab.json(&["vm-delete", "--site", "VMM-Chicago", "--host", "chi1", "rb1"]);
-    assert_eq!(lab.json(&["planned-failover", &id, "--wait"])["status"], "Succeeded");
+    // Interrupted again; this time the cause is removed and the same job resumes where it
+    // stopped (its finished tasks are not run again).
+    let (code, out, err) = lab.cli(&["planned-failover", &id, "--wait", "-o", "json"]);
+    assert_eq!(code, 6, "{err}");
+    let failed: serde_json::Value = serde_json::from_str(&out).expect("job json");
+    let job_id = failed["id"].as_str().expect("job id").to_string();
+    let shutdown_ended = failed["tasks"][0]["ended_at"].clone();
     let last = common::last_record(&serial);
+    lab.json(&["vm-delete", "--site", "VMM-Chicago", "--host", "chi1", "rb1"]);
+    let resumed = lab.json(&["job-resume", &job_id, "--wait"]);
+    assert_eq!(resumed["status"], "Succeeded", "{resumed}");
+    assert_eq!(resumed["tasks"][0]["ended_at"], shutdown_ended, "the source was not shut down twice");
+    assert_eq!(item(&lab, &id)["state"], "FailedOverCommitPending");
     assert_eq!(common::found_records(&lab, "chi1", "rb1"), last, "no record lost");
 }

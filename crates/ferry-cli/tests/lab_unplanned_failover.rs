@@ -13,7 +13,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 }
 
 #[test]
-fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point() {
+fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point_fo_4_change_point_and_commit() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "uf1", 16, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
@@ -54,4 +54,17 @@ fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point(
         text.lines().find_map(|l| l.trim().strip_prefix("FERRY FOUND ").and_then(|n| n.trim().parse::<u64>().ok()))
     });
     assert_eq!(found, expected, "the recovered VM holds exactly the records of point {point}");
+
+    // FO-4: change the recovery point to the newest one, then commit.
+    let newest = rps.last().and_then(|p| p["id"].as_str()).expect("newest point").to_string();
+    let in_newest = common::records_in_point(&lab, "chi1", &id, &newest);
+    let job = lab.json(&["apply-recovery-point", &id, "--point", &newest, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+    assert_eq!(common::found_records(&lab, "chi1", "uf1"), in_newest, "the applied point's records");
+    assert!(in_newest >= expected);
+    assert_eq!(lab.json(&["failover-commit", &id, "--wait"])["status"], "Succeeded");
+    let committed = item(&lab, &id);
+    assert_eq!(committed["state"], "Committed");
+    assert_eq!(committed["failover"]["point"], newest.as_str());
+    assert!(committed["recovery_points"].as_array().is_none_or(|p| p.is_empty()), "commit discards the other points");
 }

@@ -362,14 +362,23 @@ pub async fn operate(
         failover_job_running,
     };
     ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
-    let new_job = |operation: &'static str, params: serde_json::Value, tasks: &[&str]| NewJob {
+    let new_job = |operation: &'static str, mut params: serde_json::Value, tasks: &[&str]| NewJob {
         vault: v.id,
+        params: {
+            // FO-7: a failover-type job that failed can be resumed once its cause is fixed
+            // (finished tasks are kept); test failover and disable are started anew instead.
+            if !matches!(op, Operation::TestFailover | Operation::DisableProtection) {
+                if let Some(o) = params.as_object_mut() {
+                    o.insert(crate::jobs::RESUME_AFTER_FAILURE.into(), serde_json::json!(true));
+                }
+            }
+            params
+        },
         operation,
         object_type: "ProtectedItem",
         object_id: it.id.to_string(),
         object_name: it.name.clone(),
         fabric: Some(it.target.fabric),
-        params,
         tasks: tasks.iter().map(|t| t.to_string()).collect(),
     };
     let job = match op {

@@ -334,7 +334,13 @@ impl JobCtx {
         command: SiteCommand,
         limit: Option<Duration>,
     ) -> Result<CommandResult, ApiError> {
-        let id = Uuid::new_v5(&COMMAND_NS, format!("{}/{key}", job.id).as_bytes());
+        // A job resumed after a failure (`attempt` > 0) sends its remaining commands afresh; a
+        // job resumed after a vault restart waits for the commands it already sent.
+        let seed = match job.params["attempt"].as_u64().unwrap_or(0) {
+            0 => format!("{}/{key}", job.id),
+            n => format!("{}/a{n}/{key}", job.id),
+        };
+        let id = Uuid::new_v5(&COMMAND_NS, seed.as_bytes());
         let body = serde_json::to_value(&command).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
         state
             .store

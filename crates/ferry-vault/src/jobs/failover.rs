@@ -498,6 +498,38 @@ pub fn register_unplanned(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_UNPLANNED_FAILOVER, Arc::new(UnplannedFailoverJob));
 }
 
+/// Record the failover in effect on the item: the point the recovered VM runs on, its disks, and — after a planned failover on the latest point — that
+/// the point holds the source's final state (reverse replication then sends only the changes).
+pub(super) async fn record_failover(
+    st: &crate::state::AppState,
+    vault: Uuid,
+    item: Uuid,
+    output: &serde_json::Value,
+    source_final: bool,
+) -> Result<(), ApiError> {
+    let used = output["point"].as_str().unwrap_or_default().to_string();
+    let disks: Vec<(String, String)> = output["disks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| Some((d["target"].as_str()?.to_string(), d["path"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = st.clock.now();
+    crate::replication::update_item(st, vault, item, |i| {
+        let keep_final = i.failover.as_ref().and_then(|f| f.source_final_point.clone());
+        i.failover = Some(ferry_types::protection::FailoverRecord {
+            point: used.clone(),
+            source_final_point: if source_final { Some(used.clone()) } else { keep_final },
+            disks: disks.clone(),
+            at: now,
+        });
+    })
+    .await
+    .map(|_| ())
+}
+
 /// Stop a source's replication but keep its tracking state, so that a cancelled failover
 /// resumes with deltas (FO-4, FO-7).
 pub(super) fn stop_keeping_tracking(host: String, item: Uuid) -> SiteCommand {
@@ -533,26 +565,7 @@ pub(super) async fn recover(
         let r = JobCtx::site_command(&state, &job, t1.fabric, "failover-disks", cmd).await?;
         let out = r.output.clone();
         check(r, "Preparing the failover disks")?;
-        let used = out["point"].as_str().unwrap_or_default().to_string();
-        let disks: Vec<(String, String)> = out["disks"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| Some((d["target"].as_str()?.to_string(), d["path"].as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let now = state.clock.now();
-        crate::replication::update_item(&state, vault, item, |i| {
-            let keep_final = i.failover.as_ref().and_then(|f| f.source_final_point.clone());
-            i.failover = Some(ferry_types::protection::FailoverRecord {
-                point: used.clone(),
-                source_final_point: if source_final && latest { Some(used.clone()) } else { keep_final },
-                disks: disks.clone(),
-                at: now,
-            });
-        })
-        .await?;
+        record_failover(&state, vault, item, &out, source_final && latest).await?;
         Ok(out)
     })
     .await?;

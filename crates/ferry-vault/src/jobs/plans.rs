@@ -38,8 +38,8 @@ use uuid::Uuid;
 
 use super::ctx::{cancelled, JobCtx, AWAITING_INPUT};
 use super::failover::{
-    recovered_definition, reip_keyed, source_running, stop_keeping_tracking, test_definition, TestParams, REIP_TASK,
-    SOURCE_PROBE,
+    record_failover, recovered_definition, reip_keyed, source_running, stop_keeping_tracking, test_definition,
+    TestParams, REIP_TASK, SOURCE_PROBE,
 };
 use super::kinds::{check, load_fabric, load_item, store_err, JobKind};
 use crate::state::AppState;
@@ -582,39 +582,6 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
         return ctx.wait_for_input(T_COMPLETE_TESTING).await;
     }
     Ok(())
-}
-
-/// Record the failover in effect on the item, as the per-VM failover does: the point the
-/// recovered VM runs on, its disks, and — after a planned failover on the latest point — that
-/// the point holds the source's final state (reverse replication then sends only the changes).
-async fn record_failover(
-    st: &AppState,
-    vault: Uuid,
-    item: Uuid,
-    output: &serde_json::Value,
-    source_final: bool,
-) -> Result<(), ApiError> {
-    let used = output["point"].as_str().unwrap_or_default().to_string();
-    let disks: Vec<(String, String)> = output["disks"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| Some((d["target"].as_str()?.to_string(), d["path"].as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    let now = st.clock.now();
-    crate::replication::update_item(st, vault, item, |i| {
-        let keep_final = i.failover.as_ref().and_then(|f| f.source_final_point.clone());
-        i.failover = Some(ferry_types::protection::FailoverRecord {
-            point: used.clone(),
-            source_final_point: if source_final { Some(used.clone()) } else { keep_final },
-            disks: disks.clone(),
-            at: now,
-        });
-    })
-    .await
-    .map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)]
