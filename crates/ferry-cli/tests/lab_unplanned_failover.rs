@@ -16,7 +16,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point_fo_4_change_point_and_commit() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "uf1", 16, None);
-    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30", "--delete-replica-on-disable"]);
     let id = common::protect(&lab, "uf1");
     common::wait_records_and_points(&lab, &id, &serial, 6, 4);
 
@@ -67,4 +67,22 @@ fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point_
     assert_eq!(committed["state"], "Committed");
     assert_eq!(committed["failover"]["point"], newest.as_str());
     assert!(committed["recovery_points"].as_array().is_none_or(|p| p.is_empty()), "commit discards the other points");
+
+    // Disabling protection after the failover keeps the replica: it is the running VM's disk now.
+    assert_eq!(lab.json(&["disable-protection", &id, "--wait"])["status"], "Succeeded");
+    let vm = lab.json(&["vm-show", "--site", "VMM-Chicago", "--host", "chi1", "uf1"]);
+    assert_eq!(vm["power_state"], "Running");
+    for d in vm["definition"]["disks"].as_array().expect("disks") {
+        let path = d["path"].as_str().expect("path");
+        assert!(std::path::Path::new(path).exists(), "{path} kept");
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain", path])
+            .output()
+            .expect("qemu-img runs");
+        assert!(
+            info.status.success(),
+            "the backing chain of {path} is kept: {}",
+            String::from_utf8_lossy(&info.stderr)
+        );
+    }
 }

@@ -238,7 +238,8 @@ impl JobKind for DisableProtectionJob {
         })
         .await?;
         let tgt = item.target.clone();
-        let delete = policy.spec.delete_replica_on_disable;
+        // After a failover the replica's chain is the recovered VM's disk: never delete it then.
+        let delete = policy.spec.delete_replica_on_disable && item.failover.is_none();
         ctx.task(DISABLE_TASKS[1], |state, job| async move {
             let cmd = SiteCommand::StopReplication { host: tgt.host, item: p.item, delete_replica: delete };
             check(JobCtx::site_command(&state, &job, tgt.fabric, "target", cmd).await?, "Removing the replica")
