@@ -30,13 +30,7 @@ fn wait_protected_with_points(lab: &Lab, id: &str, points: usize) -> Value {
 fn fo_6_failback_round_trip_keeps_every_record_and_fo_5_sends_only_the_changes() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "fb1", 16, Some("10.11.0.41"));
-    lab.json(&[
-        "network-map-create",
-        "--source",
-        "VMM-NewYork/VMNetwork1-NewYork",
-        "--target",
-        "VMM-Chicago/VMNetwork1-Chicago",
-    ]);
+    common::map_network1(&lab);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
     let id = common::protect(&lab, "fb1");
     common::wait_records_and_points(&lab, &id, &serial, 6, 2);

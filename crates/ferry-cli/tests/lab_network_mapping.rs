@@ -16,13 +16,7 @@ fn net_2_mapping_changes_update_existing_replicas() {
     let it = lab.json(&["item-show", &id]);
     assert!(it["nics"][0]["target_network"].is_null(), "unmapped: disconnected: {it}");
 
-    let m = lab.json(&[
-        "network-map-create",
-        "--source",
-        "VMM-NewYork/VMNetwork1-NewYork",
-        "--target",
-        "VMM-Chicago/VMNetwork1-Chicago",
-    ]);
+    let m = common::map_network1(&lab);
     let chicago = lab.json(&["network-list", "--site", "VMM-Chicago"]);
     let net1 = chicago
         .as_array()

@@ -16,13 +16,7 @@ fn item(lab: &Lab, id: &str) -> Value {
 fn fo_2_planned_failover_no_record_lost_fo_8_net_4_reip_in_guest_fo_4_commit() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "pf1", 16, Some("10.11.0.40"));
-    lab.json(&[
-        "network-map-create",
-        "--source",
-        "VMM-NewYork/VMNetwork1-NewYork",
-        "--target",
-        "VMM-Chicago/VMNetwork1-Chicago",
-    ]);
+    common::map_network1(&lab);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
     let id = common::protect(&lab, "pf1");
     common::wait_records_and_points(&lab, &id, &serial, 6, 2);

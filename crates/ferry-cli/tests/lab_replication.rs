@@ -55,13 +55,7 @@ fn rep_1_protected_guest_replicates_with_crash_consistent_points_and_no_loss_at_
         "--associate",
         "VMM-NewYork/GoldCloud1=VMM-Chicago/GoldCloud2",
     ]);
-    lab.json(&[
-        "network-map-create",
-        "--source",
-        "VMM-NewYork/VMNetwork1-NewYork",
-        "--target",
-        "VMM-Chicago/VMNetwork1-Chicago",
-    ]);
+    common::map_network1(&lab);
     lab.json(&["storage-map-create", "--source", "VMM-NewYork/GOLD", "--target", "VMM-Chicago/GOLD_TARGET"]);
     lab.wait_for("the pair to be configured", Duration::from_secs(30), || {
         let jobs = lab.json(&["job-list", "--operation", "ConfigureCloudPair"]);

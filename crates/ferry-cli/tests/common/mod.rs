@@ -366,3 +366,14 @@ pub fn host_metrics(lab: &Lab, host: &str) -> String {
     assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+/// Map VMNetwork1-NewYork to VMNetwork1-Chicago (NET-2); returns the mapping.
+pub fn map_network1(lab: &Lab) -> Value {
+    lab.json(&[
+        "network-map-create",
+        "--source",
+        "VMM-NewYork/VMNetwork1-NewYork",
+        "--target",
+        "VMM-Chicago/VMNetwork1-Chicago",
+    ])
+}
