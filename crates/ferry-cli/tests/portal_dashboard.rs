@@ -136,9 +136,11 @@ fn job_4_dashboard_counts_health_and_jobs() {
     });
     portal.click("#jobs-in-progress a");
     assert!(portal.text_of("#jobs").contains("Vm action"), "{}", portal.text());
-    portal.goto(&format!("{base}/jobs/{job_id}"));
+    portal.wait_until(&format!("{base}/jobs/{job_id}"), "the job to be cancellable", Duration::from_secs(30), |p| {
+        p.text_of("#job-status").to_lowercase().contains("progress") && p.exists("#cancel-job")
+    });
     portal.click("#cancel-job");
-    assert_eq!(portal.text_of("#notice"), "Cancellation requested");
+    assert_eq!(portal.text_of("#notice"), "Cancellation requested", "{}", portal.text());
     portal.wait_until(&format!("{base}/jobs/{job_id}"), "the cancellation", Duration::from_secs(30), |p| {
         p.text_of("#job-status") == "Cancelled"
     });
