@@ -324,6 +324,14 @@ async fn failover_job_running(st: &AppState, vault: Uuid, it: &ProtectedItem) ->
 }
 
 fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
+    select_point(item, &point_choice(raw))
+}
+
+/// RP-3: the item's recovery point a choice designates (per-VM operations and plans).
+pub(crate) fn select_point(
+    item: &ProtectedItem,
+    choice: &ferry_core::retention::RecoveryPointChoice,
+) -> ApiResult<String> {
     let infos: Vec<ferry_core::retention::PointInfo> = item
         .recovery_points
         .iter()
@@ -335,7 +343,7 @@ fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
             processed: true,
         })
         .collect();
-    let chosen = ferry_core::retention::select_recovery_point(&infos, &point_choice(raw)).map_err(core_err)?;
+    let chosen = ferry_core::retention::select_recovery_point(&infos, choice).map_err(core_err)?;
     Ok(chosen.id.clone())
 }
 

@@ -327,19 +327,7 @@ fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
             ))
         }
     };
-    let infos: Vec<ferry_core::retention::PointInfo> = item
-        .recovery_points
-        .iter()
-        .map(|p| ferry_core::retention::PointInfo {
-            id: p.id.clone(),
-            time: p.time,
-            app_consistent: p.app_consistent,
-            in_use: false,
-            processed: true,
-        })
-        .collect();
-    let chosen = ferry_core::retention::select_recovery_point(&infos, &choice).map_err(core_err)?;
-    Ok(chosen.id.clone())
+    super::items::select_point(item, &choice)
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationRecoveryPlans/{plan}/{operation}", tag = "recoveryPlans", request_body = PlanOperationRequest, params(("vault" = String, Path), ("plan" = String, Path), ("operation" = String, Path, description = "testFailover, testFailoverCleanup, plannedFailover, unplannedFailover, failoverCommit, reProtect")), responses((status = 202, body = Job), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError), (status = 501, body = ferry_types::ApiError)))]
