@@ -180,6 +180,16 @@ impl Portal {
 
     /// Click an element that loads a new page (a link or a form's button) and wait for it.
     pub fn click(&self, selector: &str) {
+        // A page that follows running jobs reloads itself; pause that first so that the
+        // click lands on the page that was read and its result is not replaced by a reload.
+        if selector != "#pause-refresh" {
+            for _ in 0..5 {
+                if !self.exists("#pause-refresh") {
+                    break;
+                }
+                self.click("#pause-refresh");
+            }
+        }
         assert!(self.exists(selector), "no {selector} on {}:\n{}", self.path(), self.text());
         let href = self.eval(&format!("document.querySelector({}).getAttribute('href')", js_str(selector)));
         self.eval("(window.__ferryOld = true)");

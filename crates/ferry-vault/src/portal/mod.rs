@@ -124,6 +124,11 @@ pub struct User {
     pub csrf: String,
     /// A one-time notice from the previous request (shown once, then cleared).
     pub flash: Option<String>,
+    /// The path and query of the page being shown.
+    pub page: String,
+    /// Pages that follow running jobs reload themselves unless the operator paused that
+    /// (`refresh=off` in the query), e.g. to read a long job or fill in a form undisturbed.
+    pub auto_refresh: bool,
 }
 
 impl User {
@@ -169,7 +174,8 @@ impl FromRequestParts<AppState> for User {
                 let Auth(Principal::User { ref name, role, .. }) = auth else { return Err(to_login()) };
                 let name = name.clone();
                 let flash = cookie(&parts.headers, FLASH_COOKIE).map(|f| pct_decode(&f)).filter(|f| !f.is_empty());
-                Ok(User { auth, name, role, csrf: csrf_of(&secret), flash })
+                let auto_refresh = !parts.uri.query().unwrap_or_default().split('&').any(|kv| kv == REFRESH_OFF);
+                Ok(User { auth, name, role, csrf: csrf_of(&secret), flash, page: next, auto_refresh })
             }
             Ok(_) | Err(_) => Err(to_login()),
         }
@@ -187,6 +193,23 @@ fn session_cookie(secret: &str) -> HeaderValue {
 fn clear_cookie(name: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("{name}=; Path=/portal; Max-Age=0; HttpOnly; Secure; SameSite=Strict"))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The query parameter that pauses a page's automatic reload.
+const REFRESH_OFF: &str = "refresh=off";
+
+/// `page` (path and query) with automatic reload paused (`off`) or resumed.
+fn with_refresh(page: &str, off: bool) -> String {
+    let (path, query) = page.split_once('?').unwrap_or((page, ""));
+    let mut kept: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty() && *kv != REFRESH_OFF).collect();
+    if off {
+        kept.push(REFRESH_OFF);
+    }
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
 }
 
 /// A 303 redirect.
@@ -421,12 +444,24 @@ pub fn page(f: Frame<'_>, content: Markup, status: StatusCode) -> Response {
         }
         main {
             h1 { (f.title) }
+            @if let Some(every) = f.refresh {
+                p class="hint" id="refresh" {
+                    @if f.user.auto_refresh {
+                        "Updates every " (every) " s while jobs run · "
+                        a id="pause-refresh" href=(with_refresh(&f.user.page, true)) { "Pause updates" }
+                    } @else {
+                        "Updates paused · "
+                        a id="resume-refresh" href=(with_refresh(&f.user.page, false)) { "Resume updates" }
+                    }
+                }
+            }
             @if let Some(n) = &flash { (render_notice(n)) }
             @if let Some(n) = &f.notice { (render_notice(n)) }
             (content)
         }
     };
-    let mut r = (status, axum::response::Html(document(f.title, body, f.refresh).into_string())).into_response();
+    let refresh = f.refresh.filter(|_| f.user.auto_refresh);
+    let mut r = (status, axum::response::Html(document(f.title, body, refresh).into_string())).into_response();
     if f.user.flash.is_some() {
         r.headers_mut().append(SET_COOKIE, clear_cookie(FLASH_COOKIE));
     }
@@ -589,5 +624,23 @@ mod tests {
         assert_eq!(pct_decode(&pct_encode("a b&c=d;é")), "a b&c=d;é");
         assert_eq!(query(&[("status", "Failed"), ("operation", ""), ("q", "a b")]), "status=Failed&q=a+b");
         assert_ne!(csrf_of("a"), csrf_of("b"));
+    }
+
+    #[test]
+    fn job_4_pausing_updates_keeps_the_rest_of_the_query() {
+        assert_eq!(with_refresh("/portal/vaults/v/jobs", true), "/portal/vaults/v/jobs?refresh=off");
+        assert_eq!(
+            with_refresh("/portal/vaults/v/jobs?status=Failed", true),
+            "/portal/vaults/v/jobs?status=Failed&refresh=off"
+        );
+        assert_eq!(
+            with_refresh("/portal/vaults/v/jobs?refresh=off&status=Failed", true),
+            "/portal/vaults/v/jobs?status=Failed&refresh=off"
+        );
+        assert_eq!(
+            with_refresh("/portal/vaults/v/jobs?refresh=off&status=Failed", false),
+            "/portal/vaults/v/jobs?status=Failed"
+        );
+        assert_eq!(with_refresh("/portal/vaults/v/jobs?refresh=off", false), "/portal/vaults/v/jobs");
     }
 }
