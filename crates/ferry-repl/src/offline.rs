@@ -568,8 +568,7 @@ fn apply_segments(
         f.set_len(d.size).map_err(|e| Error::io(format!("Cannot size {}", path.display()), e))?;
         files.push(f);
     }
-    let mut applied_now = 0usize;
-    for s in m.segments.iter().skip(progress.applied) {
+    for (applied_now, s) in m.segments.iter().skip(progress.applied).enumerate() {
         if opts.stop_after_segments.is_some_and(|n| applied_now >= n) {
             return Err(Error::new(ErrorKind::Disconnected, "Import stopped (test fault)"));
         }
@@ -629,7 +628,6 @@ fn apply_segments(
         }
         progress.applied += 1;
         save_progress(progress_file, &progress)?;
-        applied_now += 1;
     }
     Ok(progress)
 }
