@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::api_cmds::{context, enc, Connection, Ctx, JOB_COLS};
+use crate::api_cmds::{context, enc, Connection, Ctx, ITEM_COLS, JOB_COLS};
 use crate::output::print;
 
 #[derive(Subcommand)]
@@ -48,6 +48,18 @@ pub enum RecoveryCmd {
     /// Resume a paused replication: what was written meanwhile goes in one delta.
     ResumeReplication {
         item: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Offline initial replication (POL-8): import the carried export on the target side, then
+    /// delta replication starts. The export folder (named after the protected item's id) must
+    /// have been copied into the import path.
+    ImportInitial {
+        item: String,
+        /// Folder on the target host holding the export folder (default: the policy's import path).
+        #[arg(long)]
+        path: Option<String>,
+        /// Wait until the VM is protected.
         #[arg(long)]
         wait: bool,
     },
@@ -93,6 +105,18 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
         RecoveryCmd::ResumeReplication { item, wait } => {
             let j = operate(&ctx, &item, "resumeReplication", json!({}), wait).await?;
             print(ctx.out, &j, JOB_COLS);
+        }
+        RecoveryCmd::ImportInitial { item, path, wait } => {
+            let body = match path {
+                Some(p) => json!({ "import_path": p }),
+                None => json!({}),
+            };
+            let j = operate(&ctx, &item, "importInitialReplica", body, wait).await?;
+            if wait {
+                print(ctx.out, &wait_protected(&ctx, &item, Duration::from_secs(3600)).await?, ITEM_COLS);
+            } else {
+                print(ctx.out, &j, JOB_COLS);
+            }
         }
         RecoveryCmd::Failback { item } => failback(&ctx, &item, Duration::from_secs(3600)).await?,
         RecoveryCmd::Drill { item, step_timeout } => drill(&ctx, &item, Duration::from_secs(step_timeout)).await?,

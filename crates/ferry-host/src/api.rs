@@ -153,6 +153,8 @@ async fn replication_action(
         A::Resume { item } => host.replication.resume_paused(item, host.vms.clone()).await,
         A::CommitFailover { item } => host.replication.commit_failover(item).await,
         A::AdoptVm { vm, replica } => host.replication.adopt_vm(&vm, replica, &host.vms).await,
+        A::ImportInitial { item, path } => host.replication.import_initial(item, &path).await,
+        A::ConfirmImport { item, cycle } => host.replication.confirm_import(item, cycle).await,
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
         A::ReleaseTest { item } => host.replication.release_test(item).await,
         A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,

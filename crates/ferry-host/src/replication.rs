@@ -297,6 +297,13 @@ impl ReplicationService {
             ferry_types::policy::InitialReplication::OverNetworkScheduled { start_at } => Some(*start_at),
             _ => None,
         };
+        // POL-8: the initial copy goes to `<export path>/<item>` instead of the network.
+        let offline_dir = match (&spec.policy.initial_replication, initial) {
+            (ferry_types::policy::InitialReplication::Offline { export_path, .. }, InitialReplication::Full) => {
+                Some(PathBuf::from(export_path).join(item.to_string()))
+            }
+            _ => None,
+        };
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -313,6 +320,41 @@ impl ReplicationService {
                             Err(e) => set_error(&sources, item, e.chain()),
                         },
                         None => set_error(&sources, item, format!("VM {vm_name} is not running")),
+                    }
+                }
+                if let (Some(p), Some(dir)) = (primary.as_mut(), &offline_dir) {
+                    use ferry_repl::offline::OfflineStatus;
+                    let waiting = match p.offline_status() {
+                        OfflineStatus::Imported => false,
+                        OfflineStatus::AwaitingImport { .. } => true,
+                        OfflineStatus::NotExported => {
+                            set_phase(&sources, item, ReplicationPhase::InitialInProgress);
+                            match p.export_initial(dir).await {
+                                Ok(r) => {
+                                    tracing::info!(item = %item, cycle = r.cycle, segments = r.segments, "offline export ready for import");
+                                    if let Ok(mut s) = sources.lock() {
+                                        if let Some(st) = s.get_mut(&item) {
+                                            st.initial_bytes = r.data_bytes;
+                                            st.last_error = None;
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(item = %item, error = %e.chain(), "offline export failed; it resumes next cycle");
+                                    set_error(&sources, item, e.chain());
+                                    *primary = None;
+                                }
+                            }
+                            true
+                        }
+                    };
+                    if waiting {
+                        if primary.as_ref().is_some_and(|p| p.offline_status() != OfflineStatus::NotExported) {
+                            set_phase(&sources, item, ReplicationPhase::WaitingForImport);
+                        }
+                        drop(primary);
+                        tokio::time::sleep(interval.min(Duration::from_secs(5))).await;
+                        continue;
                     }
                 }
                 if let Some(p) = primary.as_mut() {
@@ -516,6 +558,52 @@ impl ReplicationService {
             vm.disks()?.into_iter().map(|d| (d.target.clone(), dir.join(format!("{}.qcow2", d.target)))).collect();
         vm.release_test(&ferry_repl::TestOverlay { point_id: point, tag: "failover".into(), disks }).await?;
         let _ = std::fs::remove_dir(&dir);
+        Ok(serde_json::Value::Null)
+    }
+
+    /// POL-8, target side: import the offline export of `item` from `<path>/<item>` as the
+    /// replica's first point. Verifies every segment first; an interrupted import continues
+    /// where it stopped; an import that already finished reports its point again.
+    pub async fn import_initial(&self, item: Uuid, path: &str) -> Result<serde_json::Value, ReplicationError> {
+        let base = Path::new(path);
+        if !base.is_absolute() || base.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(ReplicationError::Invalid(format!("{path} is not an absolute path without '..'")));
+        }
+        if !self.persisted.lock().await.replicas.iter().any(|r| r.item == item) {
+            return Err(ReplicationError::Invalid(format!("{item} is not replicated to this host")));
+        }
+        let dir = base.join(item.to_string());
+        if !dir.is_dir() {
+            return Err(ReplicationError::Invalid(format!(
+                "{} does not exist; copy the export folder {item} into {path} first",
+                dir.display()
+            )));
+        }
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let r = vm.import_initial(&dir, ferry_repl::offline::ImportOptions::default()).await?;
+        Ok(serde_json::json!({
+            "point": r.point.id,
+            "cycle": r.point.cycle,
+            "segments": r.segments,
+            "resumed_from_segment": r.resumed_from_segment,
+            "data_bytes": r.data_bytes,
+            "already_imported": r.already_imported,
+        }))
+    }
+
+    /// POL-8, source side: the replica imported the export of `cycle`; delta cycles start.
+    pub async fn confirm_import(&self, item: Uuid, cycle: u64) -> Result<serde_json::Value, ReplicationError> {
+        let slot = self
+            .primaries
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&item).cloned())
+            .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+        let mut primary = slot.lock().await;
+        let p = primary.as_mut().ok_or_else(|| {
+            ReplicationError::Invalid(format!("The VM of {item} is not running; start it and try again"))
+        })?;
+        p.confirm_import(cycle)?;
         Ok(serde_json::Value::Null)
     }
 

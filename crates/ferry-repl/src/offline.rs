@@ -151,7 +151,7 @@ pub enum OfflineStatus {
     NotExported,
     /// Exported; waiting for the replica's import.
     AwaitingImport { cycle: u64, dir: PathBuf },
-    /// Imported; delta cycles run.
+    /// Imported (or seeded over the network); delta cycles run.
     Imported,
 }
 
@@ -161,6 +161,8 @@ impl Primary {
         match &self.state.export {
             Some(e) if e.imported => OfflineStatus::Imported,
             Some(e) => OfflineStatus::AwaitingImport { cycle: e.cycle, dir: e.dir.clone() },
+            // Seeded over the network (e.g. protected before the policy asked for offline).
+            None if self.state.seeded => OfflineStatus::Imported,
             None => OfflineStatus::NotExported,
         }
     }

@@ -348,6 +348,18 @@ pub enum ReplicationAction {
         vm: String,
         replica: ReplicaSpec,
     },
+    /// Offline initial replication (POL-8), target side: import the export of `item` found in
+    /// `<path>/<item>` as the replica's first recovery point. Resumable and idempotent.
+    ImportInitial {
+        item: Uuid,
+        path: String,
+    },
+    /// Offline initial replication, source side: the replica holds the export of `cycle`; delta
+    /// cycles may start.
+    ConfirmImport {
+        item: Uuid,
+        cycle: u64,
+    },
 }
 
 /// How a source host starts replicating a VM whose replica does not come from this host yet.
@@ -377,6 +389,9 @@ pub enum ReplicationPhase {
     Paused,
     /// The last cycle failed; the next one retries (the bitmap was folded back).
     Retrying,
+    /// Offline initial replication (POL-8): the export is complete and waits for its import on
+    /// the target side.
+    WaitingForImport,
 }
 
 /// Host → site → vault: the state of one VM's replication on this host (REP-5, RP-1).

@@ -37,6 +37,7 @@ pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
         recovery_points: item.recovery_points.len(),
         reverse_direction: item.direction == Direction::Reverse,
         failover_job_running: false,
+        awaiting_import: item.stats.awaiting_import,
     };
     item.allowed_operations = ferry_core::state::allowed_operations(item.state, &ctx);
     item
@@ -368,6 +369,7 @@ pub async fn operate(
         recovery_points: it.recovery_points.len(),
         reverse_direction: it.direction == Direction::Reverse,
         failover_job_running,
+        awaiting_import: it.stats.awaiting_import,
     };
     ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
     let new_job = |operation: &'static str, mut params: serde_json::Value, tasks: &[&str]| NewJob {
@@ -523,6 +525,30 @@ pub async fn operate(
         Operation::ResumeReplication => {
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_RESUME_REPLICATION, params, &crate::jobs::RESUME_TASKS)).await?
+        }
+        Operation::ImportInitialReplica => {
+            let import_path = match req.import_path.clone() {
+                Some(p) => p,
+                None => match crate::jobs::load_policy(&st, v.id, it.policy)
+                    .await
+                    .map_err(|e| ApiFailure::with(StatusCode::NOT_FOUND, e))?
+                    .0
+                    .spec
+                    .initial_replication
+                {
+                    ferry_types::policy::InitialReplication::Offline { import_path, .. } => import_path,
+                    _ => {
+                        return Err(ApiFailure::new(
+                            StatusCode::BAD_REQUEST,
+                            "ImportPathRequired",
+                            "The policy has no offline import path; give importPath",
+                        ))
+                    }
+                },
+            };
+            ferry_core::paths::validate_absolute_path("importPath", &import_path).map_err(core_err)?;
+            let params = serde_json::json!({"item": it.id, "import_path": import_path});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_IMPORT_INITIAL, params, &crate::jobs::IMPORT_TASKS)).await?
         }
         Operation::DisableProtection => {
             let params = serde_json::json!({"item": it.id});
