@@ -79,6 +79,14 @@ pub struct SiteReport {
     pub inventory: SiteInventory,
 }
 
+/// Site → vault: enable protection for VMs of this site (REP-1 from the site side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEnableProtection {
+    /// VM names or ids in this site's inventory.
+    pub vms: Vec<String>,
+}
+
 /// Vault → site: heartbeat answer: which clouds to sync, pending commands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct SiteReportAck {

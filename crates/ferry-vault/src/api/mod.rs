@@ -41,6 +41,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(agent::register))
         .routes(routes!(agent::report))
+        .routes(routes!(agent::enable_protection))
         .routes(routes!(agent::fetch_commands))
         .routes(routes!(agent::command_result))
         .routes(routes!(agent::sign_host))
