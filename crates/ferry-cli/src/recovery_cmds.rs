@@ -39,6 +39,13 @@ pub enum RecoveryCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Resynchronize now by comparing block hashes with the replica (REP-6): only differing
+    /// blocks travel and the recovery points are kept.
+    RepairReplication {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Pause replication of a protected VM (no cycles; changes are still tracked).
     PauseReplication {
         item: String,
@@ -97,6 +104,10 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
             } else {
                 print(ctx.out, &j, JOB_COLS);
             }
+        }
+        RecoveryCmd::RepairReplication { item, wait } => {
+            let j = operate(&ctx, &item, "repairReplication", json!({}), wait).await?;
+            print(ctx.out, &j, JOB_COLS);
         }
         RecoveryCmd::PauseReplication { item, wait } => {
             let j = operate(&ctx, &item, "pauseReplication", json!({}), wait).await?;

@@ -7,6 +7,7 @@
 //!   ─IR completed→ Protected ⇄ Paused (pause / resume)
 //! Protected/Paused/Resynchronizing/ReverseReplicating ─resync needed→ ResyncRequired
 //!   ─repair or resync started→ Resynchronizing ─resync completed→ Protected
+//! Protected ─repairReplication (operator: compare with the replica now)→ Resynchronizing
 //! Protected ─plannedFailover→ PreparedForPlannedFailover ─failover started→ FailoverInProgress
 //! Protected/Paused/ResyncRequired/Resynchronizing/PreparedForPlannedFailover
 //!   ─unplannedFailover→ FailoverInProgress
@@ -76,7 +77,7 @@ fn operation_target(state: ReplicationState, op: Operation) -> Option<Replicatio
             S::FailedOverCommitPending | S::PreparedForPlannedFailover | S::FailoverInProgress,
         ) => Some(S::Protected),
         (Operation::ReProtect, S::Committed) => Some(S::ReverseReplicating),
-        (Operation::RepairReplication, S::ResyncRequired) => Some(S::Resynchronizing),
+        (Operation::RepairReplication, S::ResyncRequired | S::Protected) => Some(S::Resynchronizing),
         (Operation::PauseReplication, S::Protected) => Some(S::Paused),
         (Operation::ResumeReplication, S::Paused) => Some(S::Protected),
         (Operation::ImportInitialReplica, S::WaitingForInitialReplication) => Some(state),
@@ -369,7 +370,14 @@ mod tests {
         use Operation::*;
         assert_eq!(
             allowed_operations(S::Protected, &ctx(2)),
-            vec![TestFailover, PlannedFailover, UnplannedFailover, PauseReplication, DisableProtection]
+            vec![
+                TestFailover,
+                PlannedFailover,
+                UnplannedFailover,
+                RepairReplication,
+                PauseReplication,
+                DisableProtection
+            ]
         );
         assert_eq!(
             allowed_operations(S::FailedOverCommitPending, &ctx(2)),

@@ -155,6 +155,7 @@ async fn replication_action(
         A::AdoptVm { vm, replica } => host.replication.adopt_vm(&vm, replica, &host.vms).await,
         A::ImportInitial { item, path } => host.replication.import_initial(item, &path).await,
         A::ConfirmImport { item, cycle } => host.replication.confirm_import(item, cycle).await,
+        A::Repair { item } => host.replication.repair(item, host.vms.clone()).await,
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
         A::ReleaseTest { item } => host.replication.release_test(item).await,
         A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,

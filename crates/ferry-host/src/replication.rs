@@ -49,6 +49,10 @@ struct Persisted {
     /// Sources whose replication an operator paused (JOB-3); their tracking continues in QEMU.
     #[serde(default)]
     paused: Vec<Uuid>,
+    /// Sources an operator asked to resynchronize (REP-6 repair): the next cycle compares block
+    /// hashes with the replica whatever the tracking state; cleared when it completed.
+    #[serde(default)]
+    repairs: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +228,7 @@ impl ReplicationService {
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != item);
         p.paused.retain(|i| *i != item);
+        p.repairs.retain(|i| *i != item);
         if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
             self.allowlist.revoke(&r.source_host_cn);
         }
@@ -304,6 +309,7 @@ impl ReplicationService {
             }
             _ => None,
         };
+        let this = self.clone();
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -357,8 +363,15 @@ impl ReplicationService {
                         continue;
                     }
                 }
+                let repair = this.persisted.lock().await.repairs.contains(&item);
                 if let Some(p) = primary.as_mut() {
-                    let tracking = p.tracking().await;
+                    let tracking = if repair {
+                        Ok(ferry_repl::TrackingState::ResyncRequired {
+                            reason: "an operator asked for a repair".into(),
+                        })
+                    } else {
+                        p.tracking().await
+                    };
                     let started = Instant::now();
                     let mut initial_copy = false;
                     let res = match tracking {
@@ -383,6 +396,13 @@ impl ReplicationService {
                                     differing_blocks,
                                 }) => {
                                     tracing::info!(item = %item, compared_blocks, differing_blocks, "resync complete");
+                                    if repair {
+                                        let mut persisted = this.persisted.lock().await;
+                                        persisted.repairs.retain(|i| *i != item);
+                                        if let Err(e) = write_state(&this.data.join("replication.json"), &persisted) {
+                                            tracing::warn!(item = %item, error = %e, "cannot record the finished repair");
+                                        }
+                                    }
                                     Ok(*report)
                                 }
                                 Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
@@ -511,6 +531,39 @@ impl ReplicationService {
         if let Ok(mut st) = self.sources.lock() {
             st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Replicating;
         }
+        self.spawn_loop(spec, vms).await?;
+        Ok(serde_json::Value::Null)
+    }
+
+    /// REP-6 repair: resynchronize `item` now by block-hash comparison with its replica, whatever
+    /// the tracking state says (a replica restored from backup, a disk edited offline, a resync
+    /// that keeps failing). The request is persisted, so it survives a restart of this agent.
+    pub async fn repair(
+        self: &Arc<Self>,
+        item: Uuid,
+        vms: Arc<VmManager>,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let spec = {
+            let mut p = self.persisted.lock().await;
+            let spec = p
+                .sources
+                .iter()
+                .find(|s| s.item == item)
+                .cloned()
+                .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+            if p.paused.contains(&item) {
+                return Err(ReplicationError::Invalid(format!("Replication of {item} is paused; resume it first")));
+            }
+            if !p.repairs.contains(&item) {
+                p.repairs.push(item);
+            }
+            write_state(&self.data.join("replication.json"), &p)?;
+            spec
+        };
+        if let Ok(mut st) = self.sources.lock() {
+            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Resynchronizing;
+        }
+        // A fresh loop takes the request up at once (and recovers a loop stuck on a dead QEMU).
         self.spawn_loop(spec, vms).await?;
         Ok(serde_json::Value::Null)
     }

@@ -362,6 +362,11 @@ pub enum ReplicationAction {
         item: Uuid,
         path: String,
     },
+    /// REP-6 repair, source side: resynchronize by block-hash comparison now, whatever the
+    /// tracking state says.
+    Repair {
+        item: Uuid,
+    },
     /// Offline initial replication, source side: the replica holds the export of `cycle`; delta
     /// cycles may start.
     ConfirmImport {

@@ -546,6 +546,10 @@ pub async fn operate(
             })?;
             st.jobs.submit(&st, new_job(crate::jobs::OP_REPROTECT, params, &crate::jobs::REPROTECT_TASKS)).await?
         }
+        Operation::RepairReplication => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_REPAIR_REPLICATION, params, &crate::jobs::REPAIR_TASKS)).await?
+        }
         Operation::PauseReplication => {
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PAUSE_REPLICATION, params, &crate::jobs::PAUSE_TASKS)).await?
@@ -583,13 +587,6 @@ pub async fn operate(
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_DISABLE_PROTECTION, params, &crate::jobs::DISABLE_TASKS))
                 .await?
-        }
-        other => {
-            return Err(ApiFailure::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "OperationNotImplemented",
-                format!("{} is not available in this release of Ferry", other.as_str()),
-            ))
         }
     };
     Ok((StatusCode::ACCEPTED, Json(job)))

@@ -16,6 +16,7 @@ mod kinds;
 mod offline;
 mod pause;
 mod plans;
+mod repair;
 mod reverse;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ pub use plans::{
     plan_operation_name, plan_tasks, t_start, ItemPoint, PlanParams, OP_ITEM_REPROTECT, OP_PLAN_TEST_FAILOVER,
     RESUME_AFTER_FAILURE,
 };
+pub use repair::{OP_REPAIR_REPLICATION, REPAIR_TASKS};
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
     REPROTECT_TASKS,
