@@ -204,7 +204,7 @@ async fn render_list(
             }
         }
         @if contributor {
-            section id="create-plan" {
+            section id="new-plan" {
                 h2 { "Create a recovery plan" }
                 @if d.pairs.is_empty() {
                     p class="muted" id="no-pairs" {
