@@ -1,14 +1,20 @@
 //! The portal over the vault's real HTTPS listener, without a browser: sign-in and its cookie,
 //! escaping of API text, security headers, the anti-forgery check, what a Reader is offered,
-//! the dashboard API (JOB-4), and the recovery plan pages with their edits, refusals and roles
-//! (PLAN-1, PLAN-3). The browser tests against a whole lab are in
+//! the dashboard API (JOB-4), the recovery plan pages with their edits, refusals and roles
+//! (PLAN-1, PLAN-3), and a plan operation started from its page whose failed job is resumed
+//! from the job page (PLAN-2, PLAN-4) against site managers played by the test. The browser tests against a whole lab are in
 //! `crates/ferry-cli/tests/portal_*.rs`.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use common::*;
 use ferry_store::DocKind;
+use ferry_types::job::JobStatus;
 use ferry_types::plan::RecoveryPlan;
+use ferry_types::site_protocol::{CommandResult, SiteCommand, SiteCommandEnvelope, VmAction};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::json;
@@ -407,4 +413,117 @@ async fn plan_1_plan_3_portal_plan_pages_edit_through_the_api_refuse_bad_input_a
     assert!(none.is_empty());
     let items: serde_json::Value = tv.admin.get("/api/v1/vaults/v1/replicationProtectedItems").await.expect("items");
     assert_eq!(items["items"].as_array().map(Vec::len), Some(3));
+}
+
+/// A site manager played by the test: answers every command, fails the scripts listed in
+/// `failing`.
+fn answering_site(site: &FakeSite, failing: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
+    let site = site.clone();
+    tokio::spawn(async move {
+        let mut answered = std::collections::HashSet::new();
+        loop {
+            let cmds: Vec<SiteCommandEnvelope> = match site.client.get("/api/v1/agent/commands?wait=1").await {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            for c in cmds {
+                if !answered.insert(c.id) {
+                    continue;
+                }
+                let (ok, output) = match &c.command {
+                    SiteCommand::Replication { .. } => {
+                        (true, json!({"disks": [{"target": "vda", "path": "/replica/vda.qcow2"}]}))
+                    }
+                    SiteCommand::Vm { action: VmAction::Start { vm }, .. } => {
+                        (true, json!({"name": vm, "power_state": "Running", "pid": 4242}))
+                    }
+                    SiteCommand::RunScript { script } => {
+                        (!failing.lock().expect("lock").contains(&script.path), json!({"exit_code": 0}))
+                    }
+                    _ => (true, serde_json::Value::Null),
+                };
+                let error = (!ok).then(|| ferry_types::ApiError::new("ScriptFailed", "Script exited with code 1"));
+                let res = CommandResult { ok, error, output: if ok { output } else { serde_json::Value::Null } };
+                let _ = site
+                    .client
+                    .post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{}/result", c.id), &res)
+                    .await;
+            }
+        }
+    })
+}
+
+/// Aborts the played site managers when the test ends, also on failure.
+struct Abort(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_2_plan_4_portal_runs_a_plan_and_resumes_its_failed_job() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let failing = Arc::new(Mutex::new(vec!["gate.sh".to_string()]));
+    let _sites = Abort(vec![answering_site(&ny, failing.clone()), answering_site(&chi, failing.clone())]);
+    let sites = (ny.fabric_id, chi.fabric_id);
+    let pair = store_pair(&tv, v.id, sites.0, sites.1).await;
+    store_item(&tv, v.id, pair, sites, "a").await;
+    let plans_api = "/api/v1/vaults/v1/replicationRecoveryPlans";
+    let p: RecoveryPlan = tv.admin.post(plans_api, &json!({"name": "gated", "vms": ["a"]})).await.expect("plan");
+    let _: RecoveryPlan = tv
+        .admin
+        .patch(
+            &format!("{plans_api}/gated"),
+            &json!({"changes": [{"change": "addStep", "group": 1, "phase": "Post",
+                "step": {"kind": "Script", "name": "gate", "path": "gate.sh"}}]}),
+        )
+        .await
+        .expect("step");
+    let admin = login(&c, &url, &tv.admin_token).await;
+    let page = format!("{url}/portal/vaults/{}/plans/{}", v.id, p.id);
+    let (_, html) = get(&c, &page, &admin).await;
+    let token = csrf(&html);
+
+    // The planned failover from the plan's page opens its job; the failing script stops it.
+    let (status, location, flash) =
+        post_form(&c, &format!("{page}/run/plannedFailover"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303, "{flash}");
+    assert_eq!(flash, "Recovery plan planned failover started for plan gated");
+    let job: Uuid = location.rsplit('/').next().and_then(|id| id.parse().ok()).expect("a job page");
+    let j = wait_job(&tv.admin, "v1", job, 60, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Failed, "{j:?}");
+    let job_page = format!("{url}{location}");
+    let (_, html) = get(&c, &job_page, &admin).await;
+    assert!(html.contains("id=\"resume-job\""), "{html}");
+    assert!(html.contains("Resume job (run the failed steps again)"));
+    assert!(html.contains("Group 1: Post-step 1: script 'gate'"), "the failed step is a task: {html}");
+    assert!(html.contains(&format!("href=\"/portal/vaults/{}/plans/{}\" id=\"job-object\"", v.id, p.id)), "{html}");
+    let (reader_token, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let reader = login(&c, &url, &reader_token).await;
+    let (_, html) = get(&c, &job_page, &reader).await;
+    assert!(!html.contains("resume-job"), "a reader is not offered Resume");
+
+    // Fixed, then resumed from the job page: the same job goes on and succeeds.
+    failing.lock().expect("lock").clear();
+    let (status, location, flash) = post_form(&c, &format!("{job_page}/resume"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303, "{flash}");
+    assert_eq!(format!("{url}{location}"), job_page);
+    assert_eq!(flash, "Job resumed");
+    let j = wait_job(&tv.admin, "v1", job, 60, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+    let (status, _, html) = post_form(&c, &format!("{job_page}/resume"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 409, "a finished job is not resumed again: {html}");
+    assert!(html.contains("JobActionNotAllowed"), "{html}");
 }
