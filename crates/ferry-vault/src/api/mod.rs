@@ -99,12 +99,6 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The paths the REST API serves (the portal offers pages only for APIs that exist).
-pub fn api_paths() -> Vec<String> {
-    let (_, doc) = api_router().split_for_parts();
-    doc.paths.paths.keys().cloned().collect()
-}
-
 /// The OpenAPI document as pretty JSON (checked into `docs/openapi.json`).
 pub fn openapi_json() -> String {
     let (_, doc) = api_router().split_for_parts();
