@@ -563,6 +563,8 @@ fn operation_form(base: &str, user: &User, d: &Detail, op: Operation) -> Markup 
                     Input::Notes => label { "Notes" textarea name="notes" rows="3" {} },
                     Input::ShutdownSource => label class="check" { input type="checkbox" name="shutdown_source"; "Shut down the source VMs and send their last changes first" },
                     Input::SourceFenced => label class="check" { input type="checkbox" name="source_fenced"; "Every source is fenced (its host is powered off or cut from network and storage)" },
+                    // Plans do not import initial copies (a per-VM operation).
+                    Input::ImportPath => {},
                 }
             }
             button type="submit" id={ "do-" (name) } { (op_label(op)) }
