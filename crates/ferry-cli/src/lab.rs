@@ -48,6 +48,14 @@ pub struct LabArgs {
     /// Replication bandwidth limit of every host, MiB/s (CAP-2; default unlimited).
     #[arg(long)]
     pub bandwidth_mib_s: Option<f64>,
+    /// Daily window (`HH:MM-HH:MM`, local time) in which the hosts may run automatic
+    /// resynchronizations (REP-6; default any time).
+    #[arg(long)]
+    pub resync_window: Option<String>,
+    /// Replication bandwidth limit set on site VMM-NewYork and pushed to its hosts that have no
+    /// limit of their own, MiB/s (CAP-2 per site).
+    #[arg(long)]
+    pub site_bandwidth_mib_s: Option<f64>,
     /// Add a second New York host (ny2, in SilverCloud1's host group) so that the two clouds of
     /// VMM-NewYork can protect each other (SGL-1).
     #[arg(long)]
@@ -360,6 +368,9 @@ pub async fn run(args: LabArgs) -> Result<()> {
         let mut cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
         for h in s.hosts(args.sgl) {
             cfg.push_str(&format!("\n[[hosts]]\nname = \"{}\"\nhost_group = \"{}\"\n", h.name, h.host_group));
+        }
+        if let (Some(b), "newyork") = (args.site_bandwidth_mib_s, s.key) {
+            cfg.push_str(&format!("\n[bandwidth]\ndefault_mib_per_sec = {b}\n"));
         }
         let cfg_path = sdir.join("site.toml");
         std::fs::write(&cfg_path, cfg)?;
@@ -760,6 +771,11 @@ fn spawn_host(
     }
     if let Some(b) = args.bandwidth_mib_s {
         hcfg.push_str(&format!("[bandwidth]\ndefault_mib_per_sec = {b}\n"));
+    }
+    if let Some(w) = &args.resync_window {
+        let (from, to) =
+            w.split_once('-').ok_or_else(|| anyhow::anyhow!("--resync-window {w:?} is not HH:MM-HH:MM"))?;
+        hcfg.push_str(&format!("[resync_window]\nfrom = \"{from}\"\nto = \"{to}\"\n"));
     }
     std::fs::write(hdir.join("host.toml"), hcfg)?;
     let hdata = hdir.join("data");

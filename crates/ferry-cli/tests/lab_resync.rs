@@ -116,3 +116,60 @@ fn rep_6_repair_resyncs_on_request_and_keeps_points() {
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(resyncs(), 1);
 }
+
+/// REP-6 time window: outside the hosts' resync window a lost tracking leaves the VM in
+/// ResyncRequired (no comparison runs); the resync can be paused and resumed; an operator's
+/// repair runs at once and ends Protected with the earlier points kept.
+#[test]
+fn rep_6_resync_waits_for_its_window_pauses_and_repair_runs_at_once() {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    let from = (now.hour() + 2) % 24;
+    let window = format!("{from:02}:00-{:02}:00", (from + 1) % 24);
+    let lab = Lab::start(LabOptions {
+        test_copy_interval_ms: Some(1500),
+        resync_window: Some(window.clone()),
+        ..Default::default()
+    });
+    let serial = common::guest_vm(&lab, "rw1", 32, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "rw1");
+    common::wait_records_and_points(&lab, &id, &serial, 3, 2);
+    let before = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+
+    let vm_show = || lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "rw1"]);
+    kill9(vm_show()["pid"].as_u64().expect("pid") as u32);
+    lab.wait_for("the crash to be seen", Duration::from_secs(20), || {
+        (vm_show()["power_state"] == "Crashed").then_some(())
+    });
+    lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "rw1"]);
+    let it = lab.wait_for("ResyncRequired", Duration::from_secs(60), || {
+        let it = item(&lab, &id);
+        (it["state"] == "ResyncRequired").then_some(it)
+    });
+    let ops = it["allowed_operations"].as_array().cloned().unwrap_or_default();
+    assert!(ops.iter().any(|o| o == "repairReplication") && ops.iter().any(|o| o == "pauseReplication"), "{it}");
+    std::thread::sleep(Duration::from_secs(6));
+    let host_log = lab.dir.join("logs/host-ny1.log");
+    let resyncs = || std::fs::read_to_string(&host_log).unwrap_or_default().matches("resync complete").count();
+    assert_eq!(resyncs(), 0, "no comparison outside the window {window}");
+    assert_eq!(item(&lab, &id)["state"], "ResyncRequired");
+
+    // Pause and resume keep waiting for the window.
+    assert_eq!(lab.json(&["pause-replication", &id, "--wait"])["status"], "Succeeded");
+    assert_eq!(item(&lab, &id)["state"], "Paused");
+    assert_eq!(lab.json(&["resume-replication", &id, "--wait"])["status"], "Succeeded");
+    lab.wait_for("ResyncRequired again", Duration::from_secs(30), || {
+        (item(&lab, &id)["state"] == "ResyncRequired").then_some(())
+    });
+    assert_eq!(resyncs(), 0);
+
+    // The operator's repair does not wait.
+    assert_eq!(lab.json(&["repair-replication", &id, "--wait"])["status"], "Succeeded");
+    lab.wait_for("the repair's resync", Duration::from_secs(120), || (resyncs() == 1).then_some(()));
+    lab.wait_for("Protected with a new point", Duration::from_secs(60), || {
+        let it = item(&lab, &id);
+        (it["state"] == "Protected" && it["recovery_points"].as_array().map(Vec::len).unwrap_or(0) > before)
+            .then_some(())
+    });
+}

@@ -78,7 +78,8 @@ fn operation_target(state: ReplicationState, op: Operation) -> Option<Replicatio
         ) => Some(S::Protected),
         (Operation::ReProtect, S::Committed) => Some(S::ReverseReplicating),
         (Operation::RepairReplication, S::ResyncRequired | S::Protected) => Some(S::Resynchronizing),
-        (Operation::PauseReplication, S::Protected) => Some(S::Paused),
+        // Pausing a resynchronization keeps its comparison cursor; resuming continues it.
+        (Operation::PauseReplication, S::Protected | S::Resynchronizing | S::ResyncRequired) => Some(S::Paused),
         (Operation::ResumeReplication, S::Paused) => Some(S::Protected),
         (Operation::ImportInitialReplica, S::WaitingForInitialReplication) => Some(state),
         (Operation::DisableProtection, s) if !matches!(s, S::NotEnabled | S::FailoverInProgress) => Some(S::NotEnabled),
@@ -386,7 +387,7 @@ mod tests {
         assert_eq!(allowed_operations(S::Committed, &ctx(2)), vec![ReProtect, DisableProtection]);
         assert_eq!(
             allowed_operations(S::ResyncRequired, &ctx(2)),
-            vec![TestFailover, UnplannedFailover, RepairReplication, DisableProtection]
+            vec![TestFailover, UnplannedFailover, RepairReplication, PauseReplication, DisableProtection]
         );
         // An interrupted failover can be rolled back (FO-7), once its job has ended.
         assert_eq!(allowed_operations(S::FailoverInProgress, &ctx(2)), vec![FailoverCancel]);

@@ -62,46 +62,45 @@ pub struct HostConfig {
     /// Bandwidth for the replication traffic this host sends (CAP-2), shared by all its VMs.
     #[serde(default)]
     pub bandwidth: Option<BandwidthDef>,
+    /// REP-6: when an automatic resynchronization may run (time of day, e.g. off-peak); it
+    /// pauses at the window's end and continues in the next one. Absent = any time. A repair
+    /// requested by an operator runs at once.
+    #[serde(default)]
+    pub resync_window: Option<ResyncWindow>,
 }
 
-/// CAP-2: a default rate and time-of-day windows with their own rate (first match wins; a
-/// window may wrap past midnight). Rates in MiB/s; absent = unlimited.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BandwidthDef {
-    #[serde(default)]
-    pub default_mib_per_sec: Option<f64>,
-    #[serde(default)]
-    pub windows: Vec<BandwidthWindow>,
-}
-
+/// A daily time window (`HH:MM`, local time; may wrap past midnight).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BandwidthWindow {
-    /// `HH:MM`, local time, inclusive.
+pub struct ResyncWindow {
     pub from: String,
-    /// `HH:MM`, exclusive.
     pub to: String,
-    #[serde(default)]
-    pub mib_per_sec: Option<f64>,
 }
 
-impl BandwidthDef {
-    /// The engine's schedule; a bad time or a rate that is not positive is refused.
-    pub fn schedule(&self) -> Result<ferry_repl::RateSchedule, String> {
-        let rate = |r: Option<f64>| -> Result<Option<u64>, String> {
-            match r {
-                None => Ok(None),
-                Some(x) if x.is_finite() && x > 0.0 => Ok(Some((x * 1024.0 * 1024.0) as u64)),
-                Some(x) => Err(format!("bandwidth {x} MiB/s must be positive")),
-            }
-        };
-        let mut windows = Vec::new();
-        for w in &self.windows {
-            windows.push(ferry_repl::RateWindow::new(&w.from, &w.to, rate(w.mib_per_sec)?).map_err(|e| e.to_string())?);
-        }
-        Ok(ferry_repl::RateSchedule { default: rate(self.default_mib_per_sec)?, windows })
+impl ResyncWindow {
+    /// The engine's window.
+    pub fn window(&self) -> Result<ferry_repl::RateWindow, String> {
+        ferry_repl::RateWindow::new(&self.from, &self.to, None).map_err(|e| e.to_string())
     }
+}
+
+pub use ferry_types::site_protocol::{BandwidthDef, BandwidthWindow};
+
+/// CAP-2: the engine's schedule of a bandwidth definition; a bad time or a rate that is not
+/// positive is refused.
+pub fn bandwidth_schedule(def: &BandwidthDef) -> Result<ferry_repl::RateSchedule, String> {
+    let rate = |r: Option<f64>| -> Result<Option<u64>, String> {
+        match r {
+            None => Ok(None),
+            Some(x) if x.is_finite() && x > 0.0 => Ok(Some((x * 1024.0 * 1024.0) as u64)),
+            Some(x) => Err(format!("bandwidth {x} MiB/s must be positive")),
+        }
+    };
+    let mut windows = Vec::new();
+    for w in &def.windows {
+        windows.push(ferry_repl::RateWindow::new(&w.from, &w.to, rate(w.mib_per_sec)?).map_err(|e| e.to_string())?);
+    }
+    Ok(ferry_repl::RateSchedule { default: rate(def.default_mib_per_sec)?, windows })
 }
 
 fn default_retention_interval() -> u64 {
@@ -170,7 +169,10 @@ impl HostConfig {
             }
         }
         if let Some(b) = &self.bandwidth {
-            b.schedule().map_err(|e| ConfigError::Invalid(format!("bandwidth: {e}")))?;
+            bandwidth_schedule(b).map_err(|e| ConfigError::Invalid(format!("bandwidth: {e}")))?;
+        }
+        if let Some(w) = &self.resync_window {
+            w.window().map_err(|e| ConfigError::Invalid(format!("resync_window: {e}")))?;
         }
         Ok(())
     }
@@ -198,13 +200,13 @@ mod bandwidth_tests {
             "default_mib_per_sec = 10\n[[windows]]\nfrom = \"08:00\"\nto = \"18:00\"\nmib_per_sec = 2\n[[windows]]\nfrom = \"22:00\"\nto = \"06:00\"\n",
         )
         .expect("toml");
-        let s = b.schedule().expect("schedule");
+        let s = bandwidth_schedule(&b).expect("schedule");
         assert_eq!(s.rate_at(9 * 60), Some(2 << 20));
         assert_eq!(s.rate_at(20 * 60), Some(10 << 20));
         assert_eq!(s.rate_at(23 * 60), None, "unlimited at night");
         let bad: BandwidthDef = toml::from_str("[[windows]]\nfrom = \"25:00\"\nto = \"06:00\"\n").expect("toml");
-        assert!(bad.schedule().is_err());
+        assert!(bandwidth_schedule(&bad).is_err());
         let zero: BandwidthDef = toml::from_str("default_mib_per_sec = 0").expect("toml");
-        assert!(zero.schedule().is_err());
+        assert!(bandwidth_schedule(&zero).is_err());
     }
 }

@@ -101,12 +101,16 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     };
     let test_interval = cfg.test_copy_interval_ms.map(Duration::from_millis);
     let bandwidth = match &cfg.bandwidth {
-        Some(b) => Some(b.schedule().map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
+        Some(b) => Some(config::bandwidth_schedule(b).map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
         None => None,
     };
-    let replication = Arc::new(
-        replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval, bandwidth).await?,
-    );
+    let mut replication =
+        replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval, bandwidth).await?;
+    replication.resync_window = match &cfg.resync_window {
+        Some(w) => Some(w.window().map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
+        None => None,
+    };
+    let replication = Arc::new(replication);
     replication.resume(&vms).await;
     let host = Arc::new(Host {
         cfg,
@@ -160,6 +164,10 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
     let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
     if let Ok(mut p) = host.pairs.lock() {
         *p = ack.pairs.clone();
+    }
+    match ack.bandwidth.as_ref().map(config::bandwidth_schedule).transpose() {
+        Ok(schedule) => host.replication.apply_site_bandwidth(schedule),
+        Err(e) => tracing::warn!(error = %e, "the site's bandwidth schedule is invalid; keeping the current one"),
     }
     Ok(ack)
 }

@@ -94,6 +94,10 @@ pub struct ReplicationService {
     root: PathBuf,
     /// CAP-2: the host's bandwidth limit, shared by every VM it replicates.
     limiter: Option<Arc<ferry_repl::Limiter>>,
+    /// The bandwidth of the host's own configuration; when set, the site's does not apply.
+    own_bandwidth: Option<ferry_repl::RateSchedule>,
+    /// REP-6: when automatic resynchronizations may run (None = any time).
+    pub resync_window: Option<ferry_repl::RateWindow>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -134,7 +138,9 @@ impl ReplicationService {
             loops: Default::default(),
             primaries: Default::default(),
             root,
-            limiter: bandwidth.map(|b| Arc::new(ferry_repl::Limiter::new(b))),
+            limiter: Some(Arc::new(ferry_repl::Limiter::new(bandwidth.clone().unwrap_or_default()))),
+            own_bandwidth: bandwidth,
+            resync_window: None,
         })
     }
 
@@ -310,6 +316,7 @@ impl ReplicationService {
             _ => None,
         };
         let this = self.clone();
+        let resync_window = self.resync_window;
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -386,10 +393,34 @@ impl ReplicationService {
                         // REP-6: tracking was lost (QEMU crash, raw disk after a restart): compare
                         // block hashes with the replica and send only the differences; the
                         // replica's recovery points are kept.
+                        // REP-6: outside the configured window an automatic resync waits (an
+                        // operator's repair runs at once).
+                        Ok(ferry_repl::TrackingState::ResyncRequired { .. })
+                            if !repair && resync_window.is_some_and(|w| w.minutes_left(minute_now()).is_none()) =>
+                        {
+                            set_phase(&sources, item, ReplicationPhase::ResyncRequired);
+                            if let Some(w) = resync_window {
+                                set_error(
+                                    &sources,
+                                    item,
+                                    format!("Resynchronization waits for its window ({})", fmt_window(&w)),
+                                );
+                            }
+                            drop(primary);
+                            tokio::time::sleep(interval.min(Duration::from_secs(30))).await;
+                            continue;
+                        }
                         Ok(ferry_repl::TrackingState::ResyncRequired { reason }) => {
                             tracing::warn!(item = %item, %reason, "change tracking lost; resynchronizing");
                             set_phase(&sources, item, ReplicationPhase::Resynchronizing);
-                            match p.resync(&ferry_repl::ResyncLimits::default()).await {
+                            let limits = ferry_repl::ResyncLimits {
+                                max_duration: resync_window
+                                    .filter(|_| !repair)
+                                    .and_then(|w| w.minutes_left(minute_now()))
+                                    .map(|m| Duration::from_secs(u64::from(m) * 60)),
+                                ..Default::default()
+                            };
+                            match p.resync(&limits).await {
                                 Ok(ferry_repl::ResyncOutcome::Completed {
                                     report,
                                     compared_blocks,
@@ -425,16 +456,7 @@ impl ReplicationService {
                             match initial {
                                 InitialReplication::Full => p.seed_and_initial().await,
                                 InitialReplication::SinceFailover => p.onboard_top_layer().await,
-                                InitialReplication::CompareHashes => {
-                                    match p.resync(&ferry_repl::ResyncLimits::default()).await {
-                                        Ok(ferry_repl::ResyncOutcome::Completed { report, .. }) => Ok(*report),
-                                        Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
-                                            ferry_repl::ErrorKind::ResyncRequired,
-                                            "Comparison paused; it continues next cycle",
-                                        )),
-                                        Err(e) => Err(e),
-                                    }
-                                }
+                                InitialReplication::CompareHashes => compare_with_replica(p).await,
                             }
                         }
                     };
@@ -801,6 +823,18 @@ impl ReplicationService {
         self.limiter.as_ref().and_then(|l| l.rate_now())
     }
 
+    /// CAP-2 per site: follow the schedule the site pushed, unless this host's own
+    /// configuration sets one (the host's own setting wins). `None` = unlimited.
+    pub fn apply_site_bandwidth(&self, schedule: Option<ferry_repl::RateSchedule>) {
+        if let Some(l) = &self.limiter {
+            let s = effective_bandwidth(self.own_bandwidth.as_ref(), schedule);
+            if l.schedule() != s {
+                tracing::info!(schedule = ?s, "bandwidth schedule from the site");
+                l.set_schedule(s);
+            }
+        }
+    }
+
     /// Status of every replication on this host (source loops and received replicas).
     pub async fn statuses(&self) -> Vec<ReplicationStatus> {
         let mut out = Vec::new();
@@ -882,6 +916,38 @@ impl SourceStatus {
     }
 }
 
+/// Minutes after midnight, local time (the windows' clock).
+fn minute_now() -> u16 {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    (now.hour() * 60 + now.minute()) as u16
+}
+
+fn fmt_window(w: &ferry_repl::RateWindow) -> String {
+    format!("{:02}:{:02}-{:02}:{:02}", w.start_min / 60, w.start_min % 60, w.end_min / 60, w.end_min % 60)
+}
+
+/// REP-6 / FO-5: compare block hashes with the replica and send the differences.
+async fn compare_with_replica(p: &mut Primary) -> Result<ferry_repl::CycleReport, ferry_repl::Error> {
+    match p.resync(&ferry_repl::ResyncLimits::default()).await {
+        Ok(ferry_repl::ResyncOutcome::Completed { report, .. }) => Ok(*report),
+        Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
+            ferry_repl::ErrorKind::ResyncRequired,
+            "Comparison paused; it continues next cycle",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// CAP-2: the schedule a host follows: its own configuration's if set, else its site's, else
+/// none (unlimited).
+fn effective_bandwidth(
+    own: Option<&ferry_repl::RateSchedule>,
+    site: Option<ferry_repl::RateSchedule>,
+) -> ferry_repl::RateSchedule {
+    own.cloned().or(site).unwrap_or_default()
+}
+
 fn set_error(sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>, item: Uuid, e: String) {
     if let Ok(mut s) = sources.lock() {
         if let Some(st) = s.get_mut(&item) {
@@ -895,5 +961,19 @@ fn set_phase(sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>, item: Uuid
         if let Some(st) = s.get_mut(&item) {
             st.phase = phase;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_2_host_setting_wins_over_the_site_schedule() {
+        let own = ferry_repl::RateSchedule::constant(64 << 20);
+        let site = ferry_repl::RateSchedule::constant(32 << 20);
+        assert_eq!(effective_bandwidth(Some(&own), Some(site.clone())), own);
+        assert_eq!(effective_bandwidth(None, Some(site.clone())), site);
+        assert_eq!(effective_bandwidth(None, None).rate_at(600), None, "no setting anywhere: unlimited");
     }
 }

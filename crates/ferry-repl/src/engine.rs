@@ -193,12 +193,26 @@ impl Primary {
     /// the replica got its base (e.g. a QEMU crash before the new bitmap was ever stored, or a
     /// raw disk after a restart) means tracking is lost: resync.
     pub async fn tracking(&self) -> Result<TrackingState> {
+        // A resynchronization in progress (paused, or cut by a restart of this agent) owns the
+        // newest bitmap: a delta from it would miss the differences not sent yet.
+        if self.resync_pending() {
+            self.capture.discover(self.vm.qmp()).await?;
+            return Ok(TrackingState::ResyncRequired { reason: "A resynchronization is in progress".into() });
+        }
         match self.capture.discover(self.vm.qmp()).await? {
             TrackingState::Untracked if self.state.seeded => Ok(TrackingState::ResyncRequired {
                 reason: "The change-tracking bitmaps are gone (QEMU restarted or crashed)".into(),
             }),
+            // Bitmaps of a seed whose initial copy never completed: the copy starts over.
+            TrackingState::Tracking { .. } if !self.state.seeded => Ok(TrackingState::Untracked),
             s => Ok(s),
         }
+    }
+
+    /// A copy of the capture settings (tests drive captures directly with it).
+    #[doc(hidden)]
+    pub fn capture_clone(&self) -> Capture {
+        self.capture.clone()
     }
 
     /// Cycle ids grow monotonically: the persisted counter, the newest bitmap generation and the
@@ -261,14 +275,29 @@ impl Primary {
 
     /// REP-2: seed (new bitmaps + full copy of every disk at one point) and ship the allocated
     /// data as the replica's base.
+    /// If the replica turns out to hold a base already (this agent died after the replica's ack
+    /// but before it recorded the success), it compares block hashes instead (REP-6).
     pub async fn seed_and_initial(&mut self) -> Result<CycleReport> {
         let t0 = Instant::now();
         let cycle = self.alloc_cycle(0)?;
         let snap = self.capture.seed(self.vm.qmp(), cycle).await?;
-        self.ship(snap, t0).await.inspect(|_| {
-            self.state.seeded = true;
-            let _ = self.save_state();
-        })
+        match self.ship(snap, t0).await {
+            Ok(r) => {
+                self.state.seeded = true;
+                self.save_state()?;
+                Ok(r)
+            }
+            Err(e) if e.kind() == ErrorKind::Busy && e.to_string().contains("already has recovery points") => {
+                tracing::warn!(vm = %self.cfg.vm_id, "The replica has a base already; comparing instead of copying");
+                match self.resync(&crate::resync::ResyncLimits::default()).await? {
+                    crate::resync::ResyncOutcome::Completed { report, .. } => Ok(*report),
+                    crate::resync::ResyncOutcome::Paused { .. } => {
+                        Err(Error::new(ErrorKind::ResyncRequired, "Comparison paused; it continues next cycle"))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// FO-5: start replicating a recovered VM back to its original side, whose replica holds the

@@ -163,12 +163,18 @@ impl RateWindow {
         Ok(Self { start_min: parse_hhmm(start)?, end_min: parse_hhmm(end)?, rate })
     }
 
-    fn contains(&self, m: u16) -> bool {
+    /// Whether minute `m` after midnight lies in the window.
+    pub fn contains(&self, m: u16) -> bool {
         if self.start_min <= self.end_min {
             (self.start_min..self.end_min).contains(&m)
         } else {
             m >= self.start_min || m < self.end_min
         }
+    }
+
+    /// Minutes from minute `m` to the window's end, when `m` lies in the window.
+    pub fn minutes_left(&self, m: u16) -> Option<u16> {
+        self.contains(m).then(|| (self.end_min + 24 * 60 - m - 1) % (24 * 60) + 1)
     }
 }
 
@@ -217,14 +223,28 @@ struct Bucket {
 /// every stream of a host when wrapped in an `Arc`.
 #[derive(Debug)]
 pub struct Limiter {
-    schedule: RateSchedule,
+    schedule: std::sync::RwLock<RateSchedule>,
     bucket: Mutex<Bucket>,
 }
 
 impl Limiter {
     /// A limiter following `schedule`.
     pub fn new(schedule: RateSchedule) -> Self {
-        Self { schedule, bucket: Mutex::new(Bucket { tokens: 0.0, last: Instant::now() }) }
+        Self {
+            schedule: std::sync::RwLock::new(schedule),
+            bucket: Mutex::new(Bucket { tokens: 0.0, last: Instant::now() }),
+        }
+    }
+
+    /// Follow another schedule from now on (a site pushed new settings); streams in flight
+    /// adopt it with their next extent.
+    pub fn set_schedule(&self, schedule: RateSchedule) {
+        *self.schedule.write().unwrap_or_else(|p| p.into_inner()) = schedule;
+    }
+
+    /// The schedule in force.
+    pub fn schedule(&self) -> RateSchedule {
+        self.schedule.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How long a caller must wait before sending `n` bytes at `rate` (takes the tokens now;
@@ -247,12 +267,12 @@ impl Limiter {
 
     /// The rate in force now (bytes per second; `None` = unlimited).
     pub fn rate_now(&self) -> Option<u64> {
-        self.schedule.rate_now()
+        self.schedule.read().unwrap_or_else(|p| p.into_inner()).rate_now()
     }
 
     /// Wait until `n` bytes may be sent.
     pub async fn acquire(&self, n: u64) {
-        let wait = self.reserve(n, self.schedule.rate_now(), Instant::now());
+        let wait = self.reserve(n, self.rate_now(), Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -262,6 +282,18 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rep_6_resync_window_minutes_left() {
+        let night = RateWindow::new("22:00", "06:00", None).expect("window");
+        assert_eq!(night.minutes_left(22 * 60), Some(8 * 60));
+        assert_eq!(night.minutes_left(5 * 60 + 59), Some(1));
+        assert_eq!(night.minutes_left(6 * 60), None);
+        assert_eq!(night.minutes_left(12 * 60), None);
+        let day = RateWindow::new("08:00", "18:00", None).expect("window");
+        assert_eq!(day.minutes_left(17 * 60), Some(60));
+        assert_eq!(day.minutes_left(7 * 60), None);
+    }
 
     #[test]
     fn cap_2_schedule_and_bucket_math() {

@@ -364,6 +364,15 @@ async fn rep_6_resync_after_lost_tracking_sends_only_differences_and_keeps_point
         o => panic!("expected a pause: {o:?}"),
     }
     assert!(p.resync_pending());
+    // The host agent restarts during the pause: the resync's new bitmap must not pass for
+    // intact tracking (a delta from it would miss the differences not sent yet).
+    drop(p);
+    let mut p = primary(&vm, &staging, "vm-rsy", rx.local_addr(), &pki);
+    assert!(
+        matches!(p.tracking().await.expect("tracking"), TrackingState::ResyncRequired { .. }),
+        "an interrupted resync continues"
+    );
+    assert_eq!(p.run_cycle(false).await.expect_err("no delta during a resync").kind(), ErrorKind::ResyncRequired);
     // Writes during the pause are tracked by the resync's new bitmap.
     vm.write("vda", 30 * MIB, K64, 0x13).await;
     let out = p.resync(&ResyncLimits::default()).await.expect("resync part 2");
@@ -654,4 +663,56 @@ async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checks
     let delta = p.run_cycle(false).await.expect("first delta after the import");
     assert_eq!(delta.data_bytes, MIB, "{delta:?}");
     assert_latest_identical(&rx, "vm-off", &vm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_2_initial_replication_interrupted_by_an_agent_crash_starts_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "irc", &[("vda", 32 * MIB)], false).await;
+    vm.write("vda", 0, 4 * MIB, 0x31).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let staging = dir.path().join("staging");
+    // The agent seeds (new bitmap + staging copy) and dies before the replica has the base.
+    let p = primary(&vm, &staging, "vm-irc", rx.local_addr(), &pki);
+    p_seed_only(&p, &vm).await;
+    drop(p);
+    let mut p = primary(&vm, &staging, "vm-irc", rx.local_addr(), &pki);
+    assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Untracked, "the initial copy starts over");
+    vm.write("vda", 8 * MIB, MIB, 0x32).await;
+    p.seed_and_initial().await.expect("initial replication");
+    assert_latest_identical(&rx, "vm-irc", &vm).await;
+    p.run_cycle(false).await.expect("deltas follow");
+}
+
+/// Seed tracking and the staging copy without shipping (what a crash right after the capture
+/// leaves behind).
+async fn p_seed_only(p: &ferry_repl::Primary, vm: &Vm) {
+    let c = p.capture_clone();
+    c.seed(vm.vm.qmp(), 42).await.expect("seed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_2_agent_crash_after_the_replicas_ack_compares_instead_of_copying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "ira", &[("vda", 32 * MIB)], false).await;
+    vm.write("vda", 0, 4 * MIB, 0x41).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let staging = dir.path().join("staging");
+    let mut p = primary(&vm, &staging, "vm-ira", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("initial replication");
+    // The agent dies before it recorded the success: its state file is gone.
+    drop(p);
+    std::fs::remove_file(staging.join("primary-state.json")).expect("state file");
+    vm.write("vda", 8 * MIB, MIB, 0x42).await;
+    let mut p = primary(&vm, &staging, "vm-ira", rx.local_addr(), &pki);
+    assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Untracked);
+    let r = p.seed_and_initial().await.expect("compared instead of copied");
+    assert!(!r.base, "a point on top of the existing base: {r:?}");
+    assert_eq!(r.data_bytes, MIB, "only the difference travels");
+    let points = rx.store().vm("vm-ira").await.expect("vm").recovery_points().expect("points");
+    assert_eq!(points.len(), 2, "the base is kept");
+    assert_latest_identical(&rx, "vm-ira", &vm).await;
+    p.run_cycle(false).await.expect("deltas follow");
 }

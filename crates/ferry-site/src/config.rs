@@ -42,6 +42,10 @@ pub struct SiteConfig {
     /// Directory of recovery plan scripts.
     #[serde(default)]
     pub script_library: Option<PathBuf>,
+    /// Bandwidth for replication traffic (CAP-2) pushed to every host of this site that has no
+    /// `[bandwidth]` of its own; each host applies it to what it sends.
+    #[serde(default)]
+    pub bandwidth: Option<ferry_types::site_protocol::BandwidthDef>,
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
     #[serde(default)]
@@ -161,6 +165,9 @@ impl SiteConfig {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
         let cfg: SiteConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_path_buf(), Box::new(e)))?;
         cfg.fabric()?;
+        if let Some(b) = &cfg.bandwidth {
+            b.validate().map_err(|e| ConfigError::Invalid(format!("bandwidth: {e}")))?;
+        }
         Ok(cfg)
     }
 

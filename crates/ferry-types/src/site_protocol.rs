@@ -135,6 +135,63 @@ pub struct HostJoinResponse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HostReportAck {
     pub pairs: Vec<PairConfig>,
+    /// The site's bandwidth schedule for replication traffic (CAP-2), for hosts without their
+    /// own `[bandwidth]`; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<BandwidthDef>,
+}
+
+/// CAP-2: a default rate and time-of-day windows with their own rate (first match wins; a
+/// window may wrap past midnight). Rates in MiB/s; absent = unlimited. Used in host and site
+/// configuration files (`[bandwidth]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthDef {
+    #[serde(default)]
+    pub default_mib_per_sec: Option<f64>,
+    #[serde(default)]
+    pub windows: Vec<BandwidthWindow>,
+}
+
+impl BandwidthDef {
+    /// Check rates (positive MiB/s) and times (`HH:MM`) without converting them.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate = |r: Option<f64>| match r {
+            Some(x) if !(x.is_finite() && x > 0.0) => Err(format!("bandwidth {x} MiB/s must be positive")),
+            _ => Ok(()),
+        };
+        let time = |t: &str| {
+            let ok = t.split_once(':').is_some_and(|(h, m)| {
+                let h = h.parse::<u8>().ok().filter(|_| h.len() == 2);
+                let m = m.parse::<u8>().ok().filter(|_| m.len() == 2);
+                matches!((h, m), (Some(h), Some(m)) if (h < 24 && m < 60) || (h == 24 && m == 0))
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("'{t}' is not a time of day HH:MM"))
+            }
+        };
+        rate(self.default_mib_per_sec)?;
+        for w in &self.windows {
+            time(&w.from)?;
+            time(&w.to)?;
+            rate(w.mib_per_sec)?;
+        }
+        Ok(())
+    }
+}
+
+/// One time-of-day window of a [`BandwidthDef`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    /// `HH:MM`, local time, inclusive.
+    pub from: String,
+    /// `HH:MM`, exclusive.
+    pub to: String,
+    #[serde(default)]
+    pub mib_per_sec: Option<f64>,
 }
 
 /// A cloud pair as a site applies it (what its hosts need to replicate).
@@ -444,4 +501,28 @@ pub struct ReplicationStatus {
     /// Target side: the recovery points held.
     #[serde(default)]
     pub recovery_points: Vec<crate::protection::RecoveryPoint>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_2_site_bandwidth_definition_is_validated() {
+        let ok: BandwidthDef = toml::from_str(
+            "default_mib_per_sec = 50\n[[windows]]\nfrom = \"22:00\"\nto = \"06:00\"\n[[windows]]\nfrom = \"08:00\"\nto = \"18:00\"\nmib_per_sec = 5\n",
+        )
+        .expect("toml");
+        assert_eq!(ok.validate(), Ok(()));
+        for bad in [
+            "default_mib_per_sec = 0",
+            "default_mib_per_sec = -3",
+            "[[windows]]\nfrom = \"24:01\"\nto = \"06:00\"\n",
+            "[[windows]]\nfrom = \"8:00\"\nto = \"06:00\"\n",
+            "[[windows]]\nfrom = \"08:00\"\nto = \"06:60\"\n",
+        ] {
+            let d: BandwidthDef = toml::from_str(bad).expect("toml");
+            assert!(d.validate().is_err(), "{bad}");
+        }
+    }
 }

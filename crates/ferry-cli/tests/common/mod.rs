@@ -68,6 +68,10 @@ pub struct LabOptions {
     pub sgl: bool,
     /// Replication bandwidth limit of the hosts, MiB/s (CAP-2).
     pub bandwidth_mib_s: Option<f64>,
+    /// Replication bandwidth limit of site VMM-NewYork, pushed to its hosts (CAP-2).
+    pub site_bandwidth_mib_s: Option<f64>,
+    /// Daily window of automatic resynchronizations, `HH:MM-HH:MM` (REP-6).
+    pub resync_window: Option<String>,
 }
 
 impl Lab {
@@ -99,6 +103,14 @@ impl Lab {
         args.push("3600".into());
         if let Some(b) = opts.bandwidth_mib_s {
             args.push("--bandwidth-mib-s".into());
+            args.push(b.to_string());
+        }
+        if let Some(w) = &opts.resync_window {
+            args.push("--resync-window".into());
+            args.push(w.clone());
+        }
+        if let Some(b) = opts.site_bandwidth_mib_s {
+            args.push("--site-bandwidth-mib-s".into());
             args.push(b.to_string());
         }
         if opts.sgl {
