@@ -180,6 +180,16 @@ pub enum Error {
     NoAppConsistentRecoveryPoint,
     #[error("Recovery point {id} was not found")]
     RecoveryPointNotFound { id: String },
+
+    // ---- alerts (JOB-4) ----
+    #[error("Webhook URL '{url}' is not valid: {reason}")]
+    AlertWebhookUrlInvalid { url: String, reason: String },
+    #[error("E-mail address '{address}' ({field}) is not valid")]
+    AlertEmailAddressInvalid { field: String, address: String },
+    #[error("SMTP relay '{relay}' is not valid: {reason}")]
+    AlertSmtpRelayInvalid { relay: String, reason: String },
+    #[error("Alert settings are not valid: {reason}")]
+    AlertSettingsInvalid { reason: String },
 }
 
 fn reason_suffix(reason: &Option<String>) -> String {
@@ -268,6 +278,10 @@ impl Error {
             Error::NoProcessedRecoveryPoint => "NoProcessedRecoveryPoint",
             Error::NoAppConsistentRecoveryPoint => "NoAppConsistentRecoveryPoint",
             Error::RecoveryPointNotFound { .. } => "RecoveryPointNotFound",
+            Error::AlertWebhookUrlInvalid { .. } => "AlertWebhookUrlInvalid",
+            Error::AlertEmailAddressInvalid { .. } => "AlertEmailAddressInvalid",
+            Error::AlertSmtpRelayInvalid { .. } => "AlertSmtpRelayInvalid",
+            Error::AlertSettingsInvalid { .. } => "AlertSettingsInvalid",
         }
     }
 

@@ -37,8 +37,8 @@ pub use kinds::{
 };
 pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
 pub use plans::{
-    plan_operation_name, plan_tasks, t_start, ItemPoint, PlanParams, OP_ITEM_REPROTECT, OP_PLAN_TEST_FAILOVER,
-    RESUME_AFTER_FAILURE,
+    plan_operation_name, plan_tasks, t_start, ItemPoint, PlanParams, OP_ITEM_REPROTECT, OP_PLAN_PLANNED_FAILOVER,
+    OP_PLAN_TEST_FAILOVER, OP_PLAN_UNPLANNED_FAILOVER, RESUME_AFTER_FAILURE,
 };
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
