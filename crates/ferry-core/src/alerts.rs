@@ -34,6 +34,10 @@ pub fn validate_webhook_url(raw: &str) -> Result<(), Error> {
     if raw.trim() != raw || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains spaces or control characters"));
     }
+    // The parser reads `https:///x` as host `x`; an operator who wrote that forgot the host.
+    if raw.split_once("://").is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with('/')) {
+        return Err(bad("it has no host (write scheme://host/path)"));
+    }
     let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("only http and https are supported"));
