@@ -53,8 +53,8 @@ pub async fn pass(state: &AppState) -> Result<(), ferry_store::Error> {
         }
         let mut settings: HashMap<Uuid, AlertSettingsSpec> = HashMap::new();
         for r in &due {
-            if !settings.contains_key(&r.vault) {
-                settings.insert(r.vault, super::settings(&state.store, r.vault).await?.0);
+            if let std::collections::hash_map::Entry::Vacant(e) = settings.entry(r.vault) {
+                e.insert(super::settings(&state.store, r.vault).await?.0);
             }
         }
         let timeout = state.config.alert_timeout;
