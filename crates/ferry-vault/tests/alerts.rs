@@ -841,3 +841,101 @@ async fn job_4_alert_email_through_smtp_relay_and_test_alert_per_channel() {
     let e = expect_err(tv.admin.post::<_, Value>(&format!("{SETTINGS}/test"), &json!({})).await);
     assert_eq!(e, (409, "AlertChannelsNotConfigured".to_string()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The portal's Alerts section (Prepare infrastructure)
+
+fn portal_http(ca: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("ca"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Sign in through the portal's form; returns the session cookie (name=value).
+async fn portal_login(c: &reqwest::Client, url: &str, token: &str) -> String {
+    let r = c.post(format!("{url}/portal/login")).form(&[("token", token)]).send().await.expect("login");
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()[reqwest::header::SET_COOKIE].to_str().expect("cookie").to_string();
+    cookie.split(';').next().expect("pair").to_string()
+}
+
+async fn portal_get(c: &reqwest::Client, url: &str, cookie: &str) -> String {
+    let r = c.get(url).header(reqwest::header::COOKIE, cookie).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("body")
+}
+
+async fn portal_post(c: &reqwest::Client, url: &str, cookie: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let r = c.post(url).header(reqwest::header::COOKIE, cookie).form(form).send().await.expect("post");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+fn form_csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a form with the csrf field") + 19;
+    html[at..].split('"').next().expect("value").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_4_portal_alert_settings_on_the_prepare_page() {
+    let tv = start_vault_with(fast).await;
+    create_vault(&tv.admin, "v1").await;
+    let hook = Hook::start().await;
+    let c = portal_http(tv.ca());
+    let url = tv.url().to_string();
+    let page = format!("{url}/portal/vaults/v1/prepare");
+    let admin = portal_login(&c, &url, &tv.admin_token).await;
+    let html = portal_get(&c, &page, &admin).await;
+    assert!(html.contains("id=\"alerts-none\""), "no channel yet");
+    assert!(!html.contains("id=\"test-alert-form\""), "nothing to test yet");
+    let csrf = form_csrf(&html);
+
+    // Refused input shows the API's error and changes nothing.
+    let bad =
+        [("csrf", csrf.as_str()), ("version", "0"), ("webhooks", "ftp://example.com/x"), ("critical_health", "on")];
+    let (status, body) = portal_post(&c, &format!("{page}/alerts"), &admin, &bad).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("AlertWebhookUrlInvalid"), "{body}");
+    let (status, body) =
+        portal_post(&c, &format!("{page}/alerts"), &admin, &[("csrf", csrf.as_str()), ("smtp_relay", "relay")]).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("AlertSmtpRelayInvalid"), "{body}");
+    let s: Value = tv.admin.get(SETTINGS).await.expect("settings");
+    assert_eq!(s["version"], 0);
+
+    // Saved: the webhook with its secret, the failover trigger off (its box not ticked).
+    let good = [
+        ("csrf", csrf.as_str()),
+        ("version", "0"),
+        ("webhooks", hook.url.as_str()),
+        ("webhook_secret", "portal-secret"),
+        ("critical_health", "on"),
+        ("site_heartbeat_lost", "on"),
+    ];
+    let (status, _) = portal_post(&c, &format!("{page}/alerts"), &admin, &good).await;
+    assert_eq!(status, 303);
+    let s: Value = tv.admin.get(SETTINGS).await.expect("settings");
+    assert_eq!(s["webhooks"], json!([{"url": hook.url, "secret_set": true}]));
+    assert_eq!(s["triggers"], json!({"critical_health": true, "site_heartbeat_lost": true, "failover_failed": false}));
+    // The same form again is stale now.
+    let (status, body) = portal_post(&c, &format!("{page}/alerts"), &admin, &good).await;
+    assert_eq!(status, 412, "{body}");
+    let html = portal_get(&c, &page, &admin).await;
+    assert!(html.contains("Signed (secret set)") && !html.contains("portal-secret"), "the secret is never shown");
+
+    // The test alert goes out, signed with the secret set in the portal.
+    let (status, _) = portal_post(&c, &format!("{page}/alerts/test"), &admin, &[("csrf", csrf.as_str())]).await;
+    assert_eq!(status, 303);
+    let got = hook.wait_kind("Test", 1, 10).await;
+    assert_eq!(got[0]["subject"], "[Ferry v1] Test alert");
+    let call = &hook.calls()[0];
+    assert_eq!(call.signature.as_deref(), Some(hmac_hex("portal-secret", &call.body).as_str()));
+
+    // A Reader sees the settings, and no form.
+    let (reader, _) = make_token(&tv.admin, "r", "Reader").await;
+    let reader = portal_login(&c, &url, &reader).await;
+    let html = portal_get(&c, &page, &reader).await;
+    assert!(html.contains(&hook.url) && html.contains("id=\"alert-triggers\""));
+    assert!(!html.contains("id=\"alerts-form\"") && !html.contains("id=\"test-alert-form\""));
+}
