@@ -28,7 +28,8 @@ impl OnOff {
 #[derive(Subcommand)]
 pub enum AlertCmd {
     /// Show where alerts go and which triggers are on (JOB-4).
-    AlertsShow {
+    #[command(name = "alerts-show")]
+    Show {
         /// List the alerts sent (newest first) with their delivery state instead.
         #[arg(long)]
         deliveries: bool,
@@ -36,10 +37,12 @@ pub enum AlertCmd {
         limit: i64,
     },
     /// Change the alert settings; what is not given stays as it is.
-    AlertsSet(SetArgs),
+    #[command(name = "alerts-set")]
+    Set(SetArgs),
     /// Send a test alert through every configured channel; reports each channel's result
     /// (exit code 1 when one failed).
-    AlertsTest,
+    #[command(name = "alerts-test")]
+    Test,
 }
 
 #[derive(Args)]
@@ -96,11 +99,11 @@ pub struct SetArgs {
 pub async fn run(conn: &Connection, cmd: AlertCmd) -> Result<()> {
     let ctx = context(conn)?;
     match cmd {
-        AlertCmd::AlertsShow { deliveries: false, .. } => {
+        AlertCmd::Show { deliveries: false, .. } => {
             let s: Value = ctx.c.get(&ctx.v("/alertSettings")).await?;
             show(ctx.out, &s);
         }
-        AlertCmd::AlertsShow { deliveries: true, limit } => {
+        AlertCmd::Show { deliveries: true, limit } => {
             let list: Value = ctx.c.get(&ctx.v(&format!("/alerts?limit={limit}"))).await?;
             print(
                 ctx.out,
@@ -116,8 +119,8 @@ pub async fn run(conn: &Connection, cmd: AlertCmd) -> Result<()> {
                 ],
             );
         }
-        AlertCmd::AlertsSet(args) => set(&ctx, args).await?,
-        AlertCmd::AlertsTest => test(&ctx).await?,
+        AlertCmd::Set(args) => set(&ctx, args).await?,
+        AlertCmd::Test => test(&ctx).await?,
     }
     Ok(())
 }

@@ -973,6 +973,48 @@ pub async fn unmap_storage(
     .await
 }
 
+pub async fn set_alerts(State(st): State<AppState>, user: User, Path(vault): Path<String>, form: Form) -> Response {
+    let (s, a, p) = (State(st.clone()), user.auth.clone(), Path(vault.clone()));
+    change(&st, &user, &vault, form, "alerts", |form| async move {
+        let spec = alerts_request(&form).map_err(|e| (e, None))?;
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(v) = form.get("version").and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
+            headers.insert("if-match", v);
+        }
+        let Json(saved) =
+            crate::api::alerts::put_alert_settings(s, a, p, headers, ApiJson(spec)).await.map_err(|e| (e, None))?;
+        Ok(format!("Alert settings saved (version {})", saved.version))
+    })
+    .await
+}
+
+pub async fn test_alerts(State(st): State<AppState>, user: User, Path(vault): Path<String>, form: Form) -> Response {
+    let (s, a, p) = (State(st.clone()), user.auth.clone(), Path(vault.clone()));
+    change(&st, &user, &vault, form, "alerts", |_| async move {
+        let Json(r) = crate::api::alerts::test_alert(s, a, p).await.map_err(|e| (e, None))?;
+        let each: Vec<String> = r
+            .channels
+            .iter()
+            .map(|c| match &c.error {
+                None => format!("{}: sent", c.channel),
+                Some(e) => format!("{}: failed ({e})", c.channel),
+            })
+            .collect();
+        if r.channels.iter().all(|c| c.ok) {
+            Ok(format!("Test alert sent · {}", each.join(" · ")))
+        } else {
+            Err((
+                ApiFailure::conflict(
+                    "AlertTestFailed",
+                    format!("Test alert not delivered everywhere · {}", each.join(" · ")),
+                ),
+                None,
+            ))
+        }
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1036,46 +1078,4 @@ mod tests {
         let half = policy_request(&form(&[("name", "x"), ("source", &src)]));
         assert!(half.is_err(), "a source without a target is refused");
     }
-}
-
-pub async fn set_alerts(State(st): State<AppState>, user: User, Path(vault): Path<String>, form: Form) -> Response {
-    let (s, a, p) = (State(st.clone()), user.auth.clone(), Path(vault.clone()));
-    change(&st, &user, &vault, form, "alerts", |form| async move {
-        let spec = alerts_request(&form).map_err(|e| (e, None))?;
-        let mut headers = axum::http::HeaderMap::new();
-        if let Some(v) = form.get("version").and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
-            headers.insert("if-match", v);
-        }
-        let Json(saved) =
-            crate::api::alerts::put_alert_settings(s, a, p, headers, ApiJson(spec)).await.map_err(|e| (e, None))?;
-        Ok(format!("Alert settings saved (version {})", saved.version))
-    })
-    .await
-}
-
-pub async fn test_alerts(State(st): State<AppState>, user: User, Path(vault): Path<String>, form: Form) -> Response {
-    let (s, a, p) = (State(st.clone()), user.auth.clone(), Path(vault.clone()));
-    change(&st, &user, &vault, form, "alerts", |_| async move {
-        let Json(r) = crate::api::alerts::test_alert(s, a, p).await.map_err(|e| (e, None))?;
-        let each: Vec<String> = r
-            .channels
-            .iter()
-            .map(|c| match &c.error {
-                None => format!("{}: sent", c.channel),
-                Some(e) => format!("{}: failed ({e})", c.channel),
-            })
-            .collect();
-        if r.channels.iter().all(|c| c.ok) {
-            Ok(format!("Test alert sent · {}", each.join(" · ")))
-        } else {
-            Err((
-                ApiFailure::conflict(
-                    "AlertTestFailed",
-                    format!("Test alert not delivered everywhere · {}", each.join(" · ")),
-                ),
-                None,
-            ))
-        }
-    })
-    .await
 }
