@@ -355,6 +355,10 @@ impl Error {
             Error::PlanVmNotInPair { .. } => {
                 Some("Create one recovery plan per cloud pair; a plan holds the VMs of one pair.")
             }
+            Error::AlertWebhookUrlInvalid { .. } => {
+                Some("Give a full http(s) URL with a host, e.g. https://hooks.example.com/ferry; put credentials in the webhook's secret.")
+            }
+            Error::AlertSmtpRelayInvalid { .. } => Some("Give the relay's host name or IP address and port, e.g. smtp.example.com:587."),
             Error::PlanOperationNotAllowed { .. } => {
                 Some("Bring every VM of the plan into a state that allows the operation, or remove it from the plan.")
             }

@@ -836,6 +836,16 @@ async fn job_4_alert_email_through_smtp_relay_and_test_alert_per_channel() {
     assert_eq!(webhook["state"], "Pending", "the dead webhook is retried, apart from the e-mail");
     assert_eq!(smtp.mails.lock().expect("lock").len(), 2, "the e-mail is not sent again");
 
+    // STARTTLS is required when on: a relay that does not offer it gets no message (and so no
+    // credentials).
+    let tls = json!({"email": {"smtp_host": "127.0.0.1", "smtp_port": smtp.addr.port(), "starttls": true,
+        "username": "ferry", "password": "smtp-pw", "from": "ferry@dr.example.com", "to": ["ops@example.com"]}});
+    let _: Value = tv.admin.put(SETTINGS, &tls).await.expect("starttls settings");
+    let r: Value = tv.admin.post(&format!("{SETTINGS}/test"), &json!({})).await.expect("test alert");
+    assert_eq!(r["channels"][0]["ok"], false, "{r}");
+    assert!(r["channels"][0]["error"].as_str().is_some_and(|e| e.contains("SMTP relay 127.0.0.1")), "{r}");
+    assert_eq!(smtp.mails.lock().expect("lock").len(), 2, "nothing sent without STARTTLS");
+
     // Without any channel the test alert says so.
     let _: Value = tv.admin.put(SETTINGS, &json!({})).await.expect("no channels");
     let e = expect_err(tv.admin.post::<_, Value>(&format!("{SETTINGS}/test"), &json!({})).await);
