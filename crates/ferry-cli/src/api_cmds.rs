@@ -1214,7 +1214,7 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
     Ok(())
 }
 
-const ITEM_COLS: &[(&str, &str)] = &[
+pub(crate) const ITEM_COLS: &[(&str, &str)] = &[
     ("ID", "/id"),
     ("NAME", "/name"),
     ("STATE", "/state"),

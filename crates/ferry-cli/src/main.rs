@@ -116,6 +116,17 @@ enum SiteCmd {
         #[arg(long)]
         record_vault_traffic: Option<PathBuf>,
     },
+    /// Enable protection for VMs of this site from the site manager's server (REP-1), with the
+    /// site's own credential; prints the protected items and their Enable protection jobs.
+    Protect {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// VM names or ids of this site.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
     /// Run the site manager (registers first when given a key and not yet registered).
     Run {
         #[arg(long)]
@@ -152,6 +163,9 @@ fn main() {
             }
             Cmd::Site { cmd: SiteCmd::Register { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_register(&config, &data_dir, &key, record_vault_traffic).await
+            }
+            Cmd::Site { cmd: SiteCmd::Protect { config, data_dir, vms } } => {
+                roles::site_protect(&config, &data_dir, vms).await
             }
             Cmd::Site { cmd: SiteCmd::Run { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_run(&config, &data_dir, key.as_deref(), record_vault_traffic).await

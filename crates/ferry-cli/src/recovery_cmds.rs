@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::api_cmds::{context, enc, Connection, Ctx, JOB_COLS};
+use crate::api_cmds::{context, enc, Connection, Ctx, ITEM_COLS, JOB_COLS};
 use crate::output::print;
 
 #[derive(Subcommand)]
@@ -39,6 +39,13 @@ pub enum RecoveryCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Resynchronize now by comparing block hashes with the replica (REP-6): only differing
+    /// blocks travel and the recovery points are kept.
+    RepairReplication {
+        item: String,
+        #[arg(long)]
+        wait: bool,
+    },
     /// Pause replication of a protected VM (no cycles; changes are still tracked).
     PauseReplication {
         item: String,
@@ -48,6 +55,18 @@ pub enum RecoveryCmd {
     /// Resume a paused replication: what was written meanwhile goes in one delta.
     ResumeReplication {
         item: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Offline initial replication (POL-8): import the carried export on the target side, then
+    /// delta replication starts. The export folder (named after the protected item's id) must
+    /// have been copied into the import path.
+    ImportInitial {
+        item: String,
+        /// Folder on the target host holding the export folder (default: the policy's import path).
+        #[arg(long)]
+        path: Option<String>,
+        /// Wait until the VM is protected.
         #[arg(long)]
         wait: bool,
     },
@@ -86,6 +105,10 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
                 print(ctx.out, &j, JOB_COLS);
             }
         }
+        RecoveryCmd::RepairReplication { item, wait } => {
+            let j = operate(&ctx, &item, "repairReplication", json!({}), wait).await?;
+            print(ctx.out, &j, JOB_COLS);
+        }
         RecoveryCmd::PauseReplication { item, wait } => {
             let j = operate(&ctx, &item, "pauseReplication", json!({}), wait).await?;
             print(ctx.out, &j, JOB_COLS);
@@ -93,6 +116,18 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
         RecoveryCmd::ResumeReplication { item, wait } => {
             let j = operate(&ctx, &item, "resumeReplication", json!({}), wait).await?;
             print(ctx.out, &j, JOB_COLS);
+        }
+        RecoveryCmd::ImportInitial { item, path, wait } => {
+            let body = match path {
+                Some(p) => json!({ "import_path": p }),
+                None => json!({}),
+            };
+            let j = operate(&ctx, &item, "importInitialReplica", body, wait).await?;
+            if wait {
+                print(ctx.out, &wait_protected(&ctx, &item, Duration::from_secs(3600)).await?, ITEM_COLS);
+            } else {
+                print(ctx.out, &j, JOB_COLS);
+            }
         }
         RecoveryCmd::Failback { item } => failback(&ctx, &item, Duration::from_secs(3600)).await?,
         RecoveryCmd::Drill { item, step_timeout } => drill(&ctx, &item, Duration::from_secs(step_timeout)).await?,

@@ -67,6 +67,13 @@ pub async fn site_register(config: &Path, data_dir: &Path, key: &Path, record: O
     Ok(())
 }
 
+pub async fn site_protect(config: &Path, data_dir: &Path, vms: Vec<String>) -> Result<()> {
+    let cfg = ferry_site::SiteConfig::load(config)?;
+    let enabled = ferry_site::enable_protection(&cfg, data_dir, vms).await?;
+    println!("{}", serde_json::to_string_pretty(&enabled)?);
+    Ok(())
+}
+
 pub async fn site_run(config: &Path, data_dir: &Path, key: Option<&Path>, record: Option<PathBuf>) -> Result<()> {
     let cfg = ferry_site::SiteConfig::load(config)?;
     if !data_dir.join("registration.json").exists() {

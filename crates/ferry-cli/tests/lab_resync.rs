@@ -82,3 +82,37 @@ fn rep_6_qemu_crash_resyncs_sending_only_differences_and_keeps_points() {
         .expect("verify");
     assert_eq!(report.clean_prefix_len, last, "{report:?}");
 }
+
+/// REP-6 repair: an operator asks for a resynchronization of a healthy protected VM (e.g. after
+/// its replica was restored from a backup): the host compares block hashes although its tracking
+/// is intact, sends only differing blocks as a new point, keeps the earlier points, and the item
+/// is Protected again.
+#[test]
+fn rep_6_repair_resyncs_on_request_and_keeps_points() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "rp1", 32, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "rp1");
+    common::wait_records_and_points(&lab, &id, &serial, 3, 2);
+    let it = item(&lab, &id);
+    assert!(it["allowed_operations"].as_array().expect("ops").iter().any(|o| o == "repairReplication"), "{it}");
+    let before: Vec<Value> = it["recovery_points"].as_array().cloned().unwrap_or_default();
+    let host_log = lab.dir.join("logs/host-ny1.log");
+    let resyncs = || std::fs::read_to_string(&host_log).unwrap_or_default().matches("resync complete").count();
+    assert_eq!(resyncs(), 0, "tracking is intact: no resync so far");
+
+    let job = lab.json(&["repair-replication", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+    lab.wait_for("the repair's resync", Duration::from_secs(120), || (resyncs() == 1).then_some(()));
+    let after = lab.wait_for("Protected again with a new point", Duration::from_secs(60), || {
+        let it = item(&lab, &id);
+        let points = it["recovery_points"].as_array().cloned().unwrap_or_default();
+        (it["state"] == "Protected" && points.len() > before.len()).then_some(points)
+    });
+    for p in &before {
+        assert!(after.iter().any(|a| a["id"] == p["id"]), "earlier point {} kept", p["id"]);
+    }
+    // Only once: the request is cleared when the resync completed.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(resyncs(), 1);
+}

@@ -1,7 +1,8 @@
 //! Roles in the portal (SEC-2), in real headless Chromium against the lab's protected demo VMs:
-//! a Reader is offered no change at all, an Operator failover-type operations and job actions
-//! but no configuration change and no disable; the API still refuses what a forged form asks
-//! for; forms need this session's anti-forgery value; signing out ends the session.
+//! a Reader is offered no change at all, an Operator failover-type operations (also of the
+//! lab's recovery plan) and job actions but no configuration change, no plan edit and no
+//! disable; the API still refuses what a forged form asks for; forms need this session's
+//! anti-forgery value; signing out ends the session.
 
 mod browser;
 mod common;
@@ -41,15 +42,17 @@ fn sec_2_portal_reader_and_operator_see_only_their_actions() {
     let reader = Portal::open(&lab);
     reader.login(&token(&lab, "portal-reader", "reader"));
     let base = reader.path();
-    let spec = reader.eval_async("fetch('/api/v1/openapi.json').then(r => r.json()).then(d => Object.keys(d.paths))");
-    let plans_api = spec
-        .as_array()
-        .expect("paths")
-        .iter()
-        .any(|p| p.as_str().is_some_and(|p| p.to_ascii_lowercase().contains("recoveryplans")));
     assert_eq!(reader.text_of("#role"), "Reader");
     assert!(reader.text_of("#health").contains("3 replicated items"));
-    assert_eq!(reader.text().contains("Recovery plans"), plans_api, "the plans entry follows the API");
+    let plan_id = lab.json(&["plan-show", "lab-app"])["id"].as_str().expect("plan id").to_string();
+    let plan_page = format!("{base}/plans/{plan_id}");
+    reader.click("nav.main a[href$='/plans']");
+    assert!(reader.text_of("#plan-lab-app").contains("db1"), "{}", reader.text());
+    assert_eq!(reader.count("main form"), 0, "no form for a reader:\n{}", reader.text());
+    reader.goto(&plan_page);
+    assert!(reader.text_of("#group-3").contains("web1"), "{}", reader.text());
+    assert!(reader.text_of("#group-3-pre-1").contains("Check the app tier"), "{}", reader.text());
+    assert_eq!(reader.count("main form"), 0, "no form for a reader:\n{}", reader.text());
     reader.goto(&format!("{base}/prepare"));
     assert!(reader.text_of("#policies").contains("lab-gold"), "a reader sees the configuration");
     assert_eq!(reader.count("main form"), 0, "no form for a reader:\n{}", reader.text());
@@ -84,6 +87,21 @@ fn sec_2_portal_reader_and_operator_see_only_their_actions() {
     assert_eq!(operator.count("main form"), 0);
     operator.goto(&format!("{base}/jobs/{failed}"));
     assert!(operator.exists("#restart-job"), "an operator may restart a failed job");
+    // The lab's plan: its operations (once every VM has a point), no edit, no create, no delete.
+    lab.wait_for("lab-app to allow a test failover", Duration::from_secs(240), || {
+        let p = lab.json(&["plan-show", "lab-app"]);
+        p["allowed_operations"].as_array().is_some_and(|a| a.iter().any(|o| o == "testFailover")).then_some(())
+    });
+    operator.goto(&plan_page);
+    for op in ["testFailover", "plannedFailover", "unplannedFailover"] {
+        assert!(operator.exists(&format!("#op-{op}")), "{op}:\n{}", operator.text_of("#operations"));
+    }
+    for edit in ["#add-group", "#add-step-1", "#remove-vm-db1", "#move-group-2-up", "#delete-plan", "#description-form"]
+    {
+        assert!(!operator.exists(edit), "{edit} needs a Contributor");
+    }
+    operator.goto(&format!("{base}/plans"));
+    assert!(!operator.exists("#create-plan-form"), "creating a plan needs a Contributor");
     drop(operator);
 
     // Contributor: everything, including disable and configuration.
@@ -94,6 +112,11 @@ fn sec_2_portal_reader_and_operator_see_only_their_actions() {
     admin.goto(&format!("{base}/prepare"));
     for form in ["#goal-form", "#issue-key-form", "#policy-form", "#associate-form", "#network-form", "#storage-form"] {
         assert!(admin.exists(form), "{form} for a contributor");
+    }
+    admin.goto(&plan_page);
+    for edit in ["#add-group", "#add-step-1", "#remove-vm-db1", "#move-group-2-up", "#delete-plan", "#op-testFailover"]
+    {
+        assert!(admin.exists(edit), "{edit} for a contributor");
     }
     // A form without this session's anti-forgery value is refused, nothing changes.
     let (status, page) = forged_post(&admin, &format!("{base}/prepare/keys"), false);

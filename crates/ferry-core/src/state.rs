@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! NotEnabled ─enable→ WaitingForInitialReplication ─IR started→ InitialReplicationInProgress
+//!   (offline, POL-8: ─export done→ WaitingForInitialReplication ─importInitialReplica, first
+//!   delta→ Protected)
 //!   ─IR completed→ Protected ⇄ Paused (pause / resume)
 //! Protected/Paused/Resynchronizing/ReverseReplicating ─resync needed→ ResyncRequired
 //!   ─repair or resync started→ Resynchronizing ─resync completed→ Protected
+//! Protected ─repairReplication (operator: compare with the replica now)→ Resynchronizing
 //! Protected ─plannedFailover→ PreparedForPlannedFailover ─failover started→ FailoverInProgress
 //! Protected/Paused/ResyncRequired/Resynchronizing/PreparedForPlannedFailover
 //!   ─unplannedFailover→ FailoverInProgress
@@ -53,6 +56,8 @@ pub struct OperationContext {
     /// A failover job of this item is still running (an interrupted one is rolled back by a
     /// cancel only once its job has ended, FO-7).
     pub failover_job_running: bool,
+    /// Offline initial replication: the source's export is complete and waits for its import.
+    pub awaiting_import: bool,
 }
 
 /// The state an operation leads to, judged on the state alone.
@@ -72,9 +77,10 @@ fn operation_target(state: ReplicationState, op: Operation) -> Option<Replicatio
             S::FailedOverCommitPending | S::PreparedForPlannedFailover | S::FailoverInProgress,
         ) => Some(S::Protected),
         (Operation::ReProtect, S::Committed) => Some(S::ReverseReplicating),
-        (Operation::RepairReplication, S::ResyncRequired) => Some(S::Resynchronizing),
+        (Operation::RepairReplication, S::ResyncRequired | S::Protected) => Some(S::Resynchronizing),
         (Operation::PauseReplication, S::Protected) => Some(S::Paused),
         (Operation::ResumeReplication, S::Paused) => Some(S::Protected),
+        (Operation::ImportInitialReplica, S::WaitingForInitialReplication) => Some(state),
         (Operation::DisableProtection, s) if !matches!(s, S::NotEnabled | S::FailoverInProgress) => Some(S::NotEnabled),
         _ => None,
     }
@@ -90,6 +96,9 @@ fn context_veto(op: Operation, ctx: &OperationContext) -> Option<&'static str> {
         Operation::TestFailoverCleanup if !ctx.test_failover_running => Some("no test failover is running"),
         Operation::FailoverCancel if ctx.failover_job_running => {
             Some("a failover job is still running; wait for it to end or cancel the job")
+        }
+        Operation::ImportInitialReplica if !ctx.awaiting_import => {
+            Some("no offline export is waiting for its import (the policy's initial replication is not offline, or the export is not complete yet)")
         }
         Operation::DisableProtection if ctx.test_failover_running => {
             Some("a test failover is running; clean it up first")
@@ -172,6 +181,20 @@ mod tests {
             transition(S::InitialReplicationInProgress, Event::InitialReplicationFailed),
             Ok(S::WaitingForInitialReplication)
         );
+    }
+
+    #[test]
+    fn pol_8_import_only_while_an_export_waits() {
+        let waiting = OperationContext { awaiting_import: true, ..Default::default() };
+        assert!(check_operation(S::WaitingForInitialReplication, &waiting, Operation::ImportInitialReplica).is_ok());
+        assert!(
+            allowed_operations(S::WaitingForInitialReplication, &waiting).contains(&Operation::ImportInitialReplica)
+        );
+        let e = check_operation(S::WaitingForInitialReplication, &ctx(0), Operation::ImportInitialReplica)
+            .expect_err("no export waits");
+        assert!(e.to_string().contains("no offline export"), "{e}");
+        assert!(check_operation(S::Protected, &waiting, Operation::ImportInitialReplica).is_err());
+        assert!(!Operation::ImportInitialReplica.is_failover_type(), "a Contributor completes enabling protection");
     }
 
     #[test]
@@ -347,7 +370,14 @@ mod tests {
         use Operation::*;
         assert_eq!(
             allowed_operations(S::Protected, &ctx(2)),
-            vec![TestFailover, PlannedFailover, UnplannedFailover, PauseReplication, DisableProtection]
+            vec![
+                TestFailover,
+                PlannedFailover,
+                UnplannedFailover,
+                RepairReplication,
+                PauseReplication,
+                DisableProtection
+            ]
         );
         assert_eq!(
             allowed_operations(S::FailedOverCommitPending, &ctx(2)),

@@ -49,6 +49,10 @@ struct Persisted {
     /// Sources whose replication an operator paused (JOB-3); their tracking continues in QEMU.
     #[serde(default)]
     paused: Vec<Uuid>,
+    /// Sources an operator asked to resynchronize (REP-6 repair): the next cycle compares block
+    /// hashes with the replica whatever the tracking state; cleared when it completed.
+    #[serde(default)]
+    repairs: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +228,7 @@ impl ReplicationService {
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != item);
         p.paused.retain(|i| *i != item);
+        p.repairs.retain(|i| *i != item);
         if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
             self.allowlist.revoke(&r.source_host_cn);
         }
@@ -297,6 +302,14 @@ impl ReplicationService {
             ferry_types::policy::InitialReplication::OverNetworkScheduled { start_at } => Some(*start_at),
             _ => None,
         };
+        // POL-8: the initial copy goes to `<export path>/<item>` instead of the network.
+        let offline_dir = match (&spec.policy.initial_replication, initial) {
+            (ferry_types::policy::InitialReplication::Offline { export_path, .. }, InitialReplication::Full) => {
+                Some(PathBuf::from(export_path).join(item.to_string()))
+            }
+            _ => None,
+        };
+        let this = self.clone();
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
@@ -315,8 +328,50 @@ impl ReplicationService {
                         None => set_error(&sources, item, format!("VM {vm_name} is not running")),
                     }
                 }
+                if let (Some(p), Some(dir)) = (primary.as_mut(), &offline_dir) {
+                    use ferry_repl::offline::OfflineStatus;
+                    let waiting = match p.offline_status() {
+                        OfflineStatus::Imported => false,
+                        OfflineStatus::AwaitingImport { .. } => true,
+                        OfflineStatus::NotExported => {
+                            set_phase(&sources, item, ReplicationPhase::InitialInProgress);
+                            match p.export_initial(dir).await {
+                                Ok(r) => {
+                                    tracing::info!(item = %item, cycle = r.cycle, segments = r.segments, "offline export ready for import");
+                                    if let Ok(mut s) = sources.lock() {
+                                        if let Some(st) = s.get_mut(&item) {
+                                            st.initial_bytes = r.data_bytes;
+                                            st.last_error = None;
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(item = %item, error = %e.chain(), "offline export failed; it resumes next cycle");
+                                    set_error(&sources, item, e.chain());
+                                    *primary = None;
+                                }
+                            }
+                            true
+                        }
+                    };
+                    if waiting {
+                        if primary.as_ref().is_some_and(|p| p.offline_status() != OfflineStatus::NotExported) {
+                            set_phase(&sources, item, ReplicationPhase::WaitingForImport);
+                        }
+                        drop(primary);
+                        tokio::time::sleep(interval.min(Duration::from_secs(5))).await;
+                        continue;
+                    }
+                }
+                let repair = this.persisted.lock().await.repairs.contains(&item);
                 if let Some(p) = primary.as_mut() {
-                    let tracking = p.tracking().await;
+                    let tracking = if repair {
+                        Ok(ferry_repl::TrackingState::ResyncRequired {
+                            reason: "an operator asked for a repair".into(),
+                        })
+                    } else {
+                        p.tracking().await
+                    };
                     let started = Instant::now();
                     let mut initial_copy = false;
                     let res = match tracking {
@@ -341,6 +396,13 @@ impl ReplicationService {
                                     differing_blocks,
                                 }) => {
                                     tracing::info!(item = %item, compared_blocks, differing_blocks, "resync complete");
+                                    if repair {
+                                        let mut persisted = this.persisted.lock().await;
+                                        persisted.repairs.retain(|i| *i != item);
+                                        if let Err(e) = write_state(&this.data.join("replication.json"), &persisted) {
+                                            tracing::warn!(item = %item, error = %e, "cannot record the finished repair");
+                                        }
+                                    }
                                     Ok(*report)
                                 }
                                 Ok(ferry_repl::ResyncOutcome::Paused { .. }) => Err(ferry_repl::Error::new(
@@ -473,6 +535,39 @@ impl ReplicationService {
         Ok(serde_json::Value::Null)
     }
 
+    /// REP-6 repair: resynchronize `item` now by block-hash comparison with its replica, whatever
+    /// the tracking state says (a replica restored from backup, a disk edited offline, a resync
+    /// that keeps failing). The request is persisted, so it survives a restart of this agent.
+    pub async fn repair(
+        self: &Arc<Self>,
+        item: Uuid,
+        vms: Arc<VmManager>,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let spec = {
+            let mut p = self.persisted.lock().await;
+            let spec = p
+                .sources
+                .iter()
+                .find(|s| s.item == item)
+                .cloned()
+                .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+            if p.paused.contains(&item) {
+                return Err(ReplicationError::Invalid(format!("Replication of {item} is paused; resume it first")));
+            }
+            if !p.repairs.contains(&item) {
+                p.repairs.push(item);
+            }
+            write_state(&self.data.join("replication.json"), &p)?;
+            spec
+        };
+        if let Ok(mut st) = self.sources.lock() {
+            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Resynchronizing;
+        }
+        // A fresh loop takes the request up at once (and recovers a loop stuck on a dead QEMU).
+        self.spawn_loop(spec, vms).await?;
+        Ok(serde_json::Value::Null)
+    }
+
     /// Throwaway overlays on a recovery point for a test VM (FO-1); the point stays in use (so
     /// retention never merges it) until [`ReplicationService::release_test`].
     pub async fn test_overlays(&self, item: Uuid, point: &str) -> Result<serde_json::Value, ReplicationError> {
@@ -516,6 +611,52 @@ impl ReplicationService {
             vm.disks()?.into_iter().map(|d| (d.target.clone(), dir.join(format!("{}.qcow2", d.target)))).collect();
         vm.release_test(&ferry_repl::TestOverlay { point_id: point, tag: "failover".into(), disks }).await?;
         let _ = std::fs::remove_dir(&dir);
+        Ok(serde_json::Value::Null)
+    }
+
+    /// POL-8, target side: import the offline export of `item` from `<path>/<item>` as the
+    /// replica's first point. Verifies every segment first; an interrupted import continues
+    /// where it stopped; an import that already finished reports its point again.
+    pub async fn import_initial(&self, item: Uuid, path: &str) -> Result<serde_json::Value, ReplicationError> {
+        let base = Path::new(path);
+        if !base.is_absolute() || base.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(ReplicationError::Invalid(format!("{path} is not an absolute path without '..'")));
+        }
+        if !self.persisted.lock().await.replicas.iter().any(|r| r.item == item) {
+            return Err(ReplicationError::Invalid(format!("{item} is not replicated to this host")));
+        }
+        let dir = base.join(item.to_string());
+        if !dir.is_dir() {
+            return Err(ReplicationError::Invalid(format!(
+                "{} does not exist; copy the export folder {item} into {path} first",
+                dir.display()
+            )));
+        }
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let r = vm.import_initial(&dir, ferry_repl::offline::ImportOptions::default()).await?;
+        Ok(serde_json::json!({
+            "point": r.point.id,
+            "cycle": r.point.cycle,
+            "segments": r.segments,
+            "resumed_from_segment": r.resumed_from_segment,
+            "data_bytes": r.data_bytes,
+            "already_imported": r.already_imported,
+        }))
+    }
+
+    /// POL-8, source side: the replica imported the export of `cycle`; delta cycles start.
+    pub async fn confirm_import(&self, item: Uuid, cycle: u64) -> Result<serde_json::Value, ReplicationError> {
+        let slot = self
+            .primaries
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&item).cloned())
+            .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+        let mut primary = slot.lock().await;
+        let p = primary.as_mut().ok_or_else(|| {
+            ReplicationError::Invalid(format!("The VM of {item} is not running; start it and try again"))
+        })?;
+        p.confirm_import(cycle)?;
         Ok(serde_json::Value::Null)
     }
 

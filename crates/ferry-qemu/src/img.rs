@@ -295,6 +295,12 @@ pub async fn convert(src: &Path, dst: &Path, format: DiskFormat, force_share: bo
     run_ok(&args).await.map(|_| ())
 }
 
+/// `qemu-img convert` from an image of a known format (no format probing).
+pub async fn convert_from(src: &Path, src_format: DiskFormat, dst: &Path, format: DiskFormat) -> Result<()> {
+    let args = ["convert", "-q", "-f", src_format.as_str(), "-O", format.as_str(), path_str(src)?, path_str(dst)?];
+    run_ok(&args).await.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,7 +368,7 @@ impl Capture {
         qmp.transaction(actions).await.map_err(q("Cannot fold the unsent bitmap into the next one"))
     }
 
-    fn remove_files(snap: &Snapshot) {
+    pub(crate) fn remove_files(snap: &Snapshot) {
         for f in &snap.files {
             if let Err(e) = std::fs::remove_file(f) {
                 tracing::debug!(file = %f.display(), error = %e, "Cannot remove staging image");

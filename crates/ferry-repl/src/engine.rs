@@ -52,6 +52,11 @@ pub struct PrimaryConfig {
     /// Guest-agent socket for app-consistent cycles (POL-5).
     pub qga_socket: Option<PathBuf>,
     pub send: SendOptions,
+    /// Size at which an offline export starts a new segment file (POL-8).
+    pub export_segment_bytes: u64,
+    /// Test hook: an offline export stops (as if the host died) after this many segments.
+    #[doc(hidden)]
+    pub export_stop_after_segments: Option<usize>,
 }
 
 impl PrimaryConfig {
@@ -78,6 +83,8 @@ impl PrimaryConfig {
             limiter: None,
             qga_socket: None,
             send: SendOptions::default(),
+            export_segment_bytes: crate::offline::DEFAULT_SEGMENT_BYTES,
+            export_stop_after_segments: None,
         }
     }
 }
@@ -86,6 +93,9 @@ impl PrimaryConfig {
 pub(crate) struct PrimaryState {
     pub next_cycle: u64,
     pub seeded: bool,
+    /// The initial copy went out as an offline export (POL-8) rather than over the network.
+    #[serde(default)]
+    pub export: Option<crate::offline::ExportState>,
 }
 
 /// Per-VM replication counters (REP-5).
@@ -149,9 +159,14 @@ impl Primary {
         let state = match std::fs::read(cfg.staging_dir.join("primary-state.json")) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| Error::with_source(ErrorKind::Store, "Primary state file is unreadable", e))?,
-            Err(_) => PrimaryState { next_cycle: 1, seeded: false },
+            Err(_) => PrimaryState { next_cycle: 1, seeded: false, export: None },
         };
         Ok(Self { cfg, vm, capture, state, counters: ReplicationCounters::default() })
+    }
+
+    /// The settings (e.g. to change the export segment size before an export).
+    pub fn config_mut(&mut self) -> &mut PrimaryConfig {
+        &mut self.cfg
     }
 
     /// The capture (e.g. to tune job or freeze timeouts).
@@ -233,7 +248,7 @@ impl Primary {
         }
     }
 
-    async fn source_of(&self, snap: &Snapshot) -> Result<CycleSource> {
+    pub(crate) async fn source_of(&self, snap: &Snapshot) -> Result<CycleSource> {
         let mut readers = Vec::new();
         let mut extents = Vec::new();
         for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {

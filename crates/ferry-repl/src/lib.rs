@@ -23,6 +23,7 @@
 //!   extent.
 //! * [`replica`]: recovery points on disk, retention, test overlays; its docs hold the locking
 //!   table of capture / apply / retention / test failover / failover.
+//! * [`offline`]: offline initial replication (POL-8): export to files, import from files.
 //! * [`resync`]: block-hash comparison with pause/resume; keeps existing points.
 //! * [`engine`]: [`Primary`] (per VM) tying it together; [`bench`] measures it.
 //!
@@ -36,6 +37,7 @@ pub mod capture;
 pub mod engine;
 pub mod error;
 pub mod image;
+pub mod offline;
 pub mod protocol;
 pub mod qcow2;
 pub mod receiver;

@@ -80,7 +80,7 @@ pub enum ExtentKind {
 }
 
 /// One disk of a cycle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskInfo {
     /// Disk target, e.g. `vda`.
     pub target: String,

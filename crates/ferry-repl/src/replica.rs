@@ -88,7 +88,7 @@ pub struct RecoveryPoint {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Catalog {
+pub(crate) struct Catalog {
     vm_id: String,
     disks: Vec<DiskEntry>,
     last_cycle: Option<u64>,
@@ -102,7 +102,7 @@ struct Catalog {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct DiskEntry {
+pub(crate) struct DiskEntry {
     target: String,
     size: u64,
 }
@@ -172,7 +172,7 @@ impl FileLock {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("Cannot fsync directory {}", dir.display()), e))
@@ -236,7 +236,12 @@ impl VmReplica {
         &self.dir
     }
 
-    fn read_catalog(&self) -> Result<Catalog> {
+    /// The VM's id in the store.
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    pub(crate) fn read_catalog(&self) -> Result<Catalog> {
         let p = self.dir.join(CATALOG);
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
@@ -248,13 +253,13 @@ impl VmReplica {
         }
     }
 
-    fn write_catalog(&self, c: &Catalog) -> Result<()> {
+    pub(crate) fn write_catalog(&self, c: &Catalog) -> Result<()> {
         let b = serde_json::to_vec_pretty(c)
             .map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode catalog", e))?;
         atomic_write(&self.dir.join(CATALOG), &b)
     }
 
-    async fn chain_lock(&self) -> Result<FileLock> {
+    pub(crate) async fn chain_lock(&self) -> Result<FileLock> {
         FileLock::acquire(&self.dir.join(".chain.lock")).await
     }
 
@@ -601,7 +606,18 @@ impl VmReplica {
     /// import) as this VM's base point. They are converted into the store (sources untouched);
     /// a resync then sends only the differences.
     pub async fn adopt_existing(&self, disks: &[(String, PathBuf)], time: DateTime<Utc>) -> Result<RecoveryPoint> {
-        let _recv = FileLock::try_acquire(&self.dir.join(".receive.lock"))?;
+        let _recv = self.receive_lock()?;
+        self.adopt_locked(disks, Adoption { cycle: None, time, kind: PointKind::Adopted, bytes: 0, raw_source: false })
+            .await
+    }
+
+    /// The lock every writer of new points holds (network apply, adoption, offline import).
+    pub(crate) fn receive_lock(&self) -> Result<FileLock> {
+        FileLock::try_acquire(&self.dir.join(".receive.lock"))
+    }
+
+    /// Adopt `disks` as the base point; the caller holds [`Self::receive_lock`].
+    pub(crate) async fn adopt_locked(&self, disks: &[(String, PathBuf)], how: Adoption) -> Result<RecoveryPoint> {
         let _chain = self.chain_lock().await?;
         let mut cat = self.read_catalog()?;
         if !cat.points.is_empty() {
@@ -612,31 +628,51 @@ impl VmReplica {
         let mut entries = Vec::new();
         for (target, src) in disks {
             valid_name(target, "Disk target")?;
-            let info =
-                img::info(src, true).await.map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
             let file = format!("{target}-{seq:06}.qcow2");
-            img::convert(src, &self.dir.join(&file), DiskFormat::Qcow2, true)
-                .await
-                .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;
+            let size = match how.raw_source {
+                // Raw images written from received data: never probe their format (a guest
+                // could have written an image header into its own disk).
+                true => {
+                    img::convert_from(src, DiskFormat::Raw, &self.dir.join(&file), DiskFormat::Qcow2)
+                        .await
+                        .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;
+                    std::fs::metadata(src).map_err(|e| Error::io(format!("Cannot inspect {}", src.display()), e))?.len()
+                }
+                false => {
+                    let info = img::info(src, true)
+                        .await
+                        .map_err(|e| Error::qemu(format!("Cannot inspect {}", src.display()), e))?;
+                    img::convert(src, &self.dir.join(&file), DiskFormat::Qcow2, true)
+                        .await
+                        .map_err(|e| Error::qemu(format!("Cannot import {}", src.display()), e))?;
+                    info.virtual_size
+                }
+            };
             File::open(self.dir.join(&file))
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io("Cannot fsync import", e))?;
             pds.push(PointDisk { target: target.clone(), file, checksum: String::new() });
-            entries.push(DiskEntry { target: target.clone(), size: info.virtual_size });
+            entries.push(DiskEntry { target: target.clone(), size });
         }
         fsync_dir(&self.dir)?;
         let point = RecoveryPoint {
-            id: format!("rp-adopted-{seq}"),
-            cycle: 0,
-            time,
+            id: match how.cycle {
+                Some(c) => format!("rp-{c}"),
+                None => format!("rp-adopted-{seq}"),
+            },
+            cycle: how.cycle.unwrap_or(0),
+            time: how.time,
             app_consistent: false,
-            kind: PointKind::Adopted,
-            bytes: 0,
+            kind: how.kind,
+            bytes: how.bytes,
             disks: pds,
             in_use: vec![],
         };
         cat.disks = entries;
         cat.points.push(point.clone());
+        if how.cycle.is_some() {
+            cat.last_cycle = how.cycle;
+        }
         cat.next_seq = seq + 1;
         self.write_catalog(&cat)?;
         Ok(point)
@@ -646,6 +682,18 @@ impl VmReplica {
     pub fn disks(&self) -> Result<Vec<DiskInfo>> {
         Ok(self.read_catalog()?.disks.into_iter().map(|d| DiskInfo { target: d.target, size: d.size }).collect())
     }
+}
+
+/// How adopted images enter the catalog.
+pub(crate) struct Adoption {
+    /// The cycle the images are the state of (an offline import); `None` for foreign images.
+    pub cycle: Option<u64>,
+    pub time: DateTime<Utc>,
+    pub kind: PointKind,
+    /// Data bytes the point brought.
+    pub bytes: u64,
+    /// The images are raw files Ferry wrote itself (read as raw, never probed).
+    pub raw_source: bool,
 }
 
 fn not_found(id: &str) -> Error {

@@ -84,6 +84,29 @@ impl CycleSource {
         self.extents.iter().map(|e| e.len).sum()
     }
 
+    /// The encoded frame of extent `i` and the data bytes it carries (0 for a zero extent).
+    /// Data that reads back as zeros travels as a zero extent. `buf` is scratch space.
+    pub fn extent_frame(
+        &self,
+        i: u64,
+        buf: &mut Vec<u8>,
+        zctx: Option<&mut zstd::bulk::Compressor<'static>>,
+    ) -> Result<(Vec<u8>, u64)> {
+        let pe = self.extents.get(i as usize).ok_or_else(|| Error::new(ErrorKind::Invalid, "No such extent"))?;
+        if pe.kind == ExtentKind::Data {
+            buf.resize(pe.len as usize, 0);
+            let reader = self
+                .readers
+                .get(pe.disk as usize)
+                .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
+            reader.read(pe.offset, buf)?;
+            if !is_zero(buf) {
+                return Ok((encode_data_frame(i, pe.disk, pe.offset, buf, zctx)?, pe.len));
+            }
+        }
+        Ok((Message::Extent(zero_extent(i, pe.disk, pe.offset, pe.len)).encode()?, 0))
+    }
+
     /// Sum of planned data extents.
     pub fn data_bytes(&self) -> u64 {
         self.extents.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| e.len).sum()
@@ -265,21 +288,7 @@ async fn stream_extents(
             }
         };
         for i in start..src2.extents.len() as u64 {
-            let pe = src2.extents[i as usize];
-            let frame = (|| -> Result<(Vec<u8>, u64)> {
-                if pe.kind == ExtentKind::Data {
-                    buf.resize(pe.len as usize, 0);
-                    let reader = src2
-                        .readers
-                        .get(pe.disk as usize)
-                        .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
-                    reader.read(pe.offset, &mut buf)?;
-                    if !is_zero(&buf) {
-                        return Ok((encode_data_frame(i, pe.disk, pe.offset, &buf, zctx.as_mut())?, pe.len));
-                    }
-                }
-                Ok((Message::Extent(zero_extent(i, pe.disk, pe.offset, pe.len)).encode()?, 0))
-            })();
+            let frame = src2.extent_frame(i, &mut buf, zctx.as_mut());
             let stop = frame.is_err();
             if tx.blocking_send(frame).is_err() || stop {
                 break;

@@ -550,3 +550,108 @@ async fn fo_7_tracking_survives_a_clean_source_restart() {
     assert_eq!(r.data_bytes, MIB, "only the write after the restart: {r:?}");
     assert_latest_identical(&rx, "vm-rs", &vm).await;
 }
+
+/// Copy the files of an export directory (the operator carrying the media).
+fn carry(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("media dir");
+    for e in std::fs::read_dir(from).expect("export dir").flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checksummed() {
+    use ferry_repl::offline::{ImportOptions, OfflineStatus};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "off", &[("vda", 64 * MIB), ("vdb", 32 * MIB)], false).await;
+    let (rnd, txt) = (dir.path().join("rnd"), dir.path().join("txt"));
+    random_file(&rnd, MIB as usize, 7);
+    text_file(&txt, MIB as usize, 7);
+    for i in 0..6 {
+        write_file(&vm, "vda", i * 3 * MIB, MIB, &rnd).await;
+        write_file(&vm, "vdb", i * 2 * MIB, MIB, &txt).await;
+    }
+    vm.write("vda", 40 * MIB, 2 * MIB, 0x5a).await;
+    vm.flush_all().await;
+
+    // Network initial replication of the same disks, for comparison.
+    let net = receiver(&dir.path().join("replica-net"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging-net"), "vm-off", net.local_addr(), &pki);
+    let network = p.seed_and_initial().await.expect("network initial replication");
+    drop(p);
+
+    // Offline: the export stops after two segments (host agent killed), a new agent resumes it.
+    let rx = receiver(&dir.path().join("replica-off"), &pki, 64).await;
+    let export = dir.path().join("usb");
+    let staging = dir.path().join("staging-off");
+    let mut p = primary(&vm, &staging, "vm-off", rx.local_addr(), &pki);
+    p.config_mut().export_segment_bytes = 2 * MIB;
+    p.config_mut().export_stop_after_segments = Some(2);
+    let err = p.export_initial(&export).await.expect_err("the export stops");
+    assert!(err.to_string().contains("stopped"), "{err}");
+    assert_eq!(p.offline_status(), OfflineStatus::NotExported);
+    drop(p);
+    let mut p = primary(&vm, &staging, "vm-off", rx.local_addr(), &pki);
+    p.config_mut().export_segment_bytes = 2 * MIB;
+    let report = p.export_initial(&export).await.expect("export resumes");
+    assert!(report.resumed_from_extent > 0, "{report:?}");
+    assert!(report.segments > 3, "{report:?}");
+    assert_eq!(report.data_bytes, network.data_bytes, "the same allocated data as over the network");
+    let total: u64 = std::fs::read_dir(&export)
+        .expect("export")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .map(|e| e.metadata().expect("meta").len())
+        .sum();
+    assert!(report.bytes_written < total, "resumed, not rewritten: {report:?}, {total} bytes in all");
+    let cycle = report.cycle;
+    assert_eq!(p.offline_status(), OfflineStatus::AwaitingImport { cycle, dir: export.clone() });
+    // No staging images are left; the tracking bitmap records from the export's point.
+    assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Tracking { generation: cycle });
+    // Exporting again writes nothing.
+    assert!(p.export_initial(&export).await.expect("again").already_complete);
+
+    // The guest keeps writing while the media travels.
+    vm.write("vdb", 20 * MIB, MIB, 0x77).await;
+
+    // Damaged media: refused before anything is applied, naming the segment.
+    let media = dir.path().join("import");
+    carry(&export, &media);
+    let seg = media.join("seg-00001.ferry");
+    let mut b = std::fs::read(&seg).expect("segment");
+    let mid = b.len() / 2;
+    b[mid] ^= 0xff;
+    std::fs::write(&seg, b).expect("damage");
+    let replica = rx.store().vm("vm-off").await.expect("replica");
+    let err = replica.import_initial(&media, ImportOptions::default()).await.expect_err("damaged segment");
+    assert!(err.to_string().contains("seg-00001.ferry") && err.to_string().contains("damaged"), "{err}");
+    assert!(replica.recovery_points().expect("points").is_empty());
+    carry(&export, &media);
+
+    // The import stops after two segments and resumes from there.
+    let err = replica
+        .import_initial(&media, ImportOptions { stop_after_segments: Some(2) })
+        .await
+        .expect_err("the import stops");
+    assert!(err.to_string().contains("stopped"), "{err}");
+    assert!(replica.recovery_points().expect("points").is_empty(), "no point before the import completes");
+    let imported = replica.import_initial(&media, ImportOptions::default()).await.expect("import resumes");
+    assert_eq!(imported.resumed_from_segment, 2, "{imported:?}");
+    assert_eq!(imported.point.id, format!("rp-{cycle}"));
+    assert_eq!(imported.point.kind, ferry_repl::replica::PointKind::Initial);
+
+    // The imported point holds exactly what network initial replication delivered.
+    for t in ["vda", "vdb"] {
+        let a = point_bytes(&net, "vm-off", &network.point_id, t, dir.path()).await;
+        let b = point_bytes(&rx, "vm-off", &imported.point.id, t, dir.path()).await;
+        assert!(a == b, "disk {t}: offline import differs from network initial replication");
+    }
+
+    // Deltas continue from the export's point once the import is confirmed: only the change.
+    p.confirm_import(cycle).expect("confirm");
+    assert_eq!(p.offline_status(), OfflineStatus::Imported);
+    let delta = p.run_cycle(false).await.expect("first delta after the import");
+    assert_eq!(delta.data_bytes, MIB, "{delta:?}");
+    assert_latest_identical(&rx, "vm-off", &vm).await;
+}

@@ -82,15 +82,36 @@ impl Site {
 }
 
 /// Load the registration and start the site's services.
-pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Result<SiteHandle, SiteError> {
-    let fabric = cfg.fabric()?;
+/// The vault client of a registered site: the vault's CA and the site credential.
+fn vault_client(
+    cfg: &SiteConfig,
+    data: &Path,
+) -> Result<(Registration, ferry_pki::TlsFiles, ferry_client::Client), SiteError> {
     let reg: Registration = read_json(&data.join("registration.json"))?.ok_or(SiteError::NotRegistered)?;
     let tls = ferry_pki::TlsFiles::load(&state::tls_dir(data))?;
     let vault = ferry_client::Client::builder(&reg.vault_url)
         .ca(tls.ca_cert_pem.clone())
         .token(reg.site_token.clone())
-        .proxy(register::proxy_of(&cfg))
+        .proxy(register::proxy_of(cfg))
         .build()?;
+    Ok((reg, tls, vault))
+}
+
+/// REP-1 from the site side: ask the vault to enable protection for VMs of this site, with the
+/// site's own credential (run on the site manager's server: `ferry site protect`).
+pub async fn enable_protection(
+    cfg: &SiteConfig,
+    data: &Path,
+    vms: Vec<String>,
+) -> Result<serde_json::Value, SiteError> {
+    let (_, _, vault) = vault_client(cfg, data)?;
+    let req = ferry_types::site_protocol::SiteEnableProtection { vms };
+    Ok(vault.post("/api/v1/agent/enableProtection", &req).await?)
+}
+
+pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Result<SiteHandle, SiteError> {
+    let fabric = cfg.fabric()?;
+    let (reg, tls, vault) = vault_client(&cfg, data)?;
     let persisted: Persisted = read_json(&data.join("state.json"))?.unwrap_or_default();
     let join_token = match std::fs::read_to_string(data.join(JOIN_TOKEN_FILE)) {
         Ok(t) => t.trim().to_string(),

@@ -44,11 +44,13 @@ pub enum Operation {
     RepairReplication,
     PauseReplication,
     ResumeReplication,
+    /// Offline initial replication (POL-8): import the carried export on the target side.
+    ImportInitialReplica,
     DisableProtection,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 12] = [
+    pub const ALL: [Operation; 13] = [
         Operation::TestFailover,
         Operation::TestFailoverCleanup,
         Operation::PlannedFailover,
@@ -60,6 +62,7 @@ impl Operation {
         Operation::RepairReplication,
         Operation::PauseReplication,
         Operation::ResumeReplication,
+        Operation::ImportInitialReplica,
         Operation::DisableProtection,
     ];
 
@@ -77,6 +80,7 @@ impl Operation {
             Operation::RepairReplication => "repairReplication",
             Operation::PauseReplication => "pauseReplication",
             Operation::ResumeReplication => "resumeReplication",
+            Operation::ImportInitialReplica => "importInitialReplica",
             Operation::DisableProtection => "disableProtection",
         }
     }
@@ -85,9 +89,10 @@ impl Operation {
         Self::ALL.into_iter().find(|o| o.as_str() == s)
     }
 
-    /// Failover-type operations need the Operator role; the others (disable) Contributor.
+    /// Failover-type operations need the Operator role; the others (disable, the offline
+    /// import that completes enabling protection) Contributor.
     pub fn is_failover_type(self) -> bool {
-        !matches!(self, Operation::DisableProtection)
+        !matches!(self, Operation::DisableProtection | Operation::ImportInitialReplica)
     }
 }
 
@@ -176,6 +181,9 @@ pub struct ReplicationStats {
     /// (POL-5).
     #[serde(default)]
     pub consistency_fallbacks: u64,
+    /// Offline initial replication (POL-8): the export is complete and waits for its import.
+    #[serde(default)]
+    pub awaiting_import: bool,
 }
 
 /// A replicated VM (ASR: replication protected item).
@@ -296,6 +304,10 @@ pub struct OperationRequest {
     /// cut from storage and network), so a replica may start although the source looks alive.
     #[serde(default)]
     pub source_fenced: bool,
+    /// Offline import: the folder on the target host that holds the carried export folder
+    /// (default: the policy's import path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_path: Option<String>,
 }
 
 /// Enable protection for one or many VMs of a site (REP-1).

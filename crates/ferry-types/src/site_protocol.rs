@@ -79,6 +79,14 @@ pub struct SiteReport {
     pub inventory: SiteInventory,
 }
 
+/// Site → vault: enable protection for VMs of this site (REP-1 from the site side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteEnableProtection {
+    /// VM names or ids in this site's inventory.
+    pub vms: Vec<String>,
+}
+
 /// Vault → site: heartbeat answer: which clouds to sync, pending commands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct SiteReportAck {
@@ -348,6 +356,23 @@ pub enum ReplicationAction {
         vm: String,
         replica: ReplicaSpec,
     },
+    /// Offline initial replication (POL-8), target side: import the export of `item` found in
+    /// `<path>/<item>` as the replica's first recovery point. Resumable and idempotent.
+    ImportInitial {
+        item: Uuid,
+        path: String,
+    },
+    /// REP-6 repair, source side: resynchronize by block-hash comparison now, whatever the
+    /// tracking state says.
+    Repair {
+        item: Uuid,
+    },
+    /// Offline initial replication, source side: the replica holds the export of `cycle`; delta
+    /// cycles may start.
+    ConfirmImport {
+        item: Uuid,
+        cycle: u64,
+    },
 }
 
 /// How a source host starts replicating a VM whose replica does not come from this host yet.
@@ -377,6 +402,9 @@ pub enum ReplicationPhase {
     Paused,
     /// The last cycle failed; the next one retries (the bitmap was folded back).
     Retrying,
+    /// Offline initial replication (POL-8): the export is complete and waits for its import on
+    /// the target side.
+    WaitingForImport,
 }
 
 /// Host → site → vault: the state of one VM's replication on this host (REP-5, RP-1).

@@ -165,6 +165,7 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
         let mut finalized = None;
         let mut reversed = None;
         let mut fallback = None;
+        let mut exported = None;
         let res = update_item(state, vault, s.item, |item| match s.role {
             PairRole::Source => {
                 // POL-5: a new fallback to crash-consistent raises a warning (a restarted agent
@@ -182,7 +183,13 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
                 item.stats.max_delta_bytes = s.max_delta_bytes;
                 item.stats.avg_latency_ms = s.avg_latency_ms;
                 item.stats.data_waiting_bytes = s.data_waiting_bytes;
+                item.stats.awaiting_import = s.phase == ReplicationPhase::WaitingForImport;
                 let next = match (item.state, s.phase) {
+                    // POL-8: the offline export is complete; the import completes protection.
+                    (ReplicationState::InitialReplicationInProgress, ReplicationPhase::WaitingForImport) => {
+                        exported = Some(item.name.clone());
+                        Some(ReplicationState::WaitingForInitialReplication)
+                    }
                     (
                         ReplicationState::WaitingForInitialReplication | ReplicationState::InitialReplicationInProgress,
                         ReplicationPhase::Replicating,
@@ -224,6 +231,23 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
             Ok(Some(item)) => {
                 if let Some(name) = finalized {
                     finalize(state, vault, &item, &name).await;
+                }
+                if let Some(name) = exported {
+                    let msg = format!(
+                        "The offline initial copy of {name} is exported to folder {} under the policy's export path; \
+                         copy that folder into the import path on the target side, then run importInitialReplica",
+                        item.id
+                    );
+                    state
+                        .event(
+                            vault,
+                            Severity::Info,
+                            "InitialCopyExported",
+                            &msg,
+                            Some(item.source.fabric),
+                            Some(&item.id.to_string()),
+                        )
+                        .await;
                 }
                 if let Some((name, why)) = fallback {
                     let msg =

@@ -1,13 +1,24 @@
 //! The portal over the vault's real HTTPS listener, without a browser: sign-in and its cookie,
 //! escaping of API text, security headers, the anti-forgery check, what a Reader is offered,
-//! and the dashboard API (JOB-4). The browser tests against a whole lab are in
+//! the dashboard API (JOB-4), the recovery plan pages with their edits, refusals and roles
+//! (PLAN-1, PLAN-3), and a plan operation started from its page whose failed job is resumed
+//! from the job page (PLAN-2, PLAN-4) against site managers played by the test. The browser tests against a whole lab are in
 //! `crates/ferry-cli/tests/portal_*.rs`.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use common::*;
+use ferry_store::DocKind;
+use ferry_types::job::JobStatus;
+use ferry_types::plan::RecoveryPlan;
+use ferry_types::site_protocol::{CommandResult, SiteCommand, SiteCommandEnvelope, VmAction};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
+use serde_json::json;
+use uuid::Uuid;
 
 fn http(ca: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -150,4 +161,369 @@ async fn sec_2_portal_session_escaping_csrf_and_reader_over_https() {
     let r = c.get(format!("{url}/portal/vaults/v1")).header(COOKIE, &reader).send().await.expect("get");
     assert_eq!(r.status(), 303);
     assert!(r.headers()[LOCATION].to_str().expect("location").starts_with("/portal/login"));
+}
+
+/// Store a cloud pair between two sites (pairing itself is tested elsewhere).
+async fn store_pair(tv: &TestVault, vault: Uuid, source: Uuid, target: Uuid) -> Uuid {
+    let id = Uuid::new_v4();
+    let m = json!({"id": id, "source": {"fabric": source, "id": "gold"}, "target": {"fabric": target, "id": "gold2"},
+        "policy": Uuid::new_v4(), "created_at": "2024-01-01T00:00:00Z"});
+    tv.store().put_doc(DocKind::ContainerMapping, vault, &id.to_string(), None, None, &m, None).await.expect("pair");
+    id
+}
+
+/// Store a protected item of a pair, Protected with one recovery point.
+async fn store_item(tv: &TestVault, vault: Uuid, mapping: Uuid, sites: (Uuid, Uuid), name: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    let it = json!({
+        "id": id, "vault_id": vault, "name": name, "vm_id": format!("vm-{name}"), "container_mapping": mapping,
+        "policy": Uuid::new_v4(),
+        "source": {"fabric": sites.0, "cloud": "gold", "host": "h1", "host_name": "ny1"},
+        "target": {"fabric": sites.1, "cloud": "gold2", "host": "h2", "host_name": "chi1"},
+        "direction": "Forward", "state": "Protected", "health": "Normal", "created_at": "2024-01-01T00:00:00Z",
+        "recovery_points": [{"id": "rp1", "time": "2024-01-01T00:00:00Z", "app_consistent": false, "size_bytes": 1}],
+        "definition": {"name": name, "disks": [{"target": "vda", "path": format!("/s/{name}.qcow2"), "format": "qcow2"}]}
+    });
+    tv.store()
+        .put_doc(
+            DocKind::ProtectedItem,
+            vault,
+            &id.to_string(),
+            Some(&mapping.to_string()),
+            Some(&format!("vm:{}/vm-{name}", sites.0)),
+            &it,
+            None,
+        )
+        .await
+        .expect("item");
+    id
+}
+
+/// POST a portal form; returns status, Location (with the one-time notice it sets) or the page.
+async fn post_form(c: &reqwest::Client, url: &str, cookie: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+    let r = c.post(url).header(COOKIE, cookie).form(form).send().await.expect("post");
+    let status = r.status().as_u16();
+    let location = r.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default().to_string();
+    let flash = r
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("ferry_flash=").and_then(|v| v.split(';').next()))
+        .map(|v| form_urlencoded::parse(format!("v={v}").as_bytes()).map(|(_, v)| v.into_owned()).collect::<String>());
+    let body = r.text().await.expect("body");
+    (status, location, flash.unwrap_or(body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_1_plan_3_portal_plan_pages_edit_through_the_api_refuse_bad_input_and_follow_roles() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let v = create_vault(&tv.admin, "v1").await;
+    let sites = (Uuid::new_v4(), Uuid::new_v4());
+    let pa = store_pair(&tv, v.id, sites.0, sites.1).await;
+    let pb = store_pair(&tv, v.id, Uuid::new_v4(), sites.1).await;
+    let vm1 = store_item(&tv, v.id, pa, sites, "vm1").await;
+    let vm2 = store_item(&tv, v.id, pa, sites, "vm2").await;
+    let other = store_item(&tv, v.id, pb, (Uuid::new_v4(), sites.1), "other").await;
+    let plans_api = "/api/v1/vaults/v1/replicationRecoveryPlans";
+    let base = format!("{url}/portal/vaults/{}", v.id);
+    let admin = login(&c, &url, &tv.admin_token).await;
+
+    // The list with its create form: every cloud pair with its protected VMs.
+    let (status, html) = get(&c, &format!("{base}/plans"), &admin).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"no-plans\""), "{html}");
+    assert!(html.contains("id=\"new-vm-vm1\"") && html.contains("id=\"new-vm-other\""), "{html}");
+    assert!(html.contains(&format!("value=\"{pa}\"")) && html.contains(&format!("value=\"{pb}\"")));
+    let token = csrf(&html);
+    let (pa_s, vm1_s, vm2_s, other_s) = (pa.to_string(), vm1.to_string(), vm2.to_string(), other.to_string());
+
+    // A VM of another pair: the API's refusal is shown, the form comes back filled in, no plan.
+    let (status, _, html) = post_form(
+        &c,
+        &format!("{base}/plans"),
+        &admin,
+        &[("csrf", &token), ("name", "shop"), ("container_mapping", &pa_s), ("vm", &vm1_s), ("vm", &other_s)],
+    )
+    .await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("PlanVmNotInPair"), "{html}");
+    assert!(html.contains("value=\"shop\""), "the form keeps what was typed");
+    let none: Vec<RecoveryPlan> = tv.admin.get(plans_api).await.expect("plans");
+    assert!(none.is_empty(), "nothing created");
+
+    // Created with vm1 in Group 1.
+    let (status, location, _) = post_form(
+        &c,
+        &format!("{base}/plans"),
+        &admin,
+        &[
+            ("csrf", &token),
+            ("name", "shop"),
+            ("description", "web shop"),
+            ("container_mapping", &pa_s),
+            ("vm", &vm1_s),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let p: RecoveryPlan = tv.admin.get(&format!("{plans_api}/shop")).await.expect("plan");
+    assert_eq!(location, format!("/portal/vaults/{}/plans/{}", v.id, p.id));
+    assert_eq!(p.groups.len(), 1);
+    assert_eq!(p.groups[0].items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["vm1"]);
+    let page = format!("{url}{location}");
+    let edit = format!("{page}/edit");
+
+    // Every edit goes through the API with the version the page showed.
+    let version = |p: &RecoveryPlan| p.version.to_string();
+    let show = || async { tv.admin.get::<RecoveryPlan>(&format!("{plans_api}/shop")).await.expect("plan") };
+    let steps: [Vec<(&str, &str)>; 3] = [
+        vec![("change", "addGroup")],
+        vec![("change", "addVms"), ("group", "2"), ("vm", &vm2_s)],
+        vec![
+            ("change", "addStep"),
+            ("group", "2"),
+            ("phase", "Pre"),
+            ("kind", "ManualAction"),
+            ("name", "Check DNS"),
+            ("instructions", "Point shop.example to Chicago"),
+            ("failover_type", "TestFailover"),
+        ],
+    ];
+    let mut notices = Vec::new();
+    for step in &steps {
+        let p = show().await;
+        let v = version(&p);
+        let mut f = vec![("csrf", token.as_str()), ("version", v.as_str())];
+        f.extend(step.iter().copied());
+        let (status, location, flash) = post_form(&c, &edit, &admin, &f).await;
+        assert_eq!(status, 303, "{step:?}: {flash}");
+        assert_eq!(format!("{url}{location}"), page);
+        notices.push(flash);
+    }
+    assert_eq!(notices, vec!["Group 2 added", "Added to Group 2: vm2", "Pre-step 'Check DNS' added to Group 2"]);
+    let p = show().await;
+    assert_eq!(p.groups[1].items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["vm2"]);
+    assert_eq!(p.groups[1].pre_steps.len(), 1);
+    let (status, html) = get(&c, &page, &admin).await;
+    assert_eq!(status, 200);
+    for id in
+        ["group-1", "group-2", "vm-vm1", "vm-vm2", "group-2-pre-1", "add-step-2", "move-group-2-up", "op-testFailover"]
+    {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} on the plan page:\n{html}");
+    }
+    assert!(html.contains("Point shop.example to Chicago"));
+
+    // Refused edits change nothing: a script path leaving the library, and a stale version.
+    let before = show().await;
+    let v_now = version(&before);
+    let (status, _, html) = post_form(
+        &c,
+        &edit,
+        &admin,
+        &[
+            ("csrf", &token),
+            ("version", &v_now),
+            ("change", "addStep"),
+            ("group", "1"),
+            ("phase", "Post"),
+            ("kind", "Script"),
+            ("name", "escape"),
+            ("path", "../etc/x.sh"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("PathTraversal"), "{html}");
+    assert!(html.contains("value=\"../etc/x.sh\""), "the refused step's form keeps its input");
+    let stale = (before.version - 1).to_string();
+    let (status, _, html) =
+        post_form(&c, &edit, &admin, &[("csrf", &token), ("version", &stale), ("change", "addGroup")]).await;
+    assert_eq!(status, 412, "{html}");
+    assert!(html.contains("VersionMismatch"), "{html}");
+    let (status, _, html) = post_form(
+        &c,
+        &edit,
+        &admin,
+        &[("csrf", &token), ("version", &v_now), ("change", "deleteGroup"), ("group", "2")],
+    )
+    .await;
+    assert_eq!(status, 400, "a group with VMs is not deleted: {html}");
+    assert!(html.contains("PlanGroupNotEmpty"), "{html}");
+    let after = show().await;
+    assert_eq!((after.version, &after.groups), (before.version, &before.groups), "nothing changed");
+
+    // Move vm2 to Group 1, reorder, delete the emptied group: later groups are renumbered.
+    for f in [
+        vec![("change", "addGroup")],
+        vec![("change", "moveVm"), ("vm", vm2_s.as_str()), ("group", "1")],
+        vec![("change", "moveGroup"), ("group", "2"), ("to", "3")],
+        vec![("change", "removeStep"), ("group", "3"), ("phase", "Pre"), ("index", "1")],
+        vec![("change", "deleteGroup"), ("group", "2")],
+    ] {
+        let v = version(&show().await);
+        let mut form = vec![("csrf", token.as_str()), ("version", v.as_str())];
+        form.extend(f.iter().copied());
+        let (status, _, flash) = post_form(&c, &edit, &admin, &form).await;
+        assert_eq!(status, 303, "{f:?}: {flash}");
+        notices.push(flash);
+    }
+    assert_eq!(notices[3..].last().map(String::as_str), Some("Group 2 deleted; the groups after it were renumbered"));
+    assert!(notices.contains(&"vm2 moved to Group 1".to_string()), "{notices:?}");
+    let p = show().await;
+    assert_eq!(p.groups.len(), 2);
+    assert_eq!(p.groups[0].items.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["vm1", "vm2"]);
+    assert!(p.groups[1].items.is_empty() && p.groups[1].pre_steps.is_empty());
+
+    // Roles: a Reader sees the plan and no form; an Operator its operations but no edit.
+    let (reader_token, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let reader = login(&c, &url, &reader_token).await;
+    for path in [format!("{base}/plans"), page.clone()] {
+        let (status, html) = get(&c, &path, &reader).await;
+        assert_eq!(status, 200);
+        assert!(html.contains("vm1"), "{html}");
+        assert_eq!(html.matches("<form").count(), 1, "only the sign-out form:\n{html}");
+    }
+    let (operator_token, _) = make_token(&tv.admin, "operator", "Operator").await;
+    let operator = login(&c, &url, &operator_token).await;
+    let (_, html) = get(&c, &format!("{base}/plans"), &operator).await;
+    assert!(!html.contains("create-plan-form"), "creating a plan needs a Contributor");
+    let (_, html) = get(&c, &page, &operator).await;
+    for op in ["testFailover", "plannedFailover", "unplannedFailover"] {
+        assert!(html.contains(&format!("id=\"op-{op}\"")), "{op} for an operator");
+    }
+    for id in ["add-group", "add-step-1", "delete-plan", "remove-vm-vm1"] {
+        assert!(!html.contains(&format!("id=\"{id}\"")), "no {id} for an operator");
+    }
+    let ver = version(&show().await);
+    let (status, _, html) =
+        post_form(&c, &edit, &operator, &[("csrf", &csrf(&html)), ("version", &ver), ("change", "addGroup")]).await;
+    assert_eq!(status, 403, "{html}");
+    assert!(html.contains("needs the Contributor role"), "{html}");
+    assert_eq!(show().await.groups.len(), 2, "a forged edit changes nothing");
+
+    // Delete: back to the list, the VMs stay protected.
+    let (status, location, flash) = post_form(&c, &format!("{page}/delete"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303);
+    assert_eq!(location, format!("/portal/vaults/{}/plans", v.id));
+    assert_eq!(flash, "Recovery plan shop deleted; its VMs stay protected");
+    let none: Vec<RecoveryPlan> = tv.admin.get(plans_api).await.expect("plans");
+    assert!(none.is_empty());
+    let items: serde_json::Value = tv.admin.get("/api/v1/vaults/v1/replicationProtectedItems").await.expect("items");
+    assert_eq!(items["items"].as_array().map(Vec::len), Some(3));
+}
+
+/// A site manager played by the test: answers every command, fails the scripts listed in
+/// `failing`.
+fn answering_site(site: &FakeSite, failing: Arc<Mutex<Vec<String>>>) -> tokio::task::JoinHandle<()> {
+    let site = site.clone();
+    tokio::spawn(async move {
+        let mut answered = std::collections::HashSet::new();
+        loop {
+            let cmds: Vec<SiteCommandEnvelope> = match site.client.get("/api/v1/agent/commands?wait=1").await {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            for c in cmds {
+                if !answered.insert(c.id) {
+                    continue;
+                }
+                let (ok, output) = match &c.command {
+                    SiteCommand::Replication { .. } => {
+                        (true, json!({"disks": [{"target": "vda", "path": "/replica/vda.qcow2"}]}))
+                    }
+                    SiteCommand::Vm { action: VmAction::Start { vm }, .. } => {
+                        (true, json!({"name": vm, "power_state": "Running", "pid": 4242}))
+                    }
+                    SiteCommand::RunScript { script } => {
+                        (!failing.lock().expect("lock").contains(&script.path), json!({"exit_code": 0}))
+                    }
+                    _ => (true, serde_json::Value::Null),
+                };
+                let error = (!ok).then(|| ferry_types::ApiError::new("ScriptFailed", "Script exited with code 1"));
+                let res = CommandResult { ok, error, output: if ok { output } else { serde_json::Value::Null } };
+                let _ = site
+                    .client
+                    .post::<_, serde_json::Value>(&format!("/api/v1/agent/commands/{}/result", c.id), &res)
+                    .await;
+            }
+        }
+    })
+}
+
+/// Aborts the played site managers when the test ends, also on failure.
+struct Abort(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_2_plan_4_portal_runs_a_plan_and_resumes_its_failed_job() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let failing = Arc::new(Mutex::new(vec!["gate.sh".to_string()]));
+    let _sites = Abort(vec![answering_site(&ny, failing.clone()), answering_site(&chi, failing.clone())]);
+    let sites = (ny.fabric_id, chi.fabric_id);
+    let pair = store_pair(&tv, v.id, sites.0, sites.1).await;
+    store_item(&tv, v.id, pair, sites, "a").await;
+    let plans_api = "/api/v1/vaults/v1/replicationRecoveryPlans";
+    let p: RecoveryPlan = tv.admin.post(plans_api, &json!({"name": "gated", "vms": ["a"]})).await.expect("plan");
+    let _: RecoveryPlan = tv
+        .admin
+        .patch(
+            &format!("{plans_api}/gated"),
+            &json!({"changes": [{"change": "addStep", "group": 1, "phase": "Post",
+                "step": {"kind": "Script", "name": "gate", "path": "gate.sh"}}]}),
+        )
+        .await
+        .expect("step");
+    let admin = login(&c, &url, &tv.admin_token).await;
+    let page = format!("{url}/portal/vaults/{}/plans/{}", v.id, p.id);
+    let (_, html) = get(&c, &page, &admin).await;
+    let token = csrf(&html);
+
+    // The planned failover from the plan's page opens its job; the failing script stops it.
+    let (status, location, flash) =
+        post_form(&c, &format!("{page}/run/plannedFailover"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303, "{flash}");
+    assert_eq!(flash, "Recovery plan planned failover started for plan gated");
+    let job: Uuid = location.rsplit('/').next().and_then(|id| id.parse().ok()).expect("a job page");
+    let j = wait_job(&tv.admin, "v1", job, 60, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Failed, "{j:?}");
+    let job_page = format!("{url}{location}");
+    let (_, html) = get(&c, &job_page, &admin).await;
+    assert!(html.contains("id=\"resume-job\""), "{html}");
+    assert!(html.contains("Resume job (run the failed steps again)"));
+    assert!(html.contains("Group 1: Post-step 1: script 'gate'"), "the failed step is a task: {html}");
+    assert!(html.contains(&format!("href=\"/portal/vaults/{}/plans/{}\" id=\"job-object\"", v.id, p.id)), "{html}");
+    let (reader_token, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let reader = login(&c, &url, &reader_token).await;
+    let (_, html) = get(&c, &job_page, &reader).await;
+    assert!(!html.contains("resume-job"), "a reader is not offered Resume");
+
+    // Fixed, then resumed from the job page: the same job goes on and succeeds.
+    failing.lock().expect("lock").clear();
+    let (status, location, flash) = post_form(&c, &format!("{job_page}/resume"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303, "{flash}");
+    assert_eq!(format!("{url}{location}"), job_page);
+    assert_eq!(flash, "Job resumed");
+    let j = wait_job(&tv.admin, "v1", job, 60, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+    let (status, _, html) = post_form(&c, &format!("{job_page}/resume"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 409, "a finished job is not resumed again: {html}");
+    assert!(html.contains("JobActionNotAllowed"), "{html}");
 }

@@ -14,7 +14,7 @@ use ferry_types::event::Severity;
 use ferry_types::fabric::{Cloud, Fabric, Provider, SiteInventory};
 use ferry_types::site_protocol::{
     CommandResult, RegisterRequest, RegisterResponse, SignHostRequest, SignHostResponse, SiteCommandEnvelope,
-    SiteReport, SiteReportAck,
+    SiteEnableProtection, SiteReport, SiteReportAck,
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -229,6 +229,27 @@ async fn site_fabric(st: &AppState, fabric: Uuid) -> ApiResult<ferry_store::Doc<
         }
     }
     Err(ApiFailure::unauthorized("SiteUnregistered", "This site is no longer registered with the vault"))
+}
+
+/// REP-1 from the site side: the site manager's operator enables protection for VMs of this
+/// site (`ferry site protect`). Only VMs in the calling site's own inventory can be named; the
+/// same planning and validation as the management API apply.
+#[utoipa::path(post, path = "/api/v1/agent/enableProtection", tag = "agent", request_body = SiteEnableProtection, responses((status = 202, body = [crate::api::items::Enabled]), (status = 400, body = ferry_types::ApiError), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
+pub async fn enable_protection(
+    State(st): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<SiteEnableProtection>,
+) -> ApiResult<(StatusCode, Json<Vec<crate::api::items::Enabled>>)> {
+    let fabric_id = auth.require_site()?;
+    if req.vms.is_empty() || req.vms.len() > 100 {
+        return Err(ApiFailure::bad_request("InvalidValue", "Give 1 to 100 VMs"));
+    }
+    for vm in &req.vms {
+        check_text("vms", vm, 256)?;
+    }
+    let f = site_fabric(&st, fabric_id).await?.body;
+    let out = crate::api::items::enable_on_site(&st, f.vault_id, &f, &req.vms, Some(&f.name)).await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
 }
 
 #[utoipa::path(post, path = "/api/v1/agent/report", tag = "agent", request_body = SiteReport, responses((status = 200, body = SiteReportAck)))]

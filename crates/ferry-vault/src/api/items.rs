@@ -37,6 +37,7 @@ pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
         recovery_points: item.recovery_points.len(),
         reverse_direction: item.direction == Direction::Reverse,
         failover_job_running: false,
+        awaiting_import: item.stats.awaiting_import,
     };
     item.allowed_operations = ferry_core::state::allowed_operations(item.state, &ctx);
     item
@@ -222,6 +223,23 @@ pub async fn enable_protection(
         return Err(ApiFailure::bad_request("InvalidValue", "Give at least one VM"));
     }
     let source = load_fabric(&st, v.id, &req.source_site).await?.body;
+    let out = enable_on_site(&st, v.id, &source, &req.vms, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+/// REP-1: enable protection for `vms` of the site `source` (VM names or ids). Every VM is planned
+/// first: one bad VM refuses the request and changes nothing. `from_site` names the site
+/// manager when the request came from the site side (recorded in the events).
+pub async fn enable_on_site(
+    st: &AppState,
+    vault: Uuid,
+    source: &ferry_types::fabric::Fabric,
+    vms: &[String],
+    from_site: Option<&str>,
+) -> ApiResult<Vec<Enabled>> {
+    let st = st.clone();
+    let v_id = vault;
+    let req = EnableProtection { source_site: source.name.clone(), vms: vms.to_vec() };
     // Plan every VM first: one bad VM refuses the request and changes nothing.
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
@@ -235,11 +253,11 @@ pub async fn enable_protection(
         if !seen.insert(vm.id.clone()) {
             return Err(ApiFailure::bad_request("DuplicateVm", format!("VM {} is listed twice", vm.name)));
         }
-        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, v.id).await?;
+        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, v_id).await?;
         if existing.iter().any(|d| d.body.vm_id == vm.id) {
             return Err(ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", vm.name)));
         }
-        planned.push(plan_item(&st, v.id, &source, vm).await?);
+        planned.push(plan_item(&st, v_id, source, vm).await?);
     }
     let mut out = Vec::new();
     for item in planned {
@@ -247,7 +265,7 @@ pub async fn enable_protection(
         st.store
             .put_doc(
                 DocKind::ProtectedItem,
-                v.id,
+                v_id,
                 &item.id.to_string(),
                 Some(&item.container_mapping.to_string()),
                 Some(&unique),
@@ -266,7 +284,7 @@ pub async fn enable_protection(
             .submit(
                 &st,
                 NewJob {
-                    vault: v.id,
+                    vault: v_id,
                     operation: crate::jobs::OP_ENABLE_PROTECTION,
                     object_type: "ProtectedItem",
                     object_id: item.id.to_string(),
@@ -278,17 +296,28 @@ pub async fn enable_protection(
             )
             .await?;
         st.event(
-            v.id,
+            v_id,
             ferry_types::event::Severity::Info,
             "ProtectionEnabled",
-            &format!("Protection enabled for {} ({} → {})", item.name, item.source.host_name, item.target.host_name),
+            &match from_site {
+                Some(site) => format!(
+                    "Protection enabled for {} ({} → {}) from site manager {site}",
+                    item.name, item.source.host_name, item.target.host_name
+                ),
+                None => {
+                    format!(
+                        "Protection enabled for {} ({} → {})",
+                        item.name, item.source.host_name, item.target.host_name
+                    )
+                }
+            },
             Some(item.source.fabric),
             Some(&item.id.to_string()),
         )
         .await;
         out.push(Enabled { item: with_allowed(item), job });
     }
-    Ok((StatusCode::ACCEPTED, Json(out)))
+    Ok(out)
 }
 
 fn point_choice(raw: Option<&str>) -> ferry_core::retention::RecoveryPointChoice {
@@ -368,6 +397,7 @@ pub async fn operate(
         recovery_points: it.recovery_points.len(),
         reverse_direction: it.direction == Direction::Reverse,
         failover_job_running,
+        awaiting_import: it.stats.awaiting_import,
     };
     ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
     let new_job = |operation: &'static str, mut params: serde_json::Value, tasks: &[&str]| NewJob {
@@ -516,6 +546,10 @@ pub async fn operate(
             })?;
             st.jobs.submit(&st, new_job(crate::jobs::OP_REPROTECT, params, &crate::jobs::REPROTECT_TASKS)).await?
         }
+        Operation::RepairReplication => {
+            let params = serde_json::json!({"item": it.id});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_REPAIR_REPLICATION, params, &crate::jobs::REPAIR_TASKS)).await?
+        }
         Operation::PauseReplication => {
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PAUSE_REPLICATION, params, &crate::jobs::PAUSE_TASKS)).await?
@@ -524,18 +558,35 @@ pub async fn operate(
             let params = serde_json::json!({"item": it.id});
             st.jobs.submit(&st, new_job(crate::jobs::OP_RESUME_REPLICATION, params, &crate::jobs::RESUME_TASKS)).await?
         }
+        Operation::ImportInitialReplica => {
+            let import_path = match req.import_path.clone() {
+                Some(p) => p,
+                None => match crate::jobs::load_policy(&st, v.id, it.policy)
+                    .await
+                    .map_err(|e| ApiFailure::with(StatusCode::NOT_FOUND, e))?
+                    .0
+                    .spec
+                    .initial_replication
+                {
+                    ferry_types::policy::InitialReplication::Offline { import_path, .. } => import_path,
+                    _ => {
+                        return Err(ApiFailure::new(
+                            StatusCode::BAD_REQUEST,
+                            "ImportPathRequired",
+                            "The policy has no offline import path; give importPath",
+                        ))
+                    }
+                },
+            };
+            ferry_core::paths::validate_absolute_path("importPath", &import_path).map_err(core_err)?;
+            let params = serde_json::json!({"item": it.id, "import_path": import_path});
+            st.jobs.submit(&st, new_job(crate::jobs::OP_IMPORT_INITIAL, params, &crate::jobs::IMPORT_TASKS)).await?
+        }
         Operation::DisableProtection => {
             let params = serde_json::json!({"item": it.id});
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_DISABLE_PROTECTION, params, &crate::jobs::DISABLE_TASKS))
                 .await?
-        }
-        other => {
-            return Err(ApiFailure::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "OperationNotImplemented",
-                format!("{} is not available in this release of Ferry", other.as_str()),
-            ))
         }
     };
     Ok((StatusCode::ACCEPTED, Json(job)))

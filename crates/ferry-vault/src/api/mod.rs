@@ -42,6 +42,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(agent::register))
         .routes(routes!(agent::report))
+        .routes(routes!(agent::enable_protection))
         .routes(routes!(agent::fetch_commands))
         .routes(routes!(agent::command_result))
         .routes(routes!(agent::sign_host))
@@ -100,12 +101,6 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(crate::portal::router(state.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES));
     (router, doc)
-}
-
-/// The paths the REST API serves (the portal offers pages only for APIs that exist).
-pub fn api_paths() -> Vec<String> {
-    let (_, doc) = api_router().split_for_parts();
-    doc.paths.paths.keys().cloned().collect()
 }
 
 /// The OpenAPI document as pretty JSON (checked into `docs/openapi.json`).

@@ -54,6 +54,7 @@ fn vm_state(it: &ProtectedItem) -> VmState {
             recovery_points: it.recovery_points.len(),
             reverse_direction: it.direction == Direction::Reverse,
             failover_job_running: false,
+            awaiting_import: it.stats.awaiting_import,
         },
     }
 }

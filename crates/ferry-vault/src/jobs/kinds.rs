@@ -31,6 +31,8 @@ pub fn registry() -> HashMap<&'static str, Arc<dyn JobKind>> {
     m.insert(OP_VM_ACTION, Arc::new(VmActionJob));
     m.insert(OP_ENABLE_PROTECTION, Arc::new(EnableProtectionJob));
     super::failover::register(&mut m);
+    super::offline::register(&mut m);
+    super::repair::register(&mut m);
     m
 }
 

@@ -13,8 +13,10 @@
 mod ctx;
 mod failover;
 mod kinds;
+mod offline;
 mod pause;
 mod plans;
+mod repair;
 mod reverse;
 
 use std::collections::HashMap;
@@ -31,15 +33,19 @@ pub use failover::{
     OP_PLANNED_FAILOVER, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP, OP_UNPLANNED_FAILOVER, PLANNED_TASKS, TEST_TASKS,
     UNPLANNED_TASKS,
 };
+pub(crate) use kinds::load_policy;
 pub use kinds::{
     host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
     OP_UPDATE_POLICY, OP_VM_ACTION,
 };
+pub use offline::{IMPORT_TASKS, OP_IMPORT_INITIAL};
 pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
 pub use plans::{
-    plan_operation_name, plan_tasks, t_start, ItemPoint, PlanParams, OP_ITEM_REPROTECT, OP_PLAN_PLANNED_FAILOVER,
-    OP_PLAN_TEST_FAILOVER, OP_PLAN_UNPLANNED_FAILOVER, RESUME_AFTER_FAILURE,
+    plan_operation_name, plan_tasks, t_start, waiting_manual_action, ItemPoint, PlanParams, WaitingAction,
+    OP_ITEM_REPROTECT, OP_PLAN_PLANNED_FAILOVER, OP_PLAN_TEST_FAILOVER, OP_PLAN_UNPLANNED_FAILOVER,
+    RESUME_AFTER_FAILURE,
 };
+pub use repair::{OP_REPAIR_REPLICATION, REPAIR_TASKS};
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
     REPROTECT_TASKS,

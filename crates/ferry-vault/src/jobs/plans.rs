@@ -206,6 +206,37 @@ fn mode_of(op: Operation) -> Option<Mode> {
     }
 }
 
+/// The manual action a plan job waits at (PLAN-3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingAction {
+    /// The job's task that waits.
+    pub task: String,
+    pub group: u8,
+    pub phase: StepPhase,
+    /// The step as the plan held it when the job started.
+    pub step: PlanStep,
+}
+
+/// The manual action `job` waits at for an operator, if it waits at one: found in the plan the
+/// job runs (its parameters), by the task the job is parked at.
+pub fn waiting_manual_action(job: &ferry_types::job::Job) -> Option<WaitingAction> {
+    if job.status != JobStatus::WaitingForInput {
+        return None;
+    }
+    let at = job.params[super::RESUMABLE_AT].as_str()?;
+    let plan: RecoveryPlan = serde_json::from_value(job.params["plan"].clone()).ok()?;
+    for g in &plan.groups {
+        for phase in [StepPhase::Pre, StepPhase::Post] {
+            for (i, step) in g.steps(phase).iter().enumerate() {
+                if matches!(step, PlanStep::ManualAction { .. }) && t_step(g.number, phase, i + 1, step) == at {
+                    return Some(WaitingAction { task: at.to_string(), group: g.number, phase, step: step.clone() });
+                }
+            }
+        }
+    }
+    None
+}
+
 /// The tasks of a plan job, in the order it runs them (PLAN-4: progress per step).
 pub fn plan_tasks(p: &PlanParams) -> Vec<String> {
     let vms: Vec<&str> = p.plan.items().map(|i| i.name.as_str()).collect();
@@ -804,5 +835,109 @@ async fn children(ctx: &mut JobCtx, p: &PlanParams, operation: &'static str) -> 
             format!("{} VM(s) failed: {}", out.errors.len(), list.join("; ")),
         )
         .recommend("Fix the failed VMs, then resume the job to run their steps again"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_types::job::Job;
+    use ferry_types::plan::PlanGroup;
+
+    fn plan() -> RecoveryPlan {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let mut g2 = PlanGroup::new(2);
+        g2.pre_steps.push(PlanStep::Script { name: "warm".into(), path: "warm.sh".into(), failover_types: vec![] });
+        g2.pre_steps.push(PlanStep::ManualAction {
+            name: "Check DNS".into(),
+            instructions: "Point app.example to Chicago".into(),
+            failover_types: vec![PlanFailoverType::TestFailover],
+        });
+        RecoveryPlan {
+            id: Uuid::from_u128(1),
+            vault_id: Uuid::from_u128(2),
+            name: "shop".into(),
+            description: String::new(),
+            container_mapping: Uuid::from_u128(3),
+            source_fabric: Uuid::from_u128(4),
+            source_cloud: "GoldCloud1".into(),
+            target_fabric: Uuid::from_u128(5),
+            target_cloud: "GoldCloud2".into(),
+            groups: vec![PlanGroup::new(1), g2],
+            created_at: t,
+            updated_at: t,
+            version: 3,
+            last_job: None,
+            allowed_operations: vec![],
+        }
+    }
+
+    fn job(status: JobStatus, at: Option<&str>) -> Job {
+        let p = PlanParams {
+            plan: plan(),
+            operation: Operation::TestFailover,
+            direction: "PrimaryToRecovery".into(),
+            script_fabric: Uuid::from_u128(5),
+            points: vec![],
+            network: TestNetwork::None,
+            bridge: None,
+            notes: String::new(),
+            shutdown_source: false,
+            source_fenced: false,
+            test_job: None,
+            attempt: 0,
+        };
+        let mut params = serde_json::to_value(&p).unwrap_or_default();
+        if let (Some(o), Some(at)) = (params.as_object_mut(), at) {
+            o.insert(super::super::RESUMABLE_AT.into(), serde_json::json!(at));
+        }
+        Job {
+            id: Uuid::from_u128(9),
+            vault_id: Uuid::from_u128(2),
+            operation: OP_PLAN_TEST_FAILOVER.into(),
+            object_type: "RecoveryPlan".into(),
+            object_id: Uuid::from_u128(1).to_string(),
+            object_name: "shop".into(),
+            fabric: None,
+            status,
+            tasks: plan_tasks(&p)
+                .into_iter()
+                .map(|name| ferry_types::job::JobTask {
+                    name,
+                    status: JobStatus::NotStarted,
+                    started_at: None,
+                    ended_at: None,
+                    error: None,
+                })
+                .collect(),
+            progress: 0,
+            allowed_actions: Job::actions_for(status),
+            errors: vec![],
+            params,
+            created_at: p.plan.created_at,
+            started_at: None,
+            ended_at: None,
+            restart_of: None,
+        }
+    }
+
+    #[test]
+    fn plan_3_waiting_manual_action_is_found_from_the_job() {
+        let task = "Group 2: Pre-step 2: manual action 'Check DNS'";
+        let j = job(JobStatus::WaitingForInput, Some(task));
+        assert!(j.tasks.iter().any(|t| t.name == task), "the job lists the step as a task");
+        let w = waiting_manual_action(&j).expect("the job waits at the manual action");
+        assert_eq!((w.task.as_str(), w.group, w.phase), (task, 2, StepPhase::Pre));
+        assert!(
+            matches!(&w.step, PlanStep::ManualAction { instructions, .. } if instructions == "Point app.example to Chicago")
+        );
+        // Waiting at "Complete testing" (no manual action), or not waiting at all.
+        assert_eq!(waiting_manual_action(&job(JobStatus::WaitingForInput, None)), None);
+        assert_eq!(waiting_manual_action(&job(JobStatus::InProgress, Some(task))), None);
+        // A script's task is not a manual action.
+        assert_eq!(
+            waiting_manual_action(&job(JobStatus::WaitingForInput, Some("Group 2: Pre-step 1: script 'warm'"))),
+            None
+        );
     }
 }

@@ -35,6 +35,8 @@ pub enum Input {
     Notes,
     ShutdownSource,
     SourceFenced,
+    /// Offline import (POL-8): the folder holding the carried export (empty: the policy's).
+    ImportPath,
 }
 
 /// What the portal asks for each operation; unknown operations take no input.
@@ -44,6 +46,7 @@ pub fn inputs(op: Operation) -> &'static [Input] {
         Operation::TestFailoverCleanup => &[Input::Notes],
         Operation::UnplannedFailover => &[Input::Point("latest"), Input::ShutdownSource, Input::SourceFenced],
         Operation::ApplyRecoveryPoint => &[Input::Point("latestProcessed")],
+        Operation::ImportInitialReplica => &[Input::ImportPath],
         _ => &[],
     }
 }
@@ -202,6 +205,9 @@ fn operation_form(base: &str, user: &User, item: &ProtectedItem, target: Option<
                     Input::Notes => label { "Notes" textarea name="notes" rows="3" {} },
                     Input::ShutdownSource => label class="check" { input type="checkbox" name="shutdown_source"; "Shut down the source VM and send its last changes first" },
                     Input::SourceFenced => label class="check" { input type="checkbox" name="source_fenced"; "The source is fenced (its host is powered off or cut from network and storage)" },
+                    Input::ImportPath => label { "Folder on the target host holding the export folder " code { (item.id) } " (empty: the policy's import path)"
+                        input type="text" name="import_path";
+                    },
                 }
             }
             button type="submit" id={ "do-" (name) } { (op_label(op)) }
@@ -227,6 +233,9 @@ pub fn operation_request(op: Operation, form: &Form) -> OperationRequest {
             Input::Notes => req.notes = form.get("notes").map(str::to_string),
             Input::ShutdownSource => req.shutdown_source = form.checked("shutdown_source"),
             Input::SourceFenced => req.source_fenced = form.checked("source_fenced"),
+            Input::ImportPath => {
+                req.import_path = form.get("import_path").map(str::trim).filter(|p| !p.is_empty()).map(str::to_string)
+            }
         }
     }
     req
@@ -465,6 +474,10 @@ mod tests {
         );
         assert_eq!(r.recovery_point.as_deref(), Some("latestAppConsistent"));
         assert!(r.source_fenced && !r.shutdown_source);
+        let r = operation_request(Operation::ImportInitialReplica, &form(&[("import_path", " /srv/import ")]));
+        assert_eq!(r.import_path.as_deref(), Some("/srv/import"));
+        let r = operation_request(Operation::ImportInitialReplica, &form(&[("import_path", "")]));
+        assert_eq!(r.import_path, None, "empty means the policy's import path");
         // Operations the portal has no inputs for still get a button and an empty request.
         assert!(inputs(Operation::ReProtect).is_empty());
         assert_eq!(operation_request(Operation::FailoverCommit, &form(&[("notes", "x")])).notes, None);

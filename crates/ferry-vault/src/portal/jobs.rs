@@ -1,5 +1,6 @@
 //! Jobs (JOB-1): list with filters, details with tasks and errors (cause, recommendation),
-//! cancel, restart, export as CSV or JSON; and the events timeline (JOB-4).
+//! cancel, restart, resume (a manual action of a recovery plan done, PLAN-3, or a failed plan
+//! job after its cause was fixed), export as CSV or JSON; and the events timeline (JOB-4).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header::CONTENT_DISPOSITION;
@@ -9,6 +10,7 @@ use axum::Json;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ferry_types::auth::Role;
 use ferry_types::job::{Job, JobAction, JobStatus};
+use ferry_types::plan::{PlanStep, StepPhase};
 use maud::html;
 
 use super::overview::{event_table, job_rows};
@@ -23,7 +25,7 @@ use crate::extract::ApiQuery;
 use crate::state::AppState;
 
 /// Operations the job filter suggests.
-const OPERATIONS: [&str; 13] = [
+const OPERATIONS: [&str; 19] = [
     "EnableProtection",
     "FinalizeProtection",
     "TestFailover",
@@ -37,8 +39,15 @@ const OPERATIONS: [&str; 13] = [
     "UpdatePolicy",
     "VmAction",
     "RegistrationKeyCleanup",
+    "RecoveryPlanTestFailover",
+    "RecoveryPlanTestFailoverCleanup",
+    "RecoveryPlanPlannedFailover",
+    "RecoveryPlanUnplannedFailover",
+    "RecoveryPlanFailoverCommit",
+    "RecoveryPlanReProtect",
 ];
-const OBJECT_TYPES: [&str; 5] = ["ProtectedItem", "ProtectionContainerMapping", "Policy", "VirtualMachine", "Fabric"];
+const OBJECT_TYPES: [&str; 6] =
+    ["ProtectedItem", "RecoveryPlan", "ProtectionContainerMapping", "Policy", "VirtualMachine", "Fabric"];
 
 fn params(raw: Option<String>) -> Form {
     Form(form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect())
@@ -234,11 +243,21 @@ async fn render(
     let base = format!("/portal/vaults/{}", v.id);
     let operator = user.can(Role::Operator);
     let refresh = matches!(j.status, JobStatus::InProgress | JobStatus::NotStarted).then_some(2);
+    let object_href = match j.object_type.as_str() {
+        "ProtectedItem" => Some(format!("{base}/items/{}", j.object_id)),
+        "RecoveryPlan" => Some(format!("{base}/plans/{}", j.object_id)),
+        _ => None,
+    };
+    // PLAN-3: the manual action the job waits at, from the plan the job runs.
+    let manual = crate::jobs::waiting_manual_action(&j);
+    let at_operator = j.status == JobStatus::WaitingForInput && j.params[crate::jobs::RESUMABLE_AT].as_str().is_some();
+    // Resume is offered where the API resumes: at an operator's step, or a failed plan job.
+    let resume = j.allowed_actions.contains(&JobAction::Resume) && (at_operator || j.status == JobStatus::Failed);
     let content = html! {
         dl id="job-summary" {
             dt { "Operation" } dd { (humanize(&j.operation)) }
             dt { "Object" } dd {
-                @if j.object_type == "ProtectedItem" { a href={ (base) "/items/" (j.object_id) } id="job-object" { (j.object_name) } }
+                @if let Some(href) = &object_href { a href=(href) id="job-object" { (j.object_name) } }
                 @else { (j.object_name) }
                 span class="muted" { " (" (humanize(&j.object_type)) ")" }
             }
@@ -251,8 +270,49 @@ async fn render(
             @if let Some(r) = j.restart_of { dt { "Restart of" } dd { a href={ (base) "/jobs/" (r) } { (r) } } }
             dt { "Id" } dd { code { (j.id) } }
         }
-        @if operator && (j.allowed_actions.contains(&JobAction::Cancel) || j.allowed_actions.contains(&JobAction::Restart)) {
+        @if j.status == JobStatus::WaitingForInput {
+            section id="waiting" class="card" {
+                @if let Some(w) = &manual {
+                    h2 { "Waiting for a manual action" }
+                    dl {
+                        dt { "Manual action" } dd id="manual-action-name" { (w.step.name()) }
+                        dt { "Step" } dd {
+                            "Group " (w.group) ", "
+                            @match w.phase { StepPhase::Pre => "before its VMs start", StepPhase::Post => "after its VMs are up" }
+                        }
+                        dt { "Instructions" } dd {
+                            div class="instructions" id="manual-action-instructions" {
+                                @if let PlanStep::ManualAction { instructions, .. } = &w.step { (instructions) }
+                            }
+                        }
+                    }
+                    p class="hint" {
+                        @if operator { "Do what the instructions say, then resume the job: the plan goes on with its next step." }
+                        @else { "An operator resumes the job once the action is done." }
+                    }
+                } @else if at_operator {
+                    h2 { "Waiting for an operator" }
+                    p { "The job waits at " strong { (j.params[crate::jobs::RESUMABLE_AT].as_str().unwrap_or_default()) } "." }
+                } @else {
+                    h2 { "Waiting for input" }
+                    p id="waiting-test" {
+                        "The test runs until its cleanup: run " strong { "Cleanup test failover" } " on "
+                        @if let Some(href) = &object_href { a href=(href) { (j.object_name) } } @else { (j.object_name) }
+                        " when testing is complete."
+                    }
+                }
+            }
+        }
+        @if operator && (j.allowed_actions.contains(&JobAction::Cancel) || j.allowed_actions.contains(&JobAction::Restart) || resume) {
             div class="ops" id="job-actions" {
+                @if resume {
+                    form method="post" action={ (base) "/jobs/" (j.id) "/resume" } class="inline" {
+                        (csrf_field(user))
+                        button type="submit" id="resume-job" {
+                            @if j.status == JobStatus::Failed { "Resume job (run the failed steps again)" } @else { "Resume" }
+                        }
+                    }
+                }
                 @if j.allowed_actions.contains(&JobAction::Cancel) {
                     form method="post" action={ (base) "/jobs/" (j.id) "/cancel" } class="inline" {
                         (csrf_field(user)) button type="submit" id="cancel-job" { "Cancel job" }
@@ -271,7 +331,7 @@ async fn render(
                 thead { tr { th { "Task" } th { "Status" } th { "Started" } th { "Ended" } th { "Error" } } }
                 tbody {
                     @for t in &j.tasks {
-                        tr {
+                        tr class={ "task " (t.status.as_str()) } {
                             td { (t.name) }
                             td { span class={ "status " (t.status.as_str()) } { (humanize(t.status.as_str())) } }
                             td { (fmt_opt_time(t.started_at)) }
@@ -313,6 +373,7 @@ pub async fn action(
         match action.as_str() {
             "cancel" => crate::api::jobs::cancel_job(State(st.clone()), user.auth.clone(), path).await,
             "restart" => crate::api::jobs::restart_job(State(st.clone()), user.auth.clone(), path).await,
+            "resume" => crate::api::jobs::resume_job(State(st.clone()), user.auth.clone(), path).await,
             other => Err(ApiFailure::not_found("Job action", other)),
         }
     }
@@ -320,7 +381,11 @@ pub async fn action(
     match res {
         Ok((_, Json(j))) => redirect_with(
             &format!("/portal/vaults/{}/jobs/{}", j.vault_id, j.id),
-            &if action == "restart" { format!("Job restarted as {}", j.id) } else { "Cancellation requested".into() },
+            &match action.as_str() {
+                "restart" => format!("Job restarted as {}", j.id),
+                "resume" => "Job resumed".to_string(),
+                _ => "Cancellation requested".to_string(),
+            },
         ),
         Err(e) => {
             let status = e.status;

@@ -14,15 +14,15 @@
 //!
 //! Pages: overview dashboard (JOB-4), Prepare infrastructure in the scenario's order (protection
 //! goal, source, target, replication policy, network mapping, storage mapping), Replicate
-//! applications, replicated items with their operations, jobs and events.
+//! applications, replicated items with their operations, recovery plans (groups, steps, edits
+//! and operations), jobs (with the manual actions they wait for) and events.
 
 mod items;
 mod jobs;
 mod overview;
+mod plans;
 mod prepare;
 mod replicate;
-
-use std::sync::LazyLock;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
@@ -80,7 +80,11 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/vaults/{vault}/jobs/{job}", get(jobs::detail))
         .route("/portal/vaults/{vault}/jobs/{job}/{action}", post(jobs::action))
         .route("/portal/vaults/{vault}/events", get(jobs::events))
-        .route("/portal/vaults/{vault}/plans", get(plans_placeholder))
+        .route("/portal/vaults/{vault}/plans", get(plans::list).post(plans::create))
+        .route("/portal/vaults/{vault}/plans/{plan}", get(plans::detail))
+        .route("/portal/vaults/{vault}/plans/{plan}/edit", post(plans::edit))
+        .route("/portal/vaults/{vault}/plans/{plan}/delete", post(plans::delete))
+        .route("/portal/vaults/{vault}/plans/{plan}/run/{operation}", post(plans::operate))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -108,10 +112,6 @@ async fn security_headers(mut r: Response) -> Response {
 async fn css() -> Response {
     ([(CONTENT_TYPE, "text/css; charset=utf-8"), (CACHE_CONTROL, "max-age=3600")], CSS).into_response()
 }
-
-/// Whether the REST API serves recovery plans (PLAN-1..4); the portal shows the plans entry then.
-pub static PLANS_API: LazyLock<bool> =
-    LazyLock::new(|| crate::api::api_paths().iter().any(|p| p.to_ascii_lowercase().contains("recoveryplans")));
 
 // ---------------------------------------------------------------------------------------------
 // Session, CSRF, flash
@@ -438,8 +438,7 @@ pub fn page(f: Frame<'_>, content: Markup, status: StatusCode) -> Response {
                 (entry(Nav::Prepare, format!("{b}/prepare"), "Prepare infrastructure"))
                 (entry(Nav::Replicate, format!("{b}/replicate"), "Replicate applications"))
                 (entry(Nav::Items, format!("{b}/items"), "Replicated items"))
-                // Recovery plans (PLAN-1..4): the entry appears once the REST API serves plans.
-                @if *PLANS_API { (entry(Nav::Plans, format!("{b}/plans"), "Recovery plans")) }
+                (entry(Nav::Plans, format!("{b}/plans"), "Recovery plans"))
                 (entry(Nav::Jobs, format!("{b}/jobs"), "Jobs"))
                 (entry(Nav::Events, format!("{b}/events"), "Events"))
             }
@@ -488,28 +487,6 @@ pub fn respond(user: &User, r: Result<Response, ApiFailure>) -> Response {
 /// The vault of a portal URL.
 pub async fn load_vault(st: &AppState, raw: &str) -> Result<Vault, ApiFailure> {
     Ok(st.vault(raw).await?.0)
-}
-
-async fn plans_placeholder(
-    axum::extract::State(st): axum::extract::State<AppState>,
-    user: User,
-    axum::extract::Path(vault): axum::extract::Path<String>,
-) -> Response {
-    let v = match load_vault(&st, &vault).await {
-        Ok(v) => v,
-        Err(e) => return error_page(&user, None, e),
-    };
-    if !*PLANS_API {
-        return error_page(&user, Some(&v), ApiFailure::not_found("Page", "recovery plans"));
-    }
-    page(
-        Frame { user: &user, vault: Some(&v), nav: Nav::Plans, title: "Recovery plans", refresh: None, notice: None },
-        html! {
-            p { "Recovery plans are served by the REST API (" code { "/api/v1/vaults/" (v.name) "/…RecoveryPlans" }
-                ") and the " code { "ferry" } " CLI. Their portal pages are not part of this release." }
-        },
-        StatusCode::OK,
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
