@@ -8,6 +8,7 @@
 //! Exit codes: 0 success, 1 error, 2 usage, 3 not found, 4 conflict or not allowed,
 //! 5 authentication or permission, 6 a waited-for job failed or was cancelled.
 
+mod alert_cmds;
 mod api_cmds;
 mod lab;
 mod output;
@@ -66,6 +67,8 @@ enum Cmd {
     Api(api_cmds::ApiCmd),
     #[command(flatten)]
     Recovery(recovery_cmds::RecoveryCmd),
+    #[command(flatten)]
+    Alerts(alert_cmds::AlertCmd),
 }
 
 #[derive(Subcommand)]
@@ -198,6 +201,7 @@ fn main() {
             }
             Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
             Cmd::Recovery(cmd) => recovery_cmds::run(&cli.conn, cmd).await,
+            Cmd::Alerts(cmd) => alert_cmds::run(&cli.conn, cmd).await,
         }
     });
     if let Err(e) = result {

@@ -145,6 +145,18 @@ impl Client {
         self.decode(resp, path).await
     }
 
+    /// PUT a change based on `version` (`If-Match`): a resource changed since is refused (412).
+    pub async fn put_if_match<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        version: i64,
+        body: &B,
+    ) -> Result<T> {
+        let rb = self.req(reqwest::Method::PUT, path).header("if-match", version.to_string()).json(body);
+        let resp = self.send(rb, path).await?;
+        self.decode(resp, path).await
+    }
+
     pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let resp = self.send(self.req(reqwest::Method::PATCH, path).json(body), path).await?;
         self.decode(resp, path).await

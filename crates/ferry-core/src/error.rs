@@ -180,6 +180,16 @@ pub enum Error {
     NoAppConsistentRecoveryPoint,
     #[error("Recovery point {id} was not found")]
     RecoveryPointNotFound { id: String },
+
+    // ---- alerts (JOB-4) ----
+    #[error("Webhook URL '{url}' is not valid: {reason}")]
+    AlertWebhookUrlInvalid { url: String, reason: String },
+    #[error("E-mail address '{address}' ({field}) is not valid")]
+    AlertEmailAddressInvalid { field: String, address: String },
+    #[error("SMTP relay '{relay}' is not valid: {reason}")]
+    AlertSmtpRelayInvalid { relay: String, reason: String },
+    #[error("Alert settings are not valid: {reason}")]
+    AlertSettingsInvalid { reason: String },
 }
 
 fn reason_suffix(reason: &Option<String>) -> String {
@@ -268,6 +278,10 @@ impl Error {
             Error::NoProcessedRecoveryPoint => "NoProcessedRecoveryPoint",
             Error::NoAppConsistentRecoveryPoint => "NoAppConsistentRecoveryPoint",
             Error::RecoveryPointNotFound { .. } => "RecoveryPointNotFound",
+            Error::AlertWebhookUrlInvalid { .. } => "AlertWebhookUrlInvalid",
+            Error::AlertEmailAddressInvalid { .. } => "AlertEmailAddressInvalid",
+            Error::AlertSmtpRelayInvalid { .. } => "AlertSmtpRelayInvalid",
+            Error::AlertSettingsInvalid { .. } => "AlertSettingsInvalid",
         }
     }
 
@@ -341,6 +355,10 @@ impl Error {
             Error::PlanVmNotInPair { .. } => {
                 Some("Create one recovery plan per cloud pair; a plan holds the VMs of one pair.")
             }
+            Error::AlertWebhookUrlInvalid { .. } => {
+                Some("Give a full http(s) URL with a host, e.g. https://hooks.example.com/ferry; put credentials in the webhook's secret.")
+            }
+            Error::AlertSmtpRelayInvalid { .. } => Some("Give the relay's host name or IP address and port, e.g. smtp.example.com:587."),
             Error::PlanOperationNotAllowed { .. } => {
                 Some("Bring every VM of the plan into a state that allows the operation, or remove it from the plan.")
             }

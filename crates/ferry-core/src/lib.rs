@@ -16,6 +16,7 @@
 //! | [`health`] | what is an item's replication health and why; cycle statistics | JOB-2, REP-5 |
 //! | [`plan`] | what may a recovery plan hold; how is it edited; may a plan operation run? | PLAN-1, PLAN-3, PLAN-4 |
 //! | [`retention`] | which recovery points to merge; which point a failover uses | RP-2, RP-3, POL-4 |
+//! | [`alerts`] | may a vault's alerts go to this webhook URL, these addresses, this SMTP relay? | JOB-4 |
 //!
 //! The model: a *site* (fabric) reports a `SiteInventory` of clouds → host groups → hosts, with
 //! logical networks (bridges on hosts), VM networks (subnets, static IP pools) and storage
@@ -29,6 +30,7 @@
 //! causes and a recommendation where there is something useful to say.
 
 pub mod addressing;
+pub mod alerts;
 pub mod error;
 pub mod fabric_rules;
 pub mod health;

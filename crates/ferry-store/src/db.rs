@@ -59,7 +59,8 @@ impl Store {
     /// Row counts per table, for the bench and diagnostics.
     pub async fn count(&self, table: &str) -> Result<i64> {
         let table = match table {
-            "jobs" | "events" | "docs" | "vaults" | "tokens" | "registration_keys" | "site_commands" => table,
+            "jobs" | "events" | "docs" | "vaults" | "tokens" | "registration_keys" | "site_commands"
+            | "alert_outbox" => table,
             _ => return Err(Error::new(ErrorKind::Query, format!("Unknown table {table}"))),
         };
         let n: (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
@@ -115,7 +116,7 @@ impl Store {
 
     pub async fn delete_vault(&self, id: uuid::Uuid) -> Result<bool> {
         let mut tx = self.begin().await?;
-        for table in ["docs", "jobs", "events", "registration_keys", "site_commands"] {
+        for table in ["docs", "jobs", "events", "registration_keys", "site_commands", "alert_outbox"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE vault = $1"))
                 .bind(id.to_string())
                 .execute(&mut *tx)

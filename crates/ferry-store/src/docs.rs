@@ -18,6 +18,8 @@ pub enum DocKind {
     StorageMapping,
     ProtectedItem,
     RecoveryPlan,
+    /// A vault's alert settings (JOB-4), one document with id [`ALERT_SETTINGS_ID`].
+    AlertSettings,
 }
 
 impl DocKind {
@@ -30,9 +32,13 @@ impl DocKind {
             DocKind::StorageMapping => "storageMapping",
             DocKind::ProtectedItem => "protectedItem",
             DocKind::RecoveryPlan => "recoveryPlan",
+            DocKind::AlertSettings => "alertSettings",
         }
     }
 }
+
+/// The id of a vault's one alert settings document.
+pub const ALERT_SETTINGS_ID: &str = "alertSettings";
 
 /// A stored document with its version.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use ferry_types::event::{Event, Severity};
 use uuid::Uuid;
 
-use crate::db::Store;
+use crate::db::{Store, Tx};
 use crate::error::{Error, Result};
 
 /// What is recorded; the id is assigned by the store.
@@ -19,32 +19,40 @@ pub struct NewEvent<'a> {
     pub object_id: Option<&'a str>,
 }
 
+async fn append_in<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(ex: E, e: NewEvent<'_>) -> Result<i64> {
+    let ev = Event {
+        id: 0,
+        vault_id: e.vault,
+        time: e.time,
+        severity: e.severity,
+        kind: e.kind.to_string(),
+        message: e.message.to_string(),
+        fabric: e.fabric,
+        object_id: e.object_id.map(str::to_string),
+    };
+    let body = serde_json::to_string(&ev).map_err(|err| Error::corrupt("Encode event", err))?;
+    let res = sqlx::query("INSERT INTO events (vault, time_ms, severity, kind, fabric, object_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(e.vault.to_string())
+        .bind(e.time.timestamp_millis())
+        .bind(e.severity.as_str())
+        .bind(e.kind)
+        .bind(e.fabric.map(|f| f.to_string()))
+        .bind(e.object_id)
+        .bind(body)
+        .execute(ex)
+        .await
+        .map_err(|err| Error::query("Append event", err))?;
+    Ok(res.last_insert_rowid())
+}
+
 impl Store {
     pub async fn append_event(&self, e: NewEvent<'_>) -> Result<i64> {
-        let mut ev = Event {
-            id: 0,
-            vault_id: e.vault,
-            time: e.time,
-            severity: e.severity,
-            kind: e.kind.to_string(),
-            message: e.message.to_string(),
-            fabric: e.fabric,
-            object_id: e.object_id.map(str::to_string),
-        };
-        let body = serde_json::to_string(&ev).map_err(|err| Error::corrupt("Encode event", err))?;
-        let res = sqlx::query("INSERT INTO events (vault, time_ms, severity, kind, fabric, object_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(e.vault.to_string())
-            .bind(e.time.timestamp_millis())
-            .bind(e.severity.as_str())
-            .bind(e.kind)
-            .bind(e.fabric.map(|f| f.to_string()))
-            .bind(e.object_id)
-            .bind(body)
-            .execute(&self.pool)
-            .await
-            .map_err(|err| Error::query("Append event", err))?;
-        ev.id = res.last_insert_rowid();
-        Ok(ev.id)
+        append_in(&self.pool, e).await
+    }
+
+    /// Append an event inside a transaction (with what it goes with: an alert, a state change).
+    pub async fn append_event_tx(tx: &mut Tx<'_>, e: NewEvent<'_>) -> Result<i64> {
+        append_in(&mut **tx, e).await
     }
 
     /// Append many events in one transaction (imports, the scale bench).

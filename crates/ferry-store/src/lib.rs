@@ -12,12 +12,15 @@
 //! - `jobs` and `events`: append-mostly tables with indexed filter columns and keyset
 //!   pagination (a cursor is the last row's sequence number), so listing stays fast at millions
 //!   of rows and no list is capped;
-//! - `site_commands`: the outbox of commands a site fetches over its outbound connection.
+//! - `site_commands`: the outbox of commands a site fetches over its outbound connection;
+//! - `alert_outbox`: alerts to deliver (JOB-4), written in the transaction of the event that
+//!   raised them and kept as a record once delivered or dropped.
 //!
 //! Writes that must go together run in one transaction ([`Store::tx`]). SQLite runs in WAL mode
 //! with `synchronous=FULL`: a write the vault acknowledged survives a crash of the process or the
 //! machine.
 
+mod alerts;
 mod commands;
 mod db;
 mod docs;
@@ -27,9 +30,10 @@ mod jobs;
 mod keys;
 mod tokens;
 
+pub use alerts::AlertRow;
 pub use commands::SiteCommandRow;
 pub use db::{Store, Tx};
-pub use docs::{Doc, DocKind};
+pub use docs::{Doc, DocKind, ALERT_SETTINGS_ID};
 pub use error::{Error, ErrorKind};
 pub use events::NewEvent;
 pub use keys::{KeyRow, KeyUse};

@@ -12,6 +12,7 @@
 //!   VMs) carry a stable string id chosen by the site (a UUID v5 of the object's kind and name
 //!   unless the site's fabric file pins one, so a rename keeps the identity).
 
+pub mod alert;
 pub mod auth;
 pub mod error;
 pub mod event;

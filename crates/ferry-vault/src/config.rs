@@ -21,6 +21,14 @@ pub struct VaultConfig {
     pub site_command_timeout: Duration,
     /// Test failovers left running longer than this are cleaned up automatically (FO-1).
     pub test_failover_max_age: Duration,
+    /// Delay before the first retry of an alert that could not be delivered; it doubles on
+    /// every failure up to `alert_retry_max` (JOB-4).
+    pub alert_retry_base: Duration,
+    pub alert_retry_max: Duration,
+    /// An alert still undeliverable this long after it was raised is dropped (24 h).
+    pub alert_max_age: Duration,
+    /// Time limit of one delivery attempt (webhook call or SMTP session).
+    pub alert_timeout: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -33,6 +41,10 @@ impl VaultConfig {
             heartbeat_timeout: Duration::from_secs(60),
             site_command_timeout: Duration::from_secs(30 * 60),
             test_failover_max_age: crate::test_expiry::DEFAULT_MAX_AGE,
+            alert_retry_base: Duration::from_secs(10),
+            alert_retry_max: Duration::from_secs(15 * 60),
+            alert_max_age: Duration::from_secs(24 * 3600),
+            alert_timeout: Duration::from_secs(20),
             clock: Arc::new(SystemClock),
         }
     }

@@ -12,6 +12,10 @@
 //!   TLS connection: registration with a registration key (FAB-2), periodic reports with the
 //!   site's inventory (FAB-4), the command outbox, host certificate signing (SEC-1).
 //!
+//! Alerts ([`alerts`]) go out by webhook or e-mail when an item's health becomes Critical, a
+//! site's heartbeat is lost or a failover fails; they are queued in the transaction of their
+//! event and delivered with retries by a background task.
+//!
 //! State lives in SQLite under the data directory (`ferry-store`). The private CA that signs
 //! every agent certificate and the vault's own HTTPS certificate live in `<data>/pki`.
 //!
@@ -20,6 +24,7 @@
 //! run again, and commands sent to sites carry ids derived from the job and task, so a resumed
 //! job never sends a command twice.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod bench;

@@ -3,12 +3,14 @@
 //! completes, the item becomes Protected and a "Finalize protection" job is recorded (REP-1).
 
 use ferry_store::DocKind;
+use ferry_types::alert::{AlertKind, AlertObject};
 use ferry_types::event::Severity;
-use ferry_types::protection::{ProtectedItem, ReplicationState};
+use ferry_types::protection::{Health, ProtectedItem, ReplicationState};
 use ferry_types::site_protocol::{PairRole, ReplicationPhase, ReplicationStatus};
 use ferry_types::ApiError;
 use uuid::Uuid;
 
+use crate::alerts::AlertOf;
 use crate::state::AppState;
 
 /// Read-modify-write of an item with optimistic concurrency (retries on a concurrent change).
@@ -37,26 +39,110 @@ where
             return Ok(Some(item));
         }
         refresh_health(state, &mut item);
-        let unique = format!("vm:{}/{}", item.source.fabric, item.vm_id);
-        match state
-            .store
-            .put_doc(
-                DocKind::ProtectedItem,
-                vault,
-                &id.to_string(),
-                Some(&item.container_mapping.to_string()),
-                Some(&unique),
-                &item,
-                Some(doc.version),
-            )
-            .await
-        {
-            Ok(_) => return Ok(Some(item)),
+        let res = match health_change(&before, &item) {
+            None => put_item(&mut PutOn::Pool(&state.store), vault, &item, doc.version).await,
+            Some(change) => put_item_with_event(state, vault, &item, doc.version, change).await,
+        };
+        match res {
+            Ok(()) => return Ok(Some(item)),
             Err(e) if e.kind == ferry_store::ErrorKind::VersionMismatch => continue,
             Err(e) => return Err(ApiError::new("StoreError", e.to_string())),
         }
     }
     Err(ApiError::new("Busy", "The protected item changed concurrently; retry"))
+}
+
+/// Where an item is written: directly, or inside a transaction with its event.
+enum PutOn<'a, 'b> {
+    Pool(&'a ferry_store::Store),
+    Tx(&'a mut ferry_store::Tx<'b>),
+}
+
+async fn put_item(
+    on: &mut PutOn<'_, '_>,
+    vault: Uuid,
+    item: &ProtectedItem,
+    version: i64,
+) -> Result<(), ferry_store::Error> {
+    let (id, parent, unique) =
+        (item.id.to_string(), item.container_mapping.to_string(), format!("vm:{}/{}", item.source.fabric, item.vm_id));
+    let kind = DocKind::ProtectedItem;
+    match on {
+        PutOn::Pool(store) => store.put_doc(kind, vault, &id, Some(&parent), Some(&unique), item, Some(version)).await,
+        PutOn::Tx(tx) => {
+            ferry_store::Store::put_doc_tx(tx, kind, vault, &id, Some(&parent), Some(&unique), item, Some(version))
+                .await
+        }
+    }
+    .map(|_| ())
+}
+
+/// A change of an item's health into or out of Critical (JOB-4): the event, and for the way in,
+/// the alert.
+struct HealthChange {
+    severity: Severity,
+    kind: &'static str,
+    message: String,
+    alert: Option<AlertOf>,
+}
+
+fn health_change(before: &ProtectedItem, after: &ProtectedItem) -> Option<HealthChange> {
+    match (before.health == Health::Critical, after.health == Health::Critical) {
+        (false, true) => Some(HealthChange {
+            severity: Severity::Critical,
+            kind: "HealthCritical",
+            message: format!(
+                "Replication health of {} is Critical: {}",
+                after.name,
+                after.health_reasons.iter().filter(|r| !r.is_empty()).cloned().collect::<Vec<_>>().join("; ")
+            ),
+            alert: Some(AlertOf {
+                kind: AlertKind::CriticalHealth,
+                object: Some(AlertObject {
+                    object_type: "ProtectedItem".into(),
+                    id: after.id.to_string(),
+                    name: after.name.clone(),
+                }),
+            }),
+        }),
+        (true, false) => Some(HealthChange {
+            severity: Severity::Info,
+            kind: "HealthRecovered",
+            message: format!("Replication health of {} is {:?} again", after.name, after.health),
+            alert: None,
+        }),
+        _ => None,
+    }
+}
+
+/// Write the item, its health event and the event's alert in one transaction, so the alert is
+/// raised exactly by the write that changed the health.
+async fn put_item_with_event(
+    state: &AppState,
+    vault: Uuid,
+    item: &ProtectedItem,
+    version: i64,
+    change: HealthChange,
+) -> Result<(), ferry_store::Error> {
+    let v = crate::alerts::vault_of(state, vault).await;
+    let mut tx = state.store.begin().await?;
+    put_item(&mut PutOn::Tx(&mut tx), vault, item, version).await?;
+    let object_id = item.id.to_string();
+    let ev = ferry_store::NewEvent {
+        vault,
+        time: state.clock.now(),
+        severity: change.severity,
+        kind: change.kind,
+        message: &change.message,
+        fabric: Some(item.source.fabric),
+        object_id: Some(&object_id),
+    };
+    let queued = crate::alerts::record_tx(&mut tx, &v, ev, change.alert.as_ref()).await?;
+    ferry_store::Store::commit(tx).await?;
+    if queued {
+        state.alerts.queued.notify_one();
+    }
+    Ok(())
 }
 
 pub async fn set_state(state: &AppState, vault: Uuid, id: Uuid, to: ReplicationState) -> Result<(), ApiError> {

@@ -26,6 +26,8 @@ pub enum StartError {
     Pki(#[from] ferry_pki::Error),
     #[error("Cannot listen on {0}")]
     Listen(SocketAddr, #[source] std::io::Error),
+    #[error("Cannot set up the alert delivery's HTTP client")]
+    AlertClient(#[source] reqwest::Error),
 }
 
 /// A running vault server.
@@ -99,6 +101,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         config: Arc::new(config.clone()),
         jobs: Arc::new(JobEngine::new(store.clone())),
         commands_queued: Arc::new(Notify::new()),
+        alerts: Arc::new(crate::alerts::Alerts::new(config.alert_timeout).map_err(StartError::AlertClient)?),
         public_url: url.clone(),
     };
     let resumed = state.jobs.resume_all(&state).await?;
@@ -107,6 +110,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     }
     tokio::spawn(heartbeat_monitor(state.clone()));
     tokio::spawn(crate::test_expiry::run(state.clone()));
+    tokio::spawn(crate::alerts::deliver::run(state.clone()));
 
     let (router, _) = crate::api::router(state.clone());
     let handle = axum_server::Handle::new();
@@ -127,10 +131,15 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Raise `HeartbeatLost` once when a site stops reporting, and `HeartbeatRestored` when it
-/// comes back (JOB-4).
+/// Raise `HeartbeatLost` once when a site stops reporting, with a `SiteHeartbeatLost` alert, and
+/// `HeartbeatRestored` when it comes back (JOB-4).
+///
+/// A site already reported lost before this start stays lost (its last heartbeat event says so),
+/// so a restart raises no second alert. Time the vault was down does not count: a site is lost
+/// only when it has not reported for the timeout while this vault runs.
 async fn heartbeat_monitor(state: AppState) {
-    let mut lost: std::collections::HashSet<uuid::Uuid> = Default::default();
+    let started = state.clock.now();
+    let mut lost = lost_before_start(&state).await;
     let period = (state.config.heartbeat_timeout / 4).max(Duration::from_millis(500));
     loop {
         tokio::time::sleep(period).await;
@@ -141,13 +150,35 @@ async fn heartbeat_monitor(state: AppState) {
             let now = state.clock.now();
             for f in fabrics {
                 let f = f.body;
-                let age = f.last_heartbeat.map(|t| (now - t).to_std().unwrap_or_default()).unwrap_or(Duration::MAX);
-                if age > state.config.heartbeat_timeout {
+                let since = f.last_heartbeat.map_or(started, |t| t.max(started));
+                let silent = (now - since).to_std().unwrap_or_default();
+                if silent > state.config.heartbeat_timeout {
                     if lost.insert(f.id) {
-                        let msg = format!("Site {} has not reported for {} s", f.name, age.as_secs());
-                        state.event(v.id, Severity::Critical, "HeartbeatLost", &msg, Some(f.id), None).await;
+                        let msg = match f.last_heartbeat {
+                            Some(t) => format!(
+                                "Site {} has not reported for {} s",
+                                f.name,
+                                (now - t).to_std().unwrap_or_default().as_secs()
+                            ),
+                            None => format!("Site {} has never reported", f.name),
+                        };
+                        let of = crate::alerts::AlertOf {
+                            kind: ferry_types::alert::AlertKind::SiteHeartbeatLost,
+                            object: Some(ferry_types::alert::AlertObject {
+                                object_type: "Fabric".into(),
+                                id: f.id.to_string(),
+                                name: f.name.clone(),
+                            }),
+                        };
+                        state
+                            .event_alerting(v.id, Severity::Critical, "HeartbeatLost", &msg, Some(f.id), None, of)
+                            .await;
                     }
-                } else if lost.remove(&f.id) {
+                } else if f
+                    .last_heartbeat
+                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() <= state.config.heartbeat_timeout)
+                    && lost.remove(&f.id)
+                {
                     state
                         .event(
                             v.id,
@@ -162,4 +193,32 @@ async fn heartbeat_monitor(state: AppState) {
             }
         }
     }
+}
+
+/// Sites whose last heartbeat event is `HeartbeatLost` (lost when the vault stopped).
+async fn lost_before_start(state: &AppState) -> std::collections::HashSet<uuid::Uuid> {
+    let mut lost = std::collections::HashSet::new();
+    let Ok(vaults) = state.store.list_vaults().await else { return lost };
+    for (body, _) in vaults {
+        let Ok(v) = serde_json::from_value::<Vault>(body) else { continue };
+        let Ok(fabrics) = state.store.all_docs::<Fabric>(DocKind::Fabric, v.id).await else { continue };
+        for f in fabrics {
+            let fid = f.body.id;
+            let last = |kind: &'static str| {
+                let store = state.store.clone();
+                async move {
+                    store
+                        .list_events(v.id, None, Some(fid), Some(kind), None, 1)
+                        .await
+                        .ok()
+                        .and_then(|(e, _)| e.first().map(|e| e.id))
+                        .unwrap_or(0)
+                }
+            };
+            if last("HeartbeatLost").await > last("HeartbeatRestored").await {
+                lost.insert(fid);
+            }
+        }
+    }
+    lost
 }

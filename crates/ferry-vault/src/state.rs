@@ -22,6 +22,8 @@ pub struct AppState {
     pub jobs: Arc<JobEngine>,
     /// Woken when a site command is queued, so a site's long poll returns at once.
     pub commands_queued: Arc<Notify>,
+    /// Alert delivery: its wake-up and HTTP client (JOB-4).
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// The URL sites use to reach this vault (written into registration keys).
     pub public_url: String,
 }

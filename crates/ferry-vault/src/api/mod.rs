@@ -1,6 +1,7 @@
 //! The REST API. One file per resource; the tree mirrors the URL tree under `/api/v1`.
 
 pub mod agent;
+pub mod alerts;
 pub mod dashboard;
 pub mod events;
 pub mod fabrics;
@@ -73,6 +74,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::resume_job))
         .routes(routes!(events::list_events))
         .routes(routes!(dashboard::get_dashboard))
+        .routes(routes!(alerts::get_alert_settings, alerts::put_alert_settings))
+        .routes(routes!(alerts::test_alert))
+        .routes(routes!(alerts::list_alerts))
         .routes(routes!(items::list_items, items::enable_protection))
         .routes(routes!(items::get_item))
         .routes(routes!(items::operate))

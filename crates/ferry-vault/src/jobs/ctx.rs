@@ -288,16 +288,25 @@ impl JobCtx {
         self.save().await?;
         if status == JobStatus::Failed {
             let msg = format!("Job {} ({}) on {} failed", self.job.operation, self.job.id, self.job.object_name);
-            self.state
-                .event(
-                    self.job.vault_id,
-                    ferry_types::event::Severity::Error,
-                    "JobFailed",
-                    &msg,
-                    self.job.fabric,
-                    Some(&self.job.object_id),
-                )
-                .await;
+            let (vault, severity, fabric) = (self.job.vault_id, ferry_types::event::Severity::Error, self.job.fabric);
+            // JOB-4: a failed failover also raises an alert, with the job's errors.
+            if crate::alerts::FAILOVER_OPERATIONS.contains(&self.job.operation.as_str()) {
+                let why: Vec<String> = self.job.errors.iter().map(|e| e.to_string()).collect();
+                let msg = if why.is_empty() { msg } else { format!("{msg}: {}", why.join("; ")) };
+                let of = crate::alerts::AlertOf {
+                    kind: ferry_types::alert::AlertKind::FailoverFailed,
+                    object: Some(ferry_types::alert::AlertObject {
+                        object_type: self.job.object_type.clone(),
+                        id: self.job.object_id.clone(),
+                        name: self.job.object_name.clone(),
+                    }),
+                };
+                self.state
+                    .event_alerting(vault, severity, "JobFailed", &msg, fabric, Some(&self.job.object_id), of)
+                    .await;
+            } else {
+                self.state.event(vault, severity, "JobFailed", &msg, fabric, Some(&self.job.object_id)).await;
+            }
         }
         Ok(())
     }

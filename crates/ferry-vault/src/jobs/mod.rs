@@ -42,7 +42,8 @@ pub use offline::{IMPORT_TASKS, OP_IMPORT_INITIAL};
 pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
 pub use plans::{
     plan_operation_name, plan_tasks, t_start, waiting_manual_action, ItemPoint, PlanParams, WaitingAction,
-    OP_ITEM_REPROTECT, OP_PLAN_TEST_FAILOVER, RESUME_AFTER_FAILURE,
+    OP_ITEM_REPROTECT, OP_PLAN_PLANNED_FAILOVER, OP_PLAN_TEST_FAILOVER, OP_PLAN_UNPLANNED_FAILOVER,
+    RESUME_AFTER_FAILURE,
 };
 pub use repair::{OP_REPAIR_REPLICATION, REPAIR_TASKS};
 pub use reverse::{

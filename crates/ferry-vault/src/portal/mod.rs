@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/vaults/{vault}/prepare/networks/{mapping}/delete", post(prepare::unmap_network))
         .route("/portal/vaults/{vault}/prepare/storage", post(prepare::map_storage))
         .route("/portal/vaults/{vault}/prepare/storage/{mapping}/delete", post(prepare::unmap_storage))
+        .route("/portal/vaults/{vault}/prepare/alerts", post(prepare::set_alerts))
+        .route("/portal/vaults/{vault}/prepare/alerts/test", post(prepare::test_alerts))
         .route("/portal/vaults/{vault}/replicate", get(replicate::show).post(replicate::enable))
         .route("/portal/vaults/{vault}/items", get(items::list))
         .route("/portal/vaults/{vault}/items/{item}", get(items::detail))
