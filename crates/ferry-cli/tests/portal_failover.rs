@@ -1,8 +1,8 @@
 //! Failover operations from the portal's replicated-item page in real headless Chromium against
 //! the lab's protected demo VMs: planned failover and commit (FO-2, FO-4), the operations the API
-//! allows afterwards rendered as they come (change point, cancel, re-protect), unplanned failover
-//! refused while the source runs (the API's cause and recommendation shown) and then run at a
-//! chosen recovery point (FO-3, RP-3), and disable protection (REP-8).
+//! allows afterwards rendered as they come, re-protect (FO-5), unplanned failover refused while
+//! the source runs (the API's cause and recommendation shown) and then run at a chosen recovery
+//! point (FO-3, RP-3), a change of recovery point (FO-4), and disable protection (REP-8).
 
 mod browser;
 mod common;
@@ -18,7 +18,7 @@ fn item_path(lab: &Lab, base: &str, name: &str) -> String {
 }
 
 #[test]
-fn fo_2_fo_3_fo_4_portal_planned_commit_unplanned_at_a_point_and_disable() {
+fn fo_2_fo_3_fo_4_fo_5_portal_planned_commit_reprotect_unplanned_at_a_point_change_point_and_disable() {
     let lab = Lab::start(LabOptions { demo_vms: true, test_copy_interval_ms: Some(1500), ..Default::default() });
     lab.wait_for("the demo VMs to be protected with points", Duration::from_secs(240), || {
         let items = lab.json(&["item-list"]);
@@ -62,6 +62,18 @@ fn fo_2_fo_3_fo_4_portal_planned_commit_unplanned_at_a_point_and_disable() {
     assert!(portal.text_of("#op-reProtect").contains("Re-protect (reverse replication)"));
     let vms = lab.json(&["vm-list", "--site", "VMM-Chicago", "--host", "chi1"]);
     assert!(vms.as_array().is_some_and(|a| a.iter().any(|v| v["name"] == "db1" && v["power_state"] == "Running")));
+    // FO-5: re-protect from the portal: db1 replicates back from Chicago to New York.
+    portal.click("#do-reProtect");
+    let job = portal.path();
+    portal.wait_until(&job, "the re-protect", Duration::from_secs(240), |p| {
+        matches!(p.text_of("#job-status").as_str(), "Succeeded" | "Failed" | "Cancelled")
+    });
+    assert_eq!(portal.text_of("#job-status"), "Succeeded", "{}", portal.text());
+    portal.wait_until(&db1, "db1 protected in the reverse direction", Duration::from_secs(240), |p| {
+        p.text_of("#state") == "Protected"
+    });
+    let it = lab.json(&["item-show", "db1"]);
+    assert_eq!(it["direction"], "Reverse", "{it}");
 
     // FO-3: refused while the source runs (the API's error with its cause and recommendation).
     let app1 = item_path(&lab, &base, "app1");
@@ -89,6 +101,19 @@ fn fo_2_fo_3_fo_4_portal_planned_commit_unplanned_at_a_point_and_disable() {
     portal.goto(&app1);
     assert_eq!(portal.text_of("#state"), "Failed over commit pending");
     assert!(portal.text_of("#failover").contains(&point), "{}", portal.text_of("#summary"));
+    // FO-4: change the recovery point before commit: the newest point instead.
+    let newest = portal.text_of("#points tbody tr:nth-child(1) code");
+    assert_ne!(newest, point);
+    portal.set("#op-applyRecoveryPoint select[name=recovery_point]", &newest);
+    portal.click("#do-applyRecoveryPoint");
+    let job = portal.path();
+    portal.wait_until(&job, "the change of recovery point", Duration::from_secs(240), |p| {
+        matches!(p.text_of("#job-status").as_str(), "Succeeded" | "Failed" | "Cancelled")
+    });
+    assert_eq!(portal.text_of("#job-status"), "Succeeded", "{}", portal.text());
+    portal.goto(&app1);
+    assert_eq!(portal.text_of("#state"), "Failed over commit pending");
+    assert!(portal.text_of("#failover").contains(&newest), "{}", portal.text_of("#summary"));
 
     // REP-8: disable protection of web1 (Contributor).
     let web1 = item_path(&lab, &base, "web1");

@@ -60,8 +60,9 @@ pub struct Snapshot {
     pub cycle: u64,
     /// The bitmap holding this cycle's changes (`None` for a seed).
     pub old_generation: Option<u64>,
-    /// Staging image per disk, in disk order.
-    pub files: Vec<PathBuf>,
+    /// Staging image per disk, in disk order; `None` for a disk without changes in this cycle
+    /// (nothing to copy: its point layer is empty).
+    pub files: Vec<Option<PathBuf>>,
     /// Full image (seed) rather than a delta.
     pub base: bool,
     pub app_consistent: bool,
@@ -198,9 +199,14 @@ impl Capture {
         Ok(())
     }
 
-    async fn add_staging(&self, qmp: &Qmp, cycle: u64) -> Result<Vec<PathBuf>> {
+    /// Create and attach a staging image for every disk `copy` selects.
+    async fn add_staging(&self, qmp: &Qmp, cycle: u64, copy: &[bool]) -> Result<Vec<Option<PathBuf>>> {
         let mut files = Vec::new();
-        for d in &self.disks {
+        for (d, c) in self.disks.iter().zip(copy) {
+            if !c {
+                files.push(None);
+                continue;
+            }
             let f = self.staging_file(cycle, d);
             let _ = std::fs::remove_file(&f);
             img::create(&f, DiskFormat::Qcow2, &CreateOptions { size: Some(d.size), ..Default::default() })
@@ -210,13 +216,14 @@ impl Capture {
                 self.cleanup_staging(qmp, cycle, &files).await;
                 return Err(Error::qemu(format!("Cannot attach staging image {}", f.display()), e));
             }
-            files.push(f);
+            files.push(Some(f));
         }
         Ok(files)
     }
 
-    async fn cleanup_staging(&self, qmp: &Qmp, cycle: u64, files: &[PathBuf]) {
+    async fn cleanup_staging(&self, qmp: &Qmp, cycle: u64, files: &[Option<PathBuf>]) {
         for (d, f) in self.disks.iter().zip(files) {
+            let Some(f) = f else { continue };
             if let Err(e) = qmp.blockdev_del(&Self::node(cycle, d)).await {
                 tracing::debug!(error = %e, "Staging node already detached");
             }
@@ -225,21 +232,21 @@ impl Capture {
     }
 
     /// Wait for every job, detach the staging nodes; any failed job fails the whole capture.
-    async fn finish_jobs(&self, qmp: &Qmp, cycle: u64, files: &[PathBuf]) -> Result<()> {
+    async fn finish_jobs(&self, qmp: &Qmp, cycle: u64, files: &[Option<PathBuf>]) -> Result<()> {
         let mut first_err = None;
-        for d in &self.disks {
+        for (d, _) in self.disks.iter().zip(files).filter(|(_, f)| f.is_some()) {
             if let Err(e) = qmp.wait_block_job(&Self::job(cycle, d), self.job_timeout).await {
                 first_err.get_or_insert(Error::qemu(format!("Capture of {} failed", d.target), e));
             }
         }
-        for d in &self.disks {
+        for (d, _) in self.disks.iter().zip(files).filter(|(_, f)| f.is_some()) {
             if let Err(e) = qmp.blockdev_del(&Self::node(cycle, d)).await {
                 first_err.get_or_insert(Error::qemu(format!("Cannot detach staging image of {}", d.target), e));
             }
         }
         match first_err {
             Some(e) => {
-                for f in files {
+                for f in files.iter().flatten() {
                     let _ = std::fs::remove_file(f);
                 }
                 Err(e)
@@ -266,7 +273,7 @@ impl Capture {
 
     async fn seed_with(&self, qmp: &Qmp, cycle: u64, copy: SeedCopy) -> Result<Snapshot> {
         self.drop_tracking(qmp).await?;
-        let files = self.add_staging(qmp, cycle).await?;
+        let files = self.add_staging(qmp, cycle, &vec![true; self.disks.len()]).await?;
         let mut actions = Vec::new();
         for d in &self.disks {
             actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
@@ -301,12 +308,25 @@ impl Capture {
         if cycle <= old {
             return Err(Error::new(ErrorKind::Invalid, format!("Cycle {cycle} must follow generation {old}")));
         }
-        let files = self.add_staging(qmp, cycle).await?;
+        // A disk whose bitmap is empty needs no copy: its layer of this point is empty. Its old
+        // bitmap is disabled in the same transaction as the others and checked again after it:
+        // a write that slipped in between fails the cycle (folded into the next), so the point
+        // stays crash-consistent across disks.
+        let idle_before = self.idle_disks(qmp, old).await?;
+        let copy: Vec<bool> = idle_before.iter().map(|idle| !idle).collect();
+        let files = self.add_staging(qmp, cycle, &copy).await?;
         let mut actions = Vec::new();
-        for d in &self.disks {
+        for (d, c) in self.disks.iter().zip(&copy) {
             actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
             actions.push(action::bitmap_disable(&d.target, &bitmap(old)));
-            actions.push(action::backup_bitmap(&Self::job(cycle, d), &d.target, &Self::node(cycle, d), &bitmap(old)));
+            if *c {
+                actions.push(action::backup_bitmap(
+                    &Self::job(cycle, d),
+                    &d.target,
+                    &Self::node(cycle, d),
+                    &bitmap(old),
+                ));
+            }
         }
         let mut warnings = Vec::new();
         let guard = match qga {
@@ -344,7 +364,41 @@ impl Capture {
             self.fold(qmp, old, cycle).await?;
             return Err(e);
         }
+        if idle_before.iter().any(|idle| *idle) {
+            let idle_after = self.idle_disks(qmp, old).await;
+            let slipped = match &idle_after {
+                Ok(after) => idle_before.iter().zip(after).any(|(before, after)| *before && !after),
+                Err(_) => true,
+            };
+            if slipped {
+                for f in files.iter().flatten() {
+                    let _ = std::fs::remove_file(f);
+                }
+                self.fold(qmp, old, cycle).await?;
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    "A disk was written while the cycle started; its changes go with the next cycle",
+                ));
+            }
+        }
         Ok(Snapshot { cycle, old_generation: Some(old), files, base: false, app_consistent, created_at, warnings })
+    }
+
+    /// Per disk: whether bitmap `ferry-<generation>` records no change.
+    async fn idle_disks(&self, qmp: &Qmp, generation: u64) -> Result<Vec<bool>> {
+        let nodes = qmp.query_named_block_nodes().await.map_err(q("Cannot list block nodes"))?;
+        let name = bitmap(generation);
+        Ok(self
+            .disks
+            .iter()
+            .map(|d| {
+                nodes
+                    .iter()
+                    .find(|n| n.node_name == d.target)
+                    .and_then(|n| n.dirty_bitmaps.iter().find(|b| b.name == name))
+                    .is_some_and(|b| b.count == 0)
+            })
+            .collect())
     }
 
     async fn freeze(&self, path: &Path) -> Result<ferry_qemu::FreezeGuard> {
@@ -369,7 +423,7 @@ impl Capture {
     }
 
     pub(crate) fn remove_files(snap: &Snapshot) {
-        for f in &snap.files {
+        for f in snap.files.iter().flatten() {
             if let Err(e) = std::fs::remove_file(f) {
                 tracing::debug!(file = %f.display(), error = %e, "Cannot remove staging image");
             }

@@ -129,6 +129,8 @@ pub struct CycleReport {
     pub warnings: Vec<String>,
     /// Planned data bytes of the cycle.
     pub data_bytes: u64,
+    /// Disks whose changes had to be copied (a disk without changes needs no copy).
+    pub copied_disks: usize,
     pub send: SendStats,
     pub capture_time: Duration,
     pub send_time: Duration,
@@ -266,7 +268,10 @@ impl Primary {
         let mut readers = Vec::new();
         let mut extents = Vec::new();
         for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {
-            let r = ChainReader::open_layer(f, d.size).await?;
+            let r = match f {
+                Some(f) => ChainReader::open_layer(f, d.size).await?,
+                None => ChainReader::empty(d.size),
+            };
             extents.extend(plan_layer(i as u16, &r, snap.base));
             readers.push(r);
         }
@@ -381,6 +386,7 @@ impl Primary {
                 self.counters.last_point = Some(snap.created_at);
                 self.counters.total_wire_bytes += send.wire_bytes;
                 Ok(CycleReport {
+                    copied_disks: snap.files.iter().flatten().count(),
                     cycle: snap.cycle,
                     point_id: format!("rp-{}", snap.cycle),
                     base: snap.base,
@@ -398,7 +404,7 @@ impl Primary {
                 self.counters.cycles_failed += 1;
                 self.counters.missed_cycles += 1;
                 self.counters.unsent_bytes +=
-                    snap.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
+                    snap.files.iter().flatten().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
                 if let Err(fold) = self.capture.abort(self.vm.qmp(), &snap).await {
                     tracing::error!(error = %fold.chain(), "Folding the bitmap back failed; a resync will be needed");
                 }

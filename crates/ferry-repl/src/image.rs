@@ -34,6 +34,11 @@ impl ChainReader {
         Self::from_map(chain, map, size)
     }
 
+    /// A layer without any extent (a disk without changes in a cycle).
+    pub fn empty(size: u64) -> Self {
+        Self { files: vec![], paths: vec![], map: vec![], size }
+    }
+
     /// Reader over ONE qcow2 layer (its backing ignored): only that layer's extents.
     pub async fn open_layer(path: &Path, size: u64) -> Result<Self> {
         let map =

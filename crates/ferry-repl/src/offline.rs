@@ -295,6 +295,7 @@ impl Primary {
         if !files.iter().all(|f| f.exists()) {
             return None;
         }
+        let files = files.into_iter().map(Some).collect();
         tracing::info!(vm = %self.cfg.vm_id, cycle = m.cycle, segments = m.segments.len(), "Resuming an interrupted offline export");
         let snap = Snapshot {
             cycle: m.cycle,

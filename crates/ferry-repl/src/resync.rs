@@ -185,7 +185,7 @@ impl Primary {
         let snap = Snapshot {
             cycle: st.cycle,
             old_generation: None,
-            files,
+            files: files.into_iter().map(Some).collect(),
             base: false,
             app_consistent: false,
             created_at: chrono::DateTime::from_timestamp_millis(st.created_at_ms).unwrap_or_else(chrono::Utc::now),

@@ -716,3 +716,31 @@ async fn rep_2_agent_crash_after_the_replicas_ack_compares_instead_of_copying() 
     assert_latest_identical(&rx, "vm-ira", &vm).await;
     p.run_cycle(false).await.expect("deltas follow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_3_a_disk_without_changes_needs_no_copy_and_idle_cycles_still_make_points() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "idl", &[("vda", 32 * MIB), ("vdb", 32 * MIB)], false).await;
+    vm.write("vda", 0, 2 * MIB, 0x51).await;
+    vm.write("vdb", 0, 2 * MIB, 0x52).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-idl", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("initial replication");
+    // Only vda changes: vdb needs no copy, and the point is still whole and consistent.
+    vm.write("vda", 4 * MIB, MIB, 0x53).await;
+    let r = p.run_cycle(false).await.expect("cycle");
+    assert_eq!((r.copied_disks, r.data_bytes), (1, MIB), "{r:?}");
+    assert_latest_identical(&rx, "vm-idl", &vm).await;
+    // Nothing changes: no copy at all, but a new point records that the replica is current.
+    let idle = p.run_cycle(false).await.expect("idle cycle");
+    assert_eq!((idle.copied_disks, idle.data_bytes), (0, 0), "{idle:?}");
+    let points = rx.store().vm("vm-idl").await.expect("vm").recovery_points().expect("points");
+    assert_eq!(points.len(), 3);
+    assert!(points[2].time > points[1].time);
+    // Changes after an idle cycle are tracked as usual.
+    vm.write("vdb", 8 * MIB, MIB, 0x54).await;
+    let r = p.run_cycle(false).await.expect("cycle after idle");
+    assert_eq!((r.copied_disks, r.data_bytes), (1, MIB), "{r:?}");
+    assert_latest_identical(&rx, "vm-idl", &vm).await;
+}
