@@ -390,9 +390,6 @@ impl ReplicationService {
                             }
                             r
                         }
-                        // REP-6: tracking was lost (QEMU crash, raw disk after a restart): compare
-                        // block hashes with the replica and send only the differences; the
-                        // replica's recovery points are kept.
                         // REP-6: outside the configured window an automatic resync waits (an
                         // operator's repair runs at once).
                         Ok(ferry_repl::TrackingState::ResyncRequired { .. })
@@ -410,6 +407,9 @@ impl ReplicationService {
                             tokio::time::sleep(interval.min(Duration::from_secs(30))).await;
                             continue;
                         }
+                        // REP-6: tracking was lost (QEMU crash, raw disk after a restart) or an
+                        // operator asked for a repair: compare block hashes with the replica and
+                        // send only the differences; the replica's recovery points are kept.
                         Ok(ferry_repl::TrackingState::ResyncRequired { reason }) => {
                             tracing::warn!(item = %item, %reason, "change tracking lost; resynchronizing");
                             set_phase(&sources, item, ReplicationPhase::Resynchronizing);

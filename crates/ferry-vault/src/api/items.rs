@@ -237,13 +237,10 @@ pub async fn enable_on_site(
     vms: &[String],
     from_site: Option<&str>,
 ) -> ApiResult<Vec<Enabled>> {
-    let st = st.clone();
-    let v_id = vault;
-    let req = EnableProtection { source_site: source.name.clone(), vms: vms.to_vec() };
     // Plan every VM first: one bad VM refuses the request and changes nothing.
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
-    for name in &req.vms {
+    for name in vms {
         let vm = source
             .inventory
             .vms
@@ -253,11 +250,11 @@ pub async fn enable_on_site(
         if !seen.insert(vm.id.clone()) {
             return Err(ApiFailure::bad_request("DuplicateVm", format!("VM {} is listed twice", vm.name)));
         }
-        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, v_id).await?;
+        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await?;
         if existing.iter().any(|d| d.body.vm_id == vm.id) {
             return Err(ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", vm.name)));
         }
-        planned.push(plan_item(&st, v_id, source, vm).await?);
+        planned.push(plan_item(&st, vault, source, vm).await?);
     }
     let mut out = Vec::new();
     for item in planned {
@@ -265,7 +262,7 @@ pub async fn enable_on_site(
         st.store
             .put_doc(
                 DocKind::ProtectedItem,
-                v_id,
+                vault,
                 &item.id.to_string(),
                 Some(&item.container_mapping.to_string()),
                 Some(&unique),
@@ -284,7 +281,7 @@ pub async fn enable_on_site(
             .submit(
                 &st,
                 NewJob {
-                    vault: v_id,
+                    vault: vault,
                     operation: crate::jobs::OP_ENABLE_PROTECTION,
                     object_type: "ProtectedItem",
                     object_id: item.id.to_string(),
@@ -296,7 +293,7 @@ pub async fn enable_on_site(
             )
             .await?;
         st.event(
-            v_id,
+            vault,
             ferry_types::event::Severity::Info,
             "ProtectionEnabled",
             &match from_site {
