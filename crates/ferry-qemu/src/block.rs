@@ -174,14 +174,18 @@ impl Qmp {
         self.execute("blockdev-add", options).await.map(|_| ())
     }
 
-    /// `blockdev-add` of a qcow2 image file as node `node_name` (file node inline, no backing).
+    /// `blockdev-add` of a scratch qcow2 image file (staging of a capture) as node `node_name`
+    /// (file node inline, no backing, never flushed).
     pub async fn blockdev_add_qcow2(&self, node_name: &str, path: &Path) -> Result<()> {
         let filename = path
             .to_str()
             .ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("Path is not UTF-8: {}", path.display())))?;
+        // A scratch image: its data is read back from the page cache and discarded, never
+        // relied upon after a host crash, so QEMU need not flush it.
         self.blockdev_add(json!({
             "driver": "qcow2", "node-name": node_name, "backing": null,
-            "file": {"driver": "file", "filename": filename}
+            "cache": {"no-flush": true},
+            "file": {"driver": "file", "filename": filename, "cache": {"no-flush": true}}
         }))
         .await
     }

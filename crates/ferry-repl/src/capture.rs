@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_qemu::block::action;
-use ferry_qemu::img::{self, CreateOptions};
 use ferry_qemu::{DiskFormat, Qga, Qmp};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -209,9 +208,14 @@ impl Capture {
             }
             let f = self.staging_file(cycle, d);
             let _ = std::fs::remove_file(&f);
-            img::create(&f, DiskFormat::Qcow2, &CreateOptions { size: Some(d.size), ..Default::default() })
+            // An empty qcow2 written in-process (no `qemu-img create` on the cycle's path).
+            let (path, size) = (f.clone(), d.size);
+            tokio::task::spawn_blocking(move || crate::qcow2::Qcow2Writer::create(&path, size, false)?.finish(None))
                 .await
-                .map_err(q(format!("Cannot create staging image {}", f.display())))?;
+                .map_err(|e| Error::with_source(ErrorKind::Io, "Staging image task failed", e))?
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Io, format!("Cannot create staging image {}", f.display()), e)
+                })?;
             if let Err(e) = qmp.blockdev_add_qcow2(&Self::node(cycle, d), &f).await {
                 self.cleanup_staging(qmp, cycle, &files).await;
                 return Err(Error::qemu(format!("Cannot attach staging image {}", f.display()), e));
@@ -304,7 +308,16 @@ impl Capture {
     /// One delta capture: changes recorded in `ferry-<old>` since the previous point, as of now.
     /// With `qga`, the guest is frozen around the transaction (POL-5); if it does not answer, the
     /// point is crash-consistent and a warning says so.
-    pub async fn cycle(&self, qmp: &Qmp, old: u64, cycle: u64, qga: Option<&Path>) -> Result<Snapshot> {
+    /// With `skip_idle`, disks whose bitmap is empty are not copied (see below); without it every
+    /// disk is.
+    pub async fn cycle(
+        &self,
+        qmp: &Qmp,
+        old: u64,
+        cycle: u64,
+        qga: Option<&Path>,
+        skip_idle: bool,
+    ) -> Result<Snapshot> {
         if cycle <= old {
             return Err(Error::new(ErrorKind::Invalid, format!("Cycle {cycle} must follow generation {old}")));
         }
@@ -312,9 +325,14 @@ impl Capture {
         // bitmap is disabled in the same transaction as the others and checked again after it:
         // a write that slipped in between fails the cycle (folded into the next), so the point
         // stays crash-consistent across disks.
-        let idle_before = self.idle_disks(qmp, old).await?;
+        let t0 = std::time::Instant::now();
+        let idle_before = match skip_idle {
+            true => self.idle_disks(qmp, old).await?,
+            false => vec![false; self.disks.len()],
+        };
         let copy: Vec<bool> = idle_before.iter().map(|idle| !idle).collect();
         let files = self.add_staging(qmp, cycle, &copy).await?;
+        let staged = t0.elapsed();
         let mut actions = Vec::new();
         for (d, c) in self.disks.iter().zip(&copy) {
             actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
@@ -343,7 +361,9 @@ impl Capture {
             None => None,
         };
         let created_at = chrono::Utc::now();
+        let t1 = std::time::Instant::now();
         let txn = qmp.transaction(actions).await;
+        let txn_time = t1.elapsed();
         let app_consistent = match guard {
             Some(g) => match g.thaw().await {
                 Ok(_) => txn.is_ok(),
@@ -360,10 +380,19 @@ impl Capture {
             self.cleanup_staging(qmp, cycle, &files).await;
             return Err(Error::qemu("Cycle transaction failed", e));
         }
+        let t2 = std::time::Instant::now();
         if let Err(e) = self.finish_jobs(qmp, cycle, &files).await {
             self.fold(qmp, old, cycle).await?;
             return Err(e);
         }
+        tracing::debug!(
+            cycle,
+            copied = copy.iter().filter(|c| **c).count(),
+            staging_ms = staged.as_secs_f64() * 1e3,
+            transaction_ms = txn_time.as_secs_f64() * 1e3,
+            jobs_ms = t2.elapsed().as_secs_f64() * 1e3,
+            "capture timings"
+        );
         if idle_before.iter().any(|idle| *idle) {
             let idle_after = self.idle_disks(qmp, old).await;
             let slipped = match &idle_after {
@@ -376,7 +405,7 @@ impl Capture {
                 }
                 self.fold(qmp, old, cycle).await?;
                 return Err(Error::new(
-                    ErrorKind::Busy,
+                    ErrorKind::Raced,
                     "A disk was written while the cycle started; its changes go with the next cycle",
                 ));
             }

@@ -343,7 +343,18 @@ impl Primary {
         } else {
             None
         };
-        let mut snap = match self.capture.cycle(self.vm.qmp(), generation, cycle, qga.as_deref()).await {
+        let first = self.capture.cycle(self.vm.qmp(), generation, cycle, qga.as_deref(), true).await;
+        let first = match first {
+            // A write raced the start on a disk taken as unchanged; it is folded into bitmap
+            // `cycle` now: capture again at once, copying every disk.
+            Err(e) if e.kind() == ErrorKind::Raced => {
+                tracing::debug!(vm = %self.cfg.vm_id, cycle, "a write raced the cycle's start; capturing again");
+                let again = self.alloc_cycle(cycle + 1)?;
+                self.capture.cycle(self.vm.qmp(), cycle, again, qga.as_deref(), false).await
+            }
+            r => r,
+        };
+        let mut snap = match first {
             Ok(s) => s,
             Err(e) => {
                 self.counters.cycles_failed += 1;

@@ -30,6 +30,9 @@ pub enum ErrorKind {
     NotFound,
     /// The operation conflicts with another one (a point in use, a cycle in progress).
     Busy,
+    /// A guest write raced the start of a cycle on a disk taken as unchanged; the cycle was
+    /// folded into the next one, which can start at once.
+    Raced,
     /// Invalid configuration or argument.
     Invalid,
 }
