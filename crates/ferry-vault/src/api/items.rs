@@ -254,7 +254,7 @@ pub async fn enable_on_site(
         if existing.iter().any(|d| d.body.vm_id == vm.id) {
             return Err(ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", vm.name)));
         }
-        planned.push(plan_item(&st, vault, source, vm).await?);
+        planned.push(plan_item(st, vault, source, vm).await?);
     }
     let mut out = Vec::new();
     for item in planned {
@@ -279,9 +279,9 @@ pub async fn enable_on_site(
         let job = st
             .jobs
             .submit(
-                &st,
+                st,
                 NewJob {
-                    vault: vault,
+                    vault,
                     operation: crate::jobs::OP_ENABLE_PROTECTION,
                     object_type: "ProtectedItem",
                     object_id: item.id.to_string(),
