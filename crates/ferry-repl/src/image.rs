@@ -41,8 +41,10 @@ impl ChainReader {
 
     /// Reader over ONE qcow2 layer (its backing ignored): only that layer's extents.
     pub async fn open_layer(path: &Path, size: u64) -> Result<Self> {
-        let map =
-            img::map_layer(path, false).await.map_err(|e| Error::qemu(format!("Cannot map {}", path.display()), e))?;
+        let p = path.to_path_buf();
+        let map = tokio::task::spawn_blocking(move || crate::qcow2::map_layer(&p))
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Io, "Map task failed", e))??;
         Self::from_map(&[path.to_path_buf()], map, size)
     }
 

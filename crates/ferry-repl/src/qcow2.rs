@@ -267,10 +267,141 @@ impl Qcow2Writer {
     }
 }
 
+/// The extents one qcow2 layer holds itself (its backing ignored), read from its metadata in
+/// process: what `qemu-img map` reports at depth 0 — data clusters with their host offset and
+/// zero-flag clusters — without starting a process on every cycle. Only what Ferry can read
+/// directly is accepted: no encryption, compression, external data file or extended L2 entries.
+pub fn map_layer(path: &Path) -> Result<Vec<ferry_qemu::img::MapExtent>> {
+    let bad = |what: &str| Error::new(ErrorKind::Store, format!("{}: {what}", path.display()));
+    let file = File::open(path).map_err(|e| Error::io(format!("Cannot open {}", path.display()), e))?;
+    let mut h = [0u8; 104];
+    file.read_exact_at(&mut h[..72], 0).map_err(|e| Error::io(format!("Cannot read {}", path.display()), e))?;
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let be64 = |b: &[u8], at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[at..at + 8]);
+        u64::from_be_bytes(x)
+    };
+    if be32(&h, 0) != 0x5146_49fb {
+        return Err(bad("not a qcow2 image"));
+    }
+    let version = be32(&h, 4);
+    if version == 3 {
+        file.read_exact_at(&mut h[72..80], 72).map_err(|e| Error::io(format!("Cannot read {}", path.display()), e))?;
+        // dirty (bit 0) and the compression type (bit 3) do not change how L2 entries read.
+        if be64(&h, 72) & !0b1001 != 0 {
+            return Err(bad("incompatible features Ferry cannot read in place"));
+        }
+    } else if version != 2 {
+        return Err(bad("unknown qcow2 version"));
+    }
+    let cluster_bits = be32(&h, 20);
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(bad("cluster size out of range"));
+    }
+    if be32(&h, 32) != 0 {
+        return Err(bad("encrypted"));
+    }
+    let cluster = 1u64 << cluster_bits;
+    let size = be64(&h, 24);
+    let l1_size = u64::from(be32(&h, 36));
+    let l1_offset = be64(&h, 40);
+    let l2_entries = cluster / 8;
+    if l1_size > size.div_ceil(cluster * l2_entries) + 1 {
+        return Err(bad("L1 table larger than the image needs"));
+    }
+    let read_table = |offset: u64, entries: u64| -> Result<Vec<u64>> {
+        let mut b = vec![0u8; (entries * 8) as usize];
+        file.read_exact_at(&mut b, offset).map_err(|e| Error::io(format!("Cannot read {}", path.display()), e))?;
+        Ok(b.chunks_exact(8).map(|c| be64(c, 0)).collect())
+    };
+    let l1 = read_table(l1_offset, l1_size)?;
+    let mut out: Vec<ferry_qemu::img::MapExtent> = Vec::new();
+    for (i, l1e) in l1.iter().enumerate() {
+        let l2_offset = l1e & OFFSET_MASK;
+        if l2_offset == 0 {
+            continue;
+        }
+        for (j, e) in read_table(l2_offset, l2_entries)?.into_iter().enumerate() {
+            let start = (i as u64 * l2_entries + j as u64) * cluster;
+            if start >= size {
+                break;
+            }
+            if e & (1 << 62) != 0 {
+                return Err(bad("compressed cluster"));
+            }
+            let host = e & OFFSET_MASK;
+            let zero = version == 3 && e & OFLAG_ZERO != 0;
+            if host == 0 && !zero {
+                continue;
+            }
+            let length = cluster.min(size - start);
+            let data = !zero;
+            let offset = data.then_some(host);
+            match out.last_mut() {
+                Some(last)
+                    if last.start + last.length == start
+                        && last.data == data
+                        && (!data || last.offset.map(|o| o + last.length) == offset) =>
+                {
+                    last.length += length;
+                }
+                _ => {
+                    out.push(ferry_qemu::img::MapExtent { start, length, depth: 0, present: true, zero, data, offset })
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ferry_qemu::img;
+
+    #[tokio::test]
+    async fn rep_3_in_process_layer_map_matches_qemu_img() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("staging.qcow2");
+        let size = 40 << 20;
+        Qcow2Writer::create(&path, size, false).expect("create").finish(None).expect("finish");
+        assert!(map_layer(&path).expect("map").is_empty(), "a fresh image holds nothing");
+        // QEMU writes into it as a backup job would: data, zeroes, data at the end.
+        let out = std::process::Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 0x11 0 192k", "-c", "write -z 1M 128k", "-c"])
+            .arg("write -P 0x22 33M 64k")
+            .args(["-c", "write -P 0x33 39936k 1024k"])
+            .arg(&path)
+            .output()
+            .expect("qemu-io");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mine = map_layer(&path).expect("map");
+        let theirs = img::map_layer(&path, false).await.expect("qemu-img map");
+        let cover = |m: &[img::MapExtent]| -> Vec<(u64, bool, bool)> {
+            let mut v = Vec::new();
+            for e in m {
+                let mut at = e.start;
+                while at < e.start + e.length {
+                    v.push((at, e.data, e.zero));
+                    at += CLUSTER;
+                }
+            }
+            v
+        };
+        assert_eq!(cover(&mine), cover(&theirs), "mine {mine:?}\ntheirs {theirs:?}");
+        // Host offsets read back the guest's bytes.
+        let f = File::open(&path).expect("open");
+        for (pattern, at) in [(0x11u8, 0u64), (0x22, 33 << 20), (0x33, (39936 + 512) << 10)] {
+            let e = mine.iter().find(|e| e.data && e.start <= at && at < e.start + e.length).expect("extent");
+            let mut b = [0u8; 512];
+            f.read_exact_at(&mut b, e.offset.expect("offset") + (at - e.start)).expect("read");
+            assert!(b.iter().all(|x| *x == pattern), "{pattern:#x} at {at}");
+        }
+        assert!(map_layer(&dir.path().join("missing.qcow2")).is_err());
+        std::fs::write(dir.path().join("raw.img"), vec![0u8; 4096]).expect("raw");
+        assert!(map_layer(&dir.path().join("raw.img")).is_err(), "a raw file is refused");
+    }
 
     #[tokio::test]
     async fn rep_3_qcow2_writer_output_is_clean_and_exact() {
