@@ -1478,7 +1478,7 @@ fn targets(r: &BenchReport) -> Vec<Target> {
                 ratio: Some(ratio),
                 pass: Some(check(ratio, true, 40.0)),
                 bound: format!(
-                    "Ferry's cycle is fixed cost, not data: capture {:.0} ms (QMP transaction, backup job into a staging image) + ship {:.0} ms (qemu-img map of the staging image, TLS handshake, overlay write, fsync, catalog) for {:.1} MiB; rsync reads both {:.0} MiB copies",
+                    "Ferry's cycle is fixed cost, not data: capture {:.0} ms (QMP transaction, backup job into a staging image) + ship {:.0} ms (TLS handshake, overlay write, fsync, catalog) for {:.1} MiB; rsync reads both {:.0} MiB copies",
                     ms(r.delta.capture),
                     ms(r.delta.ship()),
                     mib(r.delta.data_bytes),
