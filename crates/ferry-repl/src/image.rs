@@ -1,5 +1,6 @@
-//! Reading disk images without QEMU in the data path: `qemu-img map` tells where each extent lives
-//! (layer depth + host offset), then the bytes are `pread` from the layer's file. Used for the
+//! Reading disk images without QEMU in the data path: a map tells where each extent lives (layer
+//! depth + host offset; `qemu-img map` for chains, the qcow2 metadata read in process for one
+//! staging layer), then the bytes are `pread` from the layer's file. Used for the
 //! primary's staging layers, the replica's chains (resync hashing) and existing images (REP-7).
 //! Only uncompressed, unencrypted images can be read this way; anything else is refused.
 
@@ -15,7 +16,7 @@ use crate::protocol::{is_zero, ExtentKind};
 /// Largest data extent the sender ships (payload before compression).
 pub const SEND_CHUNK: u64 = 1 << 20;
 
-/// A readable image: a chain of files (top first) plus its `qemu-img map`.
+/// A readable image: a chain of files (top first) plus its map.
 #[derive(Debug)]
 pub struct ChainReader {
     files: Vec<File>,

@@ -9,7 +9,7 @@
 //!  │   │ ONE transaction per VM per cycle  │  Hello        │   │                              │
 //!  │   ▼                                   │  BeginCycle   │   ▼                              │
 //!  │ staging qcow2 per disk (the delta)    │  Extent × n ─▶│ new overlay per disk (direct     │
-//!  │   │ qemu-img map + pread              │  EndCycle     │ qcow2 writer), fsync, catalog    │
+//!  │   │ qcow2 map (in process) + pread    │  EndCycle     │ qcow2 writer), fsync, catalog    │
 //!  │   ▼                                   │ ◀─ Ack durable│ base ← rp1 ← … ← rpN per disk    │
 //!  │ Primary: ship, then drop ferry-N      │               │ retention: commit + rebase -u    │
 //!  │ (on failure: merge ferry-N → N+1)     │               │ test failover: overlay on rpK     │
