@@ -540,12 +540,7 @@ impl ReplicationService {
     ) -> Result<serde_json::Value, ReplicationError> {
         let spec = {
             let mut p = self.persisted.lock().await;
-            let spec = p
-                .sources
-                .iter()
-                .find(|s| s.item == item)
-                .cloned()
-                .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+            let spec = source_spec(&p, item)?;
             p.paused.retain(|i| *i != item);
             write_state(&self.data.join("replication.json"), &p)?;
             spec
@@ -567,12 +562,7 @@ impl ReplicationService {
     ) -> Result<serde_json::Value, ReplicationError> {
         let spec = {
             let mut p = self.persisted.lock().await;
-            let spec = p
-                .sources
-                .iter()
-                .find(|s| s.item == item)
-                .cloned()
-                .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))?;
+            let spec = source_spec(&p, item)?;
             if p.paused.contains(&item) {
                 return Err(ReplicationError::Invalid(format!("Replication of {item} is paused; resume it first")));
             }
@@ -914,6 +904,15 @@ impl SourceStatus {
             last_error: None,
         }
     }
+}
+
+/// The replication this host runs as the source of `item`.
+fn source_spec(p: &Persisted, item: Uuid) -> Result<ReplicationSpec, ReplicationError> {
+    p.sources
+        .iter()
+        .find(|s| s.item == item)
+        .cloned()
+        .ok_or_else(|| ReplicationError::Invalid(format!("{item} is not replicated from this host")))
 }
 
 /// Minutes after midnight, local time (the windows' clock).
