@@ -34,6 +34,7 @@
 pub mod bench;
 pub mod bench_failover;
 pub mod capture;
+pub mod data_sink;
 pub mod engine;
 pub mod error;
 pub mod image;

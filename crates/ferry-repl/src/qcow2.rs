@@ -9,7 +9,7 @@
 //! then           data clusters in arrival order (streamed while receiving)
 //! then           L2 tables, then refcount blocks (16-bit, every cluster refcount 1)
 //! ```
-//! Data is appended as it arrives; all metadata, the header last, is written by
+//! Data is appended as it arrives (through a [`DataSink`]: a writer thread, `O_DIRECT`); all metadata, the header last, is written by
 //! [`Qcow2Writer::finish`], which also fsyncs. A file that was never finished has no valid header,
 //! so a crash mid-apply can never be mistaken for a recovery point.
 //!
@@ -18,10 +18,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::data_sink::DataSink;
 use crate::error::{Error, ErrorKind, Result};
 
 const CLUSTER_BITS: u32 = 16;
@@ -44,6 +44,8 @@ pub struct Qcow2Writer {
     l2: BTreeMap<u64, Vec<u64>>,
     has_backing: bool,
     data_bytes: u64,
+    /// Data clusters go through here (opened at the first data write).
+    sink: Option<DataSink>,
 }
 
 impl Qcow2Writer {
@@ -74,6 +76,7 @@ impl Qcow2Writer {
             l2: BTreeMap::new(),
             has_backing,
             data_bytes: 0,
+            sink: None,
         })
     }
 
@@ -118,12 +121,7 @@ impl Qcow2Writer {
                 *self.entry(first + i) = OFLAG_COPIED | host;
             }
             self.next_cluster += n;
-            self.pwrite(data, host0)?;
-            if !(data.len() as u64).is_multiple_of(CLUSTER) {
-                let pad = vec![0u8; (n * CLUSTER - data.len() as u64) as usize];
-                self.pwrite(&pad, host0 + data.len() as u64)?;
-            }
-            self.start_writeback(host0, n * CLUSTER);
+            self.sink()?.write(host0, data, (n * CLUSTER) as usize)?;
         } else {
             for i in 0..n {
                 let e = *self.entry(first + i);
@@ -137,9 +135,7 @@ impl Qcow2Writer {
                 *self.entry(first + i) = OFLAG_COPIED | host;
                 let lo = (i * CLUSTER) as usize;
                 let hi = ((i + 1) * CLUSTER).min(data.len() as u64) as usize;
-                let mut buf = data[lo..hi].to_vec();
-                buf.resize(CLUSTER as usize, 0);
-                self.pwrite(&buf, host)?;
+                self.sink()?.write(host, &data[lo..hi], CLUSTER as usize)?;
             }
         }
         self.data_bytes += data.len() as u64;
@@ -163,11 +159,10 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    /// Start writing dirty pages back now, so the final fsync has little left to do.
-    fn start_writeback(&self, at: u64, len: u64) {
-        // SAFETY: advisory syscall on an open descriptor; failure only loses the head start.
-        unsafe {
-            libc::sync_file_range(self.file.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    fn sink(&mut self) -> Result<&mut DataSink> {
+        match &mut self.sink {
+            Some(s) => Ok(s),
+            none => Ok(none.insert(DataSink::open(&self.path)?)),
         }
     }
 
@@ -182,6 +177,9 @@ impl Qcow2Writer {
     pub fn finish(mut self, backing: Option<&str>) -> Result<u64> {
         if backing.is_some() != self.has_backing {
             return Err(Error::new(ErrorKind::Store, "Backing file given contrary to how the writer was created"));
+        }
+        if let Some(sink) = self.sink.take() {
+            sink.close()?;
         }
         let l2 = std::mem::take(&mut self.l2);
         let mut l1 = vec![0u64; self.l1_size as usize];

@@ -1,0 +1,197 @@
+//! Writing data clusters of an image off the receiving thread, bypassing the page cache.
+//!
+//! The replica's receive loop (TLS, frame decode, checksum) hands each data run to a writer
+//! thread through a short queue, so receiving and writing overlap. The thread writes with
+//! `O_DIRECT` where the file system supports it: received data is not read back soon, and
+//! copying it into fresh page-cache pages cost more CPU than the whole rest of the receive path
+//! (measured with the replication bench); direct writes also leave the final fsync little to do.
+//! Where `O_DIRECT` is refused (tmpfs), the thread writes through the page cache and starts the
+//! writeback of each run at once.
+//!
+//! Runs are copied into 4 KiB-aligned buffers (what `O_DIRECT` needs) taken from a small pool, so
+//! the steady state allocates nothing. Writes happen in submission order, so a cluster written
+//! twice ends with the later data. The first write error stops the thread; it is returned by the
+//! next [`DataSink::write`] or by [`DataSink::close`].
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// Alignment `O_DIRECT` needs for buffer address, length and file offset.
+pub const DIRECT_ALIGN: usize = 4096;
+/// Runs queued ahead of the writer thread.
+const QUEUE_DEPTH: usize = 6;
+
+/// A byte buffer whose usable part starts at a [`DIRECT_ALIGN`] boundary.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Make the buffer `len` bytes long (contents unspecified), reusing its memory when it fits.
+    fn resize(&mut self, len: usize) {
+        if self.raw.len() < len + DIRECT_ALIGN {
+            self.raw = vec![0u8; len + DIRECT_ALIGN];
+        }
+        self.start = self.raw.as_ptr().align_offset(DIRECT_ALIGN);
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+struct Job {
+    at: u64,
+    buf: AlignedBuf,
+}
+
+/// Background writer of one file's data runs.
+#[derive(Debug)]
+pub struct DataSink {
+    path: PathBuf,
+    tx: Option<SyncSender<Job>>,
+    free: Receiver<AlignedBuf>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    direct: bool,
+}
+
+impl DataSink {
+    /// A sink writing into `path` (which must exist).
+    pub fn open(path: &Path) -> Result<Self> {
+        let (file, direct) = match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+            Ok(f) => (f, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io(format!("Cannot open {}", path.display()), e))?,
+                false,
+            ),
+            Err(e) => return Err(Error::io(format!("Cannot open {}", path.display()), e)),
+        };
+        let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
+        let (free_tx, free) = sync_channel::<AlignedBuf>(QUEUE_DEPTH + 2);
+        let thread = std::thread::Builder::new()
+            .name("ferry-data-sink".into())
+            .spawn(move || write_loop(&file, direct, &rx, &free_tx))
+            .map_err(|e| Error::io("Cannot start the image writer thread", e))?;
+        Ok(Self { path: path.to_path_buf(), tx: Some(tx), free, thread: Some(thread), direct })
+    }
+
+    /// Whether writes bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Queue `data` for writing at `at` (a multiple of [`DIRECT_ALIGN`]), zero-padded to `padded`
+    /// bytes (a multiple of [`DIRECT_ALIGN`], at least `data.len()`).
+    pub fn write(&mut self, at: u64, data: &[u8], padded: usize) -> Result<()> {
+        debug_assert!(at.is_multiple_of(DIRECT_ALIGN as u64) && padded.is_multiple_of(DIRECT_ALIGN));
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.resize(padded.max(data.len()));
+        let dst = buf.as_mut_slice();
+        dst[..data.len()].copy_from_slice(data);
+        dst[data.len()..].fill(0);
+        let sent = self.tx.as_ref().map(|tx| tx.send(Job { at, buf }).is_ok()).unwrap_or(false);
+        if sent {
+            Ok(())
+        } else {
+            Err(self.stop().err().unwrap_or_else(|| {
+                Error::io(
+                    format!("Cannot write {}", self.path.display()),
+                    std::io::Error::other("writer thread stopped"),
+                )
+            }))
+        }
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(Error::io(format!("Cannot write {}", self.path.display()), e)),
+            Some(Err(_)) => Err(Error::io(
+                format!("Cannot write {}", self.path.display()),
+                std::io::Error::other("writer thread panicked"),
+            )),
+        }
+    }
+
+    /// Wait until every queued run is written; the first write error, if any.
+    pub fn close(mut self) -> Result<()> {
+        self.stop()
+    }
+}
+
+impl Drop for DataSink {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn write_loop(file: &File, direct: bool, rx: &Receiver<Job>, free: &SyncSender<AlignedBuf>) -> std::io::Result<()> {
+    while let Ok(Job { at, buf }) = rx.recv() {
+        file.write_all_at(buf.as_slice(), at)?;
+        if !direct {
+            // SAFETY: advisory syscall on an open descriptor; failure only loses the head start.
+            unsafe {
+                libc::sync_file_range(file.as_raw_fd(), at as i64, buf.len as i64, libc::SYNC_FILE_RANGE_WRITE);
+            }
+        }
+        let _ = free.try_send(buf);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rep_3_data_sink_writes_in_order_padded_and_reports_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Direct writes on ext4; tmpfs refuses O_DIRECT on older kernels (page-cache writes).
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        for (d, direct) in [(Some(dir.path()), true), (shm.as_ref().map(|d| d.path()), false)] {
+            let Some(d) = d else { continue };
+            let p = d.join("f");
+            std::fs::write(&p, b"").expect("create");
+            let mut s = DataSink::open(&p).expect("open");
+            assert!(s.is_direct() || !direct, "{} is written through the page cache", p.display());
+            s.write(0, &[1u8; 5000], 8192).expect("write");
+            s.write(8192, &[2u8; 4096], 4096).expect("write");
+            // The same place again: the later data wins.
+            s.write(0, &[3u8; 4096], 4096).expect("write");
+            s.close().expect("close");
+            let got = std::fs::read(&p).expect("read");
+            assert_eq!(got.len(), 12288);
+            assert!(got[..4096].iter().all(|&b| b == 3));
+            assert!(got[4096..5000].iter().all(|&b| b == 1));
+            assert!(got[5000..8192].iter().all(|&b| b == 0), "padding is zero");
+            assert!(got[8192..].iter().all(|&b| b == 2));
+        }
+
+        // A file that cannot be written: the error comes back, with the path.
+        let ro = dir.path().join("ro");
+        std::fs::write(&ro, b"").expect("create");
+        let mut s = DataSink::open(&ro).expect("open");
+        // Writing beyond what any file may hold fails in the thread.
+        let _ = s.write(1u64 << 60, &[1u8; 4096], 4096);
+        let err = s.close().expect_err("write past the maximum file size must fail");
+        assert!(err.to_string().contains("ro"), "{err}");
+    }
+}
