@@ -107,6 +107,13 @@ pub mod action {
                "data": {"job-id": job_id, "device": device, "target": target, "sync": "top"}})
     }
 
+    /// `blockdev-backup sync=none`: copy-before-write only, into a fleecing node whose backing
+    /// is `device` (the fleecing node then reads as `device` did when the job started).
+    pub fn backup_none(job_id: &str, device: &str, target: &str) -> Value {
+        json!({"type": "blockdev-backup",
+               "data": {"job-id": job_id, "device": device, "target": target, "sync": "none"}})
+    }
+
     /// `blockdev-backup sync=bitmap bitmap-mode=never` (the bitmap is left untouched).
     pub fn backup_bitmap(job_id: &str, device: &str, target: &str, bitmap: &str) -> Value {
         json!({"type": "blockdev-backup",
@@ -188,6 +195,87 @@ impl Qmp {
             "file": {"driver": "file", "filename": filename, "cache": {"no-flush": true}}
         }))
         .await
+    }
+
+    /// `blockdev-add` of a fleecing image: scratch qcow2 `path` as node `node_name` with the
+    /// running node `backing` as its backing (never flushed, like a staging image).
+    pub async fn blockdev_add_fleece(&self, node_name: &str, path: &Path, backing: &str) -> Result<()> {
+        let filename = path
+            .to_str()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("Path is not UTF-8: {}", path.display())))?;
+        self.blockdev_add(json!({
+            "driver": "qcow2", "node-name": node_name, "backing": backing,
+            "cache": {"no-flush": true},
+            "file": {"driver": "file", "filename": filename, "cache": {"no-flush": true}}
+        }))
+        .await
+    }
+
+    /// `nbd-server-start` on the Unix socket `path`.
+    pub async fn nbd_server_start(&self, path: &Path) -> Result<()> {
+        let p = path
+            .to_str()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidSpec, format!("Path is not UTF-8: {}", path.display())))?;
+        self.execute("nbd-server-start", json!({"addr": {"type": "unix", "data": {"path": p}}})).await.map(|_| ())
+    }
+
+    /// `nbd-server-stop` (removes every NBD export of this QEMU). Not running is not an error.
+    pub async fn nbd_server_stop(&self) -> Result<()> {
+        match self.execute("nbd-server-stop", json!({})).await {
+            Err(e) if matches!(e.kind(), ErrorKind::Qmp { desc, .. } if desc.contains("not running")) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// `block-export-add` of node `node` as read-only NBD export `id` (export name = id),
+    /// exposing the dirty bitmaps `bitmaps` (name on node `bitmap_node`) as metadata contexts.
+    pub async fn nbd_export_add(&self, id: &str, node: &str, bitmap_node: &str, bitmaps: &[&str]) -> Result<()> {
+        let bm: Vec<Value> = bitmaps.iter().map(|b| json!({"node": bitmap_node, "name": b})).collect();
+        self.execute(
+            "block-export-add",
+            json!({"type": "nbd", "id": id, "node-name": node, "name": id, "writable": false, "bitmaps": bm}),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Ids of the block exports of this QEMU (`query-block-exports`).
+    pub async fn block_exports(&self) -> Result<Vec<String>> {
+        let v = self.execute("query-block-exports", json!({})).await?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
+    /// `block-export-del` (mode `hard`: clients are disconnected) and wait until it is gone.
+    pub async fn block_export_del(&self, id: &str, timeout: Duration) -> Result<()> {
+        let mut stream = self.subscribe();
+        self.execute("block-export-del", json!({"id": id, "mode": "hard"})).await?;
+        if !self.block_exports().await?.iter().any(|e| e == id) {
+            return Ok(());
+        }
+        stream
+            .wait(|e| e.name == "BLOCK_EXPORT_DELETED" && e.data.get("id").and_then(Value::as_str) == Some(id), timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Ids of the running block jobs (`query-block-jobs`).
+    pub async fn block_jobs(&self) -> Result<Vec<String>> {
+        let v = self.execute("query-block-jobs", json!({})).await?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|j| j.get("device").and_then(Value::as_str).map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
+    /// Cancel block job `job_id` and wait until it ended (however it ended).
+    pub async fn block_job_cancel(&self, job_id: &str, timeout: Duration) -> Result<()> {
+        self.execute("block-job-cancel", json!({"device": job_id, "force": true})).await?;
+        match self.wait_block_job(job_id, timeout).await {
+            Ok(_) => Ok(()),
+            Err(e) if *e.kind() == ErrorKind::BlockJob => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// `blockdev-del`.

@@ -30,6 +30,7 @@ pub mod guest_records;
 pub mod img;
 pub mod iohelp;
 pub mod launcher;
+pub mod nbd;
 pub mod process;
 pub mod qga;
 pub mod qmp;

@@ -29,6 +29,8 @@ use ferry_qemu::{DiskFormat, Qga, Qmp};
 use crate::error::{Error, ErrorKind, Result};
 
 const PREFIX: &str = "ferry-";
+/// Fleecing nodes, their jobs and NBD exports (names that never parse as a bitmap generation).
+const PULL_PREFIX: &str = "ferry-fl-";
 
 /// One disk of a protected VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,10 @@ pub struct Snapshot {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Non-fatal problems (e.g. the guest agent did not answer).
     pub warnings: Vec<String>,
+    /// Set when the point is read from QEMU over NBD instead of staging copies (a pulled seed):
+    /// the NBD socket; disk `i` is export [`Capture::pull_export`]. `files` then hold the
+    /// fleecing images (scratch, removed with the point).
+    pub pull: Option<PathBuf>,
 }
 
 /// Change capture of one VM.
@@ -133,6 +139,9 @@ impl Capture {
     /// older bitmap into the newer) and detaches leftover staging nodes.
     pub async fn discover(&self, qmp: &Qmp) -> Result<TrackingState> {
         let nodes = qmp.query_named_block_nodes().await.map_err(q("Cannot list block nodes"))?;
+        if nodes.iter().any(|n| n.node_name.starts_with(PULL_PREFIX)) {
+            self.release_pulls(qmp).await;
+        }
         for n in nodes.iter().filter(|n| n.node_name.starts_with("ferry-stg-")) {
             if let Err(e) = qmp.blockdev_del(&n.node_name).await {
                 tracing::warn!(node = %n.node_name, error = %e, "Cannot detach leftover staging node");
@@ -302,7 +311,130 @@ impl Capture {
             app_consistent: false,
             created_at,
             warnings: vec![],
+            pull: None,
         })
+    }
+
+    /// Name of disk `disk`'s fleecing node, its `sync=none` job and its NBD export in `cycle`.
+    pub fn pull_export(cycle: u64, disk: &CaptureDisk) -> String {
+        format!("{PULL_PREFIX}{cycle}-{}", disk.target)
+    }
+
+    /// Where QEMU's NBD server listens for this VM's pulls: in the staging directory, or (if
+    /// that path is too long for a Unix socket) in the temporary directory under a name derived
+    /// from it.
+    fn nbd_socket(&self) -> PathBuf {
+        let p = self.staging.join("nbd.sock");
+        if p.as_os_str().len() <= 100 {
+            return p;
+        }
+        let h = blake3::hash(self.staging.as_os_str().as_encoded_bytes()).to_hex();
+        std::env::temp_dir().join(format!("ferry-nbd-{}.sock", &h[..16]))
+    }
+
+    /// Seed read in one pass (REP-2): new bitmap `ferry-<cycle>` per disk and, in the same
+    /// transaction, a `sync=none` backup job into a fleecing image whose backing is the disk.
+    /// Each fleecing node reads as its disk did at that instant (QEMU copies old data into it
+    /// before the guest overwrites it), and is exported over NBD on [`Snapshot::pull`]; the
+    /// sender reads it directly: no full staging copy is written and read back. Release with
+    /// [`Capture::commit`] or [`Capture::abort`], which stop the exports and jobs.
+    pub async fn seed_pull(&self, qmp: &Qmp, cycle: u64) -> Result<Snapshot> {
+        self.drop_tracking(qmp).await?;
+        self.release_pulls(qmp).await;
+        let sock = self.nbd_socket();
+        let mut files = Vec::new();
+        let mut snap = Snapshot {
+            cycle,
+            old_generation: None,
+            files: vec![],
+            base: true,
+            app_consistent: false,
+            created_at: chrono::Utc::now(),
+            warnings: vec![],
+            pull: Some(sock.clone()),
+        };
+        let result = async {
+            for d in &self.disks {
+                let f = self.staging.join(format!("f{cycle}-{}.qcow2", d.target));
+                let _ = std::fs::remove_file(&f);
+                let (path, size) = (f.clone(), d.size);
+                tokio::task::spawn_blocking(move || {
+                    crate::qcow2::Qcow2Writer::create(&path, size, false)?.finish(None)
+                })
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Io, "Fleecing image task failed", e))??;
+                files.push(Some(f.clone()));
+                qmp.blockdev_add_fleece(&Self::pull_export(cycle, d), &f, &d.target)
+                    .await
+                    .map_err(q(format!("Cannot attach fleecing image {}", f.display())))?;
+            }
+            let mut actions = Vec::new();
+            for d in &self.disks {
+                actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
+                let id = Self::pull_export(cycle, d);
+                actions.push(action::backup_none(&id, &d.target, &id));
+            }
+            snap.created_at = chrono::Utc::now();
+            qmp.transaction(actions).await.map_err(q("Seed transaction failed"))?;
+            let _ = std::fs::remove_file(&sock);
+            qmp.nbd_server_start(&sock)
+                .await
+                .map_err(q(format!("Cannot start QEMU's NBD server on {}", sock.display())))?;
+            for d in &self.disks {
+                let id = Self::pull_export(cycle, d);
+                qmp.nbd_export_add(&id, &id, &d.target, &[]).await.map_err(q(format!("Cannot export {id}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        snap.files = files;
+        match result {
+            Ok(()) => Ok(snap),
+            Err(e) => {
+                // The bitmap stays (like a failed copy seed); the next seed removes it again.
+                self.release_pulls(qmp).await;
+                Self::remove_files(&snap);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop every pull of this VM: NBD exports, `sync=none` jobs and fleecing nodes named by
+    /// Ferry, and QEMU's NBD server. Best effort (each step logs what it could not do); used
+    /// after a pulled point was shipped or failed, and for leftovers of a crashed agent.
+    pub async fn release_pulls(&self, qmp: &Qmp) {
+        let t = Duration::from_secs(30);
+        match qmp.block_exports().await {
+            Ok(ids) => {
+                for id in ids.iter().filter(|i| i.starts_with(PULL_PREFIX)) {
+                    if let Err(e) = qmp.block_export_del(id, t).await {
+                        tracing::warn!(export = %id, error = %e, "Cannot remove NBD export");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "Cannot list block exports"),
+        }
+        if let Err(e) = qmp.nbd_server_stop().await {
+            tracing::warn!(error = %e, "Cannot stop QEMU's NBD server");
+        }
+        let _ = std::fs::remove_file(self.nbd_socket());
+        match qmp.block_jobs().await {
+            Ok(ids) => {
+                for id in ids.iter().filter(|i| i.starts_with(PULL_PREFIX)) {
+                    if let Err(e) = qmp.block_job_cancel(id, t).await {
+                        tracing::warn!(job = %id, error = %e, "Cannot cancel fleecing job");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "Cannot list block jobs"),
+        }
+        if let Ok(nodes) = qmp.query_named_block_nodes().await {
+            for n in nodes.iter().filter(|n| n.node_name.starts_with(PULL_PREFIX)) {
+                if let Err(e) = qmp.blockdev_del(&n.node_name).await {
+                    tracing::warn!(node = %n.node_name, error = %e, "Cannot detach fleecing node");
+                }
+            }
+        }
     }
 
     /// One delta capture: changes recorded in `ferry-<old>` since the previous point, as of now.
@@ -410,7 +542,16 @@ impl Capture {
                 ));
             }
         }
-        Ok(Snapshot { cycle, old_generation: Some(old), files, base: false, app_consistent, created_at, warnings })
+        Ok(Snapshot {
+            cycle,
+            old_generation: Some(old),
+            files,
+            base: false,
+            app_consistent,
+            created_at,
+            warnings,
+            pull: None,
+        })
     }
 
     /// Per disk: whether bitmap `ferry-<generation>` records no change.
@@ -459,8 +600,11 @@ impl Capture {
         }
     }
 
-    /// The replica durably applied `snap`: drop its bitmap and staging images.
+    /// The replica durably applied `snap`: drop its bitmap and staging images (or its pull).
     pub async fn commit(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
+        if snap.pull.is_some() {
+            self.release_pulls(qmp).await;
+        }
         if let Some(old) = snap.old_generation {
             let mut actions = Vec::new();
             for d in &self.disks {
@@ -475,6 +619,9 @@ impl Capture {
     /// Shipping `snap` failed: fold its bitmap into the next one (the next cycle sends the union)
     /// and drop the staging images. A failed seed keeps its bitmap; the next seed starts over.
     pub async fn abort(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
+        if snap.pull.is_some() {
+            self.release_pulls(qmp).await;
+        }
         Self::remove_files(snap);
         match snap.old_generation {
             Some(old) => self.fold(qmp, old, snap.cycle).await,

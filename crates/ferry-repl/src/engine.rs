@@ -268,9 +268,10 @@ impl Primary {
         let mut readers = Vec::new();
         let mut extents = Vec::new();
         for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {
-            let r = match f {
-                Some(f) => ChainReader::open_layer(f, d.size).await?,
-                None => ChainReader::empty(d.size),
+            let r = match (&snap.pull, f) {
+                (Some(sock), _) => ChainReader::open_nbd(sock, &Capture::pull_export(snap.cycle, d), d.size).await?,
+                (None, Some(f)) => ChainReader::open_layer(f, d.size).await?,
+                (None, None) => ChainReader::empty(d.size),
             };
             extents.extend(plan_layer(i as u16, &r, snap.base));
             readers.push(r);
@@ -285,7 +286,7 @@ impl Primary {
     pub async fn seed_and_initial(&mut self) -> Result<CycleReport> {
         let t0 = Instant::now();
         let cycle = self.alloc_cycle(0)?;
-        let snap = self.capture.seed(self.vm.qmp(), cycle).await?;
+        let snap = self.capture.seed_pull(self.vm.qmp(), cycle).await?;
         match self.ship(snap, t0).await {
             Ok(r) => {
                 self.state.seeded = true;

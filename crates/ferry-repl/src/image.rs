@@ -3,12 +3,19 @@
 //! staging layer), then the bytes are `pread` from the layer's file. Used for the
 //! primary's staging layers, the replica's chains (resync hashing) and existing images (REP-7).
 //! Only uncompressed, unencrypted images can be read this way; anything else is refused.
+//!
+//! A pulled point ([`ChainReader::open_nbd`]) is read from QEMU's NBD export of a fleecing node
+//! instead: its map comes from NBD block status (`base:allocation`), its bytes from NBD reads with
+//! a few requests in flight ahead of the sender.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use ferry_qemu::img::{self, MapExtent};
+use ferry_qemu::nbd::{NbdClient, STATE_ZERO};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{is_zero, ExtentKind};
@@ -23,6 +30,8 @@ pub struct ChainReader {
     paths: Vec<PathBuf>,
     map: Vec<MapExtent>,
     size: u64,
+    /// Reads go to this NBD export instead of `files` (a pulled point).
+    nbd: Option<Mutex<NbdClient>>,
 }
 
 impl ChainReader {
@@ -37,7 +46,55 @@ impl ChainReader {
 
     /// A layer without any extent (a disk without changes in a cycle).
     pub fn empty(size: u64) -> Self {
-        Self { files: vec![], paths: vec![], map: vec![], size }
+        Self { files: vec![], paths: vec![], map: vec![], size, nbd: None }
+    }
+
+    /// Reader over NBD export `export` on `socket` (QEMU's export of a fleecing node): what the
+    /// disk held at the point, all layers of its chain. The map marks data wherever
+    /// `base:allocation` does not say "reads as zeroes".
+    pub async fn open_nbd(socket: &Path, export: &str, size: u64) -> Result<Self> {
+        let (sock, name) = (socket.to_path_buf(), export.to_string());
+        tokio::task::spawn_blocking(move || {
+            let t = Duration::from_secs(60);
+            let q = |e: ferry_qemu::Error| Error::qemu(format!("Cannot read NBD export {name}"), e);
+            let mut status = NbdClient::connect(&sock, &name, Some("base:allocation"), t).map_err(q)?;
+            if status.size() != size {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!("NBD export {name} has {} bytes, the disk {size}", status.size()),
+                ));
+            }
+            let map = status
+                .block_status_all()
+                .map_err(q)?
+                .into_iter()
+                .map(|e| {
+                    let data = e.flags & STATE_ZERO == 0;
+                    MapExtent {
+                        start: e.offset,
+                        length: e.len,
+                        depth: 0,
+                        data,
+                        zero: !data,
+                        present: true,
+                        offset: None,
+                    }
+                })
+                .collect();
+            let client = NbdClient::connect(&sock, &name, None, t).map_err(q)?;
+            Ok(Self { files: vec![], paths: vec![sock], map, size, nbd: Some(Mutex::new(client)) })
+        })
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Io, "NBD map task failed", e))?
+    }
+
+    /// Hint that `[offset, offset+len)` will be read soon (NBD: the request is sent now).
+    pub fn read_ahead(&self, offset: u64, len: u64) {
+        if let Some(c) = &self.nbd {
+            if let Ok(mut c) = c.lock() {
+                let _ = c.read_ahead(offset, len);
+            }
+        }
     }
 
     /// Reader over ONE qcow2 layer (its backing ignored): only that layer's extents.
@@ -67,7 +124,7 @@ impl ChainReader {
                 ));
             }
         }
-        Ok(Self { files, paths: chain.to_vec(), map, size })
+        Ok(Self { files, paths: chain.to_vec(), map, size, nbd: None })
     }
 
     /// Virtual size.
@@ -92,6 +149,10 @@ impl ChainReader {
 
     /// Read `buf.len()` bytes at `offset`; areas without data read as zero.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if let Some(c) = &self.nbd {
+            let mut c = c.lock().map_err(|_| Error::new(ErrorKind::Io, "NBD reader poisoned"))?;
+            return c.read(offset, buf).map_err(|e| Error::qemu(format!("NBD read at {offset} failed"), e));
+        }
         buf.fill(0);
         let end = offset + buf.len() as u64;
         for e in self.map[self.first_at(offset)..].iter().take_while(|e| e.start < end) {

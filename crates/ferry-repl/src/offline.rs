@@ -305,6 +305,7 @@ impl Primary {
             app_consistent: false,
             created_at: m.created_at,
             warnings: vec![],
+            pull: None,
         };
         Some((snap, Some(m.clone())))
     }

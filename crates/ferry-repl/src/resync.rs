@@ -190,6 +190,7 @@ impl Primary {
             app_consistent: false,
             created_at: chrono::DateTime::from_timestamp_millis(st.created_at_ms).unwrap_or_else(chrono::Utc::now),
             warnings: vec![],
+            pull: None,
         };
         let readers = readers
             .into_iter()

@@ -21,6 +21,9 @@ use crate::protocol::{
 };
 use crate::transport::{self, Limiter};
 
+/// Extents read ahead of the one being sent (NBD sources).
+const READ_AHEAD: usize = 4;
+
 /// Where and as whom to send.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -99,6 +102,12 @@ impl CycleSource {
                 .readers
                 .get(pe.disk as usize)
                 .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
+            // Keep the next extents of this disk in flight (NBD sources).
+            for next in self.extents.iter().skip(i as usize + 1).take(READ_AHEAD) {
+                if next.disk == pe.disk && next.kind == ExtentKind::Data {
+                    reader.read_ahead(next.offset, next.len);
+                }
+            }
             reader.read(pe.offset, buf)?;
             if !is_zero(buf) {
                 return Ok((encode_data_frame(i, pe.disk, pe.offset, buf, zctx)?, pe.len));

@@ -673,23 +673,99 @@ async fn rep_2_initial_replication_interrupted_by_an_agent_crash_starts_over() {
     vm.write("vda", 0, 4 * MIB, 0x31).await;
     let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
     let staging = dir.path().join("staging");
-    // The agent seeds (new bitmap + staging copy) and dies before the replica has the base.
+    // The agent seeds (new bitmap, fleecing nodes, their jobs and NBD exports) and dies before
+    // the replica has the base.
     let p = primary(&vm, &staging, "vm-irc", rx.local_addr(), &pki);
     p_seed_only(&p, &vm).await;
+    let qmp = vm.vm.qmp();
+    assert_eq!(qmp.block_exports().await.expect("exports"), vec!["ferry-fl-42-vda".to_string()]);
     drop(p);
     let mut p = primary(&vm, &staging, "vm-irc", rx.local_addr(), &pki);
     assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Untracked, "the initial copy starts over");
+    // The new agent released what the dead one left in QEMU.
+    assert!(qmp.block_exports().await.expect("exports").is_empty());
+    assert!(qmp.block_jobs().await.expect("jobs").is_empty());
+    let nodes = qmp.query_named_block_nodes().await.expect("nodes");
+    assert!(!nodes.iter().any(|n| n.node_name.starts_with("ferry-fl-")), "fleecing nodes left");
     vm.write("vda", 8 * MIB, MIB, 0x32).await;
     p.seed_and_initial().await.expect("initial replication");
     assert_latest_identical(&rx, "vm-irc", &vm).await;
     p.run_cycle(false).await.expect("deltas follow");
 }
 
-/// Seed tracking and the staging copy without shipping (what a crash right after the capture
-/// leaves behind).
+/// Seed tracking and the pull of the point without shipping (what a crash right after the
+/// capture leaves behind).
 async fn p_seed_only(p: &ferry_repl::Primary, vm: &Vm) {
     let c = p.capture_clone();
-    c.seed(vm.vm.qmp(), 42).await.expect("seed");
+    c.seed_pull(vm.vm.qmp(), 42).await.expect("seed");
+}
+
+/// The seed is read from QEMU while the guest keeps writing: the replica's base holds the disk
+/// as it was at the seed's instant (copy-before-write into the fleecing node), the writes made
+/// during the copy arrive with the first delta, and no full staging copy is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rep_2_initial_copy_is_read_in_one_pass_at_its_point_while_the_guest_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "irp", &[("vda", 64 * MIB), ("vdb", 32 * MIB)], false).await;
+    vm.write("vda", 0, 8 * MIB, 0x51).await;
+    vm.write("vdb", 0, 2 * MIB, 0x52).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let staging = dir.path().join("staging");
+    let mut p = primary(&vm, &staging, "vm-irp", rx.local_addr(), &pki);
+    // Slow enough that the overwrite lands in the middle of the copy.
+    p.send_options_mut().limiter = Some(std::sync::Arc::new(Limiter::new(RateSchedule::constant(4 * MIB))));
+    let fleece_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (r, ()) = tokio::join!(p.seed_and_initial(), async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // The copy is running: QEMU's NBD export of each disk's fleecing node is up.
+        assert_eq!(vm.vm.qmp().block_exports().await.expect("exports").len(), 2);
+        // Through the guest's devices, as the guest writes (above QEMU's copy-before-write
+        // filter; a second writer on the disk node itself is refused while the job runs).
+        for (dev, off, pat) in [("vda", 6 * MIB, 0x99), ("vdb", 0, 0x98)] {
+            let out = vm
+                .vm
+                .qmp()
+                .hmp(&format!(
+                    "qemu-io -d /machine/peripheral/{dev}-dev/virtio-backend \"write -q -P {pat:#x} {off} {MIB}\""
+                ))
+                .await;
+            assert_eq!(out.expect("hmp").trim(), "", "write through {dev}");
+        }
+        let f: u64 = std::fs::read_dir(&staging)
+            .expect("staging")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".qcow2"))
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        fleece_bytes.store(f, std::sync::atomic::Ordering::Relaxed);
+    });
+    let r = r.expect("initial replication");
+    assert!(r.base);
+    assert_eq!(r.data_bytes, 10 * MIB, "{r:?}");
+    // Only the overwritten clusters were copied aside (2 MiB plus metadata), not 10 MiB of data.
+    let f = fleece_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(f > 0 && f < 4 * MIB, "fleecing images hold {f} bytes");
+    let rep = rx.store().vm("vm-irp").await.expect("replica");
+    let base = rep.recovery_points().expect("points")[0].id.clone();
+    for (t, pat, len) in [("vda", 0x51u8, 8 * MIB), ("vdb", 0x52, 2 * MIB)] {
+        let file = rep.point_file(&base, t).expect("point file");
+        let out = std::process::Command::new("qemu-io")
+            .args(["-r", "-f", "qcow2", "-c", &format!("read -P {pat:#x} 0 {len}")])
+            .arg(&file)
+            .output()
+            .expect("qemu-io");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains("Pattern verification failed"), "{t}: {text}");
+    }
+    // Everything was released; the writes made during the copy are in the first delta.
+    assert!(vm.vm.qmp().block_exports().await.expect("exports").is_empty());
+    assert!(vm.vm.qmp().block_jobs().await.expect("jobs").is_empty());
+    p.send_options_mut().limiter = None;
+    let d = p.run_cycle(false).await.expect("delta");
+    assert_eq!(d.data_bytes, 2 * MIB, "{d:?}");
+    assert_latest_identical(&rx, "vm-irp", &vm).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
