@@ -1,5 +1,7 @@
-//! Guest-like writes into a running VM's disk without a guest OS, through HMP `qemu-io` on the
-//! disk's format node (the device has `share-rw=on`). Offsets and lengths are bytes.
+//! Guest-like writes into a running VM's disk without a guest OS, through HMP `qemu-io`: on the
+//! disk's virtio device (`qemu-io -d`, the guest's own path, above any filter a block job puts
+//! on the disk) when the VM has one, else on the disk's format node. Offsets and lengths are
+//! bytes.
 //!
 //! Error reporting of HMP `qemu-io` on QEMU 7.2 is partial: an unknown node comes back as reply
 //! text (turned into [`ErrorKind::Hmp`]), but I/O errors and unknown qemu-io commands are printed
@@ -10,10 +12,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::qmp::Qmp;
 
 /// Writer for one block node of a running VM.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GuestIo<'a> {
     qmp: &'a Qmp,
     node: &'a str,
+    /// `-d <QOM path of the device's block backend>` when the disk has Ferry's virtio device.
+    device: Option<String>,
     size: u64,
 }
 
@@ -30,7 +34,16 @@ impl<'a> GuestIo<'a> {
             .pointer("/image/virtual-size")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| Error::new(ErrorKind::Protocol, format!("Block node {node} reports no virtual size")))?;
-        Ok(GuestIo { qmp, node, size })
+        let path = format!("/machine/peripheral/{node}-dev/virtio-backend");
+        let device = qmp.execute("qom-list", serde_json::json!({"path": path})).await.ok().map(|_| path);
+        Ok(GuestIo { qmp, node, device, size })
+    }
+
+    async fn run(&self, cmd: &str) -> Result<()> {
+        match &self.device {
+            Some(path) => self.qmp.qemu_io_device(path, cmd).await,
+            None => self.qmp.qemu_io(self.node, cmd).await,
+        }
     }
 
     /// Virtual size of the node in bytes.
@@ -57,23 +70,23 @@ impl<'a> GuestIo<'a> {
     /// Fill `[offset, offset+len)` with byte `pattern`.
     pub async fn write_pattern(&self, offset: u64, len: u64, pattern: u8) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp.qemu_io(self.node, &format!("write -q -P 0x{pattern:02x} {offset} {len}")).await
+        self.run(&format!("write -q -P 0x{pattern:02x} {offset} {len}")).await
     }
 
     /// Write zeroes (`write -z`: becomes zero clusters in qcow2).
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp.qemu_io(self.node, &format!("write -q -z {offset} {len}")).await
+        self.run(&format!("write -q -z {offset} {len}")).await
     }
 
     /// Discard (the node has `discard=unmap`).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.aligned(offset, len)?;
-        self.qmp.qemu_io(self.node, &format!("discard -q {offset} {len}")).await
+        self.run(&format!("discard -q {offset} {len}")).await
     }
 
     /// Flush the node.
     pub async fn flush(&self) -> Result<()> {
-        self.qmp.qemu_io(self.node, "flush").await
+        self.run("flush").await
     }
 }

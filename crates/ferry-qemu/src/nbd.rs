@@ -50,7 +50,7 @@ pub const STATE_ZERO: u32 = 2;
 /// `qemu:dirty-bitmap:*`: dirty.
 pub const STATE_DIRTY: u32 = 1;
 /// Requests in flight at most (QEMU serves 16 per client).
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 16;
 
 /// One block-status extent: `len` bytes with the context's `flags`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

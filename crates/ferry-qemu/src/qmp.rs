@@ -373,6 +373,20 @@ impl Qmp {
         }
     }
 
+    /// HMP `qemu-io -d <qom_path> "<cmd>"`: on the block backend of a device (the guest's path).
+    pub async fn qemu_io_device(&self, qom_path: &str, cmd: &str) -> Result<()> {
+        if cmd.contains('"') || cmd.contains('\n') || qom_path.contains(char::is_whitespace) {
+            return Err(Error::new(ErrorKind::Hmp, format!("Refusing qemu-io command with quotes or newlines: {cmd}")));
+        }
+        let out = self.hmp(&format!("qemu-io -d {qom_path} \"{cmd}\"")).await?;
+        let out = out.trim();
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Hmp, format!("qemu-io -d {qom_path} \"{cmd}\" failed: {out}")))
+        }
+    }
+
     /// `transaction` with the given actions (each `{"type": ..., "data": {...}}`).
     pub async fn transaction(&self, actions: Vec<Value>) -> Result<()> {
         self.execute("transaction", json!({ "actions": actions })).await.map(|_| ())

@@ -341,62 +341,96 @@ impl Capture {
     pub async fn seed_pull(&self, qmp: &Qmp, cycle: u64) -> Result<Snapshot> {
         self.drop_tracking(qmp).await?;
         self.release_pulls(qmp).await;
-        let sock = self.nbd_socket();
-        let mut files = Vec::new();
-        let mut snap = Snapshot {
+        let all = vec![true; self.disks.len()];
+        let files = self.add_fleece(qmp, cycle, &all).await?;
+        let mut actions = Vec::new();
+        for d in &self.disks {
+            actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
+            let id = Self::pull_export(cycle, d);
+            actions.push(action::backup_none(&id, &d.target, &id));
+        }
+        let created_at = chrono::Utc::now();
+        let result = match qmp.transaction(actions).await {
+            Ok(()) => self.export_pull(qmp, cycle, &files, None).await,
+            Err(e) => Err(Error::qemu("Seed transaction failed", e)),
+        };
+        // On failure the bitmap stays (like a failed copy seed); the next seed removes it again.
+        let sock = self.drop_pull_on_error(qmp, &files, result).await?;
+        Ok(Snapshot {
             cycle,
             old_generation: None,
-            files: vec![],
+            files,
             base: true,
             app_consistent: false,
-            created_at: chrono::Utc::now(),
+            created_at,
             warnings: vec![],
-            pull: Some(sock.clone()),
-        };
-        let result = async {
-            for d in &self.disks {
-                let f = self.staging.join(format!("f{cycle}-{}.qcow2", d.target));
-                let _ = std::fs::remove_file(&f);
-                let (path, size) = (f.clone(), d.size);
-                tokio::task::spawn_blocking(move || {
-                    crate::qcow2::Qcow2Writer::create(&path, size, false)?.finish(None)
-                })
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Io, "Fleecing image task failed", e))??;
-                files.push(Some(f.clone()));
-                qmp.blockdev_add_fleece(&Self::pull_export(cycle, d), &f, &d.target)
+            pull: Some(sock),
+        })
+    }
+
+    /// Create and attach a fleecing image (backing: the disk) for every disk `copy` selects.
+    async fn add_fleece(&self, qmp: &Qmp, cycle: u64, copy: &[bool]) -> Result<Vec<Option<PathBuf>>> {
+        let mut files = Vec::new();
+        for (d, c) in self.disks.iter().zip(copy) {
+            if !c {
+                files.push(None);
+                continue;
+            }
+            let f = self.staging.join(format!("f{cycle}-{}.qcow2", d.target));
+            let _ = std::fs::remove_file(&f);
+            let (path, size) = (f.clone(), d.size);
+            let created = tokio::task::spawn_blocking(move || {
+                crate::qcow2::Qcow2Writer::create(&path, size, false)?.finish(None)
+            })
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Io, "Fleecing image task failed", e))
+            .and_then(|r| r);
+            let attached = match created {
+                Ok(_) => qmp
+                    .blockdev_add_fleece(&Self::pull_export(cycle, d), &f, &d.target)
                     .await
-                    .map_err(q(format!("Cannot attach fleecing image {}", f.display())))?;
-            }
-            let mut actions = Vec::new();
-            for d in &self.disks {
-                actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
-                let id = Self::pull_export(cycle, d);
-                actions.push(action::backup_none(&id, &d.target, &id));
-            }
-            snap.created_at = chrono::Utc::now();
-            qmp.transaction(actions).await.map_err(q("Seed transaction failed"))?;
-            let _ = std::fs::remove_file(&sock);
-            qmp.nbd_server_start(&sock)
-                .await
-                .map_err(q(format!("Cannot start QEMU's NBD server on {}", sock.display())))?;
-            for d in &self.disks {
-                let id = Self::pull_export(cycle, d);
-                qmp.nbd_export_add(&id, &id, &d.target, &[]).await.map_err(q(format!("Cannot export {id}")))?;
-            }
-            Ok(())
-        }
-        .await;
-        snap.files = files;
-        match result {
-            Ok(()) => Ok(snap),
-            Err(e) => {
-                // The bitmap stays (like a failed copy seed); the next seed removes it again.
+                    .map_err(q(format!("Cannot attach fleecing image {}", f.display()))),
+                Err(e) => Err(e),
+            };
+            files.push(Some(f));
+            if let Err(e) = attached {
                 self.release_pulls(qmp).await;
-                Self::remove_files(&snap);
-                Err(e)
+                Self::remove_paths(&files);
+                return Err(e);
             }
         }
+        Ok(files)
+    }
+
+    /// Start QEMU's NBD server and export the fleecing node of every disk that has one, with
+    /// `bitmap` (on the disk) as a metadata context when given. Returns the socket.
+    async fn export_pull(
+        &self,
+        qmp: &Qmp,
+        cycle: u64,
+        files: &[Option<PathBuf>],
+        bitmap: Option<&str>,
+    ) -> Result<PathBuf> {
+        let sock = self.nbd_socket();
+        let _ = std::fs::remove_file(&sock);
+        qmp.nbd_server_start(&sock)
+            .await
+            .map_err(q(format!("Cannot start QEMU's NBD server on {}", sock.display())))?;
+        let bitmaps: Vec<&str> = bitmap.into_iter().collect();
+        for (d, _) in self.disks.iter().zip(files).filter(|(_, f)| f.is_some()) {
+            let id = Self::pull_export(cycle, d);
+            qmp.nbd_export_add(&id, &id, &d.target, &bitmaps).await.map_err(q(format!("Cannot export {id}")))?;
+        }
+        Ok(sock)
+    }
+
+    /// On error, release the pull and remove its fleecing images.
+    async fn drop_pull_on_error<T>(&self, qmp: &Qmp, files: &[Option<PathBuf>], r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.release_pulls(qmp).await;
+            Self::remove_paths(files);
+        }
+        r
     }
 
     /// Stop every pull of this VM: NBD exports, `sync=none` jobs and fleecing nodes named by
@@ -463,19 +497,15 @@ impl Capture {
             false => vec![false; self.disks.len()],
         };
         let copy: Vec<bool> = idle_before.iter().map(|idle| !idle).collect();
-        let files = self.add_staging(qmp, cycle, &copy).await?;
+        let files = self.add_fleece(qmp, cycle, &copy).await?;
         let staged = t0.elapsed();
         let mut actions = Vec::new();
         for (d, c) in self.disks.iter().zip(&copy) {
             actions.push(action::bitmap_add(&d.target, &bitmap(cycle), d.format == DiskFormat::Qcow2));
             actions.push(action::bitmap_disable(&d.target, &bitmap(old)));
             if *c {
-                actions.push(action::backup_bitmap(
-                    &Self::job(cycle, d),
-                    &d.target,
-                    &Self::node(cycle, d),
-                    &bitmap(old),
-                ));
+                let id = Self::pull_export(cycle, d);
+                actions.push(action::backup_none(&id, &d.target, &id));
             }
         }
         let mut warnings = Vec::new();
@@ -509,20 +539,23 @@ impl Capture {
             None => false,
         };
         if let Err(e) = txn {
-            self.cleanup_staging(qmp, cycle, &files).await;
-            return Err(Error::qemu("Cycle transaction failed", e));
+            self.drop_pull_on_error(qmp, &files, Err::<(), _>(Error::qemu("Cycle transaction failed", e))).await?;
         }
         let t2 = std::time::Instant::now();
-        if let Err(e) = self.finish_jobs(qmp, cycle, &files).await {
-            self.fold(qmp, old, cycle).await?;
-            return Err(e);
-        }
+        let exported = self.export_pull(qmp, cycle, &files, Some(&bitmap(old))).await;
+        let sock = match self.drop_pull_on_error(qmp, &files, exported).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fold(qmp, old, cycle).await?;
+                return Err(e);
+            }
+        };
         tracing::debug!(
             cycle,
             copied = copy.iter().filter(|c| **c).count(),
-            staging_ms = staged.as_secs_f64() * 1e3,
+            fleece_ms = staged.as_secs_f64() * 1e3,
             transaction_ms = txn_time.as_secs_f64() * 1e3,
-            jobs_ms = t2.elapsed().as_secs_f64() * 1e3,
+            export_ms = t2.elapsed().as_secs_f64() * 1e3,
             "capture timings"
         );
         if idle_before.iter().any(|idle| *idle) {
@@ -532,9 +565,8 @@ impl Capture {
                 Err(_) => true,
             };
             if slipped {
-                for f in files.iter().flatten() {
-                    let _ = std::fs::remove_file(f);
-                }
+                self.release_pulls(qmp).await;
+                Self::remove_paths(&files);
                 self.fold(qmp, old, cycle).await?;
                 return Err(Error::new(
                     ErrorKind::Raced,
@@ -550,7 +582,7 @@ impl Capture {
             app_consistent,
             created_at,
             warnings,
-            pull: None,
+            pull: Some(sock),
         })
     }
 
@@ -593,7 +625,11 @@ impl Capture {
     }
 
     pub(crate) fn remove_files(snap: &Snapshot) {
-        for f in snap.files.iter().flatten() {
+        Self::remove_paths(&snap.files);
+    }
+
+    fn remove_paths(files: &[Option<PathBuf>]) {
+        for f in files.iter().flatten() {
             if let Err(e) = std::fs::remove_file(f) {
                 tracing::debug!(file = %f.display(), error = %e, "Cannot remove staging image");
             }

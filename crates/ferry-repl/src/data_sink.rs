@@ -18,14 +18,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
 
 /// Alignment `O_DIRECT` needs for buffer address, length and file offset.
 pub const DIRECT_ALIGN: usize = 4096;
 /// Runs queued ahead of the writer thread.
-const QUEUE_DEPTH: usize = 6;
+const QUEUE_DEPTH: usize = 8;
 
 /// A byte buffer whose usable part starts at a [`DIRECT_ALIGN`] boundary.
 #[derive(Debug, Default)]
@@ -65,7 +64,8 @@ pub struct DataSink {
     path: PathBuf,
     tx: Option<SyncSender<Job>>,
     free: Receiver<AlignedBuf>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    /// The writer's outcome, sent when it ends (taken once).
+    done: Option<Receiver<std::io::Result<()>>>,
     direct: bool,
 }
 
@@ -85,11 +85,22 @@ impl DataSink {
         };
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
         let (free_tx, free) = sync_channel::<AlignedBuf>(QUEUE_DEPTH + 2);
-        let thread = std::thread::Builder::new()
-            .name("ferry-data-sink".into())
-            .spawn(move || write_loop(&file, direct, &rx, &free_tx))
-            .map_err(|e| Error::io("Cannot start the image writer thread", e))?;
-        Ok(Self { path: path.to_path_buf(), tx: Some(tx), free, thread: Some(thread), direct })
+        let (done_tx, done) = sync_channel::<std::io::Result<()>>(1);
+        let work = move || {
+            let _ = done_tx.send(write_loop(&file, direct, &rx, &free_tx));
+        };
+        // On the caller's runtime when there is one (its blocking pool; the thread is then
+        // accounted to that runtime), else on a thread of its own.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(work)),
+            Err(_) => drop(
+                std::thread::Builder::new()
+                    .name("ferry-data-sink".into())
+                    .spawn(work)
+                    .map_err(|e| Error::io("Cannot start the image writer thread", e))?,
+            ),
+        }
+        Ok(Self { path: path.to_path_buf(), tx: Some(tx), free, done: Some(done), direct })
     }
 
     /// Whether writes bypass the page cache.
@@ -121,7 +132,7 @@ impl DataSink {
 
     fn stop(&mut self) -> Result<()> {
         self.tx = None;
-        match self.thread.take().map(JoinHandle::join) {
+        match self.done.take().map(|d| d.recv()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(Error::io(format!("Cannot write {}", self.path.display()), e)),
             Some(Err(_)) => Err(Error::io(
@@ -144,15 +155,70 @@ impl Drop for DataSink {
 }
 
 fn write_loop(file: &File, direct: bool, rx: &Receiver<Job>, free: &SyncSender<AlignedBuf>) -> std::io::Result<()> {
-    while let Ok(Job { at, buf }) = rx.recv() {
-        file.write_all_at(buf.as_slice(), at)?;
-        if !direct {
-            // SAFETY: advisory syscall on an open descriptor; failure only loses the head start.
-            unsafe {
-                libc::sync_file_range(file.as_raw_fd(), at as i64, buf.len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    let mut batch: Vec<Job> = Vec::with_capacity(QUEUE_DEPTH);
+    while let Ok(first) = rx.recv() {
+        // Runs queued meanwhile that continue the first one on disk go in the same write (the
+        // overlay appends clusters in arrival order, so a delta's scattered runs are contiguous
+        // in the file).
+        let mut end = first.at + first.buf.len as u64;
+        batch.push(first);
+        while batch.len() < QUEUE_DEPTH {
+            match rx.try_recv() {
+                Ok(job) if job.at == end => {
+                    end += job.buf.len as u64;
+                    batch.push(job);
+                }
+                Ok(job) => {
+                    write_batch(file, direct, &batch)?;
+                    for j in batch.drain(..) {
+                        let _ = free.try_send(j.buf);
+                    }
+                    end = job.at + job.buf.len as u64;
+                    batch.push(job);
+                }
+                Err(_) => break,
             }
         }
-        let _ = free.try_send(buf);
+        write_batch(file, direct, &batch)?;
+        for j in batch.drain(..) {
+            let _ = free.try_send(j.buf);
+        }
+    }
+    Ok(())
+}
+
+/// Write jobs that are contiguous on disk with one `pwritev` (the rest of a short write, which
+/// regular files only do on errors such as a full disk, is retried run by run).
+fn write_batch(file: &File, direct: bool, batch: &[Job]) -> std::io::Result<()> {
+    let Some(first) = batch.first() else { return Ok(()) };
+    let total: usize = batch.iter().map(|j| j.buf.len).sum();
+    let iov: Vec<libc::iovec> = batch
+        .iter()
+        .map(|j| libc::iovec { iov_base: j.buf.as_slice().as_ptr() as *mut libc::c_void, iov_len: j.buf.len })
+        .collect();
+    // SAFETY: every iovec points into a buffer `batch` keeps alive for the call; pwritev only
+    // reads them.
+    let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, first.at as libc::off_t) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut done = n as usize;
+    if done < total {
+        for j in batch {
+            let len = j.buf.len;
+            if done >= len {
+                done -= len;
+                continue;
+            }
+            file.write_all_at(&j.buf.as_slice()[done..], j.at + done as u64)?;
+            done = 0;
+        }
+    }
+    if !direct {
+        // SAFETY: advisory syscall on an open descriptor; failure only loses the head start.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), first.at as i64, total as i64, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
     Ok(())
 }
@@ -179,6 +245,17 @@ mod tests {
             s.close().expect("close");
             let got = std::fs::read(&p).expect("read");
             assert_eq!(got.len(), 12288);
+            // Many contiguous runs (batched into vectored writes when they queue up).
+            let q = d.join("g");
+            std::fs::write(&q, b"").expect("create");
+            let mut s = DataSink::open(&q).expect("open");
+            for i in 0..64u64 {
+                s.write(i * 4096, &[i as u8; 4096], 4096).expect("write");
+            }
+            s.close().expect("close");
+            let g = std::fs::read(&q).expect("read");
+            assert_eq!(g.len(), 64 * 4096);
+            assert!(g.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| b == i as u8)));
             assert!(got[..4096].iter().all(|&b| b == 3));
             assert!(got[4096..5000].iter().all(|&b| b == 1));
             assert!(got[5000..8192].iter().all(|&b| b == 0), "padding is zero");

@@ -269,7 +269,11 @@ impl Primary {
         let mut extents = Vec::new();
         for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {
             let r = match (&snap.pull, f) {
-                (Some(sock), _) => ChainReader::open_nbd(sock, &Capture::pull_export(snap.cycle, d), d.size).await?,
+                (Some(sock), Some(_)) => {
+                    let bitmap = snap.old_generation.map(|g| format!("ferry-{g}"));
+                    ChainReader::open_nbd(sock, &Capture::pull_export(snap.cycle, d), d.size, bitmap.as_deref()).await?
+                }
+                (Some(_), None) => ChainReader::empty(d.size),
                 (None, Some(f)) => ChainReader::open_layer(f, d.size).await?,
                 (None, None) => ChainReader::empty(d.size),
             };
@@ -372,14 +376,24 @@ impl Primary {
     pub(crate) async fn ship(&mut self, snap: Snapshot, t0: Instant) -> Result<CycleReport> {
         let capture_time = t0.elapsed();
         let result = async {
-            let src = Arc::new(self.source_of(&snap).await?);
-            let data_bytes = src.data_bytes();
             let t1 = Instant::now();
+            let src = Arc::new(self.source_of(&snap).await?);
+            let (data_bytes, planned) = (src.data_bytes(), t1.elapsed());
+            let t2 = Instant::now();
             let stats = send_cycle(&self.peer(), &self.send_options(), src).await?;
+            tracing::debug!(
+                cycle = snap.cycle,
+                plan_ms = planned.as_secs_f64() * 1e3,
+                send_ms = t2.elapsed().as_secs_f64() * 1e3,
+                "ship timings"
+            );
             Ok::<_, Error>((data_bytes, stats, t1.elapsed()))
         }
         .await;
-        self.finish(snap, result, capture_time, t0).await
+        let t3 = Instant::now();
+        let r = self.finish(snap, result, capture_time, t0).await;
+        tracing::debug!(release_ms = t3.elapsed().as_secs_f64() * 1e3, "finish timings");
+        r
     }
 
     pub(crate) async fn finish(

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ferry_qemu::img::{self, MapExtent};
-use ferry_qemu::nbd::{NbdClient, STATE_ZERO};
+use ferry_qemu::nbd::{NbdClient, StatusExtent, STATE_DIRTY, STATE_ZERO};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{is_zero, ExtentKind};
@@ -50,37 +50,29 @@ impl ChainReader {
     }
 
     /// Reader over NBD export `export` on `socket` (QEMU's export of a fleecing node): what the
-    /// disk held at the point, all layers of its chain. The map marks data wherever
-    /// `base:allocation` does not say "reads as zeroes".
-    pub async fn open_nbd(socket: &Path, export: &str, size: u64) -> Result<Self> {
+    /// disk held at the point, all layers of its chain. Without `dirty_bitmap` the map marks
+    /// data wherever `base:allocation` does not say "reads as zeroes" (a full copy); with it, the
+    /// map marks as data what that bitmap (exported with the node) records as dirty, widened to
+    /// whole 64 KiB clusters (a delta).
+    pub async fn open_nbd(socket: &Path, export: &str, size: u64, dirty_bitmap: Option<&str>) -> Result<Self> {
         let (sock, name) = (socket.to_path_buf(), export.to_string());
+        let context = match dirty_bitmap {
+            Some(b) => format!("qemu:dirty-bitmap:{b}"),
+            None => "base:allocation".to_string(),
+        };
+        let delta = dirty_bitmap.is_some();
         tokio::task::spawn_blocking(move || {
             let t = Duration::from_secs(60);
             let q = |e: ferry_qemu::Error| Error::qemu(format!("Cannot read NBD export {name}"), e);
-            let mut status = NbdClient::connect(&sock, &name, Some("base:allocation"), t).map_err(q)?;
+            let mut status = NbdClient::connect(&sock, &name, Some(&context), t).map_err(q)?;
             if status.size() != size {
                 return Err(Error::new(
                     ErrorKind::Store,
                     format!("NBD export {name} has {} bytes, the disk {size}", status.size()),
                 ));
             }
-            let map = status
-                .block_status_all()
-                .map_err(q)?
-                .into_iter()
-                .map(|e| {
-                    let data = e.flags & STATE_ZERO == 0;
-                    MapExtent {
-                        start: e.offset,
-                        length: e.len,
-                        depth: 0,
-                        data,
-                        zero: !data,
-                        present: true,
-                        offset: None,
-                    }
-                })
-                .collect();
+            let extents = status.block_status_all().map_err(q)?;
+            let map = if delta { dirty_map(&extents, size) } else { allocation_map(&extents) };
             let client = NbdClient::connect(&sock, &name, None, t).map_err(q)?;
             Ok(Self { files: vec![], paths: vec![sock], map, size, nbd: Some(Mutex::new(client)) })
         })
@@ -169,6 +161,44 @@ impl ChainReader {
         }
         Ok(())
     }
+}
+
+/// Map of a full copy from `base:allocation`: data unless it reads as zeroes.
+fn allocation_map(extents: &[StatusExtent]) -> Vec<MapExtent> {
+    extents
+        .iter()
+        .map(|e| {
+            let data = e.flags & STATE_ZERO == 0;
+            MapExtent { start: e.offset, length: e.len, depth: 0, data, zero: !data, present: true, offset: None }
+        })
+        .collect()
+}
+
+/// Map of a delta from a dirty bitmap: dirty runs widened to whole clusters (the replica writes
+/// clusters; the widened bytes are read from the same point, so they are exact), merged, clipped
+/// to the disk. Clean areas are not part of the layer.
+fn dirty_map(extents: &[StatusExtent], size: u64) -> Vec<MapExtent> {
+    let cluster = crate::qcow2::CLUSTER;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for e in extents.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
+        let start = e.offset / cluster * cluster;
+        let end = (e.offset + e.len).div_ceil(cluster).saturating_mul(cluster).min(size);
+        match runs.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => runs.push((start, end)),
+        }
+    }
+    runs.into_iter()
+        .map(|(start, end)| MapExtent {
+            start,
+            length: end - start,
+            depth: 0,
+            data: true,
+            zero: false,
+            present: true,
+            offset: None,
+        })
+        .collect()
 }
 
 /// One extent the sender will ship, before reading.

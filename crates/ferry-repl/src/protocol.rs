@@ -41,6 +41,7 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -112,7 +113,8 @@ pub struct Extent {
     pub compressed: bool,
     /// blake3 of the uncompressed payload (all-zero hash input for `Zero` is empty).
     pub checksum: [u8; 32],
-    pub payload: Vec<u8>,
+    /// A view into the received frame (no copy on the receiving side).
+    pub payload: Bytes,
 }
 
 /// Stable error codes of `Error` frames.
@@ -274,6 +276,12 @@ impl Message {
 
     /// Decode one frame body (`type` byte + body, without the length prefix).
     pub fn decode(frame: &[u8]) -> Result<Message> {
+        Self::decode_owned(Bytes::copy_from_slice(frame))
+    }
+
+    /// [`Message::decode`] of a frame the caller gives away: an extent's payload is a view
+    /// into it, not a copy.
+    pub fn decode_owned(frame: Bytes) -> Result<Message> {
         let (&ty, body) = frame.split_first().ok_or_else(|| Error::protocol("Empty frame"))?;
         let mut r = Reader { b: body, pos: 0 };
         let msg = match ty {
@@ -333,7 +341,8 @@ impl Message {
                     c => return Err(Error::protocol(format!("Invalid compressed flag {c}"))),
                 };
                 let checksum = r.array32()?;
-                let payload = r.rest().to_vec();
+                let start = 1 + r.pos;
+                let payload = frame.slice(start..);
                 if offset.checked_add(len).is_none() || len == 0 {
                     return Err(Error::protocol(format!("Invalid extent range {offset}+{len}")));
                 }
@@ -479,11 +488,6 @@ impl<'a> Reader<'a> {
     fn remaining(&self) -> usize {
         self.b.len() - self.pos
     }
-    fn rest(&mut self) -> &'a [u8] {
-        let s = &self.b[self.pos..];
-        self.pos = self.b.len();
-        s
-    }
 }
 
 /// Read one frame. `Ok(None)` on a clean end of stream before a frame starts. Oversized and
@@ -508,11 +512,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Messag
     if len == 0 || len > MAX_FRAME {
         return Err(Error::protocol(format!("Frame length {len} outside 1..={MAX_FRAME}")));
     }
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).await.map_err(|e| {
+    // Read into spare capacity: no zeroing pass, and the buffer becomes the extent's payload.
+    // (Room beyond the frame, so the final zero-length read does not grow the buffer.)
+    let mut buf = Vec::with_capacity(len as usize + 64);
+    let got = (&mut *r).take(u64::from(len)).read_to_end(&mut buf).await.map_err(|e| {
         Error::with_source(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes"), e)
     })?;
-    Message::decode(&buf).map(Some)
+    if got != len as usize {
+        return Err(Error::new(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes")));
+    }
+    Message::decode_owned(Bytes::from(buf)).map(Some)
 }
 
 /// Read one frame; end of stream is an error.
@@ -614,7 +623,7 @@ pub fn zero_extent(index: u64, disk: u16, offset: u64, len: u64) -> Extent {
         kind: ExtentKind::Zero,
         compressed: false,
         checksum: *blake3::hash(&[]).as_bytes(),
-        payload: Vec::new(),
+        payload: Bytes::new(),
     }
 }
 

@@ -21,8 +21,10 @@ use crate::protocol::{
 };
 use crate::transport::{self, Limiter};
 
-/// Extents read ahead of the one being sent (NBD sources).
-const READ_AHEAD: usize = 4;
+/// Extents read ahead of the one being sent (NBD sources): many small ones for a scattered
+/// delta, a few large ones for a full copy.
+const READ_AHEAD: usize = 15;
+const READ_AHEAD_BYTES: u64 = 6 << 20;
 
 /// Where and as whom to send.
 #[derive(Debug, Clone)]
@@ -103,8 +105,13 @@ impl CycleSource {
                 .get(pe.disk as usize)
                 .ok_or_else(|| Error::new(ErrorKind::Invalid, "No reader for disk"))?;
             // Keep the next extents of this disk in flight (NBD sources).
+            let mut ahead = 0;
             for next in self.extents.iter().skip(i as usize + 1).take(READ_AHEAD) {
                 if next.disk == pe.disk && next.kind == ExtentKind::Data {
+                    ahead += next.len;
+                    if ahead > READ_AHEAD_BYTES {
+                        break;
+                    }
                     reader.read_ahead(next.offset, next.len);
                 }
             }
