@@ -5,19 +5,34 @@
 //! Bitmaps are named `ferry-<generation>`; the generation is also the cycle id of the point taken
 //! when that bitmap was created. Steady state: exactly one recording `ferry-N` per disk.
 //!
-//! * seed: `{bitmap-add ferry-S; blockdev-backup sync=full → staging}` per disk, one transaction.
-//! * cycle: staging qcow2 per disk created + `blockdev-add`ed, then one transaction
-//!   `{bitmap-add ferry-N+1; bitmap-disable ferry-N; blockdev-backup sync=bitmap bitmap=ferry-N
-//!   bitmap-mode=never → staging}` per disk; wait for every job (an `error` inside
-//!   `BLOCK_JOB_COMPLETED` fails the cycle), `blockdev-del` the staging nodes.
-//! * [`Capture::commit`] after the replica acknowledged a durable apply: remove `ferry-N`.
-//! * [`Capture::abort`] on any failure: merge `ferry-N` into `ferry-N+1`, remove `ferry-N`; the
-//!   next cycle ships the union, nothing is lost.
+//! Points are *pulled* from QEMU (one pass, no copy written and read back): per disk a fleecing
+//! node `ferry-fl-<cycle>-<disk>` (a scratch qcow2 whose backing is the running disk) and a
+//! `blockdev-backup sync=none` job into it, so QEMU copies old data into the fleecing node
+//! before the guest overwrites it and the node keeps reading as the disk did at the
+//! transaction. QEMU's NBD server exports the node; the sender reads it with Ferry's NBD client.
+//!
+//! * seed ([`Capture::seed_pull`]): `{bitmap-add ferry-S; backup sync=none → fleece}` per disk,
+//!   one transaction; exported with its `base:allocation` map (a full copy of the data).
+//! * cycle ([`Capture::cycle`]): one transaction `{bitmap-add ferry-N+1; bitmap-disable ferry-N;
+//!   backup sync=none → fleece}` per disk with changes; the export also carries `ferry-N` as the
+//!   `qemu:dirty-bitmap:ferry-N` context: exactly the clusters to send.
+//! * [`Capture::commit`] after the replica acknowledged a durable apply: stop the pull (exports,
+//!   jobs, fleecing nodes, NBD server), then remove `ferry-N`.
+//! * [`Capture::abort`] on any failure: stop the pull, merge `ferry-N` into `ferry-N+1`, remove
+//!   `ferry-N`; the next cycle ships the union, nothing is lost.
+//!
+//! Offline export, resync and reverse-replication onboarding still copy the point into staging
+//! images with `blockdev-backup` ([`Capture::seed`], [`Capture::seed_top_layer`]): those files
+//! outlive the agent (an export resumes after a restart) or are compared block by block.
 //!
 //! After an agent restart [`Capture::discover`] finds the bitmaps again through
-//! `query-named-block-nodes`; a half-finished cycle (two bitmaps) is folded back. A missing
-//! bitmap (raw disk after a QEMU restart) or an inconsistent one (after a QEMU crash) means
-//! [`TrackingState::ResyncRequired`].
+//! `query-named-block-nodes`; a half-finished cycle (two bitmaps) is folded back and a pull left
+//! by a dead agent is stopped. A missing bitmap (raw disk after a QEMU restart) or an
+//! inconsistent one (after a QEMU crash) means [`TrackingState::ResyncRequired`].
+//!
+//! While a pull runs, QEMU's copy-before-write filter sits above the disk: the guest writes
+//! through it as always, but a second writer on the disk node itself is refused (tests write
+//! through the guest's device).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -315,6 +330,11 @@ impl Capture {
         })
     }
 
+    /// Name of the dirty bitmap of `generation` (on every disk).
+    pub fn bitmap_name(generation: u64) -> String {
+        bitmap(generation)
+    }
+
     /// Name of disk `disk`'s fleecing node, its `sync=none` job and its NBD export in `cycle`.
     pub fn pull_export(cycle: u64, disk: &CaptureDisk) -> String {
         format!("{PULL_PREFIX}{cycle}-{}", disk.target)
@@ -469,6 +489,19 @@ impl Capture {
                 }
             }
         }
+        // Fleecing images (`f<cycle>-<disk>.qcow2`): only one pull runs per VM, so any left here
+        // belongs to a finished or abandoned one.
+        if let Ok(dir) = std::fs::read_dir(&self.staging) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let fleece = name.strip_prefix('f').and_then(|r| r.split_once('-')).is_some_and(|(c, rest)| {
+                    !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && rest.ends_with(".qcow2")
+                });
+                if fleece {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// One delta capture: changes recorded in `ferry-<old>` since the previous point, as of now.
@@ -584,6 +617,25 @@ impl Capture {
             warnings,
             pull: Some(sock),
         })
+    }
+
+    /// Bytes the newest Ferry bitmap of every disk records as changed (what the next cycle sends).
+    pub async fn pending_bytes(&self, qmp: &Qmp) -> Result<u64> {
+        let nodes = qmp.query_named_block_nodes().await.map_err(q("Cannot list block nodes"))?;
+        Ok(self
+            .disks
+            .iter()
+            .filter_map(|d| nodes.iter().find(|n| n.node_name == d.target))
+            .filter_map(|n| {
+                n.dirty_bitmaps
+                    .iter()
+                    .filter_map(|b| {
+                        b.name.strip_prefix(PREFIX).and_then(|g| g.parse::<u64>().ok()).map(|g| (g, b.count))
+                    })
+                    .max()
+                    .map(|(_, count)| count)
+            })
+            .sum())
     }
 
     /// Per disk: whether bitmap `ferry-<generation>` records no change.

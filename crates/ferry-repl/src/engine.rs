@@ -270,7 +270,7 @@ impl Primary {
         for (i, (d, f)) in self.cfg.disks.iter().zip(&snap.files).enumerate() {
             let r = match (&snap.pull, f) {
                 (Some(sock), Some(_)) => {
-                    let bitmap = snap.old_generation.map(|g| format!("ferry-{g}"));
+                    let bitmap = snap.old_generation.map(Capture::bitmap_name);
                     ChainReader::open_nbd(sock, &Capture::pull_export(snap.cycle, d), d.size, bitmap.as_deref()).await?
                 }
                 (Some(_), None) => ChainReader::empty(d.size),
@@ -429,10 +429,18 @@ impl Primary {
                 tracing::warn!(vm = %self.cfg.vm_id, cycle = snap.cycle, error = %e.chain(), "Cycle failed; its changes fold into the next");
                 self.counters.cycles_failed += 1;
                 self.counters.missed_cycles += 1;
-                self.counters.unsent_bytes +=
+                let staged =
                     snap.files.iter().flatten().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum::<u64>();
-                if let Err(fold) = self.capture.abort(self.vm.qmp(), &snap).await {
-                    tracing::error!(error = %fold.chain(), "Folding the bitmap back failed; a resync will be needed");
+                match self.capture.abort(self.vm.qmp(), &snap).await {
+                    // What the recording bitmaps now hold is exactly what waits for the next cycle.
+                    Ok(()) if snap.old_generation.is_some() => match self.capture.pending_bytes(self.vm.qmp()).await {
+                        Ok(b) => self.counters.unsent_bytes = b,
+                        Err(_) => self.counters.unsent_bytes += staged,
+                    },
+                    Ok(()) => self.counters.unsent_bytes += staged,
+                    Err(fold) => {
+                        tracing::error!(error = %fold.chain(), "Folding the bitmap back failed; a resync will be needed");
+                    }
                 }
                 Err(e)
             }

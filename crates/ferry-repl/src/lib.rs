@@ -8,15 +8,17 @@
 //!  │ QEMU ── dirty bitmap ferry-N per disk │               │ Receiver (allowlist by cert CN)  │
 //!  │   │ ONE transaction per VM per cycle  │  Hello        │   │                              │
 //!  │   ▼                                   │  BeginCycle   │   ▼                              │
-//!  │ staging qcow2 per disk (the delta)    │  Extent × n ─▶│ new overlay per disk (direct     │
-//!  │   │ qcow2 map (in process) + pread    │  EndCycle     │ qcow2 writer), fsync, catalog    │
+//!  │ fleecing node per disk, NBD export    │  Extent × n ─▶│ new overlay per disk (direct     │
+//!  │   │ NBD block status + reads (1 pass) │  EndCycle     │ qcow2 writer, O_DIRECT), catalog │
 //!  │   ▼                                   │ ◀─ Ack durable│ base ← rp1 ← … ← rpN per disk    │
 //!  │ Primary: ship, then drop ferry-N      │               │ retention: commit + rebase -u    │
 //!  │ (on failure: merge ferry-N → N+1)     │               │ test failover: overlay on rpK     │
 //!  └──────────────────────────────────────┘               └─────────────────────────────────┘
 //! ```
-//! * [`capture`]: bitmaps + `blockdev-backup` in one QMP transaction covering all disks, so every
-//!   point is crash-consistent across the VM's disks; optional guest fsfreeze (app-consistent).
+//! * [`capture`]: bitmaps + `blockdev-backup sync=none` into fleecing nodes in one QMP transaction
+//!   covering all disks, so every point is crash-consistent across the VM's disks; optional guest
+//!   fsfreeze (app-consistent). The point is read over QEMU's NBD export of those nodes.
+//! * [`data_sink`]: the replica's direct (`O_DIRECT`), batched writer of received clusters.
 //! * [`protocol`]: frames, messages, checksums, compression; sequence diagram in its docs.
 //! * [`transport`]: TLS configs, CN allowlist, bandwidth limiter with time-of-day schedule.
 //! * [`send`] / [`receiver`]: the two ends of a cycle, with resume from the last acknowledged

@@ -679,6 +679,7 @@ async fn rep_2_initial_replication_interrupted_by_an_agent_crash_starts_over() {
     // the replica has the base.
     let p = primary(&vm, &staging, "vm-irc", rx.local_addr(), &pki);
     p_seed_only(&p, &vm).await;
+    assert!(staging.join("f42-vda.qcow2").exists());
     let qmp = vm.vm.qmp();
     assert_eq!(qmp.block_exports().await.expect("exports"), vec!["ferry-fl-42-vda".to_string()]);
     drop(p);
@@ -689,6 +690,7 @@ async fn rep_2_initial_replication_interrupted_by_an_agent_crash_starts_over() {
     assert!(qmp.block_jobs().await.expect("jobs").is_empty());
     let nodes = qmp.query_named_block_nodes().await.expect("nodes");
     assert!(!nodes.iter().any(|n| n.node_name.starts_with("ferry-fl-")), "fleecing nodes left");
+    assert!(!staging.join("f42-vda.qcow2").exists(), "fleecing image left");
     vm.write("vda", 8 * MIB, MIB, 0x32).await;
     p.seed_and_initial().await.expect("initial replication");
     assert_latest_identical(&rx, "vm-irc", &vm).await;
