@@ -7,7 +7,9 @@
 //! Command line choices:
 //! * `-nodefaults -no-user-config -display none -machine q35 -no-shutdown`: a guest poweroff
 //!   leaves QEMU alive (status `shutdown`) so a final replication cycle can run.
-//! * Disk `vda` = file node `vda-file` + format node `vda` (`discard=unmap`) +
+//! * Disk `vda` = file node `vda-file` (`cache.direct=on`: the host page cache is bypassed, as in
+//!   `cache=none`, the usual production setting; replication reads the disk once, without copying
+//!   it through the page cache) + format node `vda` (`discard=unmap`) +
 //!   `virtio-blk-pci,drive=vda,id=vda-dev,share-rw=on` (`share-rw` lets HMP `qemu-io vda` write).
 //! * NIC with a tap: `-netdev tap,id=netN,ifname=<tap>,script=no,downscript=no` +
 //!   `virtio-net-pci,netdev=netN,mac=..,id=nicN`.
@@ -290,7 +292,7 @@ impl VmSpec {
         for (i, d) in self.disks.iter().enumerate() {
             push(&[
                 "-blockdev",
-                &format!("driver=file,filename={},node-name={}", esc(&d.path), d.file_node_name()),
+                &format!("driver=file,filename={},node-name={},cache.direct=on", esc(&d.path), d.file_node_name()),
                 "-blockdev",
                 &format!(
                     "driver={},file={},node-name={},discard=unmap",
@@ -367,7 +369,7 @@ mod tests {
         let s = spec(dir.path());
         s.validate(dir.path()).expect("valid");
         let args = s.to_args(&RunPaths::new(dir.path(), Some(&s))).join(" ");
-        assert!(args.contains("node-name=vda-file"));
+        assert!(args.contains("node-name=vda-file,cache.direct=on"));
         assert!(args.contains("a,,b.raw"), "commas escaped: {args}");
         assert!(args.contains("driver=raw,file=vda-file,node-name=vda,discard=unmap"));
         assert!(args.contains("virtio-blk-pci,drive=vda,id=vda-dev,share-rw=on,bootindex=0"));

@@ -164,10 +164,10 @@ impl Shared {
                 return;
             }
         };
-        let (mut rd, mut wr) = tokio::io::split(tls);
+        let (rd, mut wr) = tokio::io::split(tls);
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let result = if self.cfg.allowlist.knows(&cn) {
-            self.session(&mut rd, &mut wr, &cn, session).await
+            self.session(rd, &mut wr, &cn, session).await
         } else {
             Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised to replicate to this host")))
         };
@@ -194,10 +194,29 @@ impl Shared {
         }
     }
 
-    async fn next<R: AsyncRead + Unpin>(&self, rd: &mut R) -> Result<Option<Message>> {
-        tokio::time::timeout(self.cfg.idle_timeout, read_frame(rd))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Disconnected, "Connection idle too long"))?
+    /// Read frames on a task of their own (TLS decryption and frame assembly run beside the
+    /// checksum verification and writing of the previous extents), a few frames ahead.
+    fn pump<R: AsyncRead + Unpin + Send + 'static>(
+        &self,
+        mut rd: R,
+    ) -> (FramePump, tokio::sync::mpsc::Receiver<Result<Message>>) {
+        let idle = self.cfg.idle_timeout;
+        let (tx, frames) = tokio::sync::mpsc::channel::<Result<Message>>(4);
+        let task = tokio::spawn(async move {
+            loop {
+                let next = match tokio::time::timeout(idle, read_frame(&mut rd)).await {
+                    Err(_) => Err(Error::new(ErrorKind::Disconnected, "Connection idle too long")),
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(m))) => Ok(m),
+                    Ok(Err(e)) => Err(e),
+                };
+                let failed = next.is_err();
+                if tx.send(next).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        (FramePump(task), frames)
     }
 
     fn slot(&self, vm: &str) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -207,12 +226,12 @@ impl Shared {
             .clone()
     }
 
-    async fn session<R, W>(&self, rd: &mut R, wr: &mut W, cn: &str, me: u64) -> Result<()>
+    async fn session<R, W>(&self, mut rd: R, wr: &mut W, cn: &str, me: u64) -> Result<()>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin,
     {
-        let hello = tokio::time::timeout(self.cfg.handshake_timeout, read_frame(rd))
+        let hello = tokio::time::timeout(self.cfg.handshake_timeout, read_frame(&mut rd))
             .await
             .map_err(|_| Error::new(ErrorKind::Disconnected, "No Hello"))??;
         let (vm_id, pair_id, direction) = match hello {
@@ -240,7 +259,8 @@ impl Shared {
         let vm = self.store.vm(&vm_id).await?;
         let slot = self.slot(&vm_id);
         let mut cycle: Option<u64> = None;
-        while let Some(msg) = self.next(rd).await? {
+        let (_pump, mut frames) = self.pump(rd);
+        while let Some(msg) = frames.recv().await.transpose()? {
             match msg {
                 Message::BeginCycle(h) => {
                     let mut s = slot.lock().await;
@@ -307,6 +327,15 @@ impl Shared {
             }
         }
         Ok(())
+    }
+}
+
+/// The frame-reading task of a session; stopped with the session.
+struct FramePump(tokio::task::JoinHandle<()>);
+
+impl Drop for FramePump {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
