@@ -18,13 +18,52 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::error::{Error, Result};
 
 /// Alignment `O_DIRECT` needs for buffer address, length and file offset.
 pub const DIRECT_ALIGN: usize = 4096;
-/// Runs queued ahead of the writer thread.
-const QUEUE_DEPTH: usize = 8;
+/// Runs queued ahead of the writer thread at most (many small ones of a scattered delta batch
+/// into one vectored write)...
+const QUEUE_DEPTH: usize = 64;
+/// ...and bytes queued at most (memory per disk being received stays bounded).
+const QUEUE_BYTES: usize = 4 << 20;
+/// Written buffers kept for reuse.
+const POOL: usize = 4;
+
+/// Bytes queued and not yet written, with a wait for room; closed when the writer ends.
+#[derive(Debug, Default)]
+struct Budget {
+    state: Mutex<(usize, bool)>,
+    room: Condvar,
+}
+
+impl Budget {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until `n` more bytes fit (one run always fits when nothing is queued).
+    fn take(&self, n: usize) {
+        let mut s = self.lock();
+        while !s.1 && s.0 > 0 && s.0 + n > QUEUE_BYTES {
+            s = self.room.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.0 += n;
+    }
+
+    fn give(&self, n: usize) {
+        let mut s = self.lock();
+        s.0 = s.0.saturating_sub(n);
+        self.room.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.room.notify_all();
+    }
+}
 
 /// A byte buffer whose usable part starts at a [`DIRECT_ALIGN`] boundary.
 #[derive(Debug, Default)]
@@ -66,6 +105,7 @@ pub struct DataSink {
     free: Receiver<AlignedBuf>,
     /// The writer's outcome, sent when it ends (taken once).
     done: Option<Receiver<std::io::Result<()>>>,
+    budget: Arc<Budget>,
     direct: bool,
 }
 
@@ -84,10 +124,14 @@ impl DataSink {
             Err(e) => return Err(Error::io(format!("Cannot open {}", path.display()), e)),
         };
         let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
-        let (free_tx, free) = sync_channel::<AlignedBuf>(QUEUE_DEPTH + 2);
+        let (free_tx, free) = sync_channel::<AlignedBuf>(POOL);
         let (done_tx, done) = sync_channel::<std::io::Result<()>>(1);
+        let budget = Arc::new(Budget::default());
+        let b2 = budget.clone();
         let work = move || {
-            let _ = done_tx.send(write_loop(&file, direct, &rx, &free_tx));
+            let r = write_loop(&file, direct, &rx, &free_tx, &b2);
+            b2.close();
+            let _ = done_tx.send(r);
         };
         // On the caller's runtime when there is one (its blocking pool; the thread is then
         // accounted to that runtime), else on a thread of its own.
@@ -100,7 +144,7 @@ impl DataSink {
                     .map_err(|e| Error::io("Cannot start the image writer thread", e))?,
             ),
         }
-        Ok(Self { path: path.to_path_buf(), tx: Some(tx), free, done: Some(done), direct })
+        Ok(Self { path: path.to_path_buf(), tx: Some(tx), free, done: Some(done), budget, direct })
     }
 
     /// Whether writes bypass the page cache.
@@ -117,6 +161,7 @@ impl DataSink {
         let dst = buf.as_mut_slice();
         dst[..data.len()].copy_from_slice(data);
         dst[data.len()..].fill(0);
+        self.budget.take(buf.len);
         let sent = self.tx.as_ref().map(|tx| tx.send(Job { at, buf }).is_ok()).unwrap_or(false);
         if sent {
             Ok(())
@@ -154,7 +199,13 @@ impl Drop for DataSink {
     }
 }
 
-fn write_loop(file: &File, direct: bool, rx: &Receiver<Job>, free: &SyncSender<AlignedBuf>) -> std::io::Result<()> {
+fn write_loop(
+    file: &File,
+    direct: bool,
+    rx: &Receiver<Job>,
+    free: &SyncSender<AlignedBuf>,
+    budget: &Budget,
+) -> std::io::Result<()> {
     let mut batch: Vec<Job> = Vec::with_capacity(QUEUE_DEPTH);
     while let Ok(first) = rx.recv() {
         // Runs queued meanwhile that continue the first one on disk go in the same write (the
@@ -171,6 +222,7 @@ fn write_loop(file: &File, direct: bool, rx: &Receiver<Job>, free: &SyncSender<A
                 Ok(job) => {
                     write_batch(file, direct, &batch)?;
                     for j in batch.drain(..) {
+                        budget.give(j.buf.len);
                         let _ = free.try_send(j.buf);
                     }
                     end = job.at + job.buf.len as u64;
@@ -181,6 +233,7 @@ fn write_loop(file: &File, direct: bool, rx: &Receiver<Job>, free: &SyncSender<A
         }
         write_batch(file, direct, &batch)?;
         for j in batch.drain(..) {
+            budget.give(j.buf.len);
             let _ = free.try_send(j.buf);
         }
     }

@@ -201,7 +201,7 @@ impl Shared {
         mut rd: R,
     ) -> (FramePump, tokio::sync::mpsc::Receiver<Result<Message>>) {
         let idle = self.cfg.idle_timeout;
-        let (tx, frames) = tokio::sync::mpsc::channel::<Result<Message>>(4);
+        let (tx, frames) = tokio::sync::mpsc::channel::<Result<Message>>(2);
         let task = tokio::spawn(async move {
             loop {
                 let next = match tokio::time::timeout(idle, read_frame(&mut rd)).await {
