@@ -239,12 +239,17 @@ impl Qmp {
         .map(|_| ())
     }
 
+    /// The `field` of every entry a `query-*` command lists.
+    async fn listed(&self, query: &str, field: &str) -> Result<Vec<String>> {
+        let v = self.execute(query, json!({})).await?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|e| e.get(field).and_then(Value::as_str).map(str::to_string)).collect())
+            .unwrap_or_default())
+    }
+
     /// Ids of the block exports of this QEMU (`query-block-exports`).
     pub async fn block_exports(&self) -> Result<Vec<String>> {
-        let v = self.execute("query-block-exports", json!({})).await?;
-        Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|e| e.get("id").and_then(Value::as_str).map(str::to_string)).collect())
-            .unwrap_or_default())
+        self.listed("query-block-exports", "id").await
     }
 
     /// `block-export-del` (mode `hard`: clients are disconnected) and wait until it is gone.
@@ -262,10 +267,7 @@ impl Qmp {
 
     /// Ids of the running block jobs (`query-block-jobs`).
     pub async fn block_jobs(&self) -> Result<Vec<String>> {
-        let v = self.execute("query-block-jobs", json!({})).await?;
-        Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|j| j.get("device").and_then(Value::as_str).map(str::to_string)).collect())
-            .unwrap_or_default())
+        self.listed("query-block-jobs", "device").await
     }
 
     /// Cancel block job `job_id` and wait until it ended (however it ended).

@@ -361,29 +361,30 @@ impl Qmp {
     /// Run `qemu-io <node> "<cmd>"` through HMP. qemu-io prints nothing on success (its normal
     /// output goes to QEMU's stdout), so any text in the reply is an error.
     pub async fn qemu_io(&self, node: &str, cmd: &str) -> Result<()> {
-        if cmd.contains('"') || cmd.contains('\n') || node.contains(char::is_whitespace) {
-            return Err(Error::new(ErrorKind::Hmp, format!("Refusing qemu-io command with quotes or newlines: {cmd}")));
+        if node.contains(char::is_whitespace) {
+            return Err(Error::new(ErrorKind::Hmp, format!("Refusing node name with whitespace: {node}")));
         }
-        let out = self.hmp(&format!("qemu-io {node} \"{cmd}\"")).await?;
-        let out = out.trim();
-        if out.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorKind::Hmp, format!("qemu-io {node} \"{cmd}\" failed: {out}")))
-        }
+        self.qemu_io_on(node, cmd).await
     }
 
     /// HMP `qemu-io -d <qom_path> "<cmd>"`: on the block backend of a device (the guest's path).
     pub async fn qemu_io_device(&self, qom_path: &str, cmd: &str) -> Result<()> {
-        if cmd.contains('"') || cmd.contains('\n') || qom_path.contains(char::is_whitespace) {
+        if qom_path.contains(char::is_whitespace) {
+            return Err(Error::new(ErrorKind::Hmp, format!("Refusing device path with whitespace: {qom_path}")));
+        }
+        self.qemu_io_on(&format!("-d {qom_path}"), cmd).await
+    }
+
+    async fn qemu_io_on(&self, target: &str, cmd: &str) -> Result<()> {
+        if cmd.contains('"') || cmd.contains('\n') || target.is_empty() {
             return Err(Error::new(ErrorKind::Hmp, format!("Refusing qemu-io command with quotes or newlines: {cmd}")));
         }
-        let out = self.hmp(&format!("qemu-io -d {qom_path} \"{cmd}\"")).await?;
+        let out = self.hmp(&format!("qemu-io {target} \"{cmd}\"")).await?;
         let out = out.trim();
         if out.is_empty() {
             Ok(())
         } else {
-            Err(Error::new(ErrorKind::Hmp, format!("qemu-io -d {qom_path} \"{cmd}\" failed: {out}")))
+            Err(Error::new(ErrorKind::Hmp, format!("qemu-io {target} \"{cmd}\" failed: {out}")))
         }
     }
 

@@ -453,39 +453,68 @@ impl Capture {
         r
     }
 
-    /// Stop every pull of this VM: NBD exports, `sync=none` jobs and fleecing nodes named by
-    /// Ferry, and QEMU's NBD server. Best effort (each step logs what it could not do); used
-    /// after a pulled point was shipped or failed, and for leftovers of a crashed agent.
+    /// Stop every pull of this VM, whatever its cycle: NBD exports, `sync=none` jobs and
+    /// fleecing nodes named by Ferry (a crashed agent's leftovers included), QEMU's NBD server
+    /// and the fleecing images.
     pub async fn release_pulls(&self, qmp: &Qmp) {
+        let mut ids: Vec<String> = Vec::new();
+        let exports = qmp.block_exports().await.unwrap_or_default();
+        let jobs = qmp.block_jobs().await.unwrap_or_default();
+        let nodes = qmp.query_named_block_nodes().await.unwrap_or_default();
+        for id in exports.into_iter().chain(jobs).chain(nodes.into_iter().map(|n| n.node_name)) {
+            if id.starts_with(PULL_PREFIX) && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        self.release_pull_ids(qmp, &ids).await;
+    }
+
+    /// Stop the pull of `snap` (its names are known: no listing on the cycle's path).
+    async fn release_pull(&self, qmp: &Qmp, snap: &Snapshot) {
+        let ids: Vec<String> = self
+            .disks
+            .iter()
+            .zip(&snap.files)
+            .filter(|(_, f)| f.is_some())
+            .map(|(d, _)| Self::pull_export(snap.cycle, d))
+            .collect();
+        self.release_pull_ids(qmp, &ids).await;
+    }
+
+    /// For each id (export = job = fleecing node name): remove the export, stop the NBD server,
+    /// cancel the job, detach the node; then remove the fleecing images. Best effort: a step that
+    /// fails is logged (a missing export or job is not an error).
+    async fn release_pull_ids(&self, qmp: &Qmp, ids: &[String]) {
         let t = Duration::from_secs(30);
-        match qmp.block_exports().await {
-            Ok(ids) => {
-                for id in ids.iter().filter(|i| i.starts_with(PULL_PREFIX)) {
-                    if let Err(e) = qmp.block_export_del(id, t).await {
-                        tracing::warn!(export = %id, error = %e, "Cannot remove NBD export");
-                    }
+        let missing = |e: &ferry_qemu::Error| match e.kind() {
+            ferry_qemu::ErrorKind::Qmp { desc, .. } => {
+                let d = desc.to_ascii_lowercase();
+                d.contains("not found") || d.contains("cannot find") || d.contains("no active")
+            }
+            _ => false,
+        };
+        for id in ids {
+            if let Err(e) = qmp.block_export_del(id, t).await {
+                if !missing(&e) {
+                    tracing::warn!(export = %id, error = %e, "Cannot remove NBD export");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "Cannot list block exports"),
         }
         if let Err(e) = qmp.nbd_server_stop().await {
             tracing::warn!(error = %e, "Cannot stop QEMU's NBD server");
         }
         let _ = std::fs::remove_file(self.nbd_socket());
-        match qmp.block_jobs().await {
-            Ok(ids) => {
-                for id in ids.iter().filter(|i| i.starts_with(PULL_PREFIX)) {
-                    if let Err(e) = qmp.block_job_cancel(id, t).await {
-                        tracing::warn!(job = %id, error = %e, "Cannot cancel fleecing job");
-                    }
+        for id in ids {
+            if let Err(e) = qmp.block_job_cancel(id, t).await {
+                if !missing(&e) {
+                    tracing::warn!(job = %id, error = %e, "Cannot cancel fleecing job");
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "Cannot list block jobs"),
         }
-        if let Ok(nodes) = qmp.query_named_block_nodes().await {
-            for n in nodes.iter().filter(|n| n.node_name.starts_with(PULL_PREFIX)) {
-                if let Err(e) = qmp.blockdev_del(&n.node_name).await {
-                    tracing::warn!(node = %n.node_name, error = %e, "Cannot detach fleecing node");
+        for id in ids {
+            if let Err(e) = qmp.blockdev_del(id).await {
+                if !missing(&e) {
+                    tracing::warn!(node = %id, error = %e, "Cannot detach fleecing node");
                 }
             }
         }
@@ -691,7 +720,7 @@ impl Capture {
     /// The replica durably applied `snap`: drop its bitmap and staging images (or its pull).
     pub async fn commit(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
         if snap.pull.is_some() {
-            self.release_pulls(qmp).await;
+            self.release_pull(qmp, snap).await;
         }
         if let Some(old) = snap.old_generation {
             let mut actions = Vec::new();
@@ -708,7 +737,7 @@ impl Capture {
     /// and drop the staging images. A failed seed keeps its bitmap; the next seed starts over.
     pub async fn abort(&self, qmp: &Qmp, snap: &Snapshot) -> Result<()> {
         if snap.pull.is_some() {
-            self.release_pulls(qmp).await;
+            self.release_pull(qmp, snap).await;
         }
         Self::remove_files(snap);
         match snap.old_generation {

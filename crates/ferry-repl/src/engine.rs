@@ -273,9 +273,8 @@ impl Primary {
                     let bitmap = snap.old_generation.map(Capture::bitmap_name);
                     ChainReader::open_nbd(sock, &Capture::pull_export(snap.cycle, d), d.size, bitmap.as_deref()).await?
                 }
-                (Some(_), None) => ChainReader::empty(d.size),
                 (None, Some(f)) => ChainReader::open_layer(f, d.size).await?,
-                (None, None) => ChainReader::empty(d.size),
+                (_, None) => ChainReader::empty(d.size),
             };
             extents.extend(plan_layer(i as u16, &r, snap.base));
             readers.push(r);
