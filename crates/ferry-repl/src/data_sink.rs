@@ -281,6 +281,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rep_3_replica_write_queue_is_bounded_by_bytes() {
+        let b = Arc::new(Budget::default());
+        b.take(QUEUE_BYTES - 4096);
+        // More than fits waits until the writer gives bytes back.
+        let b2 = b.clone();
+        let waiter = std::thread::spawn(move || {
+            b2.take(8192);
+            b2.lock().0
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "a take beyond the budget must wait");
+        b.give(QUEUE_BYTES - 4096);
+        assert_eq!(waiter.join().expect("waiter"), 8192);
+        // One run always fits an empty queue, however large; a closed budget never blocks.
+        b.give(8192);
+        b.take(QUEUE_BYTES * 2);
+        b.close();
+        b.take(4096);
+    }
+
+    #[test]
     fn rep_3_data_sink_writes_in_order_padded_and_reports_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
         // Direct writes on ext4; tmpfs refuses O_DIRECT on older kernels (page-cache writes).
