@@ -267,6 +267,10 @@ pub enum ApiCmd {
         item: String,
         #[arg(long)]
         wait: bool,
+        /// Seconds the guest has to power off when asked (default 120); a guest still running
+        /// then is paused, and its last changes are sent all the same.
+        #[arg(long, value_name = "SECS")]
+        shutdown_timeout: Option<u64>,
     },
     /// Unplanned failover (FO-3): the source may be gone. Refused while the source runs, unless
     /// it is shut down first (--shutdown-source) or confirmed fenced (--source-fenced).
@@ -1069,10 +1073,13 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             let j = if wait { ctx.wait_job(&j).await? } else { j };
             print(out, &j, JOB_COLS);
         }
-        ApiCmd::PlannedFailover { item, wait } => {
-            let j: Value = c
-                .post(&ctx.v(&format!("/replicationProtectedItems/{}/plannedFailover", enc(&item))), &json!({}))
-                .await?;
+        ApiCmd::PlannedFailover { item, wait, shutdown_timeout } => {
+            let mut body = json!({});
+            if let Some(secs) = shutdown_timeout {
+                body["shutdown_timeout_secs"] = json!(secs);
+            }
+            let j: Value =
+                c.post(&ctx.v(&format!("/replicationProtectedItems/{}/plannedFailover", enc(&item))), &body).await?;
             let j = if wait { ctx.wait_job(&j).await? } else { j };
             print(out, &j, JOB_COLS);
         }

@@ -39,12 +39,13 @@ fn fo_7_interrupted_failover_rolls_back_or_resumes() {
     assert_eq!(stuck["allowed_operations"], serde_json::json!(["failoverCancel"]), "{stuck}");
 
     // Roll back: the source VM runs again, replication resumes, the other VM is untouched.
+    let written = common::last_record(&serial);
     let job = lab.json(&["failover-cancel", &id, "--wait"]);
     assert_eq!(job["status"], "Succeeded", "{job}");
     let blocker_vm = lab.json(&["vm-show", "--site", "VMM-Chicago", "--host", "chi1", "rb1"]);
     assert_eq!(blocker_vm["definition"]["memory_mib"], 64, "the foreign VM is left alone");
-    let written = common::last_record(&serial);
     let before = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+    // Records written after the restart reach a new point: the guest runs and is replicated.
     lab.wait_for("replication to resume", Duration::from_secs(120), || {
         let it = item(&lab, &id);
         let rps = it["recovery_points"].as_array().cloned().unwrap_or_default();

@@ -95,14 +95,33 @@ async fn vm_action(
             v(host.vms.create(def).await)
         }
         VmAction::Start { vm } => v(host.vms.start(&vm).await),
-        VmAction::Shutdown { vm, timeout_secs } => {
+        VmAction::Shutdown { vm, timeout_secs, final_sync } => {
             let timeout = Duration::from_secs(timeout_secs.clamp(1, 3600));
             // A replicated VM: power the guest off, send its final state, then stop QEMU (no data
             // written before the shutdown is lost, FO-2).
             if let (Some(item), Some(running)) = (host.replication.item_of(&vm).await, host.vms.running(&vm).await) {
-                running.powerdown_guest(timeout).await.map_err(|e| vm_failure(e.into()))?;
+                let graceful = running.powerdown_guest(timeout).await.map_err(|e| vm_failure(e.into()))?;
+                if !graceful {
+                    // Paused, the guest writes nothing after the final point; every write it
+                    // was told is done is in it.
+                    running.pause_guest().await.map_err(|e| vm_failure(e.into()))?;
+                    tracing::warn!(vm = %vm, ?timeout, "the guest did not power off; paused for the final replication cycle");
+                }
                 match host.replication.final_cycle(item).await {
                     Ok(()) => tracing::info!(vm = %vm, "final replication cycle after guest shutdown done"),
+                    Err(e) if final_sync => {
+                        tracing::error!(vm = %vm, error = %e, "final replication cycle failed; the VM is kept powered off");
+                        return Err((
+                            StatusCode::CONFLICT,
+                            Json(ApiError::new(
+                                "FinalReplicationFailed",
+                                format!(
+                                    "VM {vm} is powered off but its last changes could not be replicated ({e}); \
+                                     they are kept, and the shutdown can be retried"
+                                ),
+                            )),
+                        ));
+                    }
                     Err(e) => {
                         tracing::warn!(vm = %vm, error = %e, "final replication cycle failed; the next cycle sends the changes")
                     }

@@ -33,6 +33,10 @@ pub enum ReplicationError {
     Io(#[from] std::io::Error),
 }
 
+/// Attempts of a final cycle (shutdown, planned failover) before it is reported failed.
+pub const FINAL_CYCLE_ATTEMPTS: u32 = 3;
+const FINAL_CYCLE_RETRY: Duration = Duration::from_secs(2);
+
 impl From<ferry_repl::Error> for ReplicationError {
     fn from(e: ferry_repl::Error) -> Self {
         ReplicationError::Engine(e.chain())
@@ -774,8 +778,24 @@ impl ReplicationService {
     }
 
     /// Run one cycle now (after the guest powered off: the final state, for a shutdown or a
-    /// planned failover with no data loss, FO-2). Waits for a cycle in progress to end first.
+    /// planned failover with no data loss, FO-2). Waits for a cycle in progress to end first;
+    /// a failed cycle is retried (its changes fold into the next attempt) up to
+    /// [`FINAL_CYCLE_ATTEMPTS`] times.
     pub async fn final_cycle(&self, item: Uuid) -> Result<(), ReplicationError> {
+        let mut attempt = 1;
+        loop {
+            match self.final_cycle_once(item).await {
+                Err(e) if attempt < FINAL_CYCLE_ATTEMPTS && !matches!(e, ReplicationError::Invalid(_)) => {
+                    tracing::warn!(%item, attempt, error = %e, "final replication cycle failed; retrying");
+                    tokio::time::sleep(FINAL_CYCLE_RETRY).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn final_cycle_once(&self, item: Uuid) -> Result<(), ReplicationError> {
         let slot = self.primaries.lock().ok().and_then(|p| p.get(&item).cloned());
         let Some(slot) = slot else {
             return Err(ReplicationError::Invalid(format!("{item} is not replicated from this host")));

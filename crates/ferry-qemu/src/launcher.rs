@@ -324,12 +324,18 @@ impl RunningVm {
 
     /// Ask the guest to power off (ACPI) and wait up to `timeout` for it; QEMU stays alive
     /// (`-no-shutdown`) so its disks can still be read, e.g. for a final replication cycle.
-    /// Returns whether the guest powered off.
+    /// Returns whether the guest powered off (false at once for a paused guest).
     pub async fn powerdown_guest(&self, timeout: Duration) -> Result<bool> {
         let mut events = self.qmp.subscribe();
-        let already_off = matches!(self.status().await?, VmState::Running(ref s) if s.status == "shutdown");
-        let graceful = if already_off {
+        let status = match self.status().await? {
+            VmState::Running(s) => s.status,
+            VmState::Exited(_) => return Ok(true),
+        };
+        let graceful = if status == "shutdown" {
             true
+        } else if status == "paused" {
+            // A paused guest cannot handle the power button.
+            false
         } else {
             self.qmp.execute("system_powerdown", Value::Null).await?;
             tokio::select! {
@@ -338,6 +344,12 @@ impl RunningVm {
             }
         };
         Ok(graceful)
+    }
+
+    /// Pause the vCPUs (QMP `stop`): the guest writes nothing more, and QEMU completes the
+    /// requests already in flight before it answers.
+    pub async fn pause_guest(&self) -> Result<()> {
+        self.qmp.execute("stop", Value::Null).await.map(|_| ())
     }
 
     /// Stop QEMU now: `quit`, then SIGKILL by pid if it lingers.

@@ -300,6 +300,10 @@ pub struct OperationRequest {
     /// Unplanned failover: try to shut the source down and send its last changes first.
     #[serde(default)]
     pub shutdown_source: bool,
+    /// Planned failover: seconds the source guest has to power off when asked (1..=3600,
+    /// default 120). A guest still running then is paused, so its last changes are still sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Unplanned failover: the operator confirms the source is fenced (its host powered off or
     /// cut from storage and network), so a replica may start although the source looks alive.
     #[serde(default)]

@@ -311,6 +311,11 @@ pub enum VmAction {
     Shutdown {
         vm: String,
         timeout_secs: u64,
+        /// A planned failover (FO-2): the guest's last changes must reach the replica before
+        /// the shutdown counts as done. If the final replication cycle cannot be sent, the
+        /// shutdown fails and QEMU is kept (guest powered off) so a retry can send it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        final_sync: bool,
     },
     Stop {
         vm: String,

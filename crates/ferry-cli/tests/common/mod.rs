@@ -246,15 +246,17 @@ impl Drop for Lab {
         if let Some(mut c) = self.child.take() {
             term_and_wait(&mut c, Duration::from_secs(30));
         }
-        if std::thread::panicking() {
-            self.keep_logs();
+        if std::thread::panicking() || std::env::var_os("FERRY_KEEP_LAB_LOGS").is_some() {
+            self.keep_logs(std::thread::panicking());
         }
     }
 }
 
 impl Lab {
-    /// A failed test keeps the lab's logs in `target/lab-failures/<test>/` for diagnosis.
-    fn keep_logs(&self) {
+    /// A failed test (or any, with `FERRY_KEEP_LAB_LOGS` set) keeps the lab's logs in
+    /// `target/lab-failures/<test>/`; a failed one also prints their warnings and errors, so a
+    /// run whose files are gone can still be diagnosed.
+    fn keep_logs(&self, failed: bool) {
         let test = std::thread::current().name().unwrap_or("lab").replace("::", "-");
         let dest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab-failures").join(test);
         let _ = std::fs::create_dir_all(&dest);
@@ -262,10 +264,42 @@ impl Lab {
         if let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) {
             for e in rd.flatten() {
                 let _ = std::fs::copy(e.path(), dest.join(e.file_name()));
+                if failed {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let bad: Vec<String> = text
+                        .lines()
+                        .map(strip_ansi)
+                        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                        .collect();
+                    if !bad.is_empty() {
+                        eprintln!("--- warnings and errors of {} ---", e.file_name().to_string_lossy());
+                        for l in bad.iter().rev().take(40).rev() {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
             }
         }
         eprintln!("lab logs kept in {}", dest.display());
     }
+}
+
+/// A log line without its terminal colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn path_str(p: &Path) -> String {
@@ -280,6 +314,18 @@ pub fn guest_vm(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>) -> Pa
 
 /// [`guest_vm`], with or without a guest-agent channel.
 pub fn guest_vm_with(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>, guest_agent: bool) -> PathBuf {
+    guest_vm_append(lab, name, vdb_mib, nic_ip, guest_agent, "")
+}
+
+/// [`guest_vm_with`], with more parameters for the guest's `/init` (e.g. `ferry.acpi=off`).
+pub fn guest_vm_append(
+    lab: &Lab,
+    name: &str,
+    vdb_mib: u64,
+    nic_ip: Option<&str>,
+    guest_agent: bool,
+    more: &str,
+) -> PathBuf {
     let guest = test_guest();
     let gold = lab.storage("ny1", "gold");
     let nics = match nic_ip {
@@ -295,7 +341,7 @@ pub fn guest_vm_with(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>, 
         "nics": nics,
         "guest_agent": guest_agent,
         "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
-            "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000"}
+            "append": format!("console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000 {more}").trim_end()}
     });
     lab.json(&[
         "vm-create",

@@ -482,10 +482,20 @@ pub async fn operate(
                 .await?
         }
         Operation::PlannedFailover => {
+            let shutdown_timeout = match req.shutdown_timeout_secs {
+                None => crate::jobs::DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+                Some(s) if (1..=3600).contains(&s) => s,
+                Some(s) => {
+                    return Err(ApiFailure::bad_request(
+                        "InvalidShutdownTimeout",
+                        format!("shutdown_timeout_secs {s} is outside 1..=3600"),
+                    ))
+                }
+            };
             crate::replication::set_state(&st, v.id, it.id, ReplicationState::PreparedForPlannedFailover)
                 .await
                 .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
-            let params = serde_json::json!({"item": it.id});
+            let params = serde_json::json!({"item": it.id, "shutdown_timeout_secs": shutdown_timeout});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
         }
         Operation::UnplannedFailover => {

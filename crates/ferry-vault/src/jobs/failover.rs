@@ -288,8 +288,11 @@ pub struct PlannedParams {
 }
 
 fn default_shutdown() -> u64 {
-    120
+    DEFAULT_SHUTDOWN_TIMEOUT_SECS
 }
+
+/// Seconds a planned failover gives the source guest to power off.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 120;
 
 /// The recovered VM: the source definition on the failover disks, NICs per the replica NIC plan
 /// (NET-2, NET-3, NET-4).
@@ -336,7 +339,7 @@ impl JobKind for PlannedFailoverJob {
         ctx.task(PLANNED_TASKS[0], |state, job| async move {
             let cmd = SiteCommand::Vm {
                 host: s1.host,
-                action: VmAction::Shutdown { vm: vm1, timeout_secs: p.shutdown_timeout_secs },
+                action: VmAction::Shutdown { vm: vm1, timeout_secs: p.shutdown_timeout_secs, final_sync: true },
             };
             check(
                 JobCtx::site_command(&state, &job, s1.fabric, "shutdown", cmd).await?,
@@ -443,7 +446,10 @@ impl JobKind for UnplannedFailoverJob {
             if !p.shutdown_source {
                 return Ok(());
             }
-            let cmd = SiteCommand::Vm { host: s1.host, action: VmAction::Shutdown { vm: n1, timeout_secs: 60 } };
+            let cmd = SiteCommand::Vm {
+                host: s1.host,
+                action: VmAction::Shutdown { vm: n1, timeout_secs: 60, final_sync: false },
+            };
             // The source may be gone: a failed or unanswered shutdown does not stop the failover.
             let _ = JobCtx::site_command_within(&state, &job, s1.fabric, "shutdown", cmd, SOURCE_PROBE).await;
             Ok(())

@@ -411,7 +411,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                 async move {
                     let cmd = SiteCommand::Vm {
                         host: it.source.host.clone(),
-                        action: VmAction::Shutdown { vm: it.name.clone(), timeout_secs: 120 },
+                        action: VmAction::Shutdown { vm: it.name.clone(), timeout_secs: 120, final_sync: true },
                     };
                     check(
                         JobCtx::site_command(&st, &job, it.source.fabric, &k, cmd).await?,
@@ -440,7 +440,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                     if shutdown {
                         let cmd = SiteCommand::Vm {
                             host: it.source.host.clone(),
-                            action: VmAction::Shutdown { vm: it.name.clone(), timeout_secs: 60 },
+                            action: VmAction::Shutdown { vm: it.name.clone(), timeout_secs: 60, final_sync: false },
                         };
                         // The source may be gone: a failed or unanswered shutdown does not stop it.
                         let _ = JobCtx::site_command_within(&st, &job, it.source.fabric, &k, cmd, SOURCE_PROBE).await;
