@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{kill9, ChildGuard, Lab, LabOptions};
+use common::{kill9, Lab, LabOptions};
 use serde_json::Value;
 
 /// The replication address a host agent's log says it listens on.
@@ -51,20 +51,7 @@ fn fo_2_planned_failover_waits_for_the_final_cycle_and_fo_7_resumes_without_loss
     let toml = std::fs::read_to_string(chi1.join("host.toml")).expect("host.toml");
     let toml = toml.replace("replication_listen = \"127.0.0.1:0\"", &format!("replication_listen = \"{addr}\""));
     std::fs::write(chi1.join("host.toml"), toml).expect("host.toml");
-    let _agent = ChildGuard(
-        std::process::Command::new(common::ferry_bin())
-            .args([
-                "host",
-                "--config",
-                &chi1.join("host.toml").display().to_string(),
-                "--data-dir",
-                &chi1.join("data").display().to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(lab.dir.join("logs/host-chi1-restarted.log")).expect("log"))
-            .spawn()
-            .expect("agent restarts"),
-    );
+    let _agent = lab.restart_host("chi1");
     lab.wait_for("the replica host to be back", Duration::from_secs(60), || {
         let (code, _, _) = lab.cli(&["vm-list", "--site", "VMM-Chicago", "--host", "chi1"]);
         (code == 0).then_some(())

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{kill9, ChildGuard, Lab, LabOptions};
+use common::{kill9, Lab, LabOptions};
 use serde_json::{json, Value};
 
 fn vm_action_error(lab: &Lab, def: &Value, name: &str) -> String {
@@ -119,21 +119,7 @@ fn host_1_vm_lifecycle_with_nic_on_bridge_and_host_3_reattach_and_crash_report()
     kill9(lab.pid("host-ny1"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "QEMU survives the agent");
-    let hdir = lab.dir.join("hosts/ny1");
-    let _agent = ChildGuard(
-        std::process::Command::new(common::ferry_bin())
-            .args([
-                "host",
-                "--config",
-                &hdir.join("host.toml").display().to_string(),
-                "--data-dir",
-                &hdir.join("data").display().to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(lab.tmp.path().join("host-ny1-restarted.log")).expect("log"))
-            .spawn()
-            .expect("agent restarts"),
-    );
+    let _agent = lab.restart_host("ny1");
     let st = lab.wait_for("the restarted agent to report the VM", Duration::from_secs(30), || {
         let (code, out, _) = lab.cli(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "life", "-o", "json"]);
         (code == 0).then(|| serde_json::from_str::<Value>(&out).ok()).flatten()

@@ -253,6 +253,28 @@ impl Drop for Lab {
 }
 
 impl Lab {
+    /// Start host agent `host` again (after it was killed) from its configuration and data
+    /// directory; its log goes to the lab's logs as `host-<host>-restarted.log`. The agent stops
+    /// when the guard drops.
+    pub fn restart_host(&self, host: &str) -> ChildGuard {
+        let hdir = self.dir.join("hosts").join(host);
+        let log = self.dir.join("logs").join(format!("host-{host}-restarted.log"));
+        ChildGuard(
+            Command::new(ferry_bin())
+                .args([
+                    "host",
+                    "--config",
+                    &hdir.join("host.toml").display().to_string(),
+                    "--data-dir",
+                    &hdir.join("data").display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).expect("log"))
+                .spawn()
+                .expect("agent restarts"),
+        )
+    }
+
     /// A failed test (or any, with `FERRY_KEEP_LAB_LOGS` set) keeps the lab's logs in
     /// `target/lab-failures/<test>/`; a failed one also prints their warnings and errors, so a
     /// run whose files are gone can still be diagnosed.
