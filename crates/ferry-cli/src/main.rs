@@ -99,6 +99,10 @@ enum BenchCmd {
         /// Allocated data for the initial replication, MiB.
         #[arg(long, default_value_t = 1024)]
         data_mib: u64,
+        /// Where the replica side writes (replica, rsync and local copies); default: DIR. Other
+        /// storage here measures as with a secondary site's own disks.
+        #[arg(long)]
+        replica_dir: Option<PathBuf>,
     },
 }
 
@@ -191,11 +195,20 @@ fn main() {
                 println!("{}", report?);
                 Ok(())
             }
-            Cmd::Bench { what: BenchCmd::Replication { dir, data_mib } } => {
+            Cmd::Bench { what: BenchCmd::Replication { dir, data_mib, replica_dir } } => {
                 let mut opts = ferry_repl::bench::BenchOptions::new(&dir);
                 opts.data_mib = data_mib;
-                let report = ferry_repl::bench::run(&opts).await?;
+                opts.replica_dir = replica_dir.clone();
+                let report = ferry_repl::bench::run(&opts).await;
                 let _ = std::fs::remove_dir_all(&dir);
+                if let Some(far) = &replica_dir {
+                    // Only what the bench made there (the directory may hold other things).
+                    for sub in ["replica", "rsync", "local-copy.img"] {
+                        let p = far.join(sub);
+                        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                    }
+                }
+                let report = report?;
                 println!("{report}");
                 Ok(())
             }

@@ -8,8 +8,10 @@
 //! Where `O_DIRECT` is refused (tmpfs), the thread writes through the page cache and starts the
 //! writeback of each run at once.
 //!
-//! Runs are copied into 4 KiB-aligned buffers (what `O_DIRECT` needs) taken from a small pool, so
-//! the steady state allocates nothing. Writes happen in submission order, so a cluster written
+//! A run whose memory is already 4 KiB-aligned and whole blocks long (the receiver lays every
+//! frame out so that its payload is) is queued as it is, a reference to the received buffer, not a
+//! copy ([`DataSink::write_shared`]); other runs are copied into aligned buffers taken from a small
+//! pool, so the steady state allocates nothing. Writes happen in submission order, so a cluster written
 //! twice ends with the later data. The first write error stops the thread; it is returned by the
 //! next [`DataSink::write`] or by [`DataSink::close`].
 
@@ -19,6 +21,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
 
 use crate::error::{Error, Result};
 
@@ -92,9 +96,30 @@ impl AlignedBuf {
     }
 }
 
+/// The memory of one queued run.
+enum Block {
+    /// Copied into a pool buffer (returned to the pool once written).
+    Copied(AlignedBuf),
+    /// The caller's buffer, already aligned and padded.
+    Shared(Bytes),
+}
+
+impl Block {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Block::Copied(b) => b.as_slice(),
+            Block::Shared(b) => b,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+}
+
 struct Job {
     at: u64,
-    buf: AlignedBuf,
+    buf: Block,
 }
 
 /// Background writer of one file's data runs.
@@ -161,7 +186,23 @@ impl DataSink {
         let dst = buf.as_mut_slice();
         dst[..data.len()].copy_from_slice(data);
         dst[data.len()..].fill(0);
-        self.budget.take(buf.len);
+        self.queue(at, Block::Copied(buf))
+    }
+
+    /// [`DataSink::write`] of a run the caller shares: queued without a copy when its memory is
+    /// [`DIRECT_ALIGN`]-aligned and exactly `padded` bytes long (or writes go through the page
+    /// cache, where alignment does not matter), copied otherwise.
+    pub fn write_shared(&mut self, at: u64, data: &Bytes, padded: usize) -> Result<()> {
+        let aligned = !self.direct || (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
+        if data.len() == padded && aligned {
+            self.queue(at, Block::Shared(data.clone()))
+        } else {
+            self.write(at, data, padded)
+        }
+    }
+
+    fn queue(&mut self, at: u64, buf: Block) -> Result<()> {
+        self.budget.take(buf.len());
         let sent = self.tx.as_ref().map(|tx| tx.send(Job { at, buf }).is_ok()).unwrap_or(false);
         if sent {
             Ok(())
@@ -211,43 +252,47 @@ fn write_loop(
         // Runs queued meanwhile that continue the first one on disk go in the same write (the
         // overlay appends clusters in arrival order, so a delta's scattered runs are contiguous
         // in the file).
-        let mut end = first.at + first.buf.len as u64;
+        let mut end = first.at + first.buf.len() as u64;
         batch.push(first);
         while batch.len() < QUEUE_DEPTH {
             match rx.try_recv() {
                 Ok(job) if job.at == end => {
-                    end += job.buf.len as u64;
+                    end += job.buf.len() as u64;
                     batch.push(job);
                 }
                 Ok(job) => {
                     write_batch(file, direct, &batch)?;
-                    for j in batch.drain(..) {
-                        budget.give(j.buf.len);
-                        let _ = free.try_send(j.buf);
-                    }
-                    end = job.at + job.buf.len as u64;
+                    release(&mut batch, free, budget);
+                    end = job.at + job.buf.len() as u64;
                     batch.push(job);
                 }
                 Err(_) => break,
             }
         }
         write_batch(file, direct, &batch)?;
-        for j in batch.drain(..) {
-            budget.give(j.buf.len);
-            let _ = free.try_send(j.buf);
-        }
+        release(&mut batch, free, budget);
     }
     Ok(())
+}
+
+/// Give the bytes of written jobs back to the budget and their pool buffers to the pool.
+fn release(batch: &mut Vec<Job>, free: &SyncSender<AlignedBuf>, budget: &Budget) {
+    for j in batch.drain(..) {
+        budget.give(j.buf.len());
+        if let Block::Copied(b) = j.buf {
+            let _ = free.try_send(b);
+        }
+    }
 }
 
 /// Write jobs that are contiguous on disk with one `pwritev` (the rest of a short write, which
 /// regular files only do on errors such as a full disk, is retried run by run).
 fn write_batch(file: &File, direct: bool, batch: &[Job]) -> std::io::Result<()> {
     let Some(first) = batch.first() else { return Ok(()) };
-    let total: usize = batch.iter().map(|j| j.buf.len).sum();
+    let total: usize = batch.iter().map(|j| j.buf.len()).sum();
     let iov: Vec<libc::iovec> = batch
         .iter()
-        .map(|j| libc::iovec { iov_base: j.buf.as_slice().as_ptr() as *mut libc::c_void, iov_len: j.buf.len })
+        .map(|j| libc::iovec { iov_base: j.buf.as_slice().as_ptr() as *mut libc::c_void, iov_len: j.buf.len() })
         .collect();
     // SAFETY: every iovec points into a buffer `batch` keeps alive for the call; pwritev only
     // reads them.
@@ -258,7 +303,7 @@ fn write_batch(file: &File, direct: bool, batch: &[Job]) -> std::io::Result<()> 
     let mut done = n as usize;
     if done < total {
         for j in batch {
-            let len = j.buf.len;
+            let len = j.buf.len();
             if done >= len {
                 done -= len;
                 continue;
@@ -335,6 +380,25 @@ mod tests {
             assert!(got[5000..8192].iter().all(|&b| b == 0), "padding is zero");
             assert!(got[8192..].iter().all(|&b| b == 2));
         }
+
+        // Shared runs: an aligned, whole-block buffer is written from where it is; others are
+        // copied first (unaligned memory, or shorter than the padded length).
+        let raw = Bytes::from(vec![5u8; 3 * DIRECT_ALIGN]);
+        let off = (DIRECT_ALIGN - raw.as_ptr() as usize % DIRECT_ALIGN) % DIRECT_ALIGN;
+        let aligned = raw.slice(off..off + DIRECT_ALIGN);
+        let unaligned = raw.slice(off + 1..off + 1 + DIRECT_ALIGN);
+        let short = raw.slice(off..off + 100);
+        let p = dir.path().join("shared");
+        std::fs::write(&p, b"").expect("create");
+        let mut s = DataSink::open(&p).expect("open");
+        s.write_shared(0, &aligned, DIRECT_ALIGN).expect("aligned");
+        s.write_shared(DIRECT_ALIGN as u64, &unaligned, DIRECT_ALIGN).expect("unaligned");
+        s.write_shared(2 * DIRECT_ALIGN as u64, &short, DIRECT_ALIGN).expect("short");
+        s.close().expect("close");
+        let got = std::fs::read(&p).expect("read");
+        assert_eq!(got.len(), 3 * DIRECT_ALIGN);
+        assert!(got[..2 * DIRECT_ALIGN + 100].iter().all(|&b| b == 5));
+        assert!(got[2 * DIRECT_ALIGN + 100..].iter().all(|&b| b == 0), "padding is zero");
 
         // A file that cannot be written: the error comes back, with the path.
         let ro = dir.path().join("ro");

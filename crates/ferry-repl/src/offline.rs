@@ -344,7 +344,7 @@ fn write_segments(
         true => Some(zstd::bulk::Compressor::new(1).map_err(|e| Error::io("Cannot create a zstd context", e))?),
         false => None,
     };
-    let mut buf = Vec::new();
+    let (mut buf, mut spare) = (Vec::new(), Vec::new());
     let mut next = m.extents_written();
     let mut written_now = 0u64;
     let mut segments_now = 0usize;
@@ -360,10 +360,11 @@ fn write_segments(
         let mut hasher = blake3::Hasher::new();
         let (first, mut bytes) = (next, 0u64);
         while next < m.extent_count && bytes < opts.segment_bytes {
-            let (frame, _) = src.extent_frame(next, &mut buf, zctx.as_mut())?;
+            let (frame, _) = src.extent_frame(next, &mut buf, std::mem::take(&mut spare), zctx.as_mut())?;
             w.write_all(&frame).map_err(|e| Error::io(format!("Cannot write {}", path.display()), e))?;
             hasher.update(&frame);
             bytes += frame.len() as u64;
+            spare = frame;
             next += 1;
         }
         let file = w.into_inner().map_err(|e| Error::io(format!("Cannot write {}", path.display()), e.into_error()))?;

@@ -39,7 +39,7 @@
 //! payload is zstd (level 1) unless that does not make it smaller; then it is sent raw with the
 //! `compressed` flag clear.
 
-use std::borrow::Cow;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -490,10 +490,65 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Frame buffers of one reader, kept for reuse: a received extent's payload stays a view into its
+/// frame until the replica has written it; then the buffer comes back here, so a long transfer
+/// neither allocates nor faults in fresh pages for every frame. At most [`FramePool::KEEP`]
+/// buffers wait here; they are freed with the pool (the connection).
+#[derive(Debug, Clone, Default)]
+pub struct FramePool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl FramePool {
+    /// Buffers kept at most (those in flight while a transfer streams).
+    pub const KEEP: usize = 4;
+
+    /// An empty buffer with room for `cap` bytes.
+    fn take(&self, cap: usize) -> Vec<u8> {
+        let mut v = self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+        v.clear();
+        v.reserve(cap);
+        v
+    }
+
+    /// Buffers waiting for reuse.
+    pub fn idle(&self) -> usize {
+        self.0.lock().map(|p| p.len()).unwrap_or(0)
+    }
+}
+
+/// A frame's buffer, back to its pool when the last view of it is dropped.
+struct PooledFrame {
+    buf: Vec<u8>,
+    pool: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for PooledFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledFrame {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < FramePool::KEEP {
+                    p.push(std::mem::take(&mut self.buf));
+                }
+            }
+        }
+    }
+}
+
 /// Read one frame. `Ok(None)` on a clean end of stream before a frame starts. Oversized and
 /// truncated frames are [`ErrorKind::Protocol`] errors; nothing beyond the length prefix of an
 /// oversized frame is read.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Message>> {
+    read_frame_pooled(r, None).await
+}
+
+/// [`read_frame`] into a buffer of `pool` (returned to it once the message and every view of
+/// its payload are dropped).
+pub async fn read_frame_pooled<R: AsyncRead + Unpin>(r: &mut R, pool: Option<&FramePool>) -> Result<Option<Message>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -513,15 +568,26 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Messag
         return Err(Error::protocol(format!("Frame length {len} outside 1..={MAX_FRAME}")));
     }
     // Read into spare capacity: no zeroing pass, and the buffer becomes the extent's payload.
-    // (Room beyond the frame, so the final zero-length read does not grow the buffer.)
-    let mut buf = Vec::with_capacity(len as usize + 64);
+    // The frame starts where a data extent's payload lands on a DIRECT_ALIGN boundary, so the
+    // replica writes it to disk (O_DIRECT) from this very buffer. (Room beyond the frame, so the
+    // final zero-length read does not grow, and so move, the buffer.)
+    const ALIGN: usize = crate::data_sink::DIRECT_ALIGN;
+    let cap = len as usize + ALIGN + 64;
+    let mut buf = pool.map_or_else(|| Vec::with_capacity(cap), |p| p.take(cap));
+    let pad =
+        if len as usize >= ALIGN { (ALIGN - (buf.as_ptr() as usize + DATA_PAYLOAD_AT) % ALIGN) % ALIGN } else { 0 };
+    buf.resize(pad, 0);
     let got = (&mut *r).take(u64::from(len)).read_to_end(&mut buf).await.map_err(|e| {
         Error::with_source(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes"), e)
     })?;
     if got != len as usize {
         return Err(Error::new(ErrorKind::Disconnected, format!("Connection closed inside a frame of {len} bytes")));
     }
-    Message::decode_owned(Bytes::from(buf)).map(Some)
+    let frame = match pool {
+        Some(p) => Bytes::from_owner(PooledFrame { buf, pool: Arc::downgrade(&p.0) }),
+        None => Bytes::from(buf),
+    };
+    Message::decode_owned(frame.slice(pad..)).map(Some)
 }
 
 /// Read one frame; end of stream is an error.
@@ -568,8 +634,44 @@ pub fn data_extent(index: u64, disk: u16, offset: u64, data: &[u8], compress: bo
     }
 }
 
-/// Encode a data extent frame straight from `data` (one copy): checksum of the raw data, zstd
-/// with the caller's reusable context when given, raw when compression does not shrink it.
+/// Bytes of a data extent frame before its payload: length prefix, type, index, disk, offset,
+/// length, kind, compressed flag, blake3.
+pub const DATA_FRAME_HEADER: usize = 4 + 1 + 8 + 2 + 8 + 8 + 1 + 1 + 32;
+/// Where a data extent's payload starts in a frame body (after the length prefix).
+const DATA_PAYLOAD_AT: usize = DATA_FRAME_HEADER - 4;
+
+/// Fill the [`DATA_FRAME_HEADER`] bytes at the start of `frame` (the whole frame).
+fn put_data_header(
+    frame: &mut [u8],
+    index: u64,
+    disk: u16,
+    offset: u64,
+    raw_len: u64,
+    compressed: bool,
+    sum: &[u8; 32],
+) {
+    let body = (frame.len() - 4) as u32;
+    let h = &mut frame[..DATA_FRAME_HEADER];
+    h[..4].copy_from_slice(&body.to_be_bytes());
+    h[4] = 3;
+    h[5..13].copy_from_slice(&index.to_be_bytes());
+    h[13..15].copy_from_slice(&disk.to_be_bytes());
+    h[15..23].copy_from_slice(&offset.to_be_bytes());
+    h[23..31].copy_from_slice(&raw_len.to_be_bytes());
+    h[31] = 0;
+    h[32] = u8::from(compressed);
+    h[33..].copy_from_slice(sum);
+}
+
+fn check_data_len(n: usize) -> Result<()> {
+    if n == 0 || n as u64 > MAX_DATA_EXTENT {
+        return Err(Error::new(ErrorKind::Invalid, format!("Data extent of {n} bytes")));
+    }
+    Ok(())
+}
+
+/// Encode a data extent frame from `data` (one copy): checksum of the raw data, zstd with the
+/// caller's reusable context when given, raw when compression does not shrink it.
 pub fn encode_data_frame(
     index: u64,
     disk: u16,
@@ -577,40 +679,38 @@ pub fn encode_data_frame(
     data: &[u8],
     compressor: Option<&mut zstd::bulk::Compressor<'static>>,
 ) -> Result<Vec<u8>> {
-    const HEADER: usize = 4 + 1 + 8 + 2 + 8 + 8 + 1 + 1 + 32;
-    if data.is_empty() || data.len() as u64 > MAX_DATA_EXTENT {
-        return Err(Error::new(ErrorKind::Invalid, format!("Data extent of {} bytes", data.len())));
-    }
-    let checksum = blake3::hash(data);
-    let mut b = Vec::with_capacity(HEADER + data.len());
-    b.extend_from_slice(&[0, 0, 0, 0, 3]);
-    b.extend_from_slice(&index.to_be_bytes());
-    b.extend_from_slice(&disk.to_be_bytes());
-    b.extend_from_slice(&offset.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u64).to_be_bytes());
-    b.push(0);
-    b.push(0);
-    b.extend_from_slice(checksum.as_bytes());
-    let mut compressed = false;
+    check_data_len(data.len())?;
     if let Some(c) = compressor {
-        b.resize(HEADER + data.len(), 0);
+        let mut b = vec![0u8; DATA_FRAME_HEADER + data.len()];
         // A result that does not fit in `data.len()` bytes is not worth sending compressed.
-        if let Ok(n) = c.compress_to_buffer(data, &mut b[HEADER..]) {
-            if n < data.len() {
-                b.truncate(HEADER + n);
-                compressed = true;
+        match c.compress_to_buffer(data, &mut b[DATA_FRAME_HEADER..]) {
+            Ok(n) if n < data.len() => {
+                b.truncate(DATA_FRAME_HEADER + n);
+                let sum = blake3::hash(data);
+                put_data_header(&mut b, index, disk, offset, data.len() as u64, true, sum.as_bytes());
+                return Ok(b);
+            }
+            _ => {
+                b[DATA_FRAME_HEADER..].copy_from_slice(data);
+                return seal_data_frame(index, disk, offset, b);
             }
         }
-        if !compressed {
-            b[HEADER..].copy_from_slice(data);
-        }
-    } else {
-        b.extend_from_slice(data);
     }
-    b[HEADER - 33] = u8::from(compressed);
-    let len = (b.len() - 4) as u32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(b)
+    let mut b = Vec::with_capacity(DATA_FRAME_HEADER + data.len());
+    b.resize(DATA_FRAME_HEADER, 0);
+    b.extend_from_slice(data);
+    seal_data_frame(index, disk, offset, b)
+}
+
+/// Finish a raw (uncompressed) data extent frame whose payload is already in place after
+/// [`DATA_FRAME_HEADER`] bytes of room: checksum and header. The sender reads the disk straight
+/// into the frame, so the data is never copied on the way to TLS.
+pub fn seal_data_frame(index: u64, disk: u16, offset: u64, mut frame: Vec<u8>) -> Result<Vec<u8>> {
+    let n = frame.len().saturating_sub(DATA_FRAME_HEADER);
+    check_data_len(n)?;
+    let sum = blake3::hash(&frame[DATA_FRAME_HEADER..]);
+    put_data_header(&mut frame, index, disk, offset, n as u64, false, sum.as_bytes());
+    Ok(frame)
 }
 
 /// A zero extent.
@@ -628,12 +728,13 @@ pub fn zero_extent(index: u64, disk: u16, offset: u64, len: u64) -> Extent {
 }
 
 impl Extent {
-    /// The uncompressed payload, verified against the checksum (`None` for zero extents).
-    pub fn verified_data(&self) -> Result<Option<Cow<'_, [u8]>>> {
+    /// The uncompressed payload, verified against the checksum (`None` for zero extents): the
+    /// received payload itself (a view, not a copy) unless it was compressed.
+    pub fn verified_data(&self) -> Result<Option<Bytes>> {
         if self.kind == ExtentKind::Zero {
             return Ok(None);
         }
-        let data: Cow<'_, [u8]> = if self.compressed {
+        let data = if self.compressed {
             let d = zstd::bulk::decompress(&self.payload, self.len as usize).map_err(|e| {
                 Error::with_source(ErrorKind::Protocol, format!("Extent {} does not decompress", self.index), e)
             })?;
@@ -645,9 +746,9 @@ impl Extent {
                     self.len
                 )));
             }
-            Cow::Owned(d)
+            Bytes::from(d)
         } else {
-            Cow::Borrowed(&self.payload)
+            self.payload.clone()
         };
         if blake3::hash(&data).as_bytes() != &self.checksum {
             return Err(Error::new(
@@ -711,6 +812,68 @@ mod tests {
         let n = f.len();
         f[n - 11..n - 8].copy_from_slice(b"../");
         assert!(Message::decode(&f[4..]).is_err());
+    }
+
+    #[tokio::test]
+    async fn rep_4_data_frame_sealed_in_place_arrives_with_an_aligned_payload() {
+        let data: Vec<u8> = (0..3 * 65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        // The sender's in-place frame equals the copying encoder's, compressed or not.
+        let mut framed = vec![0u8; DATA_FRAME_HEADER];
+        framed.extend_from_slice(&data);
+        let sealed = seal_data_frame(9, 1, 1 << 20, framed).expect("seal");
+        assert_eq!(sealed, encode_data_frame(9, 1, 1 << 20, &data, None).expect("encode"));
+        assert!(seal_data_frame(9, 1, 0, vec![0u8; DATA_FRAME_HEADER]).is_err(), "empty extent");
+        let mut z = zstd::bulk::Compressor::new(1).expect("zstd");
+        let compressed = encode_data_frame(9, 1, 1 << 20, &data, Some(&mut z)).expect("encode");
+        assert!(compressed.len() < sealed.len());
+        // Received frames place a data payload on a DIRECT_ALIGN boundary (written to disk from
+        // there), whatever came before them on the stream.
+        for lead in [0usize, 1, 3, 4095] {
+            let mut stream =
+                Message::Error { code: ErrorCode::Internal, message: "x".repeat(lead) }.encode().expect("e");
+            stream.extend_from_slice(&sealed);
+            stream.extend_from_slice(&compressed);
+            let mut r = stream.as_slice();
+            assert!(matches!(read_frame(&mut r).await.expect("read"), Some(Message::Error { .. })));
+            for _ in 0..2 {
+                let Some(Message::Extent(e)) = read_frame(&mut r).await.expect("read") else { panic!("extent") };
+                let got = e.verified_data().expect("verify").expect("data");
+                assert_eq!(got, data);
+                if !e.compressed {
+                    assert!(
+                        (e.payload.as_ptr() as usize).is_multiple_of(crate::data_sink::DIRECT_ALIGN),
+                        "payload not aligned"
+                    );
+                }
+            }
+            assert!(read_frame(&mut r).await.expect("end").is_none());
+        }
+        // Pooled reads: a frame's buffer comes back once its payload is dropped, and is reused
+        // (still aligned) for the next frame.
+        let pool = FramePool::default();
+        let mut stream = sealed.clone();
+        stream.extend_from_slice(&sealed);
+        stream.extend_from_slice(&sealed);
+        let mut r = stream.as_slice();
+        let Some(Message::Extent(first)) = read_frame_pooled(&mut r, Some(&pool)).await.expect("read") else {
+            panic!("extent")
+        };
+        let payload = first.verified_data().expect("verify").expect("data");
+        drop(first);
+        assert_eq!(pool.idle(), 0, "a view of the payload keeps the buffer");
+        let at = payload.as_ptr() as usize;
+        drop(payload);
+        assert_eq!(pool.idle(), 1);
+        for _ in 0..2 {
+            let Some(Message::Extent(e)) = read_frame_pooled(&mut r, Some(&pool)).await.expect("read") else {
+                panic!("extent")
+            };
+            assert_eq!(pool.idle(), 0);
+            assert!((e.payload.as_ptr() as usize).is_multiple_of(crate::data_sink::DIRECT_ALIGN));
+            assert_eq!(e.payload.as_ptr() as usize, at, "the pooled buffer is reused");
+            assert_eq!(e.verified_data().expect("verify").expect("data"), data);
+        }
+        assert_eq!(pool.idle(), 1);
     }
 
     #[test]

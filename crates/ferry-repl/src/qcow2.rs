@@ -21,6 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use crate::data_sink::DataSink;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -107,8 +109,9 @@ impl Qcow2Writer {
         &mut table[(vcluster % L2_ENTRIES) as usize]
     }
 
-    /// Write data at a cluster-aligned offset (the last cluster of the disk may be partial).
-    pub fn write_data(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    /// Write data at a cluster-aligned offset (the last cluster of the disk may be partial). The
+    /// writer thread writes from `data`'s own memory where it can (see [`DataSink::write_shared`]).
+    pub fn write_data(&mut self, offset: u64, data: &Bytes) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
         let first = offset / CLUSTER;
         let n = (data.len() as u64).div_ceil(CLUSTER);
@@ -121,7 +124,7 @@ impl Qcow2Writer {
                 *self.entry(first + i) = OFLAG_COPIED | host;
             }
             self.next_cluster += n;
-            self.sink()?.write(host0, data, (n * CLUSTER) as usize)?;
+            self.sink()?.write_shared(host0, data, (n * CLUSTER) as usize)?;
         } else {
             for i in 0..n {
                 let e = *self.entry(first + i);
@@ -135,7 +138,7 @@ impl Qcow2Writer {
                 *self.entry(first + i) = OFLAG_COPIED | host;
                 let lo = (i * CLUSTER) as usize;
                 let hi = ((i + 1) * CLUSTER).min(data.len() as u64) as usize;
-                self.sink()?.write(host, &data[lo..hi], CLUSTER as usize)?;
+                self.sink()?.write_shared(host, &data.slice(lo..hi), CLUSTER as usize)?;
             }
         }
         self.data_bytes += data.len() as u64;
@@ -407,15 +410,15 @@ mod tests {
         let base = dir.path().join("base.qcow2");
         let size = 8 << 20;
         let mut w = Qcow2Writer::create(&base, size, false).expect("create");
-        w.write_data(0, &vec![0xaa; 3 * CLUSTER as usize]).expect("data");
+        w.write_data(0, &Bytes::from(vec![0xaa; 3 * CLUSTER as usize])).expect("data");
         w.write_zero(CLUSTER * 8, CLUSTER).expect("zero without backing is a no-op");
         w.finish(None).expect("finish");
         let top = dir.path().join("top.qcow2");
         let mut w = Qcow2Writer::create(&top, size, true).expect("create");
         w.write_zero(CLUSTER, CLUSTER).expect("zero");
-        w.write_data(CLUSTER * 100, &vec![0xbb; CLUSTER as usize]).expect("data");
-        w.write_data(CLUSTER * 100, &vec![0xcc; CLUSTER as usize]).expect("overwrite");
-        assert!(w.write_data(100, &[0; 512]).is_err());
+        w.write_data(CLUSTER * 100, &Bytes::from(vec![0xbb; CLUSTER as usize])).expect("data");
+        w.write_data(CLUSTER * 100, &Bytes::from(vec![0xcc; CLUSTER as usize])).expect("overwrite");
+        assert!(w.write_data(100, &Bytes::from_static(&[0; 512])).is_err());
         w.finish(Some("base.qcow2")).expect("finish");
         assert!(img::check(&top).await.expect("check").is_clean());
         assert!(img::check(&base).await.expect("check").is_clean());

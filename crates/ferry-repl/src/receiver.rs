@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::{read_frame, valid_name, write_msg, ErrorCode, Message, PROTOCOL_VERSION};
+use crate::protocol::{
+    read_frame, read_frame_pooled, valid_name, write_msg, ErrorCode, FramePool, Message, PROTOCOL_VERSION,
+};
 use crate::replica::{PendingApply, ReplicaStore, VmReplica};
 use crate::transport::{self, Allowlist};
 
@@ -203,8 +205,9 @@ impl Shared {
         let idle = self.cfg.idle_timeout;
         let (tx, frames) = tokio::sync::mpsc::channel::<Result<Message>>(2);
         let task = tokio::spawn(async move {
+            let pool = FramePool::default();
             loop {
-                let next = match tokio::time::timeout(idle, read_frame(&mut rd)).await {
+                let next = match tokio::time::timeout(idle, read_frame_pooled(&mut rd, Some(&pool))).await {
                     Err(_) => Err(Error::new(ErrorKind::Disconnected, "Connection idle too long")),
                     Ok(Ok(None)) => break,
                     Ok(Ok(Some(m))) => Ok(m),

@@ -16,8 +16,8 @@ use tokio_rustls::client::TlsStream;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{ChainReader, PlannedExtent};
 use crate::protocol::{
-    encode_data_frame, expect_frame, is_zero, read_frame, write_msg, write_raw, zero_extent, BeginCycle, Direction,
-    ExtentKind, Message, PROTOCOL_VERSION,
+    encode_data_frame, expect_frame, is_zero, read_frame, seal_data_frame, write_msg, write_raw, zero_extent,
+    BeginCycle, Direction, ExtentKind, Message, DATA_FRAME_HEADER, PROTOCOL_VERSION,
 };
 use crate::transport::{self, Limiter};
 
@@ -90,16 +90,18 @@ impl CycleSource {
     }
 
     /// The encoded frame of extent `i` and the data bytes it carries (0 for a zero extent).
-    /// Data that reads back as zeros travels as a zero extent. `buf` is scratch space.
+    /// Data that reads back as zeros travels as a zero extent. `buf` is scratch space for
+    /// compression; without it the data is read straight into the frame, built in `spare` (a
+    /// sent frame given back for reuse, or an empty vector).
     pub fn extent_frame(
         &self,
         i: u64,
         buf: &mut Vec<u8>,
+        spare: Vec<u8>,
         zctx: Option<&mut zstd::bulk::Compressor<'static>>,
     ) -> Result<(Vec<u8>, u64)> {
         let pe = self.extents.get(i as usize).ok_or_else(|| Error::new(ErrorKind::Invalid, "No such extent"))?;
         if pe.kind == ExtentKind::Data {
-            buf.resize(pe.len as usize, 0);
             let reader = self
                 .readers
                 .get(pe.disk as usize)
@@ -115,9 +117,22 @@ impl CycleSource {
                     reader.read_ahead(next.offset, next.len);
                 }
             }
-            reader.read(pe.offset, buf)?;
-            if !is_zero(buf) {
-                return Ok((encode_data_frame(i, pe.disk, pe.offset, buf, zctx)?, pe.len));
+            match zctx {
+                Some(z) => {
+                    buf.resize(pe.len as usize, 0);
+                    reader.read(pe.offset, buf)?;
+                    if !is_zero(buf) {
+                        return Ok((encode_data_frame(i, pe.disk, pe.offset, buf, Some(z))?, pe.len));
+                    }
+                }
+                None => {
+                    let mut frame = spare;
+                    frame.resize(DATA_FRAME_HEADER + pe.len as usize, 0);
+                    reader.read(pe.offset, &mut frame[DATA_FRAME_HEADER..])?;
+                    if !is_zero(&frame[DATA_FRAME_HEADER..]) {
+                        return Ok((seal_data_frame(i, pe.disk, pe.offset, frame)?, pe.len));
+                    }
+                }
             }
         }
         Ok((Message::Extent(zero_extent(i, pe.disk, pe.offset, pe.len)).encode()?, 0))
@@ -292,6 +307,8 @@ async fn stream_extents(
     first: bool,
 ) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Vec<u8>, u64)>>(8);
+    // Sent frames go back to the reader for reuse (no fresh pages per frame).
+    let (back, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let src2 = src.clone();
     let compress = opts.compress;
     let producer = tokio::task::spawn_blocking(move || {
@@ -304,7 +321,7 @@ async fn stream_extents(
             }
         };
         for i in start..src2.extents.len() as u64 {
-            let frame = src2.extent_frame(i, &mut buf, zctx.as_mut());
+            let frame = src2.extent_frame(i, &mut buf, spares.try_recv().unwrap_or_default(), zctx.as_mut());
             let stop = frame.is_err();
             if tx.blocking_send(frame).is_err() || stop {
                 break;
@@ -327,6 +344,7 @@ async fn stream_extents(
         stats.extents_sent += 1;
         stats.wire_bytes += bytes.len() as u64;
         stats.data_bytes_sent += data;
+        let _ = back.try_send(bytes);
     }
     producer.await.map_err(|e| Error::with_source(ErrorKind::Io, "Extent reader failed", e))?;
     if start + sent != src.extents.len() as u64 {

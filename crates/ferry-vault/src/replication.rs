@@ -159,6 +159,13 @@ fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
     item.health_reasons = reasons.into_iter().map(|r| format!("{}: {}", r.code, r.message)).collect();
 }
 
+/// Whether a replica host's list of recovery points is taken for an item in `state`. Not once the
+/// failover is committed: the commit discarded the points and the host stops reporting the item,
+/// so a report taken just before the discard (arriving after it) would bring them back for good.
+fn takes_target_points(state: ReplicationState) -> bool {
+    state != ReplicationState::Committed
+}
+
 /// Apply the replication statuses a site reported.
 pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[ReplicationStatus]) {
     for s in statuses {
@@ -223,7 +230,9 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
                 }
             }
             PairRole::Target => {
-                item.recovery_points = s.recovery_points.clone();
+                if takes_target_points(item.state) {
+                    item.recovery_points = s.recovery_points.clone();
+                }
             }
         })
         .await;
@@ -314,4 +323,22 @@ async fn finalize(state: &AppState, vault: Uuid, item: &ProtectedItem, name: &st
             Some(&item.id.to_string()),
         )
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fo_4_points_reported_before_a_commit_do_not_come_back_after_it() {
+        assert!(!takes_target_points(ReplicationState::Committed));
+        for st in [
+            ReplicationState::Protected,
+            ReplicationState::FailedOverCommitPending,
+            ReplicationState::ReverseReplicating,
+            ReplicationState::ResyncRequired,
+        ] {
+            assert!(takes_target_points(st), "{st:?}");
+        }
+    }
 }
