@@ -199,6 +199,7 @@ fn main() {
                 let mut opts = ferry_repl::bench::BenchOptions::new(&dir);
                 opts.data_mib = data_mib;
                 opts.replica_dir = replica_dir.clone();
+                let far_existed = replica_dir.as_ref().is_some_and(|d| d.exists());
                 let report = ferry_repl::bench::run(&opts).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 if let Some(far) = &replica_dir {
@@ -206,6 +207,9 @@ fn main() {
                     for sub in ["replica", "rsync", "local-copy.img"] {
                         let p = far.join(sub);
                         let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+                    }
+                    if !far_existed {
+                        let _ = std::fs::remove_dir(far);
                     }
                 }
                 let report = report?;
