@@ -9,11 +9,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{ferry_bin, kill9, ChildGuard, Lab, LabOptions};
+use common::{kill9, Lab, LabOptions};
 use serde_json::Value;
 
 const SHOP: [(&str, u8); 5] = [("db1", 1), ("db2", 1), ("app1", 2), ("web1", 3), ("web2", 3)];
@@ -242,23 +241,7 @@ fn plan_2_plan_3_plan_4_three_group_plan_test_planned_commit_reprotect_failback_
     });
     kill9(lab.pid("vault"));
     std::thread::sleep(Duration::from_secs(2));
-    let listen = lab.env("FERRY_URL").trim_start_matches("https://").to_string();
-    let _vault = ChildGuard(
-        Command::new(ferry_bin())
-            .args([
-                "vault",
-                "--data-dir",
-                &lab.dir.join("vault").display().to_string(),
-                "--listen",
-                &listen,
-                "--heartbeat-timeout",
-                "5",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.tmp.path().join("vault2.log")).expect("log"))
-            .spawn()
-            .expect("vault restarts"),
-    );
+    let _vault = lab.restart_vault();
     let pf = lab.wait_for("the resumed plan to end", Duration::from_secs(240), || {
         lab.cli(&["job-show", &pf_id, "-o", "json"])
             .0

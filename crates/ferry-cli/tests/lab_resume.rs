@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ferry_bin, kill9, ChildGuard, Lab, LabOptions};
+use common::{kill9, Lab, LabOptions};
 use serde_json::{json, Value};
 
 fn job(lab: &Lab, id: &str) -> Value {
@@ -86,25 +85,7 @@ fn job_1_job_in_progress_resumes_after_vault_is_killed_and_fab_3_site_survives_v
     assert!(std::path::Path::new(&format!("/proc/{}", lab.pid("site-newyork"))).exists());
 
     // The vault restarts on the same data directory and port; the target site comes back.
-    let url = lab.env("FERRY_URL");
-    let listen = url.trim_start_matches("https://").to_string();
-    let vault_dir = lab.dir.join("vault");
-    let _vault = ChildGuard(
-        Command::new(ferry_bin())
-            .args([
-                "vault",
-                "--data-dir",
-                &vault_dir.display().to_string(),
-                "--listen",
-                &listen,
-                "--heartbeat-timeout",
-                "5",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.tmp.path().join("vault2.log")).expect("log"))
-            .spawn()
-            .expect("vault restarts"),
-    );
+    let _vault = lab.restart_vault();
     lab.wait_for("the vault to answer again", Duration::from_secs(20), || {
         (lab.cli(&["vault-show"]).0 == 0).then_some(())
     });
@@ -116,22 +97,7 @@ fn job_1_job_in_progress_resumes_after_vault_is_killed_and_fab_3_site_survives_v
             .is_some_and(|a| a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("VMM-Chicago"))))
             .then_some(())
     });
-    let sdir = lab.dir.join("sites/chicago");
-    let _site = ChildGuard(
-        Command::new(ferry_bin())
-            .args([
-                "site",
-                "run",
-                "--config",
-                &sdir.join("site.toml").display().to_string(),
-                "--data-dir",
-                &sdir.join("data").display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(lab.tmp.path().join("site2.log")).expect("log"))
-            .spawn()
-            .expect("site restarts"),
-    );
+    let _site = lab.restart_site("chicago");
 
     // The same job finishes; each site answered its command exactly once.
     let done = lab.wait_for("the resumed job to succeed", Duration::from_secs(60), || {

@@ -36,6 +36,7 @@ use ferry_qemu::img::{self, CreateOptions};
 use ferry_qemu::{Accel, Boot, DiskFormat, DiskSpec, Qemu, RunningVm, VmSpec};
 
 use crate::capture::CaptureDisk;
+use crate::data_sink::{AlignedBuf, DIRECT_ALIGN};
 use crate::engine::{CycleReport, Primary, PrimaryConfig};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::image::{ChainReader, SEND_CHUNK};
@@ -724,7 +725,6 @@ fn replica_place(dir: &Path, far: &Path) -> String {
 /// once, with no CPU per byte. Returns (MiB/s, method).
 fn local_copy(src: &Path, dst: &Path) -> Result<(f64, String)> {
     const BUF: usize = 4 << 20;
-    const ALIGN: usize = 4096;
     let open_src = |flags| std::fs::OpenOptions::new().read(true).custom_flags(flags).open(src);
     let open_dst =
         |flags| std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(flags).open(dst);
@@ -738,17 +738,16 @@ fn local_copy(src: &Path, dst: &Path) -> Result<(f64, String)> {
     };
     let size = input.metadata().map_err(|e| Error::io("Cannot stat bench disk", e))?.len();
     drop_cache(src);
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>, usize, usize)>(2);
-    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, AlignedBuf, usize)>(2);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<AlignedBuf>(4);
     for _ in 0..4 {
-        let _ = free_tx.send(vec![0u8; BUF + ALIGN]);
+        let _ = free_tx.send(AlignedBuf::default());
     }
     let t = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        for (at, buf, start, len) in full_rx {
+        for (at, buf, len) in full_rx {
             // Whole aligned blocks; the file is cut to its size at the end.
-            let padded = len.div_ceil(ALIGN) * ALIGN;
-            output.write_all_at(&buf[start..start + padded], at)?;
+            output.write_all_at(&buf.as_slice()[..len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN], at)?;
             let _ = free_tx.send(buf);
         }
         output.set_len(size)?;
@@ -758,13 +757,12 @@ fn local_copy(src: &Path, dst: &Path) -> Result<(f64, String)> {
     let mut failed = None;
     while off < size {
         let Ok(mut buf) = free_rx.recv() else { break };
-        let start = buf.as_ptr().align_offset(ALIGN);
-        let want = BUF.min((size - off).div_ceil(ALIGN as u64) as usize * ALIGN);
-        match input.read_at(&mut buf[start..start + want], off) {
+        buf.resize(BUF.min((size - off).div_ceil(DIRECT_ALIGN as u64) as usize * DIRECT_ALIGN));
+        match input.read_at(buf.as_mut_slice(), off) {
             Ok(0) => break,
             Ok(n) => {
-                buf[start + n..start + want].fill(0);
-                if full_tx.send((off, buf, start, n)).is_err() {
+                buf.as_mut_slice()[n..].fill(0);
+                if full_tx.send((off, buf, n)).is_err() {
                     break;
                 }
                 off += n as u64;

@@ -79,7 +79,7 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     /// Make the buffer `len` bytes long (contents unspecified), reusing its memory when it fits.
-    fn resize(&mut self, len: usize) {
+    pub(crate) fn resize(&mut self, len: usize) {
         if self.raw.len() < len + DIRECT_ALIGN {
             self.raw = vec![0u8; len + DIRECT_ALIGN];
         }
@@ -87,11 +87,11 @@ impl AlignedBuf {
         self.len = len;
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
 }

@@ -253,25 +253,67 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// Start host agent `host` again (after it was killed) from its configuration and data
-    /// directory; its log goes to the lab's logs as `host-<host>-restarted.log`. The agent stops
-    /// when the guard drops.
-    pub fn restart_host(&self, host: &str) -> ChildGuard {
-        let hdir = self.dir.join("hosts").join(host);
-        let log = self.dir.join("logs").join(format!("host-{host}-restarted.log"));
+    /// Start a lab process again (after it was killed) with `args`; its log goes to the lab's
+    /// logs as `<name>-restarted.log`. The process stops when the guard drops.
+    fn respawn(&self, name: &str, args: &[String]) -> ChildGuard {
+        let log = self.dir.join("logs").join(format!("{name}-restarted.log"));
         ChildGuard(
             Command::new(ferry_bin())
-                .args([
-                    "host",
-                    "--config",
-                    &hdir.join("host.toml").display().to_string(),
-                    "--data-dir",
-                    &hdir.join("data").display().to_string(),
-                ])
+                .args(args)
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(log).expect("log"))
                 .spawn()
-                .expect("agent restarts"),
+                .unwrap_or_else(|e| panic!("{name} restarts: {e}")),
+        )
+    }
+
+    /// Start host agent `host` again from its configuration and data directory.
+    pub fn restart_host(&self, host: &str) -> ChildGuard {
+        let hdir = self.dir.join("hosts").join(host);
+        let (config, data) = (hdir.join("host.toml"), hdir.join("data"));
+        self.respawn(
+            &format!("host-{host}"),
+            &[
+                "host".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        )
+    }
+
+    /// Start site manager `site` (its directory name under `sites/`) again.
+    pub fn restart_site(&self, site: &str) -> ChildGuard {
+        let sdir = self.dir.join("sites").join(site);
+        let (config, data) = (sdir.join("site.toml"), sdir.join("data"));
+        self.respawn(
+            &format!("site-{site}"),
+            &[
+                "site".into(),
+                "run".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        )
+    }
+
+    /// Start the vault again on its data directory and address (heartbeat timeout 5 s).
+    pub fn restart_vault(&self) -> ChildGuard {
+        let listen = self.env("FERRY_URL").trim_start_matches("https://").to_string();
+        self.respawn(
+            "vault",
+            &[
+                "vault".into(),
+                "--data-dir".into(),
+                self.dir.join("vault").display().to_string(),
+                "--listen".into(),
+                listen,
+                "--heartbeat-timeout".into(),
+                "5".into(),
+            ],
         )
     }
 
