@@ -16,8 +16,16 @@ async fn rep_5_bench_smoke_reports_throughput_and_costs() {
     o.mem_disks_per_vm = 5;
     o.mem_disk_mib = 4;
     o.mem_cycles = 1;
+    // The replica side on a directory of its own (`--replica-dir`).
+    let far = tempfile::tempdir().expect("tempdir");
+    o.replica_dir = Some(far.path().to_path_buf());
     let r = run(&o).await.expect("bench");
     eprintln!("{r}");
+    assert!(r.replica_place.contains(&far.path().display().to_string()), "{}", r.replica_place);
+    assert!(r.local_copy_mib_s > 0.0, "the plain local copy is measured");
+    for made in ["replica", "rsync", "local-copy.img"] {
+        assert!(!far.path().join(made).exists(), "{made} left behind");
+    }
     assert!(r.data_bytes >= 64 << 20);
     // 5 % of 64 MiB in 64 KiB blocks, exactly what was written.
     assert_eq!(r.delta.data_bytes, 52 * (64 << 10));
