@@ -222,6 +222,11 @@ pub enum ApiCmd {
         site: String,
         /// VM names.
         vms: Vec<String>,
+        /// REP-7: start the replica of VM's disk from an existing image on the target host (a
+        /// restored backup): `VM/DISK=PATH`, one for every replicated disk of the VM; only the
+        /// differences are sent. A replica the target host kept of the VM is found without it.
+        #[arg(long = "existing-disk", value_name = "VM/DISK=PATH", value_parser = parse_existing_disk)]
+        existing_disks: Vec<Value>,
         #[arg(long)]
         wait: bool,
     },
@@ -1025,9 +1030,12 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         ApiCmd::TokenRevoke { id } => {
             c.delete(&format!("/api/v1/tokens/{}", enc(&id))).await?;
         }
-        ApiCmd::Protect { site, vms, wait } => {
-            let r: Value =
-                c.post(&ctx.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": vms})).await?;
+        ApiCmd::Protect { site, vms, existing_disks, wait } => {
+            let mut body = json!({"source_site": site, "vms": vms});
+            if !existing_disks.is_empty() {
+                body["existing_disks"] = json!(existing_disks);
+            }
+            let r: Value = c.post(&ctx.v("/replicationProtectedItems"), &body).await?;
             if wait {
                 for e in r.as_array().into_iter().flatten() {
                     ctx.wait_job(&e["job"]).await?;
@@ -1295,4 +1303,14 @@ fn print_plan(out: Output, p: &Value) {
     }
     let allowed: Vec<String> = p["allowed_operations"].as_array().into_iter().flatten().map(s).collect();
     println!("Allowed operations: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") });
+}
+
+/// `VM/DISK=PATH` of `ferry protect --existing-disk` (REP-7).
+fn parse_existing_disk(s: &str) -> Result<Value, String> {
+    let (vm_disk, path) = s.split_once('=').ok_or("expected VM/DISK=PATH")?;
+    let (vm, disk) = vm_disk.rsplit_once('/').ok_or("expected VM/DISK=PATH")?;
+    if vm.is_empty() || disk.is_empty() || path.is_empty() {
+        return Err("expected VM/DISK=PATH with none of the three empty".into());
+    }
+    Ok(json!({"vm": vm, "disk": disk, "path": path}))
 }

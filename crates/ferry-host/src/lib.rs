@@ -14,6 +14,7 @@ pub mod guest_net;
 pub mod join;
 pub mod metrics;
 pub mod net;
+pub mod onboard;
 pub mod replication;
 pub mod storage;
 pub mod vms;
@@ -110,6 +111,7 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         Some(w) => Some(w.window().map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
         None => None,
     };
+    replication.storage_roots = cfg.storage.iter().map(|s| s.path.clone()).collect();
     let replication = Arc::new(replication);
     replication.resume(&vms).await;
     let host = Arc::new(Host {

@@ -102,6 +102,8 @@ pub struct ReplicationService {
     own_bandwidth: Option<ferry_repl::RateSchedule>,
     /// REP-6: when automatic resynchronizations may run (None = any time).
     pub resync_window: Option<ferry_repl::RateWindow>,
+    /// The host's storage locations (REP-7: where kept replicas and existing images may lie).
+    pub storage_roots: Vec<PathBuf>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -145,6 +147,7 @@ impl ReplicationService {
             limiter: Some(Arc::new(ferry_repl::Limiter::new(bandwidth.clone().unwrap_or_default()))),
             own_bandwidth: bandwidth,
             resync_window: None,
+            storage_roots: Vec::new(),
         })
     }
 
@@ -172,26 +175,73 @@ impl ReplicationService {
     }
 
     /// Target side: accept this item's replica from its source host only (SEC-1), stored in the
-    /// chosen storage location (STO-2).
+    /// chosen storage location (STO-2). REP-7: a replica of the same VM this host kept, or the
+    /// existing images the spec names, become the replica's start (see [`crate::onboard`]); the
+    /// answer's `existing_replica` says what it holds then, and `existing_replica_refused` why a
+    /// kept replica of the VM was not used.
     pub async fn prepare(&self, spec: ReplicaSpec) -> Result<serde_json::Value, ReplicationError> {
         let item = spec.item.to_string();
         let location = spec.disks.first().map(|d| PathBuf::from(&d.2)).filter(|p| !p.as_os_str().is_empty());
         let link = self.root.join(&item);
-        if let Some(loc) = location {
-            let dir = loc.join("ferry-replicas").join(&item);
-            std::fs::create_dir_all(&dir)?;
-            if !link.exists() {
-                std::os::unix::fs::symlink(&dir, &link)?;
+        let disks: Vec<(String, u64)> = spec.disks.iter().map(|d| (d.0.clone(), d.1)).collect();
+        let mut refused = Vec::new();
+        if std::fs::symlink_metadata(&link).is_err() && spec.existing_disks.is_empty() {
+            if let Some(origin) = &spec.origin {
+                let active: std::collections::HashSet<String> =
+                    self.persisted.lock().await.replicas.iter().map(|r| r.item.to_string()).collect();
+                let dirs = crate::onboard::candidate_dirs(&self.storage_roots, &self.data);
+                let (found, why) = crate::onboard::find_kept(&dirs, origin, &disks, &active, spec.item).await;
+                refused = why;
+                if let Some(kept) = found {
+                    let dir = crate::onboard::take_over(&kept.dir, &self.root, spec.item)?;
+                    tracing::info!(item = %item, dir = %dir.display(), points = kept.points, "reusing a kept replica of the VM (REP-7)");
+                }
             }
-        } else {
-            std::fs::create_dir_all(&link)?;
         }
+        if std::fs::symlink_metadata(&link).is_err() {
+            if let Some(loc) = location {
+                let dir = loc.join(crate::onboard::REPLICAS_DIR).join(&item);
+                std::fs::create_dir_all(&dir)?;
+                std::os::unix::fs::symlink(&dir, &link)?;
+            } else {
+                std::fs::create_dir_all(&link)?;
+            }
+        }
+        if let Some(origin) = &spec.origin {
+            let rec =
+                crate::onboard::OriginRecord { origin: origin.clone(), item: spec.item, vm_name: spec.vm_name.clone() };
+            crate::onboard::write_origin(&link, &rec)?;
+        }
+        let vm = self.receiver.store().vm(&item).await?;
+        if !spec.existing_disks.is_empty() && vm.recovery_points()?.is_empty() {
+            let images =
+                crate::onboard::check_existing_images(&spec.existing_disks, &disks, &self.storage_roots).await?;
+            let point = vm.adopt_existing(&images, crate::onboard::images_time(&images)).await?;
+            tracing::info!(item = %item, point = %point.id, "existing images adopted as the replica's base (REP-7)");
+        }
+        let points = vm.recovery_points()?;
+        let existing = points.last().map(|latest| ferry_types::site_protocol::ExistingReplica {
+            source: if spec.existing_disks.is_empty() {
+                ferry_types::site_protocol::ExistingReplicaSource::KeptReplica
+            } else {
+                ferry_types::site_protocol::ExistingReplicaSource::ExistingImages
+            },
+            points: points.len() as u32,
+            latest: Some(latest.time),
+        });
         self.allowlist.allow_pair(&spec.source_host_cn, &item);
         let mut p = self.persisted.lock().await;
         p.replicas.retain(|r| r.item != spec.item);
         p.replicas.push(spec);
         write_state(&self.data.join("replication.json"), &p)?;
-        Ok(serde_json::json!({"receiver": self.address().to_string()}))
+        let mut out = serde_json::json!({"receiver": self.address().to_string()});
+        if let Some(e) = existing {
+            out["existing_replica"] = serde_json::to_value(e).map_err(std::io::Error::other)?;
+        }
+        if !refused.is_empty() {
+            out["existing_replica_refused"] = serde_json::json!(refused);
+        }
+        Ok(out)
     }
 
     /// Source side: start replicating a running VM.

@@ -126,6 +126,10 @@ pub struct ReplicaDisk {
     pub location: String,
     /// Mapped, or the default replica location (and why).
     pub placement: String,
+    /// REP-7: an existing image on the target host this disk's replica starts from (a restored
+    /// backup); only the differences are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_image: Option<String>,
 }
 
 /// A replica NIC and the network it joins (NET-2, NET-3, NET-4).
@@ -227,6 +231,9 @@ pub struct ProtectedItem {
     /// The failover in effect, from the start of the recovered VM until re-protect (FO-4, FO-5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverRecord>,
+    /// REP-7: the replica this protection started from instead of a full copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_replica: Option<crate::site_protocol::ExistingReplica>,
 }
 
 /// A failover in effect: the point the recovered VM runs on and what reverse replication needs.
@@ -322,4 +329,20 @@ pub struct EnableProtection {
     pub source_site: String,
     /// VM names or ids on that site.
     pub vms: Vec<String>,
+    /// REP-7: existing images on the target host to start replicas from (e.g. restored
+    /// backups), one for every replicated disk of each VM named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing_disks: Vec<ExistingDisk>,
+}
+
+/// An existing image on the target host for one disk of a VM being protected (REP-7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExistingDisk {
+    /// VM name or id (one of the request's VMs).
+    pub vm: String,
+    /// Disk target, e.g. `vda`.
+    pub disk: String,
+    /// Absolute path on the target host, inside one of its storage locations.
+    pub path: String,
 }

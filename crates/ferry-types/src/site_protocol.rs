@@ -274,6 +274,37 @@ pub struct ReplicaSpec {
     /// Additional hourly recovery points to keep (POL-4).
     #[serde(default)]
     pub retention_hours: u32,
+    /// REP-7: the protected VM's identity across protections (`<source site id>/<VM id>`). A
+    /// replica of the same VM kept on this host (protection disabled with "delete replica: no",
+    /// or its folder restored from a backup) is reused with its recovery points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// REP-7: existing images on this host to start the replica from (a restored backup), one
+    /// per replicated disk: (disk target, path inside one of the host's storage locations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub existing_disks: Vec<(String, String)>,
+}
+
+/// REP-7: what a target host reused when it prepared a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExistingReplica {
+    /// Where the replica came from.
+    pub source: ExistingReplicaSource,
+    /// Recovery points the replica already holds (kept history).
+    pub points: u32,
+    /// Time of its newest point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where a reused replica came from (REP-7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ExistingReplicaSource {
+    /// A replica of the same VM found on the target host (kept when protection was disabled, or
+    /// restored there from a backup).
+    KeptReplica,
+    /// Disk images the operator named (e.g. a restored backup).
+    ExistingImages,
 }
 
 /// What a source host needs to replicate a VM.

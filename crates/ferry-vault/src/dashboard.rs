@@ -491,6 +491,7 @@ mod tests {
             test_failover: None,
             last_test_failover: None,
             failover: None,
+            existing_replica: None,
         }
     }
 

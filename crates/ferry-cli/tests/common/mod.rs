@@ -390,13 +390,18 @@ pub fn guest_vm_append(
     guest_agent: bool,
     more: &str,
 ) -> PathBuf {
+    create_and_start(lab, name, &guest_vm_def(lab, name, vdb_mib, nic_ip, guest_agent, more))
+}
+
+/// The definition [`guest_vm_append`] creates on ny1.
+pub fn guest_vm_def(lab: &Lab, name: &str, vdb_mib: u64, nic_ip: Option<&str>, guest_agent: bool, more: &str) -> Value {
     let guest = test_guest();
     let gold = lab.storage("ny1", "gold");
     let nics = match nic_ip {
         Some(ip) => serde_json::json!([{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": ip}]),
         None => serde_json::json!([]),
     };
-    let def = serde_json::json!({
+    serde_json::json!({
         "name": name, "vcpus": 1, "memory_mib": 256,
         "disks": [
             {"target": "vda", "path": gold.join(format!("{name}-vda.qcow2")), "format": "qcow2", "create_size": 8u64 << 20},
@@ -406,7 +411,11 @@ pub fn guest_vm_append(
         "guest_agent": guest_agent,
         "kernel_boot": {"kernel": guest.kernel, "initrd": guest.initrd,
             "append": format!("console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=300 ferry.count=100000 {more}").trim_end()}
-    });
+    })
+}
+
+/// Create `def` on ny1, start it and wait until the vault lists it; returns its serial log.
+pub fn create_and_start(lab: &Lab, name: &str, def: &Value) -> PathBuf {
     lab.json(&[
         "vm-create",
         "--site",
@@ -414,7 +423,7 @@ pub fn guest_vm_append(
         "--host",
         "ny1",
         "--file",
-        &lab.vm_def(name, &def).display().to_string(),
+        &lab.vm_def(name, def).display().to_string(),
     ]);
     lab.json(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", name]);
     lab.wait_for("the VM in the vault's inventory", Duration::from_secs(30), || {

@@ -248,7 +248,7 @@ pub async fn enable_protection(
         check_text("vms", vm, 256)?;
     }
     let f = site_fabric(&st, fabric_id).await?.body;
-    let out = crate::api::items::enable_on_site(&st, f.vault_id, &f, &req.vms, Some(&f.name)).await?;
+    let out = crate::api::items::enable_on_site(&st, f.vault_id, &f, &req.vms, &[], Some(&f.name)).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))
 }
 

@@ -14,8 +14,8 @@ use ferry_types::fabric::{Fabric, Vm};
 use ferry_types::job::Job;
 use ferry_types::mapping::{ContainerMapping, NetworkMapping, StorageMapping};
 use ferry_types::protection::{
-    Direction, EnableProtection, Health, ItemSide, Operation, OperationRequest, ProtectedItem, ReplicaDisk,
-    ReplicationState, ReplicationStats, TestNetwork,
+    Direction, EnableProtection, ExistingDisk, Health, ItemSide, Operation, OperationRequest, ProtectedItem,
+    ReplicaDisk, ReplicationState, ReplicationStats, TestNetwork,
 };
 use ferry_types::Page;
 use serde::Serialize;
@@ -170,6 +170,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
                 virtual_size: d.virtual_size,
                 location: p.map(|p| p.location.clone()).unwrap_or_default(),
                 placement: p.map(|p| format!("{:?}", p.kind)).unwrap_or_default(),
+                existing_image: None,
             }
         })
         .collect();
@@ -207,6 +208,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         test_failover: None,
         last_test_failover: None,
         failover: None,
+        existing_replica: None,
     })
 }
 
@@ -223,18 +225,20 @@ pub async fn enable_protection(
         return Err(ApiFailure::bad_request("InvalidValue", "Give at least one VM"));
     }
     let source = load_fabric(&st, v.id, &req.source_site).await?.body;
-    let out = enable_on_site(&st, v.id, &source, &req.vms, None).await?;
+    let out = enable_on_site(&st, v.id, &source, &req.vms, &req.existing_disks, None).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))
 }
 
 /// REP-1: enable protection for `vms` of the site `source` (VM names or ids). Every VM is planned
-/// first: one bad VM refuses the request and changes nothing. `from_site` names the site
-/// manager when the request came from the site side (recorded in the events).
+/// first: one bad VM refuses the request and changes nothing. `existing` names images on the
+/// target hosts to start replicas from (REP-7). `from_site` names the site manager when the
+/// request came from the site side (recorded in the events).
 pub async fn enable_on_site(
     st: &AppState,
     vault: Uuid,
     source: &ferry_types::fabric::Fabric,
     vms: &[String],
+    existing: &[ExistingDisk],
     from_site: Option<&str>,
 ) -> ApiResult<Vec<Enabled>> {
     // Plan every VM first: one bad VM refuses the request and changes nothing.
@@ -250,11 +254,27 @@ pub async fn enable_on_site(
         if !seen.insert(vm.id.clone()) {
             return Err(ApiFailure::bad_request("DuplicateVm", format!("VM {} is listed twice", vm.name)));
         }
-        let existing = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await?;
-        if existing.iter().any(|d| d.body.vm_id == vm.id) {
+        let protected = st.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, vault).await?;
+        if protected.iter().any(|d| d.body.vm_id == vm.id) {
             return Err(ApiFailure::conflict("AlreadyProtected", format!("VM {} is already protected", vm.name)));
         }
-        planned.push(plan_item(st, vault, source, vm).await?);
+        let mut item = plan_item(st, vault, source, vm).await?;
+        let target = st
+            .store
+            .get_doc::<Fabric>(DocKind::Fabric, vault, &item.target.fabric.to_string())
+            .await?
+            .ok_or_else(|| ApiFailure::not_found("Target site", &item.target.fabric.to_string()))?
+            .body;
+        attach_existing_images(&mut item, vm, existing, &target)?;
+        planned.push(item);
+    }
+    for e in existing {
+        if !planned.iter().any(|i| i.name == e.vm || i.vm_id == e.vm) {
+            return Err(ApiFailure::bad_request(
+                "InvalidExistingDisk",
+                format!("Existing image for VM {}, which is not among the VMs to protect", e.vm),
+            ));
+        }
     }
     let mut out = Vec::new();
     for item in planned {
@@ -315,6 +335,63 @@ pub async fn enable_on_site(
         out.push(Enabled { item: with_allowed(item), job });
     }
     Ok(out)
+}
+
+/// REP-7: record the operator's existing images (one per replicated disk of `vm`, inside a
+/// storage location of the item's target host) on the planned item's disks.
+fn attach_existing_images(
+    item: &mut ProtectedItem,
+    vm: &Vm,
+    existing: &[ExistingDisk],
+    target: &Fabric,
+) -> ApiResult<()> {
+    let bad = |m: String| ApiFailure::bad_request("InvalidExistingDisk", m);
+    let mine: Vec<&ExistingDisk> = existing.iter().filter(|e| e.vm == vm.name || e.vm == vm.id).collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let host = target
+        .inventory
+        .host(&item.target.host)
+        .ok_or_else(|| ApiFailure::not_found("Target host", &item.target.host))?;
+    for e in &mine {
+        let path = std::path::Path::new(&e.path);
+        if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(bad(format!(
+                "Existing image {} for {}/{}: give an absolute path without '..'",
+                e.path, vm.name, e.disk
+            )));
+        }
+        if !host.storage_locations.iter().any(|l| path.starts_with(&l.path)) {
+            return Err(ApiFailure::with(
+                StatusCode::BAD_REQUEST,
+                ferry_types::ApiError::new(
+                    "InvalidExistingDisk",
+                    format!(
+                        "Existing image {} for {}/{} is not inside a storage location of the target host {}",
+                        e.path, vm.name, e.disk, host.name
+                    ),
+                )
+                .recommend("Put the image into one of the host's storage locations (ferry host-list shows them)"),
+            ));
+        }
+        let disk = item
+            .disks
+            .iter_mut()
+            .find(|d| d.target == e.disk)
+            .ok_or_else(|| bad(format!("VM {} has no replicated disk {}", vm.name, e.disk)))?;
+        if disk.existing_image.is_some() {
+            return Err(bad(format!("Two existing images given for {}/{}", vm.name, e.disk)));
+        }
+        disk.existing_image = Some(e.path.clone());
+    }
+    if let Some(d) = item.disks.iter().find(|d| d.existing_image.is_none()) {
+        return Err(bad(format!(
+            "No existing image given for {}/{}: give one for every replicated disk of the VM",
+            vm.name, d.target
+        )));
+    }
+    Ok(())
 }
 
 fn point_choice(raw: Option<&str>) -> ferry_core::retention::RecoveryPointChoice {

@@ -236,6 +236,64 @@ pub(crate) async fn load_fabric(
         .ok_or_else(|| ApiError::new("NotFound", format!("Site {id} is no longer registered")))
 }
 
+/// REP-7: a VM's identity across protections, by which its target host finds a replica it kept.
+pub fn replica_origin(item: &ferry_types::protection::ProtectedItem) -> String {
+    format!("{}/{}", item.source.fabric, item.vm_id)
+}
+
+/// REP-7: what the target host's answer to "prepare the replica" says it reused, recorded on the
+/// item (initial replication then compares hashes) and as events.
+async fn record_existing_replica(
+    state: &AppState,
+    item: &ferry_types::protection::ProtectedItem,
+    out: &serde_json::Value,
+) -> Result<(), ApiError> {
+    use ferry_types::event::Severity;
+    use ferry_types::site_protocol::{ExistingReplica, ExistingReplicaSource};
+    let vault = item.vault_id;
+    for why in out["existing_replica_refused"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+        state
+            .event(
+                vault,
+                Severity::Warning,
+                "ExistingReplicaNotUsed",
+                &format!("A replica of {} on {} was not reused: {why}", item.name, item.target.host_name),
+                Some(item.target.fabric),
+                Some(&item.id.to_string()),
+            )
+            .await;
+    }
+    let existing: Option<ExistingReplica> = match out.get("existing_replica") {
+        Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+            ApiError::new("SiteProtocolError", format!("The host's replica answer is unreadable: {e}"))
+        })?),
+        None => None,
+    };
+    let Some(e) = existing else { return Ok(()) };
+    if item.existing_replica.as_ref() == Some(&e) {
+        return Ok(()); // the task ran again (vault restart): already recorded
+    }
+    let what = match e.source {
+        ExistingReplicaSource::KeptReplica => "a replica of it kept",
+        ExistingReplicaSource::ExistingImages => "the existing images given",
+    };
+    let latest = e.latest.map(|t| format!(", latest {}", t.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default();
+    state
+        .event(
+            vault,
+            Severity::Info,
+            "ExistingReplicaReused",
+            &format!(
+                "{} starts from {what} on {} ({} recovery point(s){latest}); only the differences are sent",
+                item.name, item.target.host_name, e.points
+            ),
+            Some(item.target.fabric),
+            Some(&item.id.to_string()),
+        )
+        .await;
+    crate::replication::update_item(state, vault, item.id, |i| i.existing_replica = Some(e.clone())).await.map(|_| ())
+}
+
 /// Enable protection (REP-1): check, prepare the replica on the target host, start initial
 /// replication on the source host. Finalize protection follows when initial replication ends.
 pub struct EnableProtectionJob;
@@ -301,12 +359,18 @@ impl JobKind for EnableProtectionJob {
                 vm_name: item.name.clone(),
                 disks: item.disks.iter().map(|d| (d.target.clone(), d.virtual_size, d.location.clone())).collect(),
                 source_host_cn: host_cn(item.source.fabric, &item.source.host),
+                origin: Some(replica_origin(&item)),
+                existing_disks: item
+                    .disks
+                    .iter()
+                    .filter_map(|d| d.existing_image.clone().map(|p| (d.target.clone(), p)))
+                    .collect(),
             };
             let cmd = SiteCommand::PrepareReplica { host: item.target.host.clone(), replica };
-            check(
-                JobCtx::site_command(&state, &job, item.target.fabric, "prepare", cmd).await?,
-                "Preparing the replica",
-            )
+            let r = JobCtx::site_command(&state, &job, item.target.fabric, "prepare", cmd).await?;
+            let out = r.output.clone();
+            check(r, "Preparing the replica")?;
+            record_existing_replica(&state, &item, &out).await
         })
         .await?;
         ctx.task(ENABLE_TASKS[2], |state, job| async move {
@@ -322,7 +386,11 @@ impl JobKind for EnableProtectionJob {
                 target_address: address,
                 target_host_cn: host_cn(item.target.fabric, &item.target.host),
                 policy: policy.spec,
-                initial: Default::default(),
+                // REP-7: a replica that already holds the VM's data gets only the differences.
+                initial: match item.existing_replica {
+                    Some(_) => ferry_types::site_protocol::InitialReplication::CompareHashes,
+                    None => ferry_types::site_protocol::InitialReplication::Full,
+                },
             };
             // POL-8: a scheduled initial replication waits on the source host until its time.
             let waits = matches!(&replication.policy.initial_replication,

@@ -252,6 +252,8 @@ impl JobKind for ReProtectJob {
                     .collect(),
                 source_host_cn: host_cn(a2.fabric, &a2.host),
                 retention_hours: policy.spec.recovery_point_retention_hours,
+                origin: None,
+                existing_disks: vec![],
             };
             let cmd = SiteCommand::Replication {
                 host: o2.host,
@@ -336,6 +338,7 @@ pub(super) fn reversed_item(
     r.state = ReplicationState::ReverseReplicating;
     r.stats = ReplicationStats::default();
     r.recovery_points.clear();
+    r.existing_replica = None;
     r.test_failover = None;
     let failover_paths: HashMap<&str, &str> = item
         .failover
@@ -351,6 +354,7 @@ pub(super) fn reversed_item(
             virtual_size: d.virtual_size,
             location: location_of(original_site, &item.source.host, &d.source_path),
             placement: "the original VM's storage location (reverse replication)".into(),
+            existing_image: None,
         })
         .collect();
     let recovered = active_site.inventory.vm(&item.vm_id);

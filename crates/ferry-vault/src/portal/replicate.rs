@@ -237,7 +237,7 @@ pub async fn enable(State(st): State<AppState>, user: User, Path(vault): Path<St
             .as_deref()
             .and_then(split)
             .ok_or_else(|| ApiFailure::bad_request("InvalidValue", "Choose the source cloud first"))?;
-        let req = EnableProtection { source_site: fabric.to_string(), vms: form.all("vm") };
+        let req = EnableProtection { source_site: fabric.to_string(), vms: form.all("vm"), existing_disks: vec![] };
         crate::api::items::enable_protection(State(st.clone()), user.auth.clone(), Path(vault.clone()), ApiJson(req))
             .await
     }
