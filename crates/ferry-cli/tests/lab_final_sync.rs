@@ -11,17 +11,6 @@ use std::time::Duration;
 use common::{kill9, Lab, LabOptions};
 use serde_json::Value;
 
-/// The replication address a host agent's log says it listens on.
-fn receiver_address(log: &str) -> String {
-    log.lines()
-        .filter(|l| l.contains("Replication receiver listening"))
-        .find_map(|l| {
-            let plain = common::strip_ansi(l);
-            plain.split_whitespace().find_map(|w| w.strip_prefix("addr=").map(str::to_string))
-        })
-        .expect("the agent logs its replication address")
-}
-
 #[test]
 fn fo_2_planned_failover_waits_for_the_final_cycle_and_fo_7_resumes_without_loss() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
@@ -31,8 +20,7 @@ fn fo_2_planned_failover_waits_for_the_final_cycle_and_fo_7_resumes_without_loss
     common::wait_records_and_points(&lab, &id, &serial, 4, 2);
 
     // The replica host goes down; it comes back later at the same replication address.
-    let chi1 = lab.dir.join("hosts/chi1");
-    let addr = receiver_address(&std::fs::read_to_string(lab.dir.join("logs/host-chi1.log")).expect("chi1 log"));
+    lab.pin_replication_address("chi1");
     kill9(lab.pid("host-chi1"));
 
     let (code, out, err) = lab.cli(&["planned-failover", &id, "--wait", "-o", "json"]);
@@ -48,9 +36,6 @@ fn fo_2_planned_failover_waits_for_the_final_cycle_and_fo_7_resumes_without_loss
     let last = common::last_record(&serial);
     assert!(last >= 4, "{last}");
 
-    let toml = std::fs::read_to_string(chi1.join("host.toml")).expect("host.toml");
-    let toml = toml.replace("replication_listen = \"127.0.0.1:0\"", &format!("replication_listen = \"{addr}\""));
-    std::fs::write(chi1.join("host.toml"), toml).expect("host.toml");
     let _agent = lab.restart_host("chi1");
     lab.wait_for("the replica host to be back", Duration::from_secs(60), || {
         let (code, _, _) = lab.cli(&["vm-list", "--site", "VMM-Chicago", "--host", "chi1"]);

@@ -83,6 +83,11 @@ fn rep_7_pol_7_reenabling_a_vm_reuses_its_kept_replica_with_its_points_and_sends
     let it = wait_caught_up(&lab, &second, &serial, &kept_points);
     assert_eq!(it["existing_replica"]["source"], "KeptReplica", "{it}");
     assert!(it["existing_replica"]["points"].as_u64().unwrap_or(0) >= kept_points.len() as u64, "{it}");
+    let location = std::fs::canonicalize(lab.storage("chi1", "replica")).expect("location");
+    for d in it["disks"].as_array().expect("disks") {
+        assert_eq!(d["placement"], "KeptReplica", "{d}");
+        assert_eq!(std::fs::canonicalize(d["location"].as_str().expect("location")).ok(), Some(location.clone()));
+    }
     let ids = point_ids(&it);
     for p in &kept_points {
         assert!(ids.contains(p), "kept point {p} is a point of the new protection: {ids:?}");

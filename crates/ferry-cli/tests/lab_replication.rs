@@ -99,6 +99,21 @@ fn rep_1_protected_guest_replicates_with_crash_consistent_points_and_no_loss_at_
         ferry_qemu::guest_records::last_serial_record(&std::fs::read_to_string(&serial).unwrap_or_default())
             .filter(|n| *n >= 10)
     });
+    // The newest point on the replica trails the primary by at most two copy frequencies
+    // (the test interval stands for the copy frequency here).
+    let interval = Duration::from_millis(1500);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data("chi1").join("replicas")).expect("replica store");
+    let mut trails = Vec::new();
+    for _ in 0..12 {
+        let newest = rt.block_on(store.vm(&id)).expect("replica").recovery_points().expect("points");
+        let at = newest.last().expect("a point").time;
+        trails.push((chrono::Utc::now() - at).to_std().unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let worst = trails.iter().max().copied().unwrap_or_default();
+    eprintln!("trail of the newest point behind the primary: worst {worst:?} of {trails:?}");
+    assert!(worst <= 2 * interval, "the newest point trails by at most two copy frequencies: {trails:?}");
     let it = item(&lab, &id);
     assert_eq!(it["health"], "Normal", "{it}");
     assert!(it["stats"]["cycles_ok"].as_u64().unwrap_or(0) >= 3);
@@ -112,9 +127,6 @@ fn rep_1_protected_guest_replicates_with_crash_consistent_points_and_no_loss_at_
 
     // Every recovery point holds a clean prefix of records (crash consistency); the latest one
     // holds every record the guest wrote (no loss).
-    let root = lab.host_data("chi1").join("replicas");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let store = ferry_repl::ReplicaStore::open(&root).expect("replica store");
     let vm = rt.block_on(store.vm(&id)).expect("replica");
     let points = vm.recovery_points().expect("points");
     assert!(points.len() >= 4);

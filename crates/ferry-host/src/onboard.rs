@@ -167,6 +167,17 @@ pub fn take_over(kept: &Path, root: &Path, item: Uuid) -> Result<PathBuf, Replic
     Ok(dir)
 }
 
+/// The storage location holding replica folder `dir` (`<location>/ferry-replicas/<item>`), or
+/// an empty string for a folder in the host's own data directory.
+pub fn location_of(dir: &Path) -> String {
+    match dir.parent() {
+        Some(p) if p.file_name().is_some_and(|n| n == REPLICAS_DIR) => {
+            p.parent().map(|l| l.display().to_string()).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
 /// Check the operator's images for a new replica (one per disk of `disks`, inside a storage
 /// location, self-contained, not encrypted, of the disk's size); returns (target, path).
 pub async fn check_existing_images(
@@ -257,6 +268,8 @@ mod tests {
         std::os::unix::fs::symlink(&kept, root.join(old.to_string())).expect("old link");
         let dir = take_over(&kept, &root, new).expect("take over");
         assert_eq!(dir, t.path().join("loc").join(REPLICAS_DIR).join(new.to_string()));
+        assert_eq!(location_of(&dir), t.path().join("loc").display().to_string());
+        assert_eq!(location_of(&root.join("x")), "");
         assert!(dir.join("vda-000001.qcow2").exists());
         assert!(std::fs::symlink_metadata(root.join(old.to_string())).is_err(), "the old link is gone");
         assert_eq!(std::fs::read_link(root.join(new.to_string())).expect("new link"), dir);

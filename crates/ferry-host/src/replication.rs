@@ -185,6 +185,7 @@ impl ReplicationService {
         let link = self.root.join(&item);
         let disks: Vec<(String, u64)> = spec.disks.iter().map(|d| (d.0.clone(), d.1)).collect();
         let mut refused = Vec::new();
+        let mut kept_location = None;
         if std::fs::symlink_metadata(&link).is_err() && spec.existing_disks.is_empty() {
             if let Some(origin) = &spec.origin {
                 let active: std::collections::HashSet<String> =
@@ -194,6 +195,7 @@ impl ReplicationService {
                 refused = why;
                 if let Some(kept) = found {
                     let dir = crate::onboard::take_over(&kept.dir, &self.root, spec.item)?;
+                    kept_location = Some(crate::onboard::location_of(&dir));
                     tracing::info!(item = %item, dir = %dir.display(), points = kept.points, "reusing a kept replica of the VM (REP-7)");
                 }
             }
@@ -228,6 +230,7 @@ impl ReplicationService {
             },
             points: points.len() as u32,
             latest: Some(latest.time),
+            location: kept_location.clone(),
         });
         self.allowlist.allow_pair(&spec.source_host_cn, &item);
         let mut p = self.persisted.lock().await;

@@ -295,6 +295,10 @@ pub struct ExistingReplica {
     /// Time of its newest point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<chrono::DateTime<chrono::Utc>>,
+    /// The storage location that holds a kept replica (it stays where it is, which may differ
+    /// from the planned location); empty for the host's own replica directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// Where a reused replica came from (REP-7).

@@ -260,6 +260,8 @@ impl Lab {
         ChildGuard(
             Command::new(ferry_bin())
                 .args(args)
+                // As the lab runs its processes (tests read their logs).
+                .env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(log).expect("log"))
                 .spawn()
@@ -281,6 +283,25 @@ impl Lab {
                 data.display().to_string(),
             ],
         )
+    }
+
+    /// The replication address host agent `host` listens on (from its first log).
+    pub fn replication_address(&self, host: &str) -> String {
+        let log = std::fs::read_to_string(self.dir.join("logs").join(format!("host-{host}.log"))).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("Replication receiver listening"))
+            .find_map(|l| strip_ansi(l).split_whitespace().find_map(|w| w.strip_prefix("addr=").map(str::to_string)))
+            .expect("the agent logs its replication address")
+    }
+
+    /// Make host agent `host` listen at the replication address it has now when it is started
+    /// again, so that sources find their replicas there.
+    pub fn pin_replication_address(&self, host: &str) {
+        let addr = self.replication_address(host);
+        let config = self.dir.join("hosts").join(host).join("host.toml");
+        let toml = std::fs::read_to_string(&config).expect("host.toml");
+        let toml = toml.replace("replication_listen = \"127.0.0.1:0\"", &format!("replication_listen = \"{addr}\""));
+        std::fs::write(&config, toml).expect("host.toml");
     }
 
     /// Start site manager `site` (its directory name under `sites/`) again.

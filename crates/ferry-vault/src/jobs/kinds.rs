@@ -291,7 +291,17 @@ async fn record_existing_replica(
             Some(&item.id.to_string()),
         )
         .await;
-    crate::replication::update_item(state, vault, item.id, |i| i.existing_replica = Some(e.clone())).await.map(|_| ())
+    crate::replication::update_item(state, vault, item.id, |i| {
+        if let Some(loc) = &e.location {
+            for d in &mut i.disks {
+                d.location = loc.clone();
+                d.placement = "KeptReplica".into();
+            }
+        }
+        i.existing_replica = Some(e.clone());
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Enable protection (REP-1): check, prepare the replica on the target host, start initial

@@ -358,6 +358,14 @@ async fn render(
         }
         section id="recovery-points" {
             h2 { "Recovery points" span class="muted" { " · " (it.recovery_points.len()) } }
+            @if let Some(e) = &it.existing_replica {
+                p id="existing-replica" {
+                    "Started from " (match e.source {
+                        ferry_types::site_protocol::ExistingReplicaSource::KeptReplica => "a replica kept on the target host",
+                        ferry_types::site_protocol::ExistingReplicaSource::ExistingImages => "existing images on the target host",
+                    }) " with " (e.points) " recovery point(s); only the differences were sent (REP-7)."
+                }
+            }
             @if it.recovery_points.is_empty() { p class="muted" { "None yet." } }
             @else {
                 table id="points" {
