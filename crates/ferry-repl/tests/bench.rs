@@ -29,6 +29,14 @@ async fn rep_5_bench_smoke_reports_throughput_and_costs() {
     assert!(r.data_bytes >= 64 << 20);
     // 5 % of 64 MiB in 64 KiB blocks, exactly what was written.
     assert_eq!(r.delta.data_bytes, 52 * (64 << 10));
+    // Targets 2 and 3 are medians of rounds, every round reported.
+    assert_eq!(r.delta_rounds.len(), 3);
+    assert!(r.delta_rounds.contains(&r.delta.wall), "the figure is one of the rounds");
+    assert_eq!(r.cpu_ratio_rounds.len(), 3);
+    if let Some(rs) = &r.rsync {
+        assert_eq!(rs.delta_rounds.len(), 3);
+        assert!(rs.delta_rounds.contains(&rs.delta));
+    }
     assert_eq!(r.mixed_raw.data_bytes, 16 << 20);
     assert_eq!(r.mixed_zstd.data_bytes, 16 << 20);
     assert!(r.wire_ratio_zstd < r.wire_ratio_raw);
