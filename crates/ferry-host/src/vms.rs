@@ -442,6 +442,7 @@ impl VmManager {
                                 .find(|l| Path::new(&x.path).starts_with(&l.path))
                                 .and_then(|l| l.classification.clone()),
                             excluded: x.excluded,
+                            encrypted: encrypted(Path::new(&x.path), x.format).unwrap_or(false),
                         })
                         .collect(),
                     nics: d
@@ -483,6 +484,23 @@ async fn entry_status(name: &str, e: &Entry, run_dir: &Path) -> VmStatus {
     VmStatus { name: name.into(), power_state, pid, reason, definition: e.def.clone() }
 }
 
+/// REP-9: whether a disk image is encrypted (the qcow2 header's `crypt_method` is not 0). A raw
+/// image is what the guest sees, encrypted inside or not.
+pub fn encrypted(path: &Path, format: DiskFormat) -> std::io::Result<bool> {
+    match format {
+        DiskFormat::Raw => Ok(false),
+        DiskFormat::Qcow2 => {
+            use std::io::Read;
+            let mut header = [0u8; 36];
+            std::fs::File::open(path)?.read_exact(&mut header)?;
+            if &header[..4] != b"QFI\xfb" {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a qcow2 image"));
+            }
+            Ok(header[32..36] != [0, 0, 0, 0])
+        }
+    }
+}
+
 /// A disk's virtual size: the qcow2 header's size field, or a raw file's length.
 pub fn virtual_size(path: &Path, format: DiskFormat) -> std::io::Result<u64> {
     match format {
@@ -521,5 +539,35 @@ mod tests {
         std::fs::File::create(&r).expect("raw").set_len(5 << 20).expect("len");
         assert_eq!(virtual_size(&r, DiskFormat::Raw).expect("size"), 5 << 20);
         assert!(virtual_size(&r, DiskFormat::Qcow2).is_err(), "a raw file is not taken for qcow2");
+    }
+
+    #[tokio::test]
+    async fn rep_9_encrypted_qcow2_is_recognised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = dir.path().join("plain.qcow2");
+        ferry_qemu::img::create(
+            &plain,
+            ferry_qemu::DiskFormat::Qcow2,
+            &ferry_qemu::img::CreateOptions { size: Some(1 << 20), ..Default::default() },
+        )
+        .await
+        .expect("create");
+        assert!(!encrypted(&plain, DiskFormat::Qcow2).expect("header"));
+        let secret = dir.path().join("key");
+        std::fs::write(&secret, "ferry-test-key").expect("key");
+        let enc = dir.path().join("enc.qcow2");
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "--object"])
+            .arg(format!("secret,id=sec0,file={}", secret.display()))
+            .args(["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10"])
+            .arg(&enc)
+            .arg("1M")
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(encrypted(&enc, DiskFormat::Qcow2).expect("header"));
+        let raw = dir.path().join("r.raw");
+        std::fs::write(&raw, b"QFI\xfb anything").expect("raw");
+        assert!(!encrypted(&raw, DiskFormat::Raw).expect("raw"), "a raw disk is what the guest sees");
     }
 }

@@ -230,6 +230,9 @@ pub struct VmDisk {
     /// Excluded from replication (REP-9).
     #[serde(default)]
     pub excluded: bool,
+    /// The image is encrypted (qcow2 encryption): not supported for replication (REP-9).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

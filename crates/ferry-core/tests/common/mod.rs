@@ -118,6 +118,7 @@ pub fn disk(target: &str, path: &str, classification: Option<&str>, size: u64) -
         virtual_size: size,
         classification: classification.map(String::from),
         excluded: false,
+        encrypted: false,
     }
 }
 

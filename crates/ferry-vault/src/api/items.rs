@@ -117,6 +117,28 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
     if vm.disks.len() > 16 {
         return Err(ApiFailure::bad_request("TooManyDisks", format!("VM {} has more than 16 disks", vm.name)));
     }
+    for d in vm.disks.iter().filter(|d| !d.excluded) {
+        if d.encrypted {
+            return Err(ApiFailure::bad_request(
+                "EncryptedDiskNotSupported",
+                format!(
+                    "Disk {} of VM {} is an encrypted image; encrypted images cannot be replicated",
+                    d.target, vm.name
+                ),
+            ));
+        }
+        if let Some(other) =
+            source.inventory.vms.iter().find(|o| o.id != vm.id && o.disks.iter().any(|x| x.path == d.path))
+        {
+            return Err(ApiFailure::bad_request(
+                "SharedDiskNotSupported",
+                format!(
+                    "Disk {} of VM {} ({}) is also a disk of VM {}; shared disks cannot be replicated",
+                    d.target, vm.name, d.path, other.name
+                ),
+            ));
+        }
+    }
     let target = st
         .store
         .get_doc::<Fabric>(DocKind::Fabric, vault, &pair.target.fabric.to_string())

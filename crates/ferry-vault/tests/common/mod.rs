@@ -301,6 +301,7 @@ pub fn inventory(site: &str) -> SiteInventory {
             virtual_size: 1 << 30,
             classification: None,
             excluded: false,
+            encrypted: false,
         }],
         nics: vec![VmNic {
             mac: "52:54:00:00:00:01".into(),
