@@ -107,7 +107,7 @@ async fn vm_action(
                     running.pause_guest().await.map_err(|e| vm_failure(e.into()))?;
                     tracing::warn!(vm = %vm, ?timeout, "the guest did not power off; paused for the final replication cycle");
                 }
-                match host.replication.final_cycle(item).await {
+                match host.replication.final_cycle(item, &host.vms).await {
                     Ok(()) => tracing::info!(vm = %vm, "final replication cycle after guest shutdown done"),
                     Err(e) if final_sync => {
                         tracing::error!(vm = %vm, error = %e, "final replication cycle failed; the VM is kept powered off");

@@ -94,6 +94,9 @@ pub struct ReplicationService {
     loops: Mutex<HashMap<Uuid, tokio::task::JoinHandle<()>>>,
     /// The Primary of each replicated VM, shared by its loop and by final cycles.
     primaries: std::sync::Mutex<HashMap<Uuid, Arc<Mutex<Option<Primary>>>>>,
+    /// How each replicated VM's Primary is made (its configuration and VM name): a final cycle
+    /// makes it when the loop has none at that moment (after a failed cycle, before the next).
+    primary_configs: std::sync::Mutex<HashMap<Uuid, (PrimaryConfig, String)>>,
     /// Replica root: per-item directories (symlinks to the chosen storage location).
     root: PathBuf,
     /// CAP-2: the host's bandwidth limit, shared by every VM it replicates.
@@ -143,6 +146,7 @@ impl ReplicationService {
             sources: Default::default(),
             loops: Default::default(),
             primaries: Default::default(),
+            primary_configs: Default::default(),
             root,
             limiter: Some(Arc::new(ferry_repl::Limiter::new(bandwidth.clone().unwrap_or_default()))),
             own_bandwidth: bandwidth,
@@ -300,6 +304,9 @@ impl ReplicationService {
         if let Ok(mut p) = self.primaries.lock() {
             p.remove(&item);
         }
+        if let Ok(mut c) = self.primary_configs.lock() {
+            c.remove(&item);
+        }
         if !keep_tracking {
             let _ = std::fs::remove_dir_all(self.data.join("staging").join(item.to_string()));
         }
@@ -377,6 +384,9 @@ impl ReplicationService {
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
         if let Ok(mut p) = self.primaries.lock() {
             p.insert(item, slot.clone());
+        }
+        if let Ok(mut c) = self.primary_configs.lock() {
+            c.insert(item, (cfg.clone(), vm_name.clone()));
         }
         let handle = tokio::spawn(async move {
             // POL-5: the first delta cycle is app-consistent, then one every N hours.
@@ -834,10 +844,10 @@ impl ReplicationService {
     /// planned failover with no data loss, FO-2). Waits for a cycle in progress to end first;
     /// a failed cycle is retried (its changes fold into the next attempt) up to
     /// [`FINAL_CYCLE_ATTEMPTS`] times.
-    pub async fn final_cycle(&self, item: Uuid) -> Result<(), ReplicationError> {
+    pub async fn final_cycle(&self, item: Uuid, vms: &VmManager) -> Result<(), ReplicationError> {
         let mut attempt = 1;
         loop {
-            match self.final_cycle_once(item).await {
+            match self.final_cycle_once(item, vms).await {
                 Err(e) if attempt < FINAL_CYCLE_ATTEMPTS && !matches!(e, ReplicationError::Invalid(_)) => {
                     tracing::warn!(%item, attempt, error = %e, "final replication cycle failed; retrying");
                     tokio::time::sleep(FINAL_CYCLE_RETRY).await;
@@ -848,12 +858,24 @@ impl ReplicationService {
         }
     }
 
-    async fn final_cycle_once(&self, item: Uuid) -> Result<(), ReplicationError> {
+    async fn final_cycle_once(&self, item: Uuid, vms: &VmManager) -> Result<(), ReplicationError> {
         let slot = self.primaries.lock().ok().and_then(|p| p.get(&item).cloned());
         let Some(slot) = slot else {
             return Err(ReplicationError::Invalid(format!("{item} is not replicated from this host")));
         };
         let mut guard = slot.lock().await;
+        if guard.is_none() {
+            // The loop let its Primary go after a failed cycle and makes a new one at its next
+            // cycle; the final cycle cannot wait for that.
+            let made = self.primary_configs.lock().ok().and_then(|c| c.get(&item).cloned());
+            let (cfg, vm_name) =
+                made.ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
+            let vm = vms
+                .running(&vm_name)
+                .await
+                .ok_or_else(|| ReplicationError::Invalid(format!("VM {vm_name} is not running")))?;
+            *guard = Some(Primary::new(cfg, vm)?);
+        }
         let p = guard
             .as_mut()
             .ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
