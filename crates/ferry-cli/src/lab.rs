@@ -42,6 +42,9 @@ pub struct LabArgs {
     /// Test-only: replication cycle interval of the hosts, instead of the policy's frequency.
     #[arg(long)]
     pub test_copy_interval_ms: Option<u64>,
+    /// Test-only: tick of the hosts' churn measurements (CAP-1) instead of 30 s.
+    #[arg(long)]
+    pub test_churn_tick_ms: Option<u64>,
     /// How often the hosts apply retention to their replicas, seconds.
     #[arg(long, default_value_t = 60)]
     pub retention_interval_secs: u64,
@@ -746,6 +749,9 @@ fn spawn_host(
     hcfg.push_str("metrics_listen = \"127.0.0.1:0\"\n");
     if let Some(ms) = args.test_copy_interval_ms {
         hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
+    }
+    if let Some(ms) = args.test_churn_tick_ms {
+        hcfg.push_str(&format!("test_churn_tick_ms = {ms}\n"));
     }
     let guest = test_guest_dir();
     if guest.join("vmlinuz").exists() {

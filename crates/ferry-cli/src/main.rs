@@ -10,6 +10,7 @@
 
 mod alert_cmds;
 mod api_cmds;
+mod capacity_cmds;
 mod lab;
 mod output;
 mod recovery_cmds;
@@ -69,6 +70,8 @@ enum Cmd {
     Recovery(recovery_cmds::RecoveryCmd),
     #[command(flatten)]
     Alerts(alert_cmds::AlertCmd),
+    #[command(flatten)]
+    Capacity(capacity_cmds::CapacityCmd),
 }
 
 #[derive(Subcommand)]
@@ -219,6 +222,7 @@ fn main() {
             Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
             Cmd::Recovery(cmd) => recovery_cmds::run(&cli.conn, cmd).await,
             Cmd::Alerts(cmd) => alert_cmds::run(&cli.conn, cmd).await,
+            Cmd::Capacity(cmd) => capacity_cmds::run(&cli.conn, cmd).await,
         }
     });
     if let Err(e) = result {

@@ -190,6 +190,18 @@ pub enum Error {
     AlertSmtpRelayInvalid { relay: String, reason: String },
     #[error("Alert settings are not valid: {reason}")]
     AlertSettingsInvalid { reason: String },
+
+    // ---- capacity planning (CAP-1) ----
+    #[error("Capacity plan name is invalid: {reason}")]
+    CapacityPlanInvalidName { reason: String },
+    #[error("A capacity plan measures 1 to {max} VMs, not {count}")]
+    CapacityPlanVmCount { count: usize, max: usize },
+    #[error("VM {vm} is listed twice")]
+    CapacityPlanDuplicateVm { vm: String },
+    #[error("Measuring duration {hours} h is out of range 1..=720")]
+    CapacityPlanInvalidDuration { hours: u32 },
+    #[error("Report parameter {name} = {value} is out of range ({range})")]
+    CapacityReportInvalidParam { name: &'static str, value: String, range: &'static str },
 }
 
 fn reason_suffix(reason: &Option<String>) -> String {
@@ -282,6 +294,11 @@ impl Error {
             Error::AlertEmailAddressInvalid { .. } => "AlertEmailAddressInvalid",
             Error::AlertSmtpRelayInvalid { .. } => "AlertSmtpRelayInvalid",
             Error::AlertSettingsInvalid { .. } => "AlertSettingsInvalid",
+            Error::CapacityPlanInvalidName { .. } => "CapacityPlanInvalidName",
+            Error::CapacityPlanVmCount { .. } => "CapacityPlanVmCount",
+            Error::CapacityPlanDuplicateVm { .. } => "CapacityPlanDuplicateVm",
+            Error::CapacityPlanInvalidDuration { .. } => "CapacityPlanInvalidDuration",
+            Error::CapacityReportInvalidParam { .. } => "CapacityReportInvalidParam",
         }
     }
 

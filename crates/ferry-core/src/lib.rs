@@ -17,6 +17,7 @@
 //! | [`plan`] | what may a recovery plan hold; how is it edited; may a plan operation run? | PLAN-1, PLAN-3, PLAN-4 |
 //! | [`retention`] | which recovery points to merge; which point a failover uses | RP-2, RP-3, POL-4 |
 //! | [`alerts`] | may a vault's alerts go to this webhook URL, these addresses, this SMTP relay? | JOB-4 |
+//! | [`capacity`] | is this capacity plan valid; what bandwidth, time and storage do the measured VMs need? | CAP-1 |
 //!
 //! The model: a *site* (fabric) reports a `SiteInventory` of clouds → host groups → hosts, with
 //! logical networks (bridges on hosts), VM networks (subnets, static IP pools) and storage
@@ -31,6 +32,7 @@
 
 pub mod addressing;
 pub mod alerts;
+pub mod capacity;
 pub mod error;
 pub mod fabric_rules;
 pub mod health;

@@ -55,6 +55,7 @@ pub fn serve(
         .route("/v1/status", get(status))
         .route("/v1/vm-actions", post(vm_action))
         .route("/v1/replication", post(replication_action))
+        .route("/v1/profile", post(profile_action))
         .with_state(host);
     let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
     Ok(tokio::spawn(async move {
@@ -154,6 +155,20 @@ async fn vm_action(
             }
         }
     }
+}
+
+/// CAP-1: start, stop or forget a churn measurement.
+async fn profile_action(
+    State(host): State<Arc<Host>>,
+    Json(action): Json<ferry_types::capacity::ProfileAction>,
+) -> Result<Json<serde_json::Value>, Failure> {
+    host.profiler.act(action, &host.vms).await.map(Json).map_err(|e| {
+        let (status, code) = match &e {
+            crate::profile::ProfileError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidProfileRequest"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "ProfileError"),
+        };
+        (status, Json(ApiError::new(code, e.to_string())))
+    })
 }
 
 async fn replication_action(

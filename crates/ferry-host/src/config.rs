@@ -53,6 +53,10 @@ pub struct HostConfig {
     /// Test-only: run replication cycles this often instead of the policy's copy frequency.
     #[serde(default)]
     pub test_copy_interval_ms: Option<u64>,
+    /// Test-only: the tick of churn measurements (CAP-1) instead of 30 s; windows keep their
+    /// number of ticks (5 min = 10 ticks, 15 min = 30, 1 h = 120).
+    #[serde(default)]
+    pub test_churn_tick_ms: Option<u64>,
     /// How often retention runs on the replicas this host holds (RP-2).
     #[serde(default = "default_retention_interval")]
     pub retention_interval_secs: u64,

@@ -15,6 +15,7 @@ pub mod join;
 pub mod metrics;
 pub mod net;
 pub mod onboard;
+pub mod profile;
 pub mod replication;
 pub mod storage;
 pub mod vms;
@@ -44,6 +45,8 @@ pub enum HostError {
     Vm(#[from] vms::VmError),
     #[error(transparent)]
     Replication(#[from] replication::ReplicationError),
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
 }
 
 pub struct Host {
@@ -53,6 +56,8 @@ pub struct Host {
     pub site: ferry_client::Client,
     pub vms: Arc<vms::VmManager>,
     pub replication: Arc<replication::ReplicationService>,
+    /// CAP-1: churn measurements for capacity plans.
+    pub profiler: Arc<profile::Profiler>,
     pub pairs: std::sync::Mutex<Vec<PairConfig>>,
     pub api_addr: SocketAddr,
 }
@@ -114,6 +119,8 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     replication.storage_roots = cfg.storage.iter().map(|s| s.path.clone()).collect();
     let replication = Arc::new(replication);
     replication.resume(&vms).await;
+    let profiler = Arc::new(profile::Profiler::open(data, cfg.test_churn_tick_ms.map(Duration::from_millis))?);
+    profiler.resume(&vms).await;
     let host = Arc::new(Host {
         cfg,
         data: data.to_path_buf(),
@@ -121,6 +128,7 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         site,
         vms,
         replication,
+        profiler,
         pairs: Default::default(),
         api_addr,
     });
@@ -162,6 +170,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         storage_locations: storage::locations(&host.cfg.storage),
         vms: host.vms.inventory().await,
         replication: host.replication.statuses().await,
+        churn: host.profiler.profiles(),
     };
     let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
     if let Ok(mut p) = host.pairs.lock() {

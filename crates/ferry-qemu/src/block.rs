@@ -78,6 +78,12 @@ pub mod action {
                "data": {"node": node, "name": name, "persistent": persistent}})
     }
 
+    /// `block-dirty-bitmap-add` with an explicit granularity (bytes, a power of two).
+    pub fn bitmap_add_granular(node: &str, name: &str, granularity: u64, persistent: bool) -> Value {
+        json!({"type": "block-dirty-bitmap-add",
+               "data": {"node": node, "name": name, "granularity": granularity, "persistent": persistent}})
+    }
+
     /// `block-dirty-bitmap-disable`.
     pub fn bitmap_disable(node: &str, name: &str) -> Value {
         json!({"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": name}})

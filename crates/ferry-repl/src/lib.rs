@@ -28,6 +28,7 @@
 //! * [`offline`]: offline initial replication (POL-8): export to files, import from files.
 //! * [`resync`]: block-hash comparison with pause/resume; keeps existing points.
 //! * [`engine`]: [`Primary`] (per VM) tying it together; [`bench`] measures it.
+//! * [`churn`]: a VM's churn per window from bitmaps of its own, for capacity planning (CAP-1).
 //!
 //! Invariant: a bitmap is removed only after the replica acknowledged the cycle as durably
 //! applied; a replica lists a point only after its overlays and catalog are durable. So a failure
@@ -36,6 +37,7 @@
 pub mod bench;
 pub mod bench_failover;
 pub mod capture;
+pub mod churn;
 pub mod data_sink;
 pub mod engine;
 pub mod error;

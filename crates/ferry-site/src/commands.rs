@@ -72,6 +72,7 @@ async fn run(site: &Site, cmd: &SiteCommand) -> Result<serde_json::Value, ApiErr
             to_host(site, host, "/v1/replication", &ReplicationAction::Start { replication: replication.clone() }).await
         }
         SiteCommand::Replication { host, action } => to_host(site, host, "/v1/replication", action).await,
+        SiteCommand::Profile { host, action } => to_host(site, host, "/v1/profile", action).await,
         SiteCommand::RunScript { script } => {
             crate::scripts::run(site.cfg.script_library.as_deref(), &site.cfg.name, script).await
         }

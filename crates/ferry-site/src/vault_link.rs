@@ -10,23 +10,29 @@ use crate::Site;
 
 fn build_report(site: &Site) -> SiteReport {
     let inventory = crate::inventory::build(site);
-    // Replication state of the hosts whose content the vault syncs.
-    let replication = site
+    // Replication state and churn measurements (CAP-1) of the hosts whose content the vault
+    // syncs.
+    let (replication, churn) = site
         .persisted
         .lock()
         .map(|p| {
-            p.hosts
+            let reports: Vec<_> = p
+                .hosts
                 .iter()
                 .filter(|h| inventory.hosts.iter().any(|x| x.id == h.id))
                 .filter_map(|h| h.last_report.as_ref())
-                .flat_map(|r| r.replication.clone())
-                .collect()
+                .collect();
+            (
+                reports.iter().flat_map(|r| r.replication.clone()).collect(),
+                reports.iter().flat_map(|r| r.churn.clone()).collect(),
+            )
         })
         .unwrap_or_default();
     SiteReport {
         provider_id: site.reg.provider_id,
         version: env!("CARGO_PKG_VERSION").to_string(),
         replication,
+        churn,
         inventory,
     }
 }

@@ -20,6 +20,8 @@ pub enum DocKind {
     RecoveryPlan,
     /// A vault's alert settings (JOB-4), one document with id [`ALERT_SETTINGS_ID`].
     AlertSettings,
+    /// A capacity plan and the churn measured for it (CAP-1).
+    CapacityPlan,
 }
 
 impl DocKind {
@@ -33,6 +35,7 @@ impl DocKind {
             DocKind::ProtectedItem => "protectedItem",
             DocKind::RecoveryPlan => "recoveryPlan",
             DocKind::AlertSettings => "alertSettings",
+            DocKind::CapacityPlan => "capacityPlan",
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod alert;
 pub mod auth;
+pub mod capacity;
 pub mod error;
 pub mod event;
 pub mod fabric;

@@ -75,6 +75,9 @@ pub struct SiteReport {
     /// Replication state of protected VMs on this site's hosts.
     #[serde(default)]
     pub replication: Vec<ReplicationStatus>,
+    /// CAP-1: churn measurements of this site's hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub churn: Vec<crate::capacity::ChurnProfile>,
     /// Only clouds whose sync is on carry host groups, hosts and VMs; other clouds carry a name.
     pub inventory: SiteInventory,
 }
@@ -222,6 +225,9 @@ pub struct HostReport {
     pub vms: Vec<crate::fabric::Vm>,
     #[serde(default)]
     pub replication: Vec<ReplicationStatus>,
+    /// CAP-1: the churn measurements running or ended on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub churn: Vec<crate::capacity::ChurnProfile>,
 }
 
 /// A command the vault queues for a site; the site fetches it over its outbound connection.
@@ -260,6 +266,8 @@ pub enum SiteCommand {
     /// Run a recovery plan script from this site manager's script library, on the site
     /// manager itself (PLAN-3).
     RunScript { script: crate::plan::ScriptRun },
+    /// CAP-1: start, stop or forget a churn measurement on one of this site's hosts.
+    Profile { host: String, action: crate::capacity::ProfileAction },
 }
 
 /// What a target host needs to receive a VM's replica.

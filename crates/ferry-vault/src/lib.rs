@@ -28,6 +28,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod capacity;
 pub mod clock;
 pub mod config;
 pub mod dashboard;

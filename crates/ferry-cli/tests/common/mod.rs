@@ -72,6 +72,8 @@ pub struct LabOptions {
     pub site_bandwidth_mib_s: Option<f64>,
     /// Daily window of automatic resynchronizations, `HH:MM-HH:MM` (REP-6).
     pub resync_window: Option<String>,
+    /// Test-only tick of churn measurements (CAP-1).
+    pub test_churn_tick_ms: Option<u64>,
 }
 
 impl Lab {
@@ -122,6 +124,10 @@ impl Lab {
         }
         if let Some(ms) = opts.test_copy_interval_ms {
             args.push("--test-copy-interval-ms".into());
+            args.push(ms.to_string());
+        }
+        if let Some(ms) = opts.test_churn_tick_ms {
+            args.push("--test-churn-tick-ms".into());
             args.push(ms.to_string());
         }
         std::fs::create_dir_all(tmp.path()).expect("tmp");

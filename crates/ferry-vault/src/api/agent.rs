@@ -288,6 +288,7 @@ pub async fn report(
             Ok(_) => {
                 if active {
                     crate::replication::apply_statuses(&st, f.vault_id, &rep.replication).await;
+                    crate::capacity::apply_profiles(&st, f.vault_id, f.id, &rep.churn).await;
                 }
                 for c in changes {
                     st.event(

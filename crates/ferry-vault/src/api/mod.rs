@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod capacity;
 pub mod dashboard;
 pub mod events;
 pub mod fabrics;
@@ -83,6 +84,10 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(plans::list_plans, plans::create_plan))
         .routes(routes!(plans::get_plan, plans::update_plan, plans::delete_plan))
         .routes(routes!(plans::operate_plan))
+        .routes(routes!(capacity::list_capacity_plans, capacity::create_capacity_plan))
+        .routes(routes!(capacity::get_capacity_plan, capacity::delete_capacity_plan))
+        .routes(routes!(capacity::capacity_report))
+        .routes(routes!(capacity::stop_capacity_plan))
 }
 
 /// The router and the OpenAPI document it serves.

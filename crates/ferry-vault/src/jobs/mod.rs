@@ -10,6 +10,7 @@
 //! Cancel is honoured between tasks; a failed job can be restarted (a new job with the same
 //! input, `restart_of` pointing at the old one).
 
+pub mod capacity;
 mod ctx;
 mod failover;
 mod kinds;

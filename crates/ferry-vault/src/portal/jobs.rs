@@ -25,7 +25,7 @@ use crate::extract::ApiQuery;
 use crate::state::AppState;
 
 /// Operations the job filter suggests.
-const OPERATIONS: [&str; 19] = [
+const OPERATIONS: [&str; 21] = [
     "EnableProtection",
     "FinalizeProtection",
     "TestFailover",
@@ -45,9 +45,18 @@ const OPERATIONS: [&str; 19] = [
     "RecoveryPlanUnplannedFailover",
     "RecoveryPlanFailoverCommit",
     "RecoveryPlanReProtect",
+    "StartCapacityMeasurement",
+    "StopCapacityMeasurement",
 ];
-const OBJECT_TYPES: [&str; 6] =
-    ["ProtectedItem", "RecoveryPlan", "ProtectionContainerMapping", "Policy", "VirtualMachine", "Fabric"];
+const OBJECT_TYPES: [&str; 7] = [
+    "ProtectedItem",
+    "RecoveryPlan",
+    "ProtectionContainerMapping",
+    "Policy",
+    "VirtualMachine",
+    "Fabric",
+    "CapacityPlan",
+];
 
 fn params(raw: Option<String>) -> Form {
     Form(form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect())
