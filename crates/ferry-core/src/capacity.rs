@@ -1,9 +1,9 @@
 //! CAP-1: the capacity report of a plan, from the churn its hosts measured.
 //!
 //! Per VM, from its [`ChurnProfile`] (unique changed bytes per window of 30 s, 5 min, 15 min, 1 h):
-//! - **daily churn**: the mean hourly churn × 24. Before an hour has been measured, the mean of
-//!   the longest window measured, scaled to a day: an upper bound (a cluster rewritten in two
-//!   windows counts twice), said so in the basis.
+//! - **daily churn**: the mean hourly churn (over every hour measured) × 24. Before an hour has
+//!   been measured, the mean of the longest window measured, scaled to a day: an upper bound (a
+//!   cluster rewritten in two windows counts twice), said so in the basis.
 //! - **bandwidth per copy frequency F**: a cycle sends its window's changes within the next window,
 //!   so keeping up needs the window's bytes / F. *Peak* is the largest window, *average* the mean;
 //!   the plan's figure sums the VMs' (peaks as if they coincided: an upper bound).
@@ -84,11 +84,7 @@ fn mbps(bytes_per_sec: f64) -> f64 {
 
 /// Daily churn of one VM and the window length it comes from (3600 = measured hours).
 fn daily_churn(p: &ChurnProfile) -> Option<(u64, u32)> {
-    if !p.hours.is_empty() {
-        let mean = p.hours.iter().sum::<u64>() as f64 / p.hours.len() as f64;
-        return Some(((mean * 24.0) as u64, 3600));
-    }
-    WINDOW_SECS.iter().rev().filter(|w| **w < 3600).find_map(|w| {
+    WINDOW_SECS.iter().rev().find_map(|w| {
         p.window(*w).map(|s| {
             let mean = s.total_bytes as f64 / s.windows as f64;
             ((mean * DAY / f64::from(*w)) as u64, *w)
@@ -98,14 +94,7 @@ fn daily_churn(p: &ChurnProfile) -> Option<(u64, u32)> {
 
 /// The largest hour of one VM: measured, else bounded by its shorter windows.
 fn peak_hour(p: &ChurnProfile) -> Option<u64> {
-    if let Some(m) = p.hours.iter().max() {
-        return Some(*m);
-    }
-    WINDOW_SECS
-        .iter()
-        .rev()
-        .filter(|w| **w < 3600)
-        .find_map(|w| p.window(*w).map(|s| s.max_bytes * u64::from(3600 / w)))
+    WINDOW_SECS.iter().rev().find_map(|w| p.window(*w).map(|s| s.max_bytes * u64::from(3600 / w)))
 }
 
 fn vm_bandwidth(p: &ChurnProfile, f: u32) -> BandwidthNeed {
@@ -303,7 +292,12 @@ mod tests {
     #[test]
     fn cap_1_report_from_measured_windows() {
         // 240 windows of 30 s (2 h): 480 MiB in all, the largest 12 MiB; two hours of 100 and 140 MiB.
-        let w = [(30, 240, 480 * MIB, 12 * MIB), (300, 24, 360 * MIB, 30 * MIB), (900, 8, 240 * MIB, 50 * MIB)];
+        let w = [
+            (30, 240, 480 * MIB, 12 * MIB),
+            (300, 24, 360 * MIB, 30 * MIB),
+            (900, 8, 240 * MIB, 50 * MIB),
+            (3600, 2, 240 * MIB, 140 * MIB),
+        ];
         let p = plan(1, vec![profile("vm0", 4096 * MIB, &w, &[100 * MIB, 140 * MIB])]);
         let params = ReportParams { bandwidth_mbps: 100.0, retention_hours: 4, copy_frequency_secs: 300 };
         validate_params(&params).expect("valid");
@@ -355,7 +349,12 @@ mod tests {
 
     #[test]
     fn cap_1_one_hundred_vms_add_up() {
-        let w = [(30, 120, 120 * MIB, 3 * MIB), (300, 12, 60 * MIB, 10 * MIB), (900, 4, 40 * MIB, 12 * MIB)];
+        let w = [
+            (30, 120, 120 * MIB, 3 * MIB),
+            (300, 12, 60 * MIB, 10 * MIB),
+            (900, 4, 40 * MIB, 12 * MIB),
+            (3600, 1, 40 * MIB, 40 * MIB),
+        ];
         let profiles: Vec<ChurnProfile> =
             (0..100).map(|i| profile(&format!("vm{i}"), (i + 1) * 64 * MIB, &w, &[40 * MIB])).collect();
         let r = report(&plan(100, profiles), &ReportParams::default());

@@ -372,6 +372,8 @@ mod tests {
         for _ in 0..MAX_HOURS + 5 {
             fold(&mut p, &[WindowChurn { window: 120, bytes: vec![1] }], 30);
         }
-        assert_eq!(p.hours.len(), MAX_HOURS, "the series keeps the last 30 days");
+        assert_eq!(p.hours.len(), MAX_HOURS, "the series keeps the last day");
+        let hourly = p.windows.iter().find(|w| w.window_secs == 3600).expect("hourly stats");
+        assert_eq!(hourly.windows, MAX_HOURS as u64 + 6, "the totals keep every hour");
     }
 }

@@ -559,7 +559,7 @@ mod tests {
         let out = std::process::Command::new("qemu-img")
             .args(["create", "-q", "--object"])
             .arg(format!("secret,id=sec0,file={}", secret.display()))
-            .args(["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10"])
+            .args(["-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0"])
             .arg(&enc)
             .arg("1M")
             .output()

@@ -15,8 +15,9 @@ use uuid::Uuid;
 pub const MAX_PLAN_VMS: usize = 100;
 /// The window lengths measured, in seconds: the three copy frequencies and the hour.
 pub const WINDOW_SECS: [u32; 4] = [30, 300, 900, 3600];
-/// Completed hourly windows a host keeps per VM (30 days).
-pub const MAX_HOURS: usize = 720;
+/// Completed hours a host keeps the churn of, per VM (the last day; the hourly window's totals
+/// in [`WindowStats`] cover the whole measurement).
+pub const MAX_HOURS: usize = 24;
 
 /// Where a VM's measurement stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -63,7 +64,8 @@ pub struct ChurnProfile {
     pub disks: Vec<ProfiledDisk>,
     #[serde(default)]
     pub windows: Vec<WindowStats>,
-    /// Unique changed bytes of each completed hour, oldest first (at most [`MAX_HOURS`]).
+    /// Unique changed bytes of each of the last completed hours, oldest first (at most
+    /// [`MAX_HOURS`]).
     #[serde(default)]
     pub hours: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

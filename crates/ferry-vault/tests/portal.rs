@@ -527,3 +527,90 @@ async fn plan_2_plan_4_portal_runs_a_plan_and_resumes_its_failed_job() {
     assert_eq!(status, 409, "a finished job is not resumed again: {html}");
     assert!(html.contains("JobActionNotAllowed"), "{html}");
 }
+
+/// Policy editing in the portal (POL-1..POL-9): the edit form shows the policy's values, a save
+/// goes through the API with the version the form showed, a stale or invalid save changes
+/// nothing and shows the API's error with what was typed, and a Reader is offered no edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pol_9_portal_edits_a_policy_with_its_version_and_refuses_stale_or_bad_edits() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let v = create_vault(&tv.admin, "v1").await;
+    let created: serde_json::Value =
+        tv.admin.post("/api/v1/vaults/v1/replicationPolicies", &policy_json("gold")).await.expect("policy");
+    let id = created["policy"]["id"].as_str().expect("id").to_string();
+    let show = || async {
+        let p: serde_json::Value =
+            tv.admin.get(&format!("/api/v1/vaults/v1/replicationPolicies/{id}")).await.expect("policy");
+        p
+    };
+    let base = format!("{url}/portal/vaults/{}", v.id);
+    let admin = login(&c, &url, &tv.admin_token).await;
+
+    let (status, html) = get(&c, &format!("{base}/prepare"), &admin).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"edit-policy-gold\""), "an edit link per policy");
+    assert!(!html.contains("id=\"policy-edit-form\""), "no edit form until asked");
+    let (_, html) = get(&c, &format!("{base}/prepare?edit_policy={id}"), &admin).await;
+    assert!(html.contains("id=\"policy-edit-form\""), "{html}");
+    assert!(html.contains(&format!("action=\"/portal/vaults/{}/prepare/policies/{id}\"", v.id)), "{html}");
+    assert!(html.contains(&format!("href=\"/portal/vaults/{}/prepare?edit_policy={id}#policy\"", v.id)));
+    assert!(html.contains("name=\"recovery_point_retention_hours\" value=\"4\""), "the policy's values");
+    assert!(html.contains("name=\"version\" value=\"1\""), "the version shown");
+    let token = csrf(&html);
+    let action = format!("{base}/prepare/policies/{id}");
+    let fields = |version: &'static str, retention: &'static str| {
+        vec![
+            ("version", version),
+            ("name", "gold"),
+            ("host_version", "qemu-7.2"),
+            ("authentication", "Certificate"),
+            ("copy_frequency_secs", "900"),
+            ("recovery_point_retention_hours", retention),
+            ("app_consistent_frequency_hours", "1"),
+            ("initial_method", "now"),
+        ]
+    };
+
+    // Invalid: the API's code is shown, the form keeps what was typed, nothing changes.
+    let mut bad = fields("1", "99");
+    bad.push(("csrf", &token));
+    let (status, _, html) = post_form(&c, &action, &admin, &bad).await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("PolicyInvalidRetention"), "{html}");
+    assert!(html.contains("value=\"99\""), "the form keeps what was typed");
+    assert_eq!(show().await["version"], 1);
+
+    // Saved: copy frequency, retention and compression change; the version moves on.
+    let mut good = fields("1", "2");
+    good.push(("csrf", &token));
+    let (status, location, notice) = post_form(&c, &action, &admin, &good).await;
+    assert_eq!(status, 303, "{notice}");
+    assert!(location.ends_with("/prepare#policy"), "{location}");
+    assert!(notice.contains("Replication policy gold saved (version 2)"), "{notice}");
+    let p = show().await;
+    assert_eq!((p["copy_frequency_secs"].as_u64(), p["recovery_point_retention_hours"].as_u64()), (Some(900), Some(2)));
+    assert_eq!(p["compression"], false, "an unchecked box turns compression off");
+    assert_eq!(p["version"], 2);
+
+    // Stale: the form still says version 1; refused, nothing changes.
+    let mut stale = fields("1", "6");
+    stale.push(("csrf", &token));
+    let (status, _, html) = post_form(&c, &action, &admin, &stale).await;
+    assert_eq!(status, 412, "{html}");
+    assert!(html.contains("VersionMismatch"), "{html}");
+    assert_eq!(show().await["recovery_point_retention_hours"], 2);
+
+    // A Reader sees the policies but no edit link, and cannot save.
+    let (reader_token, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let reader = login(&c, &url, &reader_token).await;
+    let (_, html) = get(&c, &format!("{base}/prepare?edit_policy={id}"), &reader).await;
+    assert!(html.contains(">gold<") && !html.contains("edit-policy-gold") && !html.contains("policy-edit-form"));
+    let mut forged = fields("2", "8");
+    let reader_csrf = csrf(&html);
+    forged.push(("csrf", &reader_csrf));
+    let (status, _, _) = post_form(&c, &action, &reader, &forged).await;
+    assert_eq!(status, 403);
+    assert_eq!(show().await["recovery_point_retention_hours"], 2);
+}

@@ -50,6 +50,28 @@ async fn rep_9_shared_encrypted_diskless_and_oversized_vms_are_refused_and_chang
     inv.vms.push(like_vm1("nodisk", vec![nodisk]));
     let many: Vec<VmDisk> = (0..17).map(|i| disk(&format!("vd{i}"), &format!("/var/lib/ferry/s/m{i}.qcow2"))).collect();
     inv.vms.push(like_vm1("many", many));
+    // The same local path on two hosts is two images; in a location both hosts share, one.
+    let h1 = vm1.host.clone();
+    let h2 = inv.hosts.iter().find(|h| h.id != h1).map(|h| h.id.clone()).expect("a second host");
+    for h in [&h1, &h2] {
+        let host = inv.hosts.iter_mut().find(|x| &x.id == h).expect("host");
+        host.storage_locations.push(ferry_types::fabric::StorageLocation {
+            path: "/srv/san".into(),
+            classification: None,
+            free_bytes: 1 << 40,
+            total_bytes: 1 << 40,
+            default_replica: false,
+            shared: false,
+        });
+    }
+    let mut on_h2 = like_vm1("local-twin", vec![disk("vda", "/srv/local/same.qcow2")]);
+    on_h2.host = h2.clone();
+    inv.vms.push(on_h2);
+    inv.vms.push(like_vm1("local-one", vec![disk("vda", "/srv/local/same.qcow2")]));
+    let mut san_a = like_vm1("san-a", vec![disk("vda", "/srv/san/disk.qcow2")]);
+    san_a.host = h2.clone();
+    inv.vms.push(san_a);
+    inv.vms.push(like_vm1("san-b", vec![disk("vda", "/srv/san/disk.qcow2")]));
     ny.report_inv(&inv).await;
 
     let items = "/api/v1/vaults/v1/replicationProtectedItems";
@@ -70,6 +92,21 @@ async fn rep_9_shared_encrypted_diskless_and_oversized_vms_are_refused_and_chang
     assert_eq!(snapshot(&tv.admin, "v1").await.0, before.0, "nothing was created");
     let listed: serde_json::Value = tv.admin.get(items).await.expect("items");
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0));
+
+    // /srv/san is not shared yet: two hosts' files of the same path are two images.
+    let ok: serde_json::Value =
+        tv.admin.post(items, &json!({"source_site": "ny", "vms": ["local-one", "san-b"]})).await.expect("enable");
+    assert_eq!(ok.as_array().map(Vec::len), Some(2));
+    // Marked shared on both hosts, the location holds one image used by two VMs.
+    for h in inv.hosts.iter_mut() {
+        for l in h.storage_locations.iter_mut().filter(|l| l.path == "/srv/san") {
+            l.shared = true;
+        }
+    }
+    ny.report_inv(&inv).await;
+    let e =
+        expect_err(tv.admin.post::<_, serde_json::Value>(items, &json!({"source_site": "ny", "vms": ["san-a"]})).await);
+    assert_eq!(e, (400, "SharedDiskNotSupported".to_string()));
 
     // A VM whose encrypted disk is excluded can be protected.
     let ok: serde_json::Value =

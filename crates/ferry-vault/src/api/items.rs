@@ -128,7 +128,9 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
             ));
         }
         if let Some(other) =
-            source.inventory.vms.iter().find(|o| o.id != vm.id && o.disks.iter().any(|x| x.path == d.path))
+            source.inventory.vms.iter().find(|o| {
+                o.id != vm.id && o.disks.iter().any(|x| x.path == d.path) && same_image(source, vm, o, &d.path)
+            })
         {
             return Err(ApiFailure::bad_request(
                 "SharedDiskNotSupported",
@@ -357,6 +359,20 @@ pub async fn enable_on_site(
         out.push(Enabled { item: with_allowed(item), job });
     }
     Ok(out)
+}
+
+/// REP-9: whether `path`, a disk path of both `a` and `b`, is one image: on one host, or in a
+/// storage location both hosts share. The same local path on two hosts is two files.
+fn same_image(site: &Fabric, a: &Vm, b: &Vm, path: &str) -> bool {
+    if a.host == b.host {
+        return true;
+    }
+    let shared_on = |host: &str| {
+        site.inventory.host(host).is_some_and(|h| {
+            h.storage_locations.iter().any(|l| l.shared && std::path::Path::new(path).starts_with(&l.path))
+        })
+    };
+    shared_on(&a.host) && shared_on(&b.host)
 }
 
 /// REP-7: record the operator's existing images (one per replicated disk of `vm`, inside a

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/vaults/{vault}/prepare/keys/{key}/revoke", post(prepare::revoke_key))
         .route("/portal/vaults/{vault}/prepare/sync", post(prepare::cloud_sync))
         .route("/portal/vaults/{vault}/prepare/policies", post(prepare::create_policy))
+        .route("/portal/vaults/{vault}/prepare/policies/{policy}", post(prepare::update_policy))
         .route("/portal/vaults/{vault}/prepare/pairs", post(prepare::associate))
         .route("/portal/vaults/{vault}/prepare/pairs/{pair}/delete", post(prepare::remove_pair))
         .route("/portal/vaults/{vault}/prepare/networks", post(prepare::map_network))

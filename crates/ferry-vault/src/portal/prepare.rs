@@ -45,6 +45,8 @@ struct Extra {
     issued: Option<IssuedKey>,
     /// The policy form as submitted, to fill it again after an error.
     policy_form: Option<Form>,
+    /// The policy whose edit form is shown (POL-1..POL-9 edits).
+    edit_policy: Option<Uuid>,
 }
 
 struct Data {
@@ -121,8 +123,16 @@ fn parse_ref(form: &Form, field: &str, what: &str) -> Result<SiteObjectRef, ApiF
     Ok(SiteObjectRef { fabric: f, id: id.to_string() })
 }
 
-pub async fn show(State(st): State<AppState>, user: User, Path(vault): Path<String>) -> Response {
-    render(&st, &user, &vault, Extra::default()).await
+pub async fn show(
+    State(st): State<AppState>,
+    user: User,
+    Path(vault): Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    let edit_policy = form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "edit_policy")
+        .and_then(|(_, v)| Uuid::parse_str(&v).ok());
+    render(&st, &user, &vault, Extra { edit_policy, ..Default::default() }).await
 }
 
 async fn render(st: &AppState, user: &User, vault: &str, extra: Extra) -> Response {
@@ -348,7 +358,7 @@ fn content(st: &AppState, user: &User, d: &Data, extra: &Extra) -> Markup {
             @if d.policies.is_empty() { p class="muted" { "No policy yet." } }
             @else {
                 table id="policies" {
-                    thead { tr { th { "Name" } th { "Host version" } th { "Authentication" } th { "Copy frequency" } th { "Retention" } th { "App-consistent" } th { "Compression" } th { "Delete replica on disable" } th { "Initial replication" } th { "Associated clouds" } } }
+                    thead { tr { th { "Name" } th { "Host version" } th { "Authentication" } th { "Copy frequency" } th { "Retention" } th { "App-consistent" } th { "Compression" } th { "Delete replica on disable" } th { "Initial replication" } th { "Associated clouds" } @if contributor { th {} } } }
                     tbody {
                         @for p in &d.policies {
                             tr {
@@ -362,13 +372,17 @@ fn content(st: &AppState, user: &User, d: &Data, extra: &Extra) -> Markup {
                                 td { (yes_no(p.spec.delete_replica_on_disable)) }
                                 td { (initial_label(&p.spec.initial_replication)) }
                                 td { (p.associated_clouds.iter().map(|c| d.pairs.iter().find(|m| m.policy == p.id && &m.source.id == c).map(|m| names.cloud(&m.source)).unwrap_or_else(|| c.clone())).collect::<Vec<_>>().join(", ")) }
+                                @if contributor { td { a id={ "edit-policy-" (p.spec.name) } href={ (base) "?edit_policy=" (p.id) "#policy" } { "Edit" } } }
                             }
                         }
                     }
                 }
             }
             @if contributor {
-                (policy_form(user, &base, d, &synced_clouds, extra.policy_form.as_ref()))
+                @if let Some(p) = extra.edit_policy.and_then(|id| d.policies.iter().find(|p| p.id == id)) {
+                    (policy_edit_form(user, &base, p, extra.policy_form.as_ref()))
+                }
+                (policy_form(user, &base, d, &synced_clouds, if extra.edit_policy.is_some() { None } else { extra.policy_form.as_ref() }))
                 @if !d.policies.is_empty() {
                     div class="card" {
                         h3 { "Associate a policy with more clouds" }
@@ -703,6 +717,93 @@ fn policy_form(user: &User, base: &str, d: &Data, clouds: &[(SiteObjectRef, Stri
     }
 }
 
+/// A policy's values as the policy form sends them.
+fn policy_as_form(p: &PolicySpec) -> Form {
+    let mut f: Vec<(String, String)> = vec![
+        ("name".into(), p.name.clone()),
+        ("host_version".into(), p.host_version.clone()),
+        ("authentication".into(), format!("{:?}", p.authentication)),
+        ("port".into(), p.port.map(|x| x.to_string()).unwrap_or_default()),
+        ("copy_frequency_secs".into(), p.copy_frequency_secs.to_string()),
+        ("recovery_point_retention_hours".into(), p.recovery_point_retention_hours.to_string()),
+        (
+            "app_consistent_frequency_hours".into(),
+            p.app_consistent_frequency_hours.map(|h| h.to_string()).unwrap_or_default(),
+        ),
+    ];
+    if p.compression {
+        f.push(("compression".into(), "on".into()));
+    }
+    if p.delete_replica_on_disable {
+        f.push(("delete_replica_on_disable".into(), "on".into()));
+    }
+    match &p.initial_replication {
+        InitialReplication::OverNetworkNow => f.push(("initial_method".into(), "now".into())),
+        InitialReplication::OverNetworkScheduled { start_at } => {
+            f.push(("initial_method".into(), "scheduled".into()));
+            f.push(("start_at".into(), start_at.format("%Y-%m-%dT%H:%M").to_string()));
+        }
+        InitialReplication::Offline { export_path, import_path } => {
+            f.push(("initial_method".into(), "offline".into()));
+            f.push(("export_path".into(), export_path.clone()));
+            f.push(("import_path".into(), import_path.clone()));
+        }
+    }
+    Form(f)
+}
+
+/// Edit a policy: its fields filled in (or as last submitted), saved with the version shown so
+/// a concurrent change is refused instead of overwritten.
+fn policy_edit_form(user: &User, base: &str, p: &Policy, prev: Option<&Form>) -> Markup {
+    let current = policy_as_form(&p.spec);
+    let f = prev.unwrap_or(&current);
+    let v = |name: &str| f.get(name).unwrap_or_default().to_string();
+    let sel = |name: &str, value: &str| f.get(name) == Some(value);
+    let version = prev.and_then(|f| f.get("version").map(str::to_string)).unwrap_or_else(|| p.version.to_string());
+    html! {
+        div class="card" id="policy-edit" {
+            h3 { "Edit replication policy " (p.spec.name) }
+            p class="muted" { "Saving pushes the policy to every site of its cloud pairs; every VM under it follows (POL-9)." }
+            form method="post" action={ (base) "/policies/" (p.id) } class="grid" id="policy-edit-form" {
+                (csrf_field(user))
+                input type="hidden" name="version" value=(version);
+                label { "Name" input name="name" value=(v("name")); }
+                label { "Host version (POL-1)" input name="host_version" value=(v("host_version")); }
+                label { "Authentication (POL-2)"
+                    select name="authentication" {
+                        option value="Certificate" selected[sel("authentication", "Certificate")] { "Certificate (port 8084)" }
+                        option value="Kerberos" selected[sel("authentication", "Kerberos")] { "Kerberos (port 8083)" }
+                    }
+                }
+                label { "Replication port (blank: default)" input name="port" value=(v("port")); }
+                label { "Copy frequency (POL-3)"
+                    select name="copy_frequency_secs" {
+                        @for (s, l) in [("30", "30 seconds"), ("300", "5 minutes"), ("900", "15 minutes")] {
+                            option value=(s) selected[sel("copy_frequency_secs", s)] { (l) }
+                        }
+                    }
+                }
+                label { "Additional recovery points, hours (POL-4)" input name="recovery_point_retention_hours" value=(v("recovery_point_retention_hours")); }
+                label { "App-consistent snapshot every … hours (blank: off, POL-5)" input name="app_consistent_frequency_hours" value=(v("app_consistent_frequency_hours")); }
+                label class="check" { input type="checkbox" name="compression" checked[f.checked("compression")]; "Compress data transfer (POL-6)" }
+                label class="check" { input type="checkbox" name="delete_replica_on_disable" checked[f.checked("delete_replica_on_disable")]; "Delete replica VM when protection is disabled (POL-7)" }
+                label { "Initial replication (POL-8)"
+                    select name="initial_method" {
+                        option value="now" selected[sel("initial_method", "now")] { "Over the network, now" }
+                        option value="scheduled" selected[sel("initial_method", "scheduled")] { "Over the network, at a scheduled time" }
+                        option value="offline" selected[sel("initial_method", "offline")] { "Offline (export / import paths)" }
+                    }
+                }
+                label { "Scheduled start (UTC)" input type="datetime-local" name="start_at" value=(v("start_at")); }
+                label { "Offline export path (source side)" input name="export_path" value=(v("export_path")); }
+                label { "Offline import path (target side)" input name="import_path" value=(v("import_path")); }
+                button type="submit" id="save-policy" { "Save policy" }
+                a href={ (base) "#policy" } { "Cancel" }
+            }
+        }
+    }
+}
+
 fn num<T: std::str::FromStr>(form: &Form, field: &str, label: &str) -> Result<Option<T>, ApiFailure> {
     form.get(field)
         .map(|s| {
@@ -780,6 +881,56 @@ where
                 Extra { status: Some(e.status), notice: Some(e.into()), policy_form: prev, ..Default::default() },
             )
             .await
+        }
+    }
+}
+
+/// Save an edited policy through the API (the version the form showed goes as `If-Match`).
+pub async fn update_policy(
+    State(st): State<AppState>,
+    user: User,
+    Path((vault, policy)): Path<(String, String)>,
+    form: Form,
+) -> Response {
+    let edit_policy = Uuid::parse_str(&policy).ok();
+    let res = async {
+        form.check_csrf(&user)?;
+        let spec = policy_request(&form)?.spec;
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(v) = form.get("version").and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
+            headers.insert("if-match", v);
+        }
+        let (_, Json(updated)) = crate::api::policies::update_policy(
+            State(st.clone()),
+            user.auth.clone(),
+            Path((vault.clone(), policy.clone())),
+            headers,
+            ApiJson(spec),
+        )
+        .await?;
+        Ok::<_, ApiFailure>(updated)
+    }
+    .await;
+    match res {
+        Ok(updated) => match load_vault(&st, &vault).await {
+            Ok(v) => redirect_with(
+                &format!("/portal/vaults/{}/prepare#policy", v.id),
+                &format!(
+                    "Replication policy {} saved (version {}); pushed to its sites",
+                    updated.policy.spec.name, updated.policy.version
+                ),
+            ),
+            Err(e) => error_page(&user, None, e),
+        },
+        Err(e) => {
+            let extra = Extra {
+                status: Some(e.status),
+                notice: Some(e.into()),
+                policy_form: Some(form),
+                edit_policy,
+                ..Default::default()
+            };
+            render(&st, &user, &vault, extra).await
         }
     }
 }
