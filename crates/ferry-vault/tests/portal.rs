@@ -614,3 +614,91 @@ async fn pol_9_portal_edits_a_policy_with_its_version_and_refuses_stale_or_bad_e
     assert_eq!(status, 403);
     assert_eq!(show().await["recovery_point_retention_hours"], 2);
 }
+
+/// Capacity planning in the portal (CAP-1): start measuring VMs of one site, read the report
+/// under other inputs, stop; VMs of two sites or bad inputs are refused with nothing created, a
+/// Reader gets no form. The site manager is played by the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_1_portal_starts_a_capacity_plan_shows_its_report_and_stops_it() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let (ny, chi) = two_sites(&tv, "v1").await;
+    let (_l, _) = ny.spawn_loop();
+    let vault: serde_json::Value = tv.admin.get("/api/v1/vaults/v1").await.expect("vault");
+    let base = format!("{url}/portal/vaults/{}/capacity", vault["id"].as_str().expect("id"));
+    let admin = login(&c, &url, &tv.admin_token).await;
+    let (status, html) = get(&c, &base, &admin).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"no-capacity-plans\"") && html.contains("id=\"capacity-form\""), "{html}");
+    let token = csrf(&html);
+    let ny_vm = |v: &str| format!("{}|{}", ny.fabric_id, id("ny", v));
+    let chi_vm = format!("{}|{}", chi.fabric_id, id("chi", "vm1"));
+    assert!(html.contains(&ny_vm("vm1")) && html.contains(&chi_vm), "every site's VMs are offered");
+
+    // VMs of two sites: refused, the choice kept, nothing created.
+    let (status, _, html) =
+        post_form(&c, &base, &admin, &[("csrf", &token), ("name", "q1"), ("vm", &ny_vm("vm1")), ("vm", &chi_vm)]).await;
+    assert_eq!(status, 400, "{html}");
+    assert!(html.contains("CapacityPlanSites") && html.contains("value=\"q1\""), "{html}");
+    let none: Vec<serde_json::Value> = tv.admin.get("/api/v1/vaults/v1/capacityPlans").await.expect("plans");
+    assert!(none.is_empty());
+
+    // Started: the plan's page.
+    let (status, location, notice) =
+        post_form(&c, &base, &admin, &[("csrf", &token), ("name", "q1"), ("vm", &ny_vm("vm1")), ("vm", &ny_vm("vm2"))])
+            .await;
+    assert_eq!(status, 303, "{notice}");
+    assert!(notice.contains("Measuring the churn of 2 VMs for capacity plan q1"), "{notice}");
+    let plan: serde_json::Value = tv.admin.get("/api/v1/vaults/v1/capacityPlans/q1").await.expect("plan");
+    let plan_id = plan["id"].as_str().expect("id").to_string();
+    assert!(location.ends_with(&format!("/capacity/{plan_id}")), "{location}");
+
+    // The site reports both VMs' churn; the page shows the report under the inputs given.
+    let now = chrono::Utc::now();
+    let churn: Vec<serde_json::Value> = ["vm1", "vm2"]
+        .iter()
+        .map(|v| {
+            json!({"plan": plan_id, "vm_id": "", "vm_name": format!("ny-{v}"), "state": "Measuring",
+                "started_at": now, "updated_at": now, "measured_secs": 3600,
+                "disks": [{"target": "vda", "virtual_size": 1u64 << 30, "allocated_bytes": 512u64 << 20}],
+                "windows": [{"window_secs": 30, "windows": 120, "total_bytes": 60u64 << 20, "max_bytes": 3u64 << 20},
+                            {"window_secs": 3600, "windows": 1, "total_bytes": 10u64 << 20, "max_bytes": 10u64 << 20}],
+                "hours": [10u64 << 20]})
+        })
+        .collect();
+    let rep =
+        json!({"provider_id": ny.provider_id, "version": SITE_VERSION, "inventory": ny.inventory, "churn": churn});
+    let _: serde_json::Value = ny.client.post("/api/v1/agent/report", &rep).await.expect("report");
+    let (status, html) =
+        get(&c, &format!("{url}{location}?bandwidth_mbps=8&retention_hours=2&copy_frequency_secs=30"), &admin).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("2 measured of 2"), "{html}");
+    assert!(html.contains("480.0 MiB"), "daily churn 2 × 10 MiB × 24: {html}");
+    // 1 GiB allocated at 8 Mbit/s: 1073741824 × 8 / 8e6 s = 17.9 min.
+    assert!(html.contains("17.9 min at 8 Mbit/s"), "{html}");
+    assert!(html.contains("id=\"stop-capacity\"") && html.contains("id=\"delete-capacity\""));
+    let (status, html) = get(&c, &format!("{url}{location}?retention_hours=25"), &admin).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("CapacityReportInvalidParam"), "{html}");
+
+    // A Reader reads the report but gets no form, and cannot stop the plan.
+    let (reader_token, _) = make_token(&tv.admin, "reader", "Reader").await;
+    let reader = login(&c, &url, &reader_token).await;
+    let (_, html) = get(&c, &base, &reader).await;
+    assert!(html.contains(">q1<") && !html.contains("capacity-form"), "{html}");
+    let (_, html) = get(&c, &format!("{url}{location}"), &reader).await;
+    assert!(html.contains("2 measured of 2") && !html.contains("stop-capacity"));
+    let reader_csrf = csrf(&html);
+    let (status, _, _) = post_form(&c, &format!("{url}{location}/stop"), &reader, &[("csrf", &reader_csrf)]).await;
+    assert_eq!(status, 403);
+
+    // Stopped from its page: the job runs, the plan is Stopped.
+    let (status, location, _) = post_form(&c, &format!("{url}{location}/stop"), &admin, &[("csrf", &token)]).await;
+    assert_eq!(status, 303);
+    assert!(location.contains("/jobs/"), "{location}");
+    let job = uuid::Uuid::parse_str(location.rsplit('/').next().expect("job id")).expect("uuid");
+    wait_status(&tv.admin, "v1", job, JobStatus::Succeeded, 30).await;
+    let plan: serde_json::Value = tv.admin.get("/api/v1/vaults/v1/capacityPlans/q1").await.expect("plan");
+    assert_eq!(plan["state"], "Stopped");
+}

@@ -17,6 +17,7 @@
 //! applications, replicated items with their operations, recovery plans (groups, steps, edits
 //! and operations), jobs (with the manual actions they wait for) and events.
 
+mod capacity;
 mod items;
 mod jobs;
 mod overview;
@@ -73,6 +74,9 @@ pub fn router(state: AppState) -> Router {
         .route("/portal/vaults/{vault}/prepare/alerts", post(prepare::set_alerts))
         .route("/portal/vaults/{vault}/prepare/alerts/test", post(prepare::test_alerts))
         .route("/portal/vaults/{vault}/replicate", get(replicate::show).post(replicate::enable))
+        .route("/portal/vaults/{vault}/capacity", get(capacity::list).post(capacity::create))
+        .route("/portal/vaults/{vault}/capacity/{plan}", get(capacity::detail))
+        .route("/portal/vaults/{vault}/capacity/{plan}/{action}", post(capacity::act))
         .route("/portal/vaults/{vault}/items", get(items::list))
         .route("/portal/vaults/{vault}/items/{item}", get(items::detail))
         .route("/portal/vaults/{vault}/items/{item}/{operation}", post(items::operate))
@@ -358,6 +362,7 @@ pub enum Nav {
     Jobs,
     Events,
     Plans,
+    Capacity,
     None,
 }
 
@@ -440,6 +445,7 @@ pub fn page(f: Frame<'_>, content: Markup, status: StatusCode) -> Response {
                 (entry(Nav::Replicate, format!("{b}/replicate"), "Replicate applications"))
                 (entry(Nav::Items, format!("{b}/items"), "Replicated items"))
                 (entry(Nav::Plans, format!("{b}/plans"), "Recovery plans"))
+                (entry(Nav::Capacity, format!("{b}/capacity"), "Capacity planning"))
                 (entry(Nav::Jobs, format!("{b}/jobs"), "Jobs"))
                 (entry(Nav::Events, format!("{b}/events"), "Events"))
             }
