@@ -1046,7 +1046,11 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::ItemList => print(out, &c.get(&ctx.v("/replicationProtectedItems?limit=1000")).await?, ITEM_COLS),
         ApiCmd::ItemShow { item } => {
-            print(out, &c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?, &[])
+            let i: Value = c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?;
+            match out {
+                Output::Json => print(out, &i, &[]),
+                Output::Table => print!("{}", crate::output::item_text(&i)),
+            }
         }
         ApiCmd::PointList { item } => {
             let i: Value = c.get(&ctx.v(&format!("/replicationProtectedItems/{}", enc(&item)))).await?;

@@ -126,18 +126,6 @@ fn rep_3_rep_4_killed_agents_and_a_cut_connection_mid_transfer_resume_without_co
     let points = vm.recovery_points().expect("points");
     let initial = points.iter().filter(|p| p.kind == ferry_repl::replica::PointKind::Initial).count();
     assert_eq!(initial, 1, "one initial copy: {points:?}");
-    let mut prev = 0;
-    for p in &points {
-        let top = vm.chain(&p.id, "vdb").expect("chain")[0].clone();
-        let report = rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify");
-        assert!(report.corrupted.is_empty(), "point {} has corrupted records: {report:?}", p.id);
-        assert!(
-            report.first_gap.is_none() || report.last_record == Some(report.clean_prefix_len),
-            "point {} is not a clean prefix: {report:?}",
-            p.id
-        );
-        assert!(report.clean_prefix_len >= prev, "points only move forward");
-        prev = report.clean_prefix_len;
-    }
-    assert_eq!(prev, last, "the newest point holds every record");
+    let prefixes = common::clean_prefixes(&rt, &vm);
+    assert_eq!(prefixes.last().map(|p| p.2), Some(last), "the newest point holds every record");
 }

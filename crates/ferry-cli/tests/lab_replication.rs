@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Lab, LabOptions};
@@ -141,21 +140,8 @@ fn rep_1_protected_guest_replicates_with_crash_consistent_points_and_no_loss_at_
         stored.ends_with(&listed[listed.len().saturating_sub(2)..]) || listed == stored,
         "RP-1: the vault lists the replica's points: {listed:?} vs {stored:?}"
     );
-    let mut prev = 0;
-    let mut seen = Vec::new();
-    for p in &points {
-        let top: PathBuf = vm.chain(&p.id, "vdb").expect("chain")[0].clone();
-        let report = rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify");
-        assert!(report.corrupted.is_empty(), "point {} has corrupted records: {report:?}", p.id);
-        assert!(
-            report.first_gap.is_none() || report.last_record == Some(report.clean_prefix_len),
-            "point {} is not a clean prefix: {report:?}",
-            p.id
-        );
-        assert!(report.clean_prefix_len >= prev, "points only move forward");
-        prev = report.clean_prefix_len;
-        seen.push((p.id.clone(), p.time, prev));
-    }
+    let seen = common::clean_prefixes(&rt, &vm);
+    let prev = seen.last().map_or(0, |p| p.2);
     let host_log = std::fs::read_to_string(lab.dir.join("logs/host-ny1.log")).unwrap_or_default();
     let notes: Vec<&str> = host_log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
     assert_eq!(prev, last_rec, "the latest point has every record written before shutdown; host warnings: {notes:#?}; points: {seen:?}; host log: {}", host_log.lines().rev().take(30).collect::<Vec<_>>().join("\n"));

@@ -164,6 +164,7 @@ mod tests {
             storage_locations: vec![],
             connected: true,
             replication_address: String::new(),
+            replication_addresses: Vec::new(),
         }
     }
 

@@ -1,18 +1,74 @@
 //! Replication health (JOB-2) and replication statistics.
 //!
-//! Health is the worst of its reasons: Critical when the primary cannot send, a resync is
-//! required or the replica is paused; Warning when more than 20% of the expected cycles in the
-//! window were missed, the last sync is over an hour old, initial replication is incomplete, the
-//! item is failed over but not re-protected, or replication is paused; Normal otherwise.
+//! Health is the worst of its reasons: Critical when replication stalled (no recovery point for
+//! max(3 × copy frequency, 2 min) while cycles are expected, or cycles have failed that long;
+//! the reason names the cause), the primary cannot send, a resync is required, or the replica
+//! is full or paused; Warning when more than 20% of the cycles expected in the last hour were
+//! missed, the last sync is over an hour old, initial replication is incomplete, the item is
+//! failed over but not re-protected, or replication is paused; Normal otherwise.
 //! NotApplicable when protection is not enabled. Each reason has a stable code.
+//!
+//! The RPO of an item is the age of the newest recovery point on its replica ([`rpo_secs`]).
 
 use chrono::{DateTime, Duration, Utc};
 use ferry_types::protection::{Health, ReplicationState};
+use ferry_types::site_protocol::FailureCause;
 
 /// Missed-cycle share above which health turns Warning (20%).
 pub const MISSED_CYCLES_WARNING_PERCENT: u64 = 20;
 /// Time since the last sync after which health turns Warning.
 pub const SYNC_OVERDUE_AFTER_MINUTES: i64 = 60;
+/// The shortest time without a recovery point that counts as a stall.
+pub const STALL_FLOOR_SECS: i64 = 120;
+/// Code of the stall reason (its transitions are the `ReplicationStalled` / `ReplicationRecovered`
+/// events).
+pub const STALLED: &str = "ReplicationStalled";
+
+/// How long an item may go without a recovery point before it counts as stalled:
+/// max(3 × copy frequency, 2 min).
+pub fn stall_after(copy_frequency_secs: u64) -> Duration {
+    Duration::seconds((3 * i64::try_from(copy_frequency_secs).unwrap_or(i64::MAX / 4)).max(STALL_FLOOR_SECS))
+}
+
+/// RPO now: seconds since the newest recovery point on the replica.
+pub fn rpo_secs(latest_point: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<u64> {
+    latest_point.map(|t| u64::try_from((now - t).num_seconds()).unwrap_or(0))
+}
+
+/// `2026-03-01 11:58:00 UTC`.
+pub fn fmt_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// "3 min 20 s", "45 s", "2 h 5 min".
+pub fn fmt_age(d: Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 if s % 60 == 0 => format!("{} min", s / 60),
+        60..=3599 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Why a replicated item is not getting new points (JOB-2 stall detection).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StallInput {
+    /// Cycles are expected now (protected, resynchronizing; not paused, not failed over).
+    pub cycles_expected: bool,
+    pub copy_frequency_secs: u64,
+    /// The newest recovery point on the replica (or the last sync the source reported).
+    pub last_good: Option<DateTime<Utc>>,
+    /// Since when the source's cycles fail, why, and its message.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub failure: Option<FailureCause>,
+    pub failure_message: Option<String>,
+    /// The source host and when it last reported this item.
+    pub source_host: String,
+    pub source_last_report: Option<DateTime<Utc>>,
+    /// The replica host (for messages).
+    pub target_host: String,
+}
 
 /// Facts about one protected item, gathered by the vault.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +84,9 @@ pub struct HealthInput {
     pub primary_cannot_send: bool,
     pub resync_required: bool,
     pub replica_paused: bool,
+    pub replica_full: bool,
+    /// Stall detection input; `None` when not known (only the flags above count).
+    pub stall: Option<StallInput>,
 }
 
 impl HealthInput {
@@ -63,12 +122,56 @@ fn reason(code: &'static str, health: Health, message: String) -> HealthReason {
     HealthReason { code, health, message }
 }
 
+/// The stall reason, if `s` shows one at `now`: no point for max(3 × frequency, 2 min) while
+/// cycles are expected, or cycles failing that long (also during an initial copy). The message
+/// names the cause.
+pub fn stall_reason(s: &StallInput, now: DateTime<Utc>) -> Option<HealthReason> {
+    let limit = stall_after(s.copy_frequency_secs);
+    let no_point = s.cycles_expected && s.last_good.is_none_or(|t| now - t > limit);
+    let failing = s.failing_since.is_some_and(|t| now - t > limit);
+    if !no_point && !failing {
+        return None;
+    }
+    let silent = s.source_last_report.is_none_or(|t| now - t > limit);
+    let cause = if silent {
+        match s.source_last_report {
+            Some(t) => format!("no report from host {} since {}", s.source_host, fmt_time(t)),
+            None => format!("no report from host {}", s.source_host),
+        }
+    } else {
+        match (&s.failure_message, s.failure) {
+            (Some(m), _) => m.clone(),
+            (None, Some(c)) => format!("{c:?}"),
+            (None, None) => format!("a cycle to {} has been running for long", s.target_host),
+        }
+    };
+    // Times, not ages: the reason stays the same while the stall lasts.
+    let since = match (s.last_good, s.failing_since) {
+        (Some(t), _) if no_point => format!("No recovery point since {}", fmt_time(t)),
+        (None, _) if no_point => "No recovery point yet".to_string(),
+        (_, Some(t)) => format!("Cycles fail since {}", fmt_time(t)),
+        _ => "Replication stalled".to_string(),
+    };
+    Some(reason(STALLED, Health::Critical, format!("{since}: {cause}")))
+}
+
 /// JOB-2: the health and every reason for it, most severe first.
 pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<HealthReason>) {
     if !input.enabled {
         return (Health::NotApplicable, Vec::new());
     }
     let mut reasons = Vec::new();
+    if let Some(r) = input.stall.as_ref().and_then(|s| stall_reason(s, now)) {
+        reasons.push(r);
+    }
+    if input.replica_full {
+        let target = input.stall.as_ref().map(|s| s.target_host.as_str()).unwrap_or("the replica host");
+        reasons.push(reason(
+            "ReplicaFull",
+            Health::Critical,
+            format!("The replica location on {target} is full; free space or map the VM to other storage"),
+        ));
+    }
     if input.primary_cannot_send {
         reasons.push(reason(
             "PrimaryCannotSend",
@@ -86,7 +189,10 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
         reasons.push(reason(
             "MissedCycles",
             Health::Warning,
-            format!("{} of {} replication cycles were missed", input.cycles_missed, input.cycles_expected),
+            format!(
+                "{} of {} replication cycles expected in the last hour were missed",
+                input.cycles_missed, input.cycles_expected
+            ),
         ));
     }
     if input.initial_replication_complete && !input.failed_over_not_reprotected {
@@ -202,7 +308,7 @@ mod tests {
         assert_eq!(h, Health::Warning);
         assert_eq!(reasons.len(), 1);
         assert_eq!(reasons[0].code, "MissedCycles");
-        assert_eq!(reasons[0].message, "3 of 10 replication cycles were missed");
+        assert_eq!(reasons[0].message, "3 of 10 replication cycles expected in the last hour were missed");
     }
 
     #[test]
@@ -245,6 +351,77 @@ mod tests {
         assert!(input.failed_over_not_reprotected);
         let input = HealthInput { last_sync: Some(now()), ..HealthInput::for_state(ReplicationState::Paused) };
         assert_eq!(codes(&input), (Health::Warning, vec!["ReplicationPaused"]));
+    }
+
+    fn stall_input() -> StallInput {
+        StallInput {
+            cycles_expected: true,
+            copy_frequency_secs: 30,
+            last_good: Some(now() - Duration::seconds(20)),
+            source_host: "ny1".into(),
+            source_last_report: Some(now() - Duration::seconds(3)),
+            target_host: "chi1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn job_2_stall_threshold_is_three_copy_frequencies_but_at_least_two_minutes() {
+        assert_eq!(stall_after(30), Duration::seconds(120));
+        assert_eq!(stall_after(300), Duration::seconds(900));
+        assert_eq!(stall_after(900), Duration::seconds(2700));
+        assert_eq!(stall_after(5), Duration::seconds(120));
+    }
+
+    #[test]
+    fn job_2_a_stall_is_critical_and_names_its_cause() {
+        let base = healthy();
+        let mut s = stall_input();
+        let input = HealthInput { stall: Some(s.clone()), ..base.clone() };
+        assert_eq!(codes(&input), (Health::Normal, vec![]));
+        // Unreachable replica: no point for 2 min 1 s.
+        s.last_good = Some(now() - Duration::seconds(121));
+        s.failing_since = Some(now() - Duration::seconds(100));
+        s.failure = Some(FailureCause::Unreachable);
+        s.failure_message = Some("cannot connect to chi1 at 127.0.0.1:40515: connection refused".into());
+        let (h, r) = compute_health(&HealthInput { stall: Some(s.clone()), ..base.clone() }, now());
+        assert_eq!(h, Health::Critical);
+        assert_eq!(r[0].code, STALLED);
+        assert_eq!(
+            r[0].message,
+            "No recovery point since 2025-03-01 11:57:59 UTC: cannot connect to chi1 at 127.0.0.1:40515: connection refused"
+        );
+        // The source host went silent: the cause says so.
+        s.source_last_report = Some(now() - Duration::seconds(300));
+        let (_, r) = compute_health(&HealthInput { stall: Some(s.clone()), ..base.clone() }, now());
+        assert!(r[0].message.ends_with("no report from host ny1 since 2025-03-01 11:55:00 UTC"), "{}", r[0].message);
+        // Paused or failed over: no cycle is expected, no stall.
+        s.cycles_expected = false;
+        s.failing_since = None;
+        assert_eq!(codes(&HealthInput { stall: Some(s.clone()), ..base.clone() }).0, Health::Normal);
+        // During an initial copy, cycles failing for long are a stall too.
+        s.failing_since = Some(now() - Duration::seconds(200));
+        s.source_last_report = Some(now());
+        s.failure_message = Some("chi1 refuses this host: not authorised".into());
+        let (h, r) = compute_health(&HealthInput { stall: Some(s), ..base }, now());
+        assert_eq!(
+            (h, r[0].message.as_str()),
+            (Health::Critical, "Cycles fail since 2025-03-01 11:56:40 UTC: chi1 refuses this host: not authorised")
+        );
+    }
+
+    #[test]
+    fn job_2_a_full_replica_is_critical_at_once() {
+        let input = HealthInput { replica_full: true, stall: Some(stall_input()), ..healthy() };
+        assert_eq!(codes(&input), (Health::Critical, vec!["ReplicaFull"]));
+    }
+
+    #[test]
+    fn job_2_rpo_is_the_age_of_the_newest_point() {
+        assert_eq!(rpo_secs(Some(now() - Duration::seconds(42)), now()), Some(42));
+        assert_eq!(rpo_secs(None, now()), None);
+        assert_eq!(fmt_age(Duration::seconds(7325)), "2 h 2 min");
+        assert_eq!(fmt_age(Duration::seconds(180)), "3 min");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! | [`addressing`] | which target subnet and IP address does a replica NIC get? | NET-3, NET-4 |
 //! | [`storage`] | is this classification mapping valid; on which host and location does each replica disk go? | STO-1..5 |
 //! | [`state`] | which operations does a protected item allow; what is its next state? | JOB-3, FO-1, FO-5..7 |
-//! | [`health`] | what is an item's replication health and why; cycle statistics | JOB-2, REP-5 |
+//! | [`health`] | what is an item's replication health and why; is it stalled; cycle statistics | JOB-2, REP-5 |
+//! | [`rpo`] | where did the time between recovery points go (explainable RPO)? | REP-5, JOB-2 |
 //! | [`plan`] | what may a recovery plan hold; how is it edited; may a plan operation run? | PLAN-1, PLAN-3, PLAN-4 |
 //! | [`retention`] | which recovery points to merge; which point a failover uses | RP-2, RP-3, POL-4 |
 //! | [`alerts`] | may a vault's alerts go to this webhook URL, these addresses, this SMTP relay? | JOB-4 |
@@ -41,6 +42,7 @@ pub mod paths;
 pub mod plan;
 pub mod policy;
 pub mod retention;
+pub mod rpo;
 pub mod state;
 pub mod storage;
 pub mod version;

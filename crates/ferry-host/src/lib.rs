@@ -15,8 +15,10 @@ pub mod join;
 pub mod metrics;
 pub mod net;
 pub mod onboard;
+pub mod peers;
 pub mod profile;
 pub mod replication;
+pub mod source_status;
 pub mod storage;
 pub mod vms;
 
@@ -165,6 +167,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         host_name: host.cfg.name.clone(),
         address: host.api_addr.to_string(),
         replication_address: host.replication_address(),
+        replication_addresses: Vec::new(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: qemu_version(),
         storage_locations: storage::locations(&host.cfg.storage),
@@ -176,6 +179,8 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
     if let Ok(mut p) = host.pairs.lock() {
         *p = ack.pairs.clone();
     }
+    host.replication.apply_peers(&ack.peers).await;
+    host.replication.apply_pairs(&ack.pairs).await;
     match ack.bandwidth.as_ref().map(config::bandwidth_schedule).transpose() {
         Ok(schedule) => host.replication.apply_site_bandwidth(schedule),
         Err(e) => tracing::warn!(error = %e, "the site's bandwidth schedule is invalid; keeping the current one"),
@@ -189,7 +194,14 @@ async fn report_loop(host: Arc<Host>) {
         if let Err(e) = report_once(&host).await {
             tracing::warn!(error = %e, "cannot report to the site; retrying");
         }
-        tokio::time::sleep(period).await;
+        // A loop that cannot reach its replica host asks for a report now: its answer carries
+        // the replica host's current address.
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = host.replication.resolve_wanted.notified() => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use axum::Router;
 use ferry_types::site_protocol::{PairRole, ReplicationPhase, ReplicationStatus};
 
 use crate::replication::ReplicationService;
+use crate::source_status::{CycleHistograms, DURATION_BUCKETS};
 
 const PHASES: [(ReplicationPhase, &str); 7] = [
     (ReplicationPhase::Waiting, "waiting"),
@@ -35,7 +36,25 @@ type Series = (&'static str, &'static str, &'static str, fn(&ReplicationStatus) 
 /// The exposition text for `statuses` of host `host`.
 pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
     let mut out = String::new();
-    let series: [Series; 8] = [
+    let series: [Series; 11] = [
+        (
+            "ferry_replication_rpo_seconds",
+            "gauge",
+            "Seconds since the newest recovery point on the replica (-1: none yet)",
+            |s| s.last_point.map(|t| (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0).unwrap_or(-1.0),
+        ),
+        (
+            "ferry_replication_cycles_expected_hour",
+            "gauge",
+            "Cycles expected in the last hour at the copy interval",
+            |s| s.cycles_expected_hour as f64,
+        ),
+        (
+            "ferry_replication_cycles_missed_hour",
+            "gauge",
+            "Expected cycles of the last hour that did not succeed",
+            |s| s.cycles_expected_hour.saturating_sub(s.cycles_ok_hour) as f64,
+        ),
         ("ferry_replication_cycles_total", "counter", "Replication cycles completed", |s| s.cycles_ok as f64),
         ("ferry_replication_cycles_failed_total", "counter", "Replication cycles that failed (missed)", |s| {
             s.cycles_failed as f64
@@ -83,6 +102,37 @@ pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
     out
 }
 
+/// The cycle-duration histograms (seconds) of every VM this host replicates, by part.
+pub fn render_histograms(host: &str, histograms: &[(uuid::Uuid, CycleHistograms)]) -> String {
+    let mut out = String::new();
+    let name = "ferry_replication_cycle_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Duration of successful replication cycles by part (capture, transfer, apply, total).\n# TYPE {name} histogram"
+    );
+    let host = label(host);
+    for (item, h) in histograms {
+        let item = label(&item.to_string());
+        for (part, d) in [("capture", &h.capture), ("transfer", &h.transfer), ("apply", &h.apply), ("total", &h.total)]
+        {
+            for (bound, n) in DURATION_BUCKETS.iter().zip(d.buckets) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{host=\"{host}\",item=\"{item}\",part=\"{part}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{host=\"{host}\",item=\"{item}\",part=\"{part}\",le=\"+Inf\"}} {}",
+                d.count
+            );
+            let _ = writeln!(out, "{name}_sum{{host=\"{host}\",item=\"{item}\",part=\"{part}\"}} {}", d.sum_secs);
+            let _ = writeln!(out, "{name}_count{{host=\"{host}\",item=\"{item}\",part=\"{part}\"}} {}", d.count);
+        }
+    }
+    out
+}
+
 /// Serve `/metrics` on `listener`.
 pub fn serve(
     host: String,
@@ -97,6 +147,7 @@ pub fn serve(
             let (host, replication) = (host.clone(), replication.clone());
             async move {
                 let mut text = render(&host, &replication.statuses().await);
+                text.push_str(&render_histograms(&host, &replication.histograms()));
                 let limit = replication.bandwidth_now().map_or(-1.0, |b| b as f64);
                 let _ = writeln!(
                     text,
@@ -125,24 +176,16 @@ mod tests {
 
     #[test]
     fn rep_5_metrics_render_one_series_per_item_and_role() {
-        let s = ReplicationStatus {
-            item: uuid::Uuid::nil(),
-            role: PairRole::Source,
-            phase: ReplicationPhase::Replicating,
-            initial_progress: 100,
-            last_sync: None,
-            cycles_ok: 7,
-            cycles_failed: 1,
-            avg_delta_bytes: 65536,
-            max_delta_bytes: 131072,
-            avg_latency_ms: 40,
-            data_waiting_bytes: 0,
-            initial_bytes: 0,
-            consistency_fallbacks: 0,
-            last_warning: None,
-            last_error: None,
-            recovery_points: vec![],
-        };
+        let mut s = ReplicationStatus::new(uuid::Uuid::nil(), PairRole::Source, ReplicationPhase::Replicating);
+        s.initial_progress = 100;
+        s.cycles_ok = 7;
+        s.cycles_failed = 1;
+        s.avg_delta_bytes = 65536;
+        s.max_delta_bytes = 131072;
+        s.avg_latency_ms = 40;
+        s.cycles_expected_hour = 10;
+        s.cycles_ok_hour = 7;
+        s.last_point = Some(chrono::Utc::now() - chrono::Duration::seconds(42));
         let text = render("ny1", &[s]);
         let item = uuid::Uuid::nil();
         assert!(
@@ -153,6 +196,24 @@ mod tests {
         );
         assert!(text.contains(&format!("ferry_replication_phase{{host=\"ny1\",item=\"{item}\",phase=\"paused\"}} 0")));
         assert!(text.contains("# TYPE ferry_replication_cycles_failed_total counter"));
+        assert!(text.contains(&format!(
+            "ferry_replication_cycles_missed_hour{{host=\"ny1\",item=\"{item}\",role=\"source\"}} 3"
+        )));
+        let rpo = text
+            .lines()
+            .find(|l| l.starts_with("ferry_replication_rpo_seconds{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("rpo series");
+        assert!((42.0..60.0).contains(&rpo), "RPO is the age of the newest point: {rpo}");
+        let mut h = CycleHistograms::default();
+        h.total.observe(std::time::Duration::from_millis(300));
+        let hist = render_histograms("ny1", &[(item, h)]);
+        assert!(hist.contains("# TYPE ferry_replication_cycle_duration_seconds histogram"));
+        assert!(hist.contains(&format!("ferry_replication_cycle_duration_seconds_bucket{{host=\"ny1\",item=\"{item}\",part=\"total\",le=\"0.5\"}} 1")));
+        assert!(hist.contains(&format!(
+            "ferry_replication_cycle_duration_seconds_count{{host=\"ny1\",item=\"{item}\",part=\"capture\"}} 0"
+        )));
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

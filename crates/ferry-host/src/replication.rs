@@ -15,12 +15,14 @@ use chrono::Utc;
 use ferry_repl::{Allowlist, CaptureDisk, Primary, PrimaryConfig, Receiver, ReceiverConfig, TlsIdentity};
 use ferry_types::protection::RecoveryPoint;
 use ferry_types::site_protocol::{
-    InitialReplication, PairRole, ReplicaSpec, ReplicationPhase, ReplicationSpec, ReplicationStatus,
+    FailureCause, InitialReplication, PairConfig, PairRole, ReplicaSpec, ReplicationPeer, ReplicationPhase,
+    ReplicationSpec, ReplicationStatus,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::source_status::{classify, CycleCost, SourceStatus, Wait};
 use crate::vms::VmManager;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,20 +69,14 @@ struct TestRecord {
     disks: Vec<(String, PathBuf)>,
 }
 
-#[derive(Debug, Clone)]
-struct SourceStatus {
-    phase: ReplicationPhase,
-    last_sync: Option<chrono::DateTime<Utc>>,
-    cycles_ok: u64,
-    cycles_failed: u64,
-    delta_sizes: Vec<u64>,
-    latencies_ms: Vec<u64>,
-    data_waiting: u64,
-    initial_bytes: u64,
-    /// App-consistent cycles that fell back to crash-consistent (POL-5).
-    consistency_fallbacks: u64,
-    last_warning: Option<String>,
-    last_error: Option<String>,
+/// What a capture loop applies at its next cycle.
+struct LiveSettings {
+    interval: Duration,
+    compression: bool,
+    app_every: Option<Duration>,
+    policy_version: i64,
+    peer: Option<SocketAddr>,
+    target_name: String,
 }
 
 pub struct ReplicationService {
@@ -107,6 +103,12 @@ pub struct ReplicationService {
     pub resync_window: Option<ferry_repl::RateWindow>,
     /// The host's storage locations (REP-7: where kept replicas and existing images may lie).
     pub storage_roots: Vec<PathBuf>,
+    /// Where the replica hosts are now, by certificate name (from the site's answers).
+    peers: crate::peers::Peers,
+    /// Wakes a capture loop before its next tick (the replica host moved, the policy changed).
+    wakes: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Notify>>>,
+    /// A loop could not reach its replica host: the report loop asks the site at once.
+    pub resolve_wanted: Arc<tokio::sync::Notify>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -152,6 +154,9 @@ impl ReplicationService {
             own_bandwidth: bandwidth,
             resync_window: None,
             storage_roots: Vec::new(),
+            peers: Default::default(),
+            wakes: Default::default(),
+            resolve_wanted: Default::default(),
         })
     }
 
@@ -167,8 +172,9 @@ impl ReplicationService {
         };
         for s in sources {
             if paused.contains(&s.item) {
+                let interval = self.interval_of(&s.policy);
                 if let Ok(mut st) = self.sources.lock() {
-                    st.entry(s.item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Paused;
+                    st.entry(s.item).or_insert_with(|| SourceStatus::new(interval)).paused(Instant::now());
                 }
                 continue;
             }
@@ -292,12 +298,15 @@ impl ReplicationService {
         if let Ok(mut s) = self.sources.lock() {
             s.remove(&item);
         }
+        if let Ok(mut w) = self.wakes.lock() {
+            w.remove(&item);
+        }
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != item);
         p.paused.retain(|i| *i != item);
         p.repairs.retain(|i| *i != item);
         if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
-            self.allowlist.revoke(&r.source_host_cn);
+            self.allowlist.revoke_pair(&r.source_host_cn, &item.to_string());
         }
         p.replicas.retain(|r| r.item != item);
         write_state(&self.data.join("replication.json"), &p)?;
@@ -321,6 +330,42 @@ impl ReplicationService {
         Ok(serde_json::Value::Null)
     }
 
+    /// The copy interval of a policy on this host (the test knob overrides it).
+    fn interval_of(&self, policy: &ferry_types::policy::PolicySpec) -> Duration {
+        self.test_interval.unwrap_or(Duration::from_secs(policy.copy_frequency_secs.max(1) as u64))
+    }
+
+    /// Where the replica host of `spec` is now: the address the vault resolved for its
+    /// certificate name, else the one the replication started with.
+    fn target_of(&self, spec: &ReplicationSpec) -> Result<SocketAddr, ReplicationError> {
+        let port = spec.policy.port.unwrap_or(crate::peers::DEFAULT_CERTIFICATE_PORT);
+        if let Some(a) = self.peers.resolve(&spec.target_host_cn, port) {
+            return Ok(a);
+        }
+        spec.target_address
+            .parse()
+            .map_err(|_| ReplicationError::Invalid(format!("bad target address {}", spec.target_address)))
+    }
+
+    /// What a loop applies at its next cycle: the policy as the site pushed it last (POL-9)
+    /// and the replica host's current address. `None` once the item is no longer replicated
+    /// from here.
+    async fn live_settings(&self, item: Uuid) -> Option<LiveSettings> {
+        let spec = self.persisted.lock().await.sources.iter().find(|s| s.item == item).cloned()?;
+        Some(LiveSettings {
+            interval: self.interval_of(&spec.policy),
+            compression: spec.policy.compression,
+            app_every: spec.policy.app_consistent_frequency_hours.map(|h| Duration::from_secs(h as u64 * 3600)),
+            policy_version: spec.policy_version,
+            peer: self.target_of(&spec).ok(),
+            target_name: if spec.target_host_name.is_empty() {
+                spec.target_host_cn.clone()
+            } else {
+                spec.target_host_name.clone()
+            },
+        })
+    }
+
     async fn spawn_loop(self: &Arc<Self>, spec: ReplicationSpec, vms: Arc<VmManager>) -> Result<(), ReplicationError> {
         let def = vms
             .definition(&spec.vm_name)
@@ -340,13 +385,11 @@ impl ReplicationService {
             };
             disks.push(CaptureDisk { target: target.clone(), size, format });
         }
-        let peer: SocketAddr = spec
-            .target_address
-            .parse()
-            .map_err(|_| ReplicationError::Invalid(format!("bad target address {}", spec.target_address)))?;
+        let peer = self.target_of(&spec)?;
         let staging = self.data.join("staging").join(spec.item.to_string());
         std::fs::create_dir_all(&staging)?;
-        let tls = self.identity.client_config()?;
+        // SEC-1: the replica host is whoever holds its certificate, wherever it listens.
+        let tls = self.identity.peer_client_config(&spec.target_host_cn)?;
         let mut cfg = PrimaryConfig::new(
             &spec.item.to_string(),
             &spec.item.to_string(),
@@ -358,13 +401,24 @@ impl ReplicationService {
         );
         cfg.compression = spec.policy.compression;
         cfg.limiter = self.limiter.clone();
-        let interval = self.test_interval.unwrap_or(Duration::from_secs(spec.policy.copy_frequency_secs.max(1) as u64));
-        let app_every = spec.policy.app_consistent_frequency_hours.map(|h| Duration::from_secs(h as u64 * 3600));
         if def.guest_agent {
             cfg.qga_socket = vms.running(&spec.vm_name).await.map(|r| r.paths().qga.clone());
         }
         let sources = self.sources.clone();
-        sources.lock().map(|mut s| s.insert(spec.item, SourceStatus::new())).ok();
+        let interval0 = self.interval_of(&spec.policy);
+        if let Ok(mut s) = sources.lock() {
+            let st = s.entry(spec.item).or_insert_with(|| SourceStatus::new(interval0));
+            st.loop_started(Instant::now());
+            st.interval = interval0;
+            st.policy_version = Some(spec.policy_version);
+            if st.phase == ReplicationPhase::Paused {
+                st.phase = ReplicationPhase::Waiting;
+            }
+        }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut w) = self.wakes.lock() {
+            w.insert(spec.item, wake.clone());
+        }
         let item = spec.item;
         let vm_name = spec.vm_name.clone();
         let initial = spec.initial;
@@ -392,14 +446,45 @@ impl ReplicationService {
             // POL-5: the first delta cycle is app-consistent, then one every N hours.
             let mut last_app: Option<Instant> = None;
             loop {
+                let tick = Instant::now();
+                // POL-9 and resolved endpoints: the settings and the replica's address of now.
+                let Some(live) = this.live_settings(item).await else { break };
+                let interval = live.interval;
+                if let Some(addr) = live.peer.filter(|a| *a != cfg.peer_addr) {
+                    tracing::info!(item = %item, from = %cfg.peer_addr, to = %addr, replica = %live.target_name, "the replica host listens at a new address");
+                    cfg.peer_addr = addr;
+                    cfg.peer_name = addr.ip().to_string();
+                }
+                cfg.compression = live.compression;
+                if let Ok(mut c) = this.primary_configs.lock() {
+                    c.insert(item, (cfg.clone(), vm_name.clone()));
+                }
+                if let Ok(mut s) = sources.lock() {
+                    if let Some(st) = s.get_mut(&item) {
+                        st.interval = interval;
+                        st.policy_version = Some(live.policy_version);
+                    }
+                }
                 let mut primary = slot.lock().await;
+                if let Some(p) = primary.as_mut() {
+                    let c = p.config_mut();
+                    c.peer_addr = cfg.peer_addr;
+                    c.peer_name = cfg.peer_name.clone();
+                    c.compression = cfg.compression;
+                }
                 if primary.is_none() {
                     match vms.running(&vm_name).await {
                         Some(vm) => match Primary::new(cfg.clone(), vm) {
                             Ok(p) => *primary = Some(p),
-                            Err(e) => set_error(&sources, item, e.chain()),
+                            Err(e) => fail(&sources, item, FailureCause::Other, e.chain(), tick),
                         },
-                        None => set_error(&sources, item, format!("VM {vm_name} is not running")),
+                        None => fail(
+                            &sources,
+                            item,
+                            FailureCause::VmNotRunning,
+                            format!("VM {vm_name} is not running"),
+                            tick,
+                        ),
                     }
                 }
                 if let (Some(p), Some(dir)) = (primary.as_mut(), &offline_dir) {
@@ -433,11 +518,12 @@ impl ReplicationService {
                             set_phase(&sources, item, ReplicationPhase::WaitingForImport);
                         }
                         drop(primary);
-                        tokio::time::sleep(interval.min(Duration::from_secs(5))).await;
+                        pause_for(&sources, item, &wake, interval.min(Duration::from_secs(5)), Wait::Window).await;
                         continue;
                     }
                 }
                 let repair = this.persisted.lock().await.repairs.contains(&item);
+                let mut succeeded = primary.is_some();
                 if let Some(p) = primary.as_mut() {
                     let tracking = if repair {
                         Ok(ferry_repl::TrackingState::ResyncRequired {
@@ -446,11 +532,10 @@ impl ReplicationService {
                     } else {
                         p.tracking().await
                     };
-                    let started = Instant::now();
                     let mut initial_copy = false;
                     let res = match tracking {
                         Ok(ferry_repl::TrackingState::Tracking { .. }) => {
-                            let app = app_every.is_some_and(|every| last_app.is_none_or(|t| t.elapsed() >= every));
+                            let app = live.app_every.is_some_and(|every| last_app.is_none_or(|t| t.elapsed() >= every));
                             let r = p.run_cycle(app).await;
                             if app && r.is_ok() {
                                 last_app = Some(Instant::now());
@@ -471,7 +556,7 @@ impl ReplicationService {
                                 );
                             }
                             drop(primary);
-                            tokio::time::sleep(interval.min(Duration::from_secs(30))).await;
+                            pause_for(&sources, item, &wake, interval.min(Duration::from_secs(30)), Wait::Window).await;
                             continue;
                         }
                         // REP-6: tracking was lost (QEMU crash, raw disk after a restart) or an
@@ -514,7 +599,7 @@ impl ReplicationService {
                         _ if scheduled.is_some_and(|at| Utc::now() < at) => {
                             set_phase(&sources, item, ReplicationPhase::Waiting);
                             drop(primary);
-                            tokio::time::sleep(interval.min(Duration::from_secs(5))).await;
+                            pause_for(&sources, item, &wake, interval.min(Duration::from_secs(5)), Wait::Window).await;
                             continue;
                         }
                         _ => {
@@ -529,18 +614,12 @@ impl ReplicationService {
                     };
                     match res {
                         Ok(report) => {
+                            let point_time = p.counters().last_point.unwrap_or_else(Utc::now);
+                            let waiting = p.data_waiting().await.ok();
                             if let Ok(mut s) = sources.lock() {
                                 if let Some(st) = s.get_mut(&item) {
-                                    st.phase = ReplicationPhase::Replicating;
-                                    st.cycles_ok += 1;
-                                    st.last_sync = Some(Utc::now());
-                                    st.delta_sizes.push(report.data_bytes);
-                                    st.latencies_ms.push(started.elapsed().as_millis() as u64);
-                                    st.data_waiting = 0;
-                                    st.last_error = None;
-                                    if initial_copy {
-                                        st.initial_bytes = report.data_bytes;
-                                    }
+                                    st.record_success(CycleCost::of(&report), point_time, Instant::now(), initial_copy);
+                                    st.data_waiting = waiting.unwrap_or(0);
                                     if !report.warnings.is_empty() {
                                         st.consistency_fallbacks += 1;
                                         st.last_warning = Some(report.warnings.join("; "));
@@ -549,28 +628,40 @@ impl ReplicationService {
                             }
                         }
                         Err(e) => {
+                            succeeded = false;
                             let resync =
                                 matches!(p.tracking().await, Ok(ferry_repl::TrackingState::ResyncRequired { .. }));
+                            let cause = classify(&e);
+                            let message = explain_failure(cause, &live.target_name, cfg.peer_addr, &e);
+                            let waiting = p.data_waiting().await.unwrap_or(p.counters().unsent_bytes);
                             if let Ok(mut s) = sources.lock() {
                                 if let Some(st) = s.get_mut(&item) {
-                                    st.cycles_failed += 1;
+                                    st.record_failure(cause, message, tick.elapsed(), Instant::now());
                                     st.phase = if resync {
                                         ReplicationPhase::ResyncRequired
                                     } else {
                                         ReplicationPhase::Retrying
                                     };
-                                    st.last_error = Some(e.chain());
-                                    st.data_waiting = p.counters().unsent_bytes;
+                                    st.data_waiting = waiting;
                                 }
                             }
                             tracing::warn!(item = %item, error = %e.chain(), "replication cycle failed; the next cycle retries");
+                            if matches!(cause, FailureCause::Unreachable | FailureCause::Refused) {
+                                // Ask the site now where the replica host is (it may have moved).
+                                this.resolve_wanted.notify_one();
+                            }
                             // A restarted VM has a new QEMU: take it up on the next cycle.
                             *primary = None;
                         }
                     }
                 }
                 drop(primary);
-                tokio::time::sleep(interval).await;
+                // The copy frequency is a period: the next cycle starts one interval after this
+                // one started, at once if this one took longer. A wake (the replica host moved,
+                // the policy changed) starts it earlier.
+                let rest = (tick + interval).saturating_duration_since(Instant::now());
+                let kind = if succeeded { Wait::Schedule } else { Wait::Backoff };
+                pause_for(&sources, item, &wake, rest, kind).await;
             }
         });
         if let Some(old) = self.loops.lock().await.insert(item, handle) {
@@ -593,8 +684,9 @@ impl ReplicationService {
             p.paused.push(item);
         }
         write_state(&self.data.join("replication.json"), &p)?;
+        let interval = source_spec(&p, item).map(|s| self.interval_of(&s.policy)).unwrap_or(Duration::from_secs(300));
         if let Ok(mut st) = self.sources.lock() {
-            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Paused;
+            st.entry(item).or_insert_with(|| SourceStatus::new(interval)).paused(Instant::now());
         }
         Ok(serde_json::Value::Null)
     }
@@ -612,9 +704,6 @@ impl ReplicationService {
             write_state(&self.data.join("replication.json"), &p)?;
             spec
         };
-        if let Ok(mut st) = self.sources.lock() {
-            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Replicating;
-        }
         self.spawn_loop(spec, vms).await?;
         Ok(serde_json::Value::Null)
     }
@@ -639,8 +728,9 @@ impl ReplicationService {
             write_state(&self.data.join("replication.json"), &p)?;
             spec
         };
+        let interval = self.interval_of(&spec.policy);
         if let Ok(mut st) = self.sources.lock() {
-            st.entry(item).or_insert_with(SourceStatus::new).phase = ReplicationPhase::Resynchronizing;
+            st.entry(item).or_insert_with(|| SourceStatus::new(interval)).phase = ReplicationPhase::Resynchronizing;
         }
         // A fresh loop takes the request up at once (and recovers a loop stuck on a dead QEMU).
         self.spawn_loop(spec, vms).await?;
@@ -749,7 +839,7 @@ impl ReplicationService {
         };
         let mut p = self.persisted.lock().await;
         if let Some(r) = p.replicas.iter().find(|r| r.item == item) {
-            self.allowlist.revoke(&r.source_host_cn);
+            self.allowlist.revoke_pair(&r.source_host_cn, &item.to_string());
         }
         p.replicas.retain(|r| r.item != item);
         write_state(&self.data.join("replication.json"), &p)?;
@@ -880,11 +970,10 @@ impl ReplicationService {
             .as_mut()
             .ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
         let report = p.run_cycle(false).await?;
+        let point_time = p.counters().last_point.unwrap_or_else(Utc::now);
         if let Ok(mut s) = self.sources.lock() {
             if let Some(st) = s.get_mut(&item) {
-                st.cycles_ok += 1;
-                st.last_sync = Some(Utc::now());
-                st.delta_sizes.push(report.data_bytes);
+                st.record_success(CycleCost::of(&report), point_time, Instant::now(), false);
             }
         }
         Ok(())
@@ -900,6 +989,63 @@ impl ReplicationService {
             {
                 tracing::warn!(item = %r.item, error = %e.chain(), "retention failed; retried later");
             }
+        }
+    }
+
+    /// Take the replication addresses the site passed on; wake the loops whose replica host
+    /// moved, so they replicate to it at once.
+    pub async fn apply_peers(&self, peers: &[ReplicationPeer]) {
+        let changed = self.peers.update(peers);
+        if changed.is_empty() {
+            return;
+        }
+        let sources = self.persisted.lock().await.sources.clone();
+        for s in sources.iter().filter(|s| changed.contains(&s.target_host_cn)) {
+            tracing::info!(item = %s.item, replica = %s.target_host_cn, "replica host address resolved");
+            self.wake(s.item);
+        }
+    }
+
+    /// POL-9: the policy of each pair as the site pushed it applies from the next cycle to every
+    /// item of the pair this host replicates (frequency, compression, app-consistent frequency,
+    /// port) or receives (retention). Only newer policy versions are taken.
+    pub async fn apply_pairs(&self, pairs: &[PairConfig]) {
+        let mut woken = Vec::new();
+        let mut p = self.persisted.lock().await;
+        let mut changed = false;
+        for s in p.sources.iter_mut() {
+            let Some(pair) = s.mapping.and_then(|m| pairs.iter().find(|x| x.mapping == m)) else { continue };
+            if pair.policy_version > s.policy_version {
+                tracing::info!(item = %s.item, from = s.policy_version, to = pair.policy_version, frequency = pair.policy.copy_frequency_secs, compression = pair.policy.compression, "policy edit applies from the next cycle (POL-9)");
+                s.policy = pair.policy.clone();
+                s.policy_version = pair.policy_version;
+                woken.push(s.item);
+                changed = true;
+            }
+        }
+        for r in p.replicas.iter_mut() {
+            let Some(pair) = r.mapping.and_then(|m| pairs.iter().find(|x| x.mapping == m)) else { continue };
+            if pair.policy_version > r.policy_version {
+                tracing::info!(item = %r.item, retention_hours = pair.policy.recovery_point_retention_hours, "policy edit applies to the replica's retention (POL-9)");
+                r.retention_hours = pair.policy.recovery_point_retention_hours;
+                r.policy_version = pair.policy_version;
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = write_state(&self.data.join("replication.json"), &p) {
+                tracing::warn!(error = %e, "cannot record the policy edit; it is applied again at the next report");
+            }
+        }
+        drop(p);
+        for item in woken {
+            self.wake(item);
+        }
+    }
+
+    fn wake(&self, item: Uuid) {
+        if let Some(w) = self.wakes.lock().ok().and_then(|w| w.get(&item).cloned()) {
+            w.notify_one();
         }
     }
 
@@ -920,13 +1066,40 @@ impl ReplicationService {
         }
     }
 
+    /// Cycle-duration histograms of every VM this host replicates (host metrics).
+    pub fn histograms(&self) -> Vec<(Uuid, crate::source_status::CycleHistograms)> {
+        self.sources.lock().map(|s| s.iter().map(|(k, v)| (*k, v.histograms.clone())).collect()).unwrap_or_default()
+    }
+
     /// Status of every replication on this host (source loops and received replicas).
     pub async fn statuses(&self) -> Vec<ReplicationStatus> {
         let mut out = Vec::new();
-        let sources: Vec<(Uuid, SourceStatus)> =
-            self.sources.lock().map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect()).unwrap_or_default();
-        for (item, s) in sources {
-            let n = s.delta_sizes.len().max(1) as u64;
+        let items: Vec<Uuid> = self.sources.lock().map(|s| s.keys().copied().collect()).unwrap_or_default();
+        let bandwidth = self.bandwidth_now();
+        for item in items {
+            // REP-5: data waiting is what the tracking bitmaps hold now (unless a cycle runs:
+            // then the figure its loop recorded last).
+            let slot = self.primaries.lock().ok().and_then(|p| p.get(&item).cloned());
+            let waiting_now = match slot.as_ref().and_then(|s| s.try_lock().ok()) {
+                Some(guard) => match guard.as_ref() {
+                    Some(p) => {
+                        tokio::time::timeout(Duration::from_secs(2), p.data_waiting()).await.ok().and_then(Result::ok)
+                    }
+                    None => None,
+                },
+                None => None,
+            };
+            let now = Instant::now();
+            let Some(s) = self.sources.lock().ok().and_then(|mut m| {
+                let st = m.get_mut(&item)?;
+                if let Some(w) = waiting_now {
+                    st.data_waiting = w;
+                }
+                Some(st.clone())
+            }) else {
+                continue;
+            };
+            let (expected, ok) = s.hour_counts(now);
             out.push(ReplicationStatus {
                 item,
                 role: PairRole::Source,
@@ -935,15 +1108,24 @@ impl ReplicationService {
                 last_sync: s.last_sync,
                 cycles_ok: s.cycles_ok,
                 cycles_failed: s.cycles_failed,
-                avg_delta_bytes: s.delta_sizes.iter().sum::<u64>() / n,
-                max_delta_bytes: s.delta_sizes.iter().copied().max().unwrap_or(0),
-                avg_latency_ms: s.latencies_ms.iter().sum::<u64>() / s.latencies_ms.len().max(1) as u64,
+                avg_delta_bytes: s.avg_delta_bytes(),
+                max_delta_bytes: s.max_delta_bytes(),
+                avg_latency_ms: s.avg_latency_ms(),
                 data_waiting_bytes: s.data_waiting,
                 initial_bytes: s.initial_bytes,
                 consistency_fallbacks: s.consistency_fallbacks,
                 last_warning: s.last_warning.clone(),
                 last_error: s.last_error.clone(),
                 recovery_points: vec![],
+                interval_secs: s.interval.as_secs(),
+                cycles_expected_hour: expected,
+                cycles_ok_hour: ok,
+                last_point: s.last_point,
+                failing_since: s.failing_since,
+                failure: s.failure,
+                policy_version: s.policy_version,
+                bandwidth_bytes_per_sec: bandwidth,
+                recent_cycles: s.recent_cycles(),
             });
         }
         let replicas = self.persisted.lock().await.replicas.clone();
@@ -952,52 +1134,23 @@ impl ReplicationService {
                 Ok(vm) => vm.recovery_points().unwrap_or_default(),
                 Err(_) => vec![],
             };
-            out.push(ReplicationStatus {
-                item: r.item,
-                role: PairRole::Target,
-                phase: ReplicationPhase::Replicating,
-                initial_progress: 0,
-                last_sync: points.last().map(|p| p.time),
-                cycles_ok: points.len() as u64,
-                cycles_failed: 0,
-                avg_delta_bytes: 0,
-                max_delta_bytes: 0,
-                avg_latency_ms: 0,
-                data_waiting_bytes: 0,
-                initial_bytes: 0,
-                consistency_fallbacks: 0,
-                last_warning: None,
-                last_error: None,
-                recovery_points: points
-                    .iter()
-                    .map(|p| RecoveryPoint {
-                        id: p.id.clone(),
-                        time: p.time,
-                        app_consistent: p.app_consistent,
-                        size_bytes: p.bytes,
-                    })
-                    .collect(),
-            });
+            let mut st = ReplicationStatus::new(r.item, PairRole::Target, ReplicationPhase::Replicating);
+            st.last_sync = points.last().map(|p| p.time);
+            st.last_point = st.last_sync;
+            st.cycles_ok = points.len() as u64;
+            st.policy_version = Some(r.policy_version);
+            st.recovery_points = points
+                .iter()
+                .map(|p| RecoveryPoint {
+                    id: p.id.clone(),
+                    time: p.time,
+                    app_consistent: p.app_consistent,
+                    size_bytes: p.bytes,
+                })
+                .collect();
+            out.push(st);
         }
         out
-    }
-}
-
-impl SourceStatus {
-    fn new() -> Self {
-        SourceStatus {
-            phase: ReplicationPhase::Waiting,
-            last_sync: None,
-            cycles_ok: 0,
-            cycles_failed: 0,
-            delta_sizes: vec![],
-            latencies_ms: vec![],
-            data_waiting: 0,
-            initial_bytes: 0,
-            consistency_fallbacks: 0,
-            last_warning: None,
-            last_error: None,
-        }
     }
 }
 
@@ -1040,6 +1193,53 @@ fn effective_bandwidth(
     site: Option<ferry_repl::RateSchedule>,
 ) -> ferry_repl::RateSchedule {
     own.cloned().or(site).unwrap_or_default()
+}
+
+/// The health reason's wording of a failed cycle: who could not reach whom, and why.
+fn explain_failure(cause: FailureCause, target: &str, addr: SocketAddr, e: &ferry_repl::Error) -> String {
+    let chain = e.chain();
+    match cause {
+        FailureCause::Unreachable => format!("cannot connect to {target} at {addr}: {chain}"),
+        FailureCause::Refused => format!("{target} refuses this host: {chain}"),
+        FailureCause::ReplicaFull => format!("replica location full on {target}: {chain}"),
+        FailureCause::ReplicaPaused => format!("{target} does not take cycles now: {chain}"),
+        FailureCause::VmNotRunning | FailureCause::Other => chain,
+    }
+}
+
+/// A cycle could not even start (no QEMU, no capture): a missed cycle with its cause.
+fn fail(
+    sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>,
+    item: Uuid,
+    cause: FailureCause,
+    message: String,
+    started: Instant,
+) {
+    if let Ok(mut s) = sources.lock() {
+        if let Some(st) = s.get_mut(&item) {
+            st.record_failure(cause, message, started.elapsed(), Instant::now());
+        }
+    }
+}
+
+/// Wait up to `d` before a loop's next cycle (a wake ends it early), counted as `kind`.
+async fn pause_for(
+    sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>,
+    item: Uuid,
+    wake: &tokio::sync::Notify,
+    d: Duration,
+    kind: Wait,
+) {
+    let t = Instant::now();
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = wake.notified() => {}
+    }
+    if let Ok(mut s) = sources.lock() {
+        if let Some(st) = s.get_mut(&item) {
+            st.add_wait(kind, t.elapsed());
+        }
+    }
 }
 
 fn set_error(sources: &std::sync::Mutex<HashMap<Uuid, SourceStatus>>, item: Uuid, e: String) {

@@ -153,6 +153,96 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Arc
     Ok(Arc::new(config))
 }
 
+/// A client config for host-to-host replication: trusts only the CA in `ca_pem`, presents
+/// `(cert_pem, key_pem)`, and accepts a server only if its certificate's common name is
+/// `expected_cn`. The peer's identity is its certificate, not its address: a host found at a new
+/// address (or at any address, whatever its certificate's alternative names) is accepted when
+/// its certificate names it, and an address now held by another host is refused. The server
+/// name the client sends is not checked against the certificate.
+pub fn named_peer_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    expected_cn: &str,
+) -> Result<Arc<ClientConfig>> {
+    if expected_cn.trim().is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "The expected peer certificate name is empty"));
+    }
+    let provider = provider();
+    let verifier = Arc::new(NamedServerVerifier {
+        roots: roots(ca_pem)?,
+        provider: provider.clone(),
+        expected_cn: expected_cn.to_string(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
+        .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?;
+    Ok(Arc::new(config))
+}
+
+/// A server verifier that checks the chain to the vault CA (validity, usage, signatures) like
+/// webpki, then the common name instead of an alternative name.
+#[derive(Debug)]
+struct NamedServerVerifier {
+    roots: RootCertStore,
+    provider: Arc<CryptoProvider>,
+    expected_cn: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match peer_common_name(end_entity) {
+            Some(cn) if cn == self.expected_cn => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => Err(rustls::Error::General(format!(
+                "the peer is {}, not {}",
+                other.unwrap_or_else(|| "a certificate without a common name".into()),
+                self.expected_cn
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The subject common name of a DER certificate (e.g. a peer's, from
 /// `ServerConnection::peer_certificates()`), if it has a readable one.
 pub fn peer_common_name(cert_der: &[u8]) -> Option<String> {

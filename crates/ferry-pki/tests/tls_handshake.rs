@@ -178,3 +178,31 @@ fn sec_1_wrong_key_for_cert_refused() {
     assert!(server_config(&a.cert_pem, &a.key_pem, ClientAuth::Required(String::new()), false).is_err());
     assert!(client_config("no pem here", None).is_err());
 }
+
+#[tokio::test]
+async fn sec_1_replication_peer_is_identified_by_its_certificate_not_its_address() {
+    let ca = Ca::create("Ferry vault CA").expect("ca");
+    // A replica host whose certificate has no alternative name for the address it is reached at.
+    let replica = agent_cert(&ca, "host-chi-chi1");
+    let other = agent_cert(&ca, "host-chi-chi2");
+    let source = agent_cert(&ca, "host-ny-ny1");
+    let server_of = |id: &IssuedCert| {
+        server_config(&id.cert_pem, &id.key_pem, ClientAuth::Required(ca.cert_pem().to_string()), false)
+            .expect("server config")
+    };
+    let client = ferry_pki::named_peer_client_config(ca.cert_pem(), &source.cert_pem, &source.key_pem, "host-chi-chi1")
+        .expect("client config");
+    let out = handshake(server_of(&replica), client.clone(), "127.0.0.1").await;
+    assert_eq!(out.server, Ok(Some("host-ny-ny1".to_string())));
+    assert!(out.client.is_ok(), "the expected host is accepted at any address: {:?}", out.client.err());
+    // Another host of the same vault now holds the address: refused, and the error names both.
+    let out = handshake(server_of(&other), client.clone(), "127.0.0.1").await;
+    let err = out.client.expect_err("another host is refused");
+    assert!(err.contains("host-chi-chi2") && err.contains("host-chi-chi1"), "{err}");
+    // A certificate of another CA is refused even with the expected name.
+    let foreign_ca = Ca::create("Other CA").expect("ca");
+    let impostor = agent_cert(&foreign_ca, "host-chi-chi1");
+    let out = handshake(server_of(&impostor), client, "127.0.0.1").await;
+    assert!(out.client.is_err(), "a certificate of another CA is refused");
+    assert!(ferry_pki::named_peer_client_config(ca.cert_pem(), &source.cert_pem, &source.key_pem, " ").is_err());
+}

@@ -181,6 +181,12 @@ impl Primary {
         &self.counters
     }
 
+    /// REP-5: bytes the change-tracking bitmaps record as changed since the newest capture (what
+    /// the next cycle sends), read from QEMU now.
+    pub async fn data_waiting(&self) -> Result<u64> {
+        self.capture.pending_bytes(self.vm.qmp()).await
+    }
+
     /// Mutable send options (compression, limiter, retries).
     pub fn send_options_mut(&mut self) -> &mut SendOptions {
         &mut self.cfg.send

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Raced,
     /// Invalid configuration or argument.
     Invalid,
+    /// The replica's storage is full (ENOSPC on the replica host).
+    NoSpace,
 }
 
 /// The crate error: kind + context + optional source.
@@ -90,6 +92,29 @@ impl Error {
     /// The context message.
     pub fn context(&self) -> &str {
         &self.context
+    }
+
+    /// Whether a file system was full somewhere in the chain (ENOSPC).
+    pub fn is_no_space(&self) -> bool {
+        if self.kind == ErrorKind::NoSpace {
+            return true;
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(28) || io.kind() == std::io::ErrorKind::StorageFull {
+                    return true;
+                }
+            }
+            if let Some(inner) = e.downcast_ref::<Error>() {
+                if inner.is_no_space() {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        // qemu-img and QEMU report a full file system in their own words.
+        self.chain().contains("No space left on device")
     }
 
     /// The whole chain `context: source: source…`, for logs.

@@ -127,6 +127,8 @@ pub enum ErrorCode {
     Conflict = 4,
     Internal = 5,
     Version = 6,
+    /// The replica's storage is full.
+    NoSpace = 7,
 }
 
 impl ErrorCode {
@@ -137,6 +139,7 @@ impl ErrorCode {
             3 => ErrorCode::Checksum,
             4 => ErrorCode::Conflict,
             6 => ErrorCode::Version,
+            7 => ErrorCode::NoSpace,
             _ => ErrorCode::Internal,
         }
     }

@@ -175,6 +175,7 @@ impl Shared {
         };
         if let Err(e) = result {
             let code = match e.kind() {
+                _ if e.is_no_space() => ErrorCode::NoSpace,
                 ErrorKind::Protocol => ErrorCode::Protocol,
                 ErrorKind::Checksum => ErrorCode::Checksum,
                 ErrorKind::Unauthorized => ErrorCode::Unauthorized,
@@ -191,7 +192,8 @@ impl Shared {
                 tracing::info!(%peer, %cn, error = %e.chain(), "Replication connection closed");
             } else {
                 tracing::warn!(%peer, %cn, error = %e.chain(), "Replication session failed");
-                let _ = write_msg(&mut wr, &Message::Error { code, message: e.to_string() }).await;
+                let message = if code == ErrorCode::NoSpace { e.chain() } else { e.to_string() };
+                let _ = write_msg(&mut wr, &Message::Error { code, message }).await;
             }
         }
     }

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -159,6 +159,11 @@ pub struct SendStats {
     pub resumed_from: Vec<u64>,
     /// The receiver had already applied this cycle.
     pub already_applied: bool,
+    /// Time spent waiting for the bandwidth limit (CAP-2), over all attempts.
+    pub throttled: Duration,
+    /// Time from the end of the data to the replica's durable acknowledgement (its apply and
+    /// flush), of the attempt that succeeded.
+    pub apply_wait: Duration,
 }
 
 type Reader = ReadHalf<TlsStream<TcpStream>>;
@@ -207,6 +212,7 @@ pub fn unexpected(m: Message) -> Error {
             let kind = match code {
                 crate::protocol::ErrorCode::Unauthorized => ErrorKind::Unauthorized,
                 crate::protocol::ErrorCode::Conflict => ErrorKind::Busy,
+                crate::protocol::ErrorCode::NoSpace => ErrorKind::NoSpace,
                 _ => ErrorKind::Remote,
             };
             Error::new(kind, format!("Replica refused: {message} ({code:?})"))
@@ -280,11 +286,14 @@ async fn attempt_once(
             let end =
                 Message::EndCycle { cycle, extent_count: src.extents.len() as u64, total_bytes: src.covered_bytes() };
             stats.wire_bytes += write_msg(&mut wr, &end).await? as u64;
-            match tokio::time::timeout(opts.ack_timeout, ack_reader).await {
+            let ended = Instant::now();
+            let acked = match tokio::time::timeout(opts.ack_timeout, ack_reader).await {
                 Err(_) => Err(Error::new(ErrorKind::Disconnected, "No durable ack from the replica")),
                 Ok(Err(e)) => Err(Error::with_source(ErrorKind::Disconnected, "Ack reader failed", e)),
                 Ok(Ok(r)) => r,
-            }
+            };
+            stats.apply_wait = ended.elapsed();
+            acked
         }
         Err(e) => {
             // Prefer the replica's own explanation if it sent one.
@@ -337,7 +346,9 @@ async fn stream_extents(
             return Err(Error::new(ErrorKind::Disconnected, "Connection cut (test fault)"));
         }
         if let Some(l) = &opts.limiter {
+            let t = Instant::now();
             l.acquire(bytes.len() as u64).await;
+            stats.throttled += t.elapsed();
         }
         write_raw(wr, &bytes).await?;
         sent += 1;

@@ -37,6 +37,13 @@ impl TlsIdentity {
         .ctx(ErrorKind::Tls, || "Cannot build the replication server TLS config".into())
     }
 
+    /// Client config presenting this host's certificate to a replication peer that must present
+    /// a certificate named `peer_cn` (wherever it is reached).
+    pub fn peer_client_config(&self, peer_cn: &str) -> Result<Arc<rustls::ClientConfig>> {
+        ferry_pki::named_peer_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem, peer_cn)
+            .ctx(ErrorKind::Tls, || format!("Cannot build the replication client TLS config for {peer_cn}"))
+    }
+
     /// Client config presenting this host's certificate.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
         ferry_pki::client_config(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
@@ -73,6 +80,18 @@ impl Allowlist {
     /// Remove every grant of `cn`.
     pub fn revoke(&self, cn: &str) {
         self.lock().remove(cn);
+    }
+
+    /// Remove the grant of `pair_id` to `cn` only; its other pairs stay allowed. A peer left
+    /// with no pair is forgotten.
+    pub fn revoke_pair(&self, cn: &str, pair_id: &str) {
+        let mut m = self.lock();
+        if let Some(Some(set)) = m.get_mut(cn) {
+            set.remove(pair_id);
+            if set.is_empty() {
+                m.remove(cn);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<HashSet<String>>>> {
@@ -282,6 +301,22 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sec_1_revoking_one_pair_keeps_the_peers_other_pairs() {
+        let a = Allowlist::new();
+        a.allow_pair("host-ny1", "web1");
+        a.allow_pair("host-ny1", "db1");
+        a.allow_pair("host-ny2", "app1");
+        a.revoke_pair("host-ny1", "db1");
+        assert!(!a.permits("host-ny1", "db1"));
+        assert!(a.permits("host-ny1", "web1"), "another item of the same host stays allowed");
+        assert!(a.permits("host-ny2", "app1"));
+        a.revoke_pair("host-ny1", "web1");
+        assert!(!a.knows("host-ny1"), "a peer with no pair left is forgotten");
+        a.revoke_pair("host-unknown", "x");
+        assert!(a.permits("host-ny2", "app1"));
+    }
 
     #[test]
     fn rep_6_resync_window_minutes_left() {

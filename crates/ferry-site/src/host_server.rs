@@ -140,7 +140,8 @@ async fn report(
     entry.last_report = Some(rep);
     entry.last_seen_ms = chrono::Utc::now().timestamp_millis();
     let pairs = p.pairs.clone();
-    Ok(Json(HostReportAck { pairs, bandwidth: site.cfg.bandwidth.clone() }))
+    let peers = p.peers.clone();
+    Ok(Json(HostReportAck { pairs, bandwidth: site.cfg.bandwidth.clone(), peers }))
 }
 
 /// Local status of the site (works while the vault is unreachable): its hosts and when the

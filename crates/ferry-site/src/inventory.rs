@@ -67,6 +67,7 @@ pub fn build(site: &Site) -> SiteInventory {
             storage_locations: Vec::new(),
             connected: entry.is_some_and(|e| now - e.last_seen_ms <= window),
             replication_address: report_replication_address.clone(),
+            replication_addresses: report.as_ref().map(|r| r.replication_addresses.clone()).unwrap_or_default(),
         };
         if let Some(r) = report {
             host.agent_version = r.agent_version;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use ferry_types::site_protocol::{CommandResult, HostReport, PairConfig};
+use ferry_types::site_protocol::{CommandResult, HostReport, PairConfig, ReplicationPeer};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,6 +35,10 @@ pub struct Persisted {
     pub pairs: Vec<PairConfig>,
     /// Recently answered commands (bounded).
     pub answered: VecDeque<(Uuid, CommandResult)>,
+    /// Where the vault's hosts receive replication, from the vault's last answer; passed on to
+    /// this site's hosts (kept across a restart of the site while the vault is unreachable).
+    #[serde(default)]
+    pub peers: Vec<ReplicationPeer>,
 }
 
 pub const MAX_ANSWERED: usize = 512;

@@ -38,6 +38,28 @@ fn build_report(site: &Site) -> SiteReport {
 }
 
 pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
+    let ack = report_and_answer(site).await?;
+    take_peers(site, &ack);
+    Ok(ack)
+}
+
+/// Keep where the vault's hosts receive replication now, for this site's hosts.
+fn take_peers(site: &Site, ack: &SiteReportAck) {
+    let changed = match site.persisted.lock() {
+        Ok(mut p) if p.peers != ack.peers => {
+            p.peers = ack.peers.clone();
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        if let Err(e) = site.save() {
+            tracing::warn!(error = %e, "cannot record the replication peers");
+        }
+    }
+}
+
+async fn report_and_answer(site: &Site) -> Result<SiteReportAck, ferry_client::Error> {
     let report = build_report(site);
     site.recorder.record("/api/v1/agent/report", &report);
     let ack: SiteReportAck = site.vault.post("/api/v1/agent/report", &report).await?;

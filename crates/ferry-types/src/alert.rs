@@ -18,6 +18,12 @@ use crate::event::Severity;
 pub enum AlertKind {
     /// A replicated item's health became Critical (once per change, again after it recovered).
     CriticalHealth,
+    /// A replicated item made no recovery point for max(3 × copy frequency, 2 min), or its
+    /// replica cannot take one (JOB-2); the alert names the cause. Sent with the Critical-health
+    /// trigger.
+    ReplicationStalled,
+    /// A stalled item made a recovery point again. Sent with the Critical-health trigger.
+    ReplicationRecovered,
     /// A site manager stopped reporting (its heartbeat is lost).
     SiteHeartbeatLost,
     /// A test, planned or unplanned failover (of a VM or a recovery plan) ended Failed.
@@ -30,6 +36,8 @@ impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::CriticalHealth => "CriticalHealth",
+            AlertKind::ReplicationStalled => "ReplicationStalled",
+            AlertKind::ReplicationRecovered => "ReplicationRecovered",
             AlertKind::SiteHeartbeatLost => "SiteHeartbeatLost",
             AlertKind::FailoverFailed => "FailoverFailed",
             AlertKind::Test => "Test",
@@ -40,6 +48,8 @@ impl AlertKind {
     pub fn label(self) -> &'static str {
         match self {
             AlertKind::CriticalHealth => "Critical health",
+            AlertKind::ReplicationStalled => "Replication stalled",
+            AlertKind::ReplicationRecovered => "Replication recovered",
             AlertKind::SiteHeartbeatLost => "Site heartbeat lost",
             AlertKind::FailoverFailed => "Failover failed",
             AlertKind::Test => "Test alert",
@@ -73,7 +83,9 @@ impl AlertTriggers {
     /// Whether alerts of `kind` are sent (test alerts always are).
     pub fn allows(&self, kind: AlertKind) -> bool {
         match kind {
-            AlertKind::CriticalHealth => self.critical_health,
+            AlertKind::CriticalHealth | AlertKind::ReplicationStalled | AlertKind::ReplicationRecovered => {
+                self.critical_health
+            }
             AlertKind::SiteHeartbeatLost => self.site_heartbeat_lost,
             AlertKind::FailoverFailed => self.failover_failed,
             AlertKind::Test => true,

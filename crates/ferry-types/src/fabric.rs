@@ -113,6 +113,10 @@ pub struct Host {
     /// `host:port` where the agent receives replication (mutual TLS, POL-2).
     #[serde(default)]
     pub replication_address: String,
+    /// Every replication listener when the host listens on several ports (one per policy
+    /// port, POL-2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication_addresses: Vec<String>,
 }
 
 /// A directory on a host where disks and replicas live (HOST-5).

@@ -156,6 +156,33 @@ pub struct RecoveryPoint {
     pub size_bytes: u64,
 }
 
+/// Explainable RPO (REP-5): where the time between the last recovery points went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RpoExplanation {
+    /// Cycles the figures are averaged over.
+    pub cycles: u64,
+    /// Average time from one point to the next.
+    pub avg_between_points_ms: u64,
+    pub capture_ms: u64,
+    pub transfer_ms: u64,
+    pub apply_ms: u64,
+    /// Waiting for the bandwidth limit (CAP-2).
+    pub throttled_ms: u64,
+    /// Waiting for the copy interval's next tick.
+    pub schedule_ms: u64,
+    /// Failed attempts and the waits after them.
+    pub backoff_ms: u64,
+    pub paused_ms: u64,
+    /// Scheduled start or resync window.
+    pub window_ms: u64,
+    /// Changed data per second against the bandwidth limit (none: unlimited).
+    pub churn_bytes_per_sec: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// One sentence per finding, the largest contribution first.
+    pub findings: Vec<String>,
+}
+
 /// Replication statistics (REP-5, JOB-2).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReplicationStats {
@@ -188,6 +215,47 @@ pub struct ReplicationStats {
     /// Offline initial replication (POL-8): the export is complete and waits for its import.
     #[serde(default)]
     pub awaiting_import: bool,
+    /// RPO now: seconds since the newest recovery point on the replica (computed when the item
+    /// is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_secs: Option<u64>,
+    /// Time of the newest recovery point on the replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_point: Option<chrono::DateTime<chrono::Utc>>,
+    /// The copy interval the source host applies, in seconds.
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// Cycles expected in the last hour at that interval, and how many of them were missed
+    /// (JOB-2: Warning over 20 %).
+    #[serde(default)]
+    pub cycles_expected_hour: u64,
+    #[serde(default)]
+    pub cycles_missed_hour: u64,
+    /// When the source host last reported this item's replication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report: Option<chrono::DateTime<chrono::Utc>>,
+    /// Since when cycles fail, why, and the last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::site_protocol::FailureCause>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The policy version the source host applies (POL-9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<i64>,
+    /// The bandwidth limit in force on the source host, bytes per second (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Average rate of changed data over the last cycles, bytes per second of wall time.
+    #[serde(default)]
+    pub churn_bytes_per_sec: u64,
+    /// The last cycles split into capture, transfer, apply and waiting (explainable RPO).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_cycles: Vec<crate::site_protocol::CycleTiming>,
+    /// What the last cycles say about the RPO (computed when the item is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_explanation: Option<RpoExplanation>,
 }
 
 /// A replicated VM (ASR: replication protected item).

@@ -97,6 +97,22 @@ pub struct SiteReportAck {
     pub synced_clouds: Vec<String>,
     /// Whether this provider is the active one (FAB-8).
     pub active: bool,
+    /// Where every host of the vault receives replication now, by certificate name: a source
+    /// host resolves its replica host here on every cycle instead of remembering an address.
+    #[serde(default)]
+    pub peers: Vec<ReplicationPeer>,
+}
+
+/// Vault → site → host: where a host receives replication now (endpoints are resolved, not
+/// remembered). The host's identity is its certificate name; an address is only where to find
+/// it, and the connection is refused unless the certificate there names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationPeer {
+    /// Certificate name (`host-<site id>-<host id>`).
+    pub host_cn: String,
+    pub host_name: String,
+    /// `host:port` of each replication listener, as the host last reported them.
+    pub addresses: Vec<String>,
 }
 
 /// Site → vault: sign a host agent's certificate (SEC-1).
@@ -142,6 +158,9 @@ pub struct HostReportAck {
     /// own `[bandwidth]`; `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<BandwidthDef>,
+    /// Where the vault's hosts receive replication now (from the vault's last answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<ReplicationPeer>,
 }
 
 /// CAP-2: a default rate and time-of-day windows with their own rate (first match wins; a
@@ -219,6 +238,10 @@ pub struct HostReport {
     /// `host:port` of the agent's replication listener.
     #[serde(default)]
     pub replication_address: String,
+    /// Every replication listener (`host:port`) when the host listens on several ports (one per
+    /// policy port of the pairs it serves, POL-2); the first is `replication_address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication_addresses: Vec<String>,
     pub agent_version: String,
     pub qemu_version: String,
     pub storage_locations: Vec<crate::fabric::StorageLocation>,
@@ -279,9 +302,17 @@ pub struct ReplicaSpec {
     pub disks: Vec<(String, u64, String)>,
     /// Certificate name of the only host allowed to send this replica (SEC-1).
     pub source_host_cn: String,
-    /// Additional hourly recovery points to keep (POL-4).
+    /// Additional hourly recovery points to keep (POL-4); a policy edit pushed with the cloud
+    /// pair replaces it (POL-9).
     #[serde(default)]
     pub retention_hours: u32,
+    /// The cloud pair (container mapping) the item replicates under: the host follows its
+    /// policy as the site pushes it (POL-9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Uuid>,
+    /// The policy version `retention_hours` comes from.
+    #[serde(default)]
+    pub policy_version: i64,
     /// REP-7: the protected VM's identity across protections (`<source site id>/<VM id>`). A
     /// replica of the same VM kept on this host (protection disabled with "delete replica: no",
     /// or its folder restored from a backup) is reused with its recovery points.
@@ -326,11 +357,21 @@ pub struct ReplicationSpec {
     pub vm_name: String,
     /// Disk targets to replicate (excluded disks are left out).
     pub disks: Vec<String>,
-    /// `host:port` of the target host's replication listener.
+    /// `host:port` of the target host's replication listener when the replication started;
+    /// the source host follows the address the vault resolves for `target_host_cn` afterwards.
     pub target_address: String,
-    /// Certificate name the target host must present.
+    /// Certificate name the target host must present (its identity, wherever it is).
     pub target_host_cn: String,
+    /// The target host's name (for messages).
+    #[serde(default)]
+    pub target_host_name: String,
     pub policy: crate::policy::PolicySpec,
+    /// The policy's version `policy` is; a newer one pushed with the pair replaces it (POL-9).
+    #[serde(default)]
+    pub policy_version: i64,
+    /// The cloud pair (container mapping) the item replicates under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Uuid>,
     #[serde(default)]
     pub initial: InitialReplication,
 }
@@ -549,6 +590,124 @@ pub struct ReplicationStatus {
     /// Target side: the recovery points held.
     #[serde(default)]
     pub recovery_points: Vec<crate::protection::RecoveryPoint>,
+    /// Source side (JOB-2, REP-5): the copy interval in force, in seconds.
+    #[serde(default)]
+    pub interval_secs: u64,
+    /// Cycles expected in the last hour (or since replication started, if later) at that
+    /// interval, and cycles that succeeded in it; missed = expected − succeeded.
+    #[serde(default)]
+    pub cycles_expected_hour: u64,
+    #[serde(default)]
+    pub cycles_ok_hour: u64,
+    /// Capture time of the newest point the replica acknowledged as durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_point: Option<chrono::DateTime<chrono::Utc>>,
+    /// Since when cycles fail (the first failure after the last success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The class of the last failure, when cycles fail now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureCause>,
+    /// The policy version the host applies (POL-9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<i64>,
+    /// The bandwidth limit in force for this host's replication traffic, bytes per second
+    /// (CAP-2); absent = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// The last cycles, newest last: where the time between points went (explainable RPO).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_cycles: Vec<CycleTiming>,
+}
+
+impl ReplicationStatus {
+    /// A status with every counter at zero.
+    pub fn new(item: Uuid, role: PairRole, phase: ReplicationPhase) -> Self {
+        ReplicationStatus {
+            item,
+            role,
+            phase,
+            initial_progress: 0,
+            last_sync: None,
+            cycles_ok: 0,
+            cycles_failed: 0,
+            avg_delta_bytes: 0,
+            max_delta_bytes: 0,
+            avg_latency_ms: 0,
+            data_waiting_bytes: 0,
+            initial_bytes: 0,
+            consistency_fallbacks: 0,
+            last_warning: None,
+            last_error: None,
+            recovery_points: vec![],
+            interval_secs: 0,
+            cycles_expected_hour: 0,
+            cycles_ok_hour: 0,
+            last_point: None,
+            failing_since: None,
+            failure: None,
+            policy_version: None,
+            bandwidth_bytes_per_sec: None,
+            recent_cycles: vec![],
+        }
+    }
+}
+
+/// Why a source's cycles fail now (JOB-2): decides the health reason and its wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum FailureCause {
+    /// The replica host cannot be reached (connection refused, timed out, cut).
+    Unreachable,
+    /// The replica host refuses this source (not authorised, wrong certificate).
+    Refused,
+    /// The replica's storage location is full.
+    ReplicaFull,
+    /// The replica does not take cycles now (a failover holds it).
+    ReplicaPaused,
+    /// The VM does not run on the source host.
+    VmNotRunning,
+    /// Anything else (the message says what).
+    Other,
+}
+
+/// One successful cycle, split into where its time went (explainable RPO, REP-5). `waited_*`
+/// is the time between the previous point's acknowledgement and this cycle's capture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CycleTiming {
+    /// The point's capture time.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Data bytes the cycle sent.
+    pub bytes: u64,
+    /// Capture: fleecing, QMP transaction, guest freeze for app-consistent points.
+    pub capture_ms: u64,
+    /// Reading and sending the data, without the bandwidth limit's waits.
+    pub transfer_ms: u64,
+    /// From the end of the data to the replica's durable acknowledgement.
+    pub apply_ms: u64,
+    /// Waiting for the bandwidth limit (CAP-2).
+    pub throttled_ms: u64,
+    /// Waiting for the copy frequency's next tick.
+    pub waited_schedule_ms: u64,
+    /// Failed attempts and the waits after them.
+    pub waited_backoff_ms: u64,
+    /// Paused by an operator.
+    pub waited_paused_ms: u64,
+    /// Waiting for a time window (scheduled initial replication, resync window).
+    pub waited_window_ms: u64,
+}
+
+impl CycleTiming {
+    /// From the previous point to this one being durable.
+    pub fn total_ms(&self) -> u64 {
+        self.capture_ms
+            + self.transfer_ms
+            + self.apply_ms
+            + self.throttled_ms
+            + self.waited_schedule_ms
+            + self.waited_backoff_ms
+            + self.waited_paused_ms
+            + self.waited_window_ms
+    }
 }
 
 #[cfg(test)]

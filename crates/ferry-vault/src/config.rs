@@ -29,6 +29,9 @@ pub struct VaultConfig {
     pub alert_max_age: Duration,
     /// Time limit of one delivery attempt (webhook call or SMTP session).
     pub alert_timeout: Duration,
+    /// How often every item's health is checked again, so a stall shows without a report
+    /// (JOB-2).
+    pub health_sweep_interval: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -45,6 +48,7 @@ impl VaultConfig {
             alert_retry_max: Duration::from_secs(15 * 60),
             alert_max_age: Duration::from_secs(24 * 3600),
             alert_timeout: Duration::from_secs(20),
+            health_sweep_interval: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
     }

@@ -563,6 +563,7 @@ mod tests {
                         storage_locations: vec![],
                         connected: *connected,
                         replication_address: String::new(),
+                        replication_addresses: Vec::new(),
                     })
                     .collect(),
                 ..Default::default()

@@ -111,6 +111,7 @@ mod tests {
                 storage_locations: vec![],
                 connected: true,
                 replication_address: String::new(),
+                replication_addresses: Vec::new(),
             }],
             vm_networks: vec![VmNetwork {
                 id: "n1".into(),

@@ -37,6 +37,7 @@ pub mod extract;
 pub mod inventory;
 pub mod jobs;
 pub mod nic_plan;
+pub mod peers;
 pub mod portal;
 pub mod replication;
 pub mod server;

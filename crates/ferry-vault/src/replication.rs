@@ -6,7 +6,7 @@ use ferry_store::DocKind;
 use ferry_types::alert::{AlertKind, AlertObject};
 use ferry_types::event::Severity;
 use ferry_types::protection::{Health, ProtectedItem, ReplicationState};
-use ferry_types::site_protocol::{PairRole, ReplicationPhase, ReplicationStatus};
+use ferry_types::site_protocol::{FailureCause, PairRole, ReplicationPhase, ReplicationStatus};
 use ferry_types::ApiError;
 use uuid::Uuid;
 
@@ -35,13 +35,15 @@ where
         let mut item = doc.body;
         let before = item.clone();
         f(&mut item);
+        refresh_health(state, &mut item);
         if item == before {
             return Ok(Some(item));
         }
-        refresh_health(state, &mut item);
-        let res = match health_change(&before, &item) {
-            None => put_item(&mut PutOn::Pool(&state.store), vault, &item, doc.version).await,
-            Some(change) => put_item_with_event(state, vault, &item, doc.version, change).await,
+        let changes = health_changes(&before, &item);
+        let res = if changes.is_empty() {
+            put_item(&mut PutOn::Pool(&state.store), vault, &item, doc.version).await
+        } else {
+            put_item_with_events(state, vault, &item, doc.version, changes).await
         };
         match res {
             Ok(()) => return Ok(Some(item)),
@@ -86,9 +88,51 @@ struct HealthChange {
     alert: Option<AlertOf>,
 }
 
-fn health_change(before: &ProtectedItem, after: &ProtectedItem) -> Option<HealthChange> {
+/// The stall reason among an item's health reasons, if any.
+fn stall_of(item: &ProtectedItem) -> Option<&str> {
+    item.health_reasons
+        .iter()
+        .find_map(|r| r.strip_prefix(ferry_core::health::STALLED).and_then(|m| m.strip_prefix(": ")))
+}
+
+fn item_object(item: &ProtectedItem) -> Option<AlertObject> {
+    Some(AlertObject { object_type: "ProtectedItem".into(), id: item.id.to_string(), name: item.name.clone() })
+}
+
+/// The events (and alerts) a health change raises: a stall and its end (`ReplicationStalled`,
+/// `ReplicationRecovered`, JOB-2), and any other way into or out of Critical (`HealthCritical`,
+/// `HealthRecovered`). One event and one alert per transition.
+fn health_changes(before: &ProtectedItem, after: &ProtectedItem) -> Vec<HealthChange> {
+    let mut out = Vec::new();
+    let (was_stalled, stalled) = (stall_of(before).is_some(), stall_of(after));
+    match (was_stalled, stalled) {
+        (false, Some(why)) => out.push(HealthChange {
+            severity: Severity::Critical,
+            kind: "ReplicationStalled",
+            message: format!(
+                "Replication of {} from {} to {} stalled: {why}",
+                after.name, after.source.host_name, after.target.host_name
+            ),
+            alert: Some(AlertOf { kind: AlertKind::ReplicationStalled, object: item_object(after) }),
+        }),
+        (true, None) => out.push(HealthChange {
+            severity: Severity::Info,
+            kind: "ReplicationRecovered",
+            message: format!(
+                "Replication of {} from {} to {} recovered: newest recovery point {}",
+                after.name,
+                after.source.host_name,
+                after.target.host_name,
+                after.stats.latest_point.map(ferry_core::health::fmt_time).unwrap_or_else(|| "unknown".into())
+            ),
+            alert: Some(AlertOf { kind: AlertKind::ReplicationRecovered, object: item_object(after) }),
+        }),
+        _ => {}
+    }
+    let stall_event = was_stalled != stalled.is_some();
     match (before.health == Health::Critical, after.health == Health::Critical) {
-        (false, true) => Some(HealthChange {
+        // Critical because it stalled: the stall event says so.
+        (false, true) if !(stall_event && stalled.is_some()) => out.push(HealthChange {
             severity: Severity::Critical,
             kind: "HealthCritical",
             message: format!(
@@ -96,48 +140,45 @@ fn health_change(before: &ProtectedItem, after: &ProtectedItem) -> Option<Health
                 after.name,
                 after.health_reasons.iter().filter(|r| !r.is_empty()).cloned().collect::<Vec<_>>().join("; ")
             ),
-            alert: Some(AlertOf {
-                kind: AlertKind::CriticalHealth,
-                object: Some(AlertObject {
-                    object_type: "ProtectedItem".into(),
-                    id: after.id.to_string(),
-                    name: after.name.clone(),
-                }),
-            }),
+            alert: Some(AlertOf { kind: AlertKind::CriticalHealth, object: item_object(after) }),
         }),
-        (true, false) => Some(HealthChange {
+        (true, false) if !(stall_event && stalled.is_none()) => out.push(HealthChange {
             severity: Severity::Info,
             kind: "HealthRecovered",
             message: format!("Replication health of {} is {:?} again", after.name, after.health),
             alert: None,
         }),
-        _ => None,
+        _ => {}
     }
+    out
 }
 
-/// Write the item, its health event and the event's alert in one transaction, so the alert is
+/// Write the item, its health events and their alerts in one transaction, so an alert is
 /// raised exactly by the write that changed the health.
-async fn put_item_with_event(
+async fn put_item_with_events(
     state: &AppState,
     vault: Uuid,
     item: &ProtectedItem,
     version: i64,
-    change: HealthChange,
+    changes: Vec<HealthChange>,
 ) -> Result<(), ferry_store::Error> {
     let v = crate::alerts::vault_of(state, vault).await;
     let mut tx = state.store.begin().await?;
     put_item(&mut PutOn::Tx(&mut tx), vault, item, version).await?;
     let object_id = item.id.to_string();
-    let ev = ferry_store::NewEvent {
-        vault,
-        time: state.clock.now(),
-        severity: change.severity,
-        kind: change.kind,
-        message: &change.message,
-        fabric: Some(item.source.fabric),
-        object_id: Some(&object_id),
-    };
-    let queued = crate::alerts::record_tx(&mut tx, &v, ev, change.alert.as_ref()).await?;
+    let mut queued = false;
+    for change in changes {
+        let ev = ferry_store::NewEvent {
+            vault,
+            time: state.clock.now(),
+            severity: change.severity,
+            kind: change.kind,
+            message: &change.message,
+            fabric: Some(item.source.fabric),
+            object_id: Some(&object_id),
+        };
+        queued |= crate::alerts::record_tx(&mut tx, &v, ev, change.alert.as_ref()).await?;
+    }
     ferry_store::Store::commit(tx).await?;
     if queued {
         state.alerts.queued.notify_one();
@@ -149,14 +190,98 @@ pub async fn set_state(state: &AppState, vault: Uuid, id: Uuid, to: ReplicationS
     update_item(state, vault, id, |i| i.state = to).await.map(|_| ())
 }
 
-fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
+/// States in which the source host runs cycles (a failure then counts).
+fn replicating(state: ReplicationState) -> bool {
+    matches!(
+        state,
+        ReplicationState::Protected
+            | ReplicationState::ResyncRequired
+            | ReplicationState::Resynchronizing
+            | ReplicationState::WaitingForInitialReplication
+            | ReplicationState::InitialReplicationInProgress
+            | ReplicationState::ReverseReplicating
+    )
+}
+
+/// JOB-2 stall detection input of an item.
+pub fn stall_input(item: &ProtectedItem) -> ferry_core::health::StallInput {
+    let active = replicating(item.state);
+    ferry_core::health::StallInput {
+        cycles_expected: item.state == ReplicationState::Protected,
+        copy_frequency_secs: if item.stats.interval_secs > 0 { item.stats.interval_secs } else { 300 },
+        last_good: item.stats.latest_point.max(item.stats.last_sync),
+        failing_since: item.stats.failing_since.filter(|_| active),
+        failure: item.stats.failure.filter(|_| active),
+        failure_message: item.stats.last_error.clone().filter(|_| active),
+        source_host: item.source.host_name.clone(),
+        source_last_report: item.stats.last_report,
+        target_host: item.target.host_name.clone(),
+    }
+}
+
+/// Recompute an item's health and RPO as of now (JOB-2, REP-5).
+pub fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
+    let now = state.clock.now();
     let mut input = ferry_core::health::HealthInput::for_state(item.state);
     input.last_sync = item.stats.last_sync;
-    input.cycles_missed = item.stats.cycles_missed;
-    input.cycles_expected = item.stats.cycles_ok + item.stats.cycles_missed;
-    let (health, reasons) = ferry_core::health::compute_health(&input, state.clock.now());
+    input.cycles_missed = item.stats.cycles_missed_hour;
+    input.cycles_expected = item.stats.cycles_expected_hour;
+    let active = replicating(item.state);
+    input.replica_full = active && item.stats.failure == Some(FailureCause::ReplicaFull);
+    input.replica_paused =
+        item.state == ReplicationState::Protected && item.stats.failure == Some(FailureCause::ReplicaPaused);
+    let stall = stall_input(item);
+    let limit = ferry_core::health::stall_after(stall.copy_frequency_secs);
+    input.primary_cannot_send = item.state == ReplicationState::Protected
+        && (stall.source_last_report.is_some_and(|t| now - t > limit)
+            || (item.stats.failure == Some(FailureCause::VmNotRunning)
+                && stall.failing_since.is_some_and(|t| now - t > limit)));
+    input.stall = Some(stall);
+    let (health, reasons) = ferry_core::health::compute_health(&input, now);
     item.health = health;
     item.health_reasons = reasons.into_iter().map(|r| format!("{}: {}", r.code, r.message)).collect();
+}
+
+/// The item as an API reader sees it: its RPO now (REP-5).
+pub fn present(item: &mut ProtectedItem, now: chrono::DateTime<chrono::Utc>) {
+    item.stats.rpo_secs = ferry_core::health::rpo_secs(item.stats.latest_point, now);
+    item.stats.rpo_explanation = (item.stats.interval_secs > 0).then(|| {
+        ferry_core::rpo::explain(
+            &item.stats.recent_cycles,
+            item.stats.interval_secs,
+            item.stats.churn_bytes_per_sec,
+            item.stats.bandwidth_bytes_per_sec,
+        )
+    });
+}
+
+/// Re-check the health of every item of every vault, so a stall is seen even when no report
+/// arrives (the source host or its site is gone). Writes only items whose health changed.
+pub async fn sweep_health(state: &AppState) {
+    let Ok(vaults) = state.store.list_vaults().await else { return };
+    for (body, _) in vaults {
+        let Ok(v) = serde_json::from_value::<ferry_types::vault::Vault>(body) else { continue };
+        let Ok(items) = state.store.all_docs::<ProtectedItem>(DocKind::ProtectedItem, v.id).await else { continue };
+        for doc in items {
+            let mut probe = doc.body.clone();
+            refresh_health(state, &mut probe);
+            if probe.health != doc.body.health || probe.health_reasons != doc.body.health_reasons {
+                if let Err(e) = update_item(state, v.id, doc.body.id, |_| {}).await {
+                    tracing::warn!(item = %doc.body.id, error = %e, "cannot record the item's health");
+                }
+            }
+        }
+    }
+}
+
+/// Run [`sweep_health`] every `period`, after a first wait of `grace` (the sites report again
+/// after a restart of the vault before anything counts as silent).
+pub async fn health_sweeper(state: AppState, period: std::time::Duration, grace: std::time::Duration) {
+    tokio::time::sleep(grace).await;
+    loop {
+        sweep_health(&state).await;
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Whether a replica host's list of recovery points is taken for an item in `state`. Not once the
@@ -173,6 +298,8 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
         let mut reversed = None;
         let mut fallback = None;
         let mut exported = None;
+        let mut policy_applied = None;
+        let now = state.clock.now();
         let res = update_item(state, vault, s.item, |item| match s.role {
             PairRole::Source => {
                 // POL-5: a new fallback to crash-consistent raises a warning (a restarted agent
@@ -191,6 +318,25 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
                 item.stats.avg_latency_ms = s.avg_latency_ms;
                 item.stats.data_waiting_bytes = s.data_waiting_bytes;
                 item.stats.awaiting_import = s.phase == ReplicationPhase::WaitingForImport;
+                // JOB-2 / REP-5: the missed-cycle share of the last hour, why cycles fail, and
+                // where the time between points went.
+                item.stats.last_report = Some(now);
+                item.stats.interval_secs = s.interval_secs;
+                item.stats.cycles_expected_hour = s.cycles_expected_hour;
+                item.stats.cycles_missed_hour = s.cycles_expected_hour.saturating_sub(s.cycles_ok_hour);
+                item.stats.failing_since = s.failing_since;
+                item.stats.failure = s.failure;
+                item.stats.last_error = s.last_error.clone();
+                item.stats.latest_point = item.stats.latest_point.max(s.last_point);
+                item.stats.bandwidth_bytes_per_sec = s.bandwidth_bytes_per_sec;
+                item.stats.churn_bytes_per_sec = churn_rate(&s.recent_cycles);
+                item.stats.recent_cycles = s.recent_cycles.clone();
+                if let (Some(was), Some(now_v)) = (item.stats.policy_version, s.policy_version) {
+                    if now_v > was {
+                        policy_applied = Some((item.name.clone(), now_v, s.interval_secs));
+                    }
+                }
+                item.stats.policy_version = s.policy_version.or(item.stats.policy_version);
                 let next = match (item.state, s.phase) {
                     // POL-8: the offline export is complete; the import completes protection.
                     (ReplicationState::InitialReplicationInProgress, ReplicationPhase::WaitingForImport) => {
@@ -232,6 +378,9 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
             PairRole::Target => {
                 if takes_target_points(item.state) {
                     item.recovery_points = s.recovery_points.clone();
+                    if let Some(newest) = s.recovery_points.iter().map(|p| p.time).max() {
+                        item.stats.latest_point = Some(newest);
+                    }
                 }
             }
         })
@@ -252,6 +401,22 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
                             vault,
                             Severity::Info,
                             "InitialCopyExported",
+                            &msg,
+                            Some(item.source.fabric),
+                            Some(&item.id.to_string()),
+                        )
+                        .await;
+                }
+                if let Some((name, version, interval)) = policy_applied {
+                    let msg = format!(
+                        "{name} replicates under policy version {version} now (copy interval {interval} s) on {}",
+                        item.source.host_name
+                    );
+                    state
+                        .event(
+                            vault,
+                            Severity::Info,
+                            "PolicyApplied",
                             &msg,
                             Some(item.source.fabric),
                             Some(&item.id.to_string()),
@@ -294,6 +459,21 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[Replicati
             Err(e) => tracing::warn!(item = %s.item, error = %e, "cannot apply replication status"),
         }
     }
+}
+
+/// Changed data per second of wall time over the last cycles (explainable RPO: churn against
+/// the bandwidth available).
+fn churn_rate(cycles: &[ferry_types::site_protocol::CycleTiming]) -> u64 {
+    let (first, last) = match (cycles.first(), cycles.last()) {
+        (Some(f), Some(l)) if cycles.len() > 1 => (f, l),
+        _ => return 0,
+    };
+    let span = (last.at - first.at).num_milliseconds();
+    if span <= 0 {
+        return 0;
+    }
+    let bytes: u64 = cycles.iter().skip(1).map(|c| c.bytes).sum();
+    u64::try_from(u128::from(bytes) * 1000 / span as u128).unwrap_or(u64::MAX)
 }
 
 async fn finalize(state: &AppState, vault: Uuid, item: &ProtectedItem, name: &str) {

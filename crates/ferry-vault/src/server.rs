@@ -103,12 +103,18 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         commands_queued: Arc::new(Notify::new()),
         alerts: Arc::new(crate::alerts::Alerts::new(config.alert_timeout).map_err(StartError::AlertClient)?),
         public_url: url.clone(),
+        peers: Arc::default(),
     };
     let resumed = state.jobs.resume_all(&state).await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed unfinished jobs");
     }
     tokio::spawn(heartbeat_monitor(state.clone()));
+    tokio::spawn(crate::replication::health_sweeper(
+        state.clone(),
+        state.config.health_sweep_interval,
+        state.config.heartbeat_timeout,
+    ));
     tokio::spawn(crate::test_expiry::run(state.clone()));
     tokio::spawn(crate::alerts::deliver::run(state.clone()));
 

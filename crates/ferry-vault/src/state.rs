@@ -26,6 +26,8 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The URL sites use to reach this vault (written into registration keys).
     pub public_url: String,
+    /// Where every host receives replication now (passed on to the sites).
+    pub peers: Arc<crate::peers::PeerDirectory>,
 }
 
 impl AppState {

@@ -513,6 +513,30 @@ pub fn records_in_point(lab: &Lab, host: &str, item: &str, point: &str) -> u64 {
     rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify").clean_prefix_len
 }
 
+/// Every recovery point of `vm` holds a clean prefix of the guest's records on `vdb`, with no
+/// corrupt record, and the prefixes only grow point by point; returns (point, time, records)
+/// per point, oldest first.
+pub fn clean_prefixes(
+    rt: &tokio::runtime::Runtime,
+    vm: &ferry_repl::VmReplica,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>, u64)> {
+    let mut out: Vec<(String, chrono::DateTime<chrono::Utc>, u64)> = Vec::new();
+    for p in vm.recovery_points().expect("points") {
+        let top = vm.chain(&p.id, "vdb").expect("chain")[0].clone();
+        let report = rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify");
+        assert!(report.corrupted.is_empty(), "point {} has corrupted records: {report:?}", p.id);
+        assert!(
+            report.first_gap.is_none() || report.last_record == Some(report.clean_prefix_len),
+            "point {} is not a clean prefix: {report:?}",
+            p.id
+        );
+        let prev = out.last().map_or(0, |x| x.2);
+        assert!(report.clean_prefix_len >= prev, "points only move forward: {out:?}, then {}", report.clean_prefix_len);
+        out.push((p.id.clone(), p.time, report.clean_prefix_len));
+    }
+    out
+}
+
 /// The Prometheus metrics text of a lab host (plain HTTP on loopback).
 pub fn host_metrics(lab: &Lab, host: &str) -> String {
     use std::io::{Read, Write};

@@ -68,6 +68,7 @@ pub fn host(id: &str, group: &str, lns: &[&str], locations: Vec<StorageLocation>
         storage_locations: locations,
         connected: true,
         replication_address: String::new(),
+        replication_addresses: Vec::new(),
     }
 }
 

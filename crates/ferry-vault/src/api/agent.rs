@@ -287,6 +287,7 @@ pub async fn report(
         {
             Ok(_) => {
                 if active {
+                    st.peers.set_fabric(&f);
                     crate::replication::apply_statuses(&st, f.vault_id, &rep.replication).await;
                     crate::capacity::apply_profiles(&st, f.vault_id, f.id, &rep.churn).await;
                 }
@@ -301,7 +302,8 @@ pub async fn report(
                     )
                     .await;
                 }
-                return Ok(Json(SiteReportAck { synced_clouds: synced, active }));
+                let peers = st.peers.peers(&st.store, f.vault_id).await;
+                return Ok(Json(SiteReportAck { synced_clouds: synced, active, peers }));
             }
             Err(e) if e.kind == ferry_store::ErrorKind::VersionMismatch && attempt < 4 => continue,
             Err(e) => return Err(e.into()),

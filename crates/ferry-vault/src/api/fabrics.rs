@@ -60,6 +60,7 @@ pub async fn delete_fabric(
         ));
     }
     st.store.delete_doc(DocKind::Fabric, v.id, &f.id.to_string()).await?;
+    st.peers.remove_fabric(v.id, f.id);
     st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None)
         .await;
     Ok(StatusCode::NO_CONTENT)

@@ -29,9 +29,10 @@ use crate::extract::{ApiJson, ApiQuery, PageParams};
 use crate::jobs::NewJob;
 use crate::state::AppState;
 
-/// Fill in what is computed from the state: allowed operations (JOB-3). Whether a failover job
-/// still runs is only checked when an operation is requested.
-pub fn with_allowed(mut item: ProtectedItem) -> ProtectedItem {
+/// Fill in what is computed from the state: allowed operations (JOB-3) and the RPO as of `now`
+/// (REP-5). Whether a failover job still runs is only checked when an operation is requested.
+pub fn with_allowed(mut item: ProtectedItem, now: chrono::DateTime<chrono::Utc>) -> ProtectedItem {
+    crate::replication::present(&mut item, now);
     let ctx = OperationContext {
         test_failover_running: item.test_failover.is_some(),
         recovery_points: item.recovery_points.len(),
@@ -56,7 +57,8 @@ pub async fn list_items(
     let docs =
         st.store.list_docs::<ProtectedItem>(DocKind::ProtectedItem, v.id, None, p.cursor.as_deref(), limit + 1).await?;
     let more = docs.len() as i64 > limit;
-    let items: Vec<ProtectedItem> = docs.into_iter().take(limit as usize).map(|d| with_allowed(d.body)).collect();
+    let items: Vec<ProtectedItem> =
+        docs.into_iter().take(limit as usize).map(|d| with_allowed(d.body, st.clock.now())).collect();
     let next = if more { items.last().map(|i| i.id.to_string()) } else { None };
     Ok(Json(Page { items, next }))
 }
@@ -69,7 +71,7 @@ pub async fn get_item(
 ) -> ApiResult<Json<ProtectedItem>> {
     auth.require(Role::Reader)?;
     let (v, _) = st.vault(&vault).await?;
-    Ok(Json(with_allowed(load_item(&st, v.id, &item).await?.body)))
+    Ok(Json(with_allowed(load_item(&st, v.id, &item).await?.body, st.clock.now())))
 }
 
 pub async fn load_item(st: &AppState, vault: Uuid, raw: &str) -> ApiResult<ferry_store::Doc<ProtectedItem>> {
@@ -356,7 +358,7 @@ pub async fn enable_on_site(
             Some(&item.id.to_string()),
         )
         .await;
-        out.push(Enabled { item: with_allowed(item), job });
+        out.push(Enabled { item: with_allowed(item, st.clock.now()), job });
     }
     Ok(out)
 }

@@ -363,9 +363,11 @@ impl JobKind for EnableProtectionJob {
         .await?;
         ctx.task(ENABLE_TASKS[1], |state, job| async move {
             let item = load_item(&state, vault, p.item).await?;
-            let (policy, _) = load_policy(&state, vault, item.policy).await?;
+            let (policy, policy_version) = load_policy(&state, vault, item.policy).await?;
             let replica = ferry_types::site_protocol::ReplicaSpec {
                 retention_hours: policy.spec.recovery_point_retention_hours,
+                mapping: Some(item.container_mapping),
+                policy_version,
                 item: item.id,
                 vm_name: item.name.clone(),
                 disks: item.disks.iter().map(|d| (d.target.clone(), d.virtual_size, d.location.clone())).collect(),
@@ -387,7 +389,7 @@ impl JobKind for EnableProtectionJob {
         ctx.task(ENABLE_TASKS[2], |state, job| async move {
             let item = load_item(&state, vault, p.item).await?;
             let target = load_fabric(&state, vault, item.target.fabric).await?;
-            let (policy, _) = load_policy(&state, vault, item.policy).await?;
+            let (policy, policy_version) = load_policy(&state, vault, item.policy).await?;
             let address =
                 target.inventory.host(&item.target.host).map(|h| h.replication_address.clone()).unwrap_or_default();
             let replication = ferry_types::site_protocol::ReplicationSpec {
@@ -396,7 +398,10 @@ impl JobKind for EnableProtectionJob {
                 disks: item.disks.iter().map(|d| d.target.clone()).collect(),
                 target_address: address,
                 target_host_cn: host_cn(item.target.fabric, &item.target.host),
+                target_host_name: item.target.host_name.clone(),
                 policy: policy.spec,
+                policy_version,
+                mapping: Some(item.container_mapping),
                 // REP-7: a replica that already holds the VM's data gets only the differences.
                 initial: match item.existing_replica {
                     Some(_) => ferry_types::site_protocol::InitialReplication::CompareHashes,

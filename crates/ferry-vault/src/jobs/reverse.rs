@@ -181,7 +181,7 @@ pub(super) async fn replication_spec(
     initial: InitialReplication,
 ) -> Result<ReplicationSpec, ApiError> {
     let target = load_fabric(state, vault, item.target.fabric).await?;
-    let (policy, _) = load_policy(state, vault, item.policy).await?;
+    let (policy, policy_version) = load_policy(state, vault, item.policy).await?;
     let address = target.inventory.host(&item.target.host).map(|h| h.replication_address.clone()).unwrap_or_default();
     if address.is_empty() {
         return Err(ApiError::new(
@@ -195,7 +195,10 @@ pub(super) async fn replication_spec(
         disks: item.disks.iter().map(|d| d.target.clone()).collect(),
         target_address: address,
         target_host_cn: host_cn(item.target.fabric, &item.target.host),
+        target_host_name: item.target.host_name.clone(),
         policy: policy.spec,
+        policy_version,
+        mapping: Some(item.container_mapping),
         initial,
     })
 }
@@ -241,8 +244,10 @@ impl JobKind for ReProtectJob {
         ctx.task(REPROTECT_TASKS[1], |state, job| async move {
             let item = load_item(&state, vault, p.item).await?;
             let site = load_fabric(&state, vault, o2.fabric).await?;
-            let (policy, _) = load_policy(&state, vault, item.policy).await?;
+            let (policy, policy_version) = load_policy(&state, vault, item.policy).await?;
             let replica = ReplicaSpec {
+                mapping: Some(item.container_mapping),
+                policy_version,
                 item: item.id,
                 vm_name: item.name.clone(),
                 disks: item

@@ -93,9 +93,9 @@ fn site_name(fabrics: &[Fabric], id: uuid::Uuid) -> String {
     fabrics.iter().find(|f| f.id == id).map(|f| f.name.clone()).unwrap_or_else(|| id.to_string())
 }
 
-/// Recovery point objective as an age: time since the last synchronized point.
+/// Recovery point objective: the age of the newest recovery point on the replica.
 fn rpo(item: &ProtectedItem, now: chrono::DateTime<chrono::Utc>) -> String {
-    match item.stats.last_sync {
+    match item.stats.latest_point.or(item.stats.last_sync) {
         Some(t) => fmt_age((now - t).num_seconds()),
         None => "—".into(),
     }
@@ -321,13 +321,33 @@ async fn render(
             section id="stats" {
                 h2 { "Statistics" }
                 dl {
-                    dt { "RPO (since last sync)" } dd id="rpo" { (rpo(&it, now)) }
+                    dt { "RPO (age of the newest point)" } dd id="rpo" { (rpo(&it, now)) }
+                    dt { "Newest recovery point" } dd { (fmt_opt_time(s.latest_point)) }
                     dt { "Last synchronized" } dd { (fmt_opt_time(s.last_sync)) }
+                    dt { "Copy interval" } dd id="interval" { @if s.interval_secs > 0 { (s.interval_secs) " s" } @else { "—" } }
                     dt { "Initial replication" } dd { (s.initial_progress) "%" }
-                    dt { "Cycles done / missed" } dd { (s.cycles_ok) " / " (s.cycles_missed) }
+                    dt { "Cycles missed, last hour" } dd id="missed-hour" { (s.cycles_missed_hour) " of " (s.cycles_expected_hour) " expected" }
+                    dt { "Cycles done / failed since the agent started" } dd { (s.cycles_ok) " / " (s.cycles_missed) }
+                    @if let Some(e) = &s.last_error {
+                        dt { "Failing" } dd id="failing" { @if let Some(t) = s.failing_since { "since " (fmt_time(t)) ": " } (e) }
+                    }
                     dt { "Average / maximum delta" } dd { (fmt_bytes(s.avg_delta_bytes)) " / " (fmt_bytes(s.max_delta_bytes)) }
                     dt { "Average latency" } dd { (s.avg_latency_ms) " ms" }
                     dt { "Data waiting" } dd { (fmt_bytes(s.data_waiting_bytes)) }
+                }
+                @if let Some(x) = &s.rpo_explanation {
+                    h3 { "Why this RPO" }
+                    ul id="rpo-explanation" { @for f in &x.findings { li { (f) } } }
+                    @if x.cycles > 0 {
+                        table id="rpo-split" {
+                            thead { tr { th { "Per point (average)" } th { "Time" } } }
+                            tbody {
+                                @for (label, ms) in [("Copy interval", x.schedule_ms), ("Capture", x.capture_ms), ("Transfer", x.transfer_ms), ("Apply on the replica", x.apply_ms), ("Bandwidth limit", x.throttled_ms), ("Retries after errors", x.backoff_ms), ("Paused", x.paused_ms), ("Time window", x.window_ms)] {
+                                    tr { td { (label) } td { (ferry_core::rpo::fmt_ms(ms)) } }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }

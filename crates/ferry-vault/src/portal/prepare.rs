@@ -651,69 +651,78 @@ fn policy_form(user: &User, base: &str, d: &Data, clouds: &[(SiteObjectRef, Stri
         .find(|h| !h.qemu_version.is_empty())
         .map(|h| format!("qemu-{}", h.qemu_version.split('.').take(2).collect::<Vec<_>>().join(".")))
         .unwrap_or_else(|| "qemu-7.2".into());
-    let v = |name: &str, default: &str| -> String {
-        match prev {
-            Some(f) => f.get(name).unwrap_or_default().to_string(),
-            None => default.to_string(),
-        }
-    };
-    let sel = |name: &str, value: &str, default: bool| -> bool {
-        match prev.and_then(|f| f.get(name)) {
-            Some(x) => x == value,
-            None => default,
-        }
-    };
-    let checked = |name: &str| prev.is_some_and(|f| f.checked(name));
+    let defaults = Form(
+        [
+            ("host_version", default_version.as_str()),
+            ("authentication", "Certificate"),
+            ("copy_frequency_secs", "300"),
+            ("recovery_point_retention_hours", "0"),
+            ("initial_method", "now"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let f = prev.unwrap_or(&defaults);
     html! {
         div class="card" {
             h3 { "Create a replication policy" }
             form method="post" action={ (base) "/policies" } class="grid" id="policy-form" {
                 (csrf_field(user))
-                label { "Name" input name="name" value=(v("name", "")); }
-                label { "Host version (POL-1)" input name="host_version" value=(v("host_version", &default_version)); }
-                label { "Authentication (POL-2)"
-                    select name="authentication" {
-                        option value="Certificate" selected[sel("authentication", "Certificate", true)] { "Certificate (port 8084)" }
-                        option value="Kerberos" selected[sel("authentication", "Kerberos", false)] { "Kerberos (port 8083)" }
-                    }
-                }
-                label { "Replication port (blank: default)" input name="port" value=(v("port", "")); }
-                label { "Copy frequency (POL-3)"
-                    select name="copy_frequency_secs" {
-                        @for (s, l) in [("30", "30 seconds"), ("300", "5 minutes"), ("900", "15 minutes")] {
-                            option value=(s) selected[sel("copy_frequency_secs", s, s == "300")] { (l) }
-                        }
-                    }
-                }
-                label { "Additional recovery points, hours (POL-4)" input name="recovery_point_retention_hours" value=(v("recovery_point_retention_hours", "0")); }
-                label { "App-consistent snapshot every … hours (blank: off, POL-5)" input name="app_consistent_frequency_hours" value=(v("app_consistent_frequency_hours", "")); }
-                label class="check" { input type="checkbox" name="compression" checked[checked("compression")]; "Compress data transfer (POL-6)" }
-                label class="check" { input type="checkbox" name="delete_replica_on_disable" checked[checked("delete_replica_on_disable")]; "Delete replica VM when protection is disabled (POL-7)" }
-                label { "Initial replication (POL-8)"
-                    select name="initial_method" {
-                        option value="now" selected[sel("initial_method", "now", true)] { "Over the network, now" }
-                        option value="scheduled" selected[sel("initial_method", "scheduled", false)] { "Over the network, at a scheduled time" }
-                        option value="offline" selected[sel("initial_method", "offline", false)] { "Offline (export / import paths)" }
-                    }
-                }
-                label { "Scheduled start (UTC)" input type="datetime-local" name="start_at" value=(v("start_at", "")); }
-                label { "Offline export path (source side)" input name="export_path" value=(v("export_path", "")); }
-                label { "Offline import path (target side)" input name="import_path" value=(v("import_path", "")); }
+                (policy_fields(f))
                 label { "Associate source cloud (POL-9)"
                     select name="source" {
                         option value="" { "— later —" }
-                        @for (r, l) in clouds { option value=(obj_value(r)) selected[sel("source", &obj_value(r), false)] { (l) } }
+                        @for (r, l) in clouds { option value=(obj_value(r)) selected[f.get("source") == Some(obj_value(r).as_str())] { (l) } }
                     }
                 }
                 label { "with target cloud"
                     select name="target" {
                         option value="" { "— later —" }
-                        @for (r, l) in clouds { option value=(obj_value(r)) selected[sel("target", &obj_value(r), false)] { (l) } }
+                        @for (r, l) in clouds { option value=(obj_value(r)) selected[f.get("target") == Some(obj_value(r).as_str())] { (l) } }
                     }
                 }
                 button type="submit" id="create-policy" { "Create policy" }
             }
         }
+    }
+}
+
+/// The fields of a policy (POL-1..POL-8), filled in from `f`; shared by the create and edit forms.
+fn policy_fields(f: &Form) -> Markup {
+    let v = |name: &str| f.get(name).unwrap_or_default().to_string();
+    let sel = |name: &str, value: &str| f.get(name) == Some(value);
+    html! {
+        label { "Name" input name="name" value=(v("name")); }
+        label { "Host version (POL-1)" input name="host_version" value=(v("host_version")); }
+        label { "Authentication (POL-2)"
+            select name="authentication" {
+                option value="Certificate" selected[sel("authentication", "Certificate")] { "Certificate (port 8084)" }
+                option value="Kerberos" selected[sel("authentication", "Kerberos")] { "Kerberos (port 8083)" }
+            }
+        }
+        label { "Replication port (blank: default)" input name="port" value=(v("port")); }
+        label { "Copy frequency (POL-3)"
+            select name="copy_frequency_secs" {
+                @for (s, l) in [("30", "30 seconds"), ("300", "5 minutes"), ("900", "15 minutes")] {
+                    option value=(s) selected[sel("copy_frequency_secs", s)] { (l) }
+                }
+            }
+        }
+        label { "Additional recovery points, hours (POL-4)" input name="recovery_point_retention_hours" value=(v("recovery_point_retention_hours")); }
+        label { "App-consistent snapshot every … hours (blank: off, POL-5)" input name="app_consistent_frequency_hours" value=(v("app_consistent_frequency_hours")); }
+        label class="check" { input type="checkbox" name="compression" checked[f.checked("compression")]; "Compress data transfer (POL-6)" }
+        label class="check" { input type="checkbox" name="delete_replica_on_disable" checked[f.checked("delete_replica_on_disable")]; "Delete replica VM when protection is disabled (POL-7)" }
+        label { "Initial replication (POL-8)"
+            select name="initial_method" {
+                option value="now" selected[sel("initial_method", "now")] { "Over the network, now" }
+                option value="scheduled" selected[sel("initial_method", "scheduled")] { "Over the network, at a scheduled time" }
+                option value="offline" selected[sel("initial_method", "offline")] { "Offline (export / import paths)" }
+            }
+        }
+        label { "Scheduled start (UTC)" input type="datetime-local" name="start_at" value=(v("start_at")); }
+        label { "Offline export path (source side)" input name="export_path" value=(v("export_path")); }
+        label { "Offline import path (target side)" input name="import_path" value=(v("import_path")); }
     }
 }
 
@@ -757,8 +766,6 @@ fn policy_as_form(p: &PolicySpec) -> Form {
 fn policy_edit_form(user: &User, base: &str, p: &Policy, prev: Option<&Form>) -> Markup {
     let current = policy_as_form(&p.spec);
     let f = prev.unwrap_or(&current);
-    let v = |name: &str| f.get(name).unwrap_or_default().to_string();
-    let sel = |name: &str, value: &str| f.get(name) == Some(value);
     let version = prev.and_then(|f| f.get("version").map(str::to_string)).unwrap_or_else(|| p.version.to_string());
     html! {
         div class="card" id="policy-edit" {
@@ -767,36 +774,7 @@ fn policy_edit_form(user: &User, base: &str, p: &Policy, prev: Option<&Form>) ->
             form method="post" action={ (base) "/policies/" (p.id) } class="grid" id="policy-edit-form" {
                 (csrf_field(user))
                 input type="hidden" name="version" value=(version);
-                label { "Name" input name="name" value=(v("name")); }
-                label { "Host version (POL-1)" input name="host_version" value=(v("host_version")); }
-                label { "Authentication (POL-2)"
-                    select name="authentication" {
-                        option value="Certificate" selected[sel("authentication", "Certificate")] { "Certificate (port 8084)" }
-                        option value="Kerberos" selected[sel("authentication", "Kerberos")] { "Kerberos (port 8083)" }
-                    }
-                }
-                label { "Replication port (blank: default)" input name="port" value=(v("port")); }
-                label { "Copy frequency (POL-3)"
-                    select name="copy_frequency_secs" {
-                        @for (s, l) in [("30", "30 seconds"), ("300", "5 minutes"), ("900", "15 minutes")] {
-                            option value=(s) selected[sel("copy_frequency_secs", s)] { (l) }
-                        }
-                    }
-                }
-                label { "Additional recovery points, hours (POL-4)" input name="recovery_point_retention_hours" value=(v("recovery_point_retention_hours")); }
-                label { "App-consistent snapshot every … hours (blank: off, POL-5)" input name="app_consistent_frequency_hours" value=(v("app_consistent_frequency_hours")); }
-                label class="check" { input type="checkbox" name="compression" checked[f.checked("compression")]; "Compress data transfer (POL-6)" }
-                label class="check" { input type="checkbox" name="delete_replica_on_disable" checked[f.checked("delete_replica_on_disable")]; "Delete replica VM when protection is disabled (POL-7)" }
-                label { "Initial replication (POL-8)"
-                    select name="initial_method" {
-                        option value="now" selected[sel("initial_method", "now")] { "Over the network, now" }
-                        option value="scheduled" selected[sel("initial_method", "scheduled")] { "Over the network, at a scheduled time" }
-                        option value="offline" selected[sel("initial_method", "offline")] { "Offline (export / import paths)" }
-                    }
-                }
-                label { "Scheduled start (UTC)" input type="datetime-local" name="start_at" value=(v("start_at")); }
-                label { "Offline export path (source side)" input name="export_path" value=(v("export_path")); }
-                label { "Offline import path (target side)" input name="import_path" value=(v("import_path")); }
+                (policy_fields(f))
                 button type="submit" id="save-policy" { "Save policy" }
                 a href={ (base) "#policy" } { "Cancel" }
             }

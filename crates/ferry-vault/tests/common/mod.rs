@@ -287,6 +287,7 @@ pub fn inventory(site: &str) -> SiteInventory {
         }],
         connected: true,
         replication_address: String::new(),
+        replication_addresses: Vec::new(),
     };
     let vm = |v: &str, h: &str, cloud: &str| Vm {
         id: i(v),
