@@ -63,6 +63,10 @@ pub struct LabArgs {
     /// VMM-NewYork can protect each other (SGL-1).
     #[arg(long)]
     pub sgl: bool,
+    /// POL-2: hosts listen at the port of their policies (each on a loopback address of its
+    /// own) instead of a fixed port per host.
+    #[arg(long)]
+    pub policy_ports: bool,
     /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
     #[arg(long, default_value_t = 14 * 24 * 3600)]
     pub test_failover_max_age: u64,
@@ -329,11 +333,59 @@ pub async fn run(args: LabArgs) -> Result<()> {
         down(&dir)?;
     }
     let mut procs = Procs { children: Vec::new(), detach: args.detach };
+    // Ctrl-C (or SIGTERM) at any moment, also while the lab starts, stops everything it started,
+    // VMs included; so does a failed start.
+    let started = tokio::select! {
+        r = start(&args, &dir, &mut procs) => r,
+        _ = crate::roles::shutdown_signal() => Err(anyhow!("Interrupted while the lab was starting")),
+    };
+    match started {
+        Ok(()) if args.detach => {
+            println!("Detached; stop with: ferry lab --down --dir {}", args.dir.display());
+            return Ok(());
+        }
+        Ok(()) => {
+            println!("Press Ctrl-C to stop the lab.");
+            crate::roles::shutdown_signal().await;
+            println!("Stopping the lab...");
+        }
+        Err(e) => {
+            eprintln!("Stopping what the lab started: {e:#}");
+            procs.detach = false;
+            stop_everything(&dir, procs);
+            return Err(e);
+        }
+    }
+    stop_everything(&dir, procs);
+    Ok(())
+}
+
+/// Stop the lab's VMs, then its processes (by the PIDs it started), then remove its bridges.
+fn stop_everything(dir: &Path, procs: Procs) {
+    stop_vms(dir);
+    drop(procs);
+    let _ = std::fs::remove_file(dir.join("pids"));
+    remove_bridges(dir);
+}
+
+/// Start the vault, the sites, their hosts and the demo VMs.
+async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
+    let logs = dir.join("logs");
     let vault_dir = dir.join("vault");
     let _ = std::fs::remove_file(vault_dir.join(crate::roles::ENDPOINT_FILE));
-    let listen = format!("127.0.0.1:{}", args.port);
+    // The sites know the vault by its address: a lab started again on its directory keeps the
+    // vault's port (with `--port 0`, the one the previous run picked, if still free).
+    let port = match args.port {
+        0 => {
+            let prev = std::fs::read_to_string(dir.join(VAULT_PORT_FILE)).ok().and_then(|p| p.trim().parse().ok());
+            keep_port(prev)?
+        }
+        p => p,
+    };
+    std::fs::write(dir.join(VAULT_PORT_FILE), port.to_string())?;
+    let listen = format!("127.0.0.1:{port}");
     spawn(
-        &mut procs,
+        procs,
         "vault",
         &logs,
         &[
@@ -348,8 +400,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
             &args.test_failover_max_age.to_string(),
         ],
     )?;
-    let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), &mut procs, Duration::from_secs(30)).await?;
-    let token = wait_file(&vault_dir.join("admin-token"), &mut procs, Duration::from_secs(5)).await?;
+    let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), procs, Duration::from_secs(30)).await?;
+    let token = wait_file(&vault_dir.join("admin-token"), procs, Duration::from_secs(5)).await?;
     let ca_path = vault_dir.join("ca-cert.pem");
     let ca = std::fs::read_to_string(&ca_path)?;
     let client = Client::builder(&url).ca(ca).token(&token).build()?;
@@ -402,10 +454,10 @@ pub async fn run(args: LabArgs) -> Result<()> {
             ]);
         }
         let refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
-        spawn(&mut procs, &format!("site-{}", s.key), &logs, &refs)?;
-        let endpoint = wait_file(&data.join("host-endpoint"), &mut procs, Duration::from_secs(30)).await?;
+        spawn(procs, &format!("site-{}", s.key), &logs, &refs)?;
+        let endpoint = wait_file(&data.join("host-endpoint"), procs, Duration::from_secs(30)).await?;
         for h in s.hosts(args.sgl) {
-            spawn_host(&mut procs, &args, &dir, &logs, h, &endpoint, &ca_path, &data)?;
+            spawn_host(procs, args, dir, &logs, h, &endpoint, &ca_path, &data)?;
         }
     }
 
@@ -440,8 +492,8 @@ pub async fn run(args: LabArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    if !args.no_demo_vms && demo_vms(&client, &dir).await? {
-        demo_replication(&client, &dir).await?;
+    if !args.no_demo_vms && demo_vms(&client, dir).await? {
+        demo_replication(&client, dir).await?;
     }
 
     let env = format!(
@@ -471,19 +523,21 @@ pub async fn run(args: LabArgs) -> Result<()> {
     println!("  ferry site-list");
     println!("  ferry cloud-list --site VMM-NewYork");
     println!("  ferry host-list --site VMM-Chicago");
-    if args.detach {
-        println!("Detached; stop with: ferry lab --down --dir {}", args.dir.display());
-        return Ok(());
-    }
-    println!("Press Ctrl-C to stop the lab.");
-    crate::roles::shutdown_signal().await;
-    println!("Stopping the lab...");
-    stop_vms(&dir);
-    drop(procs);
-    let _ = std::fs::remove_file(dir.join("pids"));
-    remove_bridges(&dir);
     Ok(())
 }
+
+/// `previous` when that port is free on 127.0.0.1, else a free port the system picks.
+fn keep_port(previous: Option<u16>) -> Result<u16> {
+    if let Some(p) = previous {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// The file in which the lab keeps its vault's port, so that `--port 0` restarts on it.
+const VAULT_PORT_FILE: &str = "vault-port";
 
 /// Remove the bridges named in the lab's host configurations.
 fn remove_bridges(dir: &Path) {
@@ -737,8 +791,27 @@ fn spawn_host(
 ) -> Result<()> {
     let hdir = dir.join("hosts").join(h.name);
     std::fs::create_dir_all(&hdir)?;
+    // The host keeps its replication port across restarts of the lab (and of the agent alone):
+    // the one of its previous configuration when it is still free, else a new free one.
+    let previous = std::fs::read_to_string(hdir.join("host.toml"))
+        .ok()
+        .and_then(|t| toml::from_str::<ferry_host::HostConfig>(&t).ok())
+        .and_then(|c| c.replication_listen)
+        .map(|a| a.port())
+        .filter(|p| *p != 0);
+    let listen = if args.policy_ports {
+        // POL-2: the host listens at its policies' ports, on a loopback address of its own (the
+        // lab's hosts share one machine), derived from the vault's port so that labs running
+        // side by side do not collide.
+        let port: u16 =
+            std::fs::read_to_string(dir.join(VAULT_PORT_FILE)).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(8443);
+        let n = all_hosts().position(|x| x.name == h.name).unwrap_or(0) + 1;
+        format!("replication_ip = \"127.{}.{}.{n}\"", port >> 8, port & 0xff)
+    } else {
+        format!("replication_listen = \"127.0.0.1:{}\"", keep_port(previous)?)
+    };
     let mut hcfg = format!(
-            "name = \"{}\"\nreplication_listen = \"127.0.0.1:0\"\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
+            "name = \"{}\"\n{listen}\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
             h.name,
             ca_path.display(),
             site_data.join(ferry_site::JOIN_TOKEN_FILE).display(),

@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Lab, LabOptions};
-use serde_json::Value;
 
 /// Resumes a process stopped with SIGSTOP, also when the test fails.
 struct Continue(u32);
@@ -21,37 +19,7 @@ impl Drop for Continue {
     }
 }
 
-/// Alerts received: (X-Ferry-Signature, body).
-type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// An HTTP server on 127.0.0.1 taking `POST /hook` in its own runtime (dropped with it).
-fn receiver() -> (tokio::runtime::Runtime, String, Received) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let got: Received = Arc::default();
-    let g2 = got.clone();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let got = g2.clone();
-            async move {
-                let sig = headers.get("x-ferry-signature").and_then(|v| v.to_str().ok()).map(str::to_string);
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                got.lock().expect("lock").push((sig, v));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    rt.spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (rt, format!("http://{addr}/hook"), got)
-}
-
-fn of_kind(got: &Received, kind: &str) -> Vec<Value> {
-    got.lock().expect("lock").iter().filter(|(_, v)| v["kind"] == kind).map(|(_, v)| v.clone()).collect()
-}
+use common::{alerts_of_kind as of_kind, webhook_receiver as receiver};
 
 #[test]
 fn job_4_alert_webhook_when_a_lab_site_stops_reporting() {

@@ -41,9 +41,7 @@ pub fn check_host_in_pair(
 /// FAB-5: the host runs a supported QEMU (7.2 or newer) and an agent of the site's series
 /// (`major.minor` of `expected_agent_version`; agents of one series speak one protocol).
 pub fn check_host_software(host: &Host, expected_agent_version: &str) -> Result<(), Error> {
-    if host.agent_version.trim().is_empty() {
-        return Err(Error::HostAgentNotJoined { host: host.name.clone() });
-    }
+    check_host_joined(host)?;
     let series = agent_series(&host.agent_version);
     if series.is_none() || series != agent_series(expected_agent_version) {
         return Err(Error::AgentVersionMismatch {
@@ -53,6 +51,15 @@ pub fn check_host_software(host: &Host, expected_agent_version: &str) -> Result<
         });
     }
     check_host_qemu(host)
+}
+
+/// A host whose agent never reported (not joined) has no versions at all; say so rather than
+/// calling its empty QEMU version unsupported.
+fn check_host_joined(host: &Host) -> Result<(), Error> {
+    if host.agent_version.trim().is_empty() {
+        return Err(Error::HostAgentNotJoined { host: host.name.clone() });
+    }
+    Ok(())
 }
 
 fn check_host_qemu(host: &Host) -> Result<(), Error> {
@@ -124,7 +131,9 @@ pub fn validate_container_mapping(
     if target_inv.hosts_of_cloud(target).next().is_none() {
         return Err(Error::CloudHasNoHosts { cloud: target.name.clone() });
     }
+    // The agent series needs the sites' versions: the caller checks it (`check_host_software`).
     for host in source_inv.hosts_of_cloud(source).chain(target_inv.hosts_of_cloud(target)) {
+        check_host_joined(host)?;
         check_host_qemu(host)?;
     }
     let source_has_vm = source_inv.hosts_of_cloud(source).any(|h| source_inv.vms.iter().any(|v| v.host == h.id));
@@ -345,6 +354,18 @@ mod tests {
         assert_eq!(
             validate_container_mapping(&rq, &new_york(), &chi, None, &[]),
             Err(Error::UnsupportedQemuVersion { host: "chi-host1".into(), version: "6.2.0".into() })
+        );
+    }
+
+    #[test]
+    fn fab_5_host_without_agent_is_not_joined() {
+        let mut chi = chicago();
+        chi.hosts[0].agent_version.clear();
+        chi.hosts[0].qemu_version.clear();
+        let rq = req(r(NY, "GoldCloud1"), r(CHI, "GoldCloud2"));
+        assert_eq!(
+            validate_container_mapping(&rq, &new_york(), &chi, None, &[]),
+            Err(Error::HostAgentNotJoined { host: "chi-host1".into() })
         );
     }
 

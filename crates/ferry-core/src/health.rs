@@ -59,6 +59,8 @@ pub struct StallInput {
     pub copy_frequency_secs: u64,
     /// The newest recovery point on the replica (or the last sync the source reported).
     pub last_good: Option<DateTime<Utc>>,
+    /// When protection was enabled: the reference while no point is known.
+    pub protected_since: Option<DateTime<Utc>>,
     /// Since when the source's cycles fail, why, and its message.
     pub failing_since: Option<DateTime<Utc>>,
     pub failure: Option<FailureCause>,
@@ -127,7 +129,8 @@ fn reason(code: &'static str, health: Health, message: String) -> HealthReason {
 /// names the cause.
 pub fn stall_reason(s: &StallInput, now: DateTime<Utc>) -> Option<HealthReason> {
     let limit = stall_after(s.copy_frequency_secs);
-    let no_point = s.cycles_expected && s.last_good.is_none_or(|t| now - t > limit);
+    let reference = s.last_good.or(s.protected_since);
+    let no_point = s.cycles_expected && reference.is_none_or(|t| now - t > limit);
     let failing = s.failing_since.is_some_and(|t| now - t > limit);
     if !no_point && !failing {
         return None;
@@ -148,7 +151,10 @@ pub fn stall_reason(s: &StallInput, now: DateTime<Utc>) -> Option<HealthReason> 
     // Times, not ages: the reason stays the same while the stall lasts.
     let since = match (s.last_good, s.failing_since) {
         (Some(t), _) if no_point => format!("No recovery point since {}", fmt_time(t)),
-        (None, _) if no_point => "No recovery point yet".to_string(),
+        (None, _) if no_point => match s.protected_since {
+            Some(t) => format!("No recovery point since protection was enabled at {}", fmt_time(t)),
+            None => "No recovery point yet".to_string(),
+        },
         (_, Some(t)) => format!("Cycles fail since {}", fmt_time(t)),
         _ => "Replication stalled".to_string(),
     };

@@ -76,7 +76,7 @@ pub fn explain(
         (e.window_ms, format!("a time window: {} per point", fmt_ms(e.window_ms))),
     ];
     parts.retain(|(ms, _)| *ms > 0);
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|p| std::cmp::Reverse(p.0));
     e.findings.push(format!(
         "A point every {} on average over the last {} cycle(s).",
         fmt_ms(e.avg_between_points_ms),

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use ferry_types::fabric::{Cloud, Host, SiteInventory, StorageLocation, Vm, VmDisk};
-use ferry_types::mapping::{CreateStorageMapping, SiteObjectRef, StorageMapping};
+use ferry_types::mapping::{ContainerMapping, CreateStorageMapping, SiteObjectRef, StorageMapping};
 use uuid::Uuid;
 
 use crate::error::{Error, ObjectKind};
@@ -69,6 +69,40 @@ pub fn check_mapping_available_to_pair(
 ) -> Result<(), Error> {
     check_classification_available(source_inv, source_cloud, &req.source.id)?;
     check_classification_available(target_inv, target_cloud, &req.target.id)
+}
+
+/// STO-4 for a new mapping: when cloud pairs exist from the mapping's source site to its target
+/// site, at least one of them can use it (`check_mapping_available_to_pair`). Without such a
+/// pair there is no cloud to check yet (as for network mappings, NET-1). A refusal names the
+/// classification that is missing: the target one when a paired source cloud has the source
+/// classification (that pair is the one the mapping was meant for), else the source one.
+pub fn check_mapping_available_to_pairs(
+    req: &CreateStorageMapping,
+    source_inv: &SiteInventory,
+    target_inv: &SiteInventory,
+    pairs: &[ContainerMapping],
+) -> Result<(), Error> {
+    let mut source_missing = None;
+    let mut target_missing = None;
+    for p in pairs.iter().filter(|p| p.source.fabric == req.source.fabric && p.target.fabric == req.target.fabric) {
+        let (Some(source_cloud), Some(target_cloud)) = (source_inv.cloud(&p.source.id), target_inv.cloud(&p.target.id))
+        else {
+            continue;
+        };
+        match check_mapping_available_to_pair(req, source_inv, source_cloud, target_inv, target_cloud) {
+            Ok(()) => return Ok(()),
+            Err(e) if check_classification_available(source_inv, source_cloud, &req.source.id).is_ok() => {
+                target_missing.get_or_insert(e);
+            }
+            Err(e) => {
+                source_missing.get_or_insert(e);
+            }
+        }
+    }
+    match target_missing.or(source_missing) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The target classification `source` is mapped to on `target_fabric`.
@@ -218,4 +252,93 @@ fn place_all(
         out.push(p);
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use ferry_types::fabric::{HostGroup, StorageClassification};
+
+    const NY: Uuid = Uuid::from_u128(1);
+    const CHI: Uuid = Uuid::from_u128(2);
+
+    fn r(fabric: Uuid, id: &str) -> SiteObjectRef {
+        SiteObjectRef { fabric, id: id.into() }
+    }
+
+    /// A site with clouds `<prefix>Gold` (group classifications `gold`) and `<prefix>Silver`
+    /// (`silver`); every classification of both lists exists.
+    fn site(prefix: &str, gold: &[&str], silver: &[&str]) -> SiteInventory {
+        let group = |id: &str, cls: &[&str]| HostGroup {
+            id: id.into(),
+            name: id.into(),
+            storage_classifications: cls.iter().map(|c| c.to_string()).collect(),
+        };
+        let cloud = |id: &str, hg: &str| Cloud {
+            id: id.into(),
+            name: id.into(),
+            host_groups: vec![hg.into()],
+            sync_enabled: true,
+        };
+        let mut names: Vec<&str> = gold.iter().chain(silver).copied().collect();
+        names.sort();
+        names.dedup();
+        SiteInventory {
+            clouds: vec![cloud(&format!("{prefix}Gold"), "HG-Gold"), cloud(&format!("{prefix}Silver"), "HG-Silver")],
+            host_groups: vec![group("HG-Gold", gold), group("HG-Silver", silver)],
+            storage_classifications: names
+                .into_iter()
+                .map(|n| StorageClassification { id: n.into(), name: n.into(), kind: "local".into() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn pair(source: &str, target: &str) -> ContainerMapping {
+        ContainerMapping {
+            id: Uuid::new_v4(),
+            source: r(NY, source),
+            target: r(CHI, target),
+            policy: Uuid::from_u128(9),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn req(source: &str, target: &str) -> CreateStorageMapping {
+        CreateStorageMapping { source: r(NY, source), target: r(CHI, target) }
+    }
+
+    fn not_available(classification: &str, cloud: &str) -> Result<(), Error> {
+        Err(Error::ClassificationNotAvailable { classification: classification.into(), cloud: cloud.into() })
+    }
+
+    #[test]
+    fn sto_4_mapping_needs_one_pair_that_can_use_it() {
+        let ny = site("NY", &["GOLD"], &["SILVER"]);
+        let chi = site("CHI", &["GOLD_T"], &["SILVER_T", "OTHER_T"]);
+        let pairs = [pair("NYGold", "CHIGold"), pair("NYSilver", "CHISilver")];
+        // Each mapping is usable by one of the two pairs.
+        assert_eq!(check_mapping_available_to_pairs(&req("GOLD", "GOLD_T"), &ny, &chi, &pairs), Ok(()));
+        assert_eq!(check_mapping_available_to_pairs(&req("SILVER", "SILVER_T"), &ny, &chi, &pairs), Ok(()));
+        // GOLD is in the gold pair's source cloud, SILVER_T not in its target cloud: the target
+        // classification is the one named, with the cloud of the pair the mapping was meant for.
+        assert_eq!(
+            check_mapping_available_to_pairs(&req("GOLD", "SILVER_T"), &ny, &chi, &pairs),
+            not_available("SILVER_T", "CHIGold")
+        );
+        // No paired source cloud has the source classification.
+        let ny_more = site("NY", &["GOLD"], &["SILVER", "BRONZE"]);
+        assert_eq!(
+            check_mapping_available_to_pairs(&req("BRONZE", "GOLD_T"), &ny_more, &chi, &pairs[..1]),
+            not_available("BRONZE", "NYGold")
+        );
+        // Pairs of other sites do not count; without a pair between the two sites there is no
+        // cloud to check yet.
+        let mut reverse = pair("NYGold", "CHIGold");
+        reverse.source.fabric = CHI;
+        reverse.target.fabric = NY;
+        assert_eq!(check_mapping_available_to_pairs(&req("GOLD", "SILVER_T"), &ny, &chi, &[reverse]), Ok(()));
+        assert_eq!(check_mapping_available_to_pairs(&req("GOLD", "SILVER_T"), &ny, &chi, &[]), Ok(()));
+    }
 }

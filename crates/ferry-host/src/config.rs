@@ -47,9 +47,14 @@ pub struct HostConfig {
     pub probe_kernel: Option<PathBuf>,
     #[serde(default)]
     pub probe_initrd: Option<PathBuf>,
-    /// Where this host receives replication (mutual TLS, POL-2 default port 8084).
-    #[serde(default = "default_replication_listen")]
-    pub replication_listen: SocketAddr,
+    /// Where this host receives replication (mutual TLS), overriding the policies' ports. Absent:
+    /// the host listens on `replication_ip` at the port of every policy of the pairs its site
+    /// serves (POL-2: 8084 by default with certificate authentication).
+    #[serde(default)]
+    pub replication_listen: Option<SocketAddr>,
+    /// The address the policy-port listeners bind (default: every address).
+    #[serde(default)]
+    pub replication_ip: Option<std::net::IpAddr>,
     /// Test-only: run replication cycles this often instead of the policy's copy frequency.
     #[serde(default)]
     pub test_copy_interval_ms: Option<u64>,
@@ -109,10 +114,6 @@ pub fn bandwidth_schedule(def: &BandwidthDef) -> Result<ferry_repl::RateSchedule
 
 fn default_retention_interval() -> u64 {
     60
-}
-
-fn default_replication_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8084))
 }
 
 fn default_accel() -> String {

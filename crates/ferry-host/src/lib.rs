@@ -112,8 +112,13 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         Some(b) => Some(config::bandwidth_schedule(b).map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
         None => None,
     };
-    let mut replication =
-        replication::ReplicationService::start(data, cfg.replication_listen, tls, test_interval, bandwidth).await?;
+    // POL-2: the policies' port unless the host file fixes the listener.
+    let policy_ip = cfg.replication_listen.is_none().then(|| cfg.replication_ip.unwrap_or([0, 0, 0, 0].into()));
+    let listen = cfg
+        .replication_listen
+        .unwrap_or_else(|| SocketAddr::new(policy_ip.unwrap_or([0, 0, 0, 0].into()), peers::DEFAULT_CERTIFICATE_PORT));
+    let mut replication = replication::ReplicationService::start(data, listen, tls, test_interval, bandwidth).await?;
+    replication.policy_ports_ip = policy_ip;
     replication.resync_window = match &cfg.resync_window {
         Some(w) => Some(w.window().map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?),
         None => None,
@@ -151,9 +156,18 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
 }
 
 impl Host {
-    /// Where this host receives replication.
+    /// Where this host receives replication (its first listener).
     pub fn replication_address(&self) -> String {
-        let a = self.replication.address();
+        self.reachable(self.replication.address())
+    }
+
+    /// Every replication listener, the first one first.
+    pub fn replication_addresses(&self) -> Vec<String> {
+        self.replication.addresses().into_iter().map(|a| self.reachable(a)).collect()
+    }
+
+    /// A listener's address as peers reach it (a wildcard bind is reached at the API's address).
+    fn reachable(&self, a: SocketAddr) -> String {
         if a.ip().is_unspecified() {
             format!("{}:{}", self.api_addr.ip(), a.port())
         } else {
@@ -167,7 +181,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         host_name: host.cfg.name.clone(),
         address: host.api_addr.to_string(),
         replication_address: host.replication_address(),
-        replication_addresses: Vec::new(),
+        replication_addresses: host.replication_addresses(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: qemu_version(),
         storage_locations: storage::locations(&host.cfg.storage),
@@ -181,6 +195,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
     }
     host.replication.apply_peers(&ack.peers).await;
     host.replication.apply_pairs(&ack.pairs).await;
+    host.replication.apply_listen_ports(&ack.pairs).await;
     match ack.bandwidth.as_ref().map(config::bandwidth_schedule).transpose() {
         Ok(schedule) => host.replication.apply_site_bandwidth(schedule),
         Err(e) => tracing::warn!(error = %e, "the site's bandwidth schedule is invalid; keeping the current one"),

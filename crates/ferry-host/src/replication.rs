@@ -109,6 +109,9 @@ pub struct ReplicationService {
     wakes: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Notify>>>,
     /// A loop could not reach its replica host: the report loop asks the site at once.
     pub resolve_wanted: Arc<tokio::sync::Notify>,
+    /// POL-2: the address listeners bind at the pairs' policy ports; `None` when the host file
+    /// fixes the replication listener.
+    pub policy_ports_ip: Option<std::net::IpAddr>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -157,11 +160,40 @@ impl ReplicationService {
             peers: Default::default(),
             wakes: Default::default(),
             resolve_wanted: Default::default(),
+            policy_ports_ip: None,
         })
     }
 
     pub fn address(&self) -> SocketAddr {
         self.receiver.local_addr()
+    }
+
+    /// Every replication listener (the first one first).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.receiver.addresses()
+    }
+
+    /// POL-2: listen at the port of every policy of the site's pairs (8084 when a policy names
+    /// none), and stop listening at ports no policy uses any more; the first listener stays.
+    /// Peers learn the new addresses from this host's next report, through the vault.
+    pub async fn apply_listen_ports(&self, pairs: &[PairConfig]) {
+        let Some(ip) = self.policy_ports_ip else { return };
+        let wanted: std::collections::BTreeSet<u16> =
+            pairs.iter().map(|p| p.policy.port.unwrap_or(crate::peers::DEFAULT_CERTIFICATE_PORT)).collect();
+        let first = self.receiver.local_addr();
+        for port in &wanted {
+            let addr = SocketAddr::new(ip, *port);
+            if addr != first && !self.receiver.addresses().contains(&addr) {
+                if let Err(e) = self.receiver.listen_also(addr).await {
+                    tracing::warn!(%addr, error = %e.chain(), "cannot listen at a policy's replication port");
+                }
+            }
+        }
+        for addr in self.receiver.addresses().into_iter().skip(1) {
+            if !wanted.contains(&addr.port()) {
+                self.receiver.stop_listening(addr);
+            }
+        }
     }
 
     /// Resume the capture loops of every VM this host replicated before a restart.

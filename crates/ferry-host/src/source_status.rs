@@ -201,7 +201,11 @@ impl SourceStatus {
             waited_paused_ms: ms(w.paused),
             waited_window_ms: ms(w.window),
         };
-        push_bounded(&mut self.recent, timing, RECENT_CYCLES);
+        // The initial copy (or a resync) is not a cycle of the copy interval: it would skew the
+        // explanation of the time between points.
+        if !initial {
+            push_bounded(&mut self.recent, timing, RECENT_CYCLES);
+        }
     }
 
     /// A cycle failed after `took`; `cause` classifies the error.
@@ -336,7 +340,7 @@ mod tests {
         // A loop that stopped running at all: expected cycles keep growing, none succeed.
         assert_eq!(s.hour_counts(t0 + Duration::from_secs(600)), (20, 7));
         // Past the hour, old successes leave the window.
-        let later = t0 + HOUR + Duration::from_secs(300);
+        let later = t0 + HOUR + Duration::from_secs(301);
         assert_eq!(s.hour_counts(later), (120, 0));
     }
 

@@ -82,17 +82,44 @@ struct Shared {
 }
 
 /// A running receiver. Dropping it (or [`Receiver::stop`]) stops accepting and aborts every
-/// connection, like a crashed host.
+/// connection, like a crashed host. Besides its first listener it may listen on more addresses
+/// (one per replication port in use, POL-2); all serve the same store.
 pub struct Receiver {
     addr: SocketAddr,
     shared: Shared,
     task: tokio::task::JoinHandle<()>,
+    more: Mutex<Vec<(SocketAddr, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
+        for (_, t) in self.more.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
     }
+}
+
+/// Accept connections on `listener` until aborted; aborting also aborts its connections.
+fn accept_loop(shared: Shared, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let acceptor = TlsAcceptor::from(shared.cfg.tls.clone());
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let s = shared.clone();
+                        let acc = acceptor.clone();
+                        conns.spawn(async move { s.serve(acc, tcp, peer).await });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Accept failed"),
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    })
 }
 
 impl Receiver {
@@ -108,27 +135,43 @@ impl Receiver {
             stats: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
         };
-        let s2 = shared.clone();
-        let task = tokio::spawn(async move {
-            let acceptor = TlsAcceptor::from(s2.cfg.tls.clone());
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok((tcp, peer)) => {
-                            let _ = tcp.set_nodelay(true);
-                            let s = s2.clone();
-                            let acc = acceptor.clone();
-                            conns.spawn(async move { s.serve(acc, tcp, peer).await });
-                        }
-                        Err(e) => tracing::warn!(error = %e, "Accept failed"),
-                    },
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-        });
+        let task = accept_loop(shared.clone(), listener);
         tracing::info!(%addr, "Replication receiver listening");
-        Ok(Receiver { addr, shared, task })
+        Ok(Receiver { addr, shared, task, more: Mutex::new(Vec::new()) })
+    }
+
+    /// Listen on `addr` too (another replication port). Listening there already is a no-op.
+    pub async fn listen_also(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        if let Some(a) = self.addresses().into_iter().find(|a| *a == addr) {
+            return Ok(a);
+        }
+        let listener = transport::listen(addr).await?;
+        let bound = listener.local_addr().map_err(|e| Error::io("Cannot read listen address", e))?;
+        let task = accept_loop(self.shared.clone(), listener);
+        self.more.lock().unwrap_or_else(|p| p.into_inner()).push((bound, task));
+        tracing::info!(addr = %bound, "Replication receiver listening");
+        Ok(bound)
+    }
+
+    /// Stop listening on `addr` (not the first listener); its connections are aborted.
+    pub fn stop_listening(&self, addr: SocketAddr) -> bool {
+        let mut more = self.more.lock().unwrap_or_else(|p| p.into_inner());
+        match more.iter().position(|(a, _)| *a == addr) {
+            Some(i) => {
+                let (a, t) = more.remove(i);
+                t.abort();
+                tracing::info!(addr = %a, "Replication receiver no longer listening");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every address the receiver listens on, the first listener first.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut out = vec![self.addr];
+        out.extend(self.more.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(a, _)| *a));
+        out
     }
 
     /// The bound address.

@@ -210,6 +210,7 @@ pub fn stall_input(item: &ProtectedItem) -> ferry_core::health::StallInput {
         cycles_expected: item.state == ReplicationState::Protected,
         copy_frequency_secs: if item.stats.interval_secs > 0 { item.stats.interval_secs } else { 300 },
         last_good: item.stats.latest_point.max(item.stats.last_sync),
+        protected_since: Some(item.created_at),
         failing_since: item.stats.failing_since.filter(|_| active),
         failure: item.stats.failure.filter(|_| active),
         failure_message: item.stats.last_error.clone().filter(|_| active),

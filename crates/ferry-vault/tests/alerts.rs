@@ -304,13 +304,16 @@ async fn protected_item(tv: &TestVault, vault: Uuid, ny: &FakeSite, chi: &FakeSi
         "created_at": "2024-01-01T00:00:00Z"});
     tv.store().put_doc(DocKind::ContainerMapping, vault, &pair.to_string(), None, None, &m, None).await.expect("pair");
     let id = Uuid::new_v4();
+    // Protected a moment ago, with its first point (a replicating item is never without one).
+    let now = chrono::Utc::now();
     let it = json!({
         "id": id, "vault_id": vault, "name": name, "vm_id": format!("vm-{name}"), "container_mapping": pair,
         "policy": Uuid::new_v4(),
         "source": {"fabric": ny.fabric_id, "cloud": "ny-gold", "host": "ny-h1", "host_name": "ny-h1.lab"},
         "target": {"fabric": chi.fabric_id, "cloud": "chi-gold", "host": "chi-h1", "host_name": "chi-h1.lab"},
-        "direction": "Forward", "state": "Protected", "health": "Normal", "created_at": "2024-01-01T00:00:00Z",
-        "recovery_points": [{"id": "rp1", "time": "2024-01-01T00:00:00Z", "app_consistent": false, "size_bytes": 1}],
+        "direction": "Forward", "state": "Protected", "health": "Normal", "created_at": now,
+        "stats": {"latest_point": now, "last_sync": now},
+        "recovery_points": [{"id": "rp1", "time": now, "app_consistent": false, "size_bytes": 1}],
         "definition": {"name": name, "disks": [{"target": "vda", "path": format!("/s/{name}.qcow2"), "format": "qcow2"}]}
     });
     tv.store()
@@ -948,4 +951,96 @@ async fn job_4_portal_alert_settings_on_the_prepare_page() {
     let html = portal_get(&c, &page, &reader).await;
     assert!(html.contains(&hook.url) && html.contains("id=\"alert-triggers\""));
     assert!(!html.contains("id=\"alerts-form\"") && !html.contains("id=\"test-alert-form\""));
+}
+
+/// The source site reports the item's cycles with their times, as a host agent does (JOB-2).
+async fn report_cycles(
+    site: &FakeSite,
+    item: Uuid,
+    last_point: chrono::DateTime<chrono::Utc>,
+    failure: Option<(&str, &str)>,
+) {
+    let mut status = json!({"item": item, "role": "Source", "phase": "Replicating", "cycles_ok": 10,
+        "last_sync": last_point, "last_point": last_point, "interval_secs": 30,
+        "cycles_expected_hour": 10, "cycles_ok_hour": 10});
+    if let Some((cause, message)) = failure {
+        status["phase"] = json!("Retrying");
+        status["failure"] = json!(cause);
+        status["failing_since"] = json!(last_point);
+        status["last_error"] = json!(message);
+    }
+    let rep = json!({"provider_id": site.provider_id, "version": SITE_VERSION, "inventory": site.inventory,
+        "replication": [status]});
+    let _: Value = site.client.post("/api/v1/agent/report", &rep).await.expect("report");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_2_job_4_a_stall_shows_without_reports_with_one_event_one_alert_and_its_end() {
+    let clock = Arc::new(ferry_vault::clock::OffsetClock::default());
+    let c2 = clock.clone();
+    let tv = start_vault_with(move |c| {
+        fast(c);
+        c.clock = c2;
+        c.heartbeat_timeout = Duration::from_secs(1);
+        c.health_sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let hook = Hook::start().await;
+    let body = json!({"webhooks": [{"url": hook.url}], "triggers": {"site_heartbeat_lost": false}});
+    let _: Value = tv.admin.put(SETTINGS, &body).await.expect("settings");
+    let item = protected_item(&tv, v.id, &ny, &chi, "web1").await;
+    use ferry_vault::clock::Clock;
+    let now = || clock.now();
+    report_cycles(&ny, item, now(), None).await;
+    let path = format!("/api/v1/vaults/v1/replicationProtectedItems/{item}");
+    let it: Value = tv.admin.get(&path).await.expect("item");
+    assert_eq!(it["health"], "Normal", "{it}");
+    assert!(it["stats"]["rpo_secs"].as_u64().is_some_and(|r| r < 5), "RPO = age of the newest point: {it}");
+
+    // The source host goes silent. 115 s later: not yet a stall (max(3 × 30 s, 2 min)).
+    clock.advance(chrono::Duration::seconds(115));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let it: Value = tv.admin.get(&path).await.expect("item");
+    assert_eq!(it["health"], "Normal", "{it}");
+    assert!(events(&tv, "ReplicationStalled").await.is_empty());
+    // Past 2 min: Critical by the vault's own sweep (no report arrives), with the cause.
+    clock.advance(chrono::Duration::seconds(8));
+    eventually("the stall", 10, || async { item_health(&tv, item).await == "Critical" }).await;
+    let it: Value = tv.admin.get(&path).await.expect("item");
+    let reasons = it["health_reasons"].to_string();
+    assert!(reasons.contains("ReplicationStalled: No recovery point since"), "{reasons}");
+    assert!(reasons.contains("no report from host ny-h1.lab since"), "{reasons}");
+    assert!(it["stats"]["rpo_secs"].as_u64().is_some_and(|r| r >= 124), "{it}");
+    let alerts = hook.wait_kind("ReplicationStalled", 1, 10).await;
+    assert_eq!(alerts[0]["object"]["id"], item.to_string());
+    assert_eq!(alerts[0]["severity"], "Critical");
+
+    // The host reports again: cycles fail, the replica host refuses connections; the reason now
+    // says so, and the stall raises nothing new.
+    report_cycles(
+        &ny,
+        item,
+        now() - chrono::Duration::seconds(125),
+        Some(("Unreachable", "cannot connect to chi-h1.lab at 10.0.0.9:8084: Connection refused (os error 111)")),
+    )
+    .await;
+    let it: Value = tv.admin.get(&path).await.expect("item");
+    assert!(it["health_reasons"].to_string().contains("cannot connect to chi-h1.lab at 10.0.0.9:8084"), "{it}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events(&tv, "ReplicationStalled").await.len(), 1, "one event per stall");
+    assert_eq!(hook.of_kind("ReplicationStalled").len(), 1, "one alert per stall");
+    assert!(hook.of_kind("CriticalHealth").is_empty(), "the stall's alert is the only one");
+
+    // A new point: recovered, one event, one alert; Normal again.
+    report_cycles(&ny, item, now(), None).await;
+    assert_eq!(item_health(&tv, item).await, "Normal");
+    let rec = events(&tv, "ReplicationRecovered").await;
+    assert_eq!(rec.len(), 1);
+    hook.wait_kind("ReplicationRecovered", 1, 10).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(events(&tv, "ReplicationStalled").await.len(), 1);
+    assert_eq!(hook.of_kind("ReplicationStalled").len(), 1);
 }

@@ -54,6 +54,8 @@ pub struct Lab {
     pub dir: PathBuf,
     child: Option<Child>,
     pub bridge_prefix: String,
+    /// The `ferry lab` arguments, to start the lab again on its directory.
+    args: Vec<String>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,10 @@ pub struct LabOptions {
     pub resync_window: Option<String>,
     /// Test-only tick of churn measurements (CAP-1).
     pub test_churn_tick_ms: Option<u64>,
+    /// How often hosts apply retention, seconds (default: hourly, so that tests see every point).
+    pub retention_interval_secs: Option<u64>,
+    /// Hosts listen at their policies' replication ports (POL-2), each on its own loopback address.
+    pub policy_ports: bool,
 }
 
 impl Lab {
@@ -102,7 +108,7 @@ impl Lab {
         // Retention is exercised by the engine's own tests; here it would merge the points the
         // tests inspect, so it runs rarely.
         args.push("--retention-interval-secs".into());
-        args.push("3600".into());
+        args.push(opts.retention_interval_secs.unwrap_or(3600).to_string());
         if let Some(b) = opts.bandwidth_mib_s {
             args.push("--bandwidth-mib-s".into());
             args.push(b.to_string());
@@ -118,6 +124,9 @@ impl Lab {
         if opts.sgl {
             args.push("--sgl".into());
         }
+        if opts.policy_ports {
+            args.push("--policy-ports".into());
+        }
         if let Some(secs) = opts.test_failover_max_age_secs {
             args.push("--test-failover-max-age".into());
             args.push(secs.to_string());
@@ -131,16 +140,25 @@ impl Lab {
             args.push(ms.to_string());
         }
         std::fs::create_dir_all(tmp.path()).expect("tmp");
-        let log = std::fs::File::create(tmp.path().join("lab.out")).expect("log");
+        let mut lab = Lab { tmp, dir, child: None, bridge_prefix, args };
+        lab.spawn_lab();
+        lab
+    }
+
+    /// Start `ferry lab` on the lab's directory and wait until it is up.
+    fn spawn_lab(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("lab.out")).expect("log");
         let child = Command::new(ferry_bin())
-            .args(&args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .env("FERRY_ACCEL", "tcg")
             .spawn()
             .expect("lab starts");
-        let mut lab = Lab { tmp, dir, child: Some(child), bridge_prefix };
+        self.child = Some(child);
+        let lab = self;
         let deadline = Instant::now() + Duration::from_secs(240);
         while !lab.dir.join("ferry.env").exists() || !lab.dir.join("pids").exists() {
             if let Some(c) = lab.child.as_mut() {
@@ -151,7 +169,38 @@ impl Lab {
             assert!(Instant::now() < deadline, "lab did not come up:\n{}", lab.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        lab
+    }
+
+    /// Stop the lab as Ctrl-C does (every process it started, VMs included) and start it again
+    /// on the same directory, as a user runs `scripts/lab` again.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            term_and_wait(&mut c, Duration::from_secs(60));
+        }
+        assert!(!self.dir.join("pids").exists(), "the stopped lab removed its pid file:\n{}", self.log());
+        assert_eq!(self.running_qemus(), Vec::<u32>::new(), "stopping the lab stops its VMs too");
+        let _ = std::fs::remove_file(self.dir.join("ferry.env"));
+        self.spawn_lab();
+    }
+
+    /// The QEMU processes of the lab's VMs that run now (from their pid files).
+    pub fn running_qemus(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for host in ["ny1", "ny2", "chi1"] {
+            let Ok(rd) = std::fs::read_dir(self.host_data(host).join("vms")) else { continue };
+            for e in rd.flatten() {
+                let Some(pid) =
+                    std::fs::read_to_string(e.path().join("qemu.pid")).ok().and_then(|p| p.trim().parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*e.path().to_string_lossy()) {
+                    out.push(pid);
+                }
+            }
+        }
+        out
     }
 
     pub fn log(&self) -> String {
@@ -547,6 +596,49 @@ pub fn host_metrics(lab: &Lab, host: &str) -> String {
     s.read_to_string(&mut out).expect("response");
     assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
     out
+}
+
+/// Alerts a webhook received: (X-Ferry-Signature, body).
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>;
+
+/// An HTTP server on 127.0.0.1 taking `POST /hook` in its own runtime (stopped with it): the
+/// alert receiver an operator would have, not part of Ferry.
+pub fn webhook_receiver() -> (tokio::runtime::Runtime, String, Received) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let got: Received = Default::default();
+    let g2 = got.clone();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let got = g2.clone();
+            async move {
+                let sig = headers.get("x-ferry-signature").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                got.lock().expect("lock").push((sig, v));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    rt.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (rt, format!("http://{addr}/hook"), got)
+}
+
+/// The alerts of `kind` a webhook received.
+pub fn alerts_of_kind(got: &Received, kind: &str) -> Vec<Value> {
+    got.lock().expect("lock").iter().filter(|(_, v)| v["kind"] == kind).map(|(_, v)| v.clone()).collect()
+}
+
+/// Events of `kind` about `object` (an item id), oldest first.
+pub fn events_of(lab: &Lab, kind: &str, object: &str) -> Vec<Value> {
+    let ev = lab.json(&["event-list", "--kind", kind]);
+    let mut v: Vec<Value> =
+        ev["items"].as_array().into_iter().flatten().filter(|e| e["object_id"] == object).cloned().collect();
+    v.reverse();
+    v
 }
 
 /// Map VMNetwork1-NewYork to VMNetwork1-Chicago (NET-2); returns the mapping.

@@ -10,7 +10,7 @@ use ferry_core::network::ReplicaNic as NicConnection;
 use ferry_core::state::OperationContext;
 use ferry_store::DocKind;
 use ferry_types::auth::Role;
-use ferry_types::fabric::{Fabric, Vm};
+use ferry_types::fabric::{Cloud, Fabric, Host, Vm};
 use ferry_types::job::Job;
 use ferry_types::mapping::{ContainerMapping, NetworkMapping, StorageMapping};
 use ferry_types::protection::{
@@ -154,6 +154,10 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         .cloud(&pair.target.id)
         .ok_or_else(|| ApiFailure::not_found("Target cloud", &pair.target.id))?
         .clone();
+    let source_cloud =
+        source.inventory.cloud(&cloud).ok_or_else(|| ApiFailure::not_found("Source cloud", &cloud))?.clone();
+    let source_host = source.inventory.host(&vm.host).ok_or_else(|| ApiFailure::not_found("Source host", &vm.host))?;
+    check_pair_host(source_host, source, source, &source_cloud, &target, &target_cloud)?;
     let net_maps: Vec<NetworkMapping> = st
         .store
         .all_docs(DocKind::NetworkMapping, vault)
@@ -183,7 +187,7 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         .host(&placement.host)
         .ok_or_else(|| ApiFailure::not_found("Target host", &placement.host))?
         .clone();
-    let source_host = source.inventory.host(&vm.host).ok_or_else(|| ApiFailure::not_found("Source host", &vm.host))?;
+    check_pair_host(&target_host, &target, source, &source_cloud, &target, &target_cloud)?;
     let disks = vm
         .disks
         .iter()
@@ -236,6 +240,28 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         failover: None,
         existing_replica: None,
     })
+}
+
+/// FAB-5: a host an item uses (`site` is the host's site) is in a host group of the pair's
+/// source or target cloud, and runs a supported QEMU and an agent of its site manager's series.
+fn check_pair_host(
+    host: &Host,
+    site: &Fabric,
+    source: &Fabric,
+    source_cloud: &Cloud,
+    target: &Fabric,
+    target_cloud: &Cloud,
+) -> ApiResult<()> {
+    ferry_core::fabric_rules::check_host_in_pair(
+        &host.id,
+        &source.inventory,
+        source_cloud,
+        &target.inventory,
+        target_cloud,
+    )
+    .map_err(core_err)?;
+    let expected = super::mappings::expected_agent_version(site);
+    ferry_core::fabric_rules::check_host_software(host, expected).map_err(core_err)
 }
 
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems", tag = "protectedItems", request_body = EnableProtection, params(("vault" = String, Path)), responses((status = 202, body = [Enabled]), (status = 400, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]

@@ -58,7 +58,36 @@ pub async fn validate_pair(
         v.protection_goal.as_ref(),
         &existing,
     )?;
+    check_pair_software(&src, source, &tgt, target)?;
     check_pair_hosts(st, v, source, target, spec).await
+}
+
+/// FAB-5: the agent version a site's hosts must run (same `major.minor` series): the version its
+/// active site manager reports, since a site's hosts are upgraded with their site manager; the
+/// vault's own version for a site whose managers report no usable version.
+pub(crate) fn expected_agent_version(f: &Fabric) -> &str {
+    f.providers
+        .iter()
+        .filter(|p| p.active)
+        .chain(f.providers.iter())
+        .map(|p| p.version.as_str())
+        .find(|v| ferry_core::version::agent_series(v).is_some())
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+}
+
+/// FAB-5: every host of both clouds has its agent joined, of its site manager's series, and runs
+/// a supported QEMU.
+fn check_pair_software(src: &Fabric, source: &SiteObjectRef, tgt: &Fabric, target: &SiteObjectRef) -> ApiResult<()> {
+    for (f, r) in [(src, source), (tgt, target)] {
+        let Some(cloud) = f.inventory.cloud(&r.id) else {
+            continue;
+        };
+        let expected = expected_agent_version(f);
+        for host in f.inventory.hosts_of_cloud(cloud) {
+            ferry_core::fabric_rules::check_host_software(host, expected)?;
+        }
+    }
+    Ok(())
 }
 
 /// POL-1: every host of both clouds reports the policy's host version.
@@ -385,6 +414,15 @@ pub async fn create_storage_mapping(
     let existing: Vec<StorageMapping> =
         st.store.all_docs::<StorageMapping>(DocKind::StorageMapping, v.id).await?.into_iter().map(|d| d.body).collect();
     ferry_core::storage::validate_storage_mapping(&req, &src.inventory, &tgt.inventory, &existing)?;
+    // STO-4: usable by a cloud pair between the two sites (when there is one).
+    let pairs: Vec<ContainerMapping> = st
+        .store
+        .all_docs::<ContainerMapping>(DocKind::ContainerMapping, v.id)
+        .await?
+        .into_iter()
+        .map(|d| d.body)
+        .collect();
+    ferry_core::storage::check_mapping_available_to_pairs(&req, &src.inventory, &tgt.inventory, &pairs)?;
     let m = StorageMapping {
         id: Uuid::new_v4(),
         source: req.source.clone(),
