@@ -63,6 +63,9 @@ pub struct LabArgs {
     /// VMM-NewYork can protect each other (SGL-1).
     #[arg(long)]
     pub sgl: bool,
+    /// A second host in each site's Gold host group (ny3, chi2): two sites × two hosts.
+    #[arg(long)]
+    pub two_hosts: bool,
     /// POL-2: hosts listen at the port of their policies (each on a loopback address of its
     /// own) instead of a fixed port per host.
     #[arg(long)]
@@ -89,14 +92,30 @@ struct HostSpec {
     /// (directory, classification, default replica location)
     storage: &'static [(&'static str, Option<&'static str>, bool)],
     bridges: &'static [(&'static str, &'static str)],
-    /// Only with `--sgl`: a second New York host, in the host group of SilverCloud1, so that
-    /// the two clouds of one site manager can protect each other (SGL-1).
-    sgl_only: bool,
+    /// When the lab runs this host.
+    when: HostWhen,
+}
+
+/// Which labs have a host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostWhen {
+    Always,
+    /// `--sgl`: a second New York host, in the host group of SilverCloud1, so that the two
+    /// clouds of one site manager can protect each other (SGL-1).
+    Sgl,
+    /// `--two-hosts`: a second host in each site's Gold host group (the soak's two sites × two
+    /// hosts).
+    TwoHosts,
 }
 
 impl SiteSpec {
-    fn hosts(&self, sgl: bool) -> impl Iterator<Item = &'static HostSpec> {
-        self.hosts.iter().filter(move |h| sgl || !h.sgl_only)
+    fn hosts(&self, args: &LabArgs) -> impl Iterator<Item = &'static HostSpec> {
+        let (sgl, two) = (args.sgl, args.two_hosts);
+        self.hosts.iter().filter(move |h| match h.when {
+            HostWhen::Always => true,
+            HostWhen::Sgl => sgl,
+            HostWhen::TwoHosts => two,
+        })
     }
 }
 
@@ -203,14 +222,21 @@ const SITES: [SiteSpec; 2] = [
                 host_group: "HG-NewYork-Gold",
                 storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
                 bridges: &[("LogicalNetwork1-NewYork", "ny-ln1"), ("LogicalNetwork2-NewYork", "ny-ln2")],
-                sgl_only: false,
+                when: HostWhen::Always,
             },
             HostSpec {
                 name: "ny2",
                 host_group: "HG-NewYork-Silver",
                 storage: &[("silver", Some("SILVER"), false), ("replica", None, true)],
                 bridges: &[("LogicalNetwork1-NewYork", "ny-ln1")],
-                sgl_only: true,
+                when: HostWhen::Sgl,
+            },
+            HostSpec {
+                name: "ny3",
+                host_group: "HG-NewYork-Gold",
+                storage: &[("gold", Some("GOLD"), false), ("silver", Some("SILVER"), false), ("replica", None, true)],
+                bridges: &[("LogicalNetwork1-NewYork", "ny-ln1"), ("LogicalNetwork2-NewYork", "ny-ln2")],
+                when: HostWhen::TwoHosts,
             },
         ],
     },
@@ -218,17 +244,30 @@ const SITES: [SiteSpec; 2] = [
         key: "chicago",
         name: "VMM-Chicago",
         toml: CHICAGO,
-        hosts: &[HostSpec {
-            name: "chi1",
-            host_group: "HG-Chicago-Gold",
-            storage: &[
-                ("gold_target", Some("GOLD_TARGET"), false),
-                ("silver_target", Some("SILVER_TARGET"), false),
-                ("replica", None, true),
-            ],
-            bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
-            sgl_only: false,
-        }],
+        hosts: &[
+            HostSpec {
+                name: "chi1",
+                host_group: "HG-Chicago-Gold",
+                storage: &[
+                    ("gold_target", Some("GOLD_TARGET"), false),
+                    ("silver_target", Some("SILVER_TARGET"), false),
+                    ("replica", None, true),
+                ],
+                bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
+                when: HostWhen::Always,
+            },
+            HostSpec {
+                name: "chi2",
+                host_group: "HG-Chicago-Gold",
+                storage: &[
+                    ("gold_target", Some("GOLD_TARGET"), false),
+                    ("silver_target", Some("SILVER_TARGET"), false),
+                    ("replica", None, true),
+                ],
+                bridges: &[("LogicalNetwork1-Chicago", "chi-ln1"), ("LogicalNetwork2-Chicago", "chi-ln2")],
+                when: HostWhen::TwoHosts,
+            },
+        ],
     },
 ];
 
@@ -421,7 +460,7 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
         let sdir = dir.join("sites").join(s.key);
         std::fs::create_dir_all(&sdir)?;
         let mut cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
-        for h in s.hosts(args.sgl) {
+        for h in s.hosts(args) {
             cfg.push_str(&format!("\n[[hosts]]\nname = \"{}\"\nhost_group = \"{}\"\n", h.name, h.host_group));
         }
         if let (Some(b), "newyork") = (args.site_bandwidth_mib_s, s.key) {
@@ -456,7 +495,7 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
         let refs: Vec<&str> = run_args.iter().map(String::as_str).collect();
         spawn(procs, &format!("site-{}", s.key), &logs, &refs)?;
         let endpoint = wait_file(&data.join("host-endpoint"), procs, Duration::from_secs(30)).await?;
-        for h in s.hosts(args.sgl) {
+        for h in s.hosts(args) {
             spawn_host(procs, args, dir, &logs, h, &endpoint, &ca_path, &data)?;
         }
     }
@@ -466,7 +505,7 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
     loop {
         let fabrics: Value = client.get(&format!("/api/v1/vaults/{VAULT_NAME}/replicationFabrics")).await?;
         let ready = SITES.iter().all(|s| {
-            s.hosts(args.sgl).all(|host| {
+            s.hosts(args).all(|host| {
                 fabrics.as_array().into_iter().flatten().any(|f| {
                     f["name"] == s.name
                         && f["inventory"]["hosts"]
@@ -511,7 +550,7 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
     );
     println!("              (the browser warns about the lab's private CA: {})", ca_path.display());
     for s in &SITES {
-        let hosts: Vec<&str> = s.hosts(args.sgl).map(|h| h.name).collect();
+        let hosts: Vec<&str> = s.hosts(args).map(|h| h.name).collect();
         println!("  site        {:<12} hosts {}", s.name, hosts.join(", "));
     }
     println!("  logs        {}", logs.display());

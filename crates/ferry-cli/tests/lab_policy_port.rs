@@ -60,9 +60,18 @@ fn pol_2_hosts_listen_at_the_policy_port_and_follow_its_edit() {
         (it["recovery_points"].as_array().map(Vec::len).unwrap_or(0) >= points + 2).then_some(it)
     });
     assert_eq!(it["health"], "Normal", "{it}");
-    let ny1 = std::fs::read_to_string(lab.dir.join("logs/host-ny1.log")).unwrap_or_default();
-    assert!(
-        ny1.lines().any(|l| l.contains("listens at a new address") && l.contains(&format!(":{second}"))),
-        "ny1 followed chi1 to port {second}"
-    );
+    // The source resolves the replica host at the policy's new port once chi1 reported it (until
+    // then it may use chi1's first listener, which stays).
+    lab.wait_for("ny1 to follow chi1 to the new port", Duration::from_secs(30), || {
+        let ny1 = std::fs::read_to_string(lab.dir.join("logs/host-ny1.log")).unwrap_or_default();
+        ny1.lines()
+            .map(common::strip_ansi)
+            .any(|l| l.contains("listens at a new address") && l.contains(&format!("to={chi1_ip}:{second}")))
+            .then_some(())
+    });
+    let before = lab.json(&["item-show", &id])["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+    lab.wait_for("points through the policy's port", Duration::from_secs(60), || {
+        let n = lab.json(&["item-show", &id])["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+        (n >= before + 2).then_some(())
+    });
 }

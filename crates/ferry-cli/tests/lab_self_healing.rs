@@ -218,6 +218,9 @@ fn job_2_job_4_unreachable_replica_is_critical_with_its_cause_then_recovers() {
     let it = item(&lab, &id);
     assert!(it["stats"]["rpo_secs"].as_u64().is_some_and(|r| r < 60), "RPO is the newest point's age: {it}");
     assert!(it["stats"]["rpo_explanation"]["findings"].as_array().is_some_and(|f| !f.is_empty()), "{it}");
+    let (code, text, err) = lab.cli(&["item-show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("RPO ") && text.contains("Why this RPO:") && text.contains("per point: interval"), "{text}");
 
     let replica_port = lab.replication_address("chi1").rsplit(':').next().expect("port").to_string();
     let fault = Instant::now();
@@ -228,6 +231,8 @@ fn job_2_job_4_unreachable_replica_is_critical_with_its_cause_then_recovers() {
     });
     let after = fault.elapsed();
     eprintln!("Critical {after:?} after the replica host died: {}", critical["health_reasons"]);
+    let (_, text, _) = lab.cli(&["item-show", &id]);
+    assert!(text.contains("Health      Critical") && text.contains("ReplicationStalled"), "{text}");
     assert!(after >= Duration::from_secs(110), "not before max(3 × frequency, 2 min): {after:?}");
     let reasons: Vec<String> = critical["health_reasons"]
         .as_array()

@@ -34,6 +34,15 @@ fn fo_2_fo_3_fo_4_fo_5_portal_planned_commit_reprotect_unplanned_at_a_point_chan
     portal.login(&admin_token(&lab));
     let base = portal.path();
 
+    // REP-5: the item page shows the RPO and explains it from the last cycles.
+    let web1 = item_path(&lab, &base, "web1");
+    portal.goto(&web1);
+    let rpo = portal.text_of("#rpo");
+    assert!(!rpo.is_empty() && rpo != "—", "the RPO is the newest point's age: {rpo}");
+    assert!(portal.text_of("#rpo-explanation").contains("A point every"), "{}", portal.text_of("#stats"));
+    assert!(portal.text_of("#rpo-split").contains("Apply on the replica"), "{}", portal.text_of("#stats"));
+    assert!(portal.text_of("#missed-hour").contains("expected"), "{}", portal.text_of("#stats"));
+
     // FO-2: planned failover of db1, then FO-4 commit.
     let db1 = item_path(&lab, &base, "db1");
     portal.goto(&db1);

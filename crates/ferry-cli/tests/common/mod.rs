@@ -186,7 +186,7 @@ impl Lab {
     /// The QEMU processes of the lab's VMs that run now (from their pid files).
     pub fn running_qemus(&self) -> Vec<u32> {
         let mut out = Vec::new();
-        for host in ["ny1", "ny2", "chi1"] {
+        for host in ["ny1", "ny2", "ny3", "chi1", "chi2"] {
             let Ok(rd) = std::fs::read_dir(self.host_data(host).join("vms")) else { continue };
             for e in rd.flatten() {
                 let Some(pid) =
