@@ -15,6 +15,7 @@ mod lab;
 mod output;
 mod recovery_cmds;
 mod roles;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ enum Cmd {
     },
     /// Start the two-site lab (vault, VMM-NewYork, VMM-Chicago, one host each) on this machine.
     Lab(lab::LabArgs),
+    /// Run random operations and faults against a lab of its own and check Ferry's invariants
+    /// throughout (exit code 1 on a violation).
+    Soak(soak::SoakArgs),
     #[command(flatten)]
     Api(api_cmds::ApiCmd),
     #[command(flatten)]
@@ -179,6 +183,7 @@ fn main() {
             }
             Cmd::Host { config, data_dir } => roles::host_run(&config, &data_dir).await,
             Cmd::Lab(args) => lab::run(args).await,
+            Cmd::Soak(args) => soak::run(args).await,
             Cmd::Bench { what: BenchCmd::Vault { small } } => {
                 let opts = if small {
                     ferry_vault::bench::BenchOptions::small()

@@ -1231,7 +1231,11 @@ fn effective_bandwidth(
 fn explain_failure(cause: FailureCause, target: &str, addr: SocketAddr, e: &ferry_repl::Error) -> String {
     let chain = e.chain();
     match cause {
-        FailureCause::Unreachable => format!("cannot connect to {target} at {addr}: {chain}"),
+        FailureCause::Unreachable => {
+            // The engine says "Cannot connect to <addr>: …": keep only the cause after it.
+            let cause = chain.strip_prefix(&format!("Cannot connect to {addr}: ")).unwrap_or(&chain);
+            format!("cannot connect to {target} at {addr}: {cause}")
+        }
         FailureCause::Refused => format!("{target} refuses this host: {chain}"),
         FailureCause::ReplicaFull => format!("replica location full on {target}: {chain}"),
         FailureCause::ReplicaPaused => format!("{target} does not take cycles now: {chain}"),

@@ -1,0 +1,120 @@
+//! Faults the soak injects while operations run: SIGKILL and restart of any lab process
+//! (sometimes a host agent on a new replication port), SIGKILL of a VM's QEMU (then started
+//! again: its change tracking is lost, a resync is allowed), SIGSTOP beyond the heartbeat
+//! timeout, and replication connections cut (`ss -K`). (The long outage of a replica host, which
+//! must turn its items Critical, is run by the soak itself.)
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+
+use super::lab_control::{signal, LabUnderTest};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum FaultKind {
+    KillRestartProcess,
+    KillRestartHostOnNewPort,
+    KillQemu,
+    StopProcess,
+    CutReplicationConnections,
+}
+
+pub const ALL_FAULTS: [FaultKind; 5] = [
+    FaultKind::KillRestartProcess,
+    FaultKind::KillRestartHostOnNewPort,
+    FaultKind::KillQemu,
+    FaultKind::StopProcess,
+    FaultKind::CutReplicationConnections,
+];
+
+/// What a fault hit, for the invariants.
+#[derive(Debug, Clone, Default)]
+pub struct FaultEffect {
+    pub target: String,
+    /// Items whose change tracking the fault destroyed (a resync is expected for them).
+    pub tracking_lost: Vec<String>,
+}
+
+/// Inject `kind` on the process, host or VM chosen by `pick`, hold it `hold`, end it.
+pub async fn inject(
+    lab: &LabUnderTest,
+    kind: FaultKind,
+    pick: usize,
+    hold: Duration,
+    items: &[Value],
+) -> Result<FaultEffect> {
+    let procs = lab.processes();
+    let hosts: Vec<String> = procs.iter().filter_map(|p| p.strip_prefix("host-").map(str::to_string)).collect();
+    let choose = |v: &[String]| v.get(pick % v.len().max(1)).cloned().ok_or_else(|| anyhow!("nothing to hit"));
+    match kind {
+        FaultKind::KillRestartProcess => {
+            let name = choose(&procs)?;
+            let argv = lab.kill(&name)?;
+            tokio::time::sleep(hold).await;
+            lab.restart(&name, &argv)?;
+            Ok(FaultEffect { target: name, ..Default::default() })
+        }
+        FaultKind::KillRestartHostOnNewPort => {
+            let host = choose(&hosts)?;
+            let name = format!("host-{host}");
+            let argv = lab.kill(&name)?;
+            let port = lab.move_replication_port(&host)?;
+            tokio::time::sleep(hold).await;
+            lab.restart(&name, &argv)?;
+            Ok(FaultEffect { target: format!("{name} (now on port {port})"), ..Default::default() })
+        }
+        FaultKind::KillQemu => {
+            // A protected VM on its source host.
+            let running: Vec<&Value> = items.iter().filter(|i| i["state"] == "Protected").collect();
+            let it = running.get(pick % running.len().max(1)).ok_or_else(|| anyhow!("no protected VM"))?;
+            let (host, vm) = (
+                it["source"]["host_name"].as_str().unwrap_or_default().to_string(),
+                it["name"].as_str().unwrap_or_default().to_string(),
+            );
+            let site = it["source"]["fabric"].as_str().unwrap_or_default().to_string();
+            let pid = lab.qemu_pid(&host, &vm).ok_or_else(|| anyhow!("{vm} does not run on {host}"))?;
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            super::lab_control::wait_gone(pid, Duration::from_secs(10));
+            tokio::time::sleep(hold).await;
+            let path = lab.v(&format!("/replicationFabrics/{site}/hosts/{host}/vmActions"));
+            let j: Value = lab.client.post(&path, &json!({"action": "start", "vm": vm})).await?;
+            super::ops::wait_job(lab, &j, false, Duration::from_secs(120)).await?;
+            Ok(FaultEffect {
+                target: format!("QEMU of {vm} on {host}"),
+                tracking_lost: vec![it["id"].as_str().unwrap_or_default().to_string()],
+            })
+        }
+        FaultKind::StopProcess => {
+            let name = choose(&procs)?;
+            let pid = lab.pid(&name)?;
+            signal(pid, nix::sys::signal::Signal::SIGSTOP);
+            tokio::time::sleep(hold).await;
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+            Ok(FaultEffect { target: format!("{name} stopped {} s", hold.as_secs()), ..Default::default() })
+        }
+        FaultKind::CutReplicationConnections => {
+            // A host that receives replication now.
+            let mut receivers: Vec<String> =
+                items.iter().filter_map(|i| i["target"]["host_name"].as_str().map(str::to_string)).collect();
+            receivers.sort();
+            receivers.dedup();
+            let host = choose(if receivers.is_empty() { &hosts } else { &receivers })?;
+            let port = lab.replication_port(&host).ok_or_else(|| anyhow!("{host} has no fixed replication port"))?;
+            let mut cut = 0;
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < hold {
+                let out = std::process::Command::new("ss")
+                    .args(["-K", "-t", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
+                    .output()?;
+                cut += String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .skip(1)
+                    .filter(|l| l.contains(&format!(":{port}")))
+                    .count();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(FaultEffect { target: format!("connections to {host}:{port} ({cut} cut)"), ..Default::default() })
+        }
+    }
+}

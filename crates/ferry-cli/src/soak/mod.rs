@@ -1,0 +1,593 @@
+//! `ferry soak`: random operations and faults against a running lab, with invariants checked
+//! throughout (see [`invariants`]).
+//!
+//! The soak starts a lab of two sites × two hosts on its own directory (the three demo VMs on
+//! ny1, three more on ny3, all running the record workload and protected to Chicago under the
+//! lab's policy at its real copy frequency), then draws a schedule from `--seed`: each step is an
+//! operation on a protected item ([`ops`]) or a fault ([`faults`]); faults run beside the
+//! operations. The same seed draws the same schedule; what each step meets depends on timing
+//! (an operation the item does not allow at that moment goes to the next item or kind that
+//! fits, in a fixed order). At the end it stops the lab and checks nothing is left, prints a
+//! summary and writes `soak-report.json`; the exit code is 1 on any violation.
+
+pub mod faults;
+pub mod invariants;
+pub mod lab_control;
+pub mod ops;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use clap::Args;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use faults::{FaultKind, ALL_FAULTS};
+use lab_control::LabUnderTest;
+use ops::ALL_OPS;
+
+#[derive(Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// Seed of the schedule (the same seed draws the same steps).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long to run, e.g. `600` (seconds), `10m`, `2h`.
+    #[arg(long, default_value = "10m")]
+    pub duration: String,
+    /// At most this many steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Lab directory (created; removed at the end unless `--keep`).
+    #[arg(long, default_value = "soak-data")]
+    pub dir: PathBuf,
+    /// Keep the lab directory (logs, replicas) after the soak.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where the JSON report goes (default: `<dir>/../soak-report.json`).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Also run one outage of a replica host longer than the stall threshold (its items must
+    /// turn Critical); on by default for soaks of 8 minutes or more.
+    #[arg(long)]
+    pub long_outage: Option<bool>,
+}
+
+/// One line of the operation log.
+#[derive(Debug, Clone, serde::Serialize)]
+struct LogLine {
+    at: String,
+    step: usize,
+    what: String,
+    result: String,
+}
+
+#[derive(Default)]
+struct State {
+    log: Vec<LogLine>,
+    violations: Vec<Value>,
+    ops: BTreeMap<String, u64>,
+    op_errors: BTreeMap<String, u64>,
+    faults: BTreeMap<String, u64>,
+    checks: BTreeMap<&'static str, u64>,
+    recoveries: Vec<Duration>,
+    /// Items an operation holds now (they are not expected to make points meanwhile).
+    busy: HashSet<String>,
+    /// Items whose change tracking a fault destroyed.
+    resync_allowed: HashSet<String>,
+}
+
+struct Soak {
+    lab: LabUnderTest,
+    state: Mutex<State>,
+    started: Instant,
+}
+
+impl Soak {
+    fn note(&self, step: usize, what: &str, result: &str) {
+        let line = LogLine { at: Utc::now().to_rfc3339(), step, what: what.into(), result: result.into() };
+        eprintln!("[{:>5.0}s] #{step:<3} {what}: {result}", self.started.elapsed().as_secs_f64());
+        if let Ok(mut s) = self.state.lock() {
+            s.log.push(line);
+        }
+    }
+
+    fn violation(&self, step: usize, invariant: u8, message: String) {
+        eprintln!("VIOLATION of invariant {invariant} at step {step}: {message}");
+        if let Ok(mut s) = self.state.lock() {
+            let around: Vec<LogLine> = s.log.iter().rev().take(8).rev().cloned().collect();
+            s.violations.push(json!({"invariant": invariant, "step": step, "message": message, "log": around}));
+        }
+    }
+
+    fn checked(&self, what: &'static str) {
+        if let Ok(mut s) = self.state.lock() {
+            *s.checks.entry(what).or_default() += 1;
+        }
+    }
+}
+
+/// Parse `600`, `90s`, `10m`, `2h`.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration like 600, 10m or 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("{s:?} is not a duration like 600, 10m or 2h"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// A drawn step: an operation (kind, item, variant) or a fault (kind, target, hold).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Op { kind: usize, item: usize, flip: bool },
+    Fault { kind: usize, pick: usize, hold_ms: u64 },
+}
+
+fn schedule(seed: u64, n: usize) -> Vec<Step> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            if rng.gen_bool(0.55) {
+                Step::Op { kind: rng.gen_range(0..ALL_OPS.len()), item: rng.gen_range(0..64), flip: rng.gen_bool(0.5) }
+            } else {
+                Step::Fault {
+                    kind: rng.gen_range(0..ALL_FAULTS.len()),
+                    pick: rng.gen_range(0..64),
+                    hold_ms: rng.gen_range(1000..15000),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The copy frequency of the lab's policy, and the recovery window of invariant 1.
+const COPY_FREQUENCY: Duration = Duration::from_secs(30);
+
+fn recovery_window() -> Duration {
+    (COPY_FREQUENCY * 2).max(Duration::from_secs(60))
+}
+
+pub async fn run(args: SoakArgs) -> Result<()> {
+    let duration = parse_duration(&args.duration)?;
+    let dir = std::path::absolute(&args.dir)?;
+    if dir.join("pids").exists() {
+        bail!("{} holds a running lab; stop it first (ferry lab --down --dir …)", dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let report_path = args.report.clone().unwrap_or_else(|| dir.with_extension("report.json"));
+    eprintln!("soak: seed {}, {} s, lab in {}", args.seed, duration.as_secs(), dir.display());
+    let lab = LabUnderTest::start(&dir, &["--retention-interval-secs".into(), "120".into()]).await?;
+    let soak = Arc::new(Soak { lab, state: Mutex::default(), started: Instant::now() });
+    let outcome = drive(&soak, &args, duration).await;
+    if let Err(e) = &outcome {
+        soak.violation(0, 0, format!("the soak could not go on: {e:#}"));
+    }
+    // The end: every point of every item, then stop everything and look for leftovers.
+    final_checks(&soak).await;
+    if let Err(e) = soak.lab.down() {
+        soak.violation(0, 6, format!("stopping the lab failed: {e:#}"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for l in invariants::leftovers(&dir, "sk") {
+        soak.violation(0, 6, l);
+    }
+    soak.checked("6 nothing left after the lab stopped");
+    let report = summary(&soak, &args, duration);
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)?;
+    eprintln!("report: {}", report_path.display());
+    if !args.keep && report["violations"].as_array().is_some_and(|v| v.is_empty()) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if report["violations"].as_array().is_some_and(|v| !v.is_empty()) {
+        bail!(
+            "{} invariant violation(s); see {}",
+            report["violations"].as_array().map_or(0, Vec::len),
+            report_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Three more VMs on ny3 (the demo VMs run on ny1), protected; wait for all six.
+async fn setup(soak: &Soak) -> Result<()> {
+    let lab = &soak.lab;
+    let guest = crate::lab::test_guest_dir();
+    let path = lab.v("/replicationFabrics/VMM-NewYork/hosts/ny3/vmActions");
+    let store = lab.dir.join("storage").join("ny3").join("gold");
+    for (i, name) in ["soak1", "soak2", "soak3"].iter().enumerate() {
+        let def = json!({
+            "name": name, "vcpus": 1, "memory_mib": 256, "guest_agent": true,
+            "disks": [
+                {"target": "vda", "path": store.join(format!("{name}-vda.qcow2")), "format": "qcow2", "create_size": 16u64 << 20},
+                {"target": "vdb", "path": store.join(format!("{name}-vdb.qcow2")), "format": "qcow2", "create_size": 32u64 << 20}
+            ],
+            "nics": [{"vm_network": "VMNetwork1-NewYork", "subnet": "Subnet1", "ip": format!("10.11.0.{}", 60 + i)}],
+            "kernel_boot": {"kernel": guest.join("vmlinuz"), "initrd": guest.join("initrd.img"),
+                "append": "console=ttyS0 quiet panic=-1 ferry.workload=records ferry.disk=/dev/vdb ferry.interval_ms=1000 ferry.count=1000000"}
+        });
+        for action in [json!({"action": "create", "definition": def}), json!({"action": "start", "vm": name})] {
+            let j: Value = lab.client.post(&path, &action).await?;
+            ops::wait_job(lab, &j, false, Duration::from_secs(120)).await?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p: Value = lab.client.get(&lab.v("/replicationFabrics/VMM-NewYork/protectableItems?limit=1000")).await?;
+        let n = p["items"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("soak"))).count());
+        if n == 3 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the soak's VMs did not reach the vault's inventory");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _: Value = lab
+        .client
+        .post(
+            &lab.v("/replicationProtectedItems"),
+            &json!({"source_site": "VMM-NewYork", "vms": ["soak1", "soak2", "soak3"]}),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let all = ops::items(lab).await?;
+        if all.len() == 6 && all.iter().all(|i| i["state"] == "Protected") {
+            soak.note(0, "setup", "6 VMs protected, New York → Chicago (2 × 2 hosts)");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the six VMs were not protected within 10 min: {:?}",
+                all.iter().map(|i| (&i["name"], &i["state"])).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn drive(soak: &Arc<Soak>, args: &SoakArgs, duration: Duration) -> Result<()> {
+    setup(soak).await?;
+    let start = Instant::now();
+    let steps = schedule(args.seed, args.steps.unwrap_or(100_000));
+    let long_outage = args.long_outage.unwrap_or(duration >= Duration::from_secs(480));
+    let mut outage_done = !long_outage;
+    let mut fault_task: Option<tokio::task::JoinHandle<()>> = None;
+    for (n, step) in steps.into_iter().enumerate() {
+        let n = n + 1;
+        if start.elapsed() >= duration {
+            break;
+        }
+        // The long outage halfway through, alone.
+        if !outage_done && start.elapsed() >= duration / 2 {
+            if let Some(t) = fault_task.take() {
+                let _ = t.await;
+            }
+            long_replica_outage(soak, n).await;
+            outage_done = true;
+            continue;
+        }
+        match step {
+            Step::Op { kind, item, flip } => run_op(soak, n, kind, item, flip).await,
+            Step::Fault { kind, pick, hold_ms } => {
+                if fault_task.as_ref().is_some_and(|t| !t.is_finished()) {
+                    continue;
+                }
+                let soak = soak.clone();
+                fault_task = Some(tokio::spawn(async move {
+                    run_fault(&soak, n, ALL_FAULTS[kind], pick, Duration::from_millis(hold_ms)).await;
+                }));
+                // Let the fault start before the next operation overlaps it.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    if let Some(t) = fault_task.take() {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Pick an item and an operation that fits it now (the drawn ones first, then in order).
+async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
+    let all = match ops::items(&soak.lab).await {
+        Ok(a) => a,
+        Err(e) => return soak.note(n, "list items", &format!("failed: {e:#}")),
+    };
+    let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+    let mut sorted: Vec<&Value> = all.iter().filter(|i| !busy.contains(i["id"].as_str().unwrap_or(""))).collect();
+    sorted.sort_by_key(|i| i["name"].as_str().unwrap_or("").to_string());
+    if sorted.is_empty() {
+        return;
+    }
+    let mut chosen = None;
+    'find: for k in 0..ALL_OPS.len() {
+        let op = ALL_OPS[(kind + k) % ALL_OPS.len()];
+        for j in 0..sorted.len() {
+            let it = sorted[(item + j) % sorted.len()];
+            let allowed: Vec<String> = it["allowed_operations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_str().map(str::to_string))
+                .collect();
+            if it["state"] == "Protected" && op.fits(&allowed, it["direction"] == "Reverse") {
+                chosen = Some((op, (*it).clone()));
+                break 'find;
+            }
+        }
+    }
+    let Some((op, it)) = chosen else { return soak.note(n, "operation", "none allowed now") };
+    let id = it["id"].as_str().unwrap_or_default().to_string();
+    let name = it["name"].as_str().unwrap_or_default().to_string();
+    let what = format!("{op:?} on {name}");
+    if let Ok(mut s) = soak.state.lock() {
+        s.busy.insert(id.clone());
+        *s.ops.entry(format!("{op:?}")).or_default() += 1;
+    }
+    let t0 = Instant::now();
+    let result = ops::run(&soak.lab, op, &it, flip).await;
+    match &result {
+        Ok(out) => {
+            soak.note(n, &what, &format!("done in {:.0} s", t0.elapsed().as_secs_f64()));
+            for _ in 0..out.planned_checked {
+                soak.checked("3 planned failover loses no record");
+            }
+            for v in &out.lost_records {
+                soak.violation(n, 3, v.clone());
+            }
+        }
+        Err(e) => {
+            soak.note(n, &what, &format!("failed: {e:#}"));
+            if let Ok(mut s) = soak.state.lock() {
+                *s.op_errors.entry(format!("{op:?}")).or_default() += 1;
+            }
+        }
+    }
+    // The item replicates again: its newest point is a clean prefix (invariant 2).
+    if let Ok(it) = ops::item(&soak.lab, &id).await {
+        let target = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
+        soak.checked("2 newest point is a clean prefix");
+        if let Some(v) = invariants::clean_prefixes(&soak.lab, &target, &id, &name, true).await {
+            soak.violation(n, 2, v);
+        }
+    }
+    if let Ok(mut s) = soak.state.lock() {
+        s.busy.remove(&id);
+    }
+}
+
+/// Inject one fault; when it ends, every item that should replicate must make a point within
+/// the recovery window (invariant 1).
+async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Duration) {
+    let items = ops::items(&soak.lab).await.unwrap_or_default();
+    let effect = faults::inject(&soak.lab, kind, pick, hold, &items).await;
+    let ended = Utc::now();
+    let ended_at = Instant::now();
+    let effect = match effect {
+        Ok(e) => e,
+        Err(e) => return soak.note(n, &format!("fault {kind:?}"), &format!("not injected: {e:#}")),
+    };
+    soak.note(n, &format!("fault {kind:?}"), &format!("{} for {:.0} s, ended", effect.target, hold.as_secs_f64()));
+    if let Ok(mut s) = soak.state.lock() {
+        *s.faults.entry(format!("{kind:?}")).or_default() += 1;
+        s.resync_allowed.extend(effect.tracking_lost.iter().cloned());
+    }
+    expect_recovery(soak, n, ended, ended_at, &format!("{kind:?}")).await;
+}
+
+/// Invariant 1: every Protected item not held by an operation has a point captured after
+/// `ended` within the recovery window.
+async fn expect_recovery(soak: &Soak, n: usize, ended: chrono::DateTime<Utc>, ended_at: Instant, what: &str) {
+    let window = recovery_window();
+    let items = ops::items(&soak.lab).await.unwrap_or_default();
+    let mut pending: Vec<(String, String, String)> = items
+        .iter()
+        .filter(|i| i["state"] == "Protected")
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap_or_default().to_string(),
+                i["name"].as_str().unwrap_or_default().to_string(),
+                i["target"]["host_name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    while !pending.is_empty() {
+        let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+        let mut still = Vec::new();
+        for (id, name, host) in pending {
+            if busy.contains(&id) {
+                continue;
+            }
+            if invariants::points(&soak.lab, &host, &id).await.iter().any(|p| p.1 > ended) {
+                soak.checked("1 a new point after each fault");
+                if let Ok(mut s) = soak.state.lock() {
+                    s.recoveries.push(ended_at.elapsed());
+                }
+            } else {
+                still.push((id, name, host));
+            }
+        }
+        pending = still;
+        if !pending.is_empty() && ended_at.elapsed() > window {
+            for (id, name, host) in &pending {
+                // An item an operation took meanwhile, or that left Protected, is excused.
+                let it = ops::item(&soak.lab, id).await.unwrap_or(Value::Null);
+                if it["state"] != "Protected" || busy.contains(id) {
+                    continue;
+                }
+                soak.checked("1 a new point after each fault");
+                soak.violation(
+                    n,
+                    1,
+                    format!(
+                        "{name} has no new point on {host} {} s after fault {what} ended (health {}: {})",
+                        window.as_secs(),
+                        it["health"],
+                        it["health_reasons"]
+                    ),
+                );
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A replica host down longer than the stall threshold: its items turn Critical with the
+/// cause (invariant 4), and recover when it is back.
+async fn long_replica_outage(soak: &Soak, n: usize) {
+    let host = "chi1";
+    let name = format!("host-{host}");
+    let argv = match soak.lab.kill(&name) {
+        Ok(a) => a,
+        Err(e) => return soak.note(n, "fault LongReplicaOutage", &format!("not injected: {e:#}")),
+    };
+    if let Ok(mut s) = soak.state.lock() {
+        *s.faults.entry("LongReplicaOutage".into()).or_default() += 1;
+    }
+    soak.note(n, "fault LongReplicaOutage", &format!("{name} killed for 150 s"));
+    let threshold = Duration::from_secs(ferry_core::health::stall_after(COPY_FREQUENCY.as_secs()).num_seconds() as u64);
+    tokio::time::sleep(threshold + Duration::from_secs(30)).await;
+    let items = ops::items(&soak.lab).await.unwrap_or_default();
+    let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+    for it in items.iter().filter(|i| i["target"]["host_name"] == host && i["state"] == "Protected") {
+        if busy.contains(it["id"].as_str().unwrap_or("")) {
+            continue;
+        }
+        soak.checked("4 Critical while an item cannot replicate");
+        if it["health"] != "Critical" || !invariants::stalled(it) {
+            soak.violation(
+                n,
+                4,
+                format!(
+                    "{} cannot replicate to {host} for {} s but is {} ({})",
+                    it["name"],
+                    threshold.as_secs() + 30,
+                    it["health"],
+                    it["health_reasons"]
+                ),
+            );
+        }
+    }
+    if let Err(e) = soak.lab.restart(&name, &argv) {
+        return soak.violation(n, 0, format!("cannot start {name} again: {e:#}"));
+    }
+    let ended = Utc::now();
+    let ended_at = Instant::now();
+    soak.note(n, "fault LongReplicaOutage", "ended");
+    expect_recovery(soak, n, ended, ended_at, "LongReplicaOutage").await;
+    // One copy frequency after the items recovered, their health follows (invariant 4).
+    tokio::time::sleep(COPY_FREQUENCY).await;
+    for it in ops::items(&soak.lab)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|i| i["target"]["host_name"] == host && i["state"] == "Protected")
+    {
+        soak.checked("4 not Critical once an item replicates again");
+        if invariants::stalled(it) {
+            soak.violation(
+                n,
+                4,
+                format!("{} replicates again but still shows a stall: {}", it["name"], it["health_reasons"]),
+            );
+        }
+    }
+}
+
+/// Invariant 2 on every point of every item, at the end.
+async fn final_checks(soak: &Soak) {
+    for it in ops::items(&soak.lab).await.unwrap_or_default() {
+        let (id, name) = (it["id"].as_str().unwrap_or_default(), it["name"].as_str().unwrap_or_default());
+        let host = it["target"]["host_name"].as_str().unwrap_or_default();
+        soak.checked("2 every point is a clean prefix");
+        if let Some(v) = invariants::clean_prefixes(&soak.lab, host, id, name, false).await {
+            soak.violation(0, 2, v);
+        }
+        let allowed = soak.state.lock().map(|s| s.resync_allowed.contains(id)).unwrap_or(false);
+        let log = std::fs::read_to_string(
+            soak.lab.dir.join("logs").join(format!("host-{}.log", it["source"]["host_name"].as_str().unwrap_or(""))),
+        )
+        .unwrap_or_default();
+        soak.checked("1 no resync unless tracking was lost");
+        if !allowed && log.lines().any(|l| l.contains("change tracking lost; resynchronizing") && l.contains(id)) {
+            soak.violation(0, 1, format!("{name} resynchronized although its tracking was never lost"));
+        }
+    }
+}
+
+fn summary(soak: &Soak, args: &SoakArgs, duration: Duration) -> Value {
+    let s = soak.state.lock().map(|s| {
+        let mut r = s.recoveries.clone();
+        r.sort();
+        let q = |x: f64| r.get(((r.len() as f64 - 1.0) * x).round() as usize).map(|d| d.as_secs_f64());
+        json!({
+            "seed": args.seed,
+            "duration_secs": duration.as_secs(),
+            "ran_secs": soak.started.elapsed().as_secs(),
+            "operations": s.ops, "operation_errors": s.op_errors, "faults": s.faults,
+            "invariant_checks": s.checks,
+            "recovery_secs": {"count": r.len(), "p50": q(0.5), "p99": q(0.99), "max": r.last().map(|d| d.as_secs_f64())},
+            "violations": s.violations,
+            "log": s.log,
+        })
+    });
+    let report = s.unwrap_or(Value::Null);
+    println!("Soak seed {} ran {} s", args.seed, report["ran_secs"]);
+    let table = |title: &str, v: &Value| {
+        println!("{title}");
+        for (k, n) in v.as_object().into_iter().flatten() {
+            println!("  {k:<45} {n}");
+        }
+    };
+    table("Operations", &report["operations"]);
+    table("Operations that failed", &report["operation_errors"]);
+    table("Faults", &report["faults"]);
+    table("Invariant checks", &report["invariant_checks"]);
+    let r = &report["recovery_secs"];
+    println!(
+        "Time from a fault's end to the next point: p50 {} s, p99 {} s, max {} s ({} measured)",
+        r["p50"], r["p99"], r["max"], r["count"]
+    );
+    println!("Violations: {}", report["violations"].as_array().map_or(0, Vec::len));
+    for v in report["violations"].as_array().into_iter().flatten() {
+        println!("  invariant {} at step {}: {}", v["invariant"], v["step"], v["message"].as_str().unwrap_or(""));
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_draws_the_same_schedule() {
+        let a: Vec<String> = schedule(7, 50).iter().map(|s| format!("{s:?}")).collect();
+        let b: Vec<String> = schedule(7, 50).iter().map(|s| format!("{s:?}")).collect();
+        let c: Vec<String> = schedule(8, 50).iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().any(|s| s.starts_with("Op")) && a.iter().any(|s| s.starts_with("Fault")));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("600").ok(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("10m").ok(), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h").ok(), Some(Duration::from_secs(7200)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
