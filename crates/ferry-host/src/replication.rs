@@ -137,7 +137,7 @@ impl ReplicationService {
             Err(_) => Persisted::default(),
         };
         for r in &persisted.replicas {
-            allowlist.allow_pair(&r.source_host_cn, &r.item.to_string());
+            allowlist.allow_replica(&r.source_host_cn, &r.item.to_string(), &r.item.to_string());
         }
         let cfg = ReceiverConfig::new(listen, identity.server_config()?, allowlist.clone(), root.clone());
         let receiver = Receiver::start(cfg).await?;
@@ -274,7 +274,7 @@ impl ReplicationService {
             latest: Some(latest.time),
             location: kept_location.clone(),
         });
-        self.allowlist.allow_pair(&spec.source_host_cn, &item);
+        self.allowlist.allow_replica(&spec.source_host_cn, &item, &item);
         let mut p = self.persisted.lock().await;
         p.replicas.retain(|r| r.item != spec.item);
         p.replicas.push(spec);
@@ -929,7 +929,7 @@ impl ReplicationService {
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(&final_dir, &link)?;
         }
-        self.allowlist.allow_pair(&spec.source_host_cn, &item);
+        self.allowlist.allow_replica(&spec.source_host_cn, &item, &item);
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != spec.item);
         p.replicas.retain(|r| r.item != spec.item);

@@ -299,6 +299,14 @@ impl Shared {
         if !self.cfg.allowlist.permits(cn, &pair_id) {
             return Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised for pair {pair_id}")));
         }
+        // SEC-1: the replica this session opens, writes and reads (hashes) must be one the peer
+        // is granted, not any VM id it names under a pair it holds.
+        if !self.cfg.allowlist.permits_replica(cn, &pair_id, &vm_id) {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                format!("Host {cn} is not authorised for replica {vm_id} of pair {pair_id}"),
+            ));
+        }
         write_msg(
             wr,
             &Message::Hello { version: PROTOCOL_VERSION, vm_id: vm_id.clone(), pair_id: pair_id.clone(), direction },

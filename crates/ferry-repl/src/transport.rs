@@ -51,11 +51,17 @@ impl TlsIdentity {
     }
 }
 
-/// Which peers (by certificate CN) may replicate which pairs into this host.
+/// Which peers (by certificate CN) may replicate which replicas into this host. A grant is for
+/// one replica (a pair and the VM id that names its folder), for every VM of a pair, or for
+/// everything (benchmarks). The receiver checks the (peer, pair, VM) of a session's Hello before
+/// it opens the replica, so a peer granted one item can neither write nor read another's.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
-    inner: Arc<Mutex<HashMap<String, Option<HashSet<String>>>>>,
+    inner: Arc<Mutex<HashMap<String, Option<HashSet<Grant>>>>>,
 }
+
+/// (pair, VM): `None` for every VM of the pair.
+type Grant = (String, Option<String>);
 
 impl Allowlist {
     /// An empty allowlist (refuses everyone).
@@ -68,13 +74,22 @@ impl Allowlist {
         self.lock().insert(cn.to_string(), None);
     }
 
-    /// Allow `cn` for `pair_id` (adds to earlier grants).
-    pub fn allow_pair(&self, cn: &str, pair_id: &str) {
+    fn grant(&self, cn: &str, g: Grant) {
         let mut m = self.lock();
         let e = m.entry(cn.to_string()).or_insert_with(|| Some(HashSet::new()));
         if let Some(set) = e {
-            set.insert(pair_id.to_string());
+            set.insert(g);
         }
+    }
+
+    /// Allow `cn` for every VM of `pair_id` (adds to earlier grants).
+    pub fn allow_pair(&self, cn: &str, pair_id: &str) {
+        self.grant(cn, (pair_id.to_string(), None));
+    }
+
+    /// Allow `cn` for the replica `vm_id` of `pair_id` only (adds to earlier grants).
+    pub fn allow_replica(&self, cn: &str, pair_id: &str, vm_id: &str) {
+        self.grant(cn, (pair_id.to_string(), Some(vm_id.to_string())));
     }
 
     /// Remove every grant of `cn`.
@@ -82,19 +97,19 @@ impl Allowlist {
         self.lock().remove(cn);
     }
 
-    /// Remove the grant of `pair_id` to `cn` only; its other pairs stay allowed. A peer left
-    /// with no pair is forgotten.
+    /// Remove the grants of `pair_id` to `cn` only; its other pairs stay allowed. A peer left
+    /// with no grant is forgotten.
     pub fn revoke_pair(&self, cn: &str, pair_id: &str) {
         let mut m = self.lock();
         if let Some(Some(set)) = m.get_mut(cn) {
-            set.remove(pair_id);
+            set.retain(|(p, _)| p != pair_id);
             if set.is_empty() {
                 m.remove(cn);
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<HashSet<String>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<HashSet<Grant>>>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -103,11 +118,20 @@ impl Allowlist {
         self.lock().contains_key(cn)
     }
 
-    /// May `cn` replicate `pair_id`?
+    /// May `cn` replicate anything of `pair_id`?
     pub fn permits(&self, cn: &str, pair_id: &str) -> bool {
         match self.lock().get(cn) {
             Some(None) => true,
-            Some(Some(set)) => set.contains(pair_id),
+            Some(Some(set)) => set.iter().any(|(p, _)| p == pair_id),
+            None => false,
+        }
+    }
+
+    /// May `cn` write and read replica `vm_id` of `pair_id`?
+    pub fn permits_replica(&self, cn: &str, pair_id: &str, vm_id: &str) -> bool {
+        match self.lock().get(cn) {
+            Some(None) => true,
+            Some(Some(set)) => set.iter().any(|(p, v)| p == pair_id && v.as_deref().is_none_or(|v| v == vm_id)),
             None => false,
         }
     }
@@ -316,6 +340,19 @@ mod tests {
         assert!(!a.knows("host-ny1"), "a peer with no pair left is forgotten");
         a.revoke_pair("host-unknown", "x");
         assert!(a.permits("host-ny2", "app1"));
+    }
+
+    #[test]
+    fn sec_1_a_grant_for_one_replica_opens_no_other() {
+        let a = Allowlist::new();
+        a.allow_replica("host-ny1", "web1", "web1");
+        assert!(a.permits_replica("host-ny1", "web1", "web1"));
+        assert!(!a.permits_replica("host-ny1", "web1", "db1"), "another item's replica through web1's grant");
+        assert!(!a.permits_replica("host-ny1", "db1", "db1"));
+        a.allow_pair("host-ny2", "p");
+        assert!(a.permits_replica("host-ny2", "p", "any-vm-of-p"));
+        a.allow_any_pair("host-bench");
+        assert!(a.permits_replica("host-bench", "x", "y"));
     }
 
     #[test]

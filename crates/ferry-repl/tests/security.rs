@@ -181,3 +181,30 @@ async fn sec_3_malformed_and_oversized_frames_rejected() {
     let rep = rx.store().vm("vm-sec").await.expect("vm");
     assert!(rep.recovery_points().expect("points").is_empty(), "bad input changed nothing");
 }
+
+/// A host granted one protected item cannot open another item's replica on the same target
+/// host by naming it under its own grant: not to write cycles into it, not to read its block
+/// hashes (SEC-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_1_a_peer_granted_one_item_cannot_open_another_items_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let allow = Allowlist::new();
+    allow.allow_replica(PRIMARY_CN, "item-a", "item-a");
+    let other_source = "host-fab1-ny2";
+    allow.allow_replica(other_source, "item-b", "item-b");
+    let rx = rx_with(dir.path(), &pki, allow).await;
+    let t = Duration::from_secs(5);
+    // Its own replica: accepted.
+    Session::open(&peer(rx.local_addr(), &pki.primary, "item-a", "item-a"), t).await.expect("own replica");
+    // item-b's replica through item-a's grant: refused at Hello, before the replica is opened.
+    let e =
+        Session::open(&peer(rx.local_addr(), &pki.primary, "item-a", "item-b"), t).await.err().expect("other replica");
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    assert!(e.to_string().contains("replica item-b"), "{e}");
+    // And directly under item-b's pair, which it was never granted.
+    let e = Session::open(&peer(rx.local_addr(), &pki.primary, "item-b", "item-b"), t).await.err().expect("other pair");
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    let vms = rx.store().vms().expect("vms");
+    assert!(!vms.iter().any(|v| v == "item-b"), "nothing was created for item-b: {vms:?}");
+}
