@@ -57,6 +57,10 @@ pub enum ApiCmd {
     KeyIssue {
         #[arg(long)]
         out: Option<PathBuf>,
+        /// FAB-8: a key that adds another instance of this registered site's manager (without
+        /// it, the key registers a new site only).
+        #[arg(long)]
+        site: Option<String>,
     },
     KeyList,
     KeyRevoke {
@@ -759,8 +763,12 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             let goal = json!({"replicate_to": "RecoverySite", "hypervisor": "Kvm", "managed_by_site_manager": true, "second_site_manager": !single_site});
             print(out, &c.put(&ctx.v("/protectionGoal"), &goal).await?, &[]);
         }
-        ApiCmd::KeyIssue { out: file } => {
-            let k: Value = c.post(&ctx.v("/registrationKeys"), &json!(null)).await?;
+        ApiCmd::KeyIssue { out: file, site } => {
+            let body = match site {
+                Some(s) => json!({"site": s}),
+                None => json!({}),
+            };
+            let k: Value = c.post(&ctx.v("/registrationKeys"), &body).await?;
             let text = k["file"].as_str().unwrap_or_default();
             match file {
                 Some(p) => {

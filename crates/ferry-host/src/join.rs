@@ -44,6 +44,9 @@ pub async fn join_or_load(cfg: &HostConfig, data: &Path, api_addr: SocketAddr) -
     let resp: HostJoinResponse = client.post("/v1/join", &req).await?;
     let tls = ferry_pki::TlsFiles::save(&tls_dir, &resp.ca_pem, &resp.certificate_pem, &key_pem)?;
     let saved = Saved { host_id: resp.host_id.clone(), host_token: resp.host_token.clone() };
-    std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved).map_err(|e| HostError::Join(e.to_string()))?)?;
+    ferry_pki::write_private_file(
+        &saved_path,
+        &serde_json::to_vec_pretty(&saved).map_err(|e| HostError::Join(e.to_string()))?,
+    )?;
     Ok(Identity { host_id: resp.host_id, host_token: resp.host_token, tls })
 }

@@ -92,7 +92,8 @@ pub fn qemu_version() -> String {
 }
 
 pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError> {
-    std::fs::create_dir_all(data)?;
+    // Its token, key, replicas and VM state are the owner's only.
+    ferry_pki::ensure_private_dir(data)?;
     let std_listener = std::net::TcpListener::bind(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
     let api_addr = std_listener.local_addr()?;

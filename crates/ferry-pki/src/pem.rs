@@ -79,7 +79,73 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     file.sync_all().ctx(ErrorKind::Io, err)
 }
 
+/// A role's data directory: created if missing and made private to its owner (mode 0700), so
+/// that its database, tokens, keys and replicas are out of other local users' reach whatever
+/// the modes of the files inside. Fails (and the role must not start) when that cannot be done.
+pub fn ensure_private_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).ctx(ErrorKind::Io, || format!("Cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .ctx(ErrorKind::Io, || format!("Cannot make {} private (mode 0700)", path.display()))?;
+        let mode =
+            fs::metadata(path).ctx(ErrorKind::Io, || format!("Cannot read {}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{} is open to other users (mode {:o}); refusing to use it", path.display(), mode & 0o777),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Write `contents` to `path` readable only by its owner (0600), atomically.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
+    let err = || format!("Cannot write {}", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&tmp).ctx(ErrorKind::Io, err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600)).ctx(ErrorKind::Io, err)?;
+    }
+    file.write_all(contents).ctx(ErrorKind::Io, err)?;
+    file.sync_all().ctx(ErrorKind::Io, err)?;
+    fs::rename(&tmp, path).ctx(ErrorKind::Io, err)
+}
+
 /// Reads a whole text file.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).ctx(ErrorKind::Io, || format!("Cannot read {}", path.display()))
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    #[test]
+    fn sec_3_data_directories_and_secret_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        fs::create_dir_all(&data).expect("mkdir");
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_private_dir(&data).expect("private");
+        assert_eq!(fs::metadata(&data).expect("meta").permissions().mode() & 0o777, 0o700);
+        let f = data.join("token");
+        fs::write(&f, "old").expect("write");
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private_file(&f, b"secret").expect("write");
+        assert_eq!(fs::metadata(&f).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&f).expect("read"), "secret");
+    }
 }

@@ -111,6 +111,7 @@ pub async fn enable_protection(
 
 pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Result<SiteHandle, SiteError> {
     let fabric = cfg.fabric()?;
+    ferry_pki::ensure_private_dir(data)?;
     let (reg, tls, vault) = vault_client(&cfg, data)?;
     let persisted: Persisted = read_json(&data.join("state.json"))?.unwrap_or_default();
     let join_token = match std::fs::read_to_string(data.join(JOIN_TOKEN_FILE)) {
@@ -119,7 +120,7 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
             use base64::Engine;
             let bytes: [u8; 24] = rand::random();
             let t = format!("fj_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
-            std::fs::write(data.join(JOIN_TOKEN_FILE), &t)?;
+            ferry_pki::write_private_file(&data.join(JOIN_TOKEN_FILE), t.as_bytes())?;
             t
         }
     };

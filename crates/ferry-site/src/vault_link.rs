@@ -124,7 +124,20 @@ pub async fn command_loop(site: Arc<Site>) {
                     started += 1;
                     let site = site.clone();
                     tokio::spawn(async move {
-                        let result = crate::commands::run_once(&site, &env).await;
+                        let result = if stale(&env, chrono::Utc::now()) {
+                            // Stale (the site was cut from the vault meanwhile): never run.
+                            tracing::warn!(command = %env.id, "a command arrived after its deadline; not run");
+                            ferry_types::site_protocol::CommandResult {
+                                ok: false,
+                                error: Some(ferry_types::ApiError::new(
+                                    "CommandExpired",
+                                    "The command arrived after its deadline and was not run",
+                                )),
+                                output: serde_json::Value::Null,
+                            }
+                        } else {
+                            crate::commands::run_once(&site, &env).await
+                        };
                         let path = format!("/api/v1/agent/commands/{}/result", env.id);
                         site.recorder.record(&path, &result);
                         if let Err(e) = site.vault.post::<_, serde_json::Value>(&path, &result).await {
@@ -144,5 +157,31 @@ pub async fn command_loop(site: Arc<Site>) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// A command that arrives after its deadline (the site was cut from the vault meanwhile, and
+/// its job no longer waits for it) is answered without being run.
+fn stale(env: &SiteCommandEnvelope, now: chrono::DateTime<chrono::Utc>) -> bool {
+    env.expires_at.is_some_and(|t| now > t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_1_a_command_past_its_deadline_is_not_run() {
+        let now = chrono::Utc::now();
+        let mut env = SiteCommandEnvelope {
+            id: uuid::Uuid::new_v4(),
+            command: ferry_types::site_protocol::SiteCommand::RemovePair { mapping: uuid::Uuid::new_v4() },
+            expires_at: Some(now - chrono::Duration::seconds(1)),
+        };
+        assert!(stale(&env, now));
+        env.expires_at = Some(now + chrono::Duration::minutes(5));
+        assert!(!stale(&env, now));
+        env.expires_at = None;
+        assert!(!stale(&env, now), "a vault that sets no deadline");
     }
 }

@@ -13,9 +13,11 @@ pub struct SiteCommandRow {
     pub job: Option<Uuid>,
     pub body: serde_json::Value,
     pub result: Option<serde_json::Value>,
+    /// When the command was queued (ms since the epoch).
+    pub created_ms: i64,
 }
 
-type Row = (String, String, Option<String>, String, Option<String>);
+type Row = (String, String, Option<String>, String, Option<String>, i64);
 
 fn decode(r: Row) -> Result<SiteCommandRow> {
     Ok(SiteCommandRow {
@@ -28,6 +30,7 @@ fn decode(r: Row) -> Result<SiteCommandRow> {
             .map(|x| serde_json::from_str(&x))
             .transpose()
             .map_err(|e| Error::corrupt("Decode site command result", e))?,
+        created_ms: r.5,
     })
 }
 
@@ -55,7 +58,7 @@ impl Store {
 
     /// Commands not yet answered for a site, oldest first.
     pub async fn pending_commands(&self, fabric: Uuid, limit: i64) -> Result<Vec<SiteCommandRow>> {
-        let rows: Vec<Row> = sqlx::query_as("SELECT id, fabric, job, body, result FROM site_commands WHERE fabric = $1 AND done_ms IS NULL ORDER BY seq LIMIT $2")
+        let rows: Vec<Row> = sqlx::query_as("SELECT id, fabric, job, body, result, created_ms FROM site_commands WHERE fabric = $1 AND done_ms IS NULL ORDER BY seq LIMIT $2")
             .bind(fabric.to_string())
             .bind(limit)
             .fetch_all(&self.pool)
@@ -79,12 +82,27 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
-    pub async fn get_command(&self, id: Uuid) -> Result<Option<SiteCommandRow>> {
-        let row: Option<Row> = sqlx::query_as("SELECT id, fabric, job, body, result FROM site_commands WHERE id = $1")
+    /// Withdraw a command nobody answered yet (its job gave up on it, or it is too old): it
+    /// is recorded as answered with `result` and no site fetches it any more. Returns whether it
+    /// was still pending.
+    pub async fn withdraw_command(&self, id: Uuid, result: &serde_json::Value) -> Result<bool> {
+        let res = sqlx::query("UPDATE site_commands SET done_ms = $1, result = $2 WHERE id = $3 AND done_ms IS NULL")
+            .bind(chrono::Utc::now().timestamp_millis())
+            .bind(result.to_string())
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .execute(&self.pool)
             .await
-            .map_err(|e| Error::query("Read site command", e))?;
+            .map_err(|e| Error::query("Withdraw site command", e))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    pub async fn get_command(&self, id: Uuid) -> Result<Option<SiteCommandRow>> {
+        let row: Option<Row> =
+            sqlx::query_as("SELECT id, fabric, job, body, result, created_ms FROM site_commands WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::query("Read site command", e))?;
         row.map(decode).transpose()
     }
 }

@@ -13,6 +13,8 @@ pub struct KeyRow {
     pub used_ms: Option<i64>,
     pub used_by_fabric: Option<Uuid>,
     pub revoked_ms: Option<i64>,
+    /// The site the key was issued for (it may add an instance of that site only).
+    pub for_fabric: Option<Uuid>,
 }
 
 /// Outcome of trying to consume a key.
@@ -25,7 +27,7 @@ pub enum KeyUse {
     AlreadyUsed,
 }
 
-type Row = (String, String, i64, Option<i64>, Option<String>, Option<i64>);
+type Row = (String, String, i64, Option<i64>, Option<String>, Option<i64>, Option<String>);
 
 fn decode(r: Row) -> KeyRow {
     KeyRow {
@@ -35,24 +37,35 @@ fn decode(r: Row) -> KeyRow {
         used_ms: r.3,
         used_by_fabric: r.4.and_then(|f| Uuid::parse_str(&f).ok()),
         revoked_ms: r.5,
+        for_fabric: r.6.and_then(|f| Uuid::parse_str(&f).ok()),
     }
 }
 
 impl Store {
-    pub async fn insert_key(&self, id: Uuid, vault: Uuid, secret_hash: &str, issued_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO registration_keys (id, vault, secret_hash, issued_ms) VALUES ($1, $2, $3, $4)")
-            .bind(id.to_string())
-            .bind(vault.to_string())
-            .bind(secret_hash)
-            .bind(issued_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::query("Insert registration key", e))?;
+    pub async fn insert_key(
+        &self,
+        id: Uuid,
+        vault: Uuid,
+        secret_hash: &str,
+        issued_ms: i64,
+        for_fabric: Option<Uuid>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO registration_keys (id, vault, secret_hash, issued_ms, for_fabric) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.to_string())
+        .bind(vault.to_string())
+        .bind(secret_hash)
+        .bind(issued_ms)
+        .bind(for_fabric.map(|f| f.to_string()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::query("Insert registration key", e))?;
         Ok(())
     }
 
     pub async fn list_keys(&self, vault: Uuid) -> Result<Vec<KeyRow>> {
-        let rows: Vec<Row> = sqlx::query_as("SELECT id, vault, issued_ms, used_ms, used_by_fabric, revoked_ms FROM registration_keys WHERE vault = $1 ORDER BY issued_ms")
+        let rows: Vec<Row> = sqlx::query_as("SELECT id, vault, issued_ms, used_ms, used_by_fabric, revoked_ms, for_fabric FROM registration_keys WHERE vault = $1 ORDER BY issued_ms")
             .bind(vault.to_string())
             .fetch_all(&self.pool)
             .await
@@ -71,6 +84,18 @@ impl Store {
         .await
         .map_err(|e| Error::query("Revoke registration key", e))?;
         Ok(res.rows_affected() > 0)
+    }
+
+    /// The site a key was issued for, if any (`None` also for an unknown key).
+    pub async fn key_site(&self, vault: Uuid, id: Uuid) -> Result<Option<Uuid>> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT for_fabric FROM registration_keys WHERE vault = $1 AND id = $2")
+                .bind(vault.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::query("Read registration key", e))?;
+        Ok(row.and_then(|r| r.0).and_then(|f| Uuid::parse_str(&f).ok()))
     }
 
     /// Consume a key inside the registration transaction: at most one registration wins.

@@ -258,6 +258,10 @@ pub struct HostReport {
 pub struct SiteCommandEnvelope {
     pub id: Uuid,
     pub command: SiteCommand,
+    /// After this time the command is stale: its job no longer waits for it, and a site that
+    /// receives it late (it was cut from the vault meanwhile) answers without running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -292,9 +292,23 @@ fn takes_target_points(state: ReplicationState) -> bool {
     state != ReplicationState::Committed
 }
 
-/// Apply the replication statuses a site reported.
-pub async fn apply_statuses(state: &AppState, vault: Uuid, statuses: &[ReplicationStatus]) {
+/// Apply the replication statuses site `fabric` reported. A status is taken only for the side
+/// of an item that lies at that site (its source for `Source`, its target for `Target`): a
+/// site cannot report another site's item as protected, nor its points or health.
+pub async fn apply_statuses(state: &AppState, vault: Uuid, fabric: Uuid, statuses: &[ReplicationStatus]) {
     for s in statuses {
+        let side_ok =
+            match state.store.get_doc::<ProtectedItem>(DocKind::ProtectedItem, vault, &s.item.to_string()).await {
+                Ok(Some(d)) => match s.role {
+                    PairRole::Source => d.body.source.fabric == fabric,
+                    PairRole::Target => d.body.target.fabric == fabric,
+                },
+                _ => false,
+            };
+        if !side_ok {
+            tracing::warn!(item = %s.item, %fabric, role = ?s.role, "a site reported replication of an item side it does not hold; ignored");
+            continue;
+        }
         let mut finalized = None;
         let mut reversed = None;
         let mut fallback = None;

@@ -63,6 +63,9 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
+    // SEC: the database (SMTP password, webhook secrets), the CA key and the admin token are
+    // the owner's only.
+    ferry_pki::ensure_private_dir(&data)?;
     let store = Store::open_sqlite(&data.join("vault.db")).await?;
     let pki_dir = data.join("pki");
     std::fs::create_dir_all(&pki_dir).map_err(|e| StartError::DataDir(pki_dir.display().to_string(), e))?;

@@ -1044,3 +1044,31 @@ async fn job_2_job_4_a_stall_shows_without_reports_with_one_event_one_alert_and_
     assert_eq!(events(&tv, "ReplicationStalled").await.len(), 1);
     assert_eq!(hook.of_kind("ReplicationStalled").len(), 1);
 }
+
+/// A site reports replication only for the side of an item it holds: another site's report of
+/// it (a hostile or confused site, a stolen site credential) changes nothing (SEC-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_1_a_site_cannot_report_the_replication_of_another_sites_item() {
+    let tv = start_vault_with(fast).await;
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let item = protected_item(&tv, v.id, &ny, &chi, "web1").await;
+    let path = format!("/api/v1/vaults/v1/replicationProtectedItems/{item}");
+    let before: Value = tv.admin.get(&path).await.expect("item");
+    // Chicago holds the replica, not the source: its "source" report is ignored.
+    report_phase(&chi, item, "ResyncRequired").await;
+    let after: Value = tv.admin.get(&path).await.expect("item");
+    assert_eq!(after["state"], "Protected", "{after}");
+    assert_eq!(after["health"], before["health"]);
+    // New York holds the source, not the replica: its "target" report of points is ignored.
+    let fake = json!({"provider_id": ny.provider_id, "version": SITE_VERSION, "inventory": ny.inventory,
+        "replication": [{"item": item, "role": "Target", "phase": "Replicating",
+            "recovery_points": [{"id": "rp-forged", "time": chrono::Utc::now(), "app_consistent": true, "size_bytes": 1}]}]});
+    let _: Value = ny.client.post("/api/v1/agent/report", &fake).await.expect("report");
+    let after: Value = tv.admin.get(&path).await.expect("item");
+    assert_eq!(after["recovery_points"], before["recovery_points"], "{after}");
+    // The sites' own sides are taken.
+    report_phase(&ny, item, "ResyncRequired").await;
+    assert_eq!(item_health(&tv, item).await, "Critical");
+}

@@ -423,8 +423,41 @@ async fn fab_8_second_provider_joins_same_version_only() {
     let first = register_site(&tv, "v1", "ny", true).await;
     let clouds = first.inventory.clouds.clone();
 
-    // Another instance (other server name) of the same site, same version: joins the fabric.
-    let k = issue_key(&tv.admin, "v1").await;
+    // A key not issued for the site cannot add an instance of it (it would take the site over):
+    // refused, the key stays unused, nothing changes.
+    let before = snapshot(&tv.admin, "v1").await;
+    let stray = issue_key(&tv.admin, "v1").await;
+    let e = expect_err(
+        register_raw(&tv, &register_request(&stray.file, "v1", "ny", "ny-node2.lab", SITE_VERSION, true, &clouds))
+            .await,
+    );
+    assert_eq!(e, (409, "SiteAlreadyRegistered".to_string()));
+    let mut expected = before.clone();
+    expected.0.insert("keys", before.0["keys"] + 1);
+    assert_eq!(snapshot(&tv.admin, "v1").await, expected, "nothing changed but the new key");
+    // A key issued for the site cannot register another site either.
+    let for_ny = issue_key_for(&tv.admin, "v1", "ny").await;
+    let e = expect_err(
+        register_raw(&tv, &register_request(&for_ny.file, "v1", "other", "other.lab", SITE_VERSION, true, &clouds))
+            .await,
+    );
+    assert_eq!(e, (409, "RegistrationKeyForAnotherSite".to_string()));
+    assert_eq!(
+        expect_err(
+            tv.admin
+                .post::<_, ferry_vault::api::vaults::IssuedKey>(
+                    "/api/v1/vaults/v1/registrationKeys",
+                    &serde_json::json!({"site": "nowhere"})
+                )
+                .await
+        )
+        .0,
+        404
+    );
+
+    // Another instance (other server name) of the same site, same version, with a key issued for
+    // it: joins the fabric.
+    let k = for_ny;
     let second = register_raw(&tv, &register_request(&k.file, "v1", "ny", "ny-node2.lab", SITE_VERSION, true, &clouds))
         .await
         .expect("second provider");
@@ -439,7 +472,7 @@ async fn fab_8_second_provider_joins_same_version_only() {
 
     // A third instance with another version: refused, the key stays unused, nothing changes.
     let before = snapshot(&tv.admin, "v1").await;
-    let k3 = issue_key(&tv.admin, "v1").await;
+    let k3 = issue_key_for(&tv.admin, "v1", "ny").await;
     let e = expect_err(
         register_raw(&tv, &register_request(&k3.file, "v1", "ny", "ny-node3.lab", "0.2.0", true, &clouds)).await,
     );

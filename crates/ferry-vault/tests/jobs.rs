@@ -137,12 +137,23 @@ async fn job_1_cancel_in_progress_pair_job() {
     assert!(done.allowed_actions.is_empty());
     let e = expect_err(tv.admin.post::<_, Job>(&format!("/api/v1/vaults/v1/replicationJobs/{job}/cancel"), &()).await);
     assert_eq!(e, (409, "JobActionNotAllowed".to_string()));
-    // A late answer from the site does not revive the job.
-    let pending = ny.pending(0).await;
-    assert_eq!(pending.len(), 1);
-    ny.answer(pending[0].id, true).await;
+    // The cancelled job's command is withdrawn: a site that polls only now never gets it (it
+    // would run a step the operator called off), and a late answer does not revive the job.
+    assert!(ny.pending(0).await.is_empty(), "a cancelled job's command is not delivered");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get_job(&tv.admin, "v1", job).await.status, JobStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_1_a_command_past_its_timeout_is_withdrawn_not_run_late() {
+    let tv = start_vault_with(|c| c.site_command_timeout = Duration::from_secs(1)).await;
+    let (ny, chi) = two_sites(&tv, "v1").await;
+    let (_pid, job) = policy_with_pair(&tv, "v1", "gold", &ny, &chi).await;
+    // The site is away while the job waits; the job fails when the command times out.
+    let done = wait_status(&tv.admin, "v1", job, JobStatus::Failed, 15).await;
+    assert!(done.errors.iter().any(|e| e.code == "SiteUnreachable"), "{:?}", done.errors);
+    // The site comes back: the stale command is not delivered.
+    assert!(ny.pending(0).await.is_empty(), "a timed-out job's command is not run late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

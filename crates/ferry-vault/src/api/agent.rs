@@ -63,8 +63,30 @@ pub async fn register(
     check_text("server_name", &req.server_name, 253)?;
     check_text("version", &req.version, 32)?;
 
-    let mut tx = st.store.begin().await?;
     let existing = find_fabric_by_name(&st.store, vault.id, &req.friendly_name).await?;
+    // FAB-8 / SEC: only a key issued for a site adds an instance to it; any other key would
+    // take the site over (a working site credential for its hosts and commands).
+    let key_site = st.store.key_site(vault.id, key.key_id()).await?;
+    match (&existing, key_site) {
+        (Some(d), Some(f)) if d.body.id == f => {}
+        (Some(d), _) => {
+            return Err(ApiFailure::conflict(
+                "SiteAlreadyRegistered",
+                format!(
+                    "A site named {} is registered already; another instance of its site manager needs a key issued for it (ferry key-issue --site {})",
+                    d.body.name, d.body.name
+                ),
+            ))
+        }
+        (None, Some(f)) => {
+            return Err(ApiFailure::conflict(
+                "RegistrationKeyForAnotherSite",
+                format!("This key was issued to add an instance to site {f}, not to register {}", req.friendly_name),
+            ))
+        }
+        (None, None) => {}
+    }
+    let mut tx = st.store.begin().await?;
     let fabric_id = existing.as_ref().map(|d| d.body.id).unwrap_or_else(Uuid::new_v4);
     match Store::consume_key_tx(&mut tx, vault.id, key.key_id(), &key.secret_hash(), fabric_id, now.timestamp_millis())
         .await?
@@ -288,7 +310,7 @@ pub async fn report(
             Ok(_) => {
                 if active {
                     st.peers.set_fabric(&f);
-                    crate::replication::apply_statuses(&st, f.vault_id, &rep.replication).await;
+                    crate::replication::apply_statuses(&st, f.vault_id, f.id, &rep.replication).await;
                     crate::capacity::apply_profiles(&st, f.vault_id, f.id, &rep.churn).await;
                 }
                 for c in changes {
@@ -326,19 +348,34 @@ pub async fn fetch_commands(
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> ApiResult<Json<Vec<SiteCommandEnvelope>>> {
     let fabric = auth.require_site()?;
+    let vault = site_fabric(&st, fabric).await?.body.vault_id;
     let wait = Duration::from_secs(p.wait.unwrap_or(0).min(60));
     let deadline = tokio::time::Instant::now() + wait;
+    let timeout = chrono::Duration::from_std(st.config.site_command_timeout).unwrap_or(chrono::Duration::minutes(30));
     loop {
         let notified = st.commands_queued.notified();
         let rows = st.store.pending_commands(fabric, 100).await?;
-        if !rows.is_empty() || tokio::time::Instant::now() >= deadline {
-            let mut out = Vec::new();
-            for r in rows {
-                match serde_json::from_value(r.body) {
-                    Ok(command) => out.push(SiteCommandEnvelope { id: r.id, command }),
-                    Err(e) => tracing::error!(command = %r.id, error = %e, "stored site command is unreadable"),
+        let mut out = Vec::new();
+        for r in rows {
+            // Stale commands are withdrawn, never delivered: too old, or their job ended.
+            let queued = chrono::DateTime::from_timestamp_millis(r.created_ms).unwrap_or_else(|| st.clock.now());
+            let expires_at = queued + timeout;
+            if st.clock.now() > expires_at {
+                crate::jobs::withdraw_command(&st, r.id, "it expired before the site fetched it").await;
+                continue;
+            }
+            if let Some(job) = r.job {
+                if st.store.get_job(vault, job).await?.is_some_and(|j| j.status.is_terminal()) {
+                    crate::jobs::withdraw_command(&st, r.id, "its job has ended").await;
+                    continue;
                 }
             }
+            match serde_json::from_value(r.body) {
+                Ok(command) => out.push(SiteCommandEnvelope { id: r.id, command, expires_at: Some(expires_at) }),
+                Err(e) => tracing::error!(command = %r.id, error = %e, "stored site command is unreadable"),
+            }
+        }
+        if !out.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(out));
         }
         let _ = tokio::time::timeout_at(deadline, notified).await;

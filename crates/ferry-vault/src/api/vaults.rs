@@ -114,6 +114,20 @@ pub struct RegistrationKeyInfo {
     pub used_at: Option<DateTime<Utc>>,
     pub used_by_fabric: Option<Uuid>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// FAB-8: the site this key adds another site manager instance to (absent: the key
+    /// registers a new site only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_site: Option<Uuid>,
+}
+
+/// What a registration key is for.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueKey {
+    /// An existing site (name or id): the key adds another instance of its site manager
+    /// (FAB-8). Without it, the key registers a new site and cannot join an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// A freshly issued registration key: `file` is the key file to give to the site manager.
@@ -123,14 +137,19 @@ pub struct IssuedKey {
     pub file: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/vaults/{vault}/registrationKeys", tag = "registration", params(("vault" = String, Path)), responses((status = 201, body = IssuedKey)))]
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/registrationKeys", tag = "registration", params(("vault" = String, Path)), request_body = Option<IssueKey>, responses((status = 201, body = IssuedKey), (status = 404, body = ferry_types::ApiError)))]
 pub async fn issue_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(vault): Path<String>,
+    ApiJson(req): ApiJson<Option<IssueKey>>,
 ) -> ApiResult<(StatusCode, Json<IssuedKey>)> {
     auth.require(Role::Contributor)?;
     let (v, secret) = st.vault(&vault).await?;
+    let for_site = match req.and_then(|r| r.site) {
+        Some(site) => Some(load_fabric(&st, v.id, &site).await?.body.id),
+        None => None,
+    };
     let now = st.clock.now();
     let (key, file) = RegistrationKey::issue(
         v.id,
@@ -141,7 +160,7 @@ pub async fn issue_key(
         now,
     )
     .map_err(|e| ApiFailure::internal(e.to_string()))?;
-    st.store.insert_key(key.key_id(), v.id, &key.secret_hash(), now.timestamp_millis()).await?;
+    st.store.insert_key(key.key_id(), v.id, &key.secret_hash(), now.timestamp_millis(), for_site).await?;
     st.event(
         v.id,
         Severity::Info,
@@ -158,6 +177,7 @@ pub async fn issue_key(
         used_at: None,
         used_by_fabric: None,
         revoked_at: None,
+        for_site,
     };
     Ok((StatusCode::CREATED, Json(IssuedKey { info, file })))
 }
@@ -181,6 +201,7 @@ pub async fn list_keys(
                 used_at: r.used_ms.map(ferry_store::from_ms),
                 used_by_fabric: r.used_by_fabric,
                 revoked_at: r.revoked_ms.map(ferry_store::from_ms),
+                for_site: r.for_fabric,
             })
             .collect(),
     ))

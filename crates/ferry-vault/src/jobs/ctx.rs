@@ -323,7 +323,8 @@ impl JobCtx {
         Self::site_command_limited(state, job, fabric, key, command, Some(limit)).await
     }
 
-    /// Send a command to a site and wait for its answer. The command id is derived from the
+    /// Send a command to a site and wait for its answer (or, past the site command timeout,
+    /// withdraw it). The command id is derived from the
     /// job and `key`, so a resumed job waits for the command it already sent.
     pub async fn site_command(
         state: &AppState,
@@ -369,12 +370,15 @@ impl JobCtx {
                     .map_err(|e| ApiError::new("SiteProtocolError", format!("The site's answer is unreadable: {e}")))?;
                 return Ok(result);
             }
-            // A job waiting for a site that does not answer can be cancelled (JOB-1); the
-            // command stays queued, a late answer is ignored.
+            // A job waiting for a site that does not answer can be cancelled (JOB-1). Its command
+            // is withdrawn: a site that reconnects later must not run it (a recovered VM started
+            // after its source came back would make two live copies).
             if state.jobs.cancel_requested(job.id) {
+                withdraw(state, id, "the job was cancelled").await;
                 return Err(cancelled());
             }
             if Instant::now() >= deadline {
+                withdraw(state, id, "the job stopped waiting for it").await;
                 return Err(ApiError::new("SiteUnreachable", "The site did not answer the command in time")
                     .cause("The site manager is stopped or cannot reach the vault")
                     .recommend(
@@ -394,4 +398,22 @@ pub const AWAITING_INPUT: &str = "AwaitingInput";
 
 pub fn cancelled() -> ApiError {
     ApiError::new("JobCancelled", "The job was cancelled by an operator")
+}
+
+/// Withdraw an unanswered site command (see [`ferry_store::Store::withdraw_command`]).
+pub async fn withdraw(state: &AppState, id: Uuid, why: &str) {
+    let result = CommandResult {
+        ok: false,
+        error: Some(ApiError::new(
+            "CommandWithdrawn",
+            format!("The command was withdrawn before a site ran it: {why}"),
+        )),
+        output: serde_json::Value::Null,
+    };
+    let value = serde_json::to_value(&result).unwrap_or(serde_json::Value::Null);
+    match state.store.withdraw_command(id, &value).await {
+        Ok(true) => tracing::info!(command = %id, why, "site command withdrawn"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(command = %id, error = %e, "cannot withdraw a site command"),
+    }
 }

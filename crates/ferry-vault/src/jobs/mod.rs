@@ -28,7 +28,7 @@ use ferry_types::job::{Job, JobStatus, JobTask};
 use ferry_types::ApiError;
 use uuid::Uuid;
 
-pub use ctx::{JobCtx, RESUMABLE_AT};
+pub use ctx::{withdraw as withdraw_command, JobCtx, RESUMABLE_AT};
 pub use failover::{
     source_running, test_info, CLEANUP_TASKS, COMMIT_TASKS, DEFAULT_SHUTDOWN_TIMEOUT_SECS, DISABLE_TASKS,
     OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT, OP_PLANNED_FAILOVER, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP,

@@ -938,7 +938,8 @@ pub async fn issue_key(State(st): State<AppState>, user: User, Path(vault): Path
         )
         .await;
     }
-    match crate::api::vaults::issue_key(State(st.clone()), user.auth.clone(), Path(vault.clone())).await {
+    match crate::api::vaults::issue_key(State(st.clone()), user.auth.clone(), Path(vault.clone()), ApiJson(None)).await
+    {
         Ok((_, Json(k))) => {
             let notice = Some(Notice::Ok(format!("Registration key {} issued", k.info.id)));
             // Shown once, on this response only: the file holds the key's secret.

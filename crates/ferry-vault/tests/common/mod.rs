@@ -142,6 +142,14 @@ pub async fn issue_key(admin: &Client, vault: &str) -> IssuedKey {
     admin.post(&format!("/api/v1/vaults/{vault}/registrationKeys"), &serde_json::json!({})).await.expect("issue key")
 }
 
+/// A key that adds another instance of registered site `site` (FAB-8).
+pub async fn issue_key_for(admin: &Client, vault: &str, site: &str) -> IssuedKey {
+    admin
+        .post(&format!("/api/v1/vaults/{vault}/registrationKeys"), &serde_json::json!({"site": site}))
+        .await
+        .expect("issue key")
+}
+
 /// A site as a test drives it.
 #[derive(Clone)]
 pub struct FakeSite {
