@@ -9,8 +9,12 @@ fn get_status(lab: &Lab, address: &str, tls_dir: &std::path::Path) -> Result<ser
     let ca = std::fs::read_to_string(lab.dir.join("vault/ca-cert.pem")).expect("ca");
     let cert = std::fs::read_to_string(tls_dir.join(ferry_pki::CERT_FILE)).expect("cert");
     let key = std::fs::read_to_string(tls_dir.join(ferry_pki::KEY_FILE)).expect("key");
-    let c =
-        ferry_client::Client::builder(format!("https://{address}")).ca(ca).identity(cert, key).build().expect("client");
+    let c = ferry_client::Client::builder(format!("https://{address}"))
+        .ca(ca)
+        .identity(cert, key)
+        .peer_name(ferry_pki::PeerName::Prefix("host-".into()))
+        .build()
+        .expect("client");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(c.get::<serde_json::Value>("/v1/status")).map_err(|e| e.to_string())
 }
@@ -30,5 +34,12 @@ fn sec_1_host_api_answers_only_its_own_site_manager() {
     for other in ["sites/newyork/data/tls", "hosts/ny1/data/tls", "hosts/chi1/data/tls"] {
         let err = get_status(&lab, &chi1, &lab.dir.join(other)).expect_err(other);
         eprintln!("{other}: refused: {err}");
+    }
+    // SEC-1: agents' certificates name the agent only: no alternative name (a DNS name, an
+    // address) a browser that trusts the lab CA would accept for another server.
+    for tls in ["sites/chicago/data/tls", "sites/newyork/data/tls", "hosts/ny1/data/tls", "hosts/chi1/data/tls"] {
+        let pem = std::fs::read_to_string(lab.dir.join(tls).join(ferry_pki::CERT_FILE)).expect("cert");
+        let sans = ferry_pki::cert_alternative_names(&pem).expect("a readable certificate");
+        assert!(sans.is_empty(), "{tls}: no alternative name: {sans:?}");
     }
 }

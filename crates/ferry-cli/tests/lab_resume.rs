@@ -20,7 +20,11 @@ fn site_status(lab: &Lab, site: &str) -> Value {
     let ca = std::fs::read_to_string(lab.dir.join("vault/ca-cert.pem")).expect("ca");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let c = ferry_client::Client::builder(format!("https://{}", endpoint.trim())).ca(ca).build().expect("client");
+        let c = ferry_client::Client::builder(format!("https://{}", endpoint.trim()))
+            .ca(ca)
+            .peer_name(ferry_pki::PeerName::Prefix("site-".into()))
+            .build()
+            .expect("client");
         c.get::<Value>("/v1/status").await.expect("site status")
     })
 }

@@ -72,6 +72,7 @@ pub struct Builder {
     proxy: Option<Proxy>,
     timeout: Duration,
     insecure_bootstrap: bool,
+    peer_name: Option<ferry_pki::PeerName>,
 }
 
 impl Client {
@@ -84,6 +85,7 @@ impl Client {
             proxy: None,
             timeout: Duration::from_secs(90),
             insecure_bootstrap: false,
+            peer_name: None,
         }
     }
 
@@ -198,6 +200,12 @@ impl Builder {
         self.timeout = t;
         self
     }
+    /// Accept the server only if its certificate (from the CA) carries this common name,
+    /// whatever its address (Ferry agents: sites and hosts).
+    pub fn peer_name(mut self, name: ferry_pki::PeerName) -> Self {
+        self.peer_name = Some(name);
+        self
+    }
     /// Accept any server certificate. Only for fetching a CA certificate whose fingerprint is
     /// then checked against a pin (registration bootstrap); never for anything else.
     pub fn insecure_for_pinned_bootstrap(mut self) -> Self {
@@ -212,7 +220,11 @@ impl Builder {
         } else {
             let ca = self.ca_pem.ok_or_else(|| Error::Config("a CA certificate is required".into()))?;
             let identity = self.identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
-            let cfg = ferry_pki::client_config(&ca, identity).map_err(|e| Error::Config(e.to_string()))?;
+            let cfg = match self.peer_name {
+                Some(name) => ferry_pki::named_server_client_config(&ca, identity, name),
+                None => ferry_pki::client_config(&ca, identity),
+            }
+            .map_err(|e| Error::Config(e.to_string()))?;
             b = b.use_preconfigured_tls((*cfg).clone());
         }
         match &self.proxy {

@@ -33,7 +33,11 @@ pub async fn join_or_load(cfg: &HostConfig, data: &Path, api_addr: SocketAddr) -
         return Ok(Identity { host_id: saved.host_id, host_token: saved.host_token, tls });
     }
     let ca_pem = std::fs::read_to_string(&cfg.ca_cert)?;
-    let client = ferry_client::Client::builder(&cfg.site_url).ca(ca_pem).build()?;
+    // Before it joined, the host knows its site only as "a site of this vault".
+    let client = ferry_client::Client::builder(&cfg.site_url)
+        .ca(ca_pem)
+        .peer_name(ferry_pki::PeerName::Prefix("site-".into()))
+        .build()?;
     let (key_pem, csr_pem) = ferry_pki::generate_key_and_csr(&format!("host-{}", cfg.name))?;
     let req = HostJoinRequest {
         host_name: cfg.name.clone(),
@@ -49,4 +53,14 @@ pub async fn join_or_load(cfg: &HostConfig, data: &Path, api_addr: SocketAddr) -
         &serde_json::to_vec_pretty(&saved).map_err(|e| HostError::Join(e.to_string()))?,
     )?;
     Ok(Identity { host_id: resp.host_id, host_token: resp.host_token, tls })
+}
+
+/// The certificate name of the site a host joined: `site-<site id>`, read from the host's own
+/// certificate name `host-<site id>-<host id>` (the vault names both).
+pub fn site_cn_of(host_cert_pem: &str) -> ferry_pki::PeerName {
+    let cn = ferry_pki::cert_common_name(host_cert_pem).unwrap_or_default();
+    match cn.strip_prefix("host-").and_then(|rest| rest.get(..36)).filter(|f| uuid::Uuid::parse_str(f).is_ok()) {
+        Some(fabric) => ferry_pki::PeerName::Exact(format!("site-{fabric}")),
+        None => ferry_pki::PeerName::Prefix("site-".into()),
+    }
 }

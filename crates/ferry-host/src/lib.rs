@@ -100,6 +100,7 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let identity = join::join_or_load(&cfg, data, api_addr).await?;
     let site = ferry_client::Client::builder(&cfg.site_url)
         .ca(identity.tls.ca_cert_pem.clone())
+        .peer_name(join::site_cn_of(&identity.tls.cert_pem))
         .token(identity.host_token.clone())
         .build()?;
     let vms = Arc::new(vms::VmManager::open(data.join("vms"), &cfg).await?);

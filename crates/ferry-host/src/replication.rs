@@ -1001,7 +1001,25 @@ impl ReplicationService {
         let p = guard
             .as_mut()
             .ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
-        let report = p.run_cycle(false).await?;
+        // A QEMU restarted since the last cycle (a crash, then started again) lost its change
+        // tracking: the final state still reaches the replica, by a block-hash comparison
+        // (REP-6) instead of a delta.
+        let result = match p.tracking().await {
+            Ok(ferry_repl::TrackingState::ResyncRequired { reason }) => {
+                tracing::warn!(%item, %reason, "final cycle: change tracking lost; comparing with the replica");
+                compare_with_replica(p).await
+            }
+            Ok(_) => p.run_cycle(false).await,
+            Err(e) => Err(e),
+        };
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The next attempt takes up the VM's QEMU of now (this one may be gone).
+                *guard = None;
+                return Err(e.into());
+            }
+        };
         let point_time = p.counters().last_point.unwrap_or_else(Utc::now);
         if let Ok(mut s) = self.sources.lock() {
             if let Some(st) = s.get_mut(&item) {

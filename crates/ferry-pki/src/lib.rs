@@ -41,4 +41,7 @@ pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
 pub use hmac::constant_time_eq;
 pub use pem::{ensure_private_dir, fingerprint_of_der, fingerprint_of_pem, verify_ca_pin, write_private_file};
 pub use regkey::RegistrationKey;
-pub use tls::{cert_common_name, client_config, named_peer_client_config, peer_common_name, server_config, ClientAuth};
+pub use tls::{
+    cert_alternative_names, cert_common_name, client_config, named_peer_client_config, named_server_client_config,
+    peer_common_name, server_config, ClientAuth, PeerName,
+};

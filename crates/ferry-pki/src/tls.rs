@@ -73,6 +73,18 @@ impl rustls::server::danger::ClientCertVerifier for NamedClientVerifier {
     }
 }
 
+/// The subject alternative names (DNS names and addresses) of the first certificate in
+/// `cert_pem`; empty when it has none, `None` when it cannot be read.
+pub fn cert_alternative_names(cert_pem: &str) -> Option<Vec<String>> {
+    let certs = parse_certs(cert_pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
+    let names = match cert.subject_alternative_name().ok()? {
+        Some(ext) => ext.value.general_names.iter().map(|n| n.to_string()).collect(),
+        None => Vec::new(),
+    };
+    Some(names)
+}
+
 /// The subject common name of the first certificate in `cert_pem`.
 pub fn cert_common_name(cert_pem: &str) -> Option<String> {
     let certs = parse_certs(cert_pem).ok()?;
@@ -153,35 +165,75 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Arc
     Ok(Arc::new(config))
 }
 
-/// A client config for host-to-host replication: trusts only the CA in `ca_pem`, presents
-/// `(cert_pem, key_pem)`, and accepts a server only if its certificate's common name is
-/// `expected_cn`. The peer's identity is its certificate, not its address: a host found at a new
-/// address (or at any address, whatever its certificate's alternative names) is accepted when
-/// its certificate names it, and an address now held by another host is refused. The server
-/// name the client sends is not checked against the certificate.
+/// The certificate name a client expects of the server it connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerName {
+    /// Exactly this common name (a replica host, a host's API, a site after its host joined).
+    Exact(String),
+    /// A common name starting with this (`site-` while a host joins, before it knows its site).
+    Prefix(String),
+}
+
+impl PeerName {
+    fn matches(&self, cn: &str) -> bool {
+        match self {
+            PeerName::Exact(n) => cn == n,
+            PeerName::Prefix(p) => cn.starts_with(p.as_str()) && cn.len() > p.len(),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerName::Exact(n) => f.write_str(n),
+            PeerName::Prefix(p) => write!(f, "{p}…"),
+        }
+    }
+}
+
+/// A client config that trusts only the CA in `ca_pem`, optionally presents a client
+/// certificate, and accepts a server only if its certificate's common name is `expected`. The
+/// peer's identity is its certificate, not its address: a Ferry agent is accepted at any
+/// address (its certificate carries no alternative name a browser could be fooled with), and an
+/// address now held by another agent is refused. The server name the client sends is not
+/// checked against the certificate.
+pub fn named_server_client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    expected: PeerName,
+) -> Result<Arc<ClientConfig>> {
+    let empty = match &expected {
+        PeerName::Exact(n) | PeerName::Prefix(n) => n.trim().is_empty(),
+    };
+    if empty {
+        return Err(Error::new(ErrorKind::InvalidInput, "The expected peer certificate name is empty"));
+    }
+    let provider = provider();
+    let verifier = Arc::new(NamedServerVerifier { roots: roots(ca_pem)?, provider: provider.clone(), expected });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => builder
+            .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
+            .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// A client config for host-to-host replication: presents `(cert_pem, key_pem)` and accepts
+/// only the replica host named `expected_cn` (see [`named_server_client_config`]).
 pub fn named_peer_client_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
     expected_cn: &str,
 ) -> Result<Arc<ClientConfig>> {
-    if expected_cn.trim().is_empty() {
-        return Err(Error::new(ErrorKind::InvalidInput, "The expected peer certificate name is empty"));
-    }
-    let provider = provider();
-    let verifier = Arc::new(NamedServerVerifier {
-        roots: roots(ca_pem)?,
-        provider: provider.clone(),
-        expected_cn: expected_cn.to_string(),
-    });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
-        .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?;
-    Ok(Arc::new(config))
+    named_server_client_config(ca_pem, Some((cert_pem, key_pem)), PeerName::Exact(expected_cn.to_string()))
 }
 
 /// A server verifier that checks the chain to the vault CA (validity, usage, signatures) like
@@ -190,7 +242,7 @@ pub fn named_peer_client_config(
 struct NamedServerVerifier {
     roots: RootCertStore,
     provider: Arc<CryptoProvider>,
-    expected_cn: String,
+    expected: PeerName,
 }
 
 impl rustls::client::danger::ServerCertVerifier for NamedServerVerifier {
@@ -211,11 +263,11 @@ impl rustls::client::danger::ServerCertVerifier for NamedServerVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         match peer_common_name(end_entity) {
-            Some(cn) if cn == self.expected_cn => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(cn) if self.expected.matches(&cn) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
             other => Err(rustls::Error::General(format!(
                 "the peer is {}, not {}",
                 other.unwrap_or_else(|| "a certificate without a common name".into()),
-                self.expected_cn
+                self.expected
             ))),
         }
     }

@@ -206,3 +206,23 @@ async fn sec_1_replication_peer_is_identified_by_its_certificate_not_its_address
     assert!(out.client.is_err(), "a certificate of another CA is refused");
     assert!(ferry_pki::named_peer_client_config(ca.cert_pem(), &source.cert_pem, &source.key_pem, " ").is_err());
 }
+
+#[tokio::test]
+async fn sec_1_a_joining_host_accepts_any_site_of_the_vault_and_nothing_else() {
+    let ca = Ca::create("Ferry vault CA").expect("ca");
+    let site = agent_cert(&ca, "site-2f8c");
+    let host = agent_cert(&ca, "host-2f8c-chi1");
+    let server_of =
+        |id: &IssuedCert| server_config(&id.cert_pem, &id.key_pem, ClientAuth::None, false).expect("server config");
+    let joining =
+        ferry_pki::named_server_client_config(ca.cert_pem(), None, ferry_pki::PeerName::Prefix("site-".into()))
+            .expect("client config");
+    assert!(handshake(server_of(&site), joining.clone(), "127.0.0.1").await.client.is_ok(), "a site of the vault");
+    let err = handshake(server_of(&host), joining, "127.0.0.1").await.client.expect_err("a host is no site");
+    assert!(err.contains("host-2f8c-chi1") && err.contains("site-"), "{err}");
+    // An agent certificate carries no alternative name: a browser trusting the CA accepts it
+    // for no server (checked on the certificates the vault signs in the lab test).
+    assert!(
+        ferry_pki::named_server_client_config(ca.cert_pem(), None, ferry_pki::PeerName::Prefix(String::new())).is_err()
+    );
+}

@@ -107,7 +107,7 @@ async fn to_host<B: serde::Serialize>(
         .ok()
         .and_then(|p| p.hosts.iter().find(|h| h.id == host || h.name == host).cloned())
         .ok_or_else(|| ApiError::new("HostNotJoined", format!("Host {host} has not joined site {}", site.cfg.name)))?;
-    let client = crate::host_server::host_client(site, &entry.address)
+    let client = crate::host_server::host_client(site, &entry.address, &entry.id)
         .map_err(|e| ApiError::new("HostUnreachable", e.to_string()))?;
     client.post(path, body).await.map_err(|e| match e {
         ferry_client::Error::Api { api, .. } => api,

@@ -27,11 +27,13 @@ fn hash(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// A client for a host agent's API: trusts the vault CA, presents the site's certificate.
-pub fn host_client(site: &Site, address: &str) -> Result<ferry_client::Client, ferry_client::Error> {
+/// A client for host `host_id`'s API: trusts the vault CA, presents the site's certificate, and
+/// accepts only that host's certificate, at whatever address it reported.
+pub fn host_client(site: &Site, address: &str, host_id: &str) -> Result<ferry_client::Client, ferry_client::Error> {
     ferry_client::Client::builder(format!("https://{address}"))
         .ca(site.tls.ca_cert_pem.clone())
         .identity(site.tls.cert_pem.clone(), site.tls.key_pem.clone())
+        .peer_name(ferry_pki::PeerName::Exact(format!("host-{}-{host_id}", site.reg.fabric_id)))
         .timeout(std::time::Duration::from_secs(600))
         .build()
 }

@@ -190,12 +190,9 @@ pub async fn register(
     .await?;
     let cert = st
         .ca
-        .sign_csr(
-            &req.csr_pem,
-            &format!("site-{}", fabric.id),
-            &[req.server_name.clone(), "localhost".into()],
-            &[std::net::Ipv4Addr::LOCALHOST.into()],
-        )
+        // SEC: agents are known by their certificate's name, never by an alternative name the
+        // agent could choose: no DNS name or address a browser trusting the CA would accept.
+        .sign_csr(&req.csr_pem, &format!("site-{}", fabric.id), &[], &[])
         .map_err(|e| ApiFailure::bad_request("InvalidCsr", e.to_string()))?;
     Store::commit(tx).await?;
 
@@ -416,12 +413,7 @@ pub async fn sign_host(
     let cn = format!("host-{}-{}", fabric, req.host_id);
     let cert = st
         .ca
-        .sign_csr(
-            &req.csr_pem,
-            &cn,
-            &[req.host_name.clone(), "localhost".into()],
-            &[std::net::Ipv4Addr::LOCALHOST.into()],
-        )
+        .sign_csr(&req.csr_pem, &cn, &[], &[])
         .map_err(|e| ApiFailure::bad_request("InvalidCsr", e.to_string()))?;
     st.event(
         doc.body.vault_id,
