@@ -394,16 +394,27 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-async fn read_reply(rd: &mut BufReader<UnixStream>) -> Result<Value> {
+/// The longest reply line taken from a guest agent: the guest is not trusted, and what it says
+/// must not cost the host its memory (nor flow unbounded into reports).
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> Result<Value> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = rd
+        let n = (&mut *rd)
+            .take(MAX_REPLY_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
             .await
             .map_err(|e| Error::with_source(ErrorKind::Disconnected, "Guest agent read failed", e))?;
         if n == 0 {
             return Err(Error::new(ErrorKind::Disconnected, "Guest agent socket closed"));
+        }
+        if buf.len() > MAX_REPLY_BYTES {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("Guest agent reply longer than {MAX_REPLY_BYTES} bytes; ignored"),
+            ));
         }
         let text: Vec<u8> = buf.iter().copied().filter(|b| *b != 0xFF).collect();
         let text = String::from_utf8_lossy(&text);
@@ -411,7 +422,37 @@ async fn read_reply(rd: &mut BufReader<UnixStream>) -> Result<Value> {
         if text.is_empty() {
             continue;
         }
-        return serde_json::from_str(text)
-            .map_err(|e| Error::with_source(ErrorKind::Protocol, format!("Invalid JSON from guest agent: {text}"), e));
+        return serde_json::from_str(text).map_err(|e| {
+            // Quote only the start of what the guest sent.
+            let shown: String = text.chars().take(200).collect();
+            Error::with_source(ErrorKind::Protocol, format!("Invalid JSON from guest agent: {shown}"), e)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sec_3_a_guest_agent_reply_is_bounded() {
+        let (mut guest, host) = tokio::net::UnixStream::pair().expect("pair");
+        let mut rd = BufReader::new(host);
+        guest.write_all(b"{\"return\": {}}\n").await.expect("write");
+        assert!(read_reply(&mut rd).await.expect("a normal reply").get("return").is_some());
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..40 {
+                if guest.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            guest
+        });
+        let e = read_reply(&mut rd).await.expect_err("2.5 MiB without a line end");
+        assert_eq!(*e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
+        drop(rd);
+        let _ = writer.await;
     }
 }

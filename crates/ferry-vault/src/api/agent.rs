@@ -64,28 +64,9 @@ pub async fn register(
     check_text("version", &req.version, 32)?;
 
     let existing = find_fabric_by_name(&st.store, vault.id, &req.friendly_name).await?;
-    // FAB-8 / SEC: only a key issued for a site adds an instance to it; any other key would
-    // take the site over (a working site credential for its hosts and commands).
+    // A used, revoked or forged key is refused as such first; the site checks below run in
+    // the same transaction, so a refused registration leaves the key unused.
     let key_site = st.store.key_site(vault.id, key.key_id()).await?;
-    match (&existing, key_site) {
-        (Some(d), Some(f)) if d.body.id == f => {}
-        (Some(d), _) => {
-            return Err(ApiFailure::conflict(
-                "SiteAlreadyRegistered",
-                format!(
-                    "A site named {} is registered already; another instance of its site manager needs a key issued for it (ferry key-issue --site {})",
-                    d.body.name, d.body.name
-                ),
-            ))
-        }
-        (None, Some(f)) => {
-            return Err(ApiFailure::conflict(
-                "RegistrationKeyForAnotherSite",
-                format!("This key was issued to add an instance to site {f}, not to register {}", req.friendly_name),
-            ))
-        }
-        (None, None) => {}
-    }
     let mut tx = st.store.begin().await?;
     let fabric_id = existing.as_ref().map(|d| d.body.id).unwrap_or_else(Uuid::new_v4);
     match Store::consume_key_tx(&mut tx, vault.id, key.key_id(), &key.secret_hash(), fabric_id, now.timestamp_millis())
@@ -110,6 +91,27 @@ pub async fn register(
                 "This vault never issued this registration key",
             ))
         }
+    }
+    // FAB-8 / SEC: only a key issued for a site adds an instance to it; any other key would
+    // take the site over (a working site credential for its hosts and commands).
+    match (&existing, key_site) {
+        (Some(d), Some(f)) if d.body.id == f => {}
+        (Some(d), _) => {
+            return Err(ApiFailure::conflict(
+                "SiteAlreadyRegistered",
+                format!(
+                    "A site named {} is registered already; another instance of its site manager needs a key issued for it (ferry key-issue --site {})",
+                    d.body.name, d.body.name
+                ),
+            ))
+        }
+        (None, Some(f)) => {
+            return Err(ApiFailure::conflict(
+                "RegistrationKeyForAnotherSite",
+                format!("This key was issued to add an instance to site {f}, not to register {}", req.friendly_name),
+            ))
+        }
+        (None, None) => {}
     }
     let provider = Provider {
         id: Uuid::new_v4(),
