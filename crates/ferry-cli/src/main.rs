@@ -160,6 +160,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Api(_) | Cmd::Recovery(_) | Cmd::Alerts(_) | Cmd::Capacity(_)) {
+        // A client command piped into `head` ends quietly when the reader goes away, like other
+        // command-line tools (Rust ignores SIGPIPE, so printing would panic). The long-running
+        // roles keep ignoring it: their sockets and pipes report EPIPE as errors instead.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        let _ = unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+        };
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

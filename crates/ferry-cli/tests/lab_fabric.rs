@@ -130,4 +130,20 @@ fn fab_2_lab_cli_exit_codes_and_clear_errors() {
     ]);
     assert_ne!(code, 0);
     assert!(err.contains("RegistrationKeyAlreadyUsed"), "{err}");
+
+    // Output into a pipe whose reader went away (`ferry site-list | head -0`): the command ends
+    // quietly by SIGPIPE, as command-line tools do, never with a panic.
+    let mut child = std::process::Command::new(common::ferry_bin())
+        .args(["site-list", "-o", "json"])
+        .env("FERRY_LAB_DIR", &lab.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("ferry ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {:?} {err}", out.status);
 }

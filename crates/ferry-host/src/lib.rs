@@ -144,7 +144,8 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));
-    let mut tasks = vec![server, reporter, retention];
+    let io_errors = tokio::spawn(io_error_loop(host.clone()));
+    let mut tasks = vec![server, reporter, retention, io_errors];
     if let Some(addr) = host.cfg.metrics_listen {
         let l = std::net::TcpListener::bind(addr)?;
         if let Some(bound) = metrics::bound(&l) {
@@ -230,6 +231,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// HOST-3: a VM that QEMU paused on a failed write (its image's file system ran full, a
+/// storage path failed) goes on by itself once the cause is gone: the agent resumes it at once,
+/// then, while it keeps pausing, after 5 s, 10 s, … up to a minute. QEMU retries the failed
+/// writes, so the guest loses nothing; a failed-over VM on a replica location that ran full is
+/// not left paused after space was freed.
+async fn io_error_loop(host: Arc<Host>) {
+    let mut backoff: std::collections::HashMap<String, (std::time::Instant, Duration)> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let names = host.vms.running_names().await;
+        backoff.retain(|n, _| names.contains(n));
+        for name in names {
+            if backoff.get(&name).is_some_and(|(at, _)| std::time::Instant::now() < *at) {
+                continue;
+            }
+            let Some(vm) = host.vms.running(&name).await else { continue };
+            match vm.resume_after_io_error().await {
+                Ok(true) => {
+                    let wait = backoff
+                        .get(&name)
+                        .map_or(Duration::from_secs(5), |(_, w)| (*w * 2).min(Duration::from_secs(60)));
+                    tracing::warn!(vm = %name, retry_in = ?wait, "QEMU paused the VM on a failed write (a full or failing disk); resumed it");
+                    backoff.insert(name, (std::time::Instant::now() + wait, wait));
+                }
+                Ok(false) => {
+                    backoff.remove(&name);
+                }
+                Err(e) => tracing::debug!(vm = %name, error = %e, "cannot read the VM's run state"),
+            }
+        }
+    }
 }
 
 async fn retention_loop(host: Arc<Host>) {

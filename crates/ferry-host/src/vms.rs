@@ -393,6 +393,11 @@ impl VmManager {
         self.vms.lock().await.get(name).and_then(|e| e.running.clone())
     }
 
+    /// The names of the VMs whose QEMU runs.
+    pub async fn running_names(&self) -> Vec<String> {
+        self.vms.lock().await.iter().filter(|(_, e)| e.running.is_some()).map(|(n, _)| n.clone()).collect()
+    }
+
     /// A VM's definition.
     pub async fn definition(&self, name: &str) -> Option<VmDefinition> {
         self.vms.lock().await.get(name).map(|e| e.def.clone())

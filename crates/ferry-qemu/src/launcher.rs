@@ -352,6 +352,20 @@ impl RunningVm {
         self.qmp.execute("stop", Value::Null).await.map(|_| ())
     }
 
+    /// If QEMU paused the guest on a failed write (run state `io-error`, e.g. its image's file
+    /// system ran full: QEMU's default `werror=enospc`), let it go on (`cont`): QEMU retries
+    /// the failed requests, so nothing the guest wrote is lost; if the cause persists, the
+    /// guest pauses again at its next write. Whether it was paused so.
+    pub async fn resume_after_io_error(&self) -> Result<bool> {
+        match self.status().await? {
+            VmState::Running(r) if r.status == "io-error" => {
+                self.qmp.execute("cont", Value::Null).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Stop QEMU now: `quit`, then SIGKILL by pid if it lingers.
     pub async fn hard_stop(&self) -> Result<()> {
         self.mark_stop();

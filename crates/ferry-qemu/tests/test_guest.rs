@@ -107,3 +107,114 @@ async fn host_6_guest_writes_records_and_verifier_reports_clean_prefix() {
     assert!(r.corrupted.is_empty());
     assert!(r.other_run.is_empty());
 }
+
+/// A tmpfs mounted for one test; unmounted on drop, also when the test fails.
+struct SmallFs(std::path::PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+}
+
+/// Fill the file system of `dir` to the last byte with one file.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    for size in [1usize << 20, 4096, 512] {
+        let chunk = vec![0u8; size];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+    }
+    path
+}
+
+async fn run_state(vm: &ferry_qemu::RunningVm) -> String {
+    match vm.status().await.expect("status") {
+        ferry_qemu::VmState::Running(r) => r.status,
+        other => format!("{other:?}"),
+    }
+}
+
+/// HOST-3: a guest whose image's file system runs full is paused by QEMU (`io-error`), not
+/// failed; once there is space again, resuming it loses none of the records it was writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_3_a_guest_paused_by_a_full_disk_goes_on_without_loss_when_space_is_back() {
+    let Some(g) = test_guest() else { return };
+    if !is_root() {
+        eprintln!("SKIP: mounting a small file system needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).expect("dir");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "ferry-test"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount tmpfs");
+    let _fs = SmallFs(small.clone());
+    // Small clusters: the records soon need a new one.
+    let data = small.join("data.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096"])
+        .arg(&data)
+        .arg("16M")
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let spec = VmSpec {
+        name: "full1".into(),
+        uuid: uuid::Uuid::new_v4(),
+        vcpus: 1,
+        memory_mib: 256,
+        disks: vec![DiskSpec { target: "vda".into(), path: data.clone(), format: DiskFormat::Qcow2 }],
+        nics: vec![],
+        guest_agent: false,
+        boot: Boot::Kernel {
+            kernel: g.kernel.clone(),
+            initrd: Some(g.initrd.clone()),
+            append: TestGuest::records_cmdline("/dev/vda", 50, 0),
+        },
+        accel: Accel::Tcg,
+        extra_serial_log: None,
+    };
+    let vm = Qemu::start(&spec, &dir.path().join("run")).await.expect("start");
+    let _guard = VmGuard(vm.pid());
+    wait_serial(&vm, "REC 5", Duration::from_secs(120)).await;
+    assert!(!vm.resume_after_io_error().await.expect("resume"), "a running guest is left alone");
+
+    let filler = fill(&small);
+    let t = Instant::now();
+    while run_state(&vm).await != "io-error" {
+        assert!(t.elapsed() < Duration::from_secs(90), "the guest never hit the full disk: {}", run_state(&vm).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stuck = last_serial_record(&vm.serial_log()).unwrap_or(0);
+    eprintln!("paused on io-error {:?} after the disk filled, at record {stuck}", t.elapsed());
+    // Still full: resuming retries the write, which fails again.
+    assert!(vm.resume_after_io_error().await.expect("resume"));
+    let t = Instant::now();
+    while run_state(&vm).await != "io-error" {
+        assert!(t.elapsed() < Duration::from_secs(30), "the guest should pause again while the disk is full");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last_serial_record(&vm.serial_log()).unwrap_or(0) <= stuck + 1, "no record passes a full disk");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    assert!(vm.resume_after_io_error().await.expect("resume"));
+    wait_serial(&vm, &format!("REC {}", stuck + 20), Duration::from_secs(120)).await;
+    assert_eq!(run_state(&vm).await, "running");
+    let out = vm.shutdown_graceful(Duration::from_secs(60)).await.expect("shutdown");
+    assert!(out.graceful, "{}", vm.serial_log());
+    let last = last_serial_record(&vm.serial_log()).expect("records");
+    let r = verify_image(&data).await.expect("verify");
+    assert_eq!(r.clean_prefix_len, last, "every record written reached the image: {r:?}");
+    assert!(r.corrupted.is_empty() && r.first_gap.is_none(), "{r:?}");
+}

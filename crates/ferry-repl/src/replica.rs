@@ -442,7 +442,14 @@ impl VmReplica {
         std::fs::create_dir_all(dest).map_err(|e| Error::io(format!("Cannot create {}", dest.display()), e))?;
         let _chain = self.chain_lock().await?;
         let mut cat = self.read_catalog()?;
-        let point = cat.points.iter_mut().find(|p| p.id == point_id).ok_or_else(|| not_found(point_id))?;
+        // `latest` is resolved here, under the chain lock: retention cannot merge the point
+        // between the choice and its use.
+        let point = if point_id == LATEST {
+            cat.points.last_mut().ok_or_else(|| not_found(point_id))?
+        } else {
+            cat.points.iter_mut().find(|p| p.id == point_id).ok_or_else(|| not_found(point_id))?
+        };
+        let point_id = point.id.clone();
         if !point.in_use.contains(&tag) {
             point.in_use.push(tag.clone());
         }
@@ -459,7 +466,7 @@ impl VmReplica {
                 .map_err(|e| Error::qemu("Cannot create test overlay", e))?;
             disks.push((target, ov));
         }
-        Ok(TestOverlay { point_id: point_id.to_string(), tag, disks })
+        Ok(TestOverlay { point_id, tag, disks })
     }
 
     /// Delete a test overlay and drop its in-use mark.
@@ -695,6 +702,9 @@ pub(crate) struct Adoption {
     /// The images are raw files Ferry wrote itself (read as raw, never probed).
     pub raw_source: bool,
 }
+
+/// A point id that designates the newest point at the moment it is used (a test VM's overlays).
+pub const LATEST: &str = "latest";
 
 fn not_found(id: &str) -> Error {
     Error::new(ErrorKind::NotFound, format!("Recovery point {id} does not exist"))

@@ -854,3 +854,36 @@ async fn rep_3_a_disk_without_changes_needs_no_copy_and_idle_cycles_still_make_p
     assert_eq!((r.copied_disks, r.data_bytes), (1, MIB), "{r:?}");
     assert_latest_identical(&rx, "vm-idl", &vm).await;
 }
+
+/// FO-1 / RP-3 (found by the soak): a test failover on "the latest point" must not fail because
+/// retention merged the point the vault last heard of. The vault sends `latest`; the replica
+/// resolves it under its chain lock when it makes the overlays and says which point it used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fo_1_rp_3_the_latest_point_is_resolved_when_the_test_overlays_are_made() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "lt", &[("vda", 16 * MIB)], false).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-lt", rx.local_addr(), &pki);
+    vm.write("vda", 0, MIB, 0x11).await;
+    let known = p.seed_and_initial().await.expect("seed").point_id;
+    // A newer cycle arrives and retention merges the point the vault still calls the latest.
+    vm.write("vda", 0, K64, 0x22).await;
+    let newest = p.run_cycle(false).await.expect("cycle").point_id;
+    let rep = rx.store().vm("vm-lt").await.expect("vm");
+    let out = rep.apply_retention(0, 48).await.expect("retention");
+    assert_eq!(out.merged, vec![known.clone()]);
+    // The stale id is refused with a clear error; `latest` takes the newest point and holds it.
+    let e = rep.overlay_for_test(&known, &dir.path().join("stale")).await.expect_err("merged point");
+    assert!(e.to_string().contains(&known), "{e}");
+    let ov = rep.overlay_for_test(ferry_repl::replica::LATEST, &dir.path().join("testfo")).await.expect("latest");
+    assert_eq!(ov.point_id, newest);
+    let points = rep.recovery_points().expect("points");
+    assert!(points.iter().any(|p| p.id == newest && !p.in_use.is_empty()), "the point is held: {points:?}");
+    // Held: another cycle and retention leave it in place.
+    vm.write("vda", 0, K64, 0x33).await;
+    p.run_cycle(false).await.expect("cycle");
+    rep.apply_retention(0, 48).await.expect("retention");
+    assert!(rep.recovery_points().expect("points").iter().any(|p| p.id == newest), "the test VM's point stays");
+    rep.release_test(&ov).await.expect("release");
+}

@@ -22,6 +22,8 @@ pub enum DocKind {
     AlertSettings,
     /// A capacity plan and the churn measured for it (CAP-1).
     CapacityPlan,
+    /// Where a replica kept when protection was disabled lies (REP-7), by the VM's origin.
+    KeptReplica,
 }
 
 impl DocKind {
@@ -36,6 +38,7 @@ impl DocKind {
             DocKind::RecoveryPlan => "recoveryPlan",
             DocKind::AlertSettings => "alertSettings",
             DocKind::CapacityPlan => "capacityPlan",
+            DocKind::KeptReplica => "keptReplica",
         }
     }
 }

@@ -106,6 +106,19 @@ pub enum Direction {
     Reverse,
 }
 
+/// REP-7: a replica kept when protection of a VM was disabled ("delete replica: no"), so that
+/// enabling the VM again places it on the host that holds it (that host then starts from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptReplicaRecord {
+    /// The VM across protections: `<source site id>/<VM id>`.
+    pub origin: String,
+    pub fabric: uuid::Uuid,
+    /// Host id and name of the host that keeps it.
+    pub host: String,
+    pub host_name: String,
+    pub kept_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// One side of a protected item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ItemSide {

@@ -217,7 +217,9 @@ async fn job_1_job_resumes_after_vault_restart() {
                 j.tasks[0].status == JobStatus::Succeeded && j.tasks[1].status == JobStatus::InProgress
             })
             .await;
-            let pending = chi.pending(0).await;
+            // The task is in progress once its command is queued for the site (the long poll
+            // returns as soon as it is).
+            let pending = chi.pending(10).await;
             assert_eq!(pending.len(), 1);
             assert_eq!(ny_seen.lock().expect("lock").len(), 1);
             let commands = tv.store().count("site_commands").await.expect("count");

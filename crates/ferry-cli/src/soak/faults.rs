@@ -1,7 +1,9 @@
 //! Faults the soak injects while operations run: SIGKILL and restart of any lab process
 //! (sometimes a host agent on a new replication port), SIGKILL of a VM's QEMU (then started
 //! again: its change tracking is lost, a resync is allowed), SIGSTOP beyond the heartbeat
-//! timeout, and replication connections cut (`ss -K`). (The long outage of a replica host, which
+//! timeout, replication connections cut (`ss -K`), a bandwidth limit on the replication link
+//! and a partition of it (see [`super::link`]), a replica location that runs full (see
+//! [`super::full_disk`]; the soak runs that one, as it checks health meanwhile). (The long outage of a replica host, which
 //! must turn its items Critical, is run by the soak itself.)
 
 use std::time::Duration;
@@ -10,6 +12,7 @@ use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 
 use super::lab_control::{signal, LabUnderTest};
+use super::link::{Shape, ShapedLink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum FaultKind {
@@ -18,14 +21,20 @@ pub enum FaultKind {
     KillQemu,
     StopProcess,
     CutReplicationConnections,
+    BandwidthLimit,
+    Partition,
+    ReplicaLocationFull,
 }
 
-pub const ALL_FAULTS: [FaultKind; 5] = [
+pub const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::KillRestartProcess,
     FaultKind::KillRestartHostOnNewPort,
     FaultKind::KillQemu,
     FaultKind::StopProcess,
     FaultKind::CutReplicationConnections,
+    FaultKind::BandwidthLimit,
+    FaultKind::Partition,
+    FaultKind::ReplicaLocationFull,
 ];
 
 /// What a fault hit, for the invariants.
@@ -34,6 +43,8 @@ pub struct FaultEffect {
     pub target: String,
     /// Items whose change tracking the fault destroyed (a resync is expected for them).
     pub tracking_lost: Vec<String>,
+    /// How long the fault lasted, when not the drawn hold.
+    pub held: Option<Duration>,
 }
 
 /// Inject `kind` on the process, host or VM chosen by `pick`, hold it `hold`, end it.
@@ -83,6 +94,7 @@ pub async fn inject(
             Ok(FaultEffect {
                 target: format!("QEMU of {vm} on {host}"),
                 tracking_lost: vec![it["id"].as_str().unwrap_or_default().to_string()],
+                ..Default::default()
             })
         }
         FaultKind::StopProcess => {
@@ -116,5 +128,21 @@ pub async fn inject(
             }
             Ok(FaultEffect { target: format!("connections to {host}:{port} ({cut} cut)"), ..Default::default() })
         }
+        FaultKind::BandwidthLimit | FaultKind::Partition => {
+            // The link between the sites: every host's replication port, both directions.
+            let ports: Vec<u16> = hosts.iter().filter_map(|h| lab.replication_port(h)).collect();
+            let (shape, hold) = if kind == FaultKind::Partition {
+                (Shape::Partition, hold * 2)
+            } else {
+                // Slow enough that cycles take longer than the copy frequency while it lasts.
+                (Shape::RateKbit(256), hold * 4)
+            };
+            let link = ShapedLink::install(&ports, shape)?;
+            tokio::time::sleep(hold).await;
+            let target = format!("{shape:?} on the replication link (ports {:?})", link.ports());
+            drop(link);
+            Ok(FaultEffect { target, held: Some(hold), ..Default::default() })
+        }
+        FaultKind::ReplicaLocationFull => Err(anyhow!("a full replica location is run by the soak itself")),
     }
 }

@@ -91,8 +91,9 @@ pub async fn planned_failover_lost_nothing(
                 format!("planned failover of {vm} from {from} to {to} lost records: {written} written, {found} found")
             });
         }
-        if t0.elapsed() > Duration::from_secs(120) {
-            return Some(format!("{vm} recovered on {to} did not report the records it found within 120 s"));
+        // Boot time is not what this checks (a loaded machine boots the TCG guest slowly).
+        if t0.elapsed() > Duration::from_secs(300) {
+            return Some(format!("{vm} recovered on {to} did not report the records it found within 300 s"));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

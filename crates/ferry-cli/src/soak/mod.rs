@@ -11,8 +11,10 @@
 //! summary and writes `soak-report.json`; the exit code is 1 on any violation.
 
 pub mod faults;
+pub mod full_disk;
 pub mod invariants;
 pub mod lab_control;
+pub mod link;
 pub mod ops;
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,7 +30,7 @@ use serde_json::{json, Value};
 
 use faults::{FaultKind, ALL_FAULTS};
 use lab_control::LabUnderTest;
-use ops::ALL_OPS;
+use ops::{OpKind, ALL_OPS};
 
 #[derive(Args, Debug, Clone)]
 pub struct SoakArgs {
@@ -54,6 +56,33 @@ pub struct SoakArgs {
     /// turn Critical); on by default for soaks of 8 minutes or more.
     #[arg(long)]
     pub long_outage: Option<bool>,
+    /// Only these operations, comma-separated (default: all), e.g. `PlanTestFailover,Repair`.
+    #[arg(long, value_delimiter = ',')]
+    pub ops: Vec<String>,
+    /// Only these faults, comma-separated (default: all; `none` for none), e.g. `Partition`.
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<String>,
+}
+
+/// The kinds named in `names` (all of `all` when none is named), or a clear error.
+fn chosen<T: Copy + std::fmt::Debug>(all: &[T], names: &[String], what: &str) -> Result<Vec<T>> {
+    if names.is_empty() {
+        return Ok(all.to_vec());
+    }
+    if names.len() == 1 && names[0] == "none" {
+        return Ok(Vec::new());
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter().copied().find(|k| format!("{k:?}") == *n).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown {what} {n:?}; known: {}",
+                    all.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 /// One line of the operation log.
@@ -82,6 +111,11 @@ struct State {
 
 struct Soak {
     lab: LabUnderTest,
+    /// The operations and faults this soak draws from.
+    ops: Vec<OpKind>,
+    faults: Vec<FaultKind>,
+    /// Replica locations that a fault can fill (None without root).
+    locations: Option<full_disk::SmallLocations>,
     state: Mutex<State>,
     started: Instant,
 }
@@ -136,10 +170,10 @@ fn schedule(seed: u64, n: usize) -> Vec<Step> {
     (0..n)
         .map(|_| {
             if rng.gen_bool(0.55) {
-                Step::Op { kind: rng.gen_range(0..ALL_OPS.len()), item: rng.gen_range(0..64), flip: rng.gen_bool(0.5) }
+                Step::Op { kind: rng.gen_range(0..64), item: rng.gen_range(0..64), flip: rng.gen_bool(0.5) }
             } else {
                 Step::Fault {
-                    kind: rng.gen_range(0..ALL_FAULTS.len()),
+                    kind: rng.gen_range(0..64),
                     pick: rng.gen_range(0..64),
                     hold_ms: rng.gen_range(1000..15000),
                 }
@@ -157,6 +191,11 @@ fn recovery_window() -> Duration {
 
 pub async fn run(args: SoakArgs) -> Result<()> {
     let duration = parse_duration(&args.duration)?;
+    let ops = chosen(&ALL_OPS, &args.ops, "operation")?;
+    if ops.is_empty() {
+        bail!("a soak needs at least one operation");
+    }
+    let faults = chosen(&ALL_FAULTS, &args.faults, "fault")?;
     let dir = std::path::absolute(&args.dir)?;
     if dir.join("pids").exists() {
         bail!("{} holds a running lab; stop it first (ferry lab --down --dir …)", dir.display());
@@ -165,8 +204,15 @@ pub async fn run(args: SoakArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let report_path = args.report.clone().unwrap_or_else(|| dir.with_extension("report.json"));
     eprintln!("soak: seed {}, {} s, lab in {}", args.seed, duration.as_secs(), dir.display());
+    let locations = match full_disk::SmallLocations::mount(&dir, 2048) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("soak: without the full replica location fault: {e:#}");
+            None
+        }
+    };
     let lab = LabUnderTest::start(&dir, &["--retention-interval-secs".into(), "120".into()]).await?;
-    let soak = Arc::new(Soak { lab, state: Mutex::default(), started: Instant::now() });
+    let soak = Arc::new(Soak { lab, ops, faults, locations, state: Mutex::default(), started: Instant::now() });
     let outcome = drive(&soak, &args, duration).await;
     if let Err(e) = &outcome {
         soak.violation(0, 0, format!("the soak could not go on: {e:#}"));
@@ -177,8 +223,19 @@ pub async fn run(args: SoakArgs) -> Result<()> {
         soak.violation(0, 6, format!("stopping the lab failed: {e:#}"));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The small replica locations go with the lab.
+    let soak = match Arc::try_unwrap(soak) {
+        Ok(mut s) => {
+            drop(s.locations.take());
+            Arc::new(s)
+        }
+        Err(s) => s,
+    };
     for l in invariants::leftovers(&dir, "sk") {
         soak.violation(0, 6, l);
+    }
+    for m in full_disk::SmallLocations::mounted_under(&dir) {
+        soak.violation(0, 6, format!("file system still mounted on {m}"));
     }
     soak.checked("6 nothing left after the lab stopped");
     let report = summary(&soak, &args, duration);
@@ -240,6 +297,16 @@ async fn setup(soak: &Soak) -> Result<()> {
             &json!({"source_site": "VMM-NewYork", "vms": ["soak1", "soak2", "soak3"]}),
         )
         .await?;
+    // The lab's plan also asks for a manual check in test failovers (the soak resumes it).
+    let _: Value = lab
+        .client
+        .patch(
+            &lab.v(&format!("/replicationRecoveryPlans/{}", ops::PLAN)),
+            &json!({"changes": [{"change": "addStep", "group": 2, "phase": "Pre",
+                "step": {"kind": "ManualAction", "name": "Check the database", "instructions": "Query db1-test",
+                    "failover_types": ["TestFailover"]}}]}),
+        )
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let all = ops::items(lab).await?;
@@ -281,12 +348,13 @@ async fn drive(soak: &Arc<Soak>, args: &SoakArgs, duration: Duration) -> Result<
         match step {
             Step::Op { kind, item, flip } => run_op(soak, n, kind, item, flip).await,
             Step::Fault { kind, pick, hold_ms } => {
-                if fault_task.as_ref().is_some_and(|t| !t.is_finished()) {
+                if soak.faults.is_empty() || fault_task.as_ref().is_some_and(|t| !t.is_finished()) {
                     continue;
                 }
+                let fault = soak.faults[kind % soak.faults.len()];
                 let soak = soak.clone();
                 fault_task = Some(tokio::spawn(async move {
-                    run_fault(&soak, n, ALL_FAULTS[kind], pick, Duration::from_millis(hold_ms)).await;
+                    run_fault(&soak, n, fault, pick, Duration::from_millis(hold_ms)).await;
                 }));
                 // Let the fault start before the next operation overlaps it.
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -309,11 +377,20 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
     let mut sorted: Vec<&Value> = all.iter().filter(|i| !busy.contains(i["id"].as_str().unwrap_or(""))).collect();
     sorted.sort_by_key(|i| i["name"].as_str().unwrap_or("").to_string());
     if sorted.is_empty() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
         return;
     }
+    // A plan operation when it is drawn and the plan allows it with all its items free.
+    let drawn = soak.ops[kind % soak.ops.len()];
+    if drawn.on_plan() {
+        match plan_items(&soak.lab, drawn, &all, &busy).await {
+            Some(items) => return run_plan_op(soak, n, drawn, items, flip).await,
+            None => soak.note(n, &format!("{drawn:?}"), "not allowed now; an item operation instead"),
+        }
+    }
     let mut chosen = None;
-    'find: for k in 0..ALL_OPS.len() {
-        let op = ALL_OPS[(kind + k) % ALL_OPS.len()];
+    'find: for k in 0..soak.ops.len() {
+        let op = soak.ops[(kind + k) % soak.ops.len()];
         for j in 0..sorted.len() {
             let it = sorted[(item + j) % sorted.len()];
             let allowed: Vec<String> = it["allowed_operations"]
@@ -322,13 +399,22 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
                 .flatten()
                 .filter_map(|o| o.as_str().map(str::to_string))
                 .collect();
-            if it["state"] == "Protected" && op.fits(&allowed, it["direction"] == "Reverse") {
+            let in_plan = plan_member(it);
+            if it["state"] == "Protected"
+                && op.fits(&allowed, it["direction"] == "Reverse")
+                && !(in_plan && op == OpKind::DisableReenable)
+            {
                 chosen = Some((op, (*it).clone()));
                 break 'find;
             }
         }
     }
-    let Some((op, it)) = chosen else { return soak.note(n, "operation", "none allowed now") };
+    let Some((op, it)) = chosen else {
+        soak.note(n, "operation", "none allowed now");
+        // Something else holds every item (a fault, a job): give it time.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        return;
+    };
     let id = it["id"].as_str().unwrap_or_default().to_string();
     let name = it["name"].as_str().unwrap_or_default().to_string();
     let what = format!("{op:?} on {name}");
@@ -347,6 +433,9 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
             for v in &out.lost_records {
                 soak.violation(n, 3, v.clone());
             }
+            for v in &out.full_copies {
+                soak.violation(n, 1, v.clone());
+            }
         }
         Err(e) => {
             soak.note(n, &what, &format!("failed: {e:#}"));
@@ -356,10 +445,11 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
         }
     }
     // The item replicates again: its newest point is a clean prefix (invariant 2).
-    if let Ok(it) = ops::item(&soak.lab, &id).await {
+    let now_id = result.as_ref().ok().and_then(|o| o.new_id.clone()).unwrap_or_else(|| id.clone());
+    if let Ok(it) = ops::item(&soak.lab, &now_id).await {
         let target = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
         soak.checked("2 newest point is a clean prefix");
-        if let Some(v) = invariants::clean_prefixes(&soak.lab, &target, &id, &name, true).await {
+        if let Some(v) = invariants::clean_prefixes(&soak.lab, &target, &now_id, &name, true).await {
             soak.violation(n, 2, v);
         }
     }
@@ -368,23 +458,155 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
     }
 }
 
+/// The VMs of the lab's recovery plan.
+const PLAN_VMS: [&str; 3] = ["db1", "app1", "web1"];
+
+fn plan_member(it: &Value) -> bool {
+    it["name"].as_str().is_some_and(|n| PLAN_VMS.contains(&n))
+}
+
+/// The plan's items when the plan allows `op` now and none of them is held by an operation.
+async fn plan_items(lab: &LabUnderTest, op: OpKind, all: &[Value], busy: &HashSet<String>) -> Option<Vec<Value>> {
+    let plan: Value = lab.client.get(&lab.v(&format!("/replicationRecoveryPlans/{}", ops::PLAN))).await.ok()?;
+    let allowed: Vec<String> =
+        plan["allowed_operations"].as_array()?.iter().filter_map(|o| o.as_str().map(str::to_string)).collect();
+    let items: Vec<Value> = all.iter().filter(|i| plan_member(i)).cloned().collect();
+    let free = items.len() == PLAN_VMS.len()
+        && items.iter().all(|i| i["state"] == "Protected" && !busy.contains(i["id"].as_str().unwrap_or("")));
+    (free && op.plan_fits(&allowed)).then_some(items)
+}
+
+/// Run a plan operation on all the plan's items, then check each one's newest point.
+async fn run_plan_op(soak: &Soak, n: usize, op: OpKind, items: Vec<Value>, flip: bool) {
+    let ids: Vec<String> = items.iter().map(|i| i["id"].as_str().unwrap_or_default().to_string()).collect();
+    if let Ok(mut s) = soak.state.lock() {
+        s.busy.extend(ids.iter().cloned());
+        *s.ops.entry(format!("{op:?}")).or_default() += 1;
+    }
+    let what = format!("{op:?} of plan {}", ops::PLAN);
+    let t0 = Instant::now();
+    match ops::run_plan(&soak.lab, op, &items, flip).await {
+        Ok(out) => {
+            soak.note(
+                n,
+                &what,
+                &format!(
+                    "done in {:.0} s ({} manual action(s) resumed, {} resume(s) after a failure)",
+                    t0.elapsed().as_secs_f64(),
+                    out.manual_actions_resumed,
+                    out.resumed_after_failure
+                ),
+            );
+            for _ in 0..out.planned_checked {
+                soak.checked("3 planned failover loses no record");
+            }
+            for v in &out.lost_records {
+                soak.violation(n, 3, v.clone());
+            }
+        }
+        Err(e) => {
+            soak.note(n, &what, &format!("failed: {e:#}"));
+            if let Ok(mut s) = soak.state.lock() {
+                *s.op_errors.entry(format!("{op:?}")).or_default() += 1;
+            }
+        }
+    }
+    for (id, it) in ids.iter().zip(&items) {
+        let name = it["name"].as_str().unwrap_or_default();
+        if let Ok(now) = ops::item(&soak.lab, id).await {
+            let target = now["target"]["host_name"].as_str().unwrap_or_default().to_string();
+            soak.checked("2 newest point is a clean prefix");
+            if let Some(v) = invariants::clean_prefixes(&soak.lab, &target, id, name, true).await {
+                soak.violation(n, 2, v);
+            }
+        }
+    }
+    if let Ok(mut s) = soak.state.lock() {
+        for id in &ids {
+            s.busy.remove(id);
+        }
+    }
+}
+
 /// Inject one fault; when it ends, every item that should replicate must make a point within
 /// the recovery window (invariant 1).
 async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Duration) {
     let items = ops::items(&soak.lab).await.unwrap_or_default();
-    let effect = faults::inject(&soak.lab, kind, pick, hold, &items).await;
+    let effect = if kind == FaultKind::ReplicaLocationFull {
+        replica_location_full(soak, n, pick, &items).await
+    } else {
+        faults::inject(&soak.lab, kind, pick, hold, &items).await
+    };
     let ended = Utc::now();
     let ended_at = Instant::now();
     let effect = match effect {
         Ok(e) => e,
         Err(e) => return soak.note(n, &format!("fault {kind:?}"), &format!("not injected: {e:#}")),
     };
-    soak.note(n, &format!("fault {kind:?}"), &format!("{} for {:.0} s, ended", effect.target, hold.as_secs_f64()));
+    soak.note(
+        n,
+        &format!("fault {kind:?}"),
+        &format!("{} for {:.0} s, ended", effect.target, effect.held.unwrap_or(hold).as_secs_f64()),
+    );
     if let Ok(mut s) = soak.state.lock() {
         *s.faults.entry(format!("{kind:?}")).or_default() += 1;
         s.resync_allowed.extend(effect.tracking_lost.iter().cloned());
     }
     expect_recovery(soak, n, ended, ended_at, &format!("{kind:?}")).await;
+}
+
+/// A replica location runs full for longer than a copy frequency: the items replicating to it
+/// turn Critical with the cause (invariant 4); then it is freed (the recovery is checked by the
+/// caller, invariant 1).
+async fn replica_location_full(soak: &Soak, n: usize, pick: usize, items: &[Value]) -> Result<faults::FaultEffect> {
+    let locations = soak.locations.as_ref().context("no small replica locations (the soak needs root for them)")?;
+    let mut targets: Vec<String> = items
+        .iter()
+        .filter_map(|i| i["target"]["host_name"].as_str())
+        .filter(|h| full_disk::HOSTS.contains(h))
+        .map(str::to_string)
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let host = targets.get(pick % targets.len().max(1)).cloned().unwrap_or_else(|| full_disk::HOSTS[0].to_string());
+    let filler = locations.fill(&host)?;
+    let hold = COPY_FREQUENCY + Duration::from_secs(15);
+    tokio::time::sleep(hold).await;
+    // Invariant 4 while it lasts: every item that tried to replicate to it since shows why not.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wrong: Vec<String> = loop {
+        let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+        let now = ops::items(&soak.lab).await.unwrap_or_default();
+        let wrong: Vec<String> = now
+            .iter()
+            .filter(|i| {
+                i["state"] == "Protected"
+                    && i["target"]["host_name"] == host.as_str()
+                    && !busy.contains(i["id"].as_str().unwrap_or(""))
+            })
+            .filter(|i| {
+                !(i["health"] == "Critical"
+                    && i["health_reasons"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("ReplicaFull")))))
+            })
+            .map(|i| format!("{} is {} ({})", i["name"], i["health"], i["health_reasons"]))
+            .collect();
+        if wrong.is_empty() || Instant::now() > deadline {
+            break wrong;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    soak.checked("4 Critical while the replica location is full");
+    for w in wrong {
+        soak.violation(n, 4, format!("the replica location on {host} is full for {} s, but {w}", hold.as_secs()));
+    }
+    drop(filler);
+    Ok(faults::FaultEffect {
+        target: format!("replica location GOLD_TARGET on {host} full"),
+        held: Some(hold),
+        ..Default::default()
+    })
 }
 
 /// Invariant 1: every Protected item not held by an operation has a point captured after
@@ -589,5 +811,15 @@ mod tests {
         assert_eq!(parse_duration("2h").ok(), Some(Duration::from_secs(7200)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn operations_and_faults_are_chosen_by_name() {
+        assert_eq!(chosen(&ALL_OPS, &[], "operation").ok(), Some(ALL_OPS.to_vec()));
+        let some = vec!["Repair".to_string(), "PlanTestFailover".to_string()];
+        assert_eq!(chosen(&ALL_OPS, &some, "operation").ok(), Some(vec![OpKind::Repair, OpKind::PlanTestFailover]));
+        assert_eq!(chosen(&ALL_FAULTS, &["none".to_string()], "fault").ok(), Some(vec![]));
+        let e = chosen(&ALL_FAULTS, &["Meteor".to_string()], "fault").expect_err("unknown");
+        assert!(e.to_string().contains("Meteor") && e.to_string().contains("Partition"), "{e}");
     }
 }

@@ -1,8 +1,11 @@
 //! Operations the soak runs on protected items, through the vault's REST API as an operator
 //! does: test failover (each network option) and cleanup, planned failover then commit and
 //! re-protect or cancel, failback of a VM replicating in reverse, unplanned failover at a point,
-//! pause and resume, repair, a policy edit. Each waits for its jobs and returns what an
-//! invariant needs to know.
+//! pause and resume, repair, a policy edit, disable and re-enable keeping the replica (through
+//! the API or from the site manager), and the recovery plan `lab-app`'s test failover (its
+//! manual action resumed by the soak) and planned failover with commit and re-protect (in either
+//! direction, so also its failback). Each waits for its jobs and returns what an invariant needs
+//! to know.
 
 use std::time::{Duration, Instant};
 
@@ -23,9 +26,15 @@ pub enum OpKind {
     PauseResume,
     Repair,
     PolicyEdit,
+    DisableReenable,
+    PlanTestFailover,
+    PlanPlannedFailoverCommitReprotect,
 }
 
-pub const ALL_OPS: [OpKind; 9] = [
+/// The recovery plan of the lab the plan operations run.
+pub const PLAN: &str = "lab-app";
+
+pub const ALL_OPS: [OpKind; 12] = [
     OpKind::TestFailoverNone,
     OpKind::TestFailoverAutomatic,
     OpKind::PlannedFailoverCommitReprotect,
@@ -35,6 +44,9 @@ pub const ALL_OPS: [OpKind; 9] = [
     OpKind::PauseResume,
     OpKind::Repair,
     OpKind::PolicyEdit,
+    OpKind::DisableReenable,
+    OpKind::PlanTestFailover,
+    OpKind::PlanPlannedFailoverCommitReprotect,
 ];
 
 impl OpKind {
@@ -51,6 +63,24 @@ impl OpKind {
             OpKind::PauseResume => has("pauseReplication"),
             OpKind::Repair => has("repairReplication"),
             OpKind::PolicyEdit => true,
+            // Items of the plan stay in it: only the others are disabled and enabled again.
+            OpKind::DisableReenable => has("disableProtection") && !reverse,
+            OpKind::PlanTestFailover | OpKind::PlanPlannedFailoverCommitReprotect => false,
+        }
+    }
+
+    /// The operation runs on the recovery plan (all its items at once).
+    pub fn on_plan(self) -> bool {
+        matches!(self, OpKind::PlanTestFailover | OpKind::PlanPlannedFailoverCommitReprotect)
+    }
+
+    /// The plan operation the plan allows now.
+    pub fn plan_fits(self, plan_allowed: &[String]) -> bool {
+        let has = |op: &str| plan_allowed.iter().any(|a| a == op);
+        match self {
+            OpKind::PlanTestFailover => has("testFailover"),
+            OpKind::PlanPlannedFailoverCommitReprotect => has("plannedFailover"),
+            _ => false,
         }
     }
 }
@@ -63,6 +93,15 @@ pub struct OpOutcome {
     pub lost_records: Vec<String>,
     /// The item stops making points while this runs (and until it is protected again).
     pub interrupts_replication: bool,
+    /// Manual actions of a plan the soak resumed.
+    pub manual_actions_resumed: u32,
+    /// Failed plan jobs the soak resumed once their cause had passed.
+    pub resumed_after_failure: u32,
+    /// The item's id after the operation, when it changed (disable and enable again).
+    pub new_id: Option<String>,
+    /// Violations of invariant 1 (a re-enabled item copied everything although its replica was
+    /// kept).
+    pub full_copies: Vec<String>,
 }
 
 pub async fn items(lab: &LabUnderTest) -> Result<Vec<Value>> {
@@ -175,8 +214,179 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             operate(lab, &id, "repairReplication", json!({}), false, long).await?;
         }
         OpKind::PolicyEdit => edit_policy(lab, flip).await?,
+        OpKind::DisableReenable => {
+            out.interrupts_replication = true;
+            let site = it["source"]["fabric"].as_str().unwrap_or_default().to_string();
+            operate(lab, &id, "disableProtection", json!({}), false, long).await?;
+            let new_id =
+                if flip { enable_from_site(lab, &site, &name).await? } else { enable(lab, &site, &name).await? };
+            let it = wait_protected(lab, &new_id, long).await?;
+            // The policy keeps the replica on disable (POL-7): the new protection starts from it.
+            if it["existing_replica"]["source"] != "KeptReplica" {
+                out.full_copies.push(format!(
+                    "{name} enabled again {} copied everything although its replica was kept: {}",
+                    if flip { "from its site manager" } else { "through the API" },
+                    it["existing_replica"]
+                ));
+            }
+            out.new_id = Some(new_id);
+        }
+        OpKind::PlanTestFailover | OpKind::PlanPlannedFailoverCommitReprotect => {
+            bail!("{kind:?} runs on the plan, not on one item")
+        }
     }
     Ok(out)
+}
+
+/// Enable protection of VM `name` of `site` again through the API; the new item's id.
+async fn enable(lab: &LabUnderTest, site: &str, name: &str) -> Result<String> {
+    let r: Value =
+        lab.client.post(&lab.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": [name]})).await?;
+    new_item_id(&r, name)
+}
+
+/// Enable protection of VM `name` from its site manager (`ferry site protect`, with the site's
+/// own credential), as the site's operator does.
+async fn enable_from_site(lab: &LabUnderTest, site: &str, name: &str) -> Result<String> {
+    let fabric: Value = lab.client.get(&lab.v(&format!("/replicationFabrics/{site}"))).await?;
+    let key = match fabric["name"].as_str().unwrap_or_default() {
+        "VMM-NewYork" => "newyork",
+        "VMM-Chicago" => "chicago",
+        other => bail!("the soak's lab has no site {other}"),
+    };
+    let sdir = lab.dir.join("sites").join(key);
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["site", "protect", "--config"])
+        .arg(sdir.join("site.toml"))
+        .arg("--data-dir")
+        .arg(sdir.join("data"))
+        .arg(name)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("ferry site protect {name} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    new_item_id(&r, name)
+}
+
+/// The id of the item an enable answer created for `name` (`[{item, job}]`).
+fn new_item_id(answer: &Value, name: &str) -> Result<String> {
+    answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["item"]["name"] == name)
+        .and_then(|e| e["item"]["id"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("enabling {name} answered no item: {answer}"))
+}
+
+/// A plan operation: test failover (waiting manual actions resumed, then cleanup), or planned
+/// failover (manual actions resumed; every VM checked for lost records) then commit and
+/// re-protect. `items` are the plan's items as listed (id, name, source host, target host).
+pub async fn run_plan(lab: &LabUnderTest, kind: OpKind, items: &[Value], flip: bool) -> Result<OpOutcome> {
+    let long = Duration::from_secs(900);
+    let mut out = OpOutcome::default();
+    let plan = |op: &str| lab.v(&format!("/replicationRecoveryPlans/{PLAN}/{op}"));
+    match kind {
+        OpKind::PlanTestFailover => {
+            let network = if flip { json!({"mode": "Automatic"}) } else { json!({"mode": "None"}) };
+            let j: Value = lab.client.post(&plan("testFailover"), &json!({"network": network})).await?;
+            let j = follow_plan_job(lab, j, &mut out, long).await?;
+            if waiting_task(&j).as_deref() != Some("Complete testing") {
+                bail!("the plan's test failover ended {} instead of waiting at Complete testing", j["status"]);
+            }
+            let c: Value = lab.client.post(&plan("testFailoverCleanup"), &json!({"notes": "soak"})).await?;
+            wait_job(lab, &c, false, long).await?;
+        }
+        OpKind::PlanPlannedFailoverCommitReprotect => {
+            out.interrupts_replication = true;
+            let j: Value = lab.client.post(&plan("plannedFailover"), &json!({})).await?;
+            let j = follow_plan_job(lab, j, &mut out, long).await?;
+            if j["status"] != "Succeeded" {
+                bail!("the plan's planned failover ended {}", j["status"]);
+            }
+            // Invariant 3 for every VM of the plan, before commit changes them.
+            for it in items {
+                let name = it["name"].as_str().unwrap_or_default();
+                let from = it["source"]["host_name"].as_str().unwrap_or_default();
+                let to = it["target"]["host_name"].as_str().unwrap_or_default();
+                let written = super::invariants::last_written(&super::invariants::serial_of(lab, from, name));
+                out.planned_checked += 1;
+                if let Some(v) = super::invariants::planned_failover_lost_nothing(lab, name, from, to, written).await {
+                    out.lost_records.push(v);
+                }
+            }
+            let c: Value = lab.client.post(&plan("failoverCommit"), &json!({})).await?;
+            wait_job(lab, &c, false, long).await?;
+            let r: Value = lab.client.post(&plan("reProtect"), &json!({})).await?;
+            wait_job(lab, &r, false, long).await?;
+            for it in items {
+                wait_protected(lab, it["id"].as_str().unwrap_or_default(), long).await?;
+            }
+        }
+        other => bail!("{other:?} is not a plan operation"),
+    }
+    Ok(out)
+}
+
+/// Follow a plan job as its operator: resume it at each manual action; when it failed (a fault
+/// such as a full replica location), wait for the cause to pass and resume it, as the job's
+/// recommendation says, up to four times. Returns the job when it succeeded or waits at
+/// Complete testing.
+async fn follow_plan_job(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, limit: Duration) -> Result<Value> {
+    let mut retries = 0;
+    loop {
+        j = wait_settled(lab, &j, limit).await?;
+        match (j["status"].as_str(), waiting_task(&j).as_deref()) {
+            (Some("Succeeded"), _) | (_, Some("Complete testing")) => return Ok(j),
+            (Some("WaitingForInput"), Some(_)) => {
+                j = resume(lab, &j).await?;
+                out.manual_actions_resumed += 1;
+            }
+            (Some("Failed"), _) if retries < 4 => {
+                retries += 1;
+                out.resumed_after_failure += 1;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                j = resume(lab, &j).await?;
+            }
+            _ => bail!("plan job {} ended {}: {}", j["id"], j["status"], j["errors"]),
+        }
+    }
+}
+
+/// Wait until a job succeeded, failed, was cancelled or waits for input.
+async fn wait_settled(lab: &LabUnderTest, job: &Value, limit: Duration) -> Result<Value> {
+    let id = job["id"].as_str().ok_or_else(|| anyhow!("no job id in {job}"))?.to_string();
+    let t0 = Instant::now();
+    loop {
+        let j: Value = lab.client.get(&lab.v(&format!("/replicationJobs/{id}"))).await?;
+        if matches!(j["status"].as_str(), Some("Succeeded" | "Failed" | "Cancelled" | "WaitingForInput")) {
+            return Ok(j);
+        }
+        if t0.elapsed() > limit {
+            bail!("job {} {id} did not end within {limit:?}", j["operation"]);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The name of the task a job waits at, if it waits.
+fn waiting_task(job: &Value) -> Option<String> {
+    (job["status"] == "WaitingForInput").then_some(())?;
+    job["tasks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["status"] == "WaitingForInput")
+        .and_then(|t| t["name"].as_str())
+        .map(str::to_string)
+}
+
+/// Resume a job waiting for an operator (a manual action done).
+async fn resume(lab: &LabUnderTest, job: &Value) -> Result<Value> {
+    let id = job["id"].as_str().ok_or_else(|| anyhow!("no job id in {job}"))?;
+    Ok(lab.client.post(&lab.v(&format!("/replicationJobs/{id}/resume")), &Value::Null).await?)
 }
 
 /// POL-9: toggle the lab policy's compression and app-consistent frequency (its copy frequency

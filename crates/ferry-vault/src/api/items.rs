@@ -180,8 +180,22 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
     let connections: Vec<NicConnection> = nic_plans.iter().map(|p| p.connection.clone()).collect();
     let candidates =
         ferry_core::network::placement_candidates(&target.inventory, &target_cloud, &connections).map_err(core_err)?;
-    let placement = ferry_core::storage::place_vm(vm, &candidates, &target.inventory, source.id, target.id, &sto_maps)
-        .map_err(core_err)?;
+    // REP-7: a replica of this VM kept on a host of the cloud is where it goes again (that host
+    // starts from it and sends only the differences), if that host can hold every disk.
+    let kept: Option<ferry_types::protection::KeptReplicaRecord> = st
+        .store
+        .get_doc(DocKind::KeptReplica, vault, &format!("{}/{}", source.id, vm.id))
+        .await?
+        .map(|d| d.body)
+        .filter(|k: &ferry_types::protection::KeptReplicaRecord| k.fabric == target.id);
+    let keeper: Vec<&Host> =
+        candidates.iter().copied().filter(|h| kept.as_ref().is_some_and(|k| k.host == h.id)).collect();
+    let placement = match ferry_core::storage::place_vm(vm, &keeper, &target.inventory, source.id, target.id, &sto_maps)
+    {
+        Ok(p) if !keeper.is_empty() => p,
+        _ => ferry_core::storage::place_vm(vm, &candidates, &target.inventory, source.id, target.id, &sto_maps)
+            .map_err(core_err)?,
+    };
     let target_host = target
         .inventory
         .host(&placement.host)
@@ -496,6 +510,22 @@ fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
     select_point(item, &point_choice(raw))
 }
 
+/// RP-3: the point a test failover or failover sends to the replica host. The latest point
+/// (`latestProcessed` too: every point is applied when it arrives) goes as `latest`, which the
+/// replica host resolves when it makes the overlays, under its chain lock: retention can merge
+/// the point the vault last heard of between the choice and its use, never the newest one. The
+/// job records the point the host used. An item without the chosen kind of point is refused here.
+pub(crate) fn overlay_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
+    let chosen = choose_point(item, raw)?;
+    Ok(match raw {
+        None | Some("latest") | Some("latestProcessed") => LATEST_POINT.to_string(),
+        Some(_) => chosen,
+    })
+}
+
+/// The point id that designates the replica's newest point when the replica host uses it.
+pub const LATEST_POINT: &str = "latest";
+
 /// RP-3: the item's recovery point a choice designates (per-VM operations and plans).
 pub(crate) fn select_point(
     item: &ProtectedItem,
@@ -561,7 +591,7 @@ pub async fn operate(
     };
     let job = match op {
         Operation::TestFailover => {
-            let point = choose_point(&it, req.recovery_point.as_deref())?;
+            let point = overlay_point(&it, req.recovery_point.as_deref())?;
             let network = req.network.clone().unwrap_or_default();
             let network = match network {
                 TestNetwork::Existing { network } => {
@@ -655,10 +685,7 @@ pub async fn operate(
                     return Err(ApiFailure::with(StatusCode::CONFLICT, crate::jobs::source_running(&it.name)));
                 }
             }
-            let point = match req.recovery_point.as_deref() {
-                None | Some("latest") => "latest".to_string(),
-                other => choose_point(&it, other)?,
-            };
+            let point = overlay_point(&it, req.recovery_point.as_deref())?;
             let params = serde_json::json!({"item": it.id, "point": point, "shutdown_source": req.shutdown_source, "source_fenced": req.source_fenced});
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_UNPLANNED_FAILOVER, params, &crate::jobs::UNPLANNED_TASKS))

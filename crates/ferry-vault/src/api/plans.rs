@@ -314,6 +314,16 @@ pub async fn delete_plan(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// RP-3 for a plan's VM: the point sent to its replica host (`latest` resolved there, as for
+/// one VM: [`super::items::overlay_point`]).
+fn overlay_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
+    let chosen = choose_point(item, raw)?;
+    Ok(match raw {
+        None | Some("latest") | Some("latestProcessed") => super::items::LATEST_POINT.to_string(),
+        Some(_) => chosen,
+    })
+}
+
 /// RP-3 for a plan's VM: the point an operation uses.
 fn choose_point(item: &ProtectedItem, raw: Option<&str>) -> ApiResult<String> {
     use ferry_core::retention::RecoveryPointChoice as C;
@@ -396,7 +406,7 @@ pub async fn operate_plan(
     match op {
         Operation::TestFailover => {
             for it in &items {
-                params.points.push(ItemPoint { item: it.id, point: choose_point(it, req.recovery_point.as_deref())? });
+                params.points.push(ItemPoint { item: it.id, point: overlay_point(it, req.recovery_point.as_deref())? });
             }
             params.network = match req.network.clone().unwrap_or_default() {
                 TestNetwork::Existing { network } => {
@@ -478,10 +488,7 @@ pub async fn operate_plan(
                 }
             }
             for it in &items {
-                let point = match req.recovery_point.as_deref() {
-                    None | Some("latest") => "latest".to_string(),
-                    other => choose_point(it, other)?,
-                };
+                let point = overlay_point(it, req.recovery_point.as_deref())?;
                 params.points.push(ItemPoint { item: it.id, point });
             }
         }

@@ -107,6 +107,7 @@ impl JobKind for TestFailoverJob {
             let r = JobCtx::site_command(&state, &job, fabric, "overlays", cmd).await?;
             let out = r.output.clone();
             check(r, "Preparing the test disks")?;
+            record_test_point(&state, vault, p.item, &out).await?;
             Ok(out)
         })
         .await?;
@@ -245,12 +246,48 @@ impl JobKind for DisableProtectionJob {
             check(JobCtx::site_command(&state, &job, tgt.fabric, "target", cmd).await?, "Removing the replica")
         })
         .await?;
+        let kept = (!delete).then(|| ferry_types::protection::KeptReplicaRecord {
+            origin: super::kinds::replica_origin(&item),
+            fabric: item.target.fabric,
+            host: item.target.host.clone(),
+            host_name: item.target.host_name.clone(),
+            kept_at: ctx.state.clock.now(),
+        });
         ctx.task(DISABLE_TASKS[2], |state, _job| async move {
-            state.store.delete_doc(DocKind::ProtectedItem, vault, &p.item.to_string()).await.map_err(store_err)?;
-            Ok(())
+            // REP-7: enabling the VM again places it where its replica is kept.
+            use ferry_store::Store;
+            let mut tx = state.store.begin().await.map_err(store_err)?;
+            if let Some(k) = &kept {
+                Store::delete_doc_tx(&mut tx, DocKind::KeptReplica, vault, &k.origin).await.map_err(store_err)?;
+                Store::put_doc_tx(&mut tx, DocKind::KeptReplica, vault, &k.origin, None, None, k, None)
+                    .await
+                    .map_err(store_err)?;
+            }
+            Store::delete_doc_tx(&mut tx, DocKind::ProtectedItem, vault, &p.item.to_string())
+                .await
+                .map_err(store_err)?;
+            Store::commit(tx).await.map_err(store_err)
         })
         .await
     }
+}
+
+/// The point the replica host made a test VM's overlays on (it resolves `latest`), recorded
+/// on the item's test failover.
+pub async fn record_test_point(
+    state: &crate::state::AppState,
+    vault: Uuid,
+    item: Uuid,
+    output: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let Some(used) = output["point"].as_str().filter(|p| !p.is_empty()) else { return Ok(()) };
+    crate::replication::update_item(state, vault, item, |i| {
+        if let Some(t) = i.test_failover.as_mut() {
+            t.recovery_point = used.to_string();
+        }
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Record a test failover on its item before its job starts (one at a time, FO-1).

@@ -511,7 +511,9 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                 let r = JobCtx::site_command(&st, &job, tgt.fabric, &k2, cmd).await?;
                 let output = r.output.clone();
                 check(r, "Preparing the disks")?;
-                if mode != Mode::Test {
+                if mode == Mode::Test {
+                    crate::jobs::failover::record_test_point(&st, vault, it.id, &output).await?;
+                } else {
                     // What the per-VM operations after a failover need (FO-4, FO-5).
                     let source_final = mode == Mode::Planned && latest;
                     record_failover(&st, vault, it.id, &output, source_final).await?;
