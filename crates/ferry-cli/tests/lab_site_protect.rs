@@ -1,7 +1,7 @@
 //! REP-1 from the site side: the operator of a site manager enables protection for VMs of that
 //! site with `ferry site protect`, using the site's own credential; the vault plans it exactly as
 //! through the management API. A VM of another site or an unknown VM is refused and nothing
-//! changes.
+//! changes. No secret of the lab leaks into logs, events or the vault's database (SEC-3).
 
 mod common;
 
@@ -23,7 +23,7 @@ fn items(lab: &Lab) -> usize {
 }
 
 #[test]
-fn rep_1_enable_protection_from_the_site_manager() {
+fn rep_1_sec_3_enable_protection_from_the_site_manager_and_no_secret_leaks() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "sp1", 8, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
@@ -57,4 +57,14 @@ fn rep_1_enable_protection_from_the_site_manager() {
     let (code, _, err) = site_protect(&lab, "newyork", &["sp1"]);
     assert_ne!(code, 0);
     assert!(err.contains("already protected"), "{err}");
+
+    // SEC-3: after registration, joins, protection from the site and an API token used and
+    // refused, no secret is in any log, event or in plain text in the vault's database.
+    let t = lab.json(&["token-create", "--name", "auditor", "--role", "reader"]);
+    let secret = t["secret"].as_str().expect("secret").to_string();
+    let (code, _, _) = lab.cli(&["--token", &secret, "policy-create", "--name", "nope"]);
+    assert_eq!(code, 5, "a reader cannot change configuration");
+    let (code, _, _) = lab.cli(&["--token", &format!("{secret}x"), "site-list"]);
+    assert_ne!(code, 0, "a wrong token is refused");
+    common::assert_no_secret_leaked(&lab, &[&secret]);
 }

@@ -214,7 +214,12 @@ impl Builder {
     }
 
     pub fn build(self) -> Result<Client> {
-        let mut b = reqwest::Client::builder().timeout(self.timeout).connect_timeout(Duration::from_secs(10));
+        // Ferry's servers close connections idle for 30 s; the pool lets them go before that, so
+        // a request never goes out on a connection the server is closing.
+        let mut b = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(20));
         if self.insecure_bootstrap {
             b = b.danger_accept_invalid_certs(true).tls_built_in_root_certs(false);
         } else {

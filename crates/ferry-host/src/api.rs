@@ -57,7 +57,10 @@ pub fn serve(
         .route("/v1/replication", post(replication_action))
         .route("/v1/profile", post(profile_action))
         .with_state(host);
-    let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    // Slow or idle clients cannot hold connections: headers (and the wait for the next request)
+    // within 30 s; the TLS handshake within axum-server's 10 s.
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "host API stopped");
@@ -206,8 +209,12 @@ async fn replication_action(
     res.map(Json).map_err(|e| {
         let (status, code) = match &e {
             crate::replication::ReplicationError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidReplicationRequest"),
+            e if e.no_space() => (StatusCode::INSUFFICIENT_STORAGE, "ReplicaLocationFull"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "ReplicationError"),
         };
         (status, Json(ApiError::new(code, e.to_string())))
     })
 }
+
+/// How long a client may take to send a request's headers, or idle between requests.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

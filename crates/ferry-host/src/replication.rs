@@ -31,8 +31,19 @@ pub enum ReplicationError {
     Invalid(String),
     #[error("Replication engine failed: {0}")]
     Engine(String),
-    #[error("Replication state I/O failed")]
+    #[error("Replication state I/O failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ReplicationError {
+    /// The file system holding the replica or the host's state is full.
+    pub fn no_space(&self) -> bool {
+        match self {
+            ReplicationError::Io(e) => e.raw_os_error() == Some(28),
+            ReplicationError::Engine(m) => m.contains("No space left on device"),
+            ReplicationError::Invalid(_) => false,
+        }
+    }
 }
 
 /// Attempts of a final cycle (shutdown, planned failover) before it is reported failed.

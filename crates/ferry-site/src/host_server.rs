@@ -58,7 +58,10 @@ pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHand
         .route("/v1/report", post(report))
         .route("/v1/status", axum::routing::get(status))
         .with_state(site);
-    let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+    // Slow or idle clients cannot hold connections: headers (and the wait for the next request)
+    // within 30 s; the TLS handshake within axum-server's 10 s.
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "host endpoint stopped");
@@ -163,3 +166,6 @@ async fn status(State(site): State<Arc<Site>>) -> Json<serde_json::Value> {
         "pairs": p.pairs.len(),
     }))
 }
+
+/// How long a client may take to send a request's headers, or idle between requests.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

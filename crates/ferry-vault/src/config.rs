@@ -32,6 +32,11 @@ pub struct VaultConfig {
     /// How often every item's health is checked again, so a stall shows without a report
     /// (JOB-2).
     pub health_sweep_interval: Duration,
+    /// A connection must send a request's headers within this time, also while it idles
+    /// between requests; otherwise it is closed (slow or idle clients cannot hold connections).
+    pub header_read_timeout: Duration,
+    /// Requests served at once; more wait for a free slot.
+    pub max_concurrent_requests: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -49,6 +54,8 @@ impl VaultConfig {
             alert_max_age: Duration::from_secs(24 * 3600),
             alert_timeout: Duration::from_secs(20),
             health_sweep_interval: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 256,
             clock: Arc::new(SystemClock),
         }
     }

@@ -122,9 +122,18 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     tokio::spawn(crate::alerts::deliver::run(state.clone()));
 
     let (router, _) = crate::api::router(state.clone());
+    let router =
+        router.layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_concurrent_requests.max(1)));
     let handle = axum_server::Handle::new();
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    let server = axum_server::from_tcp_rustls(std_listener, rustls).handle(handle.clone());
+    // The TLS handshake has its own limit (10 s, axum-server's default); then every request's
+    // headers, and the wait for the next request on a kept-alive connection, are bounded.
+    let mut server = axum_server::from_tcp_rustls(std_listener, rustls).handle(handle.clone());
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout);
     let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
     tracing::info!(%url, "vault listening");
     Ok(VaultHandle { addr, url, ca_pem: state.ca.cert_pem().to_string(), new_admin_token, state, handle, task })

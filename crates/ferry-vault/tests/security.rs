@@ -291,3 +291,50 @@ async fn sec_3_bad_input_is_refused_and_changes_nothing() {
     assert_eq!(p.version, 1);
     assert_eq!(p.spec, policy_spec("gold"));
 }
+
+/// A TLS connection to the vault, as a browser or CLI opens it.
+async fn tls_connection(tv: &TestVault) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = ferry_pki::tls::client_config(&tv.handle.ca_pem, None).expect("client config");
+    let tcp = tokio::net::TcpStream::connect(tv.handle.addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// Whether the server closed the connection (end of stream or reset) within `within`.
+async fn closed_within(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// SEC-3 (slowloris): a client that sends a request's headers slower than the limit, or keeps
+/// a connection idle after its request, is disconnected; a normal request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let tv = start_vault_with(|c| c.header_read_timeout = Duration::from_secs(2)).await;
+    // Headers that never end.
+    let mut slow = tls_connection(&tv).await;
+    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n").await.expect("write");
+    slow.flush().await.expect("flush");
+    assert!(!closed_within(&mut slow, Duration::from_millis(1000)).await, "open while within the limit");
+    assert!(closed_within(&mut slow, Duration::from_secs(5)).await, "closed after the header timeout");
+    // One complete request is answered; the connection idles afterwards and is closed.
+    let mut idle = tls_connection(&tv).await;
+    idle.write_all(b"GET /portal/ HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    idle.flush().await.expect("flush");
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut idle, &mut head).await.expect("an answer");
+    assert!(head.starts_with(b"HTTP/1.1 "), "{:?}", String::from_utf8_lossy(&head));
+    assert!(closed_within(&mut idle, Duration::from_secs(6)).await, "an idle kept-alive connection is closed");
+    // The vault still serves everyone else.
+    let vaults: Vec<Vault> = tv.admin.get("/api/v1/vaults").await.expect("vaults");
+    assert!(vaults.is_empty());
+}

@@ -218,8 +218,20 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             out.interrupts_replication = true;
             let site = it["source"]["fabric"].as_str().unwrap_or_default().to_string();
             operate(lab, &id, "disableProtection", json!({}), false, long).await?;
-            let new_id =
+            let (new_id, mut job) =
                 if flip { enable_from_site(lab, &site, &name).await? } else { enable(lab, &site, &name).await? };
+            // As an operator: an enable that failed (e.g. on a full replica location) is
+            // restarted once its cause passed.
+            for attempt in 0.. {
+                let j = wait_settled(lab, &job, long).await?;
+                if j["status"] != "Failed" || attempt == 4 {
+                    break;
+                }
+                out.resumed_after_failure += 1;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let id = j["id"].as_str().unwrap_or_default();
+                job = lab.client.post(&lab.v(&format!("/replicationJobs/{id}/restart")), &Value::Null).await?;
+            }
             let it = wait_protected(lab, &new_id, long).await?;
             // The policy keeps the replica on disable (POL-7): the new protection starts from it.
             if it["existing_replica"]["source"] != "KeptReplica" {
@@ -238,8 +250,9 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
     Ok(out)
 }
 
-/// Enable protection of VM `name` of `site` again through the API; the new item's id.
-async fn enable(lab: &LabUnderTest, site: &str, name: &str) -> Result<String> {
+/// Enable protection of VM `name` of `site` again through the API; the new item's id and its
+/// enable job.
+async fn enable(lab: &LabUnderTest, site: &str, name: &str) -> Result<(String, Value)> {
     let r: Value =
         lab.client.post(&lab.v("/replicationProtectedItems"), &json!({"source_site": site, "vms": [name]})).await?;
     new_item_id(&r, name)
@@ -247,7 +260,7 @@ async fn enable(lab: &LabUnderTest, site: &str, name: &str) -> Result<String> {
 
 /// Enable protection of VM `name` from its site manager (`ferry site protect`, with the site's
 /// own credential), as the site's operator does.
-async fn enable_from_site(lab: &LabUnderTest, site: &str, name: &str) -> Result<String> {
+async fn enable_from_site(lab: &LabUnderTest, site: &str, name: &str) -> Result<(String, Value)> {
     let fabric: Value = lab.client.get(&lab.v(&format!("/replicationFabrics/{site}"))).await?;
     let key = match fabric["name"].as_str().unwrap_or_default() {
         "VMM-NewYork" => "newyork",
@@ -270,15 +283,14 @@ async fn enable_from_site(lab: &LabUnderTest, site: &str, name: &str) -> Result<
     new_item_id(&r, name)
 }
 
-/// The id of the item an enable answer created for `name` (`[{item, job}]`).
-fn new_item_id(answer: &Value, name: &str) -> Result<String> {
+/// The id of the item an enable answer created for `name` (`[{item, job}]`), and its job.
+fn new_item_id(answer: &Value, name: &str) -> Result<(String, Value)> {
     answer
         .as_array()
         .into_iter()
         .flatten()
         .find(|e| e["item"]["name"] == name)
-        .and_then(|e| e["item"]["id"].as_str())
-        .map(str::to_string)
+        .and_then(|e| e["item"]["id"].as_str().map(|id| (id.to_string(), e["job"].clone())))
         .ok_or_else(|| anyhow!("enabling {name} answered no item: {answer}"))
 }
 

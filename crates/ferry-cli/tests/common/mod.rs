@@ -651,3 +651,53 @@ pub fn map_network1(lab: &Lab) -> Value {
         "VMM-Chicago/VMNetwork1-Chicago",
     ])
 }
+
+/// SEC-3: no secret of the lab (admin and API tokens, site and host credentials, join tokens,
+/// registration key secrets, the CA's private key, and `extra`) appears in any process's log, in
+/// the vault's events, or in plain text in the vault's database (tokens are stored hashed).
+pub fn assert_no_secret_leaked(lab: &Lab, extra: &[&str]) {
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let json = |p: PathBuf| serde_json::from_str::<Value>(&read(p)).unwrap_or(Value::Null);
+    let mut secrets: Vec<(String, String)> = vec![("admin token".into(), read(lab.dir.join("vault/admin-token")))];
+    for site in ["newyork", "chicago"] {
+        let d = lab.dir.join("sites").join(site);
+        secrets.push((
+            format!("{site} site token"),
+            json(d.join("data/registration.json"))["site_token"].as_str().unwrap_or("").into(),
+        ));
+        secrets.push((format!("{site} join token"), read(d.join("data/join-token"))));
+        secrets.push((
+            format!("{site} registration key"),
+            json(d.join("registration-key.json"))["secret"].as_str().unwrap_or("").into(),
+        ));
+    }
+    for e in std::fs::read_dir(lab.dir.join("hosts")).into_iter().flatten().flatten() {
+        let token = json(e.path().join("data/host.json"))["host_token"].as_str().unwrap_or("").to_string();
+        secrets.push((format!("host token of {}", e.file_name().to_string_lossy()), token));
+    }
+    // A line from the middle of the CA key's base64.
+    let ca_key = read(lab.dir.join("vault/pki/ca-key.pem"));
+    secrets.push(("CA private key".into(), ca_key.lines().nth(1).unwrap_or("").to_string()));
+    for (i, x) in extra.iter().enumerate() {
+        secrets.push((format!("secret {i} of the test"), x.to_string()));
+    }
+    let secrets: Vec<(String, String)> =
+        secrets.into_iter().map(|(w, s)| (w, s.trim().to_string())).filter(|(_, s)| s.len() >= 16).collect();
+    assert!(secrets.len() >= 8, "the lab's secrets were found: {:?}", secrets.iter().map(|s| &s.0).collect::<Vec<_>>());
+    let mut places: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in std::fs::read_dir(lab.dir.join("logs")).into_iter().flatten().flatten() {
+        places.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap_or_default()));
+    }
+    let events = lab.json(&["event-list", "--limit", "1000"]);
+    places.push(("the vault's events".into(), events.to_string().into_bytes()));
+    for f in ["vault.db", "vault.db-wal"] {
+        places.push((format!("vault/{f}"), std::fs::read(lab.dir.join("vault").join(f)).unwrap_or_default()));
+    }
+    assert!(places.len() >= 5, "logs, events and the database were read");
+    for (what, secret) in &secrets {
+        for (place, bytes) in &places {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "the {what} appears in {place}");
+        }
+    }
+}
