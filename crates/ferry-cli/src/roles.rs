@@ -21,12 +21,12 @@ pub async fn vault(
     std::fs::write(data_dir.join(ENDPOINT_FILE), &handle.url).context("Cannot write the endpoint file")?;
     println!("Ferry vault listening on {}", handle.url);
     println!("CA certificate: {}", data_dir.join("ca-cert.pem").display());
-    if let Some(t) = &handle.new_admin_token {
+    if handle.new_admin_token.is_some() {
+        // SEC-3: the token itself never goes to the output (a service's output is its log).
         println!(
-            "Admin token (Contributor), also in {}:",
+            "Admin token (Contributor) created in {} (readable by this user only)",
             data_dir.join(ferry_vault::server::ADMIN_TOKEN_FILE).display()
         );
-        println!("  {t}");
         println!(
             "Use it: export FERRY_URL={} FERRY_CA={} FERRY_TOKEN=$(cat {})",
             handle.url,
