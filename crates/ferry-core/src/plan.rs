@@ -277,6 +277,19 @@ pub fn check_plan_operation(vms: &[VmState], op: Operation) -> Result<(), Error>
     if vms.is_empty() {
         return Err(Error::PlanHasNoVms);
     }
+    // One job moves the whole plan one way: its VMs must all replicate in the same direction.
+    let reverse: Vec<&str> = vms.iter().filter(|v| v.ctx.reverse_direction).map(|v| v.name.as_str()).collect();
+    if !reverse.is_empty() && reverse.len() < vms.len() {
+        let forward: Vec<&str> = vms.iter().filter(|v| !v.ctx.reverse_direction).map(|v| v.name.as_str()).collect();
+        return Err(Error::PlanOperationNotAllowed {
+            operation: op,
+            refused: vec![format!(
+                "the VMs do not all replicate in the same direction ({} from the primary site, {} back to it)",
+                forward.join(", "),
+                reverse.join(", ")
+            )],
+        });
+    }
     let refused: Vec<String> = vms
         .iter()
         .filter_map(|v| check_operation(v.state, &v.ctx, op).err().map(|e| format!("{}: {e}", v.name)))
@@ -544,6 +557,22 @@ mod tests {
         assert!(!msg.contains("web1"), "{msg}");
         assert_eq!(check_plan_operation(&vms[..1], Operation::PlannedFailover), Ok(()));
         assert_eq!(code(check_plan_operation(&[], Operation::PlannedFailover)), "PlanHasNoVms");
+        // Mixed directions: no plan operation is offered or allowed (found by the soak).
+        let mut back = VmState {
+            name: "db1".into(),
+            state: ReplicationState::Protected,
+            ctx: OperationContext { recovery_points: 3, reverse_direction: true, ..Default::default() },
+        };
+        let fwd = VmState {
+            name: "web1".into(),
+            ctx: OperationContext { reverse_direction: false, ..back.ctx },
+            ..back.clone()
+        };
+        let mixed = [back.clone(), fwd.clone()];
+        assert_eq!(code(check_plan_operation(&mixed, Operation::PlannedFailover)), "PlanOperationNotAllowed");
+        assert!(allowed_plan_operations(&mixed).is_empty());
+        back.ctx.reverse_direction = false;
+        assert!(allowed_plan_operations(&[back, fwd]).contains(&Operation::PlannedFailover));
         assert_eq!(code(check_plan_operation(&vms[..1], Operation::DisableProtection)), "PlanOperationUnknown");
         assert_eq!(
             allowed_plan_operations(&vms[..1]),
