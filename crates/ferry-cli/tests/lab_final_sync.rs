@@ -105,3 +105,30 @@ fn fo_2_rep_6_planned_failover_right_after_a_qemu_crash_loses_no_record() {
     let written = common::last_record(&serial);
     assert_eq!(common::found_records(&lab, "chi1", "crash1"), written, "FO-2: nothing lost after the crash");
 }
+
+/// FO-2 (found by the soak): a replica host that restarts during the final cycle does not fail
+/// the planned failover: the final cycle keeps trying for a minute, each attempt at the replica
+/// host's address of now, and no record is lost.
+#[test]
+fn fo_2_planned_failover_waits_for_a_replica_host_that_restarts() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "fs4", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "fs4");
+    common::wait_records_and_points(&lab, &id, &serial, 4, 2);
+
+    // The replica host dies; it starts again 8 s later, while the planned failover's final
+    // cycle is trying (the old limit gave up after 3 attempts in 6 s).
+    kill9(lab.pid("host-chi1"));
+    let agent = std::thread::scope(|s| {
+        let restart = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(8));
+            lab.restart_host("chi1")
+        });
+        let job = lab.json(&["planned-failover", &id, "--wait"]);
+        assert_eq!(job["status"], "Succeeded", "the failover waited for the replica host: {job}");
+        restart.join().expect("restart thread")
+    });
+    assert_eq!(common::found_records(&lab, "chi1", "fs4"), common::last_record(&serial), "no record lost");
+    drop(agent);
+}

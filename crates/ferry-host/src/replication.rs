@@ -46,9 +46,12 @@ impl ReplicationError {
     }
 }
 
-/// Attempts of a final cycle (shutdown, planned failover) before it is reported failed.
-pub const FINAL_CYCLE_ATTEMPTS: u32 = 3;
+/// How long a final cycle (shutdown, planned failover) keeps trying before it is reported
+/// failed: long enough for a replica host that restarts (also on a new address) to be back.
+pub const FINAL_CYCLE_PATIENCE: Duration = Duration::from_secs(60);
+/// The first pause between attempts; it doubles up to [`FINAL_CYCLE_RETRY_MAX`].
 const FINAL_CYCLE_RETRY: Duration = Duration::from_secs(2);
+const FINAL_CYCLE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl From<ferry_repl::Error> for ReplicationError {
     fn from(e: ferry_repl::Error) -> Self {
@@ -975,15 +978,21 @@ impl ReplicationService {
 
     /// Run one cycle now (after the guest powered off: the final state, for a shutdown or a
     /// planned failover with no data loss, FO-2). Waits for a cycle in progress to end first;
-    /// a failed cycle is retried (its changes fold into the next attempt) up to
-    /// [`FINAL_CYCLE_ATTEMPTS`] times.
+    /// a failed cycle is retried (its changes fold into the next attempt, each attempt at the
+    /// replica host's address of now) for up to [`FINAL_CYCLE_PATIENCE`].
     pub async fn final_cycle(&self, item: Uuid, vms: &VmManager) -> Result<(), ReplicationError> {
+        let started = Instant::now();
         let mut attempt = 1;
+        let mut pause = FINAL_CYCLE_RETRY;
         loop {
             match self.final_cycle_once(item, vms).await {
-                Err(e) if attempt < FINAL_CYCLE_ATTEMPTS && !matches!(e, ReplicationError::Invalid(_)) => {
-                    tracing::warn!(%item, attempt, error = %e, "final replication cycle failed; retrying");
-                    tokio::time::sleep(FINAL_CYCLE_RETRY).await;
+                Err(e)
+                    if started.elapsed() + pause < FINAL_CYCLE_PATIENCE
+                        && !matches!(e, ReplicationError::Invalid(_)) =>
+                {
+                    tracing::warn!(%item, attempt, error = %e, retry_in = ?pause, "final replication cycle failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FINAL_CYCLE_RETRY_MAX);
                     attempt += 1;
                 }
                 r => return r,
@@ -1001,8 +1010,14 @@ impl ReplicationService {
             // The loop let its Primary go after a failed cycle and makes a new one at its next
             // cycle; the final cycle cannot wait for that.
             let made = self.primary_configs.lock().ok().and_then(|c| c.get(&item).cloned());
-            let (cfg, vm_name) =
+            let (mut cfg, vm_name) =
                 made.ok_or_else(|| ReplicationError::Invalid(format!("replication of {item} has not started")))?;
+            // The replica host may have moved since the loop's last cycle (restarted on a new
+            // address): use where it is now.
+            if let Some(addr) = self.live_settings(item).await.and_then(|l| l.peer) {
+                cfg.peer_addr = addr;
+                cfg.peer_name = addr.ip().to_string();
+            }
             let vm = vms
                 .running(&vm_name)
                 .await

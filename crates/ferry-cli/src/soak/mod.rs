@@ -371,7 +371,12 @@ async fn drive(soak: &Arc<Soak>, args: &SoakArgs, duration: Duration) -> Result<
 async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
     let all = match ops::items(&soak.lab).await {
         Ok(a) => a,
-        Err(e) => return soak.note(n, "list items", &format!("failed: {e:#}")),
+        Err(e) => {
+            soak.note(n, "list items", &format!("failed: {e:#}"));
+            // The vault may be down (a fault): wait, do not run through the schedule.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return;
+        }
     };
     let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
     let mut sorted: Vec<&Value> = all.iter().filter(|i| !busy.contains(i["id"].as_str().unwrap_or(""))).collect();

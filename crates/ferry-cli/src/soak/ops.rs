@@ -180,7 +180,19 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             out.interrupts_replication = true;
             let from = it["source"]["host_name"].as_str().unwrap_or_default().to_string();
             let to = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
-            operate(lab, &id, "plannedFailover", json!({"shutdown_timeout_secs": 60}), false, long).await?;
+            let j: Value = lab
+                .client
+                .post(
+                    &lab.v(&format!("/replicationProtectedItems/{id}/plannedFailover")),
+                    &json!({"shutdown_timeout_secs": 60}),
+                )
+                .await?;
+            // As an operator: a failover that failed (its final cycle could not reach the
+            // replica host) is resumed once the cause passed (FO-7).
+            let j = follow_resuming(lab, j, &mut out, long).await?;
+            if j["status"] != "Succeeded" {
+                bail!("planned failover of {name} ended {}", j["status"]);
+            }
             // Invariant 3, before commit or cancel change the VMs: the recovered guest finds every
             // record the source guest wrote.
             let written = super::invariants::last_written(&super::invariants::serial_of(lab, &from, &name));
@@ -366,6 +378,20 @@ async fn follow_plan_job(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, 
             _ => bail!("plan job {} ended {}: {}", j["id"], j["status"], j["errors"]),
         }
     }
+}
+
+/// Follow a job to its end; a failed one is resumed after 30 s, up to four times.
+async fn follow_resuming(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, limit: Duration) -> Result<Value> {
+    for attempt in 0.. {
+        j = wait_settled(lab, &j, limit).await?;
+        if j["status"] != "Failed" || attempt == 4 {
+            break;
+        }
+        out.resumed_after_failure += 1;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        j = resume(lab, &j).await?;
+    }
+    Ok(j)
 }
 
 /// Wait until a job succeeded, failed, was cancelled or waits for input.
