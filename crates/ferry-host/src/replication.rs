@@ -808,7 +808,7 @@ impl ReplicationService {
         // `latest`: the newest point this host holds now (it includes a final cycle the vault
         // may not have heard of yet).
         let latest = vm.recovery_points()?.last().map(|p| p.id.clone());
-        let point = if point == "latest" { latest.as_deref().unwrap_or(point) } else { point };
+        let point = if point == ferry_repl::replica::LATEST { latest.as_deref().unwrap_or(point) } else { point };
         let ov = vm.begin_failover(point, &real.join("failover")).await?;
         Ok(serde_json::json!({
             "point": ov.point_id,
