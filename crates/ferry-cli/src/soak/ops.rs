@@ -189,7 +189,7 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
                 .await?;
             // As an operator: a failover that failed (its final cycle could not reach the
             // replica host) is resumed once the cause passed (FO-7).
-            let j = follow_resuming(lab, j, &mut out, long).await?;
+            let j = follow_retrying(lab, j, "resume", &mut out, long).await?;
             if j["status"] != "Succeeded" {
                 bail!("planned failover of {name} ended {}", j["status"]);
             }
@@ -230,20 +230,11 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             out.interrupts_replication = true;
             let site = it["source"]["fabric"].as_str().unwrap_or_default().to_string();
             operate(lab, &id, "disableProtection", json!({}), false, long).await?;
-            let (new_id, mut job) =
+            let (new_id, job) =
                 if flip { enable_from_site(lab, &site, &name).await? } else { enable(lab, &site, &name).await? };
             // As an operator: an enable that failed (e.g. on a full replica location) is
             // restarted once its cause passed.
-            for attempt in 0.. {
-                let j = wait_settled(lab, &job, long).await?;
-                if j["status"] != "Failed" || attempt == 4 {
-                    break;
-                }
-                out.resumed_after_failure += 1;
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                let id = j["id"].as_str().unwrap_or_default();
-                job = lab.client.post(&lab.v(&format!("/replicationJobs/{id}/restart")), &Value::Null).await?;
-            }
+            follow_retrying(lab, job, "restart", &mut out, long).await?;
             let it = wait_protected(lab, &new_id, long).await?;
             // The policy keeps the replica on disable (POL-7): the new protection starts from it.
             if it["existing_replica"]["source"] != "KeptReplica" {
@@ -380,8 +371,15 @@ async fn follow_plan_job(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, 
     }
 }
 
-/// Follow a job to its end; a failed one is resumed after 30 s, up to four times.
-async fn follow_resuming(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, limit: Duration) -> Result<Value> {
+/// Follow a job to its end; a failed one is resumed or restarted (`action`: the job endpoint)
+/// after 30 s, up to four times.
+async fn follow_retrying(
+    lab: &LabUnderTest,
+    mut j: Value,
+    action: &str,
+    out: &mut OpOutcome,
+    limit: Duration,
+) -> Result<Value> {
     for attempt in 0.. {
         j = wait_settled(lab, &j, limit).await?;
         if j["status"] != "Failed" || attempt == 4 {
@@ -389,7 +387,8 @@ async fn follow_resuming(lab: &LabUnderTest, mut j: Value, out: &mut OpOutcome, 
         }
         out.resumed_after_failure += 1;
         tokio::time::sleep(Duration::from_secs(30)).await;
-        j = resume(lab, &j).await?;
+        let id = j["id"].as_str().ok_or_else(|| anyhow!("no job id in {j}"))?.to_string();
+        j = lab.client.post(&lab.v(&format!("/replicationJobs/{id}/{action}")), &Value::Null).await?;
     }
     Ok(j)
 }
