@@ -1,7 +1,8 @@
 //! Reverse replication (FO-5) and failback (FO-6) through the whole lab: planned failover to
 //! Chicago, commit, re-protect (only what the recovered VM wrote travels back), then failback to
 //! New York, where the VM comes back on its original network (NET-6, FO-8) and protected in the
-//! original direction, with every record intact.
+//! original direction, with every record intact; disabled then (keeping the replica) and enabled
+//! again, it starts from the replica kept in Chicago (REP-7).
 
 mod common;
 
@@ -92,4 +93,17 @@ fn fo_6_failback_round_trip_keeps_every_record_and_fo_5_sends_only_the_changes()
         let n = it["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
         (common::last_record(&ny_serial) > written_in_chicago + 5 && n >= 3).then_some(())
     });
+
+    // REP-7 after a round trip (found by the soak): the replica that failback's re-protect made
+    // of the Chicago VM's disks is kept on disable and taken up again by a new protection, which
+    // sends only the differences.
+    let kept_points = item(&lab, &id)["recovery_points"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(lab.json(&["disable-protection", &id, "--wait"])["status"], "Succeeded");
+    let again = common::protect(&lab, "fb1");
+    let again = wait_protected_with_points(&lab, &again, 1);
+    assert_eq!(again["existing_replica"]["source"], "KeptReplica", "REP-7: {again}");
+    assert!(again["existing_replica"]["points"].as_u64().unwrap_or(0) >= kept_points as u64, "{again}");
+    assert_eq!(again["target"]["host_name"], "chi1");
+    let sent_again = again["stats"]["initial_bytes"].as_u64().expect("bytes sent");
+    assert!(sent_again * 8 < disks, "REP-7: only the differences travel ({sent_again} of {disks})");
 }

@@ -943,6 +943,11 @@ impl ReplicationService {
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(&final_dir, &link)?;
         }
+        if let Some(origin) = &spec.origin {
+            let rec =
+                crate::onboard::OriginRecord { origin: origin.clone(), item: spec.item, vm_name: spec.vm_name.clone() };
+            crate::onboard::write_origin(&final_dir, &rec)?;
+        }
         self.allowlist.allow_replica(&spec.source_host_cn, &item, &item);
         let mut p = self.persisted.lock().await;
         p.sources.retain(|s| s.item != spec.item);

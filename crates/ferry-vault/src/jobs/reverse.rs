@@ -257,7 +257,9 @@ impl JobKind for ReProtectJob {
                     .collect(),
                 source_host_cn: host_cn(a2.fabric, &a2.host),
                 retention_hours: policy.spec.recovery_point_retention_hours,
-                origin: None,
+                // REP-7: once reversed, the replica is the one of the VM on the active site; a
+                // disable that keeps it and a later enable find it by this origin.
+                origin: Some(format!("{}/{}", a2.fabric, item.vm_id)),
                 existing_disks: vec![],
             };
             let cmd = SiteCommand::Replication {
