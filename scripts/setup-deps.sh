@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Ferry needs on a fresh Debian 12 machine (idempotent): QEMU 7.2 (system
 # emulator and qemu-img from the same release), iproute2, busybox and cpio for the test guest,
-# Chromium for the portal's browser tests, and build the test guest into target/test-guest.
+# Chromium for the portal's browser tests, libfaketime for the soak's wrong-clock fault, and
+# build the test guest into target/test-guest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,7 +10,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_apt=0
-for c in qemu-system-x86_64 qemu-img ip busybox cpio rsync chromium; do
+for c in qemu-system-x86_64 qemu-img ip busybox cpio rsync chromium faketime; do
     command -v "$c" >/dev/null 2>&1 || need_apt=1
 done
 # qemu-img and qemu-system must come from the same QEMU release.
@@ -24,6 +25,6 @@ if [ $need_apt -eq 1 ]; then
     V=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades \
         "qemu-system-x86=$V" "qemu-utils=$V" "qemu-block-extra=$V" \
-        iproute2 busybox-static cpio kmod rsync chromium fonts-dejavu-core >/dev/null
+        iproute2 busybox-static cpio kmod rsync chromium fonts-dejavu-core faketime >/dev/null
 fi
 scripts/build-test-guest.sh target/test-guest >&2

@@ -20,6 +20,8 @@ pub const MISSED_CYCLES_WARNING_PERCENT: u64 = 20;
 pub const SYNC_OVERDUE_AFTER_MINUTES: i64 = 60;
 /// The shortest time without a recovery point that counts as a stall.
 pub const STALL_FLOOR_SECS: i64 = 120;
+/// A source host clock further than this from the vault's raises a Warning (`ClockSkew`).
+pub const CLOCK_SKEW_WARNING_SECS: i64 = 30;
 /// Code of the stall reason (its transitions are the `ReplicationStalled` / `ReplicationRecovered`
 /// events).
 pub const STALLED: &str = "ReplicationStalled";
@@ -89,6 +91,9 @@ pub struct HealthInput {
     pub replica_full: bool,
     /// Stall detection input; `None` when not known (only the flags above count).
     pub stall: Option<StallInput>,
+    /// The source host and how far its clock is ahead of the vault's (negative: behind), when
+    /// measured.
+    pub source_clock: Option<(String, Duration)>,
 }
 
 impl HealthInput {
@@ -222,6 +227,21 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
     }
     if input.paused {
         reasons.push(reason("ReplicationPaused", Health::Warning, "Replication is paused".into()));
+    }
+    if let Some((host, offset)) =
+        input.source_clock.as_ref().filter(|(_, o)| o.num_seconds().abs() > CLOCK_SKEW_WARNING_SECS)
+    {
+        let secs = offset.num_seconds();
+        reasons.push(reason(
+            "ClockSkew",
+            Health::Warning,
+            format!(
+                "The clock of host {host} is {} s {} the vault's: Ferry corrects the times it reports, but its \
+                 recovery points are dated by that clock; synchronize it (NTP)",
+                secs.abs(),
+                if secs > 0 { "ahead of" } else { "behind" }
+            ),
+        ));
     }
     let health = reasons.iter().map(|r| r.health).max().unwrap_or(Health::Normal);
     (health, reasons)
@@ -449,5 +469,17 @@ mod tests {
             }
         );
         assert_eq!(statistics(&[]), ReplicationStatistics::default());
+    }
+
+    #[test]
+    fn rp_1_job_2_a_source_clock_off_by_more_than_30_s_is_a_warning_with_the_host_named() {
+        let skew = |secs: i64| HealthInput { source_clock: Some(("ny1".into(), Duration::seconds(secs))), ..healthy() };
+        assert_eq!(codes(&skew(29)), (Health::Normal, vec![]));
+        assert_eq!(codes(&skew(-30)), (Health::Normal, vec![]));
+        assert_eq!(codes(&skew(31)), (Health::Warning, vec!["ClockSkew"]));
+        let (_, r) = compute_health(&skew(-240), now());
+        assert!(r[0].message.contains("host ny1 is 240 s behind the vault's"), "{}", r[0].message);
+        let (_, r) = compute_health(&skew(95), now());
+        assert!(r[0].message.contains("95 s ahead of"), "{}", r[0].message);
     }
 }

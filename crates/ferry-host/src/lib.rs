@@ -191,6 +191,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         vms: host.vms.inventory().await,
         replication: host.replication.statuses().await,
         churn: host.profiler.profiles(),
+        sent_at: Some(chrono::Utc::now()),
     };
     let ack: HostReportAck = host.site.post("/v1/report", &report).await?;
     if let Ok(mut p) = host.pairs.lock() {

@@ -1187,6 +1187,7 @@ impl ReplicationService {
                 phase: s.phase,
                 initial_progress: if s.cycles_ok > 0 { 100 } else { 0 },
                 last_sync: s.last_sync,
+                clock_offset_ms: None,
                 cycles_ok: s.cycles_ok,
                 cycles_failed: s.cycles_failed,
                 avg_delta_bytes: s.avg_delta_bytes(),

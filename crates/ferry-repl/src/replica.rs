@@ -415,7 +415,7 @@ impl VmReplica {
         let point = RecoveryPoint {
             id: format!("rp-{}", h.cycle),
             cycle: h.cycle,
-            time: DateTime::from_timestamp_millis(h.created_at_ms).unwrap_or_else(Utc::now),
+            time: point_time(h.created_at_ms, prev.as_ref().map(|p| p.time)),
             app_consistent: h.app_consistent,
             kind: if h.base { PointKind::Initial } else { PointKind::Delta },
             bytes: p.data_bytes,
@@ -778,5 +778,23 @@ impl Drop for PendingApply {
         for (name, _, _) in &self.writers {
             let _ = std::fs::remove_file(self.vm.dir.join(name));
         }
+    }
+}
+
+/// The time of a new point: its capture time on the source host, but never before the point it
+/// is built on. A source host whose clock was set back (or ran ahead before) would otherwise
+/// make a newer point look older, and "latest", retention and the RPO all go by time.
+fn point_time(created_at_ms: i64, prev: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    let sent = DateTime::from_timestamp_millis(created_at_ms).unwrap_or_else(Utc::now);
+    match prev {
+        Some(prev) if sent <= prev => {
+            tracing::warn!(
+                sent = %sent,
+                previous = %prev,
+                "The source host's clock says this point is not newer than the one before; it is dated just after it"
+            );
+            prev + chrono::Duration::milliseconds(1)
+        }
+        _ => sent,
     }
 }

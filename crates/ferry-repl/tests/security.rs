@@ -208,3 +208,65 @@ async fn sec_1_a_peer_granted_one_item_cannot_open_another_items_replica() {
     let vms = rx.store().vms().expect("vms");
     assert!(!vms.iter().any(|v| v == "item-b"), "nothing was created for item-b: {vms:?}");
 }
+
+/// One cycle of `vm-clock` over a raw session, its capture dated `created_at_ms` by the source
+/// host; waits for the receiver's Ack.
+async fn cycle_dated(rx: &Receiver, pki: &Pki, cycle: u64, base: bool, created_at_ms: i64) {
+    let mut s = raw_session(rx, pki).await;
+    protocol::write_msg(&mut s, &hello("vm-clock")).await.expect("hello");
+    let begin = BeginCycle {
+        cycle,
+        disks: vec![DiskInfo { target: "vda".into(), size: 16 * MIB }],
+        app_consistent: false,
+        base,
+        created_at_ms,
+    };
+    protocol::write_msg(&mut s, &Message::BeginCycle(begin)).await.expect("begin");
+    let data = vec![cycle as u8; 65536];
+    let e = data_extent(0, 0, 0, &data, false).expect("extent");
+    protocol::write_msg(&mut s, &Message::Extent(e)).await.expect("extent");
+    let end = Message::EndCycle { cycle, extent_count: 1, total_bytes: data.len() as u64 };
+    protocol::write_msg(&mut s, &end).await.expect("end");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), protocol::read_frame(&mut s)).await.expect("answer") {
+            Ok(Some(Message::Ack { cycle: c, .. })) if c == cycle => return,
+            Ok(Some(Message::Error { code, message })) => panic!("cycle {cycle} refused: {code:?} {message}"),
+            Ok(Some(_)) => continue,
+            r => panic!("expected the Ack of cycle {cycle}, got {r:?}"),
+        }
+    }
+}
+
+/// A source host whose clock is set back (or ran ahead before it was corrected) dates a new
+/// capture before the point it is built on. The replica keeps its points in the order they were
+/// made and dated after one another, so "latest" (RP-3), retention and the RPO, which go by
+/// time, still name the newest point, never an older one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp_3_a_source_clock_set_back_never_makes_a_newer_point_look_older() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let allow = Allowlist::new();
+    allow.allow_pair(PRIMARY_CN, "pair-1");
+    let rx = rx_with(dir.path(), &pki, allow).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    cycle_dated(&rx, &pki, 1, true, now).await;
+    // Five minutes back, then right again but still before the first point.
+    cycle_dated(&rx, &pki, 2, false, now - 300_000).await;
+    cycle_dated(&rx, &pki, 3, false, now - 1_000).await;
+    cycle_dated(&rx, &pki, 4, false, now + 2_000).await;
+    let vm = rx.store().vm("vm-clock").await.expect("vm");
+    let pts = vm.recovery_points().expect("points");
+    let ids: Vec<&str> = pts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["rp-1", "rp-2", "rp-3", "rp-4"], "points in the order they were made");
+    for w in pts.windows(2) {
+        assert!(w[1].time > w[0].time, "{} dated after {}: {:?}", w[1].id, w[0].id, pts);
+    }
+    assert_eq!(pts[3].time.timestamp_millis(), now + 2_000, "a correct date stays as it was");
+    let infos = vm.point_infos().expect("infos");
+    let latest =
+        ferry_core::retention::select_recovery_point(&infos, &ferry_core::retention::RecoveryPointChoice::Latest)
+            .expect("latest");
+    assert_eq!(latest.id, "rp-4");
+    let plan = ferry_core::retention::plan_retention(&infos, 1, 2);
+    assert!(plan.keep.contains(&"rp-4".to_string()), "retention keeps the newest point: {plan:?}");
+}

@@ -141,9 +141,19 @@ async fn report(
         .iter_mut()
         .find(|e| e.token_hash == h)
         .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "InvalidCredentials", "Unknown host token"))?;
+    let now = chrono::Utc::now();
+    let mut rep = rep;
+    // The host's clock against the site's, measured now; the vault corrects the host's times
+    // with it (a host with a wrong clock does not fake an RPO or a stall).
+    if let Some(sent) = rep.sent_at {
+        let offset = (sent - now).num_milliseconds();
+        for s in &mut rep.replication {
+            s.clock_offset_ms = Some(offset);
+        }
+    }
     entry.address = rep.address.clone();
     entry.last_report = Some(rep);
-    entry.last_seen_ms = chrono::Utc::now().timestamp_millis();
+    entry.last_seen_ms = now.timestamp_millis();
     let pairs = p.pairs.clone();
     let peers = p.peers.clone();
     Ok(Json(HostReportAck { pairs, bandwidth: site.cfg.bandwidth.clone(), peers }))

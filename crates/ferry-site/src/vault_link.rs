@@ -34,6 +34,7 @@ fn build_report(site: &Site) -> SiteReport {
         replication,
         churn,
         inventory,
+        sent_at: Some(chrono::Utc::now()),
     }
 }
 

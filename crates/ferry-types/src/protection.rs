@@ -247,6 +247,10 @@ pub struct ReplicationStats {
     /// When the source host last reported this item's replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report: Option<chrono::DateTime<chrono::Utc>>,
+    /// How far the source host's clock is ahead of the vault's (negative: behind), in
+    /// milliseconds, at its last report. The times of these stats are corrected by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_clock_offset_ms: Option<i64>,
     /// Since when cycles fail, why, and the last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<chrono::DateTime<chrono::Utc>>,

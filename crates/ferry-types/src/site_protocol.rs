@@ -80,6 +80,10 @@ pub struct SiteReport {
     pub churn: Vec<crate::capacity::ChurnProfile>,
     /// Only clouds whose sync is on carry host groups, hosts and VMs; other clouds carry a name.
     pub inventory: SiteInventory,
+    /// The site manager's clock when it sent the report (the vault measures the site's clock
+    /// offset with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Site → vault: enable protection for VMs of this site (REP-1 from the site side).
@@ -251,6 +255,9 @@ pub struct HostReport {
     /// CAP-1: the churn measurements running or ended on this host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub churn: Vec<crate::capacity::ChurnProfile>,
+    /// The host's clock when it sent the report (the site measures the host's clock offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A command the vault queues for a site; the site fetches it over its outbound connection.
@@ -567,6 +574,12 @@ pub struct ReplicationStatus {
     pub initial_progress: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    /// How far the reporting host's clock is ahead of its site manager's (negative: behind), in
+    /// milliseconds, as the site manager measured it when the host's report arrived. The times
+    /// of this status are the host's; the vault corrects them with this and the site's own
+    /// offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     #[serde(default)]
     pub cycles_ok: u64,
     #[serde(default)]
@@ -633,6 +646,7 @@ impl ReplicationStatus {
             phase,
             initial_progress: 0,
             last_sync: None,
+            clock_offset_ms: None,
             cycles_ok: 0,
             cycles_failed: 0,
             avg_delta_bytes: 0,

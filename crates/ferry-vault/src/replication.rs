@@ -225,6 +225,11 @@ pub fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
     let now = state.clock.now();
     let mut input = ferry_core::health::HealthInput::for_state(item.state);
     input.last_sync = item.stats.last_sync;
+    input.source_clock = item
+        .stats
+        .source_clock_offset_ms
+        .filter(|_| replicating(item.state))
+        .map(|ms| (item.source.host_name.clone(), chrono::Duration::milliseconds(ms)));
     input.cycles_missed = item.stats.cycles_missed_hour;
     input.cycles_expected = item.stats.cycles_expected_hour;
     let active = replicating(item.state);
@@ -295,8 +300,25 @@ fn takes_target_points(state: ReplicationState) -> bool {
 /// Apply the replication statuses site `fabric` reported. A status is taken only for the side
 /// of an item that lies at that site (its source for `Source`, its target for `Target`): a
 /// site cannot report another site's item as protected, nor its points or health.
-pub async fn apply_statuses(state: &AppState, vault: Uuid, fabric: Uuid, statuses: &[ReplicationStatus]) {
+///
+/// Times a host reports are on its clock: they are brought to the vault's with the host's
+/// offset to its site (`clock_offset_ms`) and the site's to the vault (`site_offset_ms`), so a
+/// host with a wrong clock shows neither a false stall nor a false RPO.
+pub async fn apply_statuses(
+    state: &AppState,
+    vault: Uuid,
+    fabric: Uuid,
+    site_offset_ms: Option<i64>,
+    statuses: &[ReplicationStatus],
+) {
     for s in statuses {
+        let offset_ms = match (s.clock_offset_ms, site_offset_ms) {
+            (None, None) => None,
+            (h, site) => Some(h.unwrap_or(0) + site.unwrap_or(0)),
+        };
+        let on_vault_clock = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t - chrono::Duration::milliseconds(offset_ms.unwrap_or(0)))
+        };
         let side_ok =
             match state.store.get_doc::<ProtectedItem>(DocKind::ProtectedItem, vault, &s.item.to_string()).await {
                 Ok(Some(d)) => match s.role {
@@ -325,7 +347,8 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, fabric: Uuid, statuse
                 item.stats.consistency_fallbacks = s.consistency_fallbacks;
                 item.stats.initial_progress = s.initial_progress;
                 item.stats.initial_bytes = s.initial_bytes;
-                item.stats.last_sync = s.last_sync.or(item.stats.last_sync);
+                item.stats.source_clock_offset_ms = offset_ms;
+                item.stats.last_sync = on_vault_clock(s.last_sync).or(item.stats.last_sync);
                 item.stats.cycles_ok = s.cycles_ok;
                 item.stats.cycles_missed = s.cycles_failed;
                 item.stats.avg_delta_bytes = s.avg_delta_bytes;
@@ -339,10 +362,10 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, fabric: Uuid, statuse
                 item.stats.interval_secs = s.interval_secs;
                 item.stats.cycles_expected_hour = s.cycles_expected_hour;
                 item.stats.cycles_missed_hour = s.cycles_expected_hour.saturating_sub(s.cycles_ok_hour);
-                item.stats.failing_since = s.failing_since;
+                item.stats.failing_since = on_vault_clock(s.failing_since);
                 item.stats.failure = s.failure;
                 item.stats.last_error = s.last_error.clone();
-                item.stats.latest_point = item.stats.latest_point.max(s.last_point);
+                item.stats.latest_point = item.stats.latest_point.max(on_vault_clock(s.last_point));
                 item.stats.bandwidth_bytes_per_sec = s.bandwidth_bytes_per_sec;
                 item.stats.churn_bytes_per_sec = churn_rate(&s.recent_cycles);
                 item.stats.recent_cycles = s.recent_cycles.clone();
@@ -393,8 +416,12 @@ pub async fn apply_statuses(state: &AppState, vault: Uuid, fabric: Uuid, statuse
             PairRole::Target => {
                 if takes_target_points(item.state) {
                     item.recovery_points = s.recovery_points.clone();
+                    // Point times are the source host's clock: corrected by its offset as the
+                    // source's reports measured it, and never later than now (points dated
+                    // while that clock was ahead keep their dates on the replica).
+                    let source_offset = chrono::Duration::milliseconds(item.stats.source_clock_offset_ms.unwrap_or(0));
                     if let Some(newest) = s.recovery_points.iter().map(|p| p.time).max() {
-                        item.stats.latest_point = Some(newest);
+                        item.stats.latest_point = Some((newest - source_offset).min(now));
                     }
                 }
             }

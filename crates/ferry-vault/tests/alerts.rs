@@ -1045,6 +1045,49 @@ async fn job_2_job_4_a_stall_shows_without_reports_with_one_event_one_alert_and_
     assert_eq!(hook.of_kind("ReplicationStalled").len(), 1);
 }
 
+/// A source host whose clock is four minutes behind (and a site manager whose clock is ahead)
+/// report times on their clocks: the vault brings them to its own with the offsets measured at
+/// each hop, so a host that replicates every few seconds is neither stalled (Critical) nor shows
+/// a four-minute RPO; the skew itself is a Warning that names the host (JOB-2, RP-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_2_rp_1_a_host_or_site_with_a_wrong_clock_fakes_neither_a_stall_nor_an_rpo() {
+    let tv = start_vault_with(|c| {
+        fast(c);
+        c.health_sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let item = protected_item(&tv, v.id, &ny, &chi, "web1").await;
+    let path = format!("/api/v1/vaults/v1/replicationProtectedItems/{item}");
+    let report = |host_behind_secs: i64, site_ahead_secs: i64| {
+        let now = chrono::Utc::now();
+        // The point of two seconds ago, dated by the host's clock.
+        let host_time = now - chrono::Duration::seconds(2 + host_behind_secs);
+        let status = json!({"item": item, "role": "Source", "phase": "Replicating", "cycles_ok": 10,
+            "last_sync": host_time, "last_point": host_time, "interval_secs": 30,
+            "cycles_expected_hour": 10, "cycles_ok_hour": 10,
+            "clock_offset_ms": -(host_behind_secs + site_ahead_secs) * 1000});
+        json!({"provider_id": ny.provider_id, "version": SITE_VERSION, "inventory": ny.inventory,
+            "replication": [status], "sent_at": now + chrono::Duration::seconds(site_ahead_secs)})
+    };
+    let _: Value = ny.client.post("/api/v1/agent/report", &report(240, 100)).await.expect("report");
+    // Past the stall threshold of the host's own times, the sweep still finds it replicating.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let it: Value = tv.admin.get(&path).await.expect("item");
+    assert_eq!(it["health"], "Warning", "{it}");
+    let reasons = it["health_reasons"].to_string();
+    assert!(reasons.contains("ClockSkew: The clock of host ny-h1.lab is 240 s behind the vault's"), "{reasons}");
+    assert!(!reasons.contains("ReplicationStalled"), "{reasons}");
+    assert!(it["stats"]["rpo_secs"].as_u64().is_some_and(|r| r < 10), "the RPO on the vault's clock: {it}");
+    assert!(it["stats"]["source_clock_offset_ms"].as_i64().is_some_and(|o| (-241_000..=-239_000).contains(&o)), "{it}");
+    assert!(events(&tv, "ReplicationStalled").await.is_empty());
+    // The clock fixed: Normal again.
+    let _: Value = ny.client.post("/api/v1/agent/report", &report(0, 0)).await.expect("report");
+    eventually("Normal again", 5, || async { item_health(&tv, item).await == "Normal" }).await;
+}
+
 /// A site reports replication only for the side of an item it holds: another site's report of
 /// it (a hostile or confused site, a stolen site credential) changes nothing (SEC-1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,12 @@
 //! (sometimes a host agent on a new replication port), SIGKILL of a VM's QEMU (then started
 //! again: its change tracking is lost, a resync is allowed), SIGSTOP beyond the heartbeat
 //! timeout, replication connections cut (`ss -K`), a bandwidth limit on the replication link
-//! and a partition of it (see [`super::link`]), a replica location that runs full (see
-//! [`super::full_disk`]; the soak runs that one, as it checks health meanwhile). (The long outage of a replica host, which
-//! must turn its items Critical, is run by the soak itself.)
+//! and a partition of it (see [`super::link`]); a replica location that runs full (see
+//! [`super::full_disk`]) and a host agent on a wrong clock ([`wrong_clock_env`]) are run by the
+//! soak itself, as it checks health meanwhile, and so is the long outage of a replica host,
+//! which must turn its items Critical.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -24,9 +26,10 @@ pub enum FaultKind {
     BandwidthLimit,
     Partition,
     ReplicaLocationFull,
+    ClockOffset,
 }
 
-pub const ALL_FAULTS: [FaultKind; 8] = [
+pub const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::KillRestartProcess,
     FaultKind::KillRestartHostOnNewPort,
     FaultKind::KillQemu,
@@ -35,6 +38,7 @@ pub const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::BandwidthLimit,
     FaultKind::Partition,
     FaultKind::ReplicaLocationFull,
+    FaultKind::ClockOffset,
 ];
 
 /// What a fault hit, for the invariants.
@@ -143,6 +147,27 @@ pub async fn inject(
             drop(link);
             Ok(FaultEffect { target, held: Some(hold), ..Default::default() })
         }
-        FaultKind::ReplicaLocationFull => Err(anyhow!("a full replica location is run by the soak itself")),
+        FaultKind::ReplicaLocationFull | FaultKind::ClockOffset => {
+            Err(anyhow!("fault {kind:?} is run by the soak itself (it checks invariant 4 while it lasts)"))
+        }
     }
+}
+
+/// Where Debian's libfaketime puts its library (package `faketime`).
+const LIBFAKETIME: [&str; 2] =
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"];
+
+/// The environment that runs a process with its wall clock `offset_secs` off (libfaketime; the
+/// monotonic clock stays right, as with a wrongly set host clock). Children inherit it: the VMs
+/// a host agent starts meanwhile run on the wrong clock too, as they would on that host.
+pub fn wrong_clock_env(offset_secs: i64) -> Result<Vec<(String, String)>> {
+    let lib = LIBFAKETIME
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow!("libfaketime is not installed (apt install faketime)"))?;
+    Ok(vec![
+        ("LD_PRELOAD".into(), lib.to_string()),
+        ("FAKETIME".into(), format!("{offset_secs:+}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ])
 }

@@ -95,6 +95,11 @@ impl LabUnderTest {
 
     /// Start `name` again with `argv` (its log goes on in `logs/<name>.log`) and record its PID.
     pub fn restart(&self, name: &str, argv: &[String]) -> Result<u32> {
+        self.restart_with_env(name, argv, &[])
+    }
+
+    /// [`Self::restart`] with more environment variables.
+    pub fn restart_with_env(&self, name: &str, argv: &[String], env: &[(String, String)]) -> Result<u32> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,7 +110,8 @@ impl LabUnderTest {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()));
+            .env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         {
             use std::os::unix::process::CommandExt;
             // Its own process group: a Ctrl-C of the soak does not reach it; `lab --down` stops it.

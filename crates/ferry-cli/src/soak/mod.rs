@@ -17,7 +17,7 @@ pub mod lab_control;
 pub mod link;
 pub mod ops;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -426,6 +426,10 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
     if let Ok(mut s) = soak.state.lock() {
         s.busy.insert(id.clone());
         *s.ops.entry(format!("{op:?}")).or_default() += 1;
+        // A repair is a resynchronization the operator asked for.
+        if op == OpKind::Repair {
+            s.resync_allowed.insert(id.clone());
+        }
     }
     let t0 = Instant::now();
     let result = ops::run(&soak.lab, op, &it, flip).await;
@@ -537,12 +541,11 @@ async fn run_plan_op(soak: &Soak, n: usize, op: OpKind, items: Vec<Value>, flip:
 /// the recovery window (invariant 1).
 async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Duration) {
     let items = ops::items(&soak.lab).await.unwrap_or_default();
-    let effect = if kind == FaultKind::ReplicaLocationFull {
-        replica_location_full(soak, n, pick, &items).await
-    } else {
-        faults::inject(&soak.lab, kind, pick, hold, &items).await
+    let effect = match kind {
+        FaultKind::ReplicaLocationFull => replica_location_full(soak, n, pick, &items).await,
+        FaultKind::ClockOffset => clock_offset(soak, n, pick, hold).await,
+        _ => faults::inject(&soak.lab, kind, pick, hold, &items).await,
     };
-    let ended = Utc::now();
     let ended_at = Instant::now();
     let effect = match effect {
         Ok(e) => e,
@@ -557,7 +560,7 @@ async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Du
         *s.faults.entry(format!("{kind:?}")).or_default() += 1;
         s.resync_allowed.extend(effect.tracking_lost.iter().cloned());
     }
-    expect_recovery(soak, n, ended, ended_at, &format!("{kind:?}")).await;
+    expect_recovery(soak, n, ended_at, &format!("{kind:?}")).await;
 }
 
 /// A replica location runs full for longer than a copy frequency: the items replicating to it
@@ -614,9 +617,66 @@ async fn replica_location_full(soak: &Soak, n: usize, pick: usize, items: &[Valu
     })
 }
 
-/// Invariant 1: every Protected item not held by an operation has a point captured after
-/// `ended` within the recovery window.
-async fn expect_recovery(soak: &Soak, n: usize, ended: chrono::DateTime<Utc>, ended_at: Instant, what: &str) {
+/// A host agent runs on a wrong clock (three minutes behind or two and a half ahead) for two
+/// copy frequencies and more: the items it replicates name the skew (invariant 4), and their
+/// points stay in order (invariant 2, checked throughout). Then it runs on the right clock
+/// again (the recovery is checked by the caller, invariant 1).
+async fn clock_offset(soak: &Soak, n: usize, pick: usize, hold: Duration) -> Result<faults::FaultEffect> {
+    let offset: i64 = if pick.is_multiple_of(2) { -180 } else { 150 };
+    let env = faults::wrong_clock_env(offset)?;
+    let hosts: Vec<String> =
+        soak.lab.processes().iter().filter_map(|p| p.strip_prefix("host-").map(str::to_string)).collect();
+    let host = hosts.get(pick % hosts.len().max(1)).cloned().context("no host agent")?;
+    let name = format!("host-{host}");
+    let argv = soak.lab.kill(&name)?;
+    soak.lab.restart_with_env(&name, &argv, &env)?;
+    let hold = COPY_FREQUENCY * 2 + hold;
+    let t0 = Instant::now();
+    // Invariant 4 while it lasts: every item this host replicates from names its clock.
+    let mut named = false;
+    let mut naming = 0;
+    let mut wrong = Vec::new();
+    while t0.elapsed() < hold {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+        let items = ops::items(&soak.lab).await.unwrap_or_default();
+        wrong = items
+            .iter()
+            .filter(|i| {
+                i["state"] == "Protected"
+                    && i["source"]["host_name"] == host.as_str()
+                    && !busy.contains(i["id"].as_str().unwrap_or(""))
+                    && i["stats"]["cycles_ok"].as_u64().unwrap_or(0) > 0
+            })
+            .filter(|i| {
+                !i["health_reasons"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("ClockSkew"))))
+            })
+            .map(|i| format!("{} is {} ({})", i["name"], i["health"], i["health_reasons"]))
+            .collect();
+        naming = naming.max(items.iter().filter(|i| i["health_reasons"].to_string().contains("ClockSkew")).count());
+        named |= wrong.is_empty();
+    }
+    soak.checked("4 a host's wrong clock is named");
+    if !named {
+        for w in &wrong {
+            soak.violation(n, 4, format!("{host}'s clock is {offset:+} s off for {} s, but {w}", hold.as_secs()));
+        }
+    }
+    let argv = soak.lab.kill(&name)?;
+    soak.lab.restart(&name, &argv)?;
+    Ok(faults::FaultEffect {
+        target: format!("{host}'s clock {offset:+} s off ({naming} item(s) named it)"),
+        held: Some(hold),
+        ..Default::default()
+    })
+}
+
+/// Invariant 1: every Protected item not held by an operation has a new point within the
+/// recovery window after the fault ended (`ended_at`; new: not among its points when the fault ended,
+/// whatever its date, which a host's wrong clock may have moved).
+async fn expect_recovery(soak: &Soak, n: usize, ended_at: Instant, what: &str) {
     let window = recovery_window();
     let items = ops::items(&soak.lab).await.unwrap_or_default();
     let mut pending: Vec<(String, String, String)> = items
@@ -630,6 +690,10 @@ async fn expect_recovery(soak: &Soak, n: usize, ended: chrono::DateTime<Utc>, en
             )
         })
         .collect();
+    let mut before: HashMap<String, HashSet<String>> = HashMap::new();
+    for (id, _, host) in &pending {
+        before.insert(id.clone(), invariants::points(&soak.lab, host, id).await.into_iter().map(|p| p.0).collect());
+    }
     while !pending.is_empty() {
         let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
         let mut still = Vec::new();
@@ -637,7 +701,8 @@ async fn expect_recovery(soak: &Soak, n: usize, ended: chrono::DateTime<Utc>, en
             if busy.contains(&id) {
                 continue;
             }
-            if invariants::points(&soak.lab, &host, &id).await.iter().any(|p| p.1 > ended) {
+            let had = before.get(&id);
+            if invariants::points(&soak.lab, &host, &id).await.iter().any(|p| had.is_some_and(|h| !h.contains(&p.0))) {
                 soak.checked("1 a new point after each fault");
                 if let Ok(mut s) = soak.state.lock() {
                     s.recoveries.push(ended_at.elapsed());
@@ -711,10 +776,9 @@ async fn long_replica_outage(soak: &Soak, n: usize) {
     if let Err(e) = soak.lab.restart(&name, &argv) {
         return soak.violation(n, 0, format!("cannot start {name} again: {e:#}"));
     }
-    let ended = Utc::now();
     let ended_at = Instant::now();
     soak.note(n, "fault LongReplicaOutage", "ended");
-    expect_recovery(soak, n, ended, ended_at, "LongReplicaOutage").await;
+    expect_recovery(soak, n, ended_at, "LongReplicaOutage").await;
     // One copy frequency after the items recovered, their health follows (invariant 4).
     tokio::time::sleep(COPY_FREQUENCY).await;
     for it in ops::items(&soak.lab)

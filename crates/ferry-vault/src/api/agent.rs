@@ -309,7 +309,10 @@ pub async fn report(
             Ok(_) => {
                 if active {
                     st.peers.set_fabric(&f);
-                    crate::replication::apply_statuses(&st, f.vault_id, f.id, &rep.replication).await;
+                    // The site's clock against the vault's, measured now (the hosts' offsets are
+                    // measured by the site).
+                    let site_offset_ms = rep.sent_at.map(|t| (t - now).num_milliseconds());
+                    crate::replication::apply_statuses(&st, f.vault_id, f.id, site_offset_ms, &rep.replication).await;
                     crate::capacity::apply_profiles(&st, f.vault_id, f.id, &rep.churn).await;
                 }
                 for c in changes {
