@@ -4,9 +4,9 @@
 //! NotEnabled ─enable→ WaitingForInitialReplication ─IR started→ InitialReplicationInProgress
 //!   (offline, POL-8: ─export done→ WaitingForInitialReplication ─importInitialReplica, first
 //!   delta→ Protected)
-//!   ─IR completed→ Protected ⇄ Paused (pause / resume)
-//! Protected/Paused/Resynchronizing/ReverseReplicating ─resync needed→ ResyncRequired
-//!   ─repair or resync started→ Resynchronizing ─resync completed→ Protected
+//!   ─replicating→ Protected ⇄ Paused (pause / resume)
+//! Protected ─resync needed→ ResyncRequired ─repair or resync started→ Resynchronizing
+//!   ─replicating→ Protected
 //! Protected ─repairReplication (operator: compare with the replica now)→ Resynchronizing
 //! Protected ─plannedFailover→ PreparedForPlannedFailover ─failover started→ FailoverInProgress
 //! Protected/Paused/ResyncRequired/Resynchronizing/PreparedForPlannedFailover
@@ -14,13 +14,18 @@
 //! FailoverInProgress ─failover completed→ FailedOverCommitPending (applyRecoveryPoint: stays)
 //!   ─failover rolled back / failoverCancel after its job ended (FO-7)→ Protected
 //! FailedOverCommitPending ─failoverCancel→ Protected   (FO-7: replication goes on)
-//!   ─failoverCommit→ Committed ─reProtect→ ReverseReplicating ─done→ Protected (other direction)
+//!   ─failoverCommit→ Committed ─reProtect→ ReverseReplicating ─replicating→ Protected (other
+//!   direction)
 //! any state but NotEnabled/FailoverInProgress ─disableProtection→ NotEnabled
 //! ```
 //! Test failover and its cleanup do not change the state; they depend on the context (a test
 //! running, recovery points present). All failover types work in both directions (FO-6).
+//!
+//! [`transition`] is the only way the vault changes an item's state: operators' operations,
+//! its jobs' steps and the phases the hosts report ([`Event::reported`]) are all events here.
 
 use ferry_types::protection::{Operation, ReplicationState};
+use ferry_types::site_protocol::ReplicationPhase;
 
 use crate::error::Error;
 
@@ -32,17 +37,53 @@ use ReplicationState as S;
 pub enum Event {
     Operation(Operation),
     EnableProtection,
+    /// The source host copies the initial replica (reported).
     InitialReplicationStarted,
-    InitialReplicationCompleted,
-    InitialReplicationFailed,
+    /// POL-8: the source host's offline export is complete (reported).
+    InitialExportCompleted,
+    /// The source host lost change tracking (reported).
     ResyncNeeded,
+    /// The source host compares its disks with the replica (reported).
     ResyncStarted,
-    ResyncCompleted,
+    /// The source host runs delta cycles: an initial replication, a resync or a reverse
+    /// replication is complete (reported).
+    Replicating,
+    /// The source VM is off and its last cycle sent: the planned failover proper begins.
     FailoverStarted,
+    /// The recovered VM runs on the target.
     FailoverCompleted,
     FailoverRolledBack,
-    ReverseReplicationCompleted,
 }
+
+impl Event {
+    /// The event a phase reported by a source host stands for, if any.
+    pub fn reported(phase: ReplicationPhase) -> Option<Event> {
+        match phase {
+            ReplicationPhase::InitialInProgress => Some(Event::InitialReplicationStarted),
+            ReplicationPhase::WaitingForImport => Some(Event::InitialExportCompleted),
+            ReplicationPhase::ResyncRequired => Some(Event::ResyncNeeded),
+            ReplicationPhase::Resynchronizing => Some(Event::ResyncStarted),
+            ReplicationPhase::Replicating => Some(Event::Replicating),
+            ReplicationPhase::Waiting | ReplicationPhase::Paused | ReplicationPhase::Retrying => None,
+        }
+    }
+}
+
+/// Every state, for checks over all of them.
+pub const ALL_STATES: [ReplicationState; 12] = [
+    S::NotEnabled,
+    S::WaitingForInitialReplication,
+    S::InitialReplicationInProgress,
+    S::Protected,
+    S::PreparedForPlannedFailover,
+    S::FailoverInProgress,
+    S::FailedOverCommitPending,
+    S::Committed,
+    S::Paused,
+    S::ResyncRequired,
+    S::Resynchronizing,
+    S::ReverseReplicating,
+];
 
 /// Facts beyond the state that decide whether an operation is allowed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,21 +175,31 @@ pub fn transition(state: ReplicationState, event: Event) -> Result<ReplicationSt
         }
         (Event::EnableProtection, S::NotEnabled) => S::WaitingForInitialReplication,
         (Event::InitialReplicationStarted, S::WaitingForInitialReplication) => S::InitialReplicationInProgress,
-        (Event::InitialReplicationCompleted, S::InitialReplicationInProgress) => S::Protected,
-        (Event::InitialReplicationFailed, S::InitialReplicationInProgress) => S::WaitingForInitialReplication,
+        (Event::InitialExportCompleted, S::InitialReplicationInProgress) => S::WaitingForInitialReplication,
+        // A resync needed during a reverse replication or while paused shows in the host's
+        // report and health; the state stays until replication runs again.
+        (Event::ResyncNeeded, S::Protected) => S::ResyncRequired,
+        (Event::ResyncStarted, S::Protected | S::ResyncRequired) => S::Resynchronizing,
         (
-            Event::ResyncNeeded,
-            S::Protected | S::Paused | S::Resynchronizing | S::ResyncRequired | S::ReverseReplicating,
-        ) => S::ResyncRequired,
-        (Event::ResyncStarted, S::ResyncRequired) => S::Resynchronizing,
-        (Event::ResyncCompleted, S::Resynchronizing) => S::Protected,
+            Event::Replicating,
+            S::WaitingForInitialReplication
+            | S::InitialReplicationInProgress
+            | S::ResyncRequired
+            | S::Resynchronizing
+            | S::ReverseReplicating,
+        ) => S::Protected,
         (Event::FailoverStarted, S::PreparedForPlannedFailover) => S::FailoverInProgress,
         (Event::FailoverCompleted, S::FailoverInProgress) => S::FailedOverCommitPending,
         (Event::FailoverRolledBack, S::FailoverInProgress | S::PreparedForPlannedFailover) => S::Protected,
-        (Event::ReverseReplicationCompleted, S::ReverseReplicating) => S::Protected,
         _ => return Err(Error::InvalidStateTransition { state, event: format!("{event:?}") }),
     };
     Ok(next)
+}
+
+/// Whether `state` is where `event` leads (from some state): the event took effect before, as
+/// when a job's step runs again after a vault restart. Such an event changes nothing.
+pub fn already_applied(state: ReplicationState, event: Event) -> bool {
+    ALL_STATES.iter().any(|s| transition(*s, event) == Ok(state))
 }
 
 /// Whether the event turns the replication direction around (FO-5: re-protect).
@@ -176,10 +227,10 @@ mod tests {
     fn job_3_enable_to_protected() {
         let events = [Event::EnableProtection, Event::InitialReplicationStarted];
         assert_eq!(run(S::NotEnabled, &events), Ok(S::InitialReplicationInProgress));
-        let events = [Event::EnableProtection, Event::InitialReplicationStarted, Event::InitialReplicationCompleted];
+        let events = [Event::EnableProtection, Event::InitialReplicationStarted, Event::Replicating];
         assert_eq!(run(S::NotEnabled, &events), Ok(S::Protected));
         assert_eq!(
-            transition(S::InitialReplicationInProgress, Event::InitialReplicationFailed),
+            transition(S::InitialReplicationInProgress, Event::InitialExportCompleted),
             Ok(S::WaitingForInitialReplication)
         );
     }
@@ -211,11 +262,8 @@ mod tests {
     #[test]
     fn job_3_resync_path() {
         assert_eq!(transition(S::Protected, Event::ResyncNeeded), Ok(S::ResyncRequired));
-        assert_eq!(
-            run(S::ResyncRequired, &[op(Operation::RepairReplication), Event::ResyncCompleted]),
-            Ok(S::Protected)
-        );
-        assert_eq!(run(S::ResyncRequired, &[Event::ResyncStarted, Event::ResyncCompleted]), Ok(S::Protected));
+        assert_eq!(run(S::ResyncRequired, &[op(Operation::RepairReplication), Event::Replicating]), Ok(S::Protected));
+        assert_eq!(run(S::ResyncRequired, &[Event::ResyncStarted, Event::Replicating]), Ok(S::Protected));
     }
 
     #[test]
@@ -268,13 +316,13 @@ mod tests {
 
     #[test]
     fn fo_5_commit_then_reprotect_flips_direction() {
-        let events = [op(Operation::FailoverCommit), op(Operation::ReProtect), Event::ReverseReplicationCompleted];
+        let events = [op(Operation::FailoverCommit), op(Operation::ReProtect), Event::Replicating];
         assert_eq!(run(S::FailedOverCommitPending, &events[..1]), Ok(S::Committed));
         assert_eq!(run(S::FailedOverCommitPending, &events[..2]), Ok(S::ReverseReplicating));
         assert_eq!(run(S::FailedOverCommitPending, &events), Ok(S::Protected));
         assert!(flips_direction(op(Operation::ReProtect)));
         assert!(!flips_direction(op(Operation::FailoverCommit)));
-        assert!(!flips_direction(Event::ReverseReplicationCompleted));
+        assert!(!flips_direction(Event::Replicating));
     }
 
     #[test]
@@ -356,8 +404,8 @@ mod tests {
     #[test]
     fn job_3_invalid_system_event() {
         assert_eq!(
-            transition(S::Protected, Event::InitialReplicationCompleted),
-            Err(Error::InvalidStateTransition { state: S::Protected, event: "InitialReplicationCompleted".into() })
+            transition(S::Protected, Event::Replicating),
+            Err(Error::InvalidStateTransition { state: S::Protected, event: "Replicating".into() })
         );
         assert_eq!(transition(S::NotEnabled, Event::EnableProtection), Ok(S::WaitingForInitialReplication));
         assert_eq!(
@@ -405,5 +453,40 @@ mod tests {
             assert_eq!(allowed_operations(s, &forward), allowed_operations(s, &reverse), "{s:?}");
         }
         assert!(allowed_operations(S::Protected, &reverse).contains(&Operation::PlannedFailover));
+    }
+
+    #[test]
+    fn job_3_reported_phases_are_events_of_the_one_state_machine() {
+        use ReplicationPhase as P;
+        let reported = |state, phase| Event::reported(phase).map(|e| transition(state, e));
+        assert_eq!(
+            reported(S::WaitingForInitialReplication, P::InitialInProgress),
+            Some(Ok(S::InitialReplicationInProgress))
+        );
+        assert_eq!(reported(S::InitialReplicationInProgress, P::Replicating), Some(Ok(S::Protected)));
+        assert_eq!(reported(S::WaitingForInitialReplication, P::Replicating), Some(Ok(S::Protected)), "POL-8 import");
+        assert_eq!(
+            reported(S::InitialReplicationInProgress, P::WaitingForImport),
+            Some(Ok(S::WaitingForInitialReplication))
+        );
+        assert_eq!(reported(S::ReverseReplicating, P::Replicating), Some(Ok(S::Protected)), "FO-5 done");
+        assert_eq!(reported(S::Protected, P::ResyncRequired), Some(Ok(S::ResyncRequired)));
+        assert_eq!(reported(S::Protected, P::Resynchronizing), Some(Ok(S::Resynchronizing)));
+        assert_eq!(reported(S::ResyncRequired, P::Replicating), Some(Ok(S::Protected)));
+        // A reverse replication that needs a resync stays ReverseReplicating (its completion
+        // ends the failover); a failed-over item ignores a stale report.
+        assert!(matches!(reported(S::ReverseReplicating, P::ResyncRequired), Some(Err(_))));
+        assert!(matches!(reported(S::FailedOverCommitPending, P::Replicating), Some(Err(_))));
+        assert_eq!(reported(S::Protected, P::Retrying), None);
+    }
+
+    #[test]
+    fn job_1_an_event_that_took_effect_before_is_recognized() {
+        // A job's step run again after a vault restart finds its state already there.
+        assert!(already_applied(S::FailoverInProgress, Event::FailoverStarted));
+        assert!(already_applied(S::Paused, op(Operation::PauseReplication)));
+        assert!(already_applied(S::Committed, op(Operation::FailoverCommit)));
+        assert!(!already_applied(S::Protected, Event::FailoverStarted));
+        assert!(!already_applied(S::NotEnabled, op(Operation::PauseReplication)));
     }
 }

@@ -2,6 +2,7 @@
 //! recovery points (RP-1), state changes (JOB-3) and health (JOB-2). When initial replication
 //! completes, the item becomes Protected and a "Finalize protection" job is recorded (REP-1).
 
+use ferry_core::state::Event;
 use ferry_store::DocKind;
 use ferry_types::alert::{AlertKind, AlertObject};
 use ferry_types::event::Severity;
@@ -186,8 +187,55 @@ async fn put_item_with_events(
     Ok(())
 }
 
-pub async fn set_state(state: &AppState, vault: Uuid, id: Uuid, to: ReplicationState) -> Result<(), ApiError> {
-    update_item(state, vault, id, |i| i.state = to).await.map(|_| ())
+/// The one place an item's state is written (JOB-3): the state [`transition`] gives for
+/// `event`; (from, to). A test keeps every other write of an item's state out of the vault.
+///
+/// [`transition`]: ferry_core::state::transition
+pub fn set_by_transition(
+    item: &mut ProtectedItem,
+    event: Event,
+) -> Result<(ReplicationState, ReplicationState), ferry_core::Error> {
+    let from = item.state;
+    let to = ferry_core::state::transition(from, event)?;
+    item.state = to;
+    Ok((from, to))
+}
+
+/// Apply `event` to item `id` (an operation's preparation or a job's step), with `more`
+/// changes in the same write; the new state. An event that took effect before (a step run again
+/// after a restart) changes the state no further but still applies `more`; one that does not fit
+/// the state is refused (`InvalidStateTransition` / `OperationNotAllowed`) and changes nothing.
+pub async fn apply_event_with<F>(
+    state: &AppState,
+    vault: Uuid,
+    id: Uuid,
+    event: Event,
+    mut more: F,
+) -> Result<ReplicationState, ApiError>
+where
+    F: FnMut(&mut ProtectedItem),
+{
+    let mut outcome = Err(ApiError::new("ProtectedItemNotFound", format!("Protected item {id} not found")));
+    update_item(state, vault, id, |i| {
+        outcome = match set_by_transition(i, event) {
+            Ok((_, to)) => {
+                more(i);
+                Ok(to)
+            }
+            Err(_) if ferry_core::state::already_applied(i.state, event) => {
+                more(i);
+                Ok(i.state)
+            }
+            Err(e) => Err(ApiError::new(e.code(), e.to_string())),
+        };
+    })
+    .await?;
+    outcome
+}
+
+/// [`apply_event_with`] and nothing more.
+pub async fn apply_event(state: &AppState, vault: Uuid, id: Uuid, event: Event) -> Result<ReplicationState, ApiError> {
+    apply_event_with(state, vault, id, event, |_| {}).await
 }
 
 /// States in which the source host runs cycles (a failure then counts).
@@ -375,42 +423,26 @@ pub async fn apply_statuses(
                     }
                 }
                 item.stats.policy_version = s.policy_version.or(item.stats.policy_version);
-                let next = match (item.state, s.phase) {
+                // The reported phase is an event of the item's state machine; one that does
+                // not fit the state now (a report from before an operation) changes nothing.
+                let moved = Event::reported(s.phase).and_then(|e| set_by_transition(item, e).ok());
+                match moved {
                     // POL-8: the offline export is complete; the import completes protection.
-                    (ReplicationState::InitialReplicationInProgress, ReplicationPhase::WaitingForImport) => {
+                    Some((
+                        ReplicationState::InitialReplicationInProgress,
+                        ReplicationState::WaitingForInitialReplication,
+                    )) => {
                         exported = Some(item.name.clone());
-                        Some(ReplicationState::WaitingForInitialReplication)
                     }
-                    (
+                    Some((
                         ReplicationState::WaitingForInitialReplication | ReplicationState::InitialReplicationInProgress,
-                        ReplicationPhase::Replicating,
-                    ) => {
-                        finalized = Some(item.name.clone());
-                        Some(ReplicationState::Protected)
-                    }
-                    (ReplicationState::ReverseReplicating, ReplicationPhase::Replicating) => {
+                        ReplicationState::Protected,
+                    )) => finalized = Some(item.name.clone()),
+                    Some((ReplicationState::ReverseReplicating, ReplicationState::Protected)) => {
                         reversed = Some((item.name.clone(), s.initial_bytes));
                         item.failover = None;
-                        Some(ReplicationState::Protected)
                     }
-                    (ReplicationState::WaitingForInitialReplication, ReplicationPhase::InitialInProgress) => {
-                        Some(ReplicationState::InitialReplicationInProgress)
-                    }
-                    (ReplicationState::Protected, ReplicationPhase::ResyncRequired) => {
-                        Some(ReplicationState::ResyncRequired)
-                    }
-                    (
-                        ReplicationState::Protected | ReplicationState::ResyncRequired,
-                        ReplicationPhase::Resynchronizing,
-                    ) => Some(ReplicationState::Resynchronizing),
-                    (
-                        ReplicationState::Resynchronizing | ReplicationState::ResyncRequired,
-                        ReplicationPhase::Replicating,
-                    ) => Some(ReplicationState::Protected),
-                    _ => None,
-                };
-                if let Some(n) = next {
-                    item.state = n;
+                    _ => {}
                 }
             }
             PairRole::Target => {
@@ -562,5 +594,54 @@ mod tests {
         ] {
             assert!(takes_target_points(st), "{st:?}");
         }
+    }
+
+    /// Every line of the vault's code outside test modules that writes an item's state, as
+    /// `file: line` (a field `state` assigned or set in a literal).
+    fn state_writes() -> Vec<String> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).expect("src").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&root, &mut files);
+        let mut writes = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("source");
+            // Test modules come last in a file.
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let name = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
+            for line in code.lines().map(str::trim) {
+                let assigns = line.contains(".state = ") && !line.contains("CapacityPlanState");
+                let literal = line.starts_with("state: ReplicationState::");
+                if assigns || literal {
+                    writes.push(format!("{name}: {line}"));
+                }
+            }
+        }
+        writes.sort();
+        writes
+    }
+
+    /// JOB-3: the state machine of ferry-core is the only way an item's state changes; any
+    /// other write of the state in the vault fails this test.
+    #[test]
+    fn job_3_transition_is_the_only_writer_of_an_items_state() {
+        assert_eq!(
+            state_writes(),
+            [
+                // A plan's view of a VM that is not protected (no item is written).
+                "api/plans.rs: state: ReplicationState::NotEnabled,",
+                "replication.rs: item.state = to;",
+            ],
+            "write an item's state only through replication::set_by_transition (ferry_core::state::transition)"
+        );
     }
 }

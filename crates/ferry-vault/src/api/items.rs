@@ -239,7 +239,8 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
             host_name: target_host.name.clone(),
         },
         direction: Direction::Forward,
-        state: ReplicationState::WaitingForInitialReplication,
+        state: ferry_core::state::transition(ReplicationState::NotEnabled, ferry_core::state::Event::EnableProtection)
+            .map_err(core_err)?,
         health: Health::Warning,
         health_reasons: vec!["Initial replication is not complete".into()],
         disks,
@@ -665,9 +666,14 @@ pub async fn operate(
                     ))
                 }
             };
-            crate::replication::set_state(&st, v.id, it.id, ReplicationState::PreparedForPlannedFailover)
-                .await
-                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            crate::replication::apply_event(
+                &st,
+                v.id,
+                it.id,
+                ferry_core::state::Event::Operation(Operation::PlannedFailover),
+            )
+            .await
+            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
             let params = serde_json::json!({"item": it.id, "shutdown_timeout_secs": shutdown_timeout});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
         }
@@ -707,9 +713,14 @@ pub async fn operate(
             st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_CANCEL, params, &crate::jobs::CANCEL_TASKS)).await?
         }
         Operation::ReProtect => {
-            crate::replication::set_state(&st, v.id, it.id, ReplicationState::ReverseReplicating)
-                .await
-                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            crate::replication::apply_event(
+                &st,
+                v.id,
+                it.id,
+                ferry_core::state::Event::Operation(Operation::ReProtect),
+            )
+            .await
+            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
             let params = serde_json::to_value(crate::jobs::ReProtectParams {
                 item: it.id,
                 original: it.source.clone(),

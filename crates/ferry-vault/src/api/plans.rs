@@ -459,9 +459,14 @@ pub async fn operate_plan(
         }
         Operation::PlannedFailover => {
             for it in &items {
-                crate::replication::set_state(&st, v.id, it.id, ReplicationState::PreparedForPlannedFailover)
-                    .await
-                    .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+                crate::replication::apply_event(
+                    &st,
+                    v.id,
+                    it.id,
+                    ferry_core::state::Event::Operation(Operation::PlannedFailover),
+                )
+                .await
+                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
             }
         }
         Operation::UnplannedFailover => {

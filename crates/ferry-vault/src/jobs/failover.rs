@@ -382,13 +382,9 @@ impl JobKind for PlannedFailoverJob {
                 JobCtx::site_command(&state, &job, s1.fabric, "shutdown", cmd).await?,
                 "Shutting down the source VM",
             )?;
-            crate::replication::set_state(
-                &state,
-                vault,
-                p.item,
-                ferry_types::protection::ReplicationState::FailoverInProgress,
-            )
-            .await
+            crate::replication::apply_event(&state, vault, p.item, ferry_core::state::Event::FailoverStarted)
+                .await
+                .map(|_| ())
         })
         .await?;
         let s2 = src.clone();
@@ -427,12 +423,10 @@ impl JobKind for FailoverCommitJob {
         })
         .await?;
         ctx.task(COMMIT_TASKS[1], |state, _job| async move {
-            crate::replication::update_item(&state, vault, p.item, |i| {
-                i.state = ferry_types::protection::ReplicationState::Committed;
-                i.recovery_points.clear();
-            })
-            .await
-            .map(|_| ())
+            let commit = ferry_core::state::Event::Operation(ferry_types::protection::Operation::FailoverCommit);
+            crate::replication::apply_event_with(&state, vault, p.item, commit, |i| i.recovery_points.clear())
+                .await
+                .map(|_| ())
         })
         .await
     }
@@ -504,13 +498,12 @@ impl JobKind for UnplannedFailoverJob {
             }
         })
         .await?;
-        crate::replication::set_state(
-            &ctx.state,
-            vault,
-            p.item,
-            ferry_types::protection::ReplicationState::FailoverInProgress,
-        )
-        .await?;
+        // Not when an earlier run of this job got the recovered VM running already (it is resumed
+        // after a later step failed): the failover is past its start.
+        if item.state != ferry_types::protection::ReplicationState::FailedOverCommitPending {
+            let unplanned = ferry_core::state::Event::Operation(ferry_types::protection::Operation::UnplannedFailover);
+            crate::replication::apply_event(&ctx.state, vault, p.item, unplanned).await?;
+        }
         let s3 = src.clone();
         ctx.task(UNPLANNED_TASKS[2], |state, job| async move {
             let cmd = stop_keeping_tracking(s3.host, p.item);
@@ -631,13 +624,9 @@ pub(super) async fn recover(
     ctx.task(tasks[2], |state, job| async move {
         let cmd = SiteCommand::Vm { host: t3.host, action: VmAction::Start { vm: n3 } };
         check(JobCtx::site_command(&state, &job, t3.fabric, "start", cmd).await?, "Starting the recovered VM")?;
-        crate::replication::set_state(
-            &state,
-            vault,
-            item,
-            ferry_types::protection::ReplicationState::FailedOverCommitPending,
-        )
-        .await
+        crate::replication::apply_event(&state, vault, item, ferry_core::state::Event::FailoverCompleted)
+            .await
+            .map(|_| ())
     })
     .await?;
     ctx.task_with_output(tasks[3], |state, job| async move { reip(&state, &job, vault, item, tgt, name).await }).await

@@ -416,13 +416,11 @@ impl JobKind for EnableProtectionJob {
             if waits {
                 return Ok(());
             }
-            crate::replication::set_state(
-                &state,
-                vault,
-                item.id,
-                ferry_types::protection::ReplicationState::InitialReplicationInProgress,
-            )
-            .await
+            match crate::replication::apply_event(&state, vault, item.id, ferry_core::state::Event::InitialReplicationStarted).await {
+                // The host's report moved it on already (a quick initial copy).
+                Err(e) if e.code == "InvalidStateTransition" => Ok(()),
+                r => r.map(|_| ()),
+            }
         })
         .await
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_types::protection::ReplicationState;
+use ferry_types::protection::Operation;
 use ferry_types::site_protocol::{ReplicationAction, SiteCommand};
 use ferry_types::ApiError;
 
@@ -35,14 +35,16 @@ impl JobKind for PauseJob {
         let resume = self.resume;
         let task = if resume { RESUME_TASKS[0] } else { PAUSE_TASKS[0] };
         ctx.task(task, |state, job| async move {
-            let (action, to, what) = if resume {
-                (ReplicationAction::Resume { item: p.item }, ReplicationState::Protected, "Resuming replication")
+            let (action, op, what) = if resume {
+                (ReplicationAction::Resume { item: p.item }, Operation::ResumeReplication, "Resuming replication")
             } else {
-                (ReplicationAction::Pause { item: p.item }, ReplicationState::Paused, "Pausing replication")
+                (ReplicationAction::Pause { item: p.item }, Operation::PauseReplication, "Pausing replication")
             };
             let cmd = SiteCommand::Replication { host: item.source.host.clone(), action };
             check(JobCtx::site_command(&state, &job, item.source.fabric, "pause", cmd).await?, what)?;
-            crate::replication::set_state(&state, vault, p.item, to).await
+            crate::replication::apply_event(&state, vault, p.item, ferry_core::state::Event::Operation(op))
+                .await
+                .map(|_| ())
         })
         .await
     }

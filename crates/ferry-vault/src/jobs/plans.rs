@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use ferry_types::job::JobStatus;
 use ferry_types::plan::{PlanFailoverType, PlanItem, PlanStep, RecoveryPlan, ScriptRun, StepPhase};
-use ferry_types::protection::{Operation, ProtectedItem, ReplicationState, TestNetwork};
+use ferry_types::protection::{Operation, ProtectedItem, TestNetwork};
 use ferry_types::site_protocol::{ReplicationAction, SiteCommand, VmAction};
 use ferry_types::ApiError;
 use serde::{Deserialize, Serialize};
@@ -417,7 +417,8 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                         JobCtx::site_command(&st, &job, it.source.fabric, &k, cmd).await?,
                         "Shutting down the source VM",
                     )?;
-                    crate::replication::set_state(&st, vault, it.id, ReplicationState::FailoverInProgress).await?;
+                    crate::replication::apply_event(&st, vault, it.id, ferry_core::state::Event::FailoverStarted)
+                        .await?;
                     Ok(serde_json::Value::Null)
                 }
             })
@@ -465,7 +466,8 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                             }
                         }
                     }
-                    crate::replication::set_state(&st, vault, it.id, ReplicationState::FailoverInProgress).await?;
+                    let unplanned = ferry_core::state::Event::Operation(Operation::UnplannedFailover);
+                    crate::replication::apply_event(&st, vault, it.id, unplanned).await?;
                     Ok(serde_json::Value::Null)
                 }
             })
@@ -576,7 +578,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                     let pid = r.output["pid"].clone();
                     check(r, "Starting the VM")?;
                     if mode != Mode::Test {
-                        crate::replication::set_state(&st, vault, it.id, ReplicationState::FailedOverCommitPending)
+                        crate::replication::apply_event(&st, vault, it.id, ferry_core::state::Event::FailoverCompleted)
                             .await?;
                     }
                     Ok(serde_json::json!({
@@ -778,8 +780,8 @@ async fn children(ctx: &mut JobCtx, p: &PlanParams, operation: &'static str) -> 
                         let item = load_item(&st, vault, it.id).await?;
                         // The per-VM operation's own preparation, as its API does.
                         let (params, tasks): (serde_json::Value, &[&str]) = if operation == super::OP_REPROTECT {
-                            crate::replication::set_state(&st, vault, it.id, ReplicationState::ReverseReplicating)
-                                .await?;
+                            let reprotect = ferry_core::state::Event::Operation(Operation::ReProtect);
+                            crate::replication::apply_event(&st, vault, it.id, reprotect).await?;
                             let p = super::ReProtectParams {
                                 item: it.id,
                                 original: item.source.clone(),

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ferry_types::protection::ReplicationState;
 use ferry_types::site_protocol::{ReplicationAction, SiteCommand};
 use ferry_types::ApiError;
 
@@ -39,13 +38,12 @@ impl JobKind for RepairJob {
                 JobCtx::site_command(&state, &job, item.source.fabric, "repair", cmd).await?,
                 "Repairing replication",
             )?;
-            crate::replication::update_item(&state, vault, p.item, |i| {
-                if matches!(i.state, ReplicationState::Protected | ReplicationState::ResyncRequired) {
-                    i.state = ReplicationState::Resynchronizing;
-                }
-            })
-            .await
-            .map(|_| ())
+            let repair = ferry_core::state::Event::Operation(ferry_types::protection::Operation::RepairReplication);
+            match crate::replication::apply_event(&state, vault, p.item, repair).await {
+                // Paused meanwhile: the source resynchronizes once resumed.
+                Err(e) if e.code == "OperationNotAllowed" => Ok(()),
+                r => r.map(|_| ()),
+            }
         })
         .await
     }

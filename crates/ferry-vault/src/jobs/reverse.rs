@@ -18,7 +18,7 @@ use ferry_store::DocKind;
 use ferry_types::fabric::Fabric;
 use ferry_types::mapping::{NetworkMapping, SiteObjectRef};
 use ferry_types::protection::{
-    Direction, FailoverRecord, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationState, ReplicationStats,
+    Direction, FailoverRecord, ItemSide, ProtectedItem, ReplicaDisk, ReplicaNic, ReplicationStats,
 };
 use ferry_types::site_protocol::{
     InitialReplication, ReplicaSpec, ReplicationAction, ReplicationSpec, SiteCommand, VmAction,
@@ -132,12 +132,8 @@ impl JobKind for FailoverCancelJob {
                 JobCtx::site_command(&state, &job, item.source.fabric, "resume", cmd).await?,
                 "Resuming replication",
             )?;
-            crate::replication::update_item(&state, vault, p.item, |i| {
-                i.state = ReplicationState::Protected;
-                i.failover = None;
-            })
-            .await
-            .map(|_| ())
+            let cancel = ferry_core::state::Event::Operation(ferry_types::protection::Operation::FailoverCancel);
+            crate::replication::apply_event_with(&state, vault, p.item, cancel, |i| i.failover = None).await.map(|_| ())
         })
         .await
     }
@@ -286,7 +282,12 @@ impl JobKind for ReProtectJob {
                 return Ok(()); // already reversed (the task is re-run after a vault restart)
             }
             let reversed = reversed_item(&item, &original_site, &active_site, &mappings);
-            crate::replication::update_item(&state, vault, p.item, |i| *i = reversed.clone()).await.map(|_| ())
+            // The state stays ReverseReplicating (re-protect's own event, applied before the job).
+            crate::replication::update_item(&state, vault, p.item, |i| {
+                *i = ProtectedItem { state: i.state, ..reversed.clone() }
+            })
+            .await
+            .map(|_| ())
         })
         .await?;
         ctx.task(REPROTECT_TASKS[3], |state, job| async move {
@@ -342,7 +343,6 @@ pub(super) fn reversed_item(
         Direction::Forward => Direction::Reverse,
         Direction::Reverse => Direction::Forward,
     };
-    r.state = ReplicationState::ReverseReplicating;
     r.stats = ReplicationStats::default();
     r.recovery_points.clear();
     r.existing_replica = None;
