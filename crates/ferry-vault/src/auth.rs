@@ -69,7 +69,30 @@ impl FromRequestParts<AppState> for Auth {
         let secret = value.strip_prefix("Bearer ").ok_or_else(|| {
             ApiFailure::unauthorized("InvalidCredentials", "The Authorization header must be 'Bearer <token>'")
         })?;
-        authenticate(state, secret).await
+        let from = client_address(parts);
+        state.failed_auth.check(from)?;
+        authenticate(state, secret).await.inspect_err(|e| {
+            if e.status == axum::http::StatusCode::UNAUTHORIZED {
+                state.failed_auth.failed(from, secret);
+            }
+        })
+    }
+}
+
+/// The address of the client that sent a request (when the server records it).
+pub fn client_address(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// A handler's view of [`client_address`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(parts)))
     }
 }
 

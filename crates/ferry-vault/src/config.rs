@@ -37,6 +37,9 @@ pub struct VaultConfig {
     pub header_read_timeout: Duration,
     /// Requests served at once; more wait for a free slot.
     pub max_concurrent_requests: usize,
+    /// Failed sign-ins and registrations one client address may make per minute; more are
+    /// refused with 429 (SEC-3).
+    pub max_failed_auth_per_minute: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -56,6 +59,7 @@ impl VaultConfig {
             health_sweep_interval: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 256,
+            max_failed_auth_per_minute: 30,
             clock: Arc::new(SystemClock),
         }
     }

@@ -27,6 +27,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod auth_limit;
 pub mod bench;
 pub mod capacity;
 pub mod clock;

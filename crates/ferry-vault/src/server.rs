@@ -107,6 +107,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         alerts: Arc::new(crate::alerts::Alerts::new(config.alert_timeout).map_err(StartError::AlertClient)?),
         public_url: url.clone(),
         peers: Arc::default(),
+        failed_auth: Arc::new(crate::auth_limit::FailedAttempts::new(config.max_failed_auth_per_minute)),
     };
     let resumed = state.jobs.resume_all(&state).await?;
     if resumed > 0 {
@@ -134,7 +135,10 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout);
-    let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+    // The client's address reaches handlers (the limit of failed sign-ins is per address).
+    let task = tokio::spawn(async move {
+        server.serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
+    });
     tracing::info!(%url, "vault listening");
     Ok(VaultHandle { addr, url, ca_pem: state.ca.cert_pem().to_string(), new_admin_token, state, handle, task })
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub public_url: String,
     /// Where every host receives replication now (passed on to the sites).
     pub peers: Arc<crate::peers::PeerDirectory>,
+    /// Failed sign-ins and registrations per client address (SEC-3).
+    pub failed_auth: Arc<crate::auth_limit::FailedAttempts>,
 }
 
 impl AppState {

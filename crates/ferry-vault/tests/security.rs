@@ -338,3 +338,48 @@ async fn sec_3_slow_and_idle_connections_are_closed() {
     let vaults: Vec<Vault> = tv.admin.get("/api/v1/vaults").await.expect("vaults");
     assert!(vaults.is_empty());
 }
+
+/// SEC-3: guessing tokens is limited per client address. With the product's limit (30 different
+/// wrong secrets a minute), the next attempt from that address is refused with 429 before its
+/// token is even looked at — a right token too, a portal sign-in and a registration alike. A
+/// revoked credential retried over and over counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_failed_sign_ins_are_limited_per_client_address() {
+    let tv = start_vault().await;
+    assert_eq!(
+        ferry_vault::VaultConfig::new("/x".into(), "127.0.0.1:0".parse().expect("addr")).max_failed_auth_per_minute,
+        30
+    );
+    // A revoked credential retried (a removed site manager polling) counts once.
+    let stale = tv.client(Some("ferry_revoked"));
+    for _ in 0..40 {
+        assert_eq!(expect_err(stale.get::<serde_json::Value>("/api/v1/vaults").await).0, 401);
+    }
+    for i in 1..30 {
+        let guesser = tv.client(Some(&format!("ferry_guess-{i}")));
+        let e = expect_err(guesser.get::<serde_json::Value>("/api/v1/vaults").await);
+        assert_eq!(e, (401, "InvalidCredentials".to_string()), "guess {i}");
+    }
+    let e = expect_err(tv.client(Some("ferry_guess-30")).get::<serde_json::Value>("/api/v1/vaults").await);
+    assert_eq!(e, (429, "TooManyFailedAttempts".to_string()));
+    // The right token from the same address waits as well.
+    let e = expect_err(tv.admin.get::<serde_json::Value>("/api/v1/vaults").await);
+    assert_eq!(e.0, 429);
+    let reg = serde_json::json!({"key": "x", "vault_name": "v1", "friendly_name": "s", "server_name": "s",
+        "version": "1", "sync_all_clouds": true, "csr_pem": "", "clouds": []});
+    let e = expect_err(tv.client(None).post::<_, serde_json::Value>("/api/v1/agent/register", &reg).await);
+    assert_eq!(e.0, 429, "registration from that address too");
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(tv.handle.ca_pem.as_bytes()).expect("ca"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http");
+    let r = http
+        .post(format!("{}/portal/login", tv.url()))
+        .form(&[("token", tv.admin_token.as_str()), ("next", "/portal/")])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.text().await.expect("page").contains("try again in"), "the sign-in page says why");
+}

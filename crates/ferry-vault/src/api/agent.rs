@@ -44,11 +44,25 @@ fn key_error(e: ferry_pki::Error) -> ApiFailure {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterRequest, responses((status = 200, body = RegisterResponse), (status = 401, body = ferry_types::ApiError), (status = 403, body = ferry_types::ApiError)))]
+#[utoipa::path(post, path = "/api/v1/agent/register", tag = "agent", request_body = RegisterRequest, responses((status = 200, body = RegisterResponse), (status = 401, body = ferry_types::ApiError), (status = 403, body = ferry_types::ApiError), (status = 429, body = ferry_types::ApiError)))]
 pub async fn register(
     State(st): State<AppState>,
+    crate::auth::ClientAddress(from): crate::auth::ClientAddress,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
+    // SEC-3: guessing registration keys is limited per client address like sign-ins.
+    st.failed_auth.check(from)?;
+    let key = req.key.clone();
+    let result = register_checked(&st, req).await;
+    if result.as_ref().is_err_and(|e| {
+        e.status == axum::http::StatusCode::UNAUTHORIZED || e.status == axum::http::StatusCode::FORBIDDEN
+    }) {
+        st.failed_auth.failed(from, &key);
+    }
+    result
+}
+
+async fn register_checked(st: &AppState, req: RegisterRequest) -> ApiResult<Json<RegisterResponse>> {
     let now = st.clock.now();
     let presented = RegistrationKey::parse(&req.key).map_err(key_error)?;
     let (vault, secret) = st.vault(&req.vault_name).await.map_err(|_| {
@@ -210,7 +224,7 @@ pub async fn register(
     let _ = st
         .jobs
         .record_done(
-            &st,
+            st,
             crate::jobs::NewJob {
                 vault: vault.id,
                 operation: "RegisterSiteManager",

@@ -324,12 +324,23 @@ fn login_form(next: Option<&str>, error: Option<&str>, status: StatusCode) -> Re
     (status, axum::response::Html(document("Sign in", body, None).into_string())).into_response()
 }
 
-async fn login(axum::extract::State(st): axum::extract::State<AppState>, form: Form) -> Response {
+async fn login(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    crate::auth::ClientAddress(from): crate::auth::ClientAddress,
+    form: Form,
+) -> Response {
     let next = safe_next(form.get("next"));
     let Some(secret) = form.get("token") else {
         return login_form(Some(&next), Some("Enter an API token"), StatusCode::BAD_REQUEST);
     };
-    match crate::auth::authenticate(&st, secret).await {
+    if let Err(e) = st.failed_auth.check(from) {
+        return login_form(Some(&next), Some(&e.body.message), e.status);
+    }
+    let result = crate::auth::authenticate(&st, secret).await;
+    if result.as_ref().is_err_and(|e| e.status == StatusCode::UNAUTHORIZED) {
+        st.failed_auth.failed(from, secret);
+    }
+    match result {
         Ok(Auth(Principal::User { .. })) => {
             let mut r = redirect(&next);
             r.headers_mut().append(SET_COOKIE, session_cookie(secret));
