@@ -24,6 +24,17 @@ pub fn location(dir: &Path, host: &str) -> PathBuf {
     dir.join("storage").join(host).join(LOCATION)
 }
 
+/// Whether item `it` (as the API shows it) keeps a replica disk in location `path`.
+pub fn holds_replica_of(path: &Path, it: &serde_json::Value) -> bool {
+    let Ok(path) = std::fs::canonicalize(path) else { return false };
+    it["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["location"].as_str())
+        .any(|l| std::fs::canonicalize(l).is_ok_and(|l| l == path))
+}
+
 impl SmallLocations {
     /// Mount a tmpfs of `size_mib` on every host's location under the lab directory `dir`.
     pub fn mount(dir: &Path, size_mib: u64) -> Result<SmallLocations> {
@@ -105,6 +116,18 @@ impl Drop for Filler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_item_holds_a_replica_in_the_location_its_disks_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gold, silver) = (location(dir.path(), "chi1"), dir.path().join("storage/chi1/silver_target"));
+        std::fs::create_dir_all(&gold).expect("gold");
+        std::fs::create_dir_all(&silver).expect("silver");
+        let on = |p: &Path| serde_json::json!({"disks": [{"location": p.display().to_string()}]});
+        assert!(holds_replica_of(&gold, &on(&gold)));
+        assert!(!holds_replica_of(&gold, &on(&silver)), "another classification's location");
+        assert!(!holds_replica_of(&gold, &serde_json::json!({})));
+    }
 
     #[test]
     fn a_small_location_fills_up_frees_again_and_is_unmounted() {

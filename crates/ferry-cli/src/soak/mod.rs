@@ -568,10 +568,17 @@ async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Du
 /// caller, invariant 1).
 async fn replica_location_full(soak: &Soak, n: usize, pick: usize, items: &[Value]) -> Result<faults::FaultEffect> {
     let locations = soak.locations.as_ref().context("no small replica locations (the soak needs root for them)")?;
+    let dir = soak.lab.dir.clone();
+    // Items whose replica lies in the small location of their target host (the lab places some
+    // VMs on other storage classifications: their replicas live elsewhere).
+    let in_small = move |i: &Value| {
+        let host = i["target"]["host_name"].as_str().unwrap_or_default();
+        full_disk::HOSTS.contains(&host) && full_disk::holds_replica_of(&full_disk::location(&dir, host), i)
+    };
     let mut targets: Vec<String> = items
         .iter()
+        .filter(|i| in_small(i))
         .filter_map(|i| i["target"]["host_name"].as_str())
-        .filter(|h| full_disk::HOSTS.contains(h))
         .map(str::to_string)
         .collect();
     targets.sort();
@@ -590,6 +597,7 @@ async fn replica_location_full(soak: &Soak, n: usize, pick: usize, items: &[Valu
             .filter(|i| {
                 i["state"] == "Protected"
                     && i["target"]["host_name"] == host.as_str()
+                    && in_small(i)
                     && !busy.contains(i["id"].as_str().unwrap_or(""))
             })
             .filter(|i| {
