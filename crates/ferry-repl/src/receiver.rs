@@ -37,6 +37,11 @@ pub struct ReceiverConfig {
     pub handshake_timeout: Duration,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// Connections open at once (handshakes included); more are closed at once (SEC-3).
+    pub max_connections: usize,
+    /// Sessions one peer host (by certificate name) may hold open at once; more are refused
+    /// with a `Conflict` error frame (SEC-3).
+    pub max_sessions_per_peer: usize,
 }
 
 impl ReceiverConfig {
@@ -50,6 +55,8 @@ impl ReceiverConfig {
             ack_every: 64,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+            max_sessions_per_peer: 256,
         }
     }
 }
@@ -62,6 +69,8 @@ pub struct ReceiverStats {
     pub unauthorized: AtomicU64,
     /// Malformed, oversized or out-of-sequence frames (SEC-3).
     pub rejected_frames: AtomicU64,
+    /// Connections closed or sessions refused over the limits (SEC-3).
+    pub over_limit: AtomicU64,
     pub cycles_applied: AtomicU64,
 }
 
@@ -79,6 +88,40 @@ struct Shared {
     slots: Slots,
     stats: Arc<ReceiverStats>,
     next_session: Arc<AtomicU64>,
+    /// Open sessions per peer certificate name.
+    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open session of a peer, counted until it drops.
+struct PeerSession {
+    per_peer: Arc<Mutex<HashMap<String, usize>>>,
+    cn: String,
+}
+
+impl PeerSession {
+    /// Count a session of `cn`, unless it holds `max` already.
+    fn open(per_peer: &Arc<Mutex<HashMap<String, usize>>>, cn: &str, max: usize) -> Option<PeerSession> {
+        let mut m = per_peer.lock().ok()?;
+        let n = m.entry(cn.to_string()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSession { per_peer: per_peer.clone(), cn: cn.to_string() })
+    }
+}
+
+impl Drop for PeerSession {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.per_peer.lock() {
+            if let Some(n) = m.get_mut(&self.cn) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.cn);
+                }
+            }
+        }
+    }
 }
 
 /// A running receiver. Dropping it (or [`Receiver::stop`]) stops accepting and aborts every
@@ -108,6 +151,11 @@ fn accept_loop(shared: Shared, listener: tokio::net::TcpListener) -> tokio::task
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
+                    Ok((tcp, peer)) if conns.len() >= shared.cfg.max_connections.max(1) => {
+                        shared.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, limit = shared.cfg.max_connections, "Too many replication connections; closed");
+                        drop(tcp);
+                    }
                     Ok((tcp, peer)) => {
                         let _ = tcp.set_nodelay(true);
                         let s = shared.clone();
@@ -133,6 +181,7 @@ impl Receiver {
             store,
             slots: Arc::default(),
             stats: Arc::default(),
+            per_peer: Arc::default(),
             next_session: Arc::new(AtomicU64::new(1)),
         };
         let task = accept_loop(shared.clone(), listener);
@@ -211,11 +260,19 @@ impl Shared {
         };
         let (rd, mut wr) = tokio::io::split(tls);
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let result = if self.cfg.allowlist.knows(&cn) {
-            self.session(rd, &mut wr, &cn, session).await
-        } else {
+        let counted = PeerSession::open(&self.per_peer, &cn, self.cfg.max_sessions_per_peer.max(1));
+        let result = if !self.cfg.allowlist.knows(&cn) {
             Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised to replicate to this host")))
+        } else if counted.is_none() {
+            self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            Err(Error::new(
+                ErrorKind::Busy,
+                format!("Host {cn} holds {} replication sessions already; retry later", self.cfg.max_sessions_per_peer),
+            ))
+        } else {
+            self.session(rd, &mut wr, &cn, session).await
         };
+        drop(counted);
         if let Err(e) = result {
             let code = match e.kind() {
                 _ if e.is_no_space() => ErrorCode::NoSpace,

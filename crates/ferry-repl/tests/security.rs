@@ -270,3 +270,43 @@ async fn rp_3_a_source_clock_set_back_never_makes_a_newer_point_look_older() {
     let plan = ferry_core::retention::plan_retention(&infos, 1, 2);
     assert!(plan.keep.contains(&"rp-4".to_string()), "retention keeps the newest point: {plan:?}");
 }
+
+/// SEC-3: one peer host holds a bounded number of sessions; more are refused with `Conflict`
+/// (it retries later), and a closed session frees its place. Other peers are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_sessions_per_peer_are_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let allow = Allowlist::new();
+    allow.allow_pair(PRIMARY_CN, "pair-1");
+    let mut cfg = ReceiverConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        pki.replica.server_config().expect("tls"),
+        allow,
+        dir.path().to_path_buf(),
+    );
+    assert_eq!((cfg.max_sessions_per_peer, cfg.max_connections), (256, 1024), "the product's limits");
+    cfg.max_sessions_per_peer = 2;
+    let rx = Receiver::start(cfg).await.expect("receiver");
+    let t = Duration::from_secs(5);
+    let first = Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.expect("first");
+    let _second = Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm2"), t).await.expect("second");
+    let mut third = raw_session(&rx, &pki).await;
+    protocol::write_msg(&mut third, &hello("vm3")).await.expect("hello");
+    let (code, message) = expect_error(&mut third).await;
+    assert_eq!(code, ErrorCode::Conflict, "{message}");
+    assert!(message.contains("holds 2 replication sessions already"), "{message}");
+    assert!(rx.stats().over_limit.load(Ordering::Relaxed) >= 1);
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        match Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm3"), t).await {
+            Ok(s) => {
+                again = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(again.is_some(), "a closed session frees its place");
+}
