@@ -672,7 +672,8 @@ async fn clock_offset(soak: &Soak, n: usize, pick: usize, hold: Duration) -> Res
             soak.violation(n, 4, format!("{host}'s clock is {offset:+} s off for {} s, but {w}", hold.as_secs()));
         }
     }
-    let argv = soak.lab.kill(&name)?;
+    // On the right clock again (also if the agent died meanwhile: it is started in any case).
+    let _ = soak.lab.kill(&name);
     soak.lab.restart(&name, &argv)?;
     Ok(faults::FaultEffect {
         target: format!("{host}'s clock {offset:+} s off ({naming} item(s) named it)"),
@@ -682,8 +683,8 @@ async fn clock_offset(soak: &Soak, n: usize, pick: usize, hold: Duration) -> Res
 }
 
 /// Invariant 1: every Protected item not held by an operation has a new point within the
-/// recovery window after the fault ended (`ended_at`; new: not among its points when the fault ended,
-/// whatever its date, which a host's wrong clock may have moved).
+/// recovery window after the fault ended (`ended_at`; new: not among its points when the fault
+/// ended, whatever its date, which a host's wrong clock may have moved).
 async fn expect_recovery(soak: &Soak, n: usize, ended_at: Instant, what: &str) {
     let window = recovery_window();
     let items = ops::items(&soak.lab).await.unwrap_or_default();
