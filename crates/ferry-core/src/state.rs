@@ -357,18 +357,7 @@ mod tests {
 
     #[test]
     fn job_3_disable_from_most_states() {
-        for s in [
-            S::WaitingForInitialReplication,
-            S::InitialReplicationInProgress,
-            S::Protected,
-            S::PreparedForPlannedFailover,
-            S::FailedOverCommitPending,
-            S::Committed,
-            S::Paused,
-            S::ResyncRequired,
-            S::Resynchronizing,
-            S::ReverseReplicating,
-        ] {
+        for s in ALL_STATES.into_iter().filter(|s| !matches!(s, S::NotEnabled | S::FailoverInProgress)) {
             assert_eq!(transition(s, op(Operation::DisableProtection)), Ok(S::NotEnabled), "{s:?}");
         }
         for s in [S::NotEnabled, S::FailoverInProgress] {

@@ -233,6 +233,18 @@ where
     outcome
 }
 
+/// An operator's operation as the API prepares it (before its job): a refusal is a 409.
+pub async fn apply_operation(
+    state: &AppState,
+    vault: Uuid,
+    id: Uuid,
+    op: ferry_types::protection::Operation,
+) -> Result<ReplicationState, crate::error::ApiFailure> {
+    apply_event(state, vault, id, Event::Operation(op))
+        .await
+        .map_err(|e| crate::error::ApiFailure::with(axum::http::StatusCode::CONFLICT, e))
+}
+
 /// [`apply_event_with`] and nothing more.
 pub async fn apply_event(state: &AppState, vault: Uuid, id: Uuid, event: Event) -> Result<ReplicationState, ApiError> {
     apply_event_with(state, vault, id, event, |_| {}).await

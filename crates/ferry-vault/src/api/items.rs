@@ -666,14 +666,7 @@ pub async fn operate(
                     ))
                 }
             };
-            crate::replication::apply_event(
-                &st,
-                v.id,
-                it.id,
-                ferry_core::state::Event::Operation(Operation::PlannedFailover),
-            )
-            .await
-            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            crate::replication::apply_operation(&st, v.id, it.id, Operation::PlannedFailover).await?;
             let params = serde_json::json!({"item": it.id, "shutdown_timeout_secs": shutdown_timeout});
             st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
         }
@@ -713,14 +706,7 @@ pub async fn operate(
             st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_CANCEL, params, &crate::jobs::CANCEL_TASKS)).await?
         }
         Operation::ReProtect => {
-            crate::replication::apply_event(
-                &st,
-                v.id,
-                it.id,
-                ferry_core::state::Event::Operation(Operation::ReProtect),
-            )
-            .await
-            .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+            crate::replication::apply_operation(&st, v.id, it.id, Operation::ReProtect).await?;
             let params = serde_json::to_value(crate::jobs::ReProtectParams {
                 item: it.id,
                 original: it.source.clone(),

@@ -459,14 +459,7 @@ pub async fn operate_plan(
         }
         Operation::PlannedFailover => {
             for it in &items {
-                crate::replication::apply_event(
-                    &st,
-                    v.id,
-                    it.id,
-                    ferry_core::state::Event::Operation(Operation::PlannedFailover),
-                )
-                .await
-                .map_err(|e| ApiFailure::with(StatusCode::CONFLICT, e))?;
+                crate::replication::apply_operation(&st, v.id, it.id, Operation::PlannedFailover).await?;
             }
         }
         Operation::UnplannedFailover => {
