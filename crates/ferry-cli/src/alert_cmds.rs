@@ -33,6 +33,7 @@ pub enum AlertCmd {
         /// List the alerts sent (newest first) with their delivery state instead.
         #[arg(long)]
         deliveries: bool,
+        /// Print at most this many entries
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },

@@ -24,6 +24,7 @@ pub struct Connection {
     /// Vault name or id (env FERRY_VAULT).
     #[arg(long = "vault-name", global = true, env = "FERRY_VAULT", default_value = "ferry-lab")]
     pub vault: String,
+    /// How results are printed: a table or JSON
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     pub output: Output,
 }
@@ -39,13 +40,20 @@ pub enum ApiCmd {
     VaultList,
     /// Create a vault.
     VaultCreate {
+        /// Vault name
         name: String,
+        /// Free text shown with it
         #[arg(long, default_value = "")]
         description: String,
+        /// Region where the vault keeps its data (FAB-9)
         #[arg(long, default_value = "")]
         region: String,
     },
+    /// Show the vault: its settings and protection goal.
     VaultShow,
+    /// Show the versions of this CLI, the vault, every site manager and every host agent.
+    Version,
+    /// Delete a vault that protects nothing any more.
     VaultDelete,
     /// Set the protection goal (FAB-6).
     ProtectionGoalSet {
@@ -55,6 +63,7 @@ pub enum ApiCmd {
     },
     /// Issue a registration key (valid 5 days).
     KeyIssue {
+        /// Where the key file is written
         #[arg(long)]
         out: Option<PathBuf>,
         /// FAB-8: a key that adds another instance of this registered site's manager (without
@@ -62,72 +71,107 @@ pub enum ApiCmd {
         #[arg(long)]
         site: Option<String>,
     },
+    /// List registration keys (issued, used, expired).
     KeyList,
+    /// Revoke a registration key that was not used yet.
     KeyRevoke {
+        /// Registration key id (key-list)
         id: String,
     },
+    /// List the registered sites with their last heartbeat and clouds.
     SiteList,
+    /// Show one site: its inventory as its site manager reported it.
     SiteShow {
+        /// Site (id or name)
         site: String,
     },
+    /// Remove a site (its site manager must register again to come back).
     SiteDelete {
+        /// Site (id or name)
         site: String,
     },
+    /// List a site's clouds (protection containers).
     CloudList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Only clouds whose synchronization is on
         #[arg(long)]
         synced: bool,
     },
     /// Turn a cloud's metadata sync on or off (FAB-3).
     CloudSync {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Cloud (id or name)
         #[arg(long)]
         cloud: String,
+        /// Turn synchronization on
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
+        /// Turn synchronization off
         #[arg(long)]
         disable: bool,
     },
+    /// List a site's host groups.
     HostgroupList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// List a site's hosts with their state and capacity.
     HostList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// List a site's VM networks.
     NetworkList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// List a site's logical networks.
     LogicalNetworkList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// List a site's storage classifications.
     ClassificationList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// List a site's VMs that can be protected, with their protection state.
     ProtectableList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
     },
+    /// Create a replication policy.
     PolicyCreate(PolicyArgs),
+    /// List replication policies.
     PolicyList,
+    /// Show one replication policy.
     PolicyShow {
+        /// Replication policy (id or name)
         policy: String,
     },
     /// Replace a policy's settings; applies to every VM under it.
     PolicyUpdate {
+        /// Replication policy (id or name)
         policy: String,
         #[command(flatten)]
         spec: PolicyArgs,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
+    /// Delete a replication policy no cloud pair uses.
     PolicyDelete {
+        /// Replication policy (id or name)
         policy: String,
     },
     /// Pair a source cloud with a target cloud under a policy.
@@ -138,14 +182,20 @@ pub enum ApiCmd {
         /// SITE/CLOUD
         #[arg(long)]
         target: String,
+        /// Replication policy (id or name)
         #[arg(long)]
         policy: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
+    /// List cloud pairs (protection container mappings).
     PairList,
+    /// Remove a cloud pair (no VM of it may be protected).
     PairDelete {
+        /// Cloud pair id (pair-list)
         id: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
@@ -158,10 +208,14 @@ pub enum ApiCmd {
         #[arg(long)]
         target: String,
     },
+    /// List network mappings.
     NetworkMapList,
+    /// Remove a network mapping.
     NetworkMapDelete {
+        /// Network mapping id (network-map-list)
         id: String,
     },
+    /// Show which VM networks of a site can still be mapped.
     NetworkMapAvailability,
     /// Map a storage classification (STO-1).
     StorageMapCreate {
@@ -172,26 +226,39 @@ pub enum ApiCmd {
         #[arg(long)]
         target: String,
     },
+    /// List storage mappings.
     StorageMapList,
+    /// Remove a storage mapping.
     StorageMapDelete {
+        /// Storage mapping id (storage-map-list)
         id: String,
     },
+    /// List jobs, newest first, filtered.
     JobList(JobFilterArgs),
+    /// Show one job with its tasks and errors.
     JobShow {
+        /// Job id
         id: String,
     },
+    /// Cancel a running job (between its tasks).
     JobCancel {
+        /// Job id
         id: String,
     },
+    /// Start a failed or cancelled job again from the beginning.
     JobRestart {
+        /// Job id
         id: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Export jobs as CSV or JSON (all matching, no cap).
     JobExport {
+        /// csv or json
         #[arg(long, default_value = "csv")]
         format: String,
+        /// Write to this file instead of standard output
         #[arg(long)]
         out: Option<PathBuf>,
         #[command(flatten)]
@@ -199,29 +266,40 @@ pub enum ApiCmd {
     },
     /// Wait for a job with a progress bar.
     JobWait {
+        /// Job id
         id: String,
     },
+    /// List events, newest first.
     EventList {
+        /// Only events of this severity (Info, Warning, Error)
         #[arg(long)]
         severity: Option<String>,
+        /// Only events of this kind (e.g. ReplicationStalled)
         #[arg(long)]
         kind: Option<String>,
+        /// Print at most this many entries
         #[arg(long)]
         limit: Option<i64>,
     },
+    /// Create an API token with a role; its secret is printed once.
     TokenCreate {
+        /// Token name (who or what uses it)
         #[arg(long)]
         name: String,
         /// reader, operator or contributor
         #[arg(long)]
         role: String,
     },
+    /// List API tokens (never their secrets).
     TokenList,
+    /// Revoke an API token.
     TokenRevoke {
+        /// Token id (token-list)
         id: String,
     },
     /// Enable protection for VMs of a site (REP-1).
     Protect {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
         /// VM names.
@@ -231,20 +309,25 @@ pub enum ApiCmd {
         /// differences are sent. A replica the target host kept of the VM is found without it.
         #[arg(long = "existing-disk", value_name = "VM/DISK=PATH", value_parser = parse_existing_disk)]
         existing_disks: Vec<Value>,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// List protected items with state and health.
     ItemList,
+    /// Show one protected item: state, health, recovery points, statistics.
     ItemShow {
+        /// Protected item (id or VM name)
         item: String,
     },
     /// Recovery points of a protected item (RP-1).
     PointList {
+        /// Protected item (id or VM name)
         item: String,
     },
     /// Boot `<vm>-test` from a recovery point while replication continues (FO-1).
     TestFailover {
+        /// Protected item (id or VM name)
         item: String,
         /// latest, latestProcessed (default), latestAppConsistent, or a point id.
         #[arg(long)]
@@ -258,22 +341,29 @@ pub enum ApiCmd {
     },
     /// Complete testing: delete the test VM and what was created for it, record notes.
     TestFailoverCleanup {
+        /// Protected item (id or VM name)
         item: String,
+        /// Operator's notes, kept with the job
         #[arg(long, default_value = "")]
         notes: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Stop protecting a VM; the replica is deleted or kept per policy (REP-8, POL-7).
     DisableProtection {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Planned failover (FO-2): shut the source down, send its last changes, start the VM at
     /// the recovery site. Ends commit pending.
     PlannedFailover {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
         /// Seconds the guest has to power off when asked (default 120); a guest still running
@@ -284,26 +374,33 @@ pub enum ApiCmd {
     /// Unplanned failover (FO-3): the source may be gone. Refused while the source runs, unless
     /// it is shut down first (--shutdown-source) or confirmed fenced (--source-fenced).
     UnplannedFailover {
+        /// Protected item (id or VM name)
         item: String,
         /// latest (default), latestProcessed, latestAppConsistent or a point id.
         #[arg(long)]
         point: Option<String>,
+        /// Shut the source VM down first and send its last changes
         #[arg(long)]
         shutdown_source: bool,
+        /// The source is fenced (host off, or cut from network and storage): start the replica although the source looks alive
         #[arg(long)]
         source_fenced: bool,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Make a failover final (FO-4).
     FailoverCommit {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Resume a job that waits for an operator's manual action, or a failed recovery plan job
     /// after its cause was fixed.
     JobResume {
+        /// Job id
         id: String,
         /// Wait until the job ends or waits for an operator again.
         #[arg(long)]
@@ -311,6 +408,7 @@ pub enum ApiCmd {
     },
     /// Create a recovery plan (PLAN-1); the VMs go to Group 1.
     PlanCreate {
+        /// Plan name
         name: String,
         /// Protected VMs (names or ids); they decide the plan's cloud pair.
         #[arg(long = "vm")]
@@ -318,61 +416,83 @@ pub enum ApiCmd {
         /// The cloud pair id (needed when no VM is given).
         #[arg(long)]
         pair: Option<String>,
+        /// Free text shown with it
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List recovery plans.
     PlanList,
     /// A plan with its groups, steps and allowed operations.
     PlanShow {
+        /// Recovery plan (id or name)
         plan: String,
     },
+    /// Delete a recovery plan (its VMs stay protected).
     PlanDelete {
+        /// Recovery plan (id or name)
         plan: String,
     },
     /// Add protected VMs to a group of a plan.
     PlanAddVm {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number in the plan (1 = first to start)
         #[arg(long, default_value_t = 1)]
         group: u8,
+        /// Protected items (ids or VM names)
         vms: Vec<String>,
     },
     /// Remove VMs from a plan.
     PlanRemoveVm {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Protected items (ids or VM names)
         vms: Vec<String>,
     },
     /// Move VMs of a plan to another group.
     PlanMoveVm {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number in the plan (1 = first to start)
         #[arg(long)]
         group: u8,
+        /// Protected items (ids or VM names)
         vms: Vec<String>,
     },
     /// Add a group at the end of a plan (at most 7).
     PlanGroupAdd {
+        /// Recovery plan (id or name)
         plan: String,
     },
     /// Delete an empty group (not Group 1); later groups are renumbered.
     PlanGroupDelete {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number in the plan (1 = first to start)
         group: u8,
     },
     /// Move a group to another position; groups are renumbered.
     PlanGroupMove {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number to move
         group: u8,
+        /// New position of the group (1 = first)
         #[arg(long)]
         to: u8,
     },
     /// Add a pre- or post-step to a group: a script from the site managers' script library or a
     /// manual action (PLAN-3).
     PlanStepAdd {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number in the plan (1 = first to start)
         #[arg(long)]
         group: u8,
         /// Run after the group's VMs started (default: before).
         #[arg(long)]
         post: bool,
+        /// Step name
         #[arg(long)]
         name: String,
         /// Script path relative to the script library.
@@ -387,16 +507,21 @@ pub enum ApiCmd {
     },
     /// Remove a step (1-based index among the group's pre- or post-steps).
     PlanStepRemove {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Group number in the plan (1 = first to start)
         #[arg(long)]
         group: u8,
+        /// A step after the group (default: a step before it)
         #[arg(long)]
         post: bool,
+        /// Position of the step in its list (0 = first)
         index: usize,
     },
     /// Test failover of a plan (PLAN-4): test VMs started group by group; waits at Complete
     /// testing until the cleanup.
     PlanTestFailover {
+        /// Recovery plan (id or name)
         plan: String,
         /// latestProcessed (default), latest or latestAppConsistent.
         #[arg(long)]
@@ -408,94 +533,138 @@ pub enum ApiCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Clean up a plan's test failover: its test VMs go.
     PlanTestFailoverCleanup {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Operator's notes, kept with the job
         #[arg(long, default_value = "")]
         notes: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Planned failover of a plan: sources shut down, groups started in order; stops at the
     /// first error.
     PlanPlannedFailover {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Unplanned failover of a plan: goes on after errors and reports them all.
     PlanUnplannedFailover {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Recovery point of every VM: latest, latestProcessed (default), latestAppConsistent
         #[arg(long)]
         point: Option<String>,
+        /// Shut the source VM down first and send its last changes
         #[arg(long)]
         shutdown_source: bool,
+        /// The source is fenced (host off, or cut from network and storage): start the replica although the source looks alive
         #[arg(long)]
         source_fenced: bool,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
+    /// Commit a plan's failover: every VM's other recovery points are discarded.
     PlanCommit {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Reverse replication of every VM of a plan (FO-5).
     PlanReprotect {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Define a VM on a host from a JSON definition file (HOST-1).
     VmCreate {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM definition (JSON file)
         #[arg(long)]
         file: PathBuf,
     },
+    /// List the VMs a host runs or defines.
     VmList {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
     },
+    /// Show one VM of a host: power state and definition.
     VmShow {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM name on the host
         vm: String,
     },
+    /// Start a VM on its host.
     VmStart {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM name on the host
         vm: String,
     },
+    /// Shut a VM down through its guest (ACPI), stopping it after the timeout.
     VmShutdown {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM name on the host
         vm: String,
+        /// Seconds the guest has to power off
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Stop a VM at once (power off).
     VmStop {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM name on the host
         vm: String,
     },
+    /// Delete a stopped VM from its host.
     VmDelete {
+        /// Site (id or name)
         #[arg(long)]
         site: String,
+        /// Host (its name in the site)
         #[arg(long)]
         host: String,
+        /// VM name on the host
         vm: String,
+        /// Also delete the VM's disk images
         #[arg(long)]
         delete_disks: bool,
     },
@@ -503,31 +672,40 @@ pub enum ApiCmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct PolicyArgs {
+    /// Policy name (unique in the vault)
     #[arg(long)]
     pub name: String,
+    /// Host software the policy is for
     #[arg(long, default_value = "qemu-7.2")]
     pub host_version: String,
     /// certificate or kerberos
     #[arg(long, default_value = "certificate")]
     pub authentication: String,
+    /// Replication port of the hosts under this policy (default 8084)
     #[arg(long)]
     pub port: Option<u16>,
     /// 30, 300 or 900
     #[arg(long, default_value_t = 300)]
     pub copy_frequency: u32,
+    /// Hours of additional hourly recovery points to keep (0: only the latest)
     #[arg(long, default_value_t = 0)]
     pub retention_hours: u32,
+    /// Hours between app-consistent points (guest freeze); none: crash-consistent only
     #[arg(long)]
     pub app_consistent_hours: Option<u32>,
+    /// Compress replication data (zstd)
     #[arg(long)]
     pub compression: bool,
+    /// Delete the replica when protection is disabled (default: keep it)
     #[arg(long)]
     pub delete_replica_on_disable: bool,
     /// RFC 3339 time for scheduled initial replication.
     #[arg(long, conflicts_with_all = ["export_path", "import_path"])]
     pub schedule: Option<String>,
+    /// Offline initial replication: folder on the source host the export is written to
     #[arg(long, requires = "import_path")]
     pub export_path: Option<String>,
+    /// Offline initial replication: folder on the target host the export is imported from
     #[arg(long, requires = "export_path")]
     pub import_path: Option<String>,
     /// SOURCE_SITE/CLOUD=TARGET_SITE/CLOUD pairs to associate at creation.
@@ -537,20 +715,28 @@ pub struct PolicyArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct JobFilterArgs {
+    /// Only jobs with this status (NotStarted, InProgress, WaitingForInput, Succeeded, Failed, Cancelled)
     #[arg(long)]
     pub status: Option<String>,
+    /// Site (id or name)
     #[arg(long)]
     pub site: Option<String>,
+    /// Only jobs on this kind of object (ProtectedItem, RecoveryPlan, Fabric, …)
     #[arg(long)]
     pub object_type: Option<String>,
+    /// Only jobs of this operation (e.g. PlannedFailover)
     #[arg(long)]
     pub operation: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339)
     #[arg(long)]
     pub from: Option<String>,
+    /// Only jobs created before this time (RFC 3339)
     #[arg(long)]
     pub to: Option<String>,
+    /// Print at most this many entries
     #[arg(long)]
     pub limit: Option<i64>,
+    /// Continue after this entry (the `--cursor` a previous page printed)
     #[arg(long)]
     pub cursor: Option<String>,
 }
@@ -756,6 +942,24 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             print(out, &v, &[("ID", "/id"), ("NAME", "/name")]);
         }
         ApiCmd::VaultShow => print(out, &c.get(&ctx.v("")).await?, &[]),
+        ApiCmd::Version => {
+            let mut rows = vec![json!({"component": "cli", "name": "ferry", "version": env!("CARGO_PKG_VERSION")})];
+            let health: Value = c.get("/api/v1/health").await?;
+            rows.push(json!({"component": "vault", "name": ctx.vault, "version": health["version"]}));
+            let mut sites: Value = c.get(&ctx.v("/replicationFabrics")).await?;
+            for s in rows_mut(&mut sites) {
+                let site = s["name"].as_str().unwrap_or_default().to_string();
+                for p in s["providers"].as_array().into_iter().flatten() {
+                    let name = format!("{site}/{}", p["server_name"].as_str().unwrap_or_default());
+                    rows.push(json!({"component": "site manager", "name": name, "version": p["version"]}));
+                }
+                for h in s["inventory"]["hosts"].as_array().into_iter().flatten() {
+                    let name = format!("{site}/{}", h["name"].as_str().unwrap_or_default());
+                    rows.push(json!({"component": "host agent", "name": name, "version": h["agent_version"]}));
+                }
+            }
+            print(out, &json!(rows), &[("COMPONENT", "/component"), ("NAME", "/name"), ("VERSION", "/version")]);
+        }
         ApiCmd::VaultDelete => {
             c.delete(&ctx.v("")).await?;
         }
@@ -797,11 +1001,23 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         ApiCmd::KeyRevoke { id } => {
             c.delete(&ctx.v(&format!("/registrationKeys/{}", enc(&id)))).await?;
         }
-        ApiCmd::SiteList => print(
-            out,
-            &c.get(&ctx.v("/replicationFabrics")).await?,
-            &[("ID", "/id"), ("NAME", "/name"), ("LAST HEARTBEAT", "/last_heartbeat"), ("CLOUDS", "/inventory/clouds")],
-        ),
+        ApiCmd::SiteList => {
+            let mut list: Value = c.get(&ctx.v("/replicationFabrics")).await?;
+            for site in rows_mut(&mut list) {
+                let clouds: Vec<String> = site["inventory"]["clouds"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str().map(str::to_string))
+                    .collect();
+                site["cloud_names"] = json!(clouds.join(", "));
+            }
+            print(
+                out,
+                &list,
+                &[("ID", "/id"), ("NAME", "/name"), ("LAST HEARTBEAT", "/last_heartbeat"), ("CLOUDS", "/cloud_names")],
+            );
+        }
         ApiCmd::SiteShow { site } => print(out, &c.get(&ctx.f(&site, "")).await?, &[]),
         ApiCmd::SiteDelete { site } => {
             c.delete(&ctx.f(&site, "")).await?;
@@ -886,14 +1102,23 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::PolicyList => print(
             out,
-            &c.get(&ctx.v("/replicationPolicies")).await?,
+            &{
+                let mut list: Value = c.get(&ctx.v("/replicationPolicies")).await?;
+                let names = Names::load(&ctx).await?;
+                for p in rows_mut(&mut list) {
+                    let clouds: Vec<String> =
+                        p["associated_clouds"].as_array().into_iter().flatten().map(|c| names.of(c)).collect();
+                    p["associated_cloud_names"] = json!(clouds.join(", "));
+                }
+                list
+            },
             &[
                 ("ID", "/id"),
                 ("NAME", "/name"),
                 ("FREQUENCY", "/copy_frequency_secs"),
                 ("RETENTION", "/recovery_point_retention_hours"),
                 ("APP", "/app_consistent_frequency_hours"),
-                ("CLOUDS", "/associated_clouds"),
+                ("CLOUDS", "/associated_cloud_names"),
             ],
         ),
         ApiCmd::PolicyShow { policy } => {
@@ -919,11 +1144,16 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             }
             print(out, &r["mapping"], &[("ID", "/id"), ("POLICY", "/policy")]);
         }
-        ApiCmd::PairList => print(
-            out,
-            &c.get(&ctx.v("/replicationProtectionContainerMappings")).await?,
-            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id"), ("POLICY", "/policy")],
-        ),
+        ApiCmd::PairList => {
+            let mut list: Value = c.get(&ctx.v("/replicationProtectionContainerMappings")).await?;
+            let names = Names::load(&ctx).await?;
+            for m in rows_mut(&mut list) {
+                let pair = format!("{} → {}", names.of(&m["source"]["id"]), names.of(&m["target"]["id"]));
+                m["pair"] = json!(pair);
+                m["policy_name"] = json!(names.of(&m["policy"]));
+            }
+            print(out, &list, &[("ID", "/id"), ("PAIR", "/pair"), ("POLICY", "/policy_name")]);
+        }
         ApiCmd::PairDelete { id, wait } => {
             let j: Value = c.delete(&ctx.v(&format!("/replicationProtectionContainerMappings/{}", enc(&id)))).await?;
             if wait {
@@ -939,11 +1169,15 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
             );
         }
-        ApiCmd::NetworkMapList => print(
-            out,
-            &c.get(&ctx.v("/replicationNetworkMappings")).await?,
-            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
-        ),
+        ApiCmd::NetworkMapList => {
+            let mut list: Value = c.get(&ctx.v("/replicationNetworkMappings")).await?;
+            let names = Names::load(&ctx).await?;
+            for m in rows_mut(&mut list) {
+                m["source_name"] = json!(names.qualified(&m["source"]));
+                m["target_name"] = json!(names.qualified(&m["target"]));
+            }
+            print(out, &list, &[("ID", "/id"), ("SOURCE", "/source_name"), ("TARGET", "/target_name")]);
+        }
         ApiCmd::NetworkMapDelete { id } => {
             c.delete(&ctx.v(&format!("/replicationNetworkMappings/{}", enc(&id)))).await?;
         }
@@ -965,11 +1199,15 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
             );
         }
-        ApiCmd::StorageMapList => print(
-            out,
-            &c.get(&ctx.v("/replicationStorageClassificationMappings")).await?,
-            &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
-        ),
+        ApiCmd::StorageMapList => {
+            let mut list: Value = c.get(&ctx.v("/replicationStorageClassificationMappings")).await?;
+            let names = Names::load(&ctx).await?;
+            for m in rows_mut(&mut list) {
+                m["source_name"] = json!(names.qualified(&m["source"]));
+                m["target_name"] = json!(names.qualified(&m["target"]));
+            }
+            print(out, &list, &[("ID", "/id"), ("SOURCE", "/source_name"), ("TARGET", "/target_name")]);
+        }
         ApiCmd::StorageMapDelete { id } => {
             c.delete(&ctx.v(&format!("/replicationStorageClassificationMappings/{}", enc(&id)))).await?;
         }
@@ -1253,6 +1491,64 @@ pub(crate) const ITEM_COLS: &[(&str, &str)] = &[
 
 const VM_COLS: &[(&str, &str)] =
     &[("NAME", "/name"), ("STATE", "/power_state"), ("PID", "/pid"), ("REASON", "/reason")];
+
+/// The rows of a listing (a page's `items`, or the array itself), to add printable fields.
+fn rows_mut(list: &mut Value) -> Vec<&mut Value> {
+    if list.get("items").is_some() {
+        return rows_mut(&mut list["items"]);
+    }
+    match list {
+        Value::Array(a) => a.iter_mut().collect(),
+        _ => vec![],
+    }
+}
+
+/// Names of the sites, their clouds, networks and storage classifications, and the vault's
+/// policies, by id: tables show names, not UUIDs.
+struct Names {
+    by_id: std::collections::HashMap<String, String>,
+    sites: std::collections::HashMap<String, String>,
+}
+
+impl Names {
+    async fn load(ctx: &Ctx) -> Result<Names> {
+        let mut by_id = std::collections::HashMap::new();
+        let mut sites = std::collections::HashMap::new();
+        let mut fabrics: Value = ctx.c.get(&ctx.v("/replicationFabrics")).await?;
+        for site in rows_mut(&mut fabrics) {
+            let site_name = site["name"].as_str().unwrap_or_default().to_string();
+            if let Some(id) = site["id"].as_str() {
+                sites.insert(id.to_string(), site_name.clone());
+            }
+            for kind in ["clouds", "vm_networks", "storage_classifications", "logical_networks"] {
+                for o in site["inventory"][kind].as_array().into_iter().flatten() {
+                    if let (Some(id), Some(name)) = (o["id"].as_str(), o["name"].as_str()) {
+                        by_id.insert(id.to_string(), name.to_string());
+                    }
+                }
+            }
+        }
+        let mut policies: Value = ctx.c.get(&ctx.v("/replicationPolicies")).await?;
+        for p in rows_mut(&mut policies) {
+            if let (Some(id), Some(name)) = (p["id"].as_str(), p["name"].as_str()) {
+                by_id.insert(id.to_string(), name.to_string());
+            }
+        }
+        Ok(Names { by_id, sites })
+    }
+
+    /// The name of the object with id `id`, else the id itself.
+    fn of(&self, id: &Value) -> String {
+        let id = id.as_str().unwrap_or_default();
+        self.by_id.get(id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
+    /// `Site/Name` of a reference `{fabric, id}`.
+    fn qualified(&self, r: &Value) -> String {
+        let site = r["fabric"].as_str().and_then(|f| self.sites.get(f)).cloned().unwrap_or_default();
+        format!("{site}/{}", self.of(&r["id"]))
+    }
+}
 
 /// VM actions run as jobs through vault → site → host; wait and print the host's answer.
 async fn vm_action(ctx: &Ctx, site: &str, host: &str, action: Value) -> Result<()> {

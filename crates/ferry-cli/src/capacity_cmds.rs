@@ -14,7 +14,9 @@ pub enum CapacityCmd {
     /// Start measuring the churn of VMs of a site for a capacity plan (CAP-1).
     #[command(name = "capacity-create")]
     Create {
+        /// Capacity plan name
         name: String,
+        /// Site (id or name)
         #[arg(long)]
         site: String,
         /// VM names or ids (up to 100).
@@ -22,6 +24,7 @@ pub enum CapacityCmd {
         /// Stop measuring after this many hours (1–720); without it, until capacity-stop.
         #[arg(long)]
         hours: Option<u32>,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
@@ -31,6 +34,7 @@ pub enum CapacityCmd {
     /// The capacity report of a plan, from what was measured so far.
     #[command(name = "capacity-report")]
     Report {
+        /// Recovery plan (id or name)
         plan: String,
         /// Bandwidth for the initial replication time, Mbit/s.
         #[arg(long)]
@@ -45,14 +49,18 @@ pub enum CapacityCmd {
     /// Stop measuring; the figures stay.
     #[command(name = "capacity-stop")]
     Stop {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Stop measuring and delete the plan with its figures.
     #[command(name = "capacity-delete")]
     Delete {
+        /// Recovery plan (id or name)
         plan: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },

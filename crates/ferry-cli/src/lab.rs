@@ -48,6 +48,10 @@ pub struct LabArgs {
     /// How often the hosts apply retention to their replicas, seconds.
     #[arg(long, default_value_t = 60)]
     pub retention_interval_secs: u64,
+    /// Every recovery point is re-read and verified within this period, seconds (RP-1; default
+    /// the host's, a week).
+    #[arg(long)]
+    pub verify_period_secs: Option<u64>,
     /// Replication bandwidth limit of every host, MiB/s (CAP-2; default unlimited).
     #[arg(long)]
     pub bandwidth_mib_s: Option<f64>,
@@ -559,9 +563,12 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
         dir.join("ferry.env").display(),
         dir.join("ferry.env").display()
     );
-    println!("  ferry site-list");
-    println!("  ferry cloud-list --site VMM-NewYork");
-    println!("  ferry host-list --site VMM-Chicago");
+    // The binary that runs now: `ferry` need not be on the PATH.
+    let ferry = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ferry".into());
+    println!("  {ferry} site-list");
+    println!("  {ferry} cloud-list --site VMM-NewYork");
+    println!("  {ferry} host-list --site VMM-Chicago");
+    println!("  (shell completion: source <({ferry} completion bash))");
     Ok(())
 }
 
@@ -799,19 +806,19 @@ fn stop_vms(dir: &Path) {
                     stop_pid(pid);
                 }
             }
-            remove_taps(&e.path());
+            remove_taps(h.name, &e.path());
         }
     }
 }
 
 /// Remove the taps of a VM whose QEMU the lab stopped (the agent removes them only when it
 /// stops the VM itself).
-fn remove_taps(vm_dir: &Path) {
+fn remove_taps(host: &str, vm_dir: &Path) {
     let Ok(bytes) = std::fs::read(vm_dir.join("definition.json")) else { return };
     let Ok(def) = serde_json::from_slice::<ferry_types::fabric::VmDefinition>(&bytes) else { return };
     let Some(uuid) = def.uuid else { return };
     for i in 0..def.nics.len() {
-        let _ = ferry_host::net::delete_link(&ferry_host::net::tap_name(&uuid, i));
+        let _ = ferry_host::net::delete_link(&ferry_host::net::tap_name(host, &uuid, i));
     }
 }
 
@@ -858,6 +865,9 @@ fn spawn_host(
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );
     hcfg.push_str(&format!("retention_interval_secs = {}\n", args.retention_interval_secs));
+    if let Some(secs) = args.verify_period_secs {
+        hcfg.push_str(&format!("verify_period_secs = {secs}\n"));
+    }
     hcfg.push_str("metrics_listen = \"127.0.0.1:0\"\n");
     if let Some(ms) = args.test_copy_interval_ms {
         hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));

@@ -27,6 +27,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     conn: api_cmds::Connection,
+    /// Log lines as text (default) or as JSON objects, one per line (env FERRY_LOG_FORMAT).
+    /// Under systemd (journald) text logs carry no colour codes.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -35,8 +39,10 @@ struct Cli {
 enum Cmd {
     /// Run the vault server (control plane).
     Vault {
+        /// Data directory (state, identity and logs of this role)
         #[arg(long, default_value = "vault-data")]
         data_dir: PathBuf,
+        /// Address of the vault's HTTPS API and portal
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         /// Seconds without a site report before its heartbeat is reported lost.
@@ -53,8 +59,10 @@ enum Cmd {
     },
     /// Run a host agent.
     Host {
+        /// Configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
+        /// Data directory (state, identity and logs of this role)
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -68,6 +76,11 @@ enum Cmd {
     /// Run random operations and faults against a lab of its own and check Ferry's invariants
     /// throughout (exit code 1 on a violation).
     Soak(soak::SoakArgs),
+    /// Print the shell completion script, e.g. `ferry completion bash > /etc/bash_completion.d/ferry`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Api(api_cmds::ApiCmd),
     #[command(flatten)]
@@ -117,10 +130,13 @@ enum BenchCmd {
 enum SiteCmd {
     /// Register with a vault using a registration key file.
     Register {
+        /// Configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
+        /// Data directory (state, identity and logs of this role)
         #[arg(long)]
         data_dir: PathBuf,
+        /// Registration key file downloaded from the vault
         #[arg(long)]
         key: PathBuf,
         /// Write every message sent to the vault to this file (JSON lines).
@@ -130,8 +146,10 @@ enum SiteCmd {
     /// Enable protection for VMs of this site from the site manager's server (REP-1), with the
     /// site's own credential; prints the protected items and their Enable protection jobs.
     Protect {
+        /// Configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
+        /// Data directory (state, identity and logs of this role)
         #[arg(long)]
         data_dir: PathBuf,
         /// VM names or ids of this site.
@@ -140,26 +158,41 @@ enum SiteCmd {
     },
     /// Run the site manager (registers first when given a key and not yet registered).
     Run {
+        /// Configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
+        /// Data directory (state, identity and logs of this role)
         #[arg(long)]
         data_dir: PathBuf,
+        /// Registration key file downloaded from the vault
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Record what the site managers send to the vault (docs/data-privacy.md checks)
         #[arg(long)]
         record_vault_traffic: Option<PathBuf>,
     },
 }
 
+/// Logs go to standard error, filtered by `FERRY_LOG` (default `warn`), as text or JSON lines.
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        // journald records colour codes verbatim.
+        builder.with_ansi(std::env::var_os("JOURNAL_STREAM").is_none()).init();
+    }
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    if let Cmd::Completion { shell } = cli.cmd {
+        print_completion(shell, &mut std::io::stdout());
+        return;
+    }
     if matches!(cli.cmd, Cmd::Api(_) | Cmd::Recovery(_) | Cmd::Alerts(_) | Cmd::Capacity(_)) {
         // A client command piped into `head` ends quietly when the reader goes away, like other
         // command-line tools (Rust ignores SIGPIPE, so printing would panic). The long-running
@@ -193,6 +226,7 @@ fn main() {
             Cmd::Host { config, data_dir } => roles::host_run(&config, &data_dir).await,
             Cmd::Lab(args) => lab::run(args).await,
             Cmd::Soak(args) => soak::run(args).await,
+            Cmd::Completion { .. } => Ok(()),
             Cmd::Bench { what: BenchCmd::Vault { small } } => {
                 let opts = if small {
                     ferry_vault::bench::BenchOptions::small()
@@ -259,5 +293,52 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         Some(409) | Some(412) => 4,
         Some(401) | Some(403) => 5,
         _ => 1,
+    }
+}
+
+/// Write the completion script of `shell` for the whole command tree.
+fn print_completion(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "ferry", out);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn fab_2_shell_completion_knows_every_command() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            super::print_completion(shell, &mut out);
+            let text = String::from_utf8(out).expect("utf-8");
+            for cmd in ["point-verify", "planned-failover", "soak", "site-list"] {
+                assert!(text.contains(cmd), "{shell:?} completion lacks {cmd}");
+            }
+        }
+    }
+
+    /// Every command and option the CLI offers, with what lacks a help text.
+    fn missing_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                out.push(format!("{path} --{}", arg.get_long().unwrap_or(arg.get_id().as_str())));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() && sub.get_name() != "help" {
+                out.push(p.clone());
+            }
+            missing_help(sub, &p, out);
+        }
+    }
+
+    #[test]
+    fn fab_2_every_command_and_option_has_help_text() {
+        let mut missing = Vec::new();
+        missing_help(&super::Cli::command(), "ferry", &mut missing);
+        assert!(missing.is_empty(), "{} without help text:\n{}", missing.len(), missing.join("\n"));
     }
 }

@@ -17,23 +17,28 @@ use crate::output::print;
 pub enum RecoveryCmd {
     /// Before commit, restart the recovered VM on another recovery point (FO-4).
     ApplyRecoveryPoint {
+        /// Protected item (id or VM name)
         item: String,
         /// latest, latestProcessed (default), latestAppConsistent, or a point id.
         #[arg(long)]
         point: Option<String>,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Undo a failover that is not committed: the recovered VM goes, the source VM starts and
     /// replication resumes where it stopped (FO-4, FO-7).
     FailoverCancel {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Reverse replication after a committed failover (FO-5): the active side replicates back to
     /// the original side, sending only what differs.
     Reprotect {
+        /// Protected item (id or VM name)
         item: String,
         /// Wait until the VM is protected in the new direction; print the item and what was sent.
         #[arg(long)]
@@ -42,19 +47,56 @@ pub enum RecoveryCmd {
     /// Resynchronize now by comparing block hashes with the replica (REP-6): only differing
     /// blocks travel and the recovery points are kept.
     RepairReplication {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Re-read recovery points on the replica host and compare them with their hash manifests
+    /// (RP-1): every point, or one. With --wait, prints each point's result and fails when a
+    /// point is damaged.
+    PointVerify {
+        /// Protected item (id or VM name)
+        item: String,
+        /// A point id or `latest`; default: every point.
+        #[arg(long)]
+        point: Option<String>,
+        /// Wait until the job ends, then print it
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Write a recovery point's disks as standalone images on the replica host (RP-3): to mount
+    /// them, copy files from them or attach them to another VM. The point itself is untouched.
+    PointImage {
+        /// Protected item (id or VM name)
+        item: String,
+        /// A point id or `latest` (default).
+        #[arg(long)]
+        point: Option<String>,
+        /// qcow2 (default) or raw.
+        #[arg(long, default_value = "qcow2", value_parser = ["qcow2", "raw"])]
+        format: String,
+        /// A new folder inside one of the replica host's storage locations.
+        #[arg(long)]
+        path: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Pause replication of a protected VM (no cycles; changes are still tracked).
     PauseReplication {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
     /// Resume a paused replication: what was written meanwhile goes in one delta.
     ResumeReplication {
+        /// Protected item (id or VM name)
         item: String,
+        /// Wait until the job ends, then print it
         #[arg(long)]
         wait: bool,
     },
@@ -62,6 +104,7 @@ pub enum RecoveryCmd {
     /// delta replication starts. The export folder (named after the protected item's id) must
     /// have been copied into the import path.
     ImportInitial {
+        /// Protected item (id or VM name)
         item: String,
         /// Folder on the target host holding the export folder (default: the policy's import path).
         #[arg(long)]
@@ -71,10 +114,14 @@ pub enum RecoveryCmd {
         wait: bool,
     },
     /// Failback (FO-6): planned failover to the original site, commit, re-protect.
-    Failback { item: String },
+    Failback {
+        /// Protected item (id or VM name)
+        item: String,
+    },
     /// A recovery drill on one protected VM: test failover, cleanup, planned failover, commit,
     /// reverse replication, then failback, with progress.
     Drill {
+        /// Protected item (id or VM name)
         item: String,
         /// How long each step may take, in seconds.
         #[arg(long, default_value_t = 900)]
@@ -108,6 +155,29 @@ pub async fn run(conn: &Connection, cmd: RecoveryCmd) -> Result<()> {
         RecoveryCmd::RepairReplication { item, wait } => {
             let j = operate(&ctx, &item, "repairReplication", json!({}), wait).await?;
             print(ctx.out, &j, JOB_COLS);
+        }
+        RecoveryCmd::PointVerify { item, point, wait } => point_verify(&ctx, &item, point, wait).await?,
+        RecoveryCmd::PointImage { item, point, format, path, wait } => {
+            let mut body = json!({ "format": format, "path": path });
+            if let Some(p) = point {
+                body["recovery_point"] = json!(p);
+            }
+            let j: Value = ctx
+                .c
+                .post(&ctx.v(&format!("/replicationProtectedItems/{}/recoveryPoints/image", enc(&item))), &body)
+                .await?;
+            if !wait {
+                print(ctx.out, &j, JOB_COLS);
+            } else {
+                let j = ctx.wait_job(&j).await?;
+                if j["status"] != "Succeeded" {
+                    print(ctx.out, &j, JOB_COLS);
+                    bail!("The images were not written: {}", j["errors"]);
+                }
+                let out = &j["params"]["outputs"]["Write the point's disks as standalone images on the replica host"];
+                println!("point {}", out["point"].as_str().unwrap_or("?"));
+                print(ctx.out, &out["images"], &[("DISK", "/target"), ("PATH", "/path"), ("BYTES", "/bytes")]);
+            }
         }
         RecoveryCmd::PauseReplication { item, wait } => {
             let j = operate(&ctx, &item, "pauseReplication", json!({}), wait).await?;
@@ -143,6 +213,46 @@ async fn operate(ctx: &Ctx, item: &str, op: &str, body: Value, wait: bool) -> Re
     } else {
         Ok(j)
     }
+}
+
+/// RP-1: start a verification; with `wait`, print each point's result and fail on damage.
+async fn point_verify(ctx: &Ctx, item: &str, point: Option<String>, wait: bool) -> Result<()> {
+    let body = match point {
+        Some(p) => json!({ "recovery_point": p }),
+        None => json!({}),
+    };
+    let j: Value =
+        ctx.c.post(&ctx.v(&format!("/replicationProtectedItems/{}/recoveryPoints/verify", enc(item))), &body).await?;
+    if !wait {
+        print(ctx.out, &j, JOB_COLS);
+        return Ok(());
+    }
+    let j = ctx.wait_job(&j).await?;
+    if j["status"] != "Succeeded" {
+        print(ctx.out, &j, JOB_COLS);
+        bail!("The verification did not finish: {}", j["errors"]);
+    }
+    let points = j["params"]["outputs"]["Verify the recovery points on the replica host"]["points"].clone();
+    print(
+        ctx.out,
+        &points,
+        &[
+            ("POINT", "/point"),
+            ("SEALED", "/verification/sealed"),
+            ("OK", "/verification/ok"),
+            ("DAMAGE", "/verification/damage"),
+        ],
+    );
+    let damaged = points
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["verification"]["sealed"] == true && p["verification"]["ok"] == false)
+        .count();
+    if damaged > 0 {
+        bail!("{damaged} recovery point(s) failed verification; repair replication to heal the replica");
+    }
+    Ok(())
 }
 
 async fn item(ctx: &Ctx, item: &str) -> Result<Value> {

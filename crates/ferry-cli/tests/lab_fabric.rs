@@ -20,6 +20,13 @@ fn fab_4_lab_registers_sites_and_lists_seed_fabric_and_follows_changes() {
     // FAB-2/FAB-4: both sites registered through registration keys, with their seed fabric.
     let sites = lab.json(&["site-list"]);
     assert_eq!(names(&sites), vec!["VMM-Chicago", "VMM-NewYork"]);
+    // `ferry version`: the CLI, the vault, each site manager and each host agent, all of this build.
+    let versions = lab.json(&["version"]);
+    let rows = versions.as_array().cloned().unwrap_or_default();
+    let of = |component: &str| rows.iter().filter(|r| r["component"] == component).count();
+    assert_eq!((of("cli"), of("vault"), of("site manager")), (1, 1, 2), "{versions}");
+    assert!(of("host agent") >= 2, "{versions}");
+    assert!(rows.iter().all(|r| r["version"] == env!("CARGO_PKG_VERSION")), "{versions}");
     let keys = lab.json(&["key-list"]);
     assert_eq!(
         keys.as_array().map(|a| a.iter().filter(|k| !k["used_at"].is_null()).count()),

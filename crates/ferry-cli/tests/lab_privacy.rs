@@ -112,6 +112,15 @@ fn fab_9_vault_bound_messages_only_carry_documented_fields() {
     ]);
     let pair = lab.json(&["pair-list"]);
     assert_eq!(pair.as_array().map(Vec::len), Some(1));
+    // Tables name things (cloud pairs, policies, clouds), not UUIDs.
+    let (code, table, _) = lab.cli(&["pair-list"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("GoldCloud1 → GoldCloud2"), "{table}");
+    let policy_id = pair[0]["policy"].as_str().expect("policy id");
+    assert!(!table.contains(policy_id), "the policy is shown by its name: {table}");
+    let (_, sites, _) = lab.cli(&["site-list"]);
+    assert!(sites.contains("GoldCloud1, SilverCloud1") || sites.contains("GoldCloud1"), "{sites}");
+    assert!(!sites.contains("\"id\""), "clouds by name, not as JSON: {sites}");
     let (code, _, err) = lab.cli(&["vm-start", "--site", "VMM-NewYork", "--host", "ny1", "nope"]);
     assert_eq!(code, 6, "an error result is recorded too: {err}");
     lab.wait_for("the pairing job", Duration::from_secs(30), || {

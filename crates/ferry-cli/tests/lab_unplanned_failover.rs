@@ -1,5 +1,7 @@
-//! Unplanned failover (FO-3): refused while the source runs (fencing); after the source is gone,
-//! the VM comes up at the recovery site from an older chosen point (RP-3) with exactly its records.
+//! Unplanned failover (FO-3): refused while the source runs (fencing); once the operator confirms
+//! the source fenced, the VM comes up at the recovery site from an older chosen point (RP-3) with
+//! exactly its records — also while the fenced source still runs on a host that shares the
+//! machine's network (its tap must not block the recovered VM's).
 
 mod common;
 
@@ -15,7 +17,8 @@ fn item(lab: &Lab, id: &str) -> Value {
 #[test]
 fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point_fo_4_change_point_and_commit() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
-    let serial = common::guest_vm(&lab, "uf1", 16, None);
+    let serial = common::guest_vm(&lab, "uf1", 16, Some("10.11.0.42"));
+    common::map_network1(&lab);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30", "--delete-replica-on-disable"]);
     let id = common::protect(&lab, "uf1");
     common::wait_records_and_points(&lab, &id, &serial, 6, 4);
@@ -35,18 +38,14 @@ fn fo_3_unplanned_failover_fences_a_running_source_then_recovers_a_chosen_point_
     let top = vm.chain(&point, "vdb").expect("chain")[0].clone();
     let expected = rt.block_on(ferry_qemu::guest_records::verify_image(&top)).expect("verify").clean_prefix_len;
 
-    // The primary is lost (its VM is stopped hard, as in a crash).
-    lab.json(&["vm-stop", "--site", "VMM-NewYork", "--host", "ny1", "uf1"]);
-    lab.wait_for("the vault to see the source stopped", Duration::from_secs(30), || {
-        let items = lab.json(&["protectable-list", "--site", "VMM-NewYork"]);
-        items["items"]
-            .as_array()
-            .and_then(|a| a.iter().find(|v| v["name"] == "uf1"))
-            .filter(|v| v["power_state"] != "Running")
-            .map(|_| ())
-    });
-    let job = lab.json(&["unplanned-failover", &id, "--point", &point, "--wait"]);
+    // The operator fences the primary (its storage and uplink cut) and says so; its QEMU still
+    // runs here, on a host that shares this machine's network namespace.
+    let job = lab.json(&["unplanned-failover", &id, "--point", &point, "--source-fenced", "--wait"]);
     assert_eq!(job["status"], "Succeeded", "{job}");
+    let source = lab.json(&["vm-show", "--site", "VMM-NewYork", "--host", "ny1", "uf1"]);
+    assert_eq!(source["power_state"], "Running", "the fenced source was left alone: {source}");
+    let recovered = lab.json(&["vm-show", "--site", "VMM-Chicago", "--host", "chi1", "uf1"]);
+    assert_eq!(recovered["definition"]["nics"].as_array().map(Vec::len), Some(1), "mapped NIC: {recovered}");
     assert_eq!(item(&lab, &id)["state"], "FailedOverCommitPending");
     let rserial = lab.host_data("chi1").join("vms/uf1/serial.log");
     let found = lab.wait_for("the recovered guest to report its records", Duration::from_secs(90), || {

@@ -94,6 +94,28 @@ pub struct HealthInput {
     /// The source host and how far its clock is ahead of the vault's (negative: behind), when
     /// measured.
     pub source_clock: Option<(String, Duration)>,
+    /// RP-1: the newest recovery point that failed verification, if any.
+    pub point_damage: Option<PointDamage>,
+}
+
+/// A recovery point that failed verification (RP-1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointDamage {
+    pub point: String,
+    pub detail: String,
+    /// A newer point was verified exact since (a repair healed the replica).
+    pub newer_point_verified: bool,
+}
+
+/// RP-1: the newest damaged point of `points` (oldest first), and whether a newer one verified.
+pub fn point_damage(points: &[ferry_types::protection::RecoveryPoint]) -> Option<PointDamage> {
+    let k = points.iter().rposition(|p| p.verification.as_ref().is_some_and(|v| v.sealed && !v.ok))?;
+    let v = points[k].verification.as_ref()?;
+    Some(PointDamage {
+        point: points[k].id.clone(),
+        detail: v.damage.first().cloned().unwrap_or_default(),
+        newer_point_verified: points[k + 1..].iter().any(|p| p.verification.as_ref().is_some_and(|v| v.ok)),
+    })
 }
 
 impl HealthInput {
@@ -182,6 +204,30 @@ pub fn compute_health(input: &HealthInput, now: DateTime<Utc>) -> (Health, Vec<H
             Health::Critical,
             format!("The replica location on {target} is full; free space or map the VM to other storage"),
         ));
+    }
+    if let Some(d) = &input.point_damage {
+        let target = input.stall.as_ref().map(|s| s.target_host.as_str()).unwrap_or("the replica host");
+        if d.newer_point_verified {
+            reasons.push(reason(
+                "DamagedRecoveryPoints",
+                Health::Warning,
+                format!(
+                    "Recovery point {} on {target} (and older ones that share its data) failed verification ({}); \
+                     newer points verify, choose one of them",
+                    d.point, d.detail
+                ),
+            ));
+        } else {
+            reasons.push(reason(
+                "ReplicaDamaged",
+                Health::Critical,
+                format!(
+                    "Recovery point {} on {target} failed verification ({}); repair replication to heal it from the \
+                     source",
+                    d.point, d.detail
+                ),
+            ));
+        }
     }
     if input.primary_cannot_send {
         reasons.push(reason(
@@ -469,6 +515,31 @@ mod tests {
             }
         );
         assert_eq!(statistics(&[]), ReplicationStatistics::default());
+    }
+
+    #[test]
+    fn rp_1_a_damaged_point_is_critical_until_a_newer_point_verifies() {
+        let p = |id: &str, v: Option<bool>| ferry_types::protection::RecoveryPoint {
+            id: id.into(),
+            time: now(),
+            app_consistent: false,
+            size_bytes: 0,
+            verification: v.map(|ok| ferry_types::protection::PointVerification {
+                at: now(),
+                sealed: true,
+                ok,
+                damage: if ok { vec![] } else { vec![format!("vda 0+64 MiB of {id}")] },
+            }),
+        };
+        assert_eq!(point_damage(&[p("a", Some(true)), p("b", None)]), None);
+        let damaged = point_damage(&[p("a", Some(false)), p("b", Some(false)), p("c", None)]).expect("damage");
+        assert_eq!((damaged.point.as_str(), damaged.newer_point_verified), ("b", false));
+        let input = HealthInput { point_damage: Some(damaged), ..healthy() };
+        assert_eq!(codes(&input), (Health::Critical, vec!["ReplicaDamaged"]));
+        let healed = point_damage(&[p("a", Some(false)), p("b", Some(true))]).expect("damage");
+        assert!(healed.newer_point_verified);
+        let input = HealthInput { point_damage: Some(healed), ..healthy() };
+        assert_eq!(codes(&input), (Health::Warning, vec!["DamagedRecoveryPoints"]));
     }
 
     #[test]

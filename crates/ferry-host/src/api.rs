@@ -193,6 +193,10 @@ async fn replication_action(
         A::ImportInitial { item, path } => host.replication.import_initial(item, &path).await,
         A::ConfirmImport { item, cycle } => host.replication.confirm_import(item, cycle).await,
         A::Repair { item } => host.replication.repair(item, host.vms.clone()).await,
+        A::VerifyPoints { item, point } => host.replication.verify_points(item, point.as_deref()).await,
+        A::PointImages { item, point, format, path } => {
+            host.replication.point_images(item, &point, format, &path).await
+        }
         A::TestOverlays { item, point } => host.replication.test_overlays(item, &point).await,
         A::ReleaseTest { item } => host.replication.release_test(item).await,
         A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,

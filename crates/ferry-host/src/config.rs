@@ -65,6 +65,13 @@ pub struct HostConfig {
     /// How often retention runs on the replicas this host holds (RP-2).
     #[serde(default = "default_retention_interval")]
     pub retention_interval_secs: u64,
+    /// RP-1: every recovery point this host holds is re-read and compared with its manifest at
+    /// least once in this period (0 turns the background verifier off).
+    #[serde(default = "default_verify_period")]
+    pub verify_period_secs: u64,
+    /// RP-1: the most the verifier reads per second, in MiB (background and on demand).
+    #[serde(default = "default_verify_rate")]
+    pub verify_rate_mib: u64,
     /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -110,6 +117,14 @@ pub fn bandwidth_schedule(def: &BandwidthDef) -> Result<ferry_repl::RateSchedule
         windows.push(ferry_repl::RateWindow::new(&w.from, &w.to, rate(w.mib_per_sec)?).map_err(|e| e.to_string())?);
     }
     Ok(ferry_repl::RateSchedule { default: rate(def.default_mib_per_sec)?, windows })
+}
+
+fn default_verify_period() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_verify_rate() -> u64 {
+    64
 }
 
 fn default_retention_interval() -> u64 {

@@ -126,6 +126,7 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         None => None,
     };
     replication.storage_roots = cfg.storage.iter().map(|s| s.path.clone()).collect();
+    replication.verify_rate = (cfg.verify_rate_mib > 0).then_some(cfg.verify_rate_mib.saturating_mul(1 << 20));
     let replication = Arc::new(replication);
     replication.resume(&vms).await;
     let profiler = Arc::new(profile::Profiler::open(data, cfg.test_churn_tick_ms.map(Duration::from_millis))?);
@@ -145,7 +146,8 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));
     let io_errors = tokio::spawn(io_error_loop(host.clone()));
-    let mut tasks = vec![server, reporter, retention, io_errors];
+    let verifier = tokio::spawn(verify_loop(host.clone()));
+    let mut tasks = vec![server, reporter, retention, io_errors, verifier];
     if let Some(addr) = host.cfg.metrics_listen {
         let l = std::net::TcpListener::bind(addr)?;
         if let Some(bound) = metrics::bound(&l) {
@@ -263,6 +265,22 @@ async fn io_error_loop(host: Arc<Host>) {
                 }
                 Err(e) => tracing::debug!(vm = %name, error = %e, "cannot read the VM's run state"),
             }
+        }
+    }
+}
+
+/// RP-1: the background verifier. Every point is re-read within the configured period; a point
+/// never verified comes first, and one point is verified at a time (the rate limit applies).
+async fn verify_loop(host: Arc<Host>) {
+    let period = host.cfg.verify_period_secs;
+    if period == 0 {
+        return;
+    }
+    let period = Duration::from_secs(period);
+    loop {
+        let verified = host.replication.verify_next_due(period).await;
+        if !verified {
+            tokio::time::sleep(Duration::from_secs(30).min(period)).await;
         }
     }
 }

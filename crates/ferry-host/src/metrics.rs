@@ -36,7 +36,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ReplicationStatus) 
 /// The exposition text for `statuses` of host `host`.
 pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
     let mut out = String::new();
-    let series: [Series; 11] = [
+    let series: [Series; 13] = [
         (
             "ferry_replication_rpo_seconds",
             "gauge",
@@ -71,6 +71,21 @@ pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
         ("ferry_replica_recovery_points", "gauge", "Recovery points held on this host", |s| {
             s.recovery_points.len() as f64
         }),
+        (
+            "ferry_replica_recovery_points_verified",
+            "gauge",
+            "Recovery points whose last verification found them exact (RP-1)",
+            |s| s.recovery_points.iter().filter(|p| p.verification.as_ref().is_some_and(|v| v.ok)).count() as f64,
+        ),
+        (
+            "ferry_replica_recovery_points_damaged",
+            "gauge",
+            "Recovery points whose last verification found damage (RP-1)",
+            |s| {
+                s.recovery_points.iter().filter(|p| p.verification.as_ref().is_some_and(|v| v.sealed && !v.ok)).count()
+                    as f64
+            },
+        ),
     ];
     let host = label(host);
     for (name, kind, help, value) in series {

@@ -73,9 +73,19 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
     ip(&["link", "set", "dev", tap, "up"], &format!("Bring up {tap}"))
 }
 
-/// A tap name derived from the VM and NIC index (stable, ≤ 15 bytes).
-pub fn tap_name(vm_uuid: &uuid::Uuid, index: usize) -> String {
-    format!("fy{}n{index}", &vm_uuid.simple().to_string()[..8])
+/// A tap name derived from the host, the VM and the NIC index (stable, ≤ 15 bytes).
+///
+/// The host is part of the name because one VM can run on two hosts that share a kernel's
+/// network namespace: the source of an unplanned failover that could not be fenced still runs
+/// its VM while the recovered copy starts elsewhere (and a lab runs every host on one machine).
+/// Two QEMU processes cannot open one tap ("Device or resource busy").
+pub fn tap_name(host: &str, vm_uuid: &uuid::Uuid, index: usize) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(host.as_bytes());
+    h.update(b"\0");
+    h.update(vm_uuid.as_bytes());
+    let hex = h.finalize().to_hex();
+    format!("fy{}n{index}", &hex[..10])
 }
 
 #[cfg(test)]
@@ -103,5 +113,15 @@ mod tests {
         delete_link(&br).expect("del bridge");
         assert!(!link_exists(&br) && !link_exists(&tap));
         assert!(ensure_bridge("this-name-is-far-too-long").is_err());
+    }
+
+    #[test]
+    fn host_4_one_vm_on_two_hosts_gets_two_taps() {
+        let vm = uuid::Uuid::new_v4();
+        let a = tap_name("ny1", &vm, 0);
+        assert_eq!(a, tap_name("ny1", &vm, 0), "stable");
+        assert_ne!(a, tap_name("chi1", &vm, 0), "per host");
+        assert_ne!(a, tap_name("ny1", &vm, 1), "per NIC");
+        assert!(valid_ifname(&tap_name("a-very-long-host-name.example.com", &vm, 15)));
     }
 }

@@ -126,6 +126,8 @@ pub struct ReplicationService {
     /// POL-2: the address listeners bind at the pairs' policy ports; `None` when the host file
     /// fixes the replication listener.
     pub policy_ports_ip: Option<std::net::IpAddr>,
+    /// RP-1: the most bytes per second the point verifier reads.
+    pub verify_rate: Option<u64>,
 }
 
 fn write_state(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -175,6 +177,7 @@ impl ReplicationService {
             wakes: Default::default(),
             resolve_wanted: Default::default(),
             policy_ports_ip: None,
+            verify_rate: None,
         })
     }
 
@@ -800,6 +803,118 @@ impl ReplicationService {
         }))
     }
 
+    /// RP-1: verify `point` (an id or `latest`) of `item`'s replica, or every point, against
+    /// the points' manifests. Reads at most `verify_rate` bytes per second.
+    pub async fn verify_points(&self, item: Uuid, point: Option<&str>) -> Result<serde_json::Value, ReplicationError> {
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        let ids: Vec<String> = match point {
+            Some(p) => vec![p.to_string()],
+            None => vm.recovery_points()?.into_iter().map(|p| p.id).collect(),
+        };
+        if ids.is_empty() {
+            return Err(ReplicationError::Invalid(format!("The replica of {item} has no recovery points")));
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let (id, check) = vm.verify_point(&id, self.verify_rate).await?;
+            out.push(serde_json::json!({"point": id, "verification": point_verification(&check)}));
+        }
+        Ok(serde_json::json!({"points": out}))
+    }
+
+    /// RP-3: write every disk of `point` of `item`'s replica as a standalone image into the new
+    /// directory `path`, which must lie inside one of this host's storage locations.
+    pub async fn point_images(
+        &self,
+        item: Uuid,
+        point: &str,
+        format: ferry_types::fabric::DiskFormat,
+        path: &str,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let dest = Path::new(path);
+        let inside = |p: &Path| {
+            self.storage_roots.iter().filter_map(|r| std::fs::canonicalize(r).ok()).any(|r| p.starts_with(r))
+        };
+        let parent = dest.parent().filter(|_| dest.is_absolute() && dest.file_name().is_some());
+        let parent = parent.and_then(|p| std::fs::canonicalize(p).ok()).filter(|p| inside(p)).ok_or_else(|| {
+            ReplicationError::Invalid(format!("{path} is not a new folder inside one of this host's storage locations"))
+        })?;
+        let dest = parent.join(dest.file_name().unwrap_or_default());
+        if dest.exists() {
+            return Err(ReplicationError::Invalid(format!("{} exists already", dest.display())));
+        }
+        let vm = self.receiver.store().vm(&item.to_string()).await?;
+        if vm.recovery_points()?.is_empty() {
+            return Err(ReplicationError::Invalid(format!("The replica of {item} has no recovery points")));
+        }
+        std::fs::create_dir(&dest)?;
+        let format = match format {
+            ferry_types::fabric::DiskFormat::Qcow2 => ferry_qemu::DiskFormat::Qcow2,
+            ferry_types::fabric::DiskFormat::Raw => ferry_qemu::DiskFormat::Raw,
+        };
+        let (point, images) = match vm.export_images(point, &dest, format).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dest);
+                return Err(e.into());
+            }
+        };
+        Ok(serde_json::json!({
+            "point": point,
+            "images": images
+                .iter()
+                .map(|(t, p)| serde_json::json!({
+                    "target": t,
+                    "path": p,
+                    "bytes": std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                }))
+                .collect::<Vec<_>>(),
+        }))
+    }
+
+    /// RP-1: verify the point of the replicas this host holds that is most overdue (never
+    /// verified first, then the oldest verification older than `period`). False when none is due.
+    pub async fn verify_next_due(&self, period: Duration) -> bool {
+        let now = chrono::Utc::now();
+        let period = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::days(7));
+        let items: Vec<Uuid> = self.persisted.lock().await.replicas.iter().map(|r| r.item).collect();
+        // (last verified, item, point, the newest older point found exact: a new point is read
+        // only where it differs from that one; an overdue point is read whole).
+        type Due = (Option<chrono::DateTime<chrono::Utc>>, Uuid, String, Option<String>);
+        let mut due: Option<Due> = None;
+        for item in items {
+            let Ok(vm) = self.receiver.store().vm(&item.to_string()).await else { continue };
+            if vm.failover_point().ok().flatten().is_some() {
+                continue;
+            }
+            let mut last_exact: Option<String> = None;
+            for p in vm.recovery_points().unwrap_or_default() {
+                let last = p.check.as_ref().map(|c| c.at);
+                let since = if last.is_none() { last_exact.clone() } else { None };
+                if p.check.as_ref().is_some_and(|c| c.ok()) {
+                    last_exact = Some(p.id.clone());
+                }
+                if last.is_some_and(|t| now - t < period) {
+                    continue;
+                }
+                if due.as_ref().is_none_or(|(d, _, _, _)| last < *d) {
+                    due = Some((last, item, p.id.clone(), since));
+                }
+            }
+        }
+        let Some((_, item, point, since)) = due else { return false };
+        let Ok(vm) = self.receiver.store().vm(&item.to_string()).await else { return false };
+        match vm.verify_point_since(&point, since.as_deref(), self.verify_rate).await {
+            Ok((_, c)) => tracing::debug!(%item, point, ok = c.ok(), bytes = c.bytes_read, "Recovery point verified"),
+            // Merged by retention meanwhile, or a busy replica: the next round picks again.
+            Err(e) => {
+                tracing::debug!(%item, point, error = %e, "Recovery point not verified");
+                return false;
+            }
+        }
+        true
+    }
+
     /// Failover disks: overlays on `point` that become the recovered VM's disks; the replica is
     /// marked failed over, so no replication lands in it until the failover is released.
     pub async fn failover_overlays(&self, item: Uuid, point: &str) -> Result<serde_json::Value, ReplicationError> {
@@ -1228,11 +1343,26 @@ impl ReplicationService {
                     time: p.time,
                     app_consistent: p.app_consistent,
                     size_bytes: p.bytes,
+                    verification: p.check.as_ref().map(point_verification),
                 })
                 .collect();
             out.push(st);
         }
         out
+    }
+}
+
+/// A replica point's verification as the vault sees it (RP-1).
+fn point_verification(c: &ferry_repl::manifest::PointCheck) -> ferry_types::protection::PointVerification {
+    ferry_types::protection::PointVerification {
+        at: c.at,
+        sealed: c.sealed,
+        ok: c.ok(),
+        damage: c
+            .damage
+            .iter()
+            .map(|d| format!("{} {}+{} MiB: {}", d.target, d.offset >> 20, d.len.div_ceil(1 << 20), d.detail))
+            .collect(),
     }
 }
 

@@ -252,7 +252,7 @@ impl VmManager {
             let tap = match (&n.bridge, &n.logical_network) {
                 (Some(bridge), _) => {
                     crate::net::ensure_bridge(bridge)?;
-                    let tap = crate::net::tap_name(&uuid, i);
+                    let tap = crate::net::tap_name(&self.cfg.name, &uuid, i);
                     crate::net::create_tap(&tap, bridge)?;
                     Some(tap)
                 }
@@ -265,7 +265,7 @@ impl VmManager {
                         .map(|b| b.bridge.clone())
                         .ok_or_else(|| VmError::Invalid(format!("no bridge for {ln}")))?;
                     crate::net::ensure_bridge(&bridge)?;
-                    let tap = crate::net::tap_name(&uuid, i);
+                    let tap = crate::net::tap_name(&self.cfg.name, &uuid, i);
                     crate::net::create_tap(&tap, &bridge)?;
                     Some(tap)
                 }
@@ -349,7 +349,7 @@ impl VmManager {
         if let Some(e) = vms.get(name) {
             if let Some(uuid) = e.def.uuid {
                 for i in 0..e.def.nics.len() {
-                    let _ = crate::net::delete_link(&crate::net::tap_name(&uuid, i));
+                    let _ = crate::net::delete_link(&crate::net::tap_name(&self.cfg.name, &uuid, i));
                 }
             }
         }

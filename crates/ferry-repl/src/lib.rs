@@ -42,6 +42,7 @@ pub mod data_sink;
 pub mod engine;
 pub mod error;
 pub mod image;
+pub mod manifest;
 pub mod offline;
 pub mod protocol;
 pub mod qcow2;

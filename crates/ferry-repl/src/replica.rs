@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{hash_blocks, ChainReader};
+use crate::manifest::{self, PointCheck, PointManifest};
 use crate::protocol::{valid_name, BeginCycle, DiskInfo, Extent, ExtentKind};
 use crate::qcow2::Qcow2Writer;
 
@@ -85,6 +86,12 @@ pub struct RecoveryPoint {
     /// Holders that must not lose this point's chain (`test:<dir>`, `failover`).
     #[serde(default)]
     pub in_use: Vec<String>,
+    /// The last verification of the point against its manifest (RP-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<PointCheck>,
+    /// blake3 of the point's manifest file (RP-1); none for points recorded without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -270,6 +277,22 @@ impl VmReplica {
             tracing::warn!(vm = %self.vm_id, point = %id, "Finishing an interrupted retention merge");
             self.merge_point(&mut cat, &id).await?;
         }
+        let before = cat.points.iter().map(|p| p.in_use.len()).sum::<usize>();
+        for p in cat.points.iter_mut() {
+            p.in_use.retain(|t| holder_alive(t));
+        }
+        if cat.points.iter().map(|p| p.in_use.len()).sum::<usize>() != before {
+            self.write_catalog(&cat)?;
+        }
+        if let Ok(rd) = std::fs::read_dir(manifest::manifest_dir(&self.dir)) {
+            let listed: std::collections::HashSet<String> =
+                cat.points.iter().map(|p| format!("{}.json", p.id)).collect();
+            for e in rd.flatten() {
+                if !listed.contains(&*e.file_name().to_string_lossy()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let Ok(_recv) = FileLock::try_acquire(&self.dir.join(".receive.lock")) else { return Ok(()) };
         let referenced: std::collections::HashSet<&str> =
             cat.points.iter().flat_map(|p| p.disks.iter().map(|d| d.file.as_str())).collect();
@@ -381,6 +404,7 @@ impl VmReplica {
             next_extent: 0,
             data_bytes: 0,
             covered_bytes: 0,
+            folds: h.disks.iter().map(|d| manifest::DiskFold::new(&d.target, d.size, h.base)).collect(),
             _recv: recv,
         })
     }
@@ -390,30 +414,24 @@ impl VmReplica {
         let mut cat = self.read_catalog()?;
         let prev = cat.points.last().cloned();
         let seq = cat.next_seq.max(1);
-        let mut disks = Vec::new();
-        for (i, (name, w, hasher)) in std::mem::take(&mut p.writers).into_iter().enumerate() {
-            let target = &p.header.disks[i].target;
-            let backing =
-                match &prev {
-                    Some(prev) if !p.header.base => {
-                        Some(prev.disks.iter().find(|d| &d.target == target).map(|d| d.file.clone()).ok_or_else(
-                            || Error::new(ErrorKind::Store, format!("Previous point has no disk {target}")),
-                        )?)
-                    }
-                    _ => None,
-                };
-            tokio::task::spawn_blocking(move || w.finish(backing.as_deref()))
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Io, "Finish task failed", e))??;
-            let file = format!("{target}-{seq:06}.qcow2");
-            std::fs::rename(self.dir.join(&name), self.dir.join(&file))
-                .map_err(|e| Error::io(format!("Cannot rename {name}"), e))?;
-            disks.push(PointDisk { target: target.clone(), file, checksum: hasher.finalize().to_hex().to_string() });
-        }
-        fsync_dir(&self.dir)?;
+        let point_id = format!("rp-{}", p.header.cycle);
+        let writers = std::mem::take(&mut p.writers);
+        let pending: Vec<String> = writers.iter().map(|(name, _, _)| name.clone()).collect();
+        let (header, folds) = (p.header.clone(), std::mem::take(&mut p.folds));
+        let result = self.finish_overlays(&header, folds, writers, prev.as_ref(), seq, &point_id).await;
+        let (disks, manifest) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                for name in &pending {
+                    let _ = std::fs::remove_file(self.dir.join(name));
+                }
+                return Err(e);
+            }
+        };
+        let manifest_hash = manifest::write_manifest(&self.dir, &manifest)?;
         let h = &p.header;
         let point = RecoveryPoint {
-            id: format!("rp-{}", h.cycle),
+            id: point_id,
             cycle: h.cycle,
             time: point_time(h.created_at_ms, prev.as_ref().map(|p| p.time)),
             app_consistent: h.app_consistent,
@@ -421,6 +439,8 @@ impl VmReplica {
             bytes: p.data_bytes,
             disks,
             in_use: vec![],
+            check: None,
+            manifest: Some(manifest_hash),
         };
         if h.base {
             cat.disks = h.disks.iter().map(|d| DiskEntry { target: d.target.clone(), size: d.size }).collect();
@@ -431,6 +451,180 @@ impl VmReplica {
         self.write_catalog(&cat)?;
         tracing::info!(vm = %self.vm_id, point = %point.id, bytes = point.bytes, "Recovery point recorded");
         Ok(point)
+    }
+
+    /// Finish the cycle's overlays, read every touched leaf back (checking the data against the
+    /// source's hashes), rename them into the chain and fold the point's manifest (RP-1). The
+    /// caller holds `.chain.lock` and deletes the pending files on error.
+    async fn finish_overlays(
+        &self,
+        header: &BeginCycle,
+        folds: Vec<manifest::DiskFold>,
+        writers: Vec<(String, Qcow2Writer, blake3::Hasher)>,
+        prev: Option<&RecoveryPoint>,
+        seq: u64,
+        point_id: &str,
+    ) -> Result<(Vec<PointDisk>, PointManifest)> {
+        let mut disks = Vec::new();
+        for (i, (name, w, hasher)) in writers.into_iter().enumerate() {
+            let target = &header.disks[i].target;
+            let backing =
+                match prev {
+                    Some(prev) if !header.base => {
+                        Some(prev.disks.iter().find(|d| &d.target == target).map(|d| d.file.clone()).ok_or_else(
+                            || Error::new(ErrorKind::Store, format!("Previous point has no disk {target}")),
+                        )?)
+                    }
+                    _ => None,
+                };
+            tokio::task::spawn_blocking(move || w.finish(backing.as_deref()))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Io, "Finish task failed", e))??;
+            disks.push((name, target.clone(), hasher.finalize().to_hex().to_string()));
+        }
+        let mut point_disks = Vec::new();
+        for (name, target, checksum) in disks {
+            let file = format!("{target}-{seq:06}.qcow2");
+            std::fs::rename(self.dir.join(&name), self.dir.join(&file))
+                .map_err(|e| Error::io(format!("Cannot rename {name}"), e))?;
+            point_disks.push(PointDisk { target, file, checksum });
+        }
+        fsync_dir(&self.dir)?;
+        let prev_manifest = match prev {
+            Some(prev) => manifest::read_manifest(&self.dir, &prev.id, prev.manifest.as_deref()).unwrap_or(None),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for fold in folds {
+            let prev_disk = prev_manifest.as_ref().and_then(|m| m.disks.iter().find(|d| d.target == fold.target));
+            let stale = manifest::stale_groups(&self.dir, &fold, prev_disk)?;
+            if let (Some(pp), false) = (prev, stale.is_empty()) {
+                tracing::warn!(
+                    vm = %self.vm_id,
+                    disk = %fold.target,
+                    groups = stale.len(),
+                    "Leaf hashes of the previous point re-read from its chain (the table did not match its manifest)"
+                );
+                let chain = self.chain(&pp.id, &fold.target)?;
+                let reader = ChainReader::open_chain(&chain, fold.size, true).await?;
+                let (dir, target) = (self.dir.clone(), fold.target.clone());
+                tokio::task::spawn_blocking(move || manifest::restore_groups(&dir, &target, &reader, &stale))
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Io, "Hash task failed", e))??;
+            }
+            out.push(manifest::fold_into_table(&self.dir, &fold, prev_disk.filter(|_| !fold.full()))?);
+        }
+        Ok((point_disks, PointManifest { point: point_id.to_string(), disks: out }))
+    }
+
+    /// The manifest of `point`, if it has one (points recorded before manifests existed do not).
+    pub fn manifest(&self, point: &str) -> Result<Option<PointManifest>> {
+        let cat = self.read_catalog()?;
+        let p = cat.points.iter().find(|p| p.id == point).ok_or_else(|| not_found(point))?;
+        manifest::read_manifest(&self.dir, point, p.manifest.as_deref())
+    }
+
+    /// RP-1: re-read `point`'s chain (or the latest point's, for [`LATEST`]) and compare it with
+    /// its manifest; `rate` limits the bytes read per second. The point is marked in use while it
+    /// is read (retention must not merge below it), and the result is recorded with it.
+    pub async fn verify_point(&self, point: &str, rate: Option<u64>) -> Result<(String, PointCheck)> {
+        self.verify_point_since(point, None, rate).await
+    }
+
+    /// RP-1, incremental: like [`Self::verify_point`], but only the groups in which `point`'s
+    /// manifest differs from that of `since` (an older point whose last verification found it
+    /// exact) are read; the rest is `since`'s data, checked then. A periodic full verification
+    /// still re-reads everything. Without a usable `since` the whole point is read.
+    pub async fn verify_point_since(
+        &self,
+        point: &str,
+        since: Option<&str>,
+        rate: Option<u64>,
+    ) -> Result<(String, PointCheck)> {
+        let tag = format!("verify:{}", std::process::id());
+        let point = self.hold_point(point, &tag).await?.id;
+        let size_of: Vec<(String, u64)> = self.disks()?.into_iter().map(|d| (d.target, d.size)).collect();
+        let since = match since {
+            Some(q) => {
+                let cat = self.read_catalog()?;
+                let ok = cat.points.iter().any(|p| p.id == q && p.check.as_ref().is_some_and(|c| c.ok()));
+                match (ok, self.manifest(q).ok().flatten()) {
+                    (true, Some(m)) => Some((q.to_string(), m)),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let checked = self.compare_with_manifest(&point, &size_of, rate, since).await;
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        if let Some(p) = cat.points.iter_mut().find(|p| p.id == point) {
+            p.in_use.retain(|t| t != &tag);
+            if let Ok(c) = &checked {
+                p.check = Some(c.clone());
+            }
+        }
+        self.write_catalog(&cat)?;
+        let check = checked?;
+        if !check.damage.is_empty() {
+            tracing::error!(vm = %self.vm_id, point = %point, damage = ?check.damage, "Recovery point failed verification");
+        }
+        Ok((point, check))
+    }
+
+    async fn compare_with_manifest(
+        &self,
+        point: &str,
+        sizes: &[(String, u64)],
+        rate: Option<u64>,
+        since: Option<(String, PointManifest)>,
+    ) -> Result<PointCheck> {
+        let Some(m) = self.manifest(point)? else {
+            return Ok(PointCheck { at: Utc::now(), sealed: false, bytes_read: 0, damage: vec![], since: None });
+        };
+        let unreadable = |target: &str, size: u64, e: Error| manifest::Damage {
+            target: target.to_string(),
+            offset: 0,
+            len: size,
+            detail: format!("the chain cannot be read: {e}"),
+        };
+        let mut damage = Vec::new();
+        let mut bytes_read = 0;
+        for (target, size) in sizes {
+            let Some(dm) = m.disks.iter().find(|d| &d.target == target).cloned() else {
+                damage.push(manifest::Damage {
+                    target: target.clone(),
+                    offset: 0,
+                    len: *size,
+                    detail: "the manifest does not describe this disk".into(),
+                });
+                continue;
+            };
+            let chain = self.chain(point, target)?;
+            let reader = match ChainReader::open_chain(&chain, *size, true).await {
+                Ok(r) => r,
+                Err(e) => {
+                    damage.push(unreadable(target, *size, e));
+                    continue;
+                }
+            };
+            let only = since
+                .as_ref()
+                .and_then(|(_, sm)| sm.disks.iter().find(|d| d.target == dm.target))
+                .and_then(|sd| manifest::changed_groups(sd, &dm));
+            let outcome =
+                tokio::task::spawn_blocking(move || manifest::verify_disk(&reader, &dm, rate, only.as_deref()))
+                    .await
+                    .map_err(|e| Error::with_source(ErrorKind::Io, "Verify task failed", e))?;
+            match outcome {
+                Ok((d, n)) => {
+                    damage.extend(d);
+                    bytes_read += n;
+                }
+                Err(e) => damage.push(unreadable(target, *size, e)),
+            }
+        }
+        Ok(PointCheck { at: Utc::now(), sealed: true, bytes_read, damage, since: since.map(|(q, _)| q) })
     }
 
     /// Throwaway overlays on `point_id` in `dest` (one per disk), marking the point in use.
@@ -444,12 +638,20 @@ impl VmReplica {
         let mut cat = self.read_catalog()?;
         // `latest` is resolved here, under the chain lock: retention cannot merge the point
         // between the choice and its use.
-        let point = if point_id == LATEST {
-            cat.points.last_mut().ok_or_else(|| not_found(point_id))?
-        } else {
-            cat.points.iter_mut().find(|p| p.id == point_id).ok_or_else(|| not_found(point_id))?
-        };
+        let point = point_mut(&mut cat, point_id)?;
         let point_id = point.id.clone();
+        // RP-1: a drill on a point known to be damaged proves nothing; a failover may still use
+        // it (it may be all there is) and is told by the point listing.
+        if let Some(c) = point.check.as_ref().filter(|c| !c.damage.is_empty() && tag.starts_with("test:")) {
+            let what: Vec<String> = c.damage.iter().map(|d| format!("{} at {}", d.target, d.offset)).collect();
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "Recovery point {point_id} failed verification ({}); choose another point or repair replication",
+                    what.join(", ")
+                ),
+            ));
+        }
         if !point.in_use.contains(&tag) {
             point.in_use.push(tag.clone());
         }
@@ -467,6 +669,75 @@ impl VmReplica {
             disks.push((target, ov));
         }
         Ok(TestOverlay { point_id, tag, disks })
+    }
+
+    /// Mark `point` (or the latest, for [`LATEST`]) in use by `tag` so retention cannot merge it
+    /// or anything below it; returns the point as marked.
+    async fn hold_point(&self, point: &str, tag: &str) -> Result<RecoveryPoint> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        let p = point_mut(&mut cat, point)?;
+        if !p.in_use.iter().any(|t| t == tag) {
+            p.in_use.push(tag.to_string());
+        }
+        let held = p.clone();
+        self.write_catalog(&cat)?;
+        Ok(held)
+    }
+
+    /// Drop every in-use mark of `tag`.
+    async fn release_hold(&self, tag: &str) -> Result<()> {
+        let _chain = self.chain_lock().await?;
+        let mut cat = self.read_catalog()?;
+        for p in cat.points.iter_mut() {
+            p.in_use.retain(|t| t != tag);
+        }
+        self.write_catalog(&cat)
+    }
+
+    /// RP-3: write every disk of `point` (or of the latest point, for [`LATEST`]) as one
+    /// standalone image in directory `dest` (`<target>.qcow2` or `<target>.raw`, no backing
+    /// file), to mount, copy files from or attach elsewhere. The point is marked in use while it
+    /// is read. Returns the point and the images written.
+    pub async fn export_images(
+        &self,
+        point: &str,
+        dest: &Path,
+        format: DiskFormat,
+    ) -> Result<(String, Vec<(String, PathBuf)>)> {
+        let tag = format!("image:{}:{}", std::process::id(), dest.display());
+        let held = self.hold_point(point, &tag).await?;
+        let (point, targets): (String, Vec<String>) = (held.id, held.disks.into_iter().map(|d| d.target).collect());
+        let mut written = Vec::new();
+        let mut result = Ok(());
+        for target in &targets {
+            let out = dest.join(format!("{target}.{}", format.as_str()));
+            let step = async {
+                let top = self.point_file(&point, target)?;
+                img::convert_from(&top, DiskFormat::Qcow2, &out, format)
+                    .await
+                    .map_err(|e| Error::qemu(format!("Cannot write {}", out.display()), e))?;
+                File::open(&out)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(format!("Cannot fsync {}", out.display()), e))
+            };
+            match step.await {
+                Ok(()) => written.push((target.clone(), out)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&out);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.release_hold(&tag).await?;
+        if let Err(e) = result {
+            for (_, f) in &written {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
+        Ok((point, written))
     }
 
     /// Delete a test overlay and drop its in-use mark.
@@ -521,6 +792,7 @@ impl VmReplica {
             for d in &p.disks {
                 let _ = std::fs::remove_file(self.dir.join(&d.file));
             }
+            let _ = std::fs::remove_file(manifest::manifest_path(&self.dir, &p.id));
         }
         fsync_dir(&self.dir)?;
         Ok(newer.into_iter().map(|p| p.id).collect())
@@ -586,6 +858,7 @@ impl VmReplica {
         }
         cat.merging = None;
         self.write_catalog(cat)?;
+        let _ = std::fs::remove_file(manifest::manifest_path(&self.dir, &removed.id));
         tracing::info!(vm = %self.vm_id, point = %id, "Recovery point merged by retention");
         Ok(())
     }
@@ -662,11 +935,24 @@ impl VmReplica {
             entries.push(DiskEntry { target: target.clone(), size });
         }
         fsync_dir(&self.dir)?;
+        let point_id = match how.cycle {
+            Some(c) => format!("rp-{c}"),
+            None => format!("rp-adopted-{seq}"),
+        };
+        // The adopted images are sealed as they are now (RP-1): later cycles fold into this.
+        let mut manifests = Vec::new();
+        for (pd, entry) in pds.iter().zip(entries.iter()) {
+            let reader = ChainReader::open_chain(&[self.dir.join(&pd.file)], entry.size, false).await?;
+            let (dir, target) = (self.dir.clone(), pd.target.clone());
+            let m = tokio::task::spawn_blocking(move || manifest::seal_image(&dir, &target, &reader))
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Io, "Hash task failed", e))??;
+            manifests.push(m);
+        }
+        let manifest_hash =
+            manifest::write_manifest(&self.dir, &PointManifest { point: point_id.clone(), disks: manifests })?;
         let point = RecoveryPoint {
-            id: match how.cycle {
-                Some(c) => format!("rp-{c}"),
-                None => format!("rp-adopted-{seq}"),
-            },
+            id: point_id,
             cycle: how.cycle.unwrap_or(0),
             time: how.time,
             app_consistent: false,
@@ -674,6 +960,8 @@ impl VmReplica {
             bytes: how.bytes,
             disks: pds,
             in_use: vec![],
+            check: None,
+            manifest: Some(manifest_hash),
         };
         cat.disks = entries;
         cat.points.push(point.clone());
@@ -703,6 +991,26 @@ pub(crate) struct Adoption {
     pub raw_source: bool,
 }
 
+/// Whether an in-use mark's holder may still hold it: marks of a verification or an image export
+/// name the process that made them (`verify:<pid>`, `image:<pid>:<dest>`) and lapse with it.
+fn holder_alive(tag: &str) -> bool {
+    let pid = match (tag.strip_prefix("verify:"), tag.strip_prefix("image:")) {
+        (Some(pid), _) => pid,
+        (_, Some(rest)) => rest.split(':').next().unwrap_or(""),
+        _ => return true,
+    };
+    !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && Path::new("/proc").join(pid).exists()
+}
+
+/// The point `point` names in `cat` (the newest for [`LATEST`]).
+fn point_mut<'a>(cat: &'a mut Catalog, point: &str) -> Result<&'a mut RecoveryPoint> {
+    if point == LATEST {
+        cat.points.last_mut().ok_or_else(|| not_found(point))
+    } else {
+        cat.points.iter_mut().find(|p| p.id == point).ok_or_else(|| not_found(point))
+    }
+}
+
 /// A point id that designates the newest point at the moment it is used (a test VM's overlays).
 pub const LATEST: &str = "latest";
 
@@ -721,6 +1029,8 @@ pub struct PendingApply {
     data_bytes: u64,
     /// Bytes covered by all extents (data + zero), checked against `EndCycle`.
     covered_bytes: u64,
+    /// Per disk: the leaves written, hashed as they are applied (the point's manifest).
+    folds: Vec<manifest::DiskFold>,
     _recv: FileLock,
 }
 
@@ -745,9 +1055,20 @@ impl PendingApply {
             .get_mut(e.disk as usize)
             .ok_or_else(|| Error::protocol(format!("Extent for unknown disk {}", e.disk)))?;
         let data = e.verified_data()?;
+        let fold = self.folds.get_mut(e.disk as usize);
         match (e.kind, data) {
-            (ExtentKind::Data, Some(d)) => w.write_data(e.offset, &d)?,
-            _ => w.write_zero(e.offset, e.len)?,
+            (ExtentKind::Data, Some(d)) => {
+                w.write_data(e.offset, &d)?;
+                if let Some(f) = fold {
+                    f.add_data(e.offset, &d);
+                }
+            }
+            _ => {
+                w.write_zero(e.offset, e.len)?;
+                if let Some(f) = fold {
+                    f.add_zero(e.offset, e.len);
+                }
+            }
         }
         hasher.update(&e.offset.to_be_bytes());
         hasher.update(&e.len.to_be_bytes());

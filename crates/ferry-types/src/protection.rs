@@ -167,6 +167,23 @@ pub struct RecoveryPoint {
     pub time: chrono::DateTime<chrono::Utc>,
     pub app_consistent: bool,
     pub size_bytes: u64,
+    /// RP-1: the last time the replica re-read this point and compared it with its hash
+    /// manifest, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<PointVerification>,
+}
+
+/// The outcome of re-reading a recovery point and comparing it with its manifest (RP-1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PointVerification {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// False for a point recorded before manifests existed: it cannot be compared.
+    pub sealed: bool,
+    /// The point reads exactly as its manifest says.
+    pub ok: bool,
+    /// The damaged ranges, e.g. `vda 0+64 MiB: the data differs from the point's manifest`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<String>,
 }
 
 /// Explainable RPO (REP-5): where the time between the last recovery points went.
@@ -375,6 +392,29 @@ pub enum TestNetwork {
     Existing { network: String },
     /// A network created automatically for the test (an isolated bridge), deleted at cleanup.
     Automatic,
+}
+
+/// RP-1: which recovery points of an item to verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPointsRequest {
+    /// A point id or `latest`; absent: every point the replica holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<String>,
+}
+
+/// RP-3: write one recovery point's disks as standalone images on the replica host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointImagesRequest {
+    /// A point id or `latest` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<String>,
+    /// `qcow2` (default) or `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::fabric::DiskFormat>,
+    /// A new folder inside one of the replica host's storage locations (absolute path).
+    pub path: String,
 }
 
 /// Input of an operation on a protected item (fields used by the operation only).

@@ -524,6 +524,23 @@ pub enum ReplicationAction {
     Repair {
         item: Uuid,
     },
+    /// RP-1, target side: re-read recovery points of `item` and compare them with their hash
+    /// manifests (`point`: one point id or `latest`; none: every point). The results are kept
+    /// with the points and reported with the replica's status.
+    VerifyPoints {
+        item: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        point: Option<String>,
+    },
+    /// RP-3, target side: write every disk of `point` (an id or `latest`) of `item`'s replica
+    /// as one standalone image (no backing file) into the new directory `path`, which must lie
+    /// inside one of the host's storage locations.
+    PointImages {
+        item: Uuid,
+        point: String,
+        format: crate::fabric::DiskFormat,
+        path: String,
+    },
     /// Offline initial replication, source side: the replica holds the export of `cycle`; delta
     /// cycles may start.
     ConfirmImport {

@@ -290,6 +290,7 @@ pub fn refresh_health(state: &AppState, item: &mut ProtectedItem) {
         .source_clock_offset_ms
         .filter(|_| replicating(item.state))
         .map(|ms| (item.source.host_name.clone(), chrono::Duration::milliseconds(ms)));
+    input.point_damage = ferry_core::health::point_damage(&item.recovery_points);
     input.cycles_missed = item.stats.cycles_missed_hour;
     input.cycles_expected = item.stats.cycles_expected_hour;
     let active = replicating(item.state);

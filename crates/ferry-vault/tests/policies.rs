@@ -46,8 +46,13 @@ async fn pol_1_policy_created_with_every_field() {
     assert_eq!(got.id, p.id);
     assert_eq!(got.spec.effective_port(), 8084);
     // Duplicate name: 409.
-    let e = expect_err(tv.admin.post::<_, serde_json::Value>(POLICIES, &policy_json("gold")).await);
-    assert_eq!(e, (409, "NameConflict".to_string()));
+    let r = tv.admin.post::<_, serde_json::Value>(POLICIES, &policy_json("gold")).await;
+    let message = match &r {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    assert_eq!(expect_err(r), (409, "NameConflict".to_string()));
+    assert!(message.contains("A replication policy named 'gold' exists already"), "{message}");
     refused(
         &tv,
         serde_json::json!({"name": "x", "host_version": "", "copy_frequency_secs": 300}),

@@ -702,3 +702,61 @@ async fn cap_1_portal_starts_a_capacity_plan_shows_its_report_and_stops_it() {
     let plan: serde_json::Value = tv.admin.get("/api/v1/vaults/v1/capacityPlans/q1").await.expect("plan");
     assert_eq!(plan["state"], "Stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rp_1_portal_shows_each_points_verification() {
+    let tv = start_vault().await;
+    let url = tv.url().to_string();
+    let c = http(tv.ca());
+    let v = create_vault(&tv.admin, "v1").await;
+    let sites = (Uuid::new_v4(), Uuid::new_v4());
+    let pair = store_pair(&tv, v.id, sites.0, sites.1).await;
+    let id = store_item(&tv, v.id, pair, sites, "vv1").await;
+    let mut doc: ferry_store::Doc<serde_json::Value> =
+        tv.store().get_doc(DocKind::ProtectedItem, v.id, &id.to_string()).await.expect("get").expect("item");
+    doc.body["recovery_points"] = json!([
+        {"id": "rp-old", "time": "2024-01-01T00:00:00Z", "app_consistent": false, "size_bytes": 1,
+         "verification": {"at": "2024-01-02T00:00:00Z", "sealed": true, "ok": false,
+                          "damage": ["vdb 0+64 MiB: the data differs from the point's manifest"]}},
+        {"id": "rp-new", "time": "2024-01-01T00:01:00Z", "app_consistent": false, "size_bytes": 1,
+         "verification": {"at": "2024-01-02T00:00:00Z", "sealed": true, "ok": true}},
+        {"id": "rp-fresh", "time": "2024-01-01T00:02:00Z", "app_consistent": false, "size_bytes": 1}
+    ]);
+    tv.store()
+        .put_doc(
+            DocKind::ProtectedItem,
+            v.id,
+            &id.to_string(),
+            Some(&pair.to_string()),
+            None,
+            &doc.body,
+            Some(doc.version),
+        )
+        .await
+        .expect("put");
+    let admin = login(&c, &url, &tv.admin_token).await;
+    let (status, html) = get(&c, &format!("{url}/portal/vaults/{}/items/{id}", v.id), &admin).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Damaged: vdb 0+64 MiB: the data differs from the point&#39;s manifest")
+            || html.contains("Damaged: vdb 0+64 MiB: the data differs from the point's manifest"),
+        "{html}"
+    );
+    assert!(html.contains("Exact · "), "{html}");
+    assert!(html.contains("Not yet"), "{html}");
+    // "Verify all points" starts the verification job.
+    assert!(html.contains("id=\"do-verify\""), "{html}");
+    let token = csrf(&html);
+    let (status, location, _) = post_form(
+        &c,
+        &format!("{url}/portal/vaults/{}/items/{id}/verifyRecoveryPoints", v.id),
+        &admin,
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!(status, 303, "{location}");
+    assert!(location.contains("/jobs/"), "{location}");
+    let jobs: serde_json::Value =
+        tv.admin.get("/api/v1/vaults/v1/replicationJobs?operation=VerifyRecoveryPoints").await.expect("jobs");
+    assert!(jobs.to_string().contains("vv1"), "{jobs}");
+}

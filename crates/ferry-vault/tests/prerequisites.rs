@@ -141,6 +141,10 @@ async fn sto_4_storage_mapping_refuses_a_classification_not_available_to_the_clo
     // Available on both sides: mapped.
     let _: Value = tv.admin.post(STORAGE_MAPS, &map("ny-GOLD", "chi-GOLD")).await.expect("GOLD mapped");
     assert_eq!(list(&tv, STORAGE_MAPS).await.len(), 1);
+    // The event names the classifications, not their ids.
+    let events: Value = tv.admin.get("/api/v1/vaults/v1/events?kind=StorageMapped").await.expect("events");
+    let text = events.to_string();
+    assert!(text.contains("Storage classification GOLD mapped to GOLD"), "{text}");
     // SILVER once the silver clouds are paired too.
     let created: Value = tv.admin.get(POLICIES).await.expect("policies");
     let pair =

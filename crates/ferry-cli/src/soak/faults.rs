@@ -27,9 +27,10 @@ pub enum FaultKind {
     Partition,
     ReplicaLocationFull,
     ClockOffset,
+    BitFlip,
 }
 
-pub const ALL_FAULTS: [FaultKind; 9] = [
+pub const ALL_FAULTS: [FaultKind; 10] = [
     FaultKind::KillRestartProcess,
     FaultKind::KillRestartHostOnNewPort,
     FaultKind::KillQemu,
@@ -39,6 +40,7 @@ pub const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::Partition,
     FaultKind::ReplicaLocationFull,
     FaultKind::ClockOffset,
+    FaultKind::BitFlip,
 ];
 
 /// What a fault hit, for the invariants.
@@ -147,10 +149,28 @@ pub async fn inject(
             drop(link);
             Ok(FaultEffect { target, held: Some(hold), ..Default::default() })
         }
-        FaultKind::ReplicaLocationFull | FaultKind::ClockOffset => {
+        FaultKind::ReplicaLocationFull | FaultKind::ClockOffset | FaultKind::BitFlip => {
             Err(anyhow!("fault {kind:?} is run by the soak itself (it checks invariant 4 while it lasts)"))
         }
     }
+}
+
+/// Flip one bit of the data a qcow2 layer holds (the `pick`-th data extent, a byte inside it).
+/// Returns the layer's virtual offset that now reads differently, or None if it holds no data.
+pub fn flip_bit_in_layer(layer: &std::path::Path, pick: usize) -> Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    let map = ferry_repl::qcow2::map_layer(layer)?;
+    let data: Vec<_> = map.iter().filter(|e| e.data && e.offset.is_some()).collect();
+    let Some(e) = data.get(pick % data.len().max(1)) else { return Ok(None) };
+    let within = (pick as u64 * 4099) % e.length;
+    let host = e.offset.unwrap_or(0) + within;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(layer)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, host)?;
+    b[0] ^= 1 << (pick % 8);
+    f.write_all_at(&b, host)?;
+    f.sync_all()?;
+    Ok(Some(e.start + within))
 }
 
 /// Where Debian's libfaketime puts its library (package `faketime`).

@@ -35,7 +35,8 @@ pub async fn clean_prefixes(lab: &LabUnderTest, host: &str, id: &str, name: &str
         pts.drain(..n.saturating_sub(1));
     }
     let mut prev = 0u64;
-    for p in pts {
+    // Points found damaged by verification are reported there (invariant 5), not read here.
+    for p in pts.into_iter().filter(|p| p.check.as_ref().is_none_or(|c| c.damage.is_empty())) {
         let top = match vm.chain(&p.id, "vdb") {
             Ok(c) => c.first().cloned()?,
             // Merged away by retention meanwhile.
@@ -187,7 +188,7 @@ fn lab_taps(dir: &Path) -> Vec<String> {
             let Ok(def) = serde_json::from_slice::<ferry_types::fabric::VmDefinition>(&bytes) else { continue };
             let Some(uuid) = def.uuid else { continue };
             for i in 0..def.nics.len() {
-                out.push(ferry_host::net::tap_name(&uuid, i));
+                out.push(ferry_host::net::tap_name(host, &uuid, i));
             }
         }
     }

@@ -544,6 +544,7 @@ async fn run_fault(soak: &Soak, n: usize, kind: FaultKind, pick: usize, hold: Du
     let effect = match kind {
         FaultKind::ReplicaLocationFull => replica_location_full(soak, n, pick, &items).await,
         FaultKind::ClockOffset => clock_offset(soak, n, pick, hold).await,
+        FaultKind::BitFlip => bit_flip(soak, n, pick, &items).await,
         _ => faults::inject(&soak.lab, kind, pick, hold, &items).await,
     };
     let ended_at = Instant::now();
@@ -623,6 +624,139 @@ async fn replica_location_full(soak: &Soak, n: usize, pick: usize, items: &[Valu
         held: Some(hold),
         ..Default::default()
     })
+}
+
+/// One bit flips in a replica layer on disk (bit rot): verifying the point finds it and names
+/// it (invariant 5, never served silently), the item's health says so, and a repair heals the
+/// replica from the source: its newest point verifies again. The item is kept from operations
+/// while this lasts.
+async fn bit_flip(soak: &Soak, n: usize, pick: usize, items: &[Value]) -> Result<faults::FaultEffect> {
+    let candidates: Vec<&Value> = {
+        let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+        items
+            .iter()
+            .filter(|i| i["state"] == "Protected" && !busy.contains(i["id"].as_str().unwrap_or("")))
+            .filter(|i| i["recovery_points"].as_array().is_some_and(|p| !p.is_empty()))
+            .collect()
+    };
+    let it = candidates.get(pick % candidates.len().max(1)).context("no protected item with recovery points yet")?;
+    let id = it["id"].as_str().unwrap_or_default().to_string();
+    let name = it["name"].as_str().unwrap_or_default().to_string();
+    let host = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
+    if let Ok(mut s) = soak.state.lock() {
+        s.busy.insert(id.clone());
+        // The repair compares block hashes with the source: a resync the soak asked for.
+        s.resync_allowed.insert(id.clone());
+    }
+    let outcome = damage_and_repair(soak, n, pick, &id, &name, &host).await;
+    if let Ok(mut s) = soak.state.lock() {
+        s.busy.remove(&id);
+    }
+    outcome
+}
+
+async fn damage_and_repair(
+    soak: &Soak,
+    n: usize,
+    pick: usize,
+    id: &str,
+    name: &str,
+    host: &str,
+) -> Result<faults::FaultEffect> {
+    let lab = &soak.lab;
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data(host).join("replicas"))?;
+    let vm = store.vm(id).await?;
+    // The newest point whose own layer holds data, on the disk `pick` names.
+    let mut hit = None;
+    for p in vm.recovery_points()?.iter().rev() {
+        for d in p.disks.iter().cycle().skip(pick).take(p.disks.len()) {
+            if let Some(offset) = faults::flip_bit_in_layer(&vm.dir().join(&d.file), pick)? {
+                hit = Some((p.id.clone(), d.target.clone(), offset));
+                break;
+            }
+        }
+        if hit.is_some() {
+            break;
+        }
+    }
+    let (point, disk, offset) = hit.context("no recovery point whose layer holds data")?;
+    let verify = |point: Option<&str>| {
+        let body = match point {
+            Some(p) => json!({"recovery_point": p}),
+            None => json!({}),
+        };
+        async move {
+            let j: Value = lab
+                .client
+                .post(&lab.v(&format!("/replicationProtectedItems/{id}/recoveryPoints/verify")), &body)
+                .await?;
+            let j = ops::wait_job(lab, &j, false, Duration::from_secs(300)).await?;
+            let points = j["params"]["outputs"][ferry_vault_verify_task()]["points"].as_array().cloned();
+            anyhow::Ok(points.unwrap_or_default())
+        }
+    };
+    // Invariant 5: the damaged point is found (every point is checked, so the newer points
+    // that read the same data are marked too).
+    let checked = verify(None).await?;
+    soak.checked("5 a flipped bit is found");
+    let found = checked.iter().any(|p| p["point"] == point.as_str() && p["verification"]["ok"] == false);
+    if !found {
+        soak.violation(
+            n,
+            5,
+            format!("{name}: a bit flipped in {disk} at {offset} of point {point} on {host}, but verification says {checked:?}"),
+        );
+    }
+    // Reported: the item's health names it (or, if newer points do not read that data, says
+    // that older points are damaged).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reported = loop {
+        let it = ops::item(lab, id).await.unwrap_or_default();
+        let r = it["health_reasons"].to_string();
+        if r.contains("ReplicaDamaged") || r.contains("DamagedRecoveryPoints") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    if found && !reported {
+        soak.violation(
+            n,
+            5,
+            format!("{name}: point {point} failed verification, but the item's health does not say so"),
+        );
+    }
+    // Repaired from the source: the newest point verifies again.
+    let j: Value =
+        lab.client.post(&lab.v(&format!("/replicationProtectedItems/{id}/repairReplication")), &json!({})).await?;
+    ops::wait_job(lab, &j, false, Duration::from_secs(300)).await?;
+    let deadline = Instant::now() + COPY_FREQUENCY * 4;
+    let healed = loop {
+        let newest = verify(Some("latest")).await.unwrap_or_default();
+        let newer = newest.iter().any(|p| p["point"] != point.as_str() && p["verification"]["ok"] == true);
+        if newer || Instant::now() > deadline {
+            break newer;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    // Every point that still reads the flipped bit is marked, so nothing damaged goes unnoticed.
+    verify(None).await?;
+    if !healed {
+        soak.violation(n, 5, format!("{name}: no newer point verifies after the repair of point {point}"));
+    }
+    Ok(faults::FaultEffect {
+        target: format!(
+            "{name}: one bit of {disk} at {offset} in point {point} on {host} (found: {found}, healed: {healed})"
+        ),
+        ..Default::default()
+    })
+}
+
+/// The task of a verification job whose output lists the points.
+fn ferry_vault_verify_task() -> &'static str {
+    "Verify the recovery points on the replica host"
 }
 
 /// A host agent runs on a wrong clock (three minutes behind or two and a half ahead) for two

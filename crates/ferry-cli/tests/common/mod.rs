@@ -80,6 +80,8 @@ pub struct LabOptions {
     pub retention_interval_secs: Option<u64>,
     /// Hosts listen at their policies' replication ports (POL-2), each on its own loopback address.
     pub policy_ports: bool,
+    /// Period of the hosts' background point verifier, seconds (RP-1).
+    pub verify_period_secs: Option<u64>,
 }
 
 impl Lab {
@@ -109,6 +111,10 @@ impl Lab {
         // tests inspect, so it runs rarely.
         args.push("--retention-interval-secs".into());
         args.push(opts.retention_interval_secs.unwrap_or(3600).to_string());
+        if let Some(secs) = opts.verify_period_secs {
+            args.push("--verify-period-secs".into());
+            args.push(secs.to_string());
+        }
         if let Some(b) = opts.bandwidth_mib_s {
             args.push("--bandwidth-mib-s".into());
             args.push(b.to_string());

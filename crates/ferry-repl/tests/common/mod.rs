@@ -173,6 +173,27 @@ pub async fn assert_latest_identical(rx: &Receiver, vm_id: &str, vm: &Vm) {
             latest.id
         );
     }
+    // RP-1: the point's manifest describes the source disk as a whole, and re-reading the
+    // replica's chain matches it.
+    let (_, check) = rep.verify_point(&latest.id, None).await.expect("verify");
+    assert!(check.ok(), "point {} verifies: {check:?}", latest.id);
+    let m = rep.manifest(&latest.id).expect("manifest").expect("the point is sealed");
+    for (t, p, _) in &vm.disks {
+        let dm = m.disks.iter().find(|d| &d.target == t).expect("manifest of the disk");
+        // A source with a backing chain (a failed-over VM's overlay) is read as one raw image.
+        let raw = p.with_extension("describe.raw");
+        let flat = match img::info(p, true).await.expect("info").backing_filename {
+            Some(_) => {
+                img::convert(p, &raw, DiskFormat::Raw, true).await.expect("flatten");
+                raw.clone()
+            }
+            None => p.clone(),
+        };
+        let reader = ferry_repl::image::ChainReader::open_chain(&[flat], dm.size, true).await.expect("source reader");
+        let source = ferry_repl::manifest::describe(&reader, t).expect("describe source");
+        let _ = std::fs::remove_file(&raw);
+        assert_eq!(source.root, dm.root, "disk {t}: the manifest's root is the source disk's");
+    }
 }
 
 /// The content of a point's disk as raw bytes.

@@ -547,6 +547,93 @@ pub(crate) fn select_point(
     Ok(chosen.id.clone())
 }
 
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems/{item}/recoveryPoints/image", tag = "protectedItems", request_body = ferry_types::protection::PointImagesRequest, params(("vault" = String, Path), ("item" = String, Path)), responses((status = 202, body = Job), (status = 400, body = ferry_types::ApiError), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
+/// RP-3: write one recovery point's disks as standalone images on the replica host.
+pub async fn point_images(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, item)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ferry_types::protection::PointImagesRequest>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    auth.require(Role::Operator)?;
+    let (v, _) = st.vault(&vault).await?;
+    let it = load_item(&st, v.id, &item).await?.body;
+    ferry_core::paths::validate_absolute_path("path", &req.path).map_err(core_err)?;
+    let point = replica_point(&it, req.recovery_point.as_deref())?.unwrap_or_else(|| LATEST_POINT.to_string());
+    let params = crate::jobs::PointImageParams {
+        item: it.id,
+        point,
+        format: req.format.unwrap_or(ferry_types::fabric::DiskFormat::Qcow2),
+        path: req.path.clone(),
+    };
+    submit_replica_job(&st, v.id, &it, crate::jobs::OP_POINT_IMAGES, &params, &crate::jobs::POINT_IMAGE_TASKS).await
+}
+
+/// A point of the item's replica that a request names (`latest` or an id it lists); none when
+/// the request names none. Refused when the replica holds no points yet.
+fn replica_point(it: &ProtectedItem, raw: Option<&str>) -> ApiResult<Option<String>> {
+    if it.recovery_points.is_empty() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "NoRecoveryPoints",
+            format!("{} has no recovery points on its replica host", it.name),
+        ));
+    }
+    match raw {
+        None => Ok(None),
+        Some(LATEST_POINT) => Ok(Some(LATEST_POINT.to_string())),
+        Some(p) if it.recovery_points.iter().any(|rp| rp.id == p) => Ok(Some(p.to_string())),
+        Some(p) => Err(ApiFailure::not_found("Recovery point", p)),
+    }
+}
+
+/// Start a job that runs on the item's replica host (its target site).
+async fn submit_replica_job(
+    st: &AppState,
+    vault: Uuid,
+    it: &ProtectedItem,
+    operation: &'static str,
+    params: &impl Serialize,
+    tasks: &[&str],
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let params = serde_json::to_value(params).map_err(|e| {
+        ApiFailure::with(StatusCode::INTERNAL_SERVER_ERROR, ferry_types::ApiError::new("InternalError", e.to_string()))
+    })?;
+    let job = st
+        .jobs
+        .submit(
+            st,
+            crate::jobs::NewJob {
+                vault,
+                params,
+                operation,
+                object_type: "ProtectedItem",
+                object_id: it.id.to_string(),
+                object_name: it.name.clone(),
+                fabric: Some(it.target.fabric),
+                tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            },
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems/{item}/recoveryPoints/verify", tag = "protectedItems", request_body = ferry_types::protection::VerifyPointsRequest, params(("vault" = String, Path), ("item" = String, Path)), responses((status = 202, body = Job), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
+/// RP-1: re-read recovery points on the replica host and compare them with their manifests.
+pub async fn verify_points(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, item)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ferry_types::protection::VerifyPointsRequest>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    auth.require(Role::Contributor)?;
+    let (v, _) = st.vault(&vault).await?;
+    let it = load_item(&st, v.id, &item).await?.body;
+    let point = replica_point(&it, req.recovery_point.as_deref())?;
+    let params = crate::jobs::VerifyParams { item: it.id, point };
+    submit_replica_job(&st, v.id, &it, crate::jobs::OP_VERIFY_POINTS, &params, &crate::jobs::VERIFY_TASKS).await
+}
+
 #[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationProtectedItems/{item}/{operation}", tag = "protectedItems", request_body = OperationRequest, params(("vault" = String, Path), ("item" = String, Path), ("operation" = String, Path, description = "testFailover, testFailoverCleanup, disableProtection, ...")), responses((status = 202, body = Job), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError), (status = 501, body = ferry_types::ApiError)))]
 pub async fn operate(
     State(st): State<AppState>,

@@ -443,7 +443,11 @@ pub async fn create_storage_mapping(
         v.id,
         Severity::Info,
         "StorageMapped",
-        &format!("Storage classification {} mapped to {}", req.source.id, req.target.id),
+        &format!(
+            "Storage classification {} mapped to {}",
+            classification_name(&src.inventory, &req.source.id),
+            classification_name(&tgt.inventory, &req.target.id)
+        ),
         Some(req.source.fabric),
         Some(&m.id.to_string()),
     )
@@ -464,4 +468,9 @@ pub async fn delete_storage_mapping(
         return Err(ApiFailure::not_found("Storage mapping", &mapping));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The name of a storage classification of a site (its id if the site does not list it).
+fn classification_name(inv: &ferry_types::fabric::SiteInventory, id: &str) -> String {
+    inv.storage_classifications.iter().find(|c| c.id == id).map(|c| c.name.clone()).unwrap_or_else(|| id.to_string())
 }

@@ -81,6 +81,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(items::list_items, items::enable_protection))
         .routes(routes!(items::get_item))
         .routes(routes!(items::operate))
+        .routes(routes!(items::verify_points))
+        .routes(routes!(items::point_images))
         .routes(routes!(plans::list_plans, plans::create_plan))
         .routes(routes!(plans::get_plan, plans::update_plan, plans::delete_plan))
         .routes(routes!(plans::operate_plan))

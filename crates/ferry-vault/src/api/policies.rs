@@ -99,7 +99,8 @@ pub async fn create_policy(
     }
     st.store
         .put_doc(DocKind::Policy, v.id, &policy.id.to_string(), None, Some(&policy.spec.name), &policy, None)
-        .await?;
+        .await
+        .map_err(|e| name_conflict(e, &policy.spec.name))?;
     let mut pairs = Vec::new();
     for pair in &req.associate {
         pairs.push(create_pair(&st, &v, &pair.source, &pair.target, policy.id).await?);
@@ -170,7 +171,8 @@ pub async fn update_policy(
     let version = st
         .store
         .put_doc(DocKind::Policy, v.id, &p.id.to_string(), None, Some(&p.spec.name), &p, Some(expected))
-        .await?;
+        .await
+        .map_err(|e| name_conflict(e, &p.spec.name))?;
     p.version = version;
     let job = if pairs.iter().any(|m| m.body.policy == p.id) {
         Some(
@@ -224,4 +226,14 @@ pub async fn delete_policy(
     }
     st.store.delete_doc(DocKind::Policy, v.id, &d.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A policy name taken by another policy, said with the name (not the store's ids).
+fn name_conflict(e: ferry_store::Error, name: &str) -> ApiFailure {
+    match e.kind {
+        ferry_store::ErrorKind::Conflict => {
+            ApiFailure::conflict("NameConflict", format!("A replication policy named '{name}' exists already"))
+        }
+        _ => e.into(),
+    }
 }

@@ -33,6 +33,8 @@ pub fn registry() -> HashMap<&'static str, Arc<dyn JobKind>> {
     super::failover::register(&mut m);
     super::offline::register(&mut m);
     super::repair::register(&mut m);
+    super::verify::register(&mut m);
+    super::point_image::register(&mut m);
     super::capacity::register(&mut m);
     m
 }

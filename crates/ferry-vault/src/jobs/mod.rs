@@ -17,8 +17,10 @@ mod kinds;
 mod offline;
 mod pause;
 mod plans;
+mod point_image;
 mod repair;
 mod reverse;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,11 +48,13 @@ pub use plans::{
     OP_ITEM_REPROTECT, OP_PLAN_PLANNED_FAILOVER, OP_PLAN_TEST_FAILOVER, OP_PLAN_UNPLANNED_FAILOVER,
     RESUME_AFTER_FAILURE,
 };
+pub use point_image::{PointImageParams, OP_POINT_IMAGES, POINT_IMAGE_TASKS};
 pub use repair::{OP_REPAIR_REPLICATION, REPAIR_TASKS};
 pub use reverse::{
     ApplyParams, ReProtectParams, APPLY_TASKS, CANCEL_TASKS, OP_APPLY_RECOVERY_POINT, OP_FAILOVER_CANCEL, OP_REPROTECT,
     REPROTECT_TASKS,
 };
+pub use verify::{VerifyParams, OP_VERIFY_POINTS, VERIFY_TASKS};
 
 use crate::state::AppState;
 

@@ -388,14 +388,29 @@ async fn render(
             }
             @if it.recovery_points.is_empty() { p class="muted" { "None yet." } }
             @else {
+                @if user.can(Role::Contributor) {
+                    form method="post" action={ (base) "/items/" (it.id) "/" (VERIFY_POINTS) } id="op-verify" {
+                        (csrf_field(user))
+                        "Re-read the points on the replica host and compare them with their manifests: "
+                        button type="submit" id="do-verify" { "Verify all points" }
+                    }
+                }
                 table id="points" {
-                    thead { tr { th { "Time" } th { "Type" } th { "Size" } th { "Id" } } }
+                    thead { tr { th { "Time" } th { "Type" } th { "Size" } th { "Verified" } th { "Id" } } }
                     tbody {
                         @for p in it.recovery_points.iter().rev() {
                             tr {
                                 td { (fmt_time(p.time)) }
                                 td { @if p.app_consistent { "App-consistent" } @else { "Crash-consistent" } }
                                 td { (fmt_bytes(p.size_bytes)) }
+                                td class="verified" {
+                                    @match &p.verification {
+                                        None => span class="muted" { "Not yet" },
+                                        Some(v) if !v.sealed => span class="muted" { "No manifest" },
+                                        Some(v) if v.ok => { "Exact · " (fmt_time(v.at)) },
+                                        Some(v) => strong class="badge crit" { "Damaged: " (v.damage.join("; ")) },
+                                    }
+                                }
                                 td { code { (p.id) } }
                             }
                         }
@@ -444,6 +459,9 @@ async fn render(
     page(Frame { user, vault: Some(&v), nav: Nav::Items, title: &title, refresh, notice }, content, status)
 }
 
+/// The portal's action that verifies every recovery point of an item (RP-1).
+const VERIFY_POINTS: &str = "verifyRecoveryPoints";
+
 pub async fn operate(
     State(st): State<AppState>,
     user: User,
@@ -452,6 +470,15 @@ pub async fn operate(
 ) -> Response {
     let res = async {
         form.check_csrf(&user)?;
+        if operation == VERIFY_POINTS {
+            return crate::api::items::verify_points(
+                State(st.clone()),
+                user.auth.clone(),
+                Path((vault.clone(), item.clone())),
+                ApiJson(ferry_types::protection::VerifyPointsRequest { recovery_point: None }),
+            )
+            .await;
+        }
         let req = Operation::parse(&operation).map(|op| operation_request(op, &form)).unwrap_or_default();
         crate::api::items::operate(
             State(st.clone()),
