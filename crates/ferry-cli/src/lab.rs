@@ -77,6 +77,33 @@ pub struct LabArgs {
     /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
     #[arg(long, default_value_t = 14 * 24 * 3600)]
     pub test_failover_max_age: u64,
+    /// Run each host agent (and its VMs) in a network namespace of its own, joined to the site
+    /// managers by a veth pair and a bridge, so that links between the sites' hosts can be cut
+    /// and slowed (the soak does); the site managers listen on the bridge's address.
+    #[arg(long)]
+    pub netns: bool,
+}
+
+/// The file naming the lab's network prefix when its hosts run in namespaces (`--netns`).
+pub const NETNS_FILE: &str = "netns";
+
+/// The lab's hosts with their numbers (their place in every site's list), for addresses.
+pub fn numbered_hosts() -> Vec<(&'static str, usize)> {
+    all_hosts().enumerate().map(|(i, h)| (h.name, i)).collect()
+}
+
+/// The network of a lab whose hosts run in namespaces, from its directory.
+pub fn lab_net(dir: &Path) -> Option<crate::lab_net::LabNet> {
+    let prefix = std::fs::read_to_string(dir.join(NETNS_FILE)).ok()?;
+    Some(crate::lab_net::LabNet::new(prefix.trim()))
+}
+
+/// Remove a lab's namespaces and bridge (after its processes stopped).
+fn remove_lab_net(dir: &Path) {
+    if let Some(net) = lab_net(dir) {
+        net.down(all_hosts().map(|h| h.name));
+        let _ = std::fs::remove_file(dir.join(NETNS_FILE));
+    }
 }
 
 pub const VAULT_NAME: &str = "ferry-lab";
@@ -322,9 +349,21 @@ fn stop_pid(pid: u32) {
 }
 
 fn spawn(procs: &mut Procs, name: &str, log_dir: &Path, args: &[&str]) -> Result<()> {
+    spawn_in(procs, name, log_dir, None, args)
+}
+
+/// Start `ferry args`, inside the command prefix `within` when given (a network namespace).
+fn spawn_in(procs: &mut Procs, name: &str, log_dir: &Path, within: Option<&[String]>, args: &[&str]) -> Result<()> {
     let exe = std::env::current_exe().context("Cannot find the ferry executable")?;
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match within {
+        Some([program, rest @ ..]) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(exe);
+            c
+        }
+        _ => Command::new(exe),
+    };
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -409,6 +448,7 @@ fn stop_everything(dir: &Path, procs: Procs) {
     drop(procs);
     let _ = std::fs::remove_file(dir.join("pids"));
     remove_bridges(dir);
+    remove_lab_net(dir);
 }
 
 /// Start the vault, the sites, their hosts and the demo VMs.
@@ -441,6 +481,8 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
             &(args.report_interval * 5).to_string(),
             "--test-failover-max-age",
             &args.test_failover_max_age.to_string(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     )?;
     let url = wait_file(&vault_dir.join(crate::roles::ENDPOINT_FILE), procs, Duration::from_secs(30)).await?;
@@ -457,13 +499,18 @@ async fn start(args: &LabArgs, dir: &Path, procs: &mut Procs) -> Result<()> {
             )
             .await?;
     }
+    if args.netns {
+        let net = crate::lab_net::LabNet::new(&args.bridge_prefix);
+        std::fs::write(dir.join(NETNS_FILE), &args.bridge_prefix)?;
+        net.up(&numbered_hosts()).context("Cannot create the lab's network namespaces")?;
+    }
     let goal = json!({"replicate_to": "RecoverySite", "hypervisor": "Kvm", "managed_by_site_manager": true, "second_site_manager": true});
     let _: Value = client.put(&format!("/api/v1/vaults/{VAULT_NAME}/protectionGoal"), &goal).await?;
 
     for s in &SITES {
         let sdir = dir.join("sites").join(s.key);
         std::fs::create_dir_all(&sdir)?;
-        let mut cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\n{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), s.toml);
+        let mut cfg = format!("name = \"{}\"\nserver_name = \"{}-vmm\"\nvault_name = \"{VAULT_NAME}\"\nreport_interval_secs = {}\nscript_library = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n{}{}", s.name, s.key, args.report_interval, dir.join("scripts").display(), site_listen(args), s.toml);
         for h in s.hosts(args) {
             cfg.push_str(&format!("\n[[hosts]]\nname = \"{}\"\nhost_group = \"{}\"\n", h.name, h.host_group));
         }
@@ -585,6 +632,15 @@ fn keep_port(previous: Option<u16>) -> Result<u16> {
 /// The file in which the lab keeps its vault's port, so that `--port 0` restarts on it.
 const VAULT_PORT_FILE: &str = "vault-port";
 
+/// Where a site manager listens for its hosts: loopback, or the bridge of the hosts' namespaces.
+fn site_listen(args: &LabArgs) -> String {
+    if args.netns {
+        format!("listen = \"{}:0\"\n", crate::lab_net::LabNet::new(&args.bridge_prefix).gateway())
+    } else {
+        String::new()
+    }
+}
+
 /// Remove the bridges named in the lab's host configurations.
 fn remove_bridges(dir: &Path) {
     for h in all_hosts() {
@@ -610,6 +666,7 @@ fn down(dir: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(dir.join("pids"));
     remove_bridges(dir);
+    remove_lab_net(dir);
     println!("Lab stopped.");
     Ok(())
 }
@@ -845,7 +902,18 @@ fn spawn_host(
         .and_then(|c| c.replication_listen)
         .map(|a| a.port())
         .filter(|p| *p != 0);
-    let listen = if args.policy_ports {
+    let net = args.netns.then(|| crate::lab_net::LabNet::new(&args.bridge_prefix));
+    let number = all_hosts().position(|x| x.name == h.name).unwrap_or(0);
+    // In its own namespace a host is reached at the namespace's address; else on loopback.
+    let own_ip = net.as_ref().map_or_else(|| "127.0.0.1".to_string(), |n| n.host_ip(number).to_string());
+    let listen = if let Some(n) = &net {
+        let port = previous.unwrap_or(7100 + number as u16);
+        if args.policy_ports {
+            format!("replication_ip = \"{}\"\nlisten = \"{own_ip}:0\"", n.host_ip(number))
+        } else {
+            format!("replication_listen = \"{own_ip}:{port}\"\nlisten = \"{own_ip}:0\"")
+        }
+    } else if args.policy_ports {
         // POL-2: the host listens at its policies' ports, on a loopback address of its own (the
         // lab's hosts share one machine), derived from the vault's port so that labs running
         // side by side do not collide.
@@ -868,7 +936,7 @@ fn spawn_host(
     if let Some(secs) = args.verify_period_secs {
         hcfg.push_str(&format!("verify_period_secs = {secs}\n"));
     }
-    hcfg.push_str("metrics_listen = \"127.0.0.1:0\"\n");
+    hcfg.push_str(&format!("metrics_listen = \"{own_ip}:0\"\n"));
     if let Some(ms) = args.test_copy_interval_ms {
         hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
     }
@@ -907,10 +975,12 @@ fn spawn_host(
     }
     std::fs::write(hdir.join("host.toml"), hcfg)?;
     let hdata = hdir.join("data");
-    spawn(
+    let within = net.as_ref().map(|n| n.exec_prefix(h.name));
+    spawn_in(
         procs,
         &format!("host-{}", h.name),
         logs,
+        within.as_ref().map(|w| &w[..]),
         &["host", "--config", &hdir.join("host.toml").to_string_lossy(), "--data-dir", &hdata.to_string_lossy()],
     )?;
     Ok(())

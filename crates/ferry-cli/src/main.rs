@@ -12,12 +12,13 @@ mod alert_cmds;
 mod api_cmds;
 mod capacity_cmds;
 mod lab;
+mod lab_net;
 mod output;
 mod recovery_cmds;
 mod roles;
 mod soak;
+mod vault_file;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -38,20 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the vault server (control plane).
-    Vault {
-        /// Data directory (state, identity and logs of this role)
-        #[arg(long, default_value = "vault-data")]
-        data_dir: PathBuf,
-        /// Address of the vault's HTTPS API and portal
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: SocketAddr,
-        /// Seconds without a site report before its heartbeat is reported lost.
-        #[arg(long, default_value_t = 60)]
-        heartbeat_timeout: u64,
-        /// Seconds after which a test failover left running is cleaned up (FO-1: 14 days).
-        #[arg(long, default_value_t = 14 * 24 * 3600)]
-        test_failover_max_age: u64,
-    },
+    Vault(vault_file::VaultArgs),
     /// Run or register a site manager.
     Site {
         #[command(subcommand)]
@@ -180,9 +168,11 @@ fn init_logging(format: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd: journald keeps its own timestamps and records colour codes verbatim.
+        builder.with_ansi(false).without_time().init();
     } else {
-        // journald records colour codes verbatim.
-        builder.with_ansi(std::env::var_os("JOURNAL_STREAM").is_none()).init();
+        builder.init();
     }
 }
 
@@ -211,9 +201,7 @@ fn main() {
     };
     let result = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Vault { data_dir, listen, heartbeat_timeout, test_failover_max_age } => {
-                roles::vault(data_dir, listen, heartbeat_timeout, test_failover_max_age).await
-            }
+            Cmd::Vault(args) => roles::vault(args).await,
             Cmd::Site { cmd: SiteCmd::Register { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_register(&config, &data_dir, &key, record_vault_traffic).await
             }

@@ -1,6 +1,5 @@
 //! Running Ferry's roles in the foreground: `ferry vault`, `ferry site`, `ferry host`.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -8,16 +7,32 @@ use anyhow::{Context, Result};
 /// Where a running vault writes its URL (so scripts and the lab can find a port-0 vault).
 pub const ENDPOINT_FILE: &str = "endpoint";
 
-pub async fn vault(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    heartbeat_timeout_secs: u64,
-    test_failover_max_age_secs: u64,
-) -> Result<()> {
-    let mut cfg = ferry_vault::VaultConfig::new(data_dir.clone(), listen);
-    cfg.heartbeat_timeout = std::time::Duration::from_secs(heartbeat_timeout_secs);
-    cfg.test_failover_max_age = std::time::Duration::from_secs(test_failover_max_age_secs.max(1));
+/// Where a role writes the address of its metrics listener (port 0 picks one).
+pub const METRICS_ENDPOINT_FILE: &str = "metrics-endpoint";
+
+/// Tell systemd (a `Type=notify` unit) that the role is ready, or stopping; nothing happens
+/// outside systemd (no NOTIFY_SOCKET).
+pub fn notify_systemd(ready: bool, status: &str) {
+    let state = if ready { sd_notify::NotifyState::Ready } else { sd_notify::NotifyState::Stopping };
+    if let Err(e) = sd_notify::notify(false, &[state, sd_notify::NotifyState::Status(status)]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub async fn vault(args: crate::vault_file::VaultArgs) -> Result<()> {
+    let s = crate::vault_file::VaultSettings::resolve(args)?;
+    let data_dir = s.data_dir.clone();
+    let mut cfg = ferry_vault::VaultConfig::new(data_dir.clone(), s.listen);
+    cfg.heartbeat_timeout = std::time::Duration::from_secs(s.heartbeat_timeout_secs);
+    cfg.test_failover_max_age = std::time::Duration::from_secs(s.test_failover_max_age_secs.max(1));
+    cfg.public_url = s.public_url;
+    cfg.dns_names = s.dns_names;
+    cfg.metrics_listen = s.metrics_listen;
     let handle = ferry_vault::start(cfg).await.context("Cannot start the vault")?;
+    if let Some(m) = handle.metrics_addr {
+        std::fs::write(data_dir.join(METRICS_ENDPOINT_FILE), m.to_string())
+            .context("Cannot write the metrics endpoint file")?;
+    }
     std::fs::write(data_dir.join(ENDPOINT_FILE), &handle.url).context("Cannot write the endpoint file")?;
     println!("Ferry vault listening on {}", handle.url);
     println!("CA certificate: {}", data_dir.join("ca-cert.pem").display());
@@ -34,6 +49,7 @@ pub async fn vault(
             data_dir.join("admin-token").display()
         );
     }
+    notify_systemd(true, &format!("Vault listening on {}", handle.url));
     tokio::select! {
         r = handle_wait(handle) => r,
         _ = shutdown_signal() => Ok(()),
@@ -83,9 +99,15 @@ pub async fn site_run(config: &Path, data_dir: &Path, key: Option<&Path>, record
         }
     }
     let handle = ferry_site::start(cfg, data_dir, record).await?;
+    if let Some(m) = handle.metrics_addr {
+        std::fs::write(data_dir.join(METRICS_ENDPOINT_FILE), m.to_string())
+            .context("Cannot write the metrics endpoint file")?;
+    }
     println!("Site manager {} running; hosts join at https://{}", handle.site.cfg.name, handle.host_addr);
     println!("Join token: {}", data_dir.join(ferry_site::JOIN_TOKEN_FILE).display());
+    notify_systemd(true, &format!("Site manager {} running", handle.site.cfg.name));
     shutdown_signal().await;
+    notify_systemd(false, "Stopping");
     handle.stop();
     Ok(())
 }
@@ -95,7 +117,9 @@ pub async fn host_run(config: &Path, data_dir: &Path) -> Result<()> {
     let handle = ferry_host::start(cfg, data_dir).await?;
     std::fs::write(data_dir.join(ENDPOINT_FILE), handle.api_addr.to_string())?;
     println!("Host agent {} running; API on {}", handle.host.cfg.name, handle.api_addr);
+    notify_systemd(true, &format!("Host agent {} running", handle.host.cfg.name));
     shutdown_signal().await;
+    notify_systemd(false, "Stopping");
     handle.stop();
     Ok(())
 }

@@ -28,10 +28,21 @@ fn net_2_mapping_changes_update_existing_replicas() {
     assert_eq!(it["nics"][0]["subnet"], "Subnet1", "NET-3");
     assert_eq!(it["nics"][0]["ip"], "10.21.0.10", "NET-4: an address of the target pool");
 
-    lab.json(&["network-map-delete", m["id"].as_str().expect("mapping id")]);
+    let mapping = m["id"].as_str().expect("mapping id");
+    lab.json(&["network-map-delete", mapping]);
+    // Events name what was unmapped, not ids.
+    let ev = common::events_of(&lab, "NetworkUnmapped", mapping);
+    assert_eq!(ev[0]["message"], "VM network VMNetwork1-NewYork no longer mapped to VMNetwork1-Chicago", "{ev:?}");
     let it = lab.wait_for("the NIC plan to drop the network", Duration::from_secs(10), || {
         let it = lab.json(&["item-show", &id]);
         it["nics"][0]["target_network"].is_null().then_some(it)
     });
     assert!(it["nics"][0]["ip"].is_null(), "{it}");
+
+    let sm =
+        lab.json(&["storage-map-create", "--source", "VMM-NewYork/SILVER", "--target", "VMM-Chicago/SILVER_TARGET"]);
+    let smid = sm["id"].as_str().expect("storage mapping id");
+    lab.json(&["storage-map-delete", smid]);
+    let ev = common::events_of(&lab, "StorageUnmapped", smid);
+    assert_eq!(ev[0]["message"], "Storage classification SILVER no longer mapped to SILVER_TARGET", "{ev:?}");
 }

@@ -75,7 +75,9 @@ fn rep_3_fo_2_job_2_short_soak_with_a_fixed_seed_keeps_every_invariant() {
 /// The plan (test failover with a manual action the soak resumes, planned failover, commit,
 /// re-protect: PLAN-2/3/4), disable and enable again keeping the replica (POL-7, REP-7, also from
 /// the site manager: REP-1), under a bandwidth limit, a partition of the replication link and a
-/// replica location that runs full (JOB-2: Critical with ReplicaFull, then replicating again).
+/// replica location that runs full (JOB-2: Critical with ReplicaFull, then replicating again);
+/// the hosts run in network namespaces of their own, so the partition and the limit act on the
+/// veth links between them.
 #[test]
 fn plan_4_pol_7_rep_7_short_soak_of_plans_disable_partitions_and_a_full_location() {
     let r = soak(&[
@@ -98,6 +100,15 @@ fn plan_4_pol_7_rep_7_short_soak_of_plans_disable_partitions_and_a_full_location
         "{ops}"
     );
     assert!(total(&r["faults"]) >= 2, "faults ran: {}", r["faults"]);
+    // The link faults act on the links between the hosts' network namespaces.
+    let log = r["log"].to_string();
+    let f = &r["faults"];
+    if f["Partition"].as_u64().unwrap_or(0) > 0 {
+        assert!(log.contains("blackhole routes"), "a partition cuts the namespaces' link: {log}");
+    }
+    if f["BandwidthLimit"].as_u64().unwrap_or(0) > 0 {
+        assert!(log.contains("tc tbf"), "a bandwidth limit shapes the veths: {log}");
+    }
     assert!(
         r["invariant_checks"]["1 a new point after each fault"].as_u64().unwrap_or(0) >= 1,
         "{}",

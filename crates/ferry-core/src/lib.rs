@@ -19,6 +19,7 @@
 //! | [`retention`] | which recovery points to merge; which point a failover uses | RP-2, RP-3, POL-4 |
 //! | [`alerts`] | may a vault's alerts go to this webhook URL, these addresses, this SMTP relay? | JOB-4 |
 //! | [`capacity`] | is this capacity plan valid; what bandwidth, time and storage do the measured VMs need? | CAP-1 |
+//! | [`metrics`] | how is a `/metrics` document written (names, escaping, histograms)? | JOB-2, REP-5 |
 //!
 //! The model: a *site* (fabric) reports a `SiteInventory` of clouds → host groups → hosts, with
 //! logical networks (bridges on hosts), VM networks (subnets, static IP pools) and storage
@@ -37,6 +38,7 @@ pub mod capacity;
 pub mod error;
 pub mod fabric_rules;
 pub mod health;
+pub mod metrics;
 pub mod network;
 pub mod paths;
 pub mod plan;

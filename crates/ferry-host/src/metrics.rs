@@ -27,7 +27,7 @@ const PHASES: [(ReplicationPhase, &str); 7] = [
 
 /// Label values are item ids and fixed words; escape anyway, as the format asks.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    ferry_core::metrics::escape_label(v)
 }
 
 /// One metric: name, type, help, value of a status.
@@ -36,7 +36,7 @@ type Series = (&'static str, &'static str, &'static str, fn(&ReplicationStatus) 
 /// The exposition text for `statuses` of host `host`.
 pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
     let mut out = String::new();
-    let series: [Series; 13] = [
+    let series: [Series; 10] = [
         (
             "ferry_replication_rpo_seconds",
             "gauge",
@@ -62,9 +62,6 @@ pub fn render(host: &str, statuses: &[ReplicationStatus]) -> String {
         ("ferry_replication_last_sync_timestamp_seconds", "gauge", "Time of the last recovery point", |s| {
             s.last_sync.map(|t| t.timestamp_millis() as f64 / 1000.0).unwrap_or(0.0)
         }),
-        ("ferry_replication_delta_bytes_avg", "gauge", "Average data bytes per cycle", |s| s.avg_delta_bytes as f64),
-        ("ferry_replication_delta_bytes_max", "gauge", "Largest data bytes of a cycle", |s| s.max_delta_bytes as f64),
-        ("ferry_replication_cycle_latency_ms_avg", "gauge", "Average cycle duration", |s| s.avg_latency_ms as f64),
         ("ferry_replication_data_waiting_bytes", "gauge", "Changed bytes not yet sent", |s| {
             s.data_waiting_bytes as f64
         }),
@@ -125,6 +122,7 @@ pub fn render_histograms(host: &str, histograms: &[(uuid::Uuid, CycleHistograms)
         out,
         "# HELP {name} Duration of successful replication cycles by part (capture, transfer, apply, total).\n# TYPE {name} histogram"
     );
+    let host_raw = host.to_string();
     let host = label(host);
     for (item, h) in histograms {
         let item = label(&item.to_string());
@@ -145,6 +143,17 @@ pub fn render_histograms(host: &str, histograms: &[(uuid::Uuid, CycleHistograms)
             let _ = writeln!(out, "{name}_count{{host=\"{host}\",item=\"{item}\",part=\"{part}\"}} {}", d.count);
         }
     }
+    let mut bytes = ferry_core::metrics::Exposition::new();
+    let name = "ferry_replication_cycle_data_bytes";
+    bytes.family(
+        name,
+        ferry_core::metrics::Kind::Histogram,
+        "Data bytes sent by successful replication cycles (the initial copy and resyncs included).",
+    );
+    for (item, h) in histograms {
+        bytes.histogram(name, &[("host", &host_raw), ("item", &item.to_string())], &h.bytes);
+    }
+    out.push_str(&bytes.finish());
     out
 }
 
@@ -161,7 +170,10 @@ pub fn serve(
         get(move || {
             let (host, replication) = (host.clone(), replication.clone());
             async move {
-                let mut text = render(&host, &replication.statuses().await);
+                let mut info = ferry_core::metrics::Exposition::new();
+                info.build_info("host");
+                let mut text = info.finish();
+                text.push_str(&render(&host, &replication.statuses().await));
                 text.push_str(&render_histograms(&host, &replication.histograms()));
                 let limit = replication.bandwidth_now().map_or(-1.0, |b| b as f64);
                 let _ = writeln!(
@@ -169,7 +181,7 @@ pub fn serve(
                     "# HELP ferry_bandwidth_limit_bytes_per_second Replication bandwidth limit in force now (-1: none).\n# TYPE ferry_bandwidth_limit_bytes_per_second gauge\nferry_bandwidth_limit_bytes_per_second{{host=\"{}\"}} {limit}",
                     label(&host)
                 );
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                ([(header::CONTENT_TYPE, ferry_core::metrics::CONTENT_TYPE)], text).into_response()
             }
         }),
     );
@@ -195,9 +207,6 @@ mod tests {
         s.initial_progress = 100;
         s.cycles_ok = 7;
         s.cycles_failed = 1;
-        s.avg_delta_bytes = 65536;
-        s.max_delta_bytes = 131072;
-        s.avg_latency_ms = 40;
         s.cycles_expected_hour = 10;
         s.cycles_ok_hour = 7;
         s.last_point = Some(chrono::Utc::now() - chrono::Duration::seconds(42));
@@ -223,12 +232,17 @@ mod tests {
         assert!((42.0..60.0).contains(&rpo), "RPO is the age of the newest point: {rpo}");
         let mut h = CycleHistograms::default();
         h.total.observe(std::time::Duration::from_millis(300));
+        h.bytes.observe(3_000_000.0);
         let hist = render_histograms("ny1", &[(item, h)]);
         assert!(hist.contains("# TYPE ferry_replication_cycle_duration_seconds histogram"));
         assert!(hist.contains(&format!("ferry_replication_cycle_duration_seconds_bucket{{host=\"ny1\",item=\"{item}\",part=\"total\",le=\"0.5\"}} 1")));
         assert!(hist.contains(&format!(
             "ferry_replication_cycle_duration_seconds_count{{host=\"ny1\",item=\"{item}\",part=\"capture\"}} 0"
         )));
+        assert!(hist.contains(&format!(
+            "ferry_replication_cycle_data_bytes_bucket{{host=\"ny1\",item=\"{item}\",le=\"16777216\"}} 1"
+        )));
+        assert!(!text.contains("_avg"), "histograms, not averages");
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

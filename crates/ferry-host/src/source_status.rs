@@ -45,12 +45,29 @@ impl DurationHistogram {
 }
 
 /// Cycle durations of one VM since the agent started, by part.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CycleHistograms {
     pub capture: DurationHistogram,
     pub transfer: DurationHistogram,
     pub apply: DurationHistogram,
     pub total: DurationHistogram,
+    /// Data bytes of each successful cycle.
+    pub bytes: ferry_core::metrics::Histogram,
+}
+
+/// Upper bounds, in bytes, of the cycle-size histogram (64 KiB … 64 GiB, ×16).
+pub const CYCLE_BYTES_BUCKETS: &[f64] = &[65536.0, 1048576.0, 16777216.0, 268435456.0, 4294967296.0, 68719476736.0];
+
+impl Default for CycleHistograms {
+    fn default() -> Self {
+        CycleHistograms {
+            capture: DurationHistogram::default(),
+            transfer: DurationHistogram::default(),
+            apply: DurationHistogram::default(),
+            total: DurationHistogram::default(),
+            bytes: ferry_core::metrics::Histogram::new(CYCLE_BYTES_BUCKETS),
+        }
+    }
 }
 
 /// Where a wait between two points is counted.
@@ -189,6 +206,7 @@ impl SourceStatus {
         self.histograms.transfer.observe(transfer);
         self.histograms.apply.observe(cost.apply);
         self.histograms.total.observe(cost.total);
+        self.histograms.bytes.observe(cost.bytes as f64);
         let timing = CycleTiming {
             at: point_time,
             bytes: cost.bytes,

@@ -48,6 +48,9 @@ pub struct SiteConfig {
     pub bandwidth: Option<ferry_types::site_protocol::BandwidthDef>,
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub storage_classifications: Vec<ClassificationDef>,
     #[serde(default)]

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod host_server;
 pub mod inventory;
+pub mod metrics;
 pub mod recorder;
 pub mod register;
 pub mod scripts;
@@ -52,12 +53,16 @@ pub struct Site {
     pub last_vault_report_ms: std::sync::atomic::AtomicI64,
     /// Commands being run now (commands run concurrently; one delivered again meanwhile waits).
     pub in_flight: Mutex<std::collections::HashSet<uuid::Uuid>>,
+    /// Commands answered since start, by outcome (metrics).
+    pub commands: metrics::CommandCounters,
 }
 
 pub struct SiteHandle {
     pub site: Arc<Site>,
     /// Where hosts join and report.
     pub host_addr: SocketAddr,
+    /// Where the metrics listener is, when the definition asks for one.
+    pub metrics_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -137,11 +142,19 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
         recorder: recorder::Recorder::new(record)?,
         last_vault_report_ms: std::sync::atomic::AtomicI64::new(0),
         in_flight: Mutex::new(std::collections::HashSet::new()),
+        commands: metrics::CommandCounters::default(),
     });
     let (host_addr, server) = host_server::serve(site.clone()).await?;
     let mut tasks = vec![server];
     tasks.push(tokio::spawn(vault_link::report_loop(site.clone())));
     tasks.push(tokio::spawn(vault_link::command_loop(site.clone())));
+    let mut metrics_addr = None;
+    if let Some(at) = cfg.metrics_listen {
+        let (addr, task) = metrics::serve(site.clone(), std::net::TcpListener::bind(at)?)?;
+        tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
+        tasks.push(task);
+        metrics_addr = Some(addr);
+    }
     tracing::info!(site = %cfg.name, %host_addr, "site manager running");
-    Ok(SiteHandle { site, host_addr, tasks })
+    Ok(SiteHandle { site, host_addr, metrics_addr, tasks })
 }

@@ -139,6 +139,7 @@ pub async fn command_loop(site: Arc<Site>) {
                         } else {
                             crate::commands::run_once(&site, &env).await
                         };
+                        site.commands.count(result.ok);
                         let path = format!("/api/v1/agent/commands/{}/result", env.id);
                         site.recorder.record(&path, &result);
                         if let Err(e) = site.vault.post::<_, serde_json::Value>(&path, &result).await {

@@ -98,6 +98,18 @@ impl Store {
     }
 
     /// When the next pending row is due, if any.
+    /// Outbox rows by state: (pending, delivered, dropped), over every vault.
+    pub async fn alert_outbox_counts(&self) -> Result<(i64, i64, i64)> {
+        sqlx::query_as(
+            "SELECT COALESCE(SUM(delivered_ms IS NULL AND dropped_ms IS NULL), 0), \
+             COALESCE(SUM(delivered_ms IS NOT NULL), 0), \
+             COALESCE(SUM(delivered_ms IS NULL AND dropped_ms IS NOT NULL), 0) FROM alert_outbox",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::query("Count alerts", e))
+    }
+
     pub async fn next_alert_due(&self) -> Result<Option<i64>> {
         let row: (Option<i64>,) =
             sqlx::query_as("SELECT MIN(next_ms) FROM alert_outbox WHERE delivered_ms IS NULL AND dropped_ms IS NULL")

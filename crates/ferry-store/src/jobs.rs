@@ -143,4 +143,14 @@ impl Store {
         .map_err(|e| Error::query("List open jobs", e))?;
         rows.iter().map(|(b,)| decode(b)).collect()
     }
+
+    /// Jobs per vault, operation and status (the vault's metrics).
+    pub async fn job_counts(&self) -> Result<Vec<(Uuid, String, String, i64)>> {
+        let rows: Vec<(String, String, String, i64)> =
+            sqlx::query_as("SELECT vault, operation, status, COUNT(*) FROM jobs GROUP BY vault, operation, status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::query("Count jobs", e))?;
+        Ok(rows.into_iter().map(|(v, o, s, n)| (Uuid::parse_str(&v).unwrap_or_default(), o, s, n)).collect())
+    }
 }

@@ -13,8 +13,13 @@ pub struct VaultConfig {
     pub data_dir: PathBuf,
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Extra DNS names for the vault's HTTPS certificate (localhost and the listen IP are always in).
+    /// Extra DNS names for the vault's HTTPS certificate (localhost and the listen IP are always
+    /// in); a name that is an IP address goes in as an address.
     pub dns_names: Vec<String>,
+    /// The URL sites and operators use to reach this vault (written into registration keys),
+    /// e.g. `https://vault.example.com:8443`; its host goes into the certificate. Absent: the
+    /// listen address (127.0.0.1 when listening on every address).
+    pub public_url: Option<String>,
     /// A site that has not reported for this long is reported as lost (JOB-4).
     pub heartbeat_timeout: Duration,
     /// How long a job waits for a site to answer a command before the task fails.
@@ -40,6 +45,8 @@ pub struct VaultConfig {
     /// Failed sign-ins and registrations one client address may make per minute; more are
     /// refused with 429 (SEC-3).
     pub max_failed_auth_per_minute: usize,
+    /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -49,6 +56,7 @@ impl VaultConfig {
             data_dir,
             listen,
             dns_names: Vec::new(),
+            public_url: None,
             heartbeat_timeout: Duration::from_secs(60),
             site_command_timeout: Duration::from_secs(30 * 60),
             test_failover_max_age: crate::test_expiry::DEFAULT_MAX_AGE,
@@ -60,6 +68,7 @@ impl VaultConfig {
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 256,
             max_failed_auth_per_minute: 30,
+            metrics_listen: None,
             clock: Arc::new(SystemClock),
         }
     }

@@ -37,6 +37,7 @@ pub mod error;
 pub mod extract;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
 pub mod nic_plan;
 pub mod peers;
 pub mod portal;

@@ -28,6 +28,8 @@ pub enum StartError {
     Listen(SocketAddr, #[source] std::io::Error),
     #[error("Cannot set up the alert delivery's HTTP client")]
     AlertClient(#[source] reqwest::Error),
+    #[error("The public URL {0} is not usable: {1}")]
+    PublicUrl(String, String),
 }
 
 /// A running vault server.
@@ -37,6 +39,8 @@ pub struct VaultHandle {
     pub ca_pem: String,
     /// The admin token, only when it was created by this start (first start).
     pub new_admin_token: Option<String>,
+    /// Where the metrics listener is, when one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     handle: axum_server::Handle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -61,6 +65,11 @@ impl VaultHandle {
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
+    // Bad settings are refused before anything is created.
+    let public_host = match &config.public_url {
+        Some(u) => Some(public_host(u)?),
+        None => None,
+    };
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
     // SEC: the database (SMTP password, webhook secrets), the CA key and the admin token are
@@ -76,10 +85,17 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     let addr = std_listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
 
     let mut dns = vec!["localhost".to_string()];
-    dns.extend(config.dns_names.iter().cloned());
     let mut ips: Vec<IpAddr> = vec![std::net::Ipv4Addr::LOCALHOST.into()];
     if !addr.ip().is_unspecified() && !ips.contains(&addr.ip()) {
         ips.push(addr.ip());
+    }
+    for name in config.dns_names.iter().chain(public_host.as_ref()) {
+        match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) if !dns.contains(name) => dns.push(name.clone()),
+            Err(_) => {}
+        }
     }
     let server_cert = ca.issue_server_cert("ferry-vault", &dns, &ips)?;
     let tls = ferry_pki::server_config(&server_cert.cert_pem, &server_cert.key_pem, ferry_pki::ClientAuth::None, true)?;
@@ -96,7 +112,10 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         .map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
 
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let url = format!("https://{host}:{}", addr.port());
+    let url = match &config.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("https://{host}:{}", addr.port()),
+    };
     let state = AppState {
         store: store.clone(),
         ca: Arc::new(ca),
@@ -108,6 +127,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         public_url: url.clone(),
         peers: Arc::default(),
         failed_auth: Arc::new(crate::auth_limit::FailedAttempts::new(config.max_failed_auth_per_minute)),
+        http_metrics: Arc::default(),
     };
     let resumed = state.jobs.resume_all(&state).await?;
     if resumed > 0 {
@@ -122,9 +142,17 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     tokio::spawn(crate::test_expiry::run(state.clone()));
     tokio::spawn(crate::alerts::deliver::run(state.clone()));
 
+    let metrics_addr = match config.metrics_listen {
+        Some(at) => {
+            let l = std::net::TcpListener::bind(at).map_err(|e| StartError::Listen(at, e))?;
+            Some(crate::metrics::serve(state.clone(), l).map_err(|e| StartError::Listen(at, e))?)
+        }
+        None => None,
+    };
     let (router, _) = crate::api::router(state.clone());
-    let router =
-        router.layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_concurrent_requests.max(1)));
+    let router = router
+        .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), crate::metrics::track))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_concurrent_requests.max(1)));
     let handle = axum_server::Handle::new();
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     // The TLS handshake has its own limit (10 s, axum-server's default); then every request's
@@ -140,7 +168,28 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         server.serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await
     });
     tracing::info!(%url, "vault listening");
-    Ok(VaultHandle { addr, url, ca_pem: state.ca.cert_pem().to_string(), new_admin_token, state, handle, task })
+    if let Some(m) = metrics_addr {
+        tracing::info!(%m, "Prometheus metrics on http://{m}/metrics");
+    }
+    Ok(VaultHandle {
+        addr,
+        url,
+        ca_pem: state.ca.cert_pem().to_string(),
+        new_admin_token,
+        metrics_addr,
+        state,
+        handle,
+        task,
+    })
+}
+
+/// The host of a public URL (`https://name:port`), refused when it is not an https URL.
+fn public_host(u: &str) -> Result<String, StartError> {
+    let parsed = url::Url::parse(u).map_err(|e| StartError::PublicUrl(u.to_string(), e.to_string()))?;
+    match (parsed.scheme(), parsed.host_str()) {
+        ("https", Some(h)) => Ok(h.to_string()),
+        _ => Err(StartError::PublicUrl(u.to_string(), "it must be an https:// URL with a host".into())),
+    }
 }
 
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {

@@ -30,6 +30,8 @@ pub struct AppState {
     pub peers: Arc<crate::peers::PeerDirectory>,
     /// Failed sign-ins and registrations per client address (SEC-3).
     pub failed_auth: Arc<crate::auth_limit::FailedAttempts>,
+    /// API latency histograms (the vault's metrics).
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 impl AppState {

@@ -231,6 +231,17 @@ fn fake_site(
     site: &FakeSite,
     failing: Arc<Mutex<Vec<String>>>,
 ) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<SiteCommand>>>) {
+    fake_site_with(site, failing, Arc::default())
+}
+
+/// [`fake_site`] whose VMs still run for `running_polls` status answers after a shutdown was
+/// asked (a guest slow to power off); the shutdown itself is answered as timed out.
+fn fake_site_with(
+    site: &FakeSite,
+    failing: Arc<Mutex<Vec<String>>>,
+    running_polls: Arc<std::sync::atomic::AtomicU32>,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<SiteCommand>>>) {
+    use std::sync::atomic::Ordering;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (s2, site) = (seen.clone(), site.clone());
     let h = tokio::spawn(async move {
@@ -257,6 +268,18 @@ fn fake_site(
                     }
                     SiteCommand::RunScript { script } => {
                         (!failing.lock().expect("lock").contains(&script.path), json!({"exit_code": 0}))
+                    }
+                    SiteCommand::Vm { action: VmAction::Shutdown { .. }, .. }
+                        if running_polls.load(Ordering::SeqCst) > 0 =>
+                    {
+                        (false, Value::Null)
+                    }
+                    SiteCommand::Vm { action: VmAction::Status { vm }, .. } => {
+                        let still = running_polls
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let power = if still { "Running" } else { "ShutOff" };
+                        (true, json!({"name": vm, "power_state": power}))
                     }
                     _ => (true, Value::Null),
                 };
@@ -390,6 +413,58 @@ async fn plan_2_groups_start_in_order_planned_stops_at_first_error_unplanned_goe
     assert!(pos(&tgt, "start", "e") < pos(&tgt, "start", "f"));
     let f = j.tasks.iter().find(|t| t.name == "Group 3: Start f").expect("task");
     assert_eq!(f.status, JobStatus::Succeeded, "an unplanned failover goes on after an error");
+    h1.abort();
+    h2.abort();
+}
+
+/// FO-3: an unplanned failover that shuts the source down waits for a guest slow to power off
+/// (the shutdown goes on at the source host after the job stopped waiting for its answer)
+/// instead of failing with SourceStillRunning and leaving the source off and the item stuck;
+/// without the shutdown, a running source still blocks it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fo_3_unplanned_failover_waits_for_the_source_shutdown_it_asked_for() {
+    let tv = start_vault().await;
+    let v = create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let running = Arc::new(std::sync::atomic::AtomicU32::new(3));
+    let (h1, seen_ny) = fake_site_with(&ny, Arc::default(), running.clone());
+    let (h2, _) = fake_site(&chi, Arc::default());
+    let sites = (ny.fabric_id, chi.fabric_id);
+    let pa = pair(&tv, v.id, sites.0, sites.1).await;
+    let slow = item(&tv, v.id, pa, sites, "slow", "Protected").await;
+    let a = &tv.admin;
+    let items = "/api/v1/vaults/v1/replicationProtectedItems";
+
+    let j: Job = a
+        .post(
+            &format!("{items}/{slow}/unplannedFailover"),
+            &json!({"recovery_point": "latest", "shutdown_source": true}),
+        )
+        .await
+        .expect("unplanned");
+    let j = wait_job(a, "v1", j.id, 90, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+    let polls = seen_ny
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|c| matches!(c, SiteCommand::Vm { action: VmAction::Status { .. }, .. }))
+        .count();
+    assert_eq!(polls, 4, "asked until the source was off");
+
+    // No shutdown asked: a source that runs blocks the failover at the first answer.
+    running.store(5, std::sync::atomic::Ordering::SeqCst);
+    let other = item(&tv, v.id, pa, sites, "other", "Protected").await;
+    let j: Job = a
+        .post(&format!("{items}/{other}/unplannedFailover"), &json!({"recovery_point": "latest"}))
+        .await
+        .expect("unplanned");
+    let j = wait_job(a, "v1", j.id, 60, |j| j.status.is_terminal()).await;
+    assert_eq!(j.status, JobStatus::Failed, "{j:?}");
+    assert_eq!(j.errors.last().map(|e| e.code.as_str()), Some("SourceStillRunning"));
+    let it: Value = a.get(&format!("{items}/{other}")).await.expect("item");
+    assert_eq!(it["state"], "Protected", "a refused failover changes nothing");
     h1.abort();
     h2.abort();
 }

@@ -121,10 +121,18 @@ pub async fn inject(
             let port = lab.replication_port(&host).ok_or_else(|| anyhow!("{host} has no fixed replication port"))?;
             let mut cut = 0;
             let t0 = std::time::Instant::now();
+            let net = lab.net();
             while t0.elapsed() < hold {
-                let out = std::process::Command::new("ss")
-                    .args(["-K", "-t", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
-                    .output()?;
+                let out = match &net {
+                    // The receiver's side of each connection, in its namespace.
+                    Some(net) => std::process::Command::new("ip")
+                        .args(["netns", "exec", &net.namespace(&host), "ss", "-K", "-t", "sport", "="])
+                        .arg(format!(":{port}"))
+                        .output()?,
+                    None => std::process::Command::new("ss")
+                        .args(["-K", "-t", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
+                        .output()?,
+                };
                 cut += String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .skip(1)
@@ -133,6 +141,31 @@ pub async fn inject(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(FaultEffect { target: format!("connections to {host}:{port} ({cut} cut)"), ..Default::default() })
+        }
+        FaultKind::BandwidthLimit | FaultKind::Partition if lab.net().is_some() => {
+            let net = lab.net().ok_or_else(|| anyhow!("the lab's network is gone"))?;
+            // The link between the sites' hosts, each in its namespace.
+            let numbered: Vec<(&str, usize)> =
+                crate::lab::numbered_hosts().into_iter().filter(|(h, _)| hosts.iter().any(|x| x == h)).collect();
+            let ny: Vec<(&str, usize)> = numbered.iter().copied().filter(|(h, _)| h.starts_with("ny")).collect();
+            let chi: Vec<(&str, usize)> = numbered.iter().copied().filter(|(h, _)| h.starts_with("chi")).collect();
+            let names = |v: &[(&str, usize)]| v.iter().map(|h| h.0).collect::<Vec<_>>().join(", ");
+            if kind == FaultKind::Partition {
+                let hold = hold * 2;
+                let cut = NetFault::partition(net, ny.clone(), chi.clone())?;
+                tokio::time::sleep(hold).await;
+                cut.end()?;
+                let target = format!("partition between {} and {} (blackhole routes)", names(&ny), names(&chi));
+                Ok(FaultEffect { target, held: Some(hold), ..Default::default() })
+            } else {
+                // Slow enough that cycles take longer than the copy frequency while it lasts.
+                let hold = hold * 4;
+                let slow = NetFault::limit(net, numbered.clone(), 256)?;
+                tokio::time::sleep(hold).await;
+                slow.end()?;
+                let target = format!("256 kbit/s on the links of {} (tc tbf)", names(&numbered));
+                Ok(FaultEffect { target, held: Some(hold), ..Default::default() })
+            }
         }
         FaultKind::BandwidthLimit | FaultKind::Partition => {
             // The link between the sites: every host's replication port, both directions.
@@ -151,6 +184,57 @@ pub async fn inject(
         }
         FaultKind::ReplicaLocationFull | FaultKind::ClockOffset | FaultKind::BitFlip => {
             Err(anyhow!("fault {kind:?} is run by the soak itself (it checks invariant 4 while it lasts)"))
+        }
+    }
+}
+
+/// A partition or a bandwidth limit on the links of a lab whose hosts run in namespaces; it
+/// ends when dropped, also when the soak fails meanwhile.
+struct NetFault {
+    net: crate::lab_net::LabNet,
+    a: Vec<(&'static str, usize)>,
+    b: Vec<(&'static str, usize)>,
+    /// None: a partition between `a` and `b`; Some: a rate limit on `a`'s links.
+    kbit: Option<u64>,
+    ended: bool,
+}
+
+impl NetFault {
+    fn partition(
+        net: crate::lab_net::LabNet,
+        a: Vec<(&'static str, usize)>,
+        b: Vec<(&'static str, usize)>,
+    ) -> Result<Self> {
+        let f = NetFault { net, a, b, kbit: None, ended: false };
+        f.net.partition(&f.a, &f.b)?;
+        Ok(f)
+    }
+
+    fn limit(net: crate::lab_net::LabNet, hosts: Vec<(&'static str, usize)>, kbit: u64) -> Result<Self> {
+        let f = NetFault { net, a: hosts, b: Vec::new(), kbit: Some(kbit), ended: false };
+        for (h, _) in &f.a {
+            f.net.limit(h, kbit)?;
+        }
+        Ok(f)
+    }
+
+    fn undo(&self) -> Result<()> {
+        match self.kbit {
+            None => self.net.heal(&self.a, &self.b),
+            Some(_) => self.a.iter().map(|(h, _)| self.net.unlimit(h)).fold(Ok(()), Result::and),
+        }
+    }
+
+    fn end(mut self) -> Result<()> {
+        self.ended = true;
+        self.undo()
+    }
+}
+
+impl Drop for NetFault {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.undo();
         }
     }
 }

@@ -142,6 +142,14 @@ pub fn leftovers(dir: &Path, bridge_prefix: &str) -> Vec<String> {
             out.push(format!("link {name} is left"));
         }
     }
+    let namespaces =
+        std::process::Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    for l in String::from_utf8_lossy(&namespaces).lines() {
+        let name = l.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&format!("{bridge_prefix}-")) {
+            out.push(format!("network namespace {name} is left"));
+        }
+    }
     for host in ["ny1", "ny2", "ny3", "chi1", "chi2"] {
         let data = dir.join("hosts").join(host).join("data");
         if let Ok(rd) = std::fs::read_dir(data.join("vms")) {

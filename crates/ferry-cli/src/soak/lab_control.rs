@@ -64,6 +64,11 @@ impl LabUnderTest {
         self.dir.join("hosts").join(host).join("data")
     }
 
+    /// The network of the lab's hosts when they run in namespaces of their own.
+    pub fn net(&self) -> Option<crate::lab_net::LabNet> {
+        crate::lab::lab_net(&self.dir)
+    }
+
     /// The PID of a lab process now.
     pub fn pid(&self, name: &str) -> Result<u32> {
         let text = std::fs::read_to_string(self.dir.join("pids"))?;
@@ -105,7 +110,16 @@ impl LabUnderTest {
             .append(true)
             .open(self.dir.join("logs").join(format!("{name}.log")))?;
         let (exe, args) = argv.split_first().ok_or_else(|| anyhow!("empty command line of {name}"))?;
-        let mut cmd = Command::new(exe);
+        // A host agent of a lab with namespaces starts again in its own.
+        let mut cmd = match (name.strip_prefix("host-"), self.net()) {
+            (Some(host), Some(net)) => {
+                let [program, rest @ ..] = net.exec_prefix(host);
+                let mut c = Command::new(program);
+                c.args(rest).arg(exe);
+                c
+            }
+            _ => Command::new(exe),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -135,8 +149,10 @@ impl LabUnderTest {
         let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut out = Vec::new();
         for l in text.lines() {
-            if l.starts_with("replication_listen") {
-                out.push(format!("replication_listen = \"127.0.0.1:{free}\""));
+            if let Some(addr) = l.strip_prefix("replication_listen = \"") {
+                // The same address (loopback, or the host's namespace), another port.
+                let ip = addr.trim_end_matches('"').rsplit_once(':').map_or("127.0.0.1", |(ip, _)| ip);
+                out.push(format!("replication_listen = \"{ip}:{free}\""));
             } else {
                 out.push(l.to_string());
             }

@@ -56,6 +56,7 @@ pub struct Lab {
     pub bridge_prefix: String,
     /// The `ferry lab` arguments, to start the lab again on its directory.
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -82,6 +83,8 @@ pub struct LabOptions {
     pub policy_ports: bool,
     /// Period of the hosts' background point verifier, seconds (RP-1).
     pub verify_period_secs: Option<u64>,
+    /// Environment of the lab and every process it starts (e.g. FERRY_LOG_FORMAT).
+    pub env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -146,7 +149,7 @@ impl Lab {
             args.push(ms.to_string());
         }
         std::fs::create_dir_all(tmp.path()).expect("tmp");
-        let mut lab = Lab { tmp, dir, child: None, bridge_prefix, args };
+        let mut lab = Lab { tmp, dir, child: None, bridge_prefix, args, env: opts.env };
         lab.spawn_lab();
         lab
     }
@@ -161,6 +164,7 @@ impl Lab {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .env("FERRY_ACCEL", "tcg")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .expect("lab starts");
         self.child = Some(child);

@@ -334,15 +334,21 @@ pub async fn delete_network_mapping(
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Network mapping", &mapping)?;
+    let Some(m) = st.store.get_doc::<NetworkMapping>(DocKind::NetworkMapping, v.id, &id.to_string()).await? else {
+        return Err(ApiFailure::not_found("Network mapping", &mapping));
+    };
     if !st.store.delete_doc(DocKind::NetworkMapping, v.id, &id.to_string()).await? {
         return Err(ApiFailure::not_found("Network mapping", &mapping));
     }
+    let (from, to) =
+        mapped_names(&st, v.id, &m.body.source, &m.body.target, |inv, id| inv.vm_network(id).map(|n| n.name.clone()))
+            .await;
     st.event(
         v.id,
         Severity::Info,
         "NetworkUnmapped",
-        &format!("Network mapping {id} removed"),
-        None,
+        &format!("VM network {from} no longer mapped to {to}"),
+        Some(m.body.source.fabric),
         Some(&id.to_string()),
     )
     .await;
@@ -464,13 +470,48 @@ pub async fn delete_storage_mapping(
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let id = parse_id("Storage mapping", &mapping)?;
+    let Some(m) = st.store.get_doc::<StorageMapping>(DocKind::StorageMapping, v.id, &id.to_string()).await? else {
+        return Err(ApiFailure::not_found("Storage mapping", &mapping));
+    };
     if !st.store.delete_doc(DocKind::StorageMapping, v.id, &id.to_string()).await? {
         return Err(ApiFailure::not_found("Storage mapping", &mapping));
     }
+    let (from, to) =
+        mapped_names(&st, v.id, &m.body.source, &m.body.target, |inv, id| Some(classification_name(inv, id))).await;
+    st.event(
+        v.id,
+        Severity::Info,
+        "StorageUnmapped",
+        &format!("Storage classification {from} no longer mapped to {to}"),
+        Some(m.body.source.fabric),
+        Some(&id.to_string()),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The name of a storage classification of a site (its id if the site does not list it).
+/// The names of a mapping's two ends as their sites report them (the id when a site no longer
+/// reports the object).
+async fn mapped_names(
+    st: &AppState,
+    vault: Uuid,
+    source: &ferry_types::mapping::SiteObjectRef,
+    target: &ferry_types::mapping::SiteObjectRef,
+    name: impl Fn(&ferry_types::fabric::SiteInventory, &str) -> Option<String>,
+) -> (String, String) {
+    let mut out = Vec::new();
+    for end in [source, target] {
+        let found = match fabric(st, vault, end.fabric).await {
+            Ok(f) => name(&f.inventory, &end.id),
+            Err(_) => None,
+        };
+        out.push(found.unwrap_or_else(|| end.id.clone()));
+    }
+    let to = out.pop().unwrap_or_default();
+    (out.pop().unwrap_or_default(), to)
+}
+
 fn classification_name(inv: &ferry_types::fabric::SiteInventory, id: &str) -> String {
     inv.storage_classifications.iter().find(|c| c.id == id).map(|c| c.name.clone()).unwrap_or_else(|| id.to_string())
 }

@@ -461,6 +461,11 @@ pub struct UnplannedParams {
 /// How long an unplanned failover waits for the source site before taking it as gone.
 pub(crate) const SOURCE_PROBE: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// How long the source's guest may take to shut down when the failover asked it to (the
+/// shutdown command's own timeout), before a source still running blocks the failover.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(SHUTDOWN_TIMEOUT_SECS + 5);
+pub(crate) const SHUTDOWN_TIMEOUT_SECS: u64 = 60;
+
 /// Unplanned failover (FO-3): the source may be gone. Optionally shut it down and sync first; a
 /// source that answers and runs blocks the failover unless the operator confirms it is fenced.
 struct UnplannedFailoverJob;
@@ -479,7 +484,7 @@ impl JobKind for UnplannedFailoverJob {
             }
             let cmd = SiteCommand::Vm {
                 host: s1.host,
-                action: VmAction::Shutdown { vm: n1, timeout_secs: 60, final_sync: false },
+                action: VmAction::Shutdown { vm: n1, timeout_secs: SHUTDOWN_TIMEOUT_SECS, final_sync: false },
             };
             // The source may be gone: a failed or unanswered shutdown does not stop the failover.
             let _ = JobCtx::site_command_within(&state, &job, s1.fabric, "shutdown", cmd, SOURCE_PROBE).await;
@@ -491,11 +496,7 @@ impl JobKind for UnplannedFailoverJob {
             if p.source_fenced {
                 return Ok(());
             }
-            let cmd = SiteCommand::Vm { host: s2.host, action: VmAction::Status { vm: n2.clone() } };
-            match JobCtx::site_command_within(&state, &job, s2.fabric, "fence-check", cmd, SOURCE_PROBE).await {
-                Ok(r) if r.ok && r.output["power_state"] == "Running" => Err(source_running(&n2)),
-                _ => Ok(()),
-            }
+            source_fenced(&state, &job, s2.fabric, &s2.host, &n2, "fence-check", p.shutdown_source).await
         })
         .await?;
         // Not when an earlier run of this job got the recovered VM running already (it is resumed
@@ -522,6 +523,38 @@ impl JobKind for UnplannedFailoverJob {
         )
         .await
     }
+}
+
+/// FO-3 fencing, for one VM and for each VM of a plan: Ok when the source VM does not run or
+/// does not answer (the source may be gone). A shutdown the failover asked for goes on at the
+/// source host after the job stopped waiting for its answer, so a source that still runs is
+/// asked again until the shutdown's own timeout has passed; without a shutdown, or after that,
+/// a running source blocks the failover. `key` derives the commands' ids (a resumed job asks
+/// with the same ids).
+pub(crate) async fn source_fenced(
+    state: &crate::state::AppState,
+    job: &ferry_types::job::Job,
+    fabric: Uuid,
+    host: &str,
+    vm: &str,
+    key: &str,
+    shutdown_asked: bool,
+) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+    for attempt in 0u32.. {
+        let cmd = SiteCommand::Vm { host: host.to_string(), action: VmAction::Status { vm: vm.to_string() } };
+        let key = if attempt == 0 { key.to_string() } else { format!("{key}-{attempt}") };
+        match JobCtx::site_command_within(state, job, fabric, &key, cmd, SOURCE_PROBE).await {
+            Ok(r) if r.ok && r.output["power_state"] == "Running" => {
+                if !shutdown_asked || tokio::time::Instant::now() >= deadline {
+                    return Err(source_running(vm));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 /// The fencing refusal (FO-3).

@@ -38,8 +38,8 @@ use uuid::Uuid;
 
 use super::ctx::{cancelled, JobCtx, AWAITING_INPUT};
 use super::failover::{
-    record_failover, recovered_definition, reip_keyed, source_running, stop_keeping_tracking, test_definition,
-    TestParams, REIP_TASK, SOURCE_PROBE,
+    record_failover, recovered_definition, reip_keyed, source_fenced, stop_keeping_tracking, test_definition,
+    TestParams, REIP_TASK, SHUTDOWN_TIMEOUT_SECS, SOURCE_PROBE,
 };
 use super::kinds::{check, load_fabric, load_item, store_err, JobKind};
 use crate::state::AppState;
@@ -441,7 +441,11 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                     if shutdown {
                         let cmd = SiteCommand::Vm {
                             host: it.source.host.clone(),
-                            action: VmAction::Shutdown { vm: it.name.clone(), timeout_secs: 60, final_sync: false },
+                            action: VmAction::Shutdown {
+                                vm: it.name.clone(),
+                                timeout_secs: SHUTDOWN_TIMEOUT_SECS,
+                                final_sync: false,
+                            },
                         };
                         // The source may be gone: a failed or unanswered shutdown does not stop it.
                         let _ = JobCtx::site_command_within(&st, &job, it.source.fabric, &k, cmd, SOURCE_PROBE).await;
@@ -454,17 +458,7 @@ async fn failover(ctx: &mut JobCtx, p: &PlanParams, mode: Mode) -> Result<(), Ap
                 let k = key(p, format!("{}/fence-check", it.id));
                 async move {
                     if !fenced {
-                        let cmd = SiteCommand::Vm {
-                            host: it.source.host.clone(),
-                            action: VmAction::Status { vm: it.name.clone() },
-                        };
-                        if let Ok(r) =
-                            JobCtx::site_command_within(&st, &job, it.source.fabric, &k, cmd, SOURCE_PROBE).await
-                        {
-                            if r.ok && r.output["power_state"] == "Running" {
-                                return Err(source_running(&it.name));
-                            }
-                        }
+                        source_fenced(&st, &job, it.source.fabric, &it.source.host, &it.name, &k, shutdown).await?;
                     }
                     let unplanned = ferry_core::state::Event::Operation(Operation::UnplannedFailover);
                     crate::replication::apply_event(&st, vault, it.id, unplanned).await?;
