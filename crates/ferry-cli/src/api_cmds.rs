@@ -1142,7 +1142,11 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
             if wait {
                 ctx.wait_job(&r["job"]).await?;
             }
-            print(out, &r["mapping"], &[("ID", "/id"), ("POLICY", "/policy")]);
+            let names = Names::load(&ctx).await?;
+            let mut m = r["mapping"].clone();
+            m["pair"] = json!(names.of(&m["id"]));
+            m["policy_name"] = json!(names.of(&m["policy"]));
+            print(out, &m, &[("ID", "/id"), ("PAIR", "/pair"), ("POLICY", "/policy_name")]);
         }
         ApiCmd::PairList => {
             let mut list: Value = c.get(&ctx.v("/replicationProtectionContainerMappings")).await?;
@@ -1163,11 +1167,8 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         }
         ApiCmd::NetworkMapCreate { source, target } => {
             let body = json!({"source": ctx.resolve(&source, "/vmNetworks").await?, "target": ctx.resolve(&target, "/vmNetworks").await?});
-            print(
-                out,
-                &c.post(&ctx.v("/replicationNetworkMappings"), &body).await?,
-                &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
-            );
+            let m: Value = c.post(&ctx.v("/replicationNetworkMappings"), &body).await?;
+            print_mapping(out, &Names::load(&ctx).await?, m);
         }
         ApiCmd::NetworkMapList => {
             let mut list: Value = c.get(&ctx.v("/replicationNetworkMappings")).await?;
@@ -1181,23 +1182,34 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
         ApiCmd::NetworkMapDelete { id } => {
             c.delete(&ctx.v(&format!("/replicationNetworkMappings/{}", enc(&id)))).await?;
         }
-        ApiCmd::NetworkMapAvailability => print(
-            out,
-            &c.get(&ctx.v("/replicationNetworkMappings/availability")).await?,
-            &[
-                ("PAIR", "/container_mapping"),
-                ("SOURCE CLOUD", "/source_cloud"),
-                ("TARGET CLOUD", "/target_cloud"),
-                ("TARGET NETWORKS", "/target_networks"),
-            ],
-        ),
-        ApiCmd::StorageMapCreate { source, target } => {
-            let body = json!({"source": ctx.resolve(&source, "/storageClassifications").await?, "target": ctx.resolve(&target, "/storageClassifications").await?});
+        ApiCmd::NetworkMapAvailability => {
+            let mut list: Value = c.get(&ctx.v("/replicationNetworkMappings/availability")).await?;
+            if out == Output::Table {
+                let names = Names::load(&ctx).await?;
+                for a in rows_mut(&mut list) {
+                    a["container_mapping"] = json!(names.of(&a["container_mapping"]));
+                    a["source_cloud"] = json!(names.of(&a["source_cloud"]));
+                    a["target_cloud"] = json!(names.of(&a["target_cloud"]));
+                    let nets: Vec<String> =
+                        a["target_networks"].as_array().into_iter().flatten().map(|n| names.qualified(n)).collect();
+                    a["target_networks"] = json!(nets.join(", "));
+                }
+            }
             print(
                 out,
-                &c.post(&ctx.v("/replicationStorageClassificationMappings"), &body).await?,
-                &[("ID", "/id"), ("SOURCE", "/source/id"), ("TARGET", "/target/id")],
-            );
+                &list,
+                &[
+                    ("PAIR", "/container_mapping"),
+                    ("SOURCE CLOUD", "/source_cloud"),
+                    ("TARGET CLOUD", "/target_cloud"),
+                    ("TARGET NETWORKS", "/target_networks"),
+                ],
+            )
+        }
+        ApiCmd::StorageMapCreate { source, target } => {
+            let body = json!({"source": ctx.resolve(&source, "/storageClassifications").await?, "target": ctx.resolve(&target, "/storageClassifications").await?});
+            let m: Value = c.post(&ctx.v("/replicationStorageClassificationMappings"), &body).await?;
+            print_mapping(out, &Names::load(&ctx).await?, m);
         }
         ApiCmd::StorageMapList => {
             let mut list: Value = c.get(&ctx.v("/replicationStorageClassificationMappings")).await?;
@@ -1534,7 +1546,16 @@ impl Names {
                 by_id.insert(id.to_string(), name.to_string());
             }
         }
-        Ok(Names { by_id, sites })
+        // Cloud pairs are named after their clouds: `GoldCloud1 → GoldCloud2`.
+        let mut pairs: Value = ctx.c.get(&ctx.v("/replicationProtectionContainerMappings")).await?;
+        let mut named = Names { by_id, sites };
+        for m in rows_mut(&mut pairs) {
+            if let Some(id) = m["id"].as_str() {
+                let pair = format!("{} → {}", named.of(&m["source"]["id"]), named.of(&m["target"]["id"]));
+                named.by_id.insert(id.to_string(), pair);
+            }
+        }
+        Ok(named)
     }
 
     /// The name of the object with id `id`, else the id itself.
@@ -1548,6 +1569,13 @@ impl Names {
         let site = r["fabric"].as_str().and_then(|f| self.sites.get(f)).cloned().unwrap_or_default();
         format!("{site}/{}", self.of(&r["id"]))
     }
+}
+
+/// A network or storage mapping just made, by the names of its two ends.
+fn print_mapping(out: Output, names: &Names, mut m: Value) {
+    m["source_name"] = json!(names.qualified(&m["source"]));
+    m["target_name"] = json!(names.qualified(&m["target"]));
+    print(out, &m, &[("ID", "/id"), ("SOURCE", "/source_name"), ("TARGET", "/target_name")]);
 }
 
 /// VM actions run as jobs through vault → site → host; wait and print the host's answer.

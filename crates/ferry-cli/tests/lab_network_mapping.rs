@@ -39,6 +39,22 @@ fn net_2_mapping_changes_update_existing_replicas() {
     });
     assert!(it["nics"][0]["ip"].is_null(), "{it}");
 
+    // Tables name both ends of a mapping and the cloud pairs, not their ids.
+    let (code, table, err) = lab.cli(&[
+        "network-map-create",
+        "--source",
+        "VMM-NewYork/VMNetwork1-NewYork",
+        "--target",
+        "VMM-Chicago/VMNetwork1-Chicago",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("VMM-NewYork/VMNetwork1-NewYork") && table.contains("VMM-Chicago/VMNetwork1-Chicago"),
+        "{table}"
+    );
+    let (_, avail, _) = lab.cli(&["network-map-availability"]);
+    assert!(avail.contains("GoldCloud1 → GoldCloud2") && avail.contains("VMM-Chicago/VMNetwork1-Chicago"), "{avail}");
+
     let sm =
         lab.json(&["storage-map-create", "--source", "VMM-NewYork/SILVER", "--target", "VMM-Chicago/SILVER_TARGET"]);
     let smid = sm["id"].as_str().expect("storage mapping id");
