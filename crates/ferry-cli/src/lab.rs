@@ -655,6 +655,8 @@ fn remove_bridges(dir: &Path) {
 /// Stop the processes of a detached lab, by the PIDs it recorded.
 fn down(dir: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(dir.join("pids")) else {
+        // What a lab that died may have left of its network.
+        remove_lab_net(dir);
         println!("No running lab in {}", dir.display());
         return Ok(());
     };

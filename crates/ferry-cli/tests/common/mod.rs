@@ -85,6 +85,8 @@ pub struct LabOptions {
     pub verify_period_secs: Option<u64>,
     /// Environment of the lab and every process it starts (e.g. FERRY_LOG_FORMAT).
     pub env: Vec<(String, String)>,
+    /// Each host agent and its VMs in a network namespace of its own (`ferry lab --netns`).
+    pub netns: bool,
 }
 
 impl Lab {
@@ -135,6 +137,9 @@ impl Lab {
         }
         if opts.policy_ports {
             args.push("--policy-ports".into());
+        }
+        if opts.netns {
+            args.push("--netns".into());
         }
         if let Some(secs) = opts.test_failover_max_age_secs {
             args.push("--test-failover-max-age".into());
@@ -310,6 +315,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             term_and_wait(&mut c, Duration::from_secs(30));
+        }
+        // A lab that could not stop by itself: its namespaces and bridges go anyway.
+        if self.dir.join("netns").exists() || self.dir.join("pids").exists() {
+            let _ = Command::new(ferry_bin()).args(["lab", "--down", "--dir"]).arg(&self.dir).output();
         }
         if std::thread::panicking() || std::env::var_os("FERRY_KEEP_LAB_LOGS").is_some() {
             self.keep_logs(std::thread::panicking());
