@@ -13,7 +13,9 @@ mod api_cmds;
 mod capacity_cmds;
 mod lab;
 mod lab_net;
+mod names;
 mod output;
+mod protection_cmds;
 mod recovery_cmds;
 mod roles;
 mod soak;
@@ -71,6 +73,8 @@ enum Cmd {
     },
     #[command(flatten)]
     Api(api_cmds::ApiCmd),
+    #[command(flatten)]
+    Protection(protection_cmds::ProtectionCmd),
     #[command(flatten)]
     Recovery(recovery_cmds::RecoveryCmd),
     #[command(flatten)]
@@ -183,7 +187,7 @@ fn main() {
         print_completion(shell, &mut std::io::stdout());
         return;
     }
-    if matches!(cli.cmd, Cmd::Api(_) | Cmd::Recovery(_) | Cmd::Alerts(_) | Cmd::Capacity(_)) {
+    if matches!(cli.cmd, Cmd::Api(_) | Cmd::Protection(_) | Cmd::Recovery(_) | Cmd::Alerts(_) | Cmd::Capacity(_)) {
         // A client command piped into `head` ends quietly when the reader goes away, like other
         // command-line tools (Rust ignores SIGPIPE, so printing would panic). The long-running
         // roles keep ignoring it: their sockets and pipes report EPIPE as errors instead.
@@ -256,6 +260,7 @@ fn main() {
                 Ok(())
             }
             Cmd::Api(cmd) => api_cmds::run(&cli.conn, cmd).await,
+            Cmd::Protection(cmd) => protection_cmds::run(&cli.conn, cmd).await,
             Cmd::Recovery(cmd) => recovery_cmds::run(&cli.conn, cmd).await,
             Cmd::Alerts(cmd) => alert_cmds::run(&cli.conn, cmd).await,
             Cmd::Capacity(cmd) => capacity_cmds::run(&cli.conn, cmd).await,
