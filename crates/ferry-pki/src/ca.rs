@@ -102,7 +102,7 @@ impl Ca {
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => {
                 let cert_pem = pem::read_text(&cert_path)?;
-                let key_pem = pem::read_text(&key_path)?;
+                let key_pem = pem::read_private_text(&key_path)?;
                 Ca::from_pem(&cert_pem, &key_pem)
             }
             (false, false) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::ca::CA_CERT_FILE;
 use crate::error::Result;
-use crate::pem::{parse_certs, parse_private_key, read_text, write_private, write_public};
+use crate::pem::{parse_certs, parse_private_key, read_private_text, read_text, write_private, write_public};
 
 /// Own certificate file name in a TLS directory.
 pub const CERT_FILE: &str = "cert.pem";
@@ -44,7 +44,7 @@ impl TlsFiles {
         let files = TlsFiles {
             ca_cert_pem: read_text(&dir.join(CA_CERT_FILE))?,
             cert_pem: read_text(&dir.join(CERT_FILE))?,
-            key_pem: read_text(&dir.join(KEY_FILE))?,
+            key_pem: read_private_text(&dir.join(KEY_FILE))?,
         };
         parse_certs(&files.ca_cert_pem)?;
         parse_certs(&files.cert_pem)?;

@@ -39,7 +39,9 @@ pub use ca::{generate_key_and_csr, Ca, IssuedCert, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{Error, ErrorKind, Result};
 pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
 pub use hmac::constant_time_eq;
-pub use pem::{ensure_private_dir, fingerprint_of_der, fingerprint_of_pem, verify_ca_pin, write_private_file};
+pub use pem::{
+    ensure_private_dir, fingerprint_of_der, fingerprint_of_pem, read_private_text, verify_ca_pin, write_private_file,
+};
 pub use regkey::RegistrationKey;
 pub use tls::{
     cert_alternative_names, cert_common_name, client_config, named_peer_client_config, named_server_client_config,

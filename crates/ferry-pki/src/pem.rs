@@ -128,9 +128,47 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).ctx(ErrorKind::Io, || format!("Cannot read {}", path.display()))
 }
 
+/// Reads a secret (a private key, a token): refused when other users may read or write it,
+/// as an attacker on the machine could have taken or replaced it (SEC-3).
+pub fn read_private_text(path: &Path) -> Result<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            fs::metadata(path).ctx(ErrorKind::Io, || format!("Cannot read {}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "{} is open to other users (mode {:o}); refusing to use a secret others may have read \
+                     (make it the owner's only: chmod 600 {})",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    read_text(path)
+}
+
 #[cfg(test)]
 mod private_tests {
     use super::*;
+
+    #[test]
+    fn sec_3_a_secret_open_to_other_users_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        write_private_file(&key, b"secret").expect("write");
+        assert_eq!(read_private_text(&key).expect("0600 reads"), "secret");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = read_private_text(&key).expect_err("refused");
+            assert!(err.to_string().contains("chmod 600"), "{mode:o}: {err}");
+        }
+    }
 
     #[test]
     fn sec_3_data_directories_and_secret_files_are_private() {

@@ -119,9 +119,11 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
     ferry_pki::ensure_private_dir(data)?;
     let (reg, tls, vault) = vault_client(&cfg, data)?;
     let persisted: Persisted = read_json(&data.join("state.json"))?.unwrap_or_default();
-    let join_token = match std::fs::read_to_string(data.join(JOIN_TOKEN_FILE)) {
-        Ok(t) => t.trim().to_string(),
-        Err(_) => {
+    let token_path = data.join(JOIN_TOKEN_FILE);
+    let join_token = match token_path.exists() {
+        // A token others could have read is refused (SEC-3).
+        true => ferry_pki::read_private_text(&token_path)?.trim().to_string(),
+        false => {
             use base64::Engine;
             let bytes: [u8; 24] = rand::random();
             let t = format!("fj_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));

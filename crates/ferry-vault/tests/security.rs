@@ -383,3 +383,21 @@ async fn sec_3_failed_sign_ins_are_limited_per_client_address() {
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.text().await.expect("page").contains("try again in"), "the sign-in page says why");
 }
+
+/// SEC-3: the vault refuses to start on a CA key other users could read, saying how to fix it,
+/// and starts again once it is the owner's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_a_ca_key_open_to_other_users_stops_the_vault_from_starting() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tv = start_vault_in(dir.path(), |_| {}).await;
+    tv.handle.shutdown().await;
+    let key = dir.path().join("pki").join(ferry_pki::CA_KEY_FILE);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = ferry_vault::start(config(dir.path())).await.err().expect("refused");
+    let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+    assert!(text.contains("chmod 600") && text.contains("ca-key.pem"), "{text}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let again = start_vault_in(dir.path(), |_| {}).await;
+    again.handle.shutdown().await;
+}
