@@ -48,6 +48,10 @@ use crate::manifest::{self, PointCheck, PointManifest};
 use crate::protocol::{valid_name, BeginCycle, DiskInfo, Extent, ExtentKind};
 use crate::qcow2::Qcow2Writer;
 
+mod apply;
+mod verify;
+pub use apply::PendingApply;
+
 const CATALOG: &str = "catalog.json";
 
 /// How a point came to be.
@@ -517,116 +521,6 @@ impl VmReplica {
         Ok((point_disks, PointManifest { point: point_id.to_string(), disks: out }))
     }
 
-    /// The manifest of `point`, if it has one (points recorded before manifests existed do not).
-    pub fn manifest(&self, point: &str) -> Result<Option<PointManifest>> {
-        let cat = self.read_catalog()?;
-        let p = cat.points.iter().find(|p| p.id == point).ok_or_else(|| not_found(point))?;
-        manifest::read_manifest(&self.dir, point, p.manifest.as_deref())
-    }
-
-    /// RP-1: re-read `point`'s chain (or the latest point's, for [`LATEST`]) and compare it with
-    /// its manifest; `rate` limits the bytes read per second. The point is marked in use while it
-    /// is read (retention must not merge below it), and the result is recorded with it.
-    pub async fn verify_point(&self, point: &str, rate: Option<u64>) -> Result<(String, PointCheck)> {
-        self.verify_point_since(point, None, rate).await
-    }
-
-    /// RP-1, incremental: like [`Self::verify_point`], but only the groups in which `point`'s
-    /// manifest differs from that of `since` (an older point whose last verification found it
-    /// exact) are read; the rest is `since`'s data, checked then. A periodic full verification
-    /// still re-reads everything. Without a usable `since` the whole point is read.
-    pub async fn verify_point_since(
-        &self,
-        point: &str,
-        since: Option<&str>,
-        rate: Option<u64>,
-    ) -> Result<(String, PointCheck)> {
-        let tag = format!("verify:{}", std::process::id());
-        let point = self.hold_point(point, &tag).await?.id;
-        let size_of: Vec<(String, u64)> = self.disks()?.into_iter().map(|d| (d.target, d.size)).collect();
-        let since = match since {
-            Some(q) => {
-                let cat = self.read_catalog()?;
-                let ok = cat.points.iter().any(|p| p.id == q && p.check.as_ref().is_some_and(|c| c.ok()));
-                match (ok, self.manifest(q).ok().flatten()) {
-                    (true, Some(m)) => Some((q.to_string(), m)),
-                    _ => None,
-                }
-            }
-            None => None,
-        };
-        let checked = self.compare_with_manifest(&point, &size_of, rate, since).await;
-        let _chain = self.chain_lock().await?;
-        let mut cat = self.read_catalog()?;
-        if let Some(p) = cat.points.iter_mut().find(|p| p.id == point) {
-            p.in_use.retain(|t| t != &tag);
-            if let Ok(c) = &checked {
-                p.check = Some(c.clone());
-            }
-        }
-        self.write_catalog(&cat)?;
-        let check = checked?;
-        if !check.damage.is_empty() {
-            tracing::error!(vm = %self.vm_id, point = %point, damage = ?check.damage, "Recovery point failed verification");
-        }
-        Ok((point, check))
-    }
-
-    async fn compare_with_manifest(
-        &self,
-        point: &str,
-        sizes: &[(String, u64)],
-        rate: Option<u64>,
-        since: Option<(String, PointManifest)>,
-    ) -> Result<PointCheck> {
-        let Some(m) = self.manifest(point)? else {
-            return Ok(PointCheck { at: Utc::now(), sealed: false, bytes_read: 0, damage: vec![], since: None });
-        };
-        let unreadable = |target: &str, size: u64, e: Error| manifest::Damage {
-            target: target.to_string(),
-            offset: 0,
-            len: size,
-            detail: format!("the chain cannot be read: {e}"),
-        };
-        let mut damage = Vec::new();
-        let mut bytes_read = 0;
-        for (target, size) in sizes {
-            let Some(dm) = m.disks.iter().find(|d| &d.target == target).cloned() else {
-                damage.push(manifest::Damage {
-                    target: target.clone(),
-                    offset: 0,
-                    len: *size,
-                    detail: "the manifest does not describe this disk".into(),
-                });
-                continue;
-            };
-            let chain = self.chain(point, target)?;
-            let reader = match ChainReader::open_chain(&chain, *size, true).await {
-                Ok(r) => r,
-                Err(e) => {
-                    damage.push(unreadable(target, *size, e));
-                    continue;
-                }
-            };
-            let only = since
-                .as_ref()
-                .and_then(|(_, sm)| sm.disks.iter().find(|d| d.target == dm.target))
-                .and_then(|sd| manifest::changed_groups(sd, &dm));
-            let outcome =
-                tokio::task::spawn_blocking(move || manifest::verify_disk(&reader, &dm, rate, only.as_deref()))
-                    .await
-                    .map_err(|e| Error::with_source(ErrorKind::Io, "Verify task failed", e))?;
-            match outcome {
-                Ok((d, n)) => {
-                    damage.extend(d);
-                    bytes_read += n;
-                }
-                Err(e) => damage.push(unreadable(target, *size, e)),
-            }
-        }
-        Ok(PointCheck { at: Utc::now(), sealed: true, bytes_read, damage, since: since.map(|(q, _)| q) })
-    }
-
     /// Throwaway overlays on `point_id` in `dest` (one per disk), marking the point in use.
     pub async fn overlay_for_test(&self, point_id: &str, dest: &Path) -> Result<TestOverlay> {
         self.overlay_with_tag(point_id, dest, format!("test:{}", dest.display())).await
@@ -1016,90 +910,6 @@ pub const LATEST: &str = "latest";
 
 fn not_found(id: &str) -> Error {
     Error::new(ErrorKind::NotFound, format!("Recovery point {id} does not exist"))
-}
-
-/// A cycle being applied: extents go straight into new overlays (`.pending-*`).
-#[derive(Debug)]
-pub struct PendingApply {
-    vm: VmReplica,
-    header: BeginCycle,
-    writers: Vec<(String, Qcow2Writer, blake3::Hasher)>,
-    next_extent: u64,
-    /// Data bytes received (the point's size).
-    data_bytes: u64,
-    /// Bytes covered by all extents (data + zero), checked against `EndCycle`.
-    covered_bytes: u64,
-    /// Per disk: the leaves written, hashed as they are applied (the point's manifest).
-    folds: Vec<manifest::DiskFold>,
-    _recv: FileLock,
-}
-
-impl PendingApply {
-    /// The cycle header.
-    pub fn header(&self) -> &BeginCycle {
-        &self.header
-    }
-
-    /// Index of the next expected extent (everything before it is written).
-    pub fn next_extent(&self) -> u64 {
-        self.next_extent
-    }
-
-    /// Verify and write one extent; it must be the next in sequence.
-    pub fn apply(&mut self, e: &Extent) -> Result<()> {
-        if e.index != self.next_extent {
-            return Err(Error::protocol(format!("Extent {} out of order (expected {})", e.index, self.next_extent)));
-        }
-        let (_, w, hasher) = self
-            .writers
-            .get_mut(e.disk as usize)
-            .ok_or_else(|| Error::protocol(format!("Extent for unknown disk {}", e.disk)))?;
-        let data = e.verified_data()?;
-        let fold = self.folds.get_mut(e.disk as usize);
-        match (e.kind, data) {
-            (ExtentKind::Data, Some(d)) => {
-                w.write_data(e.offset, &d)?;
-                if let Some(f) = fold {
-                    f.add_data(e.offset, &d);
-                }
-            }
-            _ => {
-                w.write_zero(e.offset, e.len)?;
-                if let Some(f) = fold {
-                    f.add_zero(e.offset, e.len);
-                }
-            }
-        }
-        hasher.update(&e.offset.to_be_bytes());
-        hasher.update(&e.len.to_be_bytes());
-        hasher.update(&e.checksum);
-        if e.kind == ExtentKind::Data {
-            self.data_bytes += e.len;
-        }
-        self.covered_bytes += e.len;
-        self.next_extent += 1;
-        Ok(())
-    }
-
-    /// All extents arrived: finish the overlays (fsync), record the point durably.
-    pub async fn finish(mut self, extent_count: u64, total_bytes: u64) -> Result<RecoveryPoint> {
-        if extent_count != self.next_extent || total_bytes != self.covered_bytes {
-            return Err(Error::protocol(format!(
-                "EndCycle says {extent_count} extents / {total_bytes} bytes, received {} / {}",
-                self.next_extent, self.covered_bytes
-            )));
-        }
-        let vm = self.vm.clone();
-        vm.commit_point(&mut self).await
-    }
-}
-
-impl Drop for PendingApply {
-    fn drop(&mut self) {
-        for (name, _, _) in &self.writers {
-            let _ = std::fs::remove_file(self.vm.dir.join(name));
-        }
-    }
 }
 
 /// The time of a new point: its capture time on the source host, but never before the point it
