@@ -210,8 +210,30 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
         }
         OpKind::UnplannedFailoverCommitReprotect => {
             out.interrupts_replication = true;
-            let body = json!({"recovery_point": "latestProcessed", "shutdown_source": true});
+            let body = if flip {
+                // FO-3 with fencing and a chosen point: the operator powers the source off (as
+                // fencing a lost site would), confirms it, and recovers the point before the
+                // newest; then (FO-4) applies the newest processed one before committing.
+                let (site, host) = (
+                    it["source"]["fabric"].as_str().unwrap_or_default().to_string(),
+                    it["source"]["host_name"].as_str().unwrap_or_default().to_string(),
+                );
+                let path = lab.v(&format!("/replicationFabrics/{site}/hosts/{host}/vmActions"));
+                let j: Value = lab.client.post(&path, &json!({"action": "stop", "vm": name})).await?;
+                wait_job(lab, &j, false, Duration::from_secs(120)).await?;
+                let points: Vec<&str> =
+                    it["recovery_points"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()).collect();
+                let chosen =
+                    points.len().checked_sub(2).and_then(|i| points.get(i)).copied().unwrap_or("latestProcessed");
+                json!({"recovery_point": chosen, "source_fenced": true})
+            } else {
+                json!({"recovery_point": "latestProcessed", "shutdown_source": true})
+            };
             operate(lab, &id, "unplannedFailover", body, false, long).await?;
+            if flip {
+                operate(lab, &id, "applyRecoveryPoint", json!({"recovery_point": "latestProcessed"}), false, long)
+                    .await?;
+            }
             operate(lab, &id, "failoverCommit", json!({}), false, long).await?;
             operate(lab, &id, "reProtect", json!({}), false, long).await?;
             wait_protected(lab, &id, long).await?;
