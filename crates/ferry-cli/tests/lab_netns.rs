@@ -22,9 +22,13 @@ fn leftovers(prefix: &str) -> Vec<String> {
         .filter(|l| l.starts_with(&format!("{prefix}-")))
         .map(|l| format!("namespace {l}"))
         .collect();
+    // The bridge and the root ends of the hosts' veths, by their exact names.
+    let ours: Vec<String> = std::iter::once(format!("{prefix}lnk"))
+        .chain(["ny1", "ny2", "ny3", "chi1", "chi2"].iter().map(|h| format!("{prefix}v{h}")))
+        .collect();
     for l in String::from_utf8_lossy(&links).lines() {
         let name = l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("").to_string();
-        if name.starts_with(prefix) {
+        if ours.contains(&name) {
             out.push(format!("link {name}"));
         }
     }

@@ -316,13 +316,36 @@ impl Drop for Lab {
         if let Some(mut c) = self.child.take() {
             term_and_wait(&mut c, Duration::from_secs(30));
         }
-        // A lab that could not stop by itself: its namespaces and bridges go anyway.
-        if self.dir.join("netns").exists() || self.dir.join("pids").exists() {
-            let _ = Command::new(ferry_bin()).args(["lab", "--down", "--dir"]).arg(&self.dir).output();
+        // A lab that could not stop by itself: its network namespaces and links go anyway (its
+        // processes died with it; nothing is signalled by a PID it may no longer own).
+        if self.dir.join("netns").exists() {
+            remove_lab_network(&self.bridge_prefix);
         }
         if std::thread::panicking() || std::env::var_os("FERRY_KEEP_LAB_LOGS").is_some() {
             self.keep_logs(std::thread::panicking());
         }
+    }
+}
+
+/// Delete the network namespaces and links named after a lab's prefix (`ferry lab --netns`).
+pub fn remove_lab_network(prefix: &str) {
+    let list = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    for ns in list(&["netns", "list"]).lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&format!("{prefix}-")) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+    // The bridge and the root ends of the hosts' veths, by their exact names.
+    let mut names = vec![format!("{prefix}lnk")];
+    names.extend(["ny1", "ny2", "ny3", "chi1", "chi2"].iter().map(|h| format!("{prefix}v{h}")));
+    for name in names {
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
     }
 }
 
