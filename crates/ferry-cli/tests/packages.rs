@@ -165,4 +165,12 @@ fn fab_1_debian_packages_run_each_role_as_a_systemd_service() {
     let url = std::fs::read_to_string(tmp.path().join("vault/endpoint")).expect("endpoint");
     let port = url.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("the vault accepts connections once ready");
+    // And its metrics listener serves, as the packaged configuration turns it on.
+    use std::io::{Read, Write};
+    let at = std::fs::read_to_string(tmp.path().join("vault/metrics-endpoint")).expect("metrics endpoint");
+    let mut s = std::net::TcpStream::connect(at.trim()).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(text.contains("ferry_build_info{role=\"vault\""), "{text}");
 }
