@@ -451,6 +451,9 @@ async fn run_op(soak: &Soak, n: usize, kind: usize, item: usize, flip: bool) {
             for _ in 0..out.planned_checked {
                 soak.checked("3 planned failover loses no record");
             }
+            for _ in 0..out.unplanned_checked {
+                soak.checked("3 unplanned failover keeps its point's records");
+            }
             for v in &out.lost_records {
                 soak.violation(n, 3, v.clone());
             }

@@ -90,6 +90,8 @@ impl OpKind {
 pub struct OpOutcome {
     /// Planned failovers checked for lost records (invariant 3), and what they found wrong.
     pub planned_checked: u32,
+    /// Unplanned failovers at a chosen point checked for records the point held (invariant 3).
+    pub unplanned_checked: u32,
     pub lost_records: Vec<String>,
     /// The item stops making points while this runs (and until it is protected again).
     pub interrupts_replication: bool,
@@ -229,7 +231,21 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             } else {
                 json!({"recovery_point": "latestProcessed", "shutdown_source": true})
             };
+            // Invariant 3: the records the chosen point holds, read on its replica before the
+            // failover makes it the VM's disk.
+            let to = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
+            let chosen = body["recovery_point"].as_str().filter(|p| p.starts_with("rp-")).map(str::to_string);
+            let held = match &chosen {
+                Some(p) => super::invariants::records_in_point(lab, &to, &id, p).await,
+                None => None,
+            };
             operate(lab, &id, "unplannedFailover", body, false, long).await?;
+            if let (Some(p), Some(held)) = (&chosen, held) {
+                out.unplanned_checked += 1;
+                if let Some(v) = super::invariants::recovered_holds(lab, &name, &to, p, held).await {
+                    out.lost_records.push(v);
+                }
+            }
             if flip {
                 operate(lab, &id, "applyRecoveryPoint", json!({"recovery_point": "latestProcessed"}), false, long)
                     .await?;
