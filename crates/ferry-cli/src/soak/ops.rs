@@ -168,8 +168,18 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
     let mut out = OpOutcome::default();
     match kind {
         OpKind::TestFailoverNone | OpKind::TestFailoverAutomatic => {
-            let network =
-                if kind == OpKind::TestFailoverNone { json!({"mode": "None"}) } else { json!({"mode": "Automatic"}) };
+            // FO-1's three network options: none, an isolated network made for the test, and an
+            // existing VM network of the recovery site.
+            let recovery_net = if it["target"]["host_name"].as_str().is_some_and(|h| h.starts_with("ny")) {
+                "VMNetwork1-NewYork"
+            } else {
+                "VMNetwork1-Chicago"
+            };
+            let network = match (kind, flip) {
+                (OpKind::TestFailoverNone, false) => json!({"mode": "None"}),
+                (OpKind::TestFailoverNone, true) => json!({"mode": "Existing", "network": recovery_net}),
+                _ => json!({"mode": "Automatic"}),
+            };
             let point = if flip { "latest" } else { "latestProcessed" };
             let j = operate(lab, &id, "testFailover", json!({"network": network, "recovery_point": point}), true, long)
                 .await?;
