@@ -249,7 +249,21 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
                 Some(p) => super::invariants::records_in_point(lab, &to, &id, p).await,
                 None => None,
             };
-            operate(lab, &id, "unplannedFailover", body, false, long).await?;
+            if let Err(e) = operate(lab, &id, "unplannedFailover", body, false, long).await {
+                if flip {
+                    // The operator powered the source off for this failover: a failover that did
+                    // not happen gives the source its VM back.
+                    let (site, host) = (
+                        it["source"]["fabric"].as_str().unwrap_or_default(),
+                        it["source"]["host_name"].as_str().unwrap_or_default(),
+                    );
+                    let path = lab.v(&format!("/replicationFabrics/{site}/hosts/{host}/vmActions"));
+                    if let Ok(j) = lab.client.post::<_, Value>(&path, &json!({"action": "start", "vm": name})).await {
+                        let _ = wait_job(lab, &j, false, Duration::from_secs(120)).await;
+                    }
+                }
+                return Err(e);
+            }
             if let (Some(p), Some(held)) = (&chosen, held) {
                 out.unplanned_checked += 1;
                 if let Some(v) = super::invariants::recovered_holds(lab, &name, &to, p, held).await {
