@@ -91,6 +91,7 @@ fn plan_4_pol_7_rep_7_short_soak_of_plans_disable_partitions_and_a_full_location
         "PlanTestFailover,PlanPlannedFailoverCommitReprotect,DisableReenable",
         "--faults",
         "BandwidthLimit,Partition,ReplicaLocationFull",
+        "--netns",
     ]);
     let ops = &r["operations"];
     assert!(total(ops) >= 3, "operations ran: {ops}");

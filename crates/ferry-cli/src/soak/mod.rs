@@ -3,8 +3,8 @@
 //!
 //! The soak starts a lab of two sites × two hosts on its own directory (the three demo VMs on
 //! ny1, three more on ny3, all running the record workload and protected to Chicago under the
-//! lab's policy at its real copy frequency; each host in a network namespace of its own, joined
-//! to the site managers' bridge by a veth pair, unless `--loopback`), then draws a schedule from `--seed`: each step is an
+//! lab's policy at its real copy frequency; with `--netns` each host in a network namespace of its
+//! own, joined to the site managers' bridge by a veth pair), then draws a schedule from `--seed`: each step is an
 //! operation on a protected item ([`ops`]) or a fault ([`faults`]); faults run beside the
 //! operations. The same seed draws the same schedule; what each step meets depends on timing
 //! (an operation the item does not allow at that moment goes to the next item or kind that
@@ -64,10 +64,11 @@ pub struct SoakArgs {
     /// Only these faults, comma-separated (default: all; `none` for none), e.g. `Partition`.
     #[arg(long, value_delimiter = ',')]
     pub faults: Vec<String>,
-    /// Keep every host on loopback instead of a network namespace of its own (the link faults
-    /// then shape the replication ports on loopback).
+    /// Run every host agent and its VMs in a network namespace of its own, joined by veth pairs
+    /// (the link faults then act on those links; without it they shape the replication ports on
+    /// loopback).
     #[arg(long)]
-    pub loopback: bool,
+    pub netns: bool,
 }
 
 /// The kinds named in `names` (all of `all` when none is named), or a clear error.
@@ -218,7 +219,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
         }
     };
     let mut lab_args: Vec<String> = vec!["--retention-interval-secs".into(), "120".into()];
-    if !args.loopback {
+    if args.netns {
         // Hosts in namespaces of their own, joined by veth pairs: partitions and bandwidth
         // limits act on real links between the sites' hosts.
         lab_args.push("--netns".into());
