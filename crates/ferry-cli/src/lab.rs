@@ -926,11 +926,19 @@ fn spawn_host(
     } else {
         format!("replication_listen = \"127.0.0.1:{}\"", keep_port(previous)?)
     };
+    // As an operator copies it to the host: the join token the site issued for this host (SEC-1;
+    // used up by the join, so a host that joined before has none to copy).
+    let token_copy = hdir.join("join-token");
+    let issued = ferry_site::join_tokens::path(site_data, h.name);
+    if issued.exists() {
+        let token = ferry_pki::read_private_text(&issued)?;
+        ferry_pki::write_private_file(&token_copy, token.as_bytes())?;
+    }
     let mut hcfg = format!(
             "name = \"{}\"\n{listen}\nsite_url = \"https://{endpoint}\"\nca_cert = \"{}\"\njoin_token_file = \"{}\"\nreport_interval_secs = {}\naccel = \"{}\"\n",
             h.name,
             ca_path.display(),
-            site_data.join(ferry_site::JOIN_TOKEN_FILE).display(),
+            token_copy.display(),
             args.report_interval,
             std::env::var("FERRY_ACCEL").unwrap_or_else(|_| "auto".into()),
         );

@@ -148,6 +148,21 @@ enum SiteCmd {
         #[arg(required = true)]
         vms: Vec<String>,
     },
+    /// Issue a new join token for one host of this site (SEC-1): a host joins with a token
+    /// issued for it, once. The site manager issues one for every host that never joined; use
+    /// this for a host that must join again (reinstalled). Prints the token's file; copy it to
+    /// the host (mode 0600) as its `join_token_file`.
+    JoinToken {
+        /// Configuration file (TOML)
+        #[arg(long)]
+        config: PathBuf,
+        /// Data directory (state, identity and logs of this role)
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The host's name in the site's definition.
+        #[arg(long)]
+        host: String,
+    },
     /// Run the site manager (registers first when given a key and not yet registered).
     Run {
         /// Configuration file (TOML)
@@ -211,6 +226,9 @@ fn main() {
             }
             Cmd::Site { cmd: SiteCmd::Protect { config, data_dir, vms } } => {
                 roles::site_protect(&config, &data_dir, vms).await
+            }
+            Cmd::Site { cmd: SiteCmd::JoinToken { config, data_dir, host } } => {
+                roles::site_join_token(&config, &data_dir, &host)
             }
             Cmd::Site { cmd: SiteCmd::Run { config, data_dir, key, record_vault_traffic } } => {
                 roles::site_run(&config, &data_dir, key.as_deref(), record_vault_traffic).await

@@ -90,6 +90,14 @@ pub async fn site_protect(config: &Path, data_dir: &Path, vms: Vec<String>) -> R
     Ok(())
 }
 
+pub fn site_join_token(config: &Path, data_dir: &Path, host: &str) -> Result<()> {
+    let cfg = ferry_site::SiteConfig::load(config)?;
+    let path = ferry_site::join_tokens::issue(data_dir, &cfg.fabric()?, host)?;
+    println!("Join token for host {host}: {}", path.display());
+    println!("Copy it to the host (mode 0600) as its join_token_file; it is valid for one join of {host}.");
+    Ok(())
+}
+
 pub async fn site_run(config: &Path, data_dir: &Path, key: Option<&Path>, record: Option<PathBuf>) -> Result<()> {
     let cfg = ferry_site::SiteConfig::load(config)?;
     if !data_dir.join("registration.json").exists() {
@@ -104,7 +112,10 @@ pub async fn site_run(config: &Path, data_dir: &Path, key: Option<&Path>, record
             .context("Cannot write the metrics endpoint file")?;
     }
     println!("Site manager {} running; hosts join at https://{}", handle.site.cfg.name, handle.host_addr);
-    println!("Join token: {}", data_dir.join(ferry_site::JOIN_TOKEN_FILE).display());
+    println!(
+        "Join tokens of hosts that have not joined: {}/<host name>",
+        data_dir.join(ferry_site::join_tokens::JOIN_TOKENS_DIR).display()
+    );
     notify_systemd(true, &format!("Site manager {} running", handle.site.cfg.name));
     shutdown_signal().await;
     notify_systemd(false, "Stopping");

@@ -152,3 +152,103 @@ fn host_1_vm_lifecycle_with_nic_on_bridge_and_host_3_reattach_and_crash_report()
     assert!(!disk.exists() && !data.exists());
     assert_eq!(vms(&lab), json!([]));
 }
+
+/// POST a host join to site New York's host endpoint; the HTTP status and the answer.
+fn join_newyork(lab: &Lab, host_name: &str, token: &str, csr_pem: &str) -> (u16, Value) {
+    let site = lab.dir.join("sites/newyork/data");
+    let endpoint = std::fs::read_to_string(site.join("host-endpoint")).expect("site endpoint");
+    let ca = std::fs::read_to_string(lab.dir.join("vault/ca-cert.pem")).expect("vault CA");
+    let req = json!({"host_name": host_name, "join_token": token, "csr_pem": csr_pem, "address": "127.0.0.1:9"});
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let client = ferry_client::Client::builder(format!("https://{}", endpoint.trim()))
+            .ca(ca)
+            .peer_name(ferry_pki::PeerName::Prefix("site-".into()))
+            .build()
+            .expect("client");
+        match client.post::<_, Value>("/v1/join", &req).await {
+            Ok(v) => (200, v),
+            Err(ferry_client::Error::Api { api, status }) => (status, serde_json::to_value(api).expect("error json")),
+            Err(e) => panic!("join request failed: {e}"),
+        }
+    })
+}
+
+fn newyork_host(lab: &Lab, name: &str) -> Value {
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("sites/newyork/data/state.json")).expect("site state"))
+            .expect("state json");
+    state["hosts"].as_array().expect("hosts").iter().find(|h| h["name"] == name).cloned().expect("host entry")
+}
+
+/// SEC-1 (review finding): a host joins with a token issued for that host only, once; a used
+/// token, a token of another host or no token cannot take over a joined host's name, address,
+/// token or certificate; the operator issues a new token for a host that must join again, and
+/// the host's name is bound to the key it joined with.
+#[test]
+fn sec_1_a_host_joins_once_with_its_own_token_and_cannot_take_over_another() {
+    // With SGL-1's second New York host, ny2.
+    let lab = Lab::start(LabOptions { sgl: true, ..Default::default() });
+    let tokens = lab.dir.join("sites/newyork/data/join-tokens");
+    for h in ["ny1", "ny2"] {
+        assert!(!tokens.join(h).exists(), "{h}'s join token is used up by its join");
+    }
+    let used = std::fs::read_to_string(lab.host_data("ny1").parent().expect("host dir").join("join-token"))
+        .expect("ny1's copy of its token");
+    let before = newyork_host(&lab, "ny1");
+    let (_, csr) = ferry_pki::generate_key_and_csr("host-ny1").expect("csr");
+
+    // The token ny1 joined with opens nothing any more.
+    let (status, err) = join_newyork(&lab, "ny1", &used, &csr);
+    assert_eq!((status, err["code"].as_str()), (401, Some("InvalidJoinToken")), "{err}");
+    assert!(err["message"].as_str().unwrap_or("").contains("ferry site join-token --host ny1"), "{err}");
+
+    // The operator issues a new token for ny1 (a reinstalled server).
+    let site_args = |host: &str| {
+        std::process::Command::new(common::ferry_bin())
+            .args(["site", "join-token", "--config"])
+            .arg(lab.dir.join("sites/newyork/site.toml"))
+            .arg("--data-dir")
+            .arg(lab.dir.join("sites/newyork/data"))
+            .args(["--host", host])
+            .output()
+            .expect("ferry site join-token")
+    };
+    let out = site_args("ny9");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in this site's definition"), "{out:?}");
+    let out = site_args("ny1");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&tokens.join("ny1").display().to_string()), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(tokens.join("ny1")).expect("issued token");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let fresh = std::fs::read_to_string(tokens.join("ny1")).expect("token");
+
+    // It opens ny1 only, and a request that proves no key uses nothing up.
+    let (status, err) = join_newyork(&lab, "ny2", &fresh, &csr);
+    assert_eq!((status, err["code"].as_str()), (401, Some("InvalidJoinToken")), "another host's token: {err}");
+    let (status, err) = join_newyork(&lab, "ny9", &fresh, &csr);
+    assert_eq!((status, err["code"].as_str()), (404, Some("UnknownHost")), "{err}");
+    let (status, err) = join_newyork(
+        &lab,
+        "ny1",
+        &fresh,
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    );
+    assert_eq!((status, err["code"].as_str()), (400, Some("InvalidCertificateRequest")), "{err}");
+    assert!(tokens.join("ny1").exists(), "a refused join leaves the token open");
+    assert_eq!(newyork_host(&lab, "ny1"), before, "refused joins changed nothing of ny1");
+
+    // The right host with its token joins once, bound to its key.
+    let (status, ok) = join_newyork(&lab, "ny1", &fresh, &csr);
+    assert_eq!(status, 200, "{ok}");
+    assert!(ok["certificate_pem"].as_str().unwrap_or("").contains("BEGIN CERTIFICATE"), "{ok}");
+    assert!(!tokens.join("ny1").exists(), "used up");
+    let after = newyork_host(&lab, "ny1");
+    assert_eq!(after["key_sha256"].as_str(), Some(ferry_pki::csr_key_fingerprint(&csr).expect("fp").as_str()));
+    assert_eq!(after["address"], "127.0.0.1:9");
+    let (status, err) = join_newyork(&lab, "ny1", &fresh, &csr);
+    assert_eq!((status, err["code"].as_str()), (401, Some("InvalidJoinToken")), "a token opens once: {err}");
+    assert_ne!(newyork_host(&lab, "ny2")["address"], "127.0.0.1:9", "ny2 untouched");
+}

@@ -9,6 +9,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Lab, LabOptions};
+
+/// Resumes a process stopped with SIGSTOP, also when the test fails.
+struct Continue(u32);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::Signal::SIGCONT);
+    }
+}
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -78,7 +87,32 @@ fn rep_7_pol_7_reenabling_a_vm_reuses_its_kept_replica_with_its_points_and_sends
         (common::last_record(&serial) >= at_disable + 10).then_some(())
     });
 
-    let second = common::protect(&lab, "ob1");
+    // The host that keeps the replica is restarting (frozen past the site's connection window)
+    // when the VM is protected again: the new protection still goes to it (rather than copying
+    // everything to another host, or being refused); its enable job names the host and is
+    // restarted once the host is back.
+    let agent = lab.pid("host-chi1");
+    let frozen = Continue(agent);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent as i32), nix::sys::signal::Signal::SIGSTOP)
+        .expect("SIGSTOP");
+    let chi1_connected = |c: bool| {
+        lab.wait_for("chi1's connection", Duration::from_secs(60), || {
+            let hosts = lab.json(&["host-list", "--site", "VMM-Chicago"]);
+            hosts.as_array()?.iter().any(|h| h["name"] == "chi1" && h["connected"] == c).then_some(())
+        })
+    };
+    chi1_connected(false);
+    let (code, _, err) = lab.cli(&["protect", "--site", "VMM-NewYork", "ob1", "--wait"]);
+    assert_ne!(code, 0, "the enable cannot run while its host is down");
+    assert!(err.contains("HostNotConnected") && err.contains("chi1"), "{err}");
+    drop(frozen);
+    chi1_connected(true);
+    let jobs = lab.json(&["job-list", "--operation", "EnableProtection", "--status", "Failed"]);
+    let failed = jobs["items"].as_array().and_then(|a| a.first()).cloned().expect("the failed enable job");
+    let second = failed["object_id"].as_str().expect("item of the job").to_string();
+    assert_eq!(lab.json(&["item-show", &second])["target"]["host_name"], "chi1", "placed on the keeper");
+    let j = lab.json(&["job-restart", failed["id"].as_str().expect("job id"), "--wait"]);
+    assert_eq!(j["status"], "Succeeded", "{j}");
     assert_ne!(second, first);
     let it = wait_caught_up(&lab, &second, &serial, &kept_points);
     assert_eq!(it["existing_replica"]["source"], "KeptReplica", "{it}");

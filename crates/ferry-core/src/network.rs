@@ -213,6 +213,21 @@ pub fn placement_candidates<'a>(
     target_cloud: &Cloud,
     nics: &[ReplicaNic],
 ) -> Result<Vec<&'a Host>, Error> {
+    let hosts: Vec<&Host> =
+        hosts_reaching(target_inv, target_cloud, nics)?.into_iter().filter(|h| h.connected).collect();
+    if hosts.is_empty() {
+        return Err(Error::NoHostReachesNetworks { cloud: target_cloud.name.clone() });
+    }
+    Ok(hosts)
+}
+
+/// Hosts of the cloud's host groups that reach every network the replica's NICs connect to,
+/// connected to their site or not.
+fn hosts_reaching<'a>(
+    target_inv: &'a SiteInventory,
+    target_cloud: &Cloud,
+    nics: &[ReplicaNic],
+) -> Result<Vec<&'a Host>, Error> {
     let mut needed: Vec<&str> = Vec::new();
     for nic in nics {
         if let ReplicaNic::Connected { network, .. } = nic {
@@ -220,16 +235,25 @@ pub fn placement_candidates<'a>(
             needed.push(net.logical_network.as_str());
         }
     }
-    let hosts: Vec<&Host> = target_inv
+    Ok(target_inv
         .hosts
         .iter()
         .filter(|h| target_cloud.host_groups.contains(&h.host_group))
-        .filter(|h| h.connected && needed.iter().all(|ln| h.logical_networks.iter().any(|l| l == ln)))
-        .collect();
-    if hosts.is_empty() {
-        return Err(Error::NoHostReachesNetworks { cloud: target_cloud.name.clone() });
-    }
-    Ok(hosts)
+        .filter(|h| needed.iter().all(|ln| h.logical_networks.iter().any(|l| l == ln)))
+        .collect())
+}
+
+/// REP-7: the host that keeps a replica of the VM (`kept_host`), when it can hold the new
+/// replica (in the cloud, reaching its networks) — also while it is disconnected for a moment
+/// (restarting): the new protection goes there and sends only the differences; an enable
+/// while that host is down fails and is restarted, rather than copying everything elsewhere.
+pub fn kept_replica_host<'a>(
+    target_inv: &'a SiteInventory,
+    target_cloud: &Cloud,
+    nics: &[ReplicaNic],
+    kept_host: &str,
+) -> Option<&'a Host> {
+    hosts_reaching(target_inv, target_cloud, nics).ok()?.into_iter().find(|h| h.id == kept_host)
 }
 
 /// The replica NIC after failover, as the failback rule (NET-6) sees it.

@@ -241,3 +241,15 @@ fn net_5_disconnected_hosts_are_not_candidates() {
         Err(Error::NoHostReachesNetworks { cloud: "SilverCloud2".into() })
     );
 }
+
+#[test]
+fn rep_7_a_kept_replica_host_is_chosen_while_it_restarts() {
+    let mut chi = chicago();
+    chi.hosts[1].connected = false;
+    let silver2 = chi.cloud("SilverCloud2").expect("SilverCloud2").clone();
+    let gold2 = chi.cloud("GoldCloud2").expect("GoldCloud2").clone();
+    let keeper = ferry_core::network::kept_replica_host(&chi, &silver2, &[], "chi-silver-host");
+    assert_eq!(keeper.map(|h| h.id.as_str()), Some("chi-silver-host"), "disconnected for a moment, still the keeper");
+    assert!(ferry_core::network::kept_replica_host(&chi, &gold2, &[], "chi-silver-host").is_none(), "not in the cloud");
+    assert!(ferry_core::network::kept_replica_host(&chi, &silver2, &[], "no-such-host").is_none());
+}

@@ -167,6 +167,16 @@ impl Ca {
     }
 }
 
+/// The SHA-256 of the public key (SubjectPublicKeyInfo) a CSR asks to certify, in hex, once its
+/// signature proved that the sender holds the private key. Binds a joined host to its key.
+pub fn csr_key_fingerprint(csr_pem: &str) -> Result<String> {
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .ctx(ErrorKind::InvalidInput, || "Certificate signing request is not valid".to_string())?;
+    Ok(hex::encode(sha2::Sha256::digest(csr.public_key.der_bytes())))
+}
+
 /// Generates an agent key pair and a CSR for it: `(key_pem, csr_pem)`.
 pub fn generate_key_and_csr(common_name: &str) -> Result<(String, String)> {
     let key = KeyPair::generate().ctx(ErrorKind::Crypto, || format!("Cannot generate a key for {common_name}"))?;

@@ -35,7 +35,7 @@ mod pem;
 pub mod regkey;
 pub mod tls;
 
-pub use ca::{generate_key_and_csr, Ca, IssuedCert, CA_CERT_FILE, CA_KEY_FILE};
+pub use ca::{csr_key_fingerprint, generate_key_and_csr, Ca, IssuedCert, CA_CERT_FILE, CA_KEY_FILE};
 pub use error::{Error, ErrorKind, Result};
 pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
 pub use hmac::constant_time_eq;

@@ -86,6 +86,27 @@ fn sec_1_csr_subject_is_decided_by_the_ca() {
 }
 
 #[test]
+fn sec_1_a_csr_names_its_key_and_a_tampered_one_is_refused() {
+    let (_, csr_a) = generate_key_and_csr("host-a").expect("csr");
+    let (_, csr_b) = generate_key_and_csr("host-a").expect("csr");
+    let fa = ferry_pki::csr_key_fingerprint(&csr_a).expect("fingerprint");
+    assert_eq!(fa.len(), 64);
+    assert_eq!(fa, ferry_pki::csr_key_fingerprint(&csr_a).expect("again"), "stable");
+    assert_ne!(fa, ferry_pki::csr_key_fingerprint(&csr_b).expect("b"), "one per key");
+    // A CSR whose signature does not match its content proves no key.
+    let body: String = csr_a.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).expect("base64");
+    let n = der.len();
+    der[n - 5] ^= 0x40;
+    let bad = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der)
+    );
+    let err = ferry_pki::csr_key_fingerprint(&bad).expect_err("tampered");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
 fn sec_3_garbage_csr_and_pem_refused() {
     let ca = Ca::create("Ferry vault CA").expect("ca");
     let err = ca.sign_csr("garbage", "h", &[], &[]).expect_err("garbage");

@@ -8,6 +8,8 @@ pub enum SiteError {
     Registration(String),
     #[error("This site is not registered; run `ferry site register` with a registration key first")]
     NotRegistered,
+    #[error("Host {0} is not in this site's definition")]
+    UnknownHost(String),
     #[error(transparent)]
     Client(#[from] ferry_client::Error),
     #[error(transparent)]

@@ -1,5 +1,6 @@
 //! The site's HTTPS endpoint for its host agents: join (certificate through the vault CA) and
-//! periodic reports. Hosts authenticate with the join token once, then with their host token.
+//! periodic reports. A host authenticates with its own join token once (used up by the join, see
+//! [`crate::join_tokens`]), then with its host token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,9 +75,6 @@ async fn join(
     State(site): State<Arc<Site>>,
     Json(req): Json<HostJoinRequest>,
 ) -> Result<Json<HostJoinResponse>, Failure> {
-    if !ferry_pki::constant_time_eq(req.join_token.as_bytes(), site.join_token.as_bytes()) {
-        return Err(fail(StatusCode::UNAUTHORIZED, "InvalidJoinToken", "The join token is not this site's"));
-    }
     let Some((id, name, _)) = site.fabric.hosts.iter().find(|(_, n, _)| *n == req.host_name).cloned() else {
         return Err(fail(
             StatusCode::NOT_FOUND,
@@ -84,6 +82,22 @@ async fn join(
             format!("Host {} is not in site {}'s definition", req.host_name, site.cfg.name),
         ));
     };
+    // One join at a time: the token is checked and used up as one step (SEC-1).
+    let _one = site.joining.lock().await;
+    let state_err = |e: crate::SiteError| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", e.to_string());
+    if !crate::join_tokens::matches(&site.data, &name, &req.join_token).map_err(state_err)? {
+        return Err(fail(
+            StatusCode::UNAUTHORIZED,
+            "InvalidJoinToken",
+            format!(
+                "The join token is not one issued for host {name}, or it was used already; issue a new one on the \
+                 site manager with `ferry site join-token --host {name}`"
+            ),
+        ));
+    }
+    // The request proves the key it names; the host's name is bound to that key from now on.
+    let key = ferry_pki::csr_key_fingerprint(&req.csr_pem)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, "InvalidCertificateRequest", e.to_string()))?;
     let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem.clone() };
     site.recorder.record("/api/v1/agent/hosts/sign", &sign);
     let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
@@ -105,14 +119,17 @@ async fn join(
         p.hosts.retain(|h| h.id != id);
         p.hosts.push(HostEntry {
             id: id.clone(),
-            name,
+            name: name.clone(),
             address: req.address.clone(),
             token_hash: hash(&host_token),
+            key_sha256: Some(key),
             last_report: None,
             last_seen_ms: chrono::Utc::now().timestamp_millis(),
         });
     }
     site.save().map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", e.to_string()))?;
+    crate::join_tokens::consume(&site.data, &name).map_err(state_err)?;
+    tracing::info!(host = %name, address = %req.address, "host joined; its join token is used up");
     Ok(Json(HostJoinResponse {
         host_id: id,
         host_token,

@@ -7,8 +7,9 @@
 //! - keeps an outbound-only HTTPS connection to the vault: a periodic report (heartbeat plus
 //!   inventory, FAB-4) and a long poll for commands — see [`vault_link`]; while the vault is
 //!   unreachable it keeps serving its hosts and retries, and resyncs when the vault returns;
-//! - lets host agents join with a join token and gets their certificates signed by the vault CA
-//!   (SEC-1), and receives their reports — see [`host_server`];
+//! - lets host agents join, each with a join token of its own used once (see [`join_tokens`]),
+//!   gets their certificates signed by the vault CA (SEC-1), and receives their reports — see
+//!   [`host_server`];
 //! - runs the vault's commands: cloud pair configuration, VM actions forwarded to hosts over
 //!   mutual TLS — see [`commands`] — and recovery plan scripts from its script library, on the
 //!   site manager itself — see [`scripts`].
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod host_server;
 pub mod inventory;
+pub mod join_tokens;
 pub mod metrics;
 pub mod recorder;
 pub mod register;
@@ -47,7 +49,8 @@ pub struct Site {
     pub persisted: Mutex<Persisted>,
     /// Cloud ids whose metadata the vault wants (from the last report answer).
     pub synced: Mutex<Option<Vec<String>>>,
-    pub join_token: String,
+    /// One join at a time: a token is checked and used up as one step.
+    pub joining: tokio::sync::Mutex<()>,
     pub recorder: recorder::Recorder,
     /// When the vault last accepted a report (ms since the epoch); 0 = never since start.
     pub last_vault_report_ms: std::sync::atomic::AtomicI64,
@@ -74,7 +77,8 @@ impl SiteHandle {
     }
 }
 
-pub const JOIN_TOKEN_FILE: &str = "join-token";
+/// The site-wide join token of earlier versions; removed at start (tokens are per host now).
+const LEGACY_JOIN_TOKEN_FILE: &str = "join-token";
 
 impl Site {
     pub fn save(&self) -> std::io::Result<()> {
@@ -119,18 +123,15 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
     ferry_pki::ensure_private_dir(data)?;
     let (reg, tls, vault) = vault_client(&cfg, data)?;
     let persisted: Persisted = read_json(&data.join("state.json"))?.unwrap_or_default();
-    let token_path = data.join(JOIN_TOKEN_FILE);
-    let join_token = match token_path.exists() {
-        // A token others could have read is refused (SEC-3).
-        true => ferry_pki::read_private_text(&token_path)?.trim().to_string(),
-        false => {
-            use base64::Engine;
-            let bytes: [u8; 24] = rand::random();
-            let t = format!("fj_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
-            ferry_pki::write_private_file(&data.join(JOIN_TOKEN_FILE), t.as_bytes())?;
-            t
-        }
-    };
+    if data.join(LEGACY_JOIN_TOKEN_FILE).exists() {
+        std::fs::remove_file(data.join(LEGACY_JOIN_TOKEN_FILE))?;
+        tracing::warn!("the site-wide join token is no longer accepted; hosts join with their own tokens");
+    }
+    // Every host of the definition that never joined gets a token of its own (SEC-1).
+    let joined: Vec<String> = persisted.hosts.iter().map(|h| h.name.clone()).collect();
+    for p in join_tokens::issue_missing(data, &fabric, &joined)? {
+        tracing::info!(token = %p.display(), "join token issued");
+    }
     let site = Arc::new(Site {
         cfg: cfg.clone(),
         data: data.to_path_buf(),
@@ -140,7 +141,7 @@ pub async fn start(cfg: SiteConfig, data: &Path, record: Option<PathBuf>) -> Res
         tls,
         persisted: Mutex::new(persisted),
         synced: Mutex::new(None),
-        join_token,
+        joining: tokio::sync::Mutex::new(()),
         recorder: recorder::Recorder::new(record)?,
         last_vault_report_ms: std::sync::atomic::AtomicI64::new(0),
         in_flight: Mutex::new(std::collections::HashSet::new()),

@@ -23,6 +23,9 @@ pub struct HostEntry {
     pub name: String,
     pub address: String,
     pub token_hash: String,
+    /// SHA-256 of the public key the host joined with (its certificate's key).
+    #[serde(default)]
+    pub key_sha256: Option<String>,
     #[serde(default)]
     pub last_report: Option<HostReport>,
     #[serde(default)]

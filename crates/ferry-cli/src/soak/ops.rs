@@ -277,6 +277,7 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
         OpKind::DisableReenable => {
             out.interrupts_replication = true;
             let site = it["source"]["fabric"].as_str().unwrap_or_default().to_string();
+            let kept_on = it["target"]["host_name"].clone();
             operate(lab, &id, "disableProtection", json!({}), false, long).await?;
             let (new_id, job) =
                 if flip { enable_from_site(lab, &site, &name).await? } else { enable(lab, &site, &name).await? };
@@ -287,8 +288,10 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             // The policy keeps the replica on disable (POL-7): the new protection starts from it.
             if it["existing_replica"]["source"] != "KeptReplica" {
                 out.full_copies.push(format!(
-                    "{name} enabled again {} copied everything although its replica was kept: {}",
+                    "{name} enabled again {} copied everything to {} although its replica was kept on {}: {}",
                     if flip { "from its site manager" } else { "through the API" },
+                    it["target"]["host_name"],
+                    kept_on,
                     it["existing_replica"]
                 ));
             }

@@ -707,7 +707,9 @@ pub fn assert_no_secret_leaked(lab: &Lab, extra: &[&str]) {
             format!("{site} site token"),
             json(d.join("data/registration.json"))["site_token"].as_str().unwrap_or("").into(),
         ));
-        secrets.push((format!("{site} join token"), read(d.join("data/join-token"))));
+        for t in std::fs::read_dir(d.join("data/join-tokens")).into_iter().flatten().flatten() {
+            secrets.push((format!("{site} open join token {:?}", t.file_name()), read(t.path())));
+        }
         secrets.push((
             format!("{site} registration key"),
             json(d.join("registration-key.json"))["secret"].as_str().unwrap_or("").into(),
@@ -716,6 +718,7 @@ pub fn assert_no_secret_leaked(lab: &Lab, extra: &[&str]) {
     for e in std::fs::read_dir(lab.dir.join("hosts")).into_iter().flatten().flatten() {
         let token = json(e.path().join("data/host.json"))["host_token"].as_str().unwrap_or("").to_string();
         secrets.push((format!("host token of {}", e.file_name().to_string_lossy()), token));
+        secrets.push((format!("join token of {}", e.file_name().to_string_lossy()), read(e.path().join("join-token"))));
     }
     // A line from the middle of the CA key's base64.
     let ca_key = read(lab.dir.join("vault/pki/ca-key.pem"));

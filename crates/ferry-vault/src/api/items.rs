@@ -178,8 +178,6 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         ferry_core::network::plan_replica_nics(vm, source.id, target.id, &target.inventory, &net_maps, &mut used)
             .map_err(core_err)?;
     let connections: Vec<NicConnection> = nic_plans.iter().map(|p| p.connection.clone()).collect();
-    let candidates =
-        ferry_core::network::placement_candidates(&target.inventory, &target_cloud, &connections).map_err(core_err)?;
     // REP-7: a replica of this VM kept on a host of the cloud is where it goes again (that host
     // starts from it and sends only the differences), if that host can hold every disk.
     let kept: Option<ferry_types::protection::KeptReplicaRecord> = st
@@ -188,13 +186,20 @@ pub async fn plan_item(st: &AppState, vault: Uuid, source: &Fabric, vm: &Vm) -> 
         .await?
         .map(|d| d.body)
         .filter(|k: &ferry_types::protection::KeptReplicaRecord| k.fabric == target.id);
-    let keeper: Vec<&Host> =
-        candidates.iter().copied().filter(|h| kept.as_ref().is_some_and(|k| k.host == h.id)).collect();
+    let keeper: Vec<&Host> = kept
+        .as_ref()
+        .and_then(|k| ferry_core::network::kept_replica_host(&target.inventory, &target_cloud, &connections, &k.host))
+        .into_iter()
+        .collect();
     let placement = match ferry_core::storage::place_vm(vm, &keeper, &target.inventory, source.id, target.id, &sto_maps)
     {
         Ok(p) if !keeper.is_empty() => p,
-        _ => ferry_core::storage::place_vm(vm, &candidates, &target.inventory, source.id, target.id, &sto_maps)
-            .map_err(core_err)?,
+        _ => {
+            let candidates = ferry_core::network::placement_candidates(&target.inventory, &target_cloud, &connections)
+                .map_err(core_err)?;
+            ferry_core::storage::place_vm(vm, &candidates, &target.inventory, source.id, target.id, &sto_maps)
+                .map_err(core_err)?
+        }
     };
     let target_host = target
         .inventory
