@@ -174,6 +174,27 @@ fn join_newyork(lab: &Lab, host_name: &str, token: &str, csr_pem: &str) -> (u16,
     })
 }
 
+/// Open a replication session to chi1's receiver with the identity in `tls` (a host's
+/// certificate and key); the receiver's refusal, if any.
+fn replicate_to_chi1_with(lab: &Lab, tls: &std::path::Path) -> Option<String> {
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("identity file");
+    let chi1_cert = std::fs::read_to_string(lab.host_data("chi1").join("tls/cert.pem")).expect("chi1 certificate");
+    let chi1_cn = ferry_pki::cert_common_name(&chi1_cert).expect("chi1's name");
+    let config =
+        ferry_pki::named_peer_client_config(&read("ca-cert.pem"), &read("cert.pem"), &read("key.pem"), &chi1_cn)
+            .expect("client config");
+    let peer = ferry_repl::send::Peer {
+        addr: lab.replication_address("chi1").parse().expect("chi1 address"),
+        server_name: "localhost".into(),
+        tls: config,
+        vm_id: "any-vm".into(),
+        pair_id: "any-pair".into(),
+        direction: ferry_repl::protocol::Direction::Forward,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(ferry_repl::send::Session::open(&peer, Duration::from_secs(10))).err().map(|e| e.to_string())
+}
+
 fn newyork_host(lab: &Lab, name: &str) -> Value {
     let state: Value =
         serde_json::from_slice(&std::fs::read(lab.dir.join("sites/newyork/data/state.json")).expect("site state"))
@@ -197,6 +218,14 @@ fn sec_1_a_host_joins_once_with_its_own_token_and_cannot_take_over_another() {
         .expect("ny1's copy of its token");
     let before = newyork_host(&lab, "ny1");
     let (_, csr) = ferry_pki::generate_key_and_csr("host-ny1").expect("csr");
+    // ny1's certificate is valid; chi1 refuses it only because ny1 replicates nothing to it.
+    let old_identity = lab.tmp.path().join("ny1-old-tls");
+    std::fs::create_dir_all(&old_identity).expect("dir");
+    for f in ["ca-cert.pem", "cert.pem", "key.pem"] {
+        std::fs::copy(lab.host_data("ny1").join("tls").join(f), old_identity.join(f)).expect("copy identity");
+    }
+    let refused = replicate_to_chi1_with(&lab, &old_identity).expect("nothing granted to ny1");
+    assert!(refused.contains("not authorised") && !refused.contains("revoked"), "{refused}");
 
     // The token ny1 joined with opens nothing any more.
     let (status, err) = join_newyork(&lab, "ny1", &used, &csr);
@@ -250,5 +279,10 @@ fn sec_1_a_host_joins_once_with_its_own_token_and_cannot_take_over_another() {
     assert_eq!(after["address"], "127.0.0.1:9");
     let (status, err) = join_newyork(&lab, "ny1", &fresh, &csr);
     assert_eq!((status, err["code"].as_str()), (401, Some("InvalidJoinToken")), "a token opens once: {err}");
+    // The certificate ny1 had before is revoked: the vault hands it to every site, and the
+    // hosts of the other site refuse it from their next report on.
+    lab.wait_for("chi1 refusing ny1's old certificate as revoked", Duration::from_secs(30), || {
+        replicate_to_chi1_with(&lab, &old_identity).filter(|e| e.contains("revoked"))
+    });
     assert_ne!(newyork_host(&lab, "ny2")["address"], "127.0.0.1:9", "ny2 untouched");
 }

@@ -200,6 +200,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
         *p = ack.pairs.clone();
     }
     host.replication.apply_peers(&ack.peers).await;
+    host.replication.apply_revoked_certificates(&ack.revoked_certificates);
     host.replication.apply_pairs(&ack.pairs).await;
     host.replication.apply_listen_ports(&ack.pairs).await;
     match ack.bandwidth.as_ref().map(config::bandwidth_schedule).transpose() {

@@ -581,6 +581,12 @@ impl ReplicationService {
         }
     }
 
+    /// SEC-1: certificates the vault revoked are refused by this host's receiver from now on
+    /// (the site keeps the vault's last list while the vault is unreachable).
+    pub fn apply_revoked_certificates(&self, fingerprints: &[String]) {
+        self.allowlist.set_revoked_certificates(fingerprints);
+    }
+
     /// Take the replication addresses the site passed on; wake the loops whose replica host
     /// moved, so they replicate to it at once.
     pub async fn apply_peers(&self, peers: &[ReplicationPeer]) {

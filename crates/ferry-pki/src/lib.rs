@@ -44,6 +44,6 @@ pub use pem::{
 };
 pub use regkey::RegistrationKey;
 pub use tls::{
-    cert_alternative_names, cert_common_name, client_config, named_peer_client_config, named_server_client_config,
-    peer_common_name, server_config, ClientAuth, PeerName,
+    cert_alternative_names, cert_common_name, cert_not_after, client_config, named_peer_client_config,
+    named_server_client_config, peer_common_name, server_config, ClientAuth, PeerName,
 };

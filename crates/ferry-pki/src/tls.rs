@@ -85,6 +85,13 @@ pub fn cert_alternative_names(cert_pem: &str) -> Option<Vec<String>> {
     Some(names)
 }
 
+/// When the first certificate in `cert_pem` expires.
+pub fn cert_not_after(cert_pem: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let certs = parse_certs(cert_pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
+    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+}
+
 /// The subject common name of the first certificate in `cert_pem`.
 pub fn cert_common_name(cert_pem: &str) -> Option<String> {
     let certs = parse_certs(cert_pem).ok()?;

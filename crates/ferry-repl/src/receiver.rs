@@ -248,7 +248,7 @@ impl Receiver {
 impl Shared {
     async fn serve(self, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (tls, cn) = match transport::accept(&acceptor, tcp, self.cfg.handshake_timeout).await {
+        let (tls, cn, fingerprint) = match transport::accept(&acceptor, tcp, self.cfg.handshake_timeout).await {
             Ok(x) => x,
             Err(e) => {
                 if matches!(e.kind(), ErrorKind::Unauthorized | ErrorKind::Tls) {
@@ -261,7 +261,12 @@ impl Shared {
         let (rd, mut wr) = tokio::io::split(tls);
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let counted = PeerSession::open(&self.per_peer, &cn, self.cfg.max_sessions_per_peer.max(1));
-        let result = if !self.cfg.allowlist.knows(&cn) {
+        let result = if self.cfg.allowlist.is_revoked(&fingerprint) {
+            Err(Error::new(
+                ErrorKind::Unauthorized,
+                format!("The certificate of {cn} was revoked (its host joined again, or its site was removed)"),
+            ))
+        } else if !self.cfg.allowlist.knows(&cn) {
             Err(Error::new(ErrorKind::Unauthorized, format!("Host {cn} is not authorised to replicate to this host")))
         } else if counted.is_none() {
             self.stats.over_limit.fetch_add(1, Ordering::Relaxed);

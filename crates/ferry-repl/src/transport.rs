@@ -58,6 +58,9 @@ impl TlsIdentity {
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     inner: Arc<Mutex<HashMap<String, Option<HashSet<Grant>>>>>,
+    /// Fingerprints of certificates revoked before they expired (SEC-1): refused whatever name
+    /// they carry.
+    revoked: Arc<Mutex<HashSet<String>>>,
 }
 
 /// (pair, VM): `None` for every VM of the pair.
@@ -113,6 +116,17 @@ impl Allowlist {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replace the revoked certificates (SHA-256 fingerprints of their DER, hex).
+    pub fn set_revoked_certificates(&self, fingerprints: &[String]) {
+        let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        *r = fingerprints.iter().map(|f| f.to_ascii_lowercase()).collect();
+    }
+
+    /// Was the certificate with this fingerprint revoked?
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(&fingerprint.to_ascii_lowercase())
+    }
+
     /// Is `cn` known at all?
     pub fn knows(&self, cn: &str) -> bool {
         self.lock().contains_key(cn)
@@ -138,26 +152,29 @@ impl Allowlist {
 }
 
 /// Accept one TLS connection (client certificate verified against the vault CA by rustls) and
-/// return it with the peer's CN. The caller checks the CN against its [`Allowlist`] and answers
-/// an unknown peer with an `Error` frame, so the peer learns why it was refused.
+/// return it with the peer's CN and its certificate's fingerprint. The caller checks both
+/// against its [`Allowlist`] and answers a refused peer with an `Error` frame, so the peer
+/// learns why it was refused.
 pub async fn accept(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     timeout: Duration,
-) -> Result<(server::TlsStream<TcpStream>, String)> {
+) -> Result<(server::TlsStream<TcpStream>, String, String)> {
     let peer = tcp.peer_addr().ok();
     let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::new(ErrorKind::Disconnected, "TLS handshake timed out"))?
         .map_err(|e| Error::with_source(ErrorKind::Tls, format!("TLS handshake with {peer:?} failed"), e))?;
-    let cn = tls
+    let leaf = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|c| ferry_pki::peer_common_name(c))
+        .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "The peer sent no certificate"))?;
+    let fingerprint = ferry_pki::fingerprint_of_der(leaf);
+    let cn = ferry_pki::peer_common_name(leaf)
         .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "Peer certificate has no common name"))?;
-    Ok((tls, cn))
+    Ok((tls, cn, fingerprint))
 }
 
 /// Connect to a replica host. `server_name` is the DNS name or IP in its certificate.

@@ -83,6 +83,29 @@ async fn sec_1_replication_refuses_unauthorised_or_foreign_certificate() {
     assert!(rx.store().vms().expect("vms").is_empty());
 }
 
+/// SEC-1: a revoked certificate is refused although its name is still granted; the host's new
+/// certificate (same name) is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_1_a_revoked_certificate_is_refused_under_a_granted_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let allow = Allowlist::new();
+    allow.allow_pair(PRIMARY_CN, "pair-1");
+    let rx = rx_with(dir.path(), &pki, allow.clone()).await;
+    let t = Duration::from_secs(5);
+    Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.expect("before revocation");
+    let old = ferry_pki::fingerprint_of_pem(&pki.primary.cert_pem).expect("fingerprint");
+    allow.set_revoked_certificates(&[old.to_ascii_uppercase()]);
+    let e = Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.err().expect("revoked");
+    assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // The host joined again: a new certificate under the same name works.
+    let renewed = identity(&pki.ca, PRIMARY_CN);
+    Session::open(&peer(rx.local_addr(), &renewed, "pair-1", "vm1"), t).await.expect("new certificate");
+    allow.set_revoked_certificates(&[]);
+    Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.expect("list replaced");
+}
+
 async fn raw_session(rx: &Receiver, pki: &Pki) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     transport::connect(rx.local_addr(), "localhost", pki.primary.client_config().expect("tls"), Duration::from_secs(5))
         .await

@@ -173,7 +173,8 @@ async fn report(
     entry.last_seen_ms = now.timestamp_millis();
     let pairs = p.pairs.clone();
     let peers = p.peers.clone();
-    Ok(Json(HostReportAck { pairs, bandwidth: site.cfg.bandwidth.clone(), peers }))
+    let revoked_certificates = p.revoked_certificates.clone();
+    Ok(Json(HostReportAck { pairs, bandwidth: site.cfg.bandwidth.clone(), peers, revoked_certificates }))
 }
 
 /// Local status of the site (works while the vault is unreachable): its hosts and when the

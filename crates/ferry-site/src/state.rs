@@ -42,6 +42,9 @@ pub struct Persisted {
     /// this site's hosts (kept across a restart of the site while the vault is unreachable).
     #[serde(default)]
     pub peers: Vec<ReplicationPeer>,
+    /// Host certificates the vault revoked (SEC-1), from its last answer; passed on to hosts.
+    #[serde(default)]
+    pub revoked_certificates: Vec<String>,
 }
 
 pub const MAX_ANSWERED: usize = 512;

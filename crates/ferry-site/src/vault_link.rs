@@ -47,8 +47,9 @@ pub async fn report_once(site: &Site) -> Result<SiteReportAck, ferry_client::Err
 /// Keep where the vault's hosts receive replication now, for this site's hosts.
 fn take_peers(site: &Site, ack: &SiteReportAck) {
     let changed = match site.persisted.lock() {
-        Ok(mut p) if p.peers != ack.peers => {
+        Ok(mut p) if p.peers != ack.peers || p.revoked_certificates != ack.revoked_certificates => {
             p.peers = ack.peers.clone();
+            p.revoked_certificates = ack.revoked_certificates.clone();
             true
         }
         _ => false,

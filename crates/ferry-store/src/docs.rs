@@ -24,6 +24,9 @@ pub enum DocKind {
     CapacityPlan,
     /// Where a replica kept when protection was disabled lies (REP-7), by the VM's origin.
     KeptReplica,
+    /// The certificate a host holds now and its earlier ones revoked (SEC-1), by certificate
+    /// name, under the host's site.
+    HostCertificate,
 }
 
 impl DocKind {
@@ -39,6 +42,7 @@ impl DocKind {
             DocKind::AlertSettings => "alertSettings",
             DocKind::CapacityPlan => "capacityPlan",
             DocKind::KeptReplica => "keptReplica",
+            DocKind::HostCertificate => "hostCertificate",
         }
     }
 }

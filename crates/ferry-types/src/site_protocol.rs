@@ -105,6 +105,10 @@ pub struct SiteReportAck {
     /// host resolves its replica host here on every cycle instead of remembering an address.
     #[serde(default)]
     pub peers: Vec<ReplicationPeer>,
+    /// SHA-256 fingerprints (hex) of host certificates revoked before they expired: superseded
+    /// by a new join of their host, or of a removed site (SEC-1). Hosts refuse them at once.
+    #[serde(default)]
+    pub revoked_certificates: Vec<String>,
 }
 
 /// Vault → site → host: where a host receives replication now (endpoints are resolved, not
@@ -165,6 +169,9 @@ pub struct HostReportAck {
     /// Where the vault's hosts receive replication now (from the vault's last answer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<ReplicationPeer>,
+    /// Revoked host certificates (from the vault's last answer; see [`SiteReportAck`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_certificates: Vec<String>,
 }
 
 /// CAP-2: a default rate and time-of-day windows with their own rate (first match wins; a

@@ -30,6 +30,7 @@ pub mod auth;
 pub mod auth_limit;
 pub mod bench;
 pub mod capacity;
+pub mod certificates;
 pub mod clock;
 pub mod config;
 pub mod dashboard;

@@ -401,3 +401,39 @@ async fn sec_3_a_ca_key_open_to_other_users_stops_the_vault_from_starting() {
     let again = start_vault_in(dir.path(), |_| {}).await;
     again.handle.shutdown().await;
 }
+
+/// SEC-1: a host that joins again gets a new certificate and its earlier one is revoked; removing
+/// a site revokes its hosts' certificates. Every site learns the revoked certificates (to refuse
+/// them on its hosts) with its next heartbeat answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_1_certificates_of_a_rejoined_host_and_a_removed_site_are_revoked() {
+    let tv = start_vault().await;
+    create_vault(&tv.admin, "v1").await;
+    let ny = register_site(&tv, "v1", "ny", true).await;
+    let chi = register_site(&tv, "v1", "chi", true).await;
+    let sign = |site: &FakeSite, host: &str| {
+        let (site, host) = (site.clone(), host.to_string());
+        async move {
+            let (_, csr) = ferry_pki::generate_key_and_csr("h").expect("csr");
+            let req = serde_json::json!({"host_id": id(&site.name, &host), "host_name": host, "csr_pem": csr});
+            let r: serde_json::Value = site.client.post("/api/v1/agent/hosts/sign", &req).await.expect("sign");
+            ferry_pki::fingerprint_of_pem(r["certificate_pem"].as_str().expect("certificate")).expect("fingerprint")
+        }
+    };
+    let first = sign(&ny, "h1").await;
+    let other = sign(&ny, "h2").await;
+    let chi_host = sign(&chi, "h1").await;
+    assert!(chi.report().await.revoked_certificates.is_empty(), "nothing revoked yet");
+    let second = sign(&ny, "h1").await;
+    assert_ne!(first, second);
+    let revoked = chi.report().await.revoked_certificates;
+    assert_eq!(revoked, vec![first.clone()], "the certificate h1 had before, only");
+
+    tv.admin.delete(&format!("/api/v1/vaults/v1/replicationFabrics/{}", ny.fabric_id)).await.expect("remove ny");
+    let mut revoked = chi.report().await.revoked_certificates;
+    revoked.sort();
+    let mut expected = vec![first, second, other];
+    expected.sort();
+    assert_eq!(revoked, expected, "every certificate of the removed site");
+    assert!(!revoked.contains(&chi_host), "the other site's hosts keep theirs");
+}

@@ -341,7 +341,8 @@ pub async fn report(
                     .await;
                 }
                 let peers = st.peers.peers(&st.store, f.vault_id).await;
-                return Ok(Json(SiteReportAck { synced_clouds: synced, active, peers }));
+                let revoked_certificates = crate::certificates::revoked(&st.store, f.vault_id, st.clock.now()).await?;
+                return Ok(Json(SiteReportAck { synced_clouds: synced, active, peers, revoked_certificates }));
             }
             Err(e) if e.kind == ferry_store::ErrorKind::VersionMismatch && attempt < 4 => continue,
             Err(e) => return Err(e.into()),
@@ -434,6 +435,8 @@ pub async fn sign_host(
         .ca
         .sign_csr(&req.csr_pem, &cn, &[], &[])
         .map_err(|e| ApiFailure::bad_request("InvalidCsr", e.to_string()))?;
+    // The host's earlier certificate (it joined again) is revoked on every host (SEC-1).
+    crate::certificates::record_issued(&st.store, doc.body.vault_id, fabric, &cn, &cert, st.clock.now()).await?;
     st.event(
         doc.body.vault_id,
         Severity::Info,

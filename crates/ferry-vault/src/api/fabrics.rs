@@ -61,6 +61,8 @@ pub async fn delete_fabric(
     }
     st.store.delete_doc(DocKind::Fabric, v.id, &f.id.to_string()).await?;
     st.peers.remove_fabric(v.id, f.id);
+    // Its hosts' certificates are refused by every other host from the next heartbeat (SEC-1).
+    crate::certificates::revoke_site(&st.store, v.id, f.id, st.clock.now()).await?;
     st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None)
         .await;
     Ok(StatusCode::NO_CONTENT)
