@@ -290,6 +290,9 @@ pub enum ApiCmd {
         /// reader, operator or contributor
         #[arg(long)]
         role: String,
+        /// The token stops working after this many days (1–3650); default: it does not expire.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
     },
     /// List API tokens (never their secrets).
     TokenList,
@@ -900,20 +903,33 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 &[("TIME", "/time"), ("SEVERITY", "/severity"), ("KIND", "/kind"), ("MESSAGE", "/message")],
             );
         }
-        ApiCmd::TokenCreate { name, role } => {
+        ApiCmd::TokenCreate { name, role, expires_in_days } => {
             let role = ferry_types::auth::Role::parse(&role)
                 .ok_or_else(|| anyhow!("Unknown role '{role}': use reader, operator or contributor"))?;
-            let t: Value = c.post("/api/v1/tokens", &json!({"name": name, "role": role})).await?;
+            let req = ferry_types::auth::CreateToken { name, role, expires_in_days };
+            let t: Value = c.post("/api/v1/tokens", &req).await?;
             print(
                 out,
                 &t,
-                &[("ID", "/info/id"), ("NAME", "/info/name"), ("ROLE", "/info/role"), ("SECRET", "/secret")],
+                &[
+                    ("ID", "/info/id"),
+                    ("NAME", "/info/name"),
+                    ("ROLE", "/info/role"),
+                    ("EXPIRES", "/info/expires_at"),
+                    ("SECRET", "/secret"),
+                ],
             );
         }
         ApiCmd::TokenList => print(
             out,
             &c.get("/api/v1/tokens").await?,
-            &[("ID", "/id"), ("NAME", "/name"), ("ROLE", "/role"), ("CREATED", "/created_at")],
+            &[
+                ("ID", "/id"),
+                ("NAME", "/name"),
+                ("ROLE", "/role"),
+                ("CREATED", "/created_at"),
+                ("EXPIRES", "/expires_at"),
+            ],
         ),
         ApiCmd::TokenRevoke { id } => {
             c.delete(&format!("/api/v1/tokens/{}", enc(&id))).await?;

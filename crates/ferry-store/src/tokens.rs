@@ -14,9 +14,11 @@ pub struct TokenRow {
     /// For a site credential: the fabric it belongs to.
     pub fabric: Option<Uuid>,
     pub created_ms: i64,
+    /// When the token stops working (ms since the epoch); `None` = never.
+    pub expires_ms: Option<i64>,
 }
 
-type Row = (String, String, String, Option<String>, i64);
+type Row = (String, String, String, Option<String>, i64, Option<i64>);
 
 fn decode(r: Row) -> TokenRow {
     TokenRow {
@@ -25,6 +27,7 @@ fn decode(r: Row) -> TokenRow {
         role: r.2,
         fabric: r.3.and_then(|f| Uuid::parse_str(&f).ok()),
         created_ms: r.4,
+        expires_ms: r.5,
     }
 }
 
@@ -33,13 +36,16 @@ async fn insert_in<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
     row: &TokenRow,
     secret_hash: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO tokens (id, name, role, secret_hash, fabric, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+    sqlx::query(
+        "INSERT INTO tokens (id, name, role, secret_hash, fabric, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
         .bind(row.id.to_string())
         .bind(&row.name)
         .bind(&row.role)
         .bind(secret_hash)
         .bind(row.fabric.map(|f| f.to_string()))
         .bind(row.created_ms)
+        .bind(row.expires_ms)
         .execute(ex)
         .await
         .map_err(|e| Error::query("Insert token", e))?;
@@ -58,7 +64,7 @@ impl Store {
     /// The live token whose secret hashes to `secret_hash`.
     pub async fn token_by_hash(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
         let row: Option<Row> = sqlx::query_as(
-            "SELECT id, name, role, fabric, created_ms FROM tokens WHERE secret_hash = $1 AND revoked_ms IS NULL",
+            "SELECT id, name, role, fabric, created_ms, expires_ms FROM tokens WHERE secret_hash = $1 AND revoked_ms IS NULL",
         )
         .bind(secret_hash)
         .fetch_optional(&self.pool)
@@ -68,7 +74,7 @@ impl Store {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>> {
-        let rows: Vec<Row> = sqlx::query_as("SELECT id, name, role, fabric, created_ms FROM tokens WHERE revoked_ms IS NULL AND role != 'Site' ORDER BY created_ms")
+        let rows: Vec<Row> = sqlx::query_as("SELECT id, name, role, fabric, created_ms, expires_ms FROM tokens WHERE revoked_ms IS NULL AND role != 'Site' ORDER BY created_ms")
             .fetch_all(&self.pool)
             .await
             .map_err(|e| Error::query("List tokens", e))?;

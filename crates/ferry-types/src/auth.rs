@@ -44,6 +44,9 @@ pub struct TokenInfo {
     pub name: String,
     pub role: Role,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When the token stops working; absent = it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -51,6 +54,9 @@ pub struct TokenInfo {
 pub struct CreateToken {
     pub name: String,
     pub role: Role,
+    /// Days the token works (1–3650); absent = it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
 }
 
 /// Answer to token creation: the only time the secret is shown.

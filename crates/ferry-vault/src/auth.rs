@@ -103,6 +103,16 @@ pub async fn authenticate(state: &AppState, secret: &str) -> Result<Auth, ApiFai
         .token_by_hash(&hash_secret(secret.trim()))
         .await?
         .ok_or_else(|| ApiFailure::unauthorized("InvalidCredentials", "The token is unknown or revoked"))?;
+    if let Some(expires) = row.expires_ms.filter(|e| *e <= state.clock.now().timestamp_millis()) {
+        return Err(ApiFailure::unauthorized(
+            "TokenExpired",
+            format!(
+                "The token {} expired at {}; create a new one",
+                row.name,
+                ferry_store::from_ms(expires).to_rfc3339()
+            ),
+        ));
+    }
     if row.role == "Site" {
         let fabric = row.fabric.ok_or_else(|| ApiFailure::internal("Site credential without a fabric"))?;
         return Ok(Auth(Principal::Site { fabric }));

@@ -104,7 +104,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     let token_path = data.join(ADMIN_TOKEN_FILE);
     let mut new_admin_token = None;
     if !token_path.exists() {
-        let t = crate::api::tokens::make_token(&store, "admin", Role::Contributor, config.clock.now()).await?;
+        let t = crate::api::tokens::make_token(&store, "admin", Role::Contributor, config.clock.now(), None).await?;
         write_secret(&token_path, &t.secret).map_err(|e| StartError::DataDir(token_path.display().to_string(), e))?;
         new_admin_token = Some(t.secret);
     }

@@ -437,3 +437,45 @@ async fn sec_1_certificates_of_a_rejoined_host_and_a_removed_site_are_revoked() 
     assert_eq!(revoked, expected, "every certificate of the removed site");
     assert!(!revoked.contains(&chi_host), "the other site's hosts keep theirs");
 }
+
+/// SEC-3: an API token can be given a life; it works until then and is refused with
+/// `TokenExpired` after; the list shows when each token expires and never a secret; a life out
+/// of range is refused and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_api_tokens_can_expire() {
+    let t0 = chrono::Utc::now();
+    let clock = ManualClock::at(t0);
+    let c2 = clock.clone();
+    let tv = start_vault_with(move |cfg| cfg.clock = c2).await;
+    let t: serde_json::Value = tv
+        .admin
+        .post("/api/v1/tokens", &serde_json::json!({"name": "ci", "role": "Reader", "expires_in_days": 1}))
+        .await
+        .expect("token");
+    let secret = t["secret"].as_str().expect("secret").to_string();
+    let reader = tv.client(Some(&secret));
+    let _: Vec<Vault> = reader.get("/api/v1/vaults").await.expect("valid for a day");
+    let listed: serde_json::Value = tv.admin.get("/api/v1/tokens").await.expect("list");
+    let ci = listed.as_array().expect("tokens").iter().find(|t| t["name"] == "ci").cloned().expect("listed");
+    assert!(ci["expires_at"].is_string(), "{ci}");
+    assert!(!listed.to_string().contains(&secret), "no secret in the list");
+    let before = listed.as_array().map(Vec::len);
+    for bad in [0, 3651] {
+        let e = expect_err(
+            tv.admin
+                .post::<_, serde_json::Value>(
+                    "/api/v1/tokens",
+                    &serde_json::json!({"name": "x", "role": "Reader", "expires_in_days": bad}),
+                )
+                .await,
+        );
+        assert_eq!(e, (400, "InvalidExpiry".to_string()));
+    }
+    let listed: serde_json::Value = tv.admin.get("/api/v1/tokens").await.expect("list");
+    assert_eq!(listed.as_array().map(Vec::len), before, "nothing created");
+
+    clock.set(t0 + chrono::Duration::days(1) + chrono::Duration::seconds(1));
+    let e = expect_err(reader.get::<Vec<Vault>>("/api/v1/vaults").await);
+    assert_eq!(e, (401, "TokenExpired".to_string()));
+    let _: Vec<Vault> = tv.admin.get("/api/v1/vaults").await.expect("the admin token does not expire");
+}

@@ -64,6 +64,31 @@ pub async fn clean_prefixes(lab: &LabUnderTest, host: &str, id: &str, name: &str
     None
 }
 
+/// The records point `point` of item `id` holds on `host` (its clean prefix on the data disk).
+pub async fn records_in_point(lab: &LabUnderTest, host: &str, id: &str, point: &str) -> Option<u64> {
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data(host).join("replicas")).ok()?;
+    let vm = store.vm(id).await.ok()?;
+    let top = vm.chain(point, "vdb").ok()?.first().cloned()?;
+    Some(ferry_qemu::guest_records::verify_image(&top).await.ok()?.clean_prefix_len)
+}
+
+/// Invariant 3 for an unplanned failover at point `point`: the VM recovered on `to` finds at
+/// least the `held` records the point held (it may lose only what was written after it).
+pub async fn recovered_holds(lab: &LabUnderTest, vm: &str, to: &str, point: &str, held: u64) -> Option<String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(found) = found_at_boot(&serial_of(lab, to, vm)) {
+            return (found < held).then(|| {
+                format!("unplanned failover of {vm} to {to} at {point} lost records: the point held {held}, the VM found {found}")
+            });
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            return Some(format!("{vm} recovered on {to} did not report the records it found within 300 s"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// The last record a guest wrote on its console, and the records it found at its last boot.
 pub fn serial_of(lab: &LabUnderTest, host: &str, vm: &str) -> String {
     std::fs::read_to_string(lab.host_data(host).join("vms").join(vm).join("serial.log")).unwrap_or_default()

@@ -241,6 +241,14 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
             } else {
                 json!({"recovery_point": "latestProcessed", "shutdown_source": true})
             };
+            // Invariant 3: the records the chosen point holds, read on its replica before the
+            // failover makes it the VM's disk.
+            let to = it["target"]["host_name"].as_str().unwrap_or_default().to_string();
+            let chosen = body["recovery_point"].as_str().filter(|p| p.starts_with("rp-")).map(str::to_string);
+            let held = match &chosen {
+                Some(p) => super::invariants::records_in_point(lab, &to, &id, p).await,
+                None => None,
+            };
             if let Err(e) = operate(lab, &id, "unplannedFailover", body, false, long).await {
                 if flip {
                     // The operator powered the source off for this failover: a failover that did
@@ -255,6 +263,12 @@ pub async fn run(lab: &LabUnderTest, kind: OpKind, it: &Value, flip: bool) -> Re
                     }
                 }
                 return Err(e);
+            }
+            if let (Some(p), Some(held)) = (&chosen, held) {
+                out.unplanned_checked += 1;
+                if let Some(v) = super::invariants::recovered_holds(lab, &name, &to, p, held).await {
+                    out.lost_records.push(v);
+                }
             }
             if flip {
                 operate(lab, &id, "applyRecoveryPoint", json!({"recovery_point": "latestProcessed"}), false, long)

@@ -200,6 +200,7 @@ async fn register_checked(st: &AppState, req: RegisterRequest) -> ApiResult<Json
             role: "Site".into(),
             fabric: Some(fabric.id),
             created_ms: now.timestamp_millis(),
+            expires_ms: None,
         },
         &hash_secret(&site_token),
     )

@@ -23,21 +23,24 @@ pub async fn list_tokens(State(st): State<AppState>, auth: Auth) -> ApiResult<Js
                     name: r.name,
                     role,
                     created_at: ferry_store::from_ms(r.created_ms),
+                    expires_at: r.expires_ms.map(ferry_store::from_ms),
                 })
             })
             .collect(),
     ))
 }
 
-/// Create a token (used by the vault at first start for the admin token, too).
+/// Create a token (used by the vault at first start for the admin token, too), valid until
+/// `expires_at` if given.
 pub async fn make_token(
     st: &ferry_store::Store,
     name: &str,
     role: Role,
     now: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<CreatedToken, ferry_store::Error> {
     let secret = new_secret("fy_");
-    let info = TokenInfo { id: Uuid::new_v4(), name: name.to_string(), role, created_at: now };
+    let info = TokenInfo { id: Uuid::new_v4(), name: name.to_string(), role, created_at: now, expires_at };
     st.insert_token(
         &ferry_store::TokenRow {
             id: info.id,
@@ -45,12 +48,16 @@ pub async fn make_token(
             role: role.as_str().to_string(),
             fabric: None,
             created_ms: now.timestamp_millis(),
+            expires_ms: expires_at.map(|t| t.timestamp_millis()),
         },
         &hash_secret(&secret),
     )
     .await?;
     Ok(CreatedToken { info, secret })
 }
+
+/// The longest life a token can be given (ten years).
+const MAX_TOKEN_DAYS: u32 = 3650;
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken), (status = 400, body = ferry_types::ApiError)))]
 pub async fn create_token(
@@ -62,7 +69,15 @@ pub async fn create_token(
     if req.name.trim().is_empty() || req.name.len() > 64 {
         return Err(ApiFailure::bad_request("InvalidName", "A token name is 1 to 64 characters"));
     }
-    let t = make_token(&st.store, &req.name, req.role, st.clock.now()).await?;
+    if req.expires_in_days.is_some_and(|d| !(1..=MAX_TOKEN_DAYS).contains(&d)) {
+        return Err(ApiFailure::bad_request(
+            "InvalidExpiry",
+            format!("A token expires in 1 to {MAX_TOKEN_DAYS} days, or not at all"),
+        ));
+    }
+    let now = st.clock.now();
+    let expires_at = req.expires_in_days.map(|d| now + chrono::Duration::days(i64::from(d)));
+    let t = make_token(&st.store, &req.name, req.role, now, expires_at).await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
