@@ -286,3 +286,74 @@ fn sec_1_a_host_joins_once_with_its_own_token_and_cannot_take_over_another() {
     });
     assert_ne!(newyork_host(&lab, "ny2")["address"], "127.0.0.1:9", "ny2 untouched");
 }
+
+/// The `host certificate renewed` lines in host `host`'s log since its restart.
+fn renewals(lab: &Lab, host: &str) -> usize {
+    std::fs::read_to_string(lab.dir.join("logs").join(format!("host-{host}-restarted.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("host certificate renewed"))
+        .count()
+}
+
+/// SEC-3: host certificates are renewed by the running agents (a new key, signed through the
+/// site, stored and presented from the next handshake) without a restart and without a lost
+/// cycle, at both ends of a replication; the certificate before is revoked, so a replica host
+/// refuses it from then on.
+#[test]
+fn sec_3_host_certificates_renew_in_running_agents_without_a_lost_cycle() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "rn1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "rn1");
+    common::wait_records_and_points(&lab, &id, &serial, 4, 2);
+    let first_identity = lab.tmp.path().join("ny1-first-tls");
+    std::fs::create_dir_all(&first_identity).expect("dir");
+    for f in ["ca-cert.pem", "cert.pem", "key.pem"] {
+        std::fs::copy(lab.host_data("ny1").join("tls").join(f), first_identity.join(f)).expect("copy identity");
+    }
+
+    // With 400 days' notice a one-year certificate is always due: both agents renew every few
+    // seconds once restarted with that setting (before any table of the file).
+    let mut agents = Vec::new();
+    for h in ["chi1", "ny1"] {
+        let cfg = lab.dir.join("hosts").join(h).join("host.toml");
+        let toml = std::fs::read_to_string(&cfg).expect("host.toml");
+        std::fs::write(&cfg, format!("renew_days_before_expiry = 400\nrenew_check_secs = 4\n{toml}")).expect("write");
+        lab.pin_replication_address(h);
+        kill9(lab.pid(&format!("host-{h}")));
+        agents.push(lab.restart_host(h));
+    }
+    let pids: Vec<u32> = agents.iter().map(|a| a.0.id()).collect();
+    let points = |lab: &Lab| lab.json(&["item-show", &id])["recovery_points"].as_array().map_or(0, Vec::len);
+    lab.wait_for("a first renewal on both hosts and a point after it", Duration::from_secs(120), || {
+        (renewals(&lab, "ny1") >= 1 && renewals(&lab, "chi1") >= 1).then_some(())
+    });
+    let after_first = points(&lab);
+    lab.wait_for("a point after the first renewals", Duration::from_secs(60), || {
+        (points(&lab) > after_first).then_some(())
+    });
+    let before = lab.json(&["item-show", &id]);
+    let (missed, ok, n0) = (
+        before["stats"]["cycles_missed"].as_u64().unwrap_or(0),
+        before["stats"]["cycles_ok"].as_u64().unwrap_or(0),
+        (renewals(&lab, "ny1"), renewals(&lab, "chi1")),
+    );
+    lab.wait_for("three more renewals on each host", Duration::from_secs(120), || {
+        (renewals(&lab, "ny1") >= n0.0 + 3 && renewals(&lab, "chi1") >= n0.1 + 3).then_some(())
+    });
+    let after = lab.json(&["item-show", &id]);
+    assert!(after["stats"]["cycles_ok"].as_u64().unwrap_or(0) >= ok + 3, "cycles went on: {after}");
+    assert_eq!(after["stats"]["cycles_missed"].as_u64().unwrap_or(0), missed, "no cycle lost: {after}");
+    assert_eq!(after["health"], "Normal", "{after}");
+    for (agent, pid) in agents.iter_mut().zip(&pids) {
+        assert!(agent.0.try_wait().expect("wait").is_none(), "agent {pid} renewed without a restart");
+    }
+    let log = std::fs::read_to_string(lab.dir.join("logs/host-ny1-restarted.log")).expect("log");
+    assert_eq!(log.matches("host agent running").count(), 1, "one start of the agent");
+    // The first certificate of ny1 is revoked: the replica host refuses it.
+    lab.wait_for("chi1 refusing ny1's first certificate", Duration::from_secs(30), || {
+        replicate_to_chi1_with(&lab, &first_identity).filter(|e| e.contains("revoked"))
+    });
+    common::wait_records_and_points(&lab, &id, &serial, common::last_record(&serial) + 2, points(&lab) + 1);
+}

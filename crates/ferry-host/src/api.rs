@@ -42,9 +42,8 @@ pub fn serve(
     let site = site_of_host_cert(&host.identity.tls.cert_pem).ok_or_else(|| {
         crate::HostError::Join("the host certificate does not name its site (host-<site>-<host>)".into())
     })?;
-    let tls = ferry_pki::server_config(
-        &host.identity.tls.cert_pem,
-        &host.identity.tls.key_pem,
+    let tls = ferry_pki::server_config_live(
+        &host.live,
         ferry_pki::ClientAuth::RequiredNamed {
             ca_pem: host.identity.tls.ca_cert_pem.clone(),
             common_names: vec![format!("site-{site}")],

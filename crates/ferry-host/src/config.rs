@@ -69,6 +69,13 @@ pub struct HostConfig {
     /// least once in this period (0 turns the background verifier off).
     #[serde(default = "default_verify_period")]
     pub verify_period_secs: u64,
+    /// SEC-3: the agent renews its certificate (a new key, signed by the vault CA through the
+    /// site) when fewer days than this are left (certificates last a year).
+    #[serde(default = "default_renew_days")]
+    pub renew_days_before_expiry: u32,
+    /// How often the agent checks whether its certificate needs renewing, seconds.
+    #[serde(default = "default_renew_check")]
+    pub renew_check_secs: u64,
     /// RP-1: the most the verifier reads per second, in MiB (background and on demand).
     #[serde(default = "default_verify_rate")]
     pub verify_rate_mib: u64,
@@ -125,6 +132,14 @@ fn default_verify_period() -> u64 {
 
 fn default_verify_rate() -> u64 {
     64
+}
+
+fn default_renew_days() -> u32 {
+    30
+}
+
+fn default_renew_check() -> u64 {
+    3600
 }
 
 fn default_retention_interval() -> u64 {

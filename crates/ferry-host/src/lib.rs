@@ -17,6 +17,7 @@ pub mod net;
 pub mod onboard;
 pub mod peers;
 pub mod profile;
+pub mod renew;
 pub mod replication;
 pub mod source_status;
 pub mod storage;
@@ -62,6 +63,10 @@ pub struct Host {
     pub profiler: Arc<profile::Profiler>,
     pub pairs: std::sync::Mutex<Vec<PairConfig>>,
     pub api_addr: SocketAddr,
+    /// The certificate this agent presents now (renewed in place, SEC-3).
+    pub live: ferry_pki::LiveIdentity,
+    /// Set when the site's answer lists this agent's own certificate as revoked: renew at once.
+    pub certificate_revoked: std::sync::atomic::AtomicBool,
 }
 
 pub struct HostHandle {
@@ -97,7 +102,9 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let std_listener = std::net::TcpListener::bind(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
     let api_addr = std_listener.local_addr()?;
+    renew::recover_tls_dir(data)?;
     let identity = join::join_or_load(&cfg, data, api_addr).await?;
+    let live = ferry_pki::LiveIdentity::new(&identity.tls.cert_pem, &identity.tls.key_pem)?;
     let site = ferry_client::Client::builder(&cfg.site_url)
         .ca(identity.tls.ca_cert_pem.clone())
         .peer_name(join::site_cn_of(&identity.tls.cert_pem))
@@ -108,6 +115,7 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         ca_pem: identity.tls.ca_cert_pem.clone(),
         cert_pem: identity.tls.cert_pem.clone(),
         key_pem: identity.tls.key_pem.clone(),
+        live: Some(live.clone()),
     };
     let test_interval = cfg.test_copy_interval_ms.map(Duration::from_millis);
     let bandwidth = match &cfg.bandwidth {
@@ -141,13 +149,16 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         profiler,
         pairs: Default::default(),
         api_addr,
+        live,
+        certificate_revoked: Default::default(),
     });
     let server = api::serve(host.clone(), std_listener)?;
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));
     let io_errors = tokio::spawn(io_error_loop(host.clone()));
     let verifier = tokio::spawn(verify_loop(host.clone()));
-    let mut tasks = vec![server, reporter, retention, io_errors, verifier];
+    let renewer = tokio::spawn(renew::renew_loop(host.clone()));
+    let mut tasks = vec![server, reporter, retention, io_errors, verifier, renewer];
     if let Some(addr) = host.cfg.metrics_listen {
         let l = std::net::TcpListener::bind(addr)?;
         if let Some(bound) = metrics::bound(&l) {
@@ -201,6 +212,12 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
     }
     host.replication.apply_peers(&ack.peers).await;
     host.replication.apply_revoked_certificates(&ack.revoked_certificates);
+    let own = std::fs::read_to_string(host.data.join("tls").join(ferry_pki::CERT_FILE))
+        .ok()
+        .and_then(|c| ferry_pki::fingerprint_of_pem(&c).ok());
+    if own.is_some_and(|f| ack.revoked_certificates.contains(&f)) {
+        host.certificate_revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     host.replication.apply_pairs(&ack.pairs).await;
     host.replication.apply_listen_ports(&ack.pairs).await;
     match ack.bandwidth.as_ref().map(config::bandwidth_schedule).transpose() {

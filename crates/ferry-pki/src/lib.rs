@@ -31,6 +31,7 @@ mod ca;
 mod error;
 mod files;
 mod hmac;
+mod live;
 mod pem;
 pub mod regkey;
 pub mod tls;
@@ -39,11 +40,13 @@ pub use ca::{csr_key_fingerprint, generate_key_and_csr, Ca, IssuedCert, CA_CERT_
 pub use error::{Error, ErrorKind, Result};
 pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
 pub use hmac::constant_time_eq;
+pub use live::LiveIdentity;
 pub use pem::{
     ensure_private_dir, fingerprint_of_der, fingerprint_of_pem, read_private_text, verify_ca_pin, write_private_file,
 };
 pub use regkey::RegistrationKey;
 pub use tls::{
     cert_alternative_names, cert_common_name, cert_not_after, client_config, named_peer_client_config,
-    named_server_client_config, peer_common_name, server_config, ClientAuth, PeerName,
+    named_server_client_config, named_server_client_config_live, peer_common_name, server_config, server_config_live,
+    ClientAuth, PeerName,
 };

@@ -10,6 +10,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::{Context, Error, ErrorKind, Result};
+use crate::live::LiveIdentity;
 use crate::pem::{parse_certs, parse_private_key};
 
 /// Whether and how a server asks for client certificates.
@@ -109,13 +110,35 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// A server config presenting `cert_pem` (leaf first, chain may follow) and
 /// `key_pem`. With `alpn` the server offers `h2` and `http/1.1`.
 pub fn server_config(cert_pem: &str, key_pem: &str, client_auth: ClientAuth, alpn: bool) -> Result<Arc<ServerConfig>> {
-    let provider = provider();
     let certs = parse_certs(cert_pem)?;
     let key = parse_private_key(key_pem)?;
+    let mut config = server_builder(client_auth)?
+        .with_single_cert(certs, key)
+        .ctx(ErrorKind::InvalidInput, || "Server certificate and key do not form a usable identity".to_string())?;
+    if alpn {
+        config.alpn_protocols = ALPN_H2_HTTP11.iter().map(|p| p.to_vec()).collect();
+    }
+    Ok(Arc::new(config))
+}
+
+/// Like [`server_config`], presenting whatever certificate `identity` holds at each handshake
+/// (a renewed certificate is used from the next connection on, without a restart).
+pub fn server_config_live(identity: &LiveIdentity, client_auth: ClientAuth, alpn: bool) -> Result<Arc<ServerConfig>> {
+    let mut config = server_builder(client_auth)?.with_cert_resolver(Arc::new(identity.clone()));
+    if alpn {
+        config.alpn_protocols = ALPN_H2_HTTP11.iter().map(|p| p.to_vec()).collect();
+    }
+    Ok(Arc::new(config))
+}
+
+fn server_builder(
+    client_auth: ClientAuth,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>> {
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?;
-    let builder = match client_auth {
+    Ok(match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional(ca_pem) | ClientAuth::Required(ca_pem) if ca_pem.trim().is_empty() => {
             return Err(Error::new(ErrorKind::InvalidInput, "Client authentication needs a CA certificate"));
@@ -142,14 +165,7 @@ pub fn server_config(cert_pem: &str, key_pem: &str, client_auth: ClientAuth, alp
                 .ctx(ErrorKind::Tls, || "Cannot build the client certificate verifier".to_string())?;
             builder.with_client_cert_verifier(Arc::new(NamedClientVerifier { inner, common_names }))
         }
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .ctx(ErrorKind::InvalidInput, || "Server certificate and key do not form a usable identity".to_string())?;
-    if alpn {
-        config.alpn_protocols = ALPN_H2_HTTP11.iter().map(|p| p.to_vec()).collect();
-    }
-    Ok(Arc::new(config))
+    })
 }
 
 /// A client config trusting only the CA in `ca_pem`, optionally presenting a
@@ -210,6 +226,32 @@ pub fn named_server_client_config(
     identity: Option<(&str, &str)>,
     expected: PeerName,
 ) -> Result<Arc<ClientConfig>> {
+    let builder = named_client_builder(ca_pem, expected)?;
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_pem, key_pem)) => builder
+            .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
+            .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// Like [`named_server_client_config`], presenting whatever certificate `identity` holds at
+/// each handshake (a renewed certificate is used from the next connection on).
+pub fn named_server_client_config_live(
+    ca_pem: &str,
+    identity: &LiveIdentity,
+    expected: PeerName,
+) -> Result<Arc<ClientConfig>> {
+    let mut config = named_client_builder(ca_pem, expected)?.with_client_cert_resolver(Arc::new(identity.clone()));
+    config.resumption = rustls::client::Resumption::store(identity.session_store());
+    Ok(Arc::new(config))
+}
+
+fn named_client_builder(
+    ca_pem: &str,
+    expected: PeerName,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>> {
     let empty = match &expected {
         PeerName::Exact(n) | PeerName::Prefix(n) => n.trim().is_empty(),
     };
@@ -218,18 +260,11 @@ pub fn named_server_client_config(
     }
     let provider = provider();
     let verifier = Arc::new(NamedServerVerifier { roots: roots(ca_pem)?, provider: provider.clone(), expected });
-    let builder = ClientConfig::builder_with_provider(provider)
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert_pem, key_pem)) => builder
-            .with_client_auth_cert(parse_certs(cert_pem)?, parse_private_key(key_pem)?)
-            .ctx(ErrorKind::InvalidInput, || "Client certificate and key do not form a usable identity".to_string())?,
-    };
-    Ok(Arc::new(config))
+        .with_custom_certificate_verifier(verifier))
 }
 
 /// A client config for host-to-host replication: presents `(cert_pem, key_pem)` and accepts

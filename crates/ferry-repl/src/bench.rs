@@ -1229,7 +1229,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport> {
         let c = ca
             .issue_server_cert(cn, &["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
             .ctx(ErrorKind::Tls, || "Cannot issue bench cert".into())?;
-        Ok(TlsIdentity { ca_pem: ca.cert_pem().into(), cert_pem: c.cert_pem, key_pem: c.key_pem })
+        Ok(TlsIdentity { ca_pem: ca.cert_pem().into(), cert_pem: c.cert_pem, key_pem: c.key_pem, live: None })
     };
     let (rid, pid) = (ident("host-bench-replica")?, ident("host-bench-primary")?);
     let allow = Allowlist::new();

@@ -104,7 +104,7 @@ fn identity(ca: &ferry_pki::Ca, cn: &str) -> Result<TlsIdentity> {
     let c = ca
         .issue_server_cert(cn, &["localhost".into()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
         .ctx(ErrorKind::Tls, || "Cannot issue bench cert".into())?;
-    Ok(TlsIdentity { ca_pem: ca.cert_pem().into(), cert_pem: c.cert_pem, key_pem: c.key_pem })
+    Ok(TlsIdentity { ca_pem: ca.cert_pem().into(), cert_pem: c.cert_pem, key_pem: c.key_pem, live: None })
 }
 
 async fn receiver(root: &Path, id: &TlsIdentity) -> Result<Receiver> {

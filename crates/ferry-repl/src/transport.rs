@@ -23,25 +23,34 @@ pub struct TlsIdentity {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// When set, the certificate presented at each handshake (a host agent renews its
+    /// certificate there without a restart); `cert_pem`/`key_pem` are then the first one.
+    pub live: Option<ferry_pki::LiveIdentity>,
 }
 
 impl TlsIdentity {
     /// Server config: client certificates required, chaining to the vault CA.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>> {
-        ferry_pki::server_config(
-            &self.cert_pem,
-            &self.key_pem,
-            ferry_pki::ClientAuth::Required(self.ca_pem.clone()),
-            false,
-        )
+        let auth = ferry_pki::ClientAuth::Required(self.ca_pem.clone());
+        match &self.live {
+            Some(live) => ferry_pki::server_config_live(live, auth, false),
+            None => ferry_pki::server_config(&self.cert_pem, &self.key_pem, auth, false),
+        }
         .ctx(ErrorKind::Tls, || "Cannot build the replication server TLS config".into())
     }
 
     /// Client config presenting this host's certificate to a replication peer that must present
     /// a certificate named `peer_cn` (wherever it is reached).
     pub fn peer_client_config(&self, peer_cn: &str) -> Result<Arc<rustls::ClientConfig>> {
-        ferry_pki::named_peer_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem, peer_cn)
-            .ctx(ErrorKind::Tls, || format!("Cannot build the replication client TLS config for {peer_cn}"))
+        match &self.live {
+            Some(live) => ferry_pki::named_server_client_config_live(
+                &self.ca_pem,
+                live,
+                ferry_pki::PeerName::Exact(peer_cn.to_string()),
+            ),
+            None => ferry_pki::named_peer_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem, peer_cn),
+        }
+        .ctx(ErrorKind::Tls, || format!("Cannot build the replication client TLS config for {peer_cn}"))
     }
 
     /// Client config presenting this host's certificate.

@@ -64,6 +64,7 @@ async fn sec_1_replication_refuses_unauthorised_or_foreign_certificate() {
         ca_pem: pki.ca.cert_pem().to_string(),
         cert_pem: foreign_cert.cert_pem,
         key_pem: foreign_cert.key_pem,
+        live: None,
     };
     let e = Session::open(&peer(rx.local_addr(), &foreign, "pair-1", "vm1"), t).await.err().expect("foreign CA");
     eprintln!("foreign CA: {}", e.chain());

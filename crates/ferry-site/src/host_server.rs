@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use ferry_types::site_protocol::{
-    HostJoinRequest, HostJoinResponse, HostReport, HostReportAck, SignHostRequest, SignHostResponse,
+    HostJoinRequest, HostJoinResponse, HostRenewRequest, HostRenewResponse, HostReport, HostReportAck, SignHostRequest,
+    SignHostResponse,
 };
 use ferry_types::ApiError;
 use sha2::{Digest, Sha256};
@@ -57,6 +58,7 @@ pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHand
     let app = Router::new()
         .route("/v1/join", post(join))
         .route("/v1/report", post(report))
+        .route("/v1/renew", post(renew))
         .route("/v1/status", axum::routing::get(status))
         .with_state(site);
     let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
@@ -136,6 +138,57 @@ async fn join(
         certificate_pem: signed.certificate_pem,
         ca_pem: signed.ca_pem,
     }))
+}
+
+/// The host behind a request's bearer host token: (id, name).
+fn host_of(site: &Site, headers: &HeaderMap) -> Result<(String, String), Failure> {
+    let token = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "MissingCredentials", "Send the host token"))?;
+    let h = hash(token.trim());
+    let p = site
+        .persisted
+        .lock()
+        .map_err(|_| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", "lock poisoned"))?;
+    p.hosts
+        .iter()
+        .find(|e| e.token_hash == h)
+        .map(|e| (e.id.clone(), e.name.clone()))
+        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "InvalidCredentials", "Unknown host token"))
+}
+
+/// SEC-3: a joined host renews its certificate (a new key) with its host token; the vault
+/// signs it and revokes the one before; the host's name is bound to the new key.
+async fn renew(
+    State(site): State<Arc<Site>>,
+    headers: HeaderMap,
+    Json(req): Json<HostRenewRequest>,
+) -> Result<Json<HostRenewResponse>, Failure> {
+    let (id, name) = host_of(&site, &headers)?;
+    let key = ferry_pki::csr_key_fingerprint(&req.csr_pem)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, "InvalidCertificateRequest", e.to_string()))?;
+    let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem };
+    site.recorder.record("/api/v1/agent/hosts/sign", &sign);
+    let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
+        ferry_client::Error::Api { api, status } => {
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api))
+        }
+        other => fail(
+            StatusCode::BAD_GATEWAY,
+            "VaultUnreachable",
+            format!("The vault cannot sign the host certificate now: {other}"),
+        ),
+    })?;
+    if let Ok(mut p) = site.persisted.lock() {
+        if let Some(e) = p.hosts.iter_mut().find(|e| e.id == id) {
+            e.key_sha256 = Some(key);
+        }
+    }
+    site.save().map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "SiteStateError", e.to_string()))?;
+    tracing::info!(host = %name, "host certificate renewed");
+    Ok(Json(HostRenewResponse { certificate_pem: signed.certificate_pem, ca_pem: signed.ca_pem }))
 }
 
 async fn report(

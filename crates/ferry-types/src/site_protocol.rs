@@ -158,6 +158,21 @@ pub struct HostJoinResponse {
     pub ca_pem: String,
 }
 
+/// Host → site (with its host token): a new certificate for a new key, before the current one
+/// expires or after it was revoked (SEC-3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRenewRequest {
+    pub csr_pem: String,
+}
+
+/// Site → host: the renewed certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRenewResponse {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+}
+
 /// Site → host: answer to a report: the cloud pairs the host serves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HostReportAck {

@@ -44,7 +44,7 @@ pub struct Pki {
 pub fn identity(ca: &Ca, cn: &str) -> TlsIdentity {
     let c =
         ca.issue_server_cert(cn, &["localhost".to_string()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).expect("issue cert");
-    TlsIdentity { ca_pem: ca.cert_pem().to_string(), cert_pem: c.cert_pem, key_pem: c.key_pem }
+    TlsIdentity { ca_pem: ca.cert_pem().to_string(), cert_pem: c.cert_pem, key_pem: c.key_pem, live: None }
 }
 
 pub fn pki() -> Pki {
