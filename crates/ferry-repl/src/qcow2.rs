@@ -311,7 +311,14 @@ pub fn map_layer(path: &Path) -> Result<Vec<ferry_qemu::img::MapExtent>> {
     if l1_size > size.div_ceil(cluster * l2_entries) + 1 {
         return Err(bad("L1 table larger than the image needs"));
     }
+    // A table must lie inside the file: its size in the header is checked against the file
+    // before anything is allocated for it (a damaged or hostile header could ask for GiBs).
+    let file_len = file.metadata().map_err(|e| Error::io(format!("Cannot stat {}", path.display()), e))?.len();
     let read_table = |offset: u64, entries: u64| -> Result<Vec<u64>> {
+        let end = entries.checked_mul(8).and_then(|n| offset.checked_add(n));
+        if end.is_none_or(|end| end > file_len) {
+            return Err(bad("a table lies past the end of the file"));
+        }
         let mut b = vec![0u8; (entries * 8) as usize];
         file.read_exact_at(&mut b, offset).map_err(|e| Error::io(format!("Cannot read {}", path.display()), e))?;
         Ok(b.chunks_exact(8).map(|c| be64(c, 0)).collect())
@@ -360,6 +367,28 @@ pub fn map_layer(path: &Path) -> Result<Vec<ferry_qemu::img::MapExtent>> {
 mod tests {
     use super::*;
     use ferry_qemu::img;
+
+    /// Found by the fuzz target of the qcow2 reader: a header that announces a huge image and
+    /// an L1 table of 2^32-1 entries made the reader allocate 32 GiB before reading it.
+    #[test]
+    fn sec_3_a_table_past_the_end_of_the_file_is_refused_before_it_is_allocated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hostile.qcow2");
+        let mut h = Vec::new();
+        h.extend_from_slice(b"QFI\xfb");
+        h.extend_from_slice(&3u32.to_be_bytes());
+        h.extend_from_slice(&0u64.to_be_bytes()); // backing offset
+        h.extend_from_slice(&0u32.to_be_bytes()); // backing size
+        h.extend_from_slice(&16u32.to_be_bytes()); // cluster bits
+        h.extend_from_slice(&(1u64 << 62).to_be_bytes()); // virtual size
+        h.extend_from_slice(&0u32.to_be_bytes()); // encryption
+        h.extend_from_slice(&u32::MAX.to_be_bytes()); // L1 entries
+        h.extend_from_slice(&0x10000u64.to_be_bytes()); // L1 offset
+        h.resize(512, 0);
+        std::fs::write(&path, &h).expect("write");
+        let e = map_layer(&path).expect_err("refused");
+        assert!(e.to_string().contains("past the end of the file"), "{e}");
+    }
 
     #[tokio::test]
     async fn rep_3_in_process_layer_map_matches_qemu_img() {
