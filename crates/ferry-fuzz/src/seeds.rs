@@ -96,6 +96,22 @@ pub fn site_messages() -> Vec<Vec<u8>> {
     out
 }
 
+/// REST API request bodies (JSON) and query strings.
+pub fn api_requests() -> Vec<Vec<u8>> {
+    [
+        r#"{"name": "ci", "role": "Reader", "expires_in_days": 30}"#,
+        r#"{"name": "Contoso-DR"}"#,
+        r#"{"source_site": "VMM-NewYork", "vms": ["db1", "web1"]}"#,
+        r#"{"recovery_point": "latestProcessed", "shutdown_source": true}"#,
+        r#"{"name": "gold", "host_version": "1", "copy_frequency_secs": 30, "recovery_point_retention_hours": 24}"#,
+        "status=Failed&object_type=ProtectedItem",
+        "object_id=rp-1&status=Succeeded",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
 /// An offline export manifest.
 pub fn manifests() -> Vec<Vec<u8>> {
     let m = serde_json::json!({

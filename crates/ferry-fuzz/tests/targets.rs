@@ -140,6 +140,31 @@ fn sec_3_fuzz_site_and_host_messages() {
 }
 
 #[test]
+fn sec_3_fuzz_rest_api_bodies_and_query_strings() {
+    use ferry_types::{alert, auth, capacity, job, mapping, plan, policy, protection, vault};
+    fuzz("api_requests", seeds::api_requests(), |b| {
+        let json = [
+            serde_json::from_slice::<auth::CreateToken>(b).is_ok(),
+            serde_json::from_slice::<vault::CreateVault>(b).is_ok(),
+            serde_json::from_slice::<protection::EnableProtection>(b).is_ok(),
+            serde_json::from_slice::<protection::OperationRequest>(b).is_ok(),
+            serde_json::from_slice::<policy::CreatePolicy>(b).is_ok(),
+            serde_json::from_slice::<plan::CreatePlan>(b).is_ok(),
+            serde_json::from_slice::<plan::UpdatePlan>(b).is_ok(),
+            serde_json::from_slice::<plan::PlanOperationRequest>(b).is_ok(),
+            serde_json::from_slice::<mapping::CreateContainerMapping>(b).is_ok(),
+            serde_json::from_slice::<mapping::CreateNetworkMapping>(b).is_ok(),
+            serde_json::from_slice::<mapping::CreateStorageMapping>(b).is_ok(),
+            serde_json::from_slice::<alert::AlertSettingsSpec>(b).is_ok(),
+            serde_json::from_slice::<capacity::CreateCapacityPlan>(b).is_ok(),
+            serde_json::from_slice::<ferry_types::fabric::VmDefinition>(b).is_ok(),
+        ];
+        let query = serde_urlencoded::from_bytes::<job::JobFilter>(b).is_ok();
+        json.iter().any(|ok| *ok) || query
+    });
+}
+
+#[test]
 fn sec_3_fuzz_offline_export_manifest() {
     let dir = tempfile::tempdir().expect("tempdir");
     fuzz("manifests", seeds::manifests(), |b| {
