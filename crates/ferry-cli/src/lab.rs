@@ -947,6 +947,10 @@ fn spawn_host(
         hcfg.push_str(&format!("verify_period_secs = {secs}\n"));
     }
     hcfg.push_str(&format!("metrics_listen = \"{own_ip}:0\"\n"));
+    if net.is_some() {
+        // The namespaces' bridge is the lab's own isolated network.
+        hcfg.push_str("metrics_plain_http = true\n");
+    }
     if let Some(ms) = args.test_copy_interval_ms {
         hcfg.push_str(&format!("test_copy_interval_ms = {ms}\n"));
     }

@@ -8,6 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{Lab, LabOptions};
 
@@ -164,4 +165,68 @@ fn job_2_every_roles_metrics_pass_promtool_and_feed_the_dashboard() {
         std::fs::write(logs.join(format!("metrics-{i}.txt")), text).expect("write");
     }
     common::assert_no_secret_leaked(&lab, &[]);
+}
+
+/// SEC-3: a host agent serves its metrics on another address than loopback only over TLS (or
+/// when plain HTTP is chosen explicitly): a configuration that would expose them in plain text
+/// is refused before the agent starts; with `metrics_tls` the agent serves HTTPS with the
+/// configured certificate and plain HTTP gets no metrics.
+#[test]
+fn sec_3_host_metrics_over_tls_or_on_loopback_only() {
+    let lab = Lab::start(LabOptions::default());
+    let hdir = lab.dir.join("hosts/ny1");
+    let toml = std::fs::read_to_string(hdir.join("host.toml")).expect("host.toml");
+    let line = toml.lines().find(|l| l.starts_with("metrics_listen")).expect("metrics line").to_string();
+
+    // Exposed in plain text: refused, nothing started.
+    let exposed = lab.tmp.path().join("exposed.toml");
+    std::fs::write(&exposed, toml.replace(&line, "metrics_listen = \"0.0.0.0:0\"")).expect("write");
+    let out = Command::new(common::ferry_bin())
+        .args(["host", "--config"])
+        .arg(&exposed)
+        .arg("--data-dir")
+        .arg(lab.tmp.path().join("exposed-data"))
+        .output()
+        .expect("ferry host");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback address") && err.contains("metrics_tls"), "{err}");
+    assert!(!lab.tmp.path().join("exposed-data/tls").exists(), "the agent did not join");
+
+    // Over TLS with the operator's certificate (its key 0600).
+    let ca = ferry_pki::Ca::create("Operator PKI").expect("ca");
+    let cert =
+        ca.issue_server_cert("ny1-metrics", &["localhost".into()], &["127.0.0.1".parse().expect("ip")]).expect("cert");
+    let (cert_file, key_file) = (lab.tmp.path().join("metrics-cert.pem"), lab.tmp.path().join("metrics-key.pem"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("cert");
+    ferry_pki::write_private_file(&key_file, cert.key_pem.as_bytes()).expect("key");
+    let tls_line = format!(
+        "metrics_listen = \"127.0.0.1:0\"\nmetrics_tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+        cert_file.display(),
+        key_file.display()
+    );
+    std::fs::write(hdir.join("host.toml"), toml.replace(&line, &tls_line)).expect("write");
+    let endpoint = hdir.join("data/metrics-endpoint");
+    let before = std::fs::read_to_string(&endpoint).unwrap_or_default();
+    common::kill9(lab.pid("host-ny1"));
+    let _agent = lab.restart_host("ny1");
+    let addr = lab.wait_for("the agent's new metrics endpoint", Duration::from_secs(60), || {
+        std::fs::read_to_string(&endpoint).ok().filter(|a| *a != before)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let body = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).expect("ca"))
+            .build()
+            .expect("client");
+        let r = client.get(format!("https://127.0.0.1:{}/metrics", addr.trim().rsplit(':').next().unwrap_or("0")));
+        r.send().await.expect("https scrape").text().await.expect("body")
+    });
+    assert!(body.contains("ferry_build_info{role=\"host\""), "{body}");
+    let mut s = std::net::TcpStream::connect(addr.trim()).expect("connect");
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut plain = String::new();
+    let _ = s.read_to_string(&mut plain);
+    assert!(!plain.contains("ferry_build_info"), "no metrics in plain text");
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -79,9 +79,18 @@ pub struct HostConfig {
     /// RP-1: the most the verifier reads per second, in MiB (background and on demand).
     #[serde(default = "default_verify_rate")]
     pub verify_rate_mib: u64,
-    /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
+    /// Listener for Prometheus metrics (`/metrics`); off when absent. On a loopback address
+    /// plain HTTP; on any other address only with `metrics_tls`, or with `metrics_plain_http`
+    /// set on purpose (an isolated management network) — SEC-3.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the metrics over TLS with this certificate and key (PEM files; e.g. from the
+    /// operator's own PKI, with the names Prometheus scrapes the host by).
+    #[serde(default)]
+    pub metrics_tls: Option<MetricsTls>,
+    /// Allow plain-HTTP metrics on an address other than loopback.
+    #[serde(default)]
+    pub metrics_plain_http: bool,
     /// Bandwidth for the replication traffic this host sends (CAP-2), shared by all its VMs.
     #[serde(default)]
     pub bandwidth: Option<BandwidthDef>,
@@ -209,6 +218,15 @@ impl HostConfig {
         if let Some(w) = &self.resync_window {
             w.window().map_err(|e| ConfigError::Invalid(format!("resync_window: {e}")))?;
         }
+        if let Some(at) = self.metrics_listen {
+            if !at.ip().is_loopback() && self.metrics_tls.is_none() && !self.metrics_plain_http {
+                return Err(ConfigError::Invalid(format!(
+                    "metrics_listen {at} is not a loopback address: serve the metrics over TLS (metrics_tls = {{ \
+                     cert_file = \"…\", key_file = \"…\" }}), listen on 127.0.0.1, or set metrics_plain_http = \
+                     true for an isolated management network"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -222,6 +240,38 @@ impl HostConfig {
             }
             None => Err(ConfigError::Invalid("join_token or join_token_file is required to join the site".into())),
         }
+    }
+}
+
+/// The certificate and key the metrics endpoint presents (SEC-3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Result<(), ConfigError> {
+        let text = format!("name = \"ny1\"\nsite_url = \"https://127.0.0.1:1\"\nca_cert = \"/ca.pem\"\n{extra}");
+        let c: HostConfig = toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        c.validate()
+    }
+
+    #[test]
+    fn sec_3_metrics_beyond_loopback_need_tls_or_an_explicit_choice() {
+        assert!(cfg("metrics_listen = \"127.0.0.1:9466\"").is_ok());
+        assert!(cfg("metrics_listen = \"[::1]:9466\"").is_ok());
+        let e = cfg("metrics_listen = \"0.0.0.0:9466\"").expect_err("refused");
+        assert!(e.to_string().contains("metrics_tls"), "{e}");
+        assert!(cfg(
+            "metrics_listen = \"10.0.0.5:9466\"\nmetrics_tls = { cert_file = \"/c.pem\", key_file = \"/k.pem\" }"
+        )
+        .is_ok());
+        assert!(cfg("metrics_listen = \"10.0.0.5:9466\"\nmetrics_plain_http = true").is_ok());
     }
 }
 

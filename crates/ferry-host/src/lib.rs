@@ -160,12 +160,22 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
     let renewer = tokio::spawn(renew::renew_loop(host.clone()));
     let mut tasks = vec![server, reporter, retention, io_errors, verifier, renewer];
     if let Some(addr) = host.cfg.metrics_listen {
+        // SEC-3: TLS with the configured certificate (its key readable by the owner only).
+        let tls = match &host.cfg.metrics_tls {
+            Some(t) => {
+                let cert = std::fs::read_to_string(&t.cert_file)?;
+                let key = ferry_pki::read_private_text(&t.key_file)?;
+                Some(ferry_pki::server_config(&cert, &key, ferry_pki::ClientAuth::None, false)?)
+            }
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let l = std::net::TcpListener::bind(addr)?;
         if let Some(bound) = metrics::bound(&l) {
             write_atomic(&data.join(METRICS_ENDPOINT_FILE), bound.to_string().as_bytes())?;
-            tracing::info!(%bound, "Prometheus metrics on http://{bound}/metrics");
+            tracing::info!(%bound, "Prometheus metrics on {scheme}://{bound}/metrics");
         }
-        tasks.push(metrics::serve(host.cfg.name.clone(), host.replication.clone(), l)?);
+        tasks.push(metrics::serve(host.cfg.name.clone(), host.replication.clone(), l, tls)?);
     }
     tracing::info!(host = %host.cfg.name, %api_addr, "host agent running");
     Ok(HostHandle { host, api_addr, tasks })

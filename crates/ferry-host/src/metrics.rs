@@ -162,9 +162,9 @@ pub fn serve(
     host: String,
     replication: Arc<ReplicationService>,
     listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -185,6 +185,15 @@ pub fn serve(
             }
         }),
     );
+    if let Some(tls) = tls {
+        let server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
+        return Ok(tokio::spawn(async move {
+            if let Err(e) = server.serve(app.into_make_service()).await {
+                tracing::warn!(error = %e, "metrics listener stopped");
+            }
+        }));
+    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics listener stopped");
