@@ -109,8 +109,22 @@ pub async fn report_loop(site: Arc<Site>) {
 }
 
 pub async fn command_loop(site: Arc<Site>) {
+    // FAB-8: the vault hands commands to the active instance only; a standby asks again later.
+    let path = format!("/api/v1/agent/commands?wait=20&provider={}", site.reg.provider_id);
+    let mut standby = false;
     loop {
-        let fetched: Result<Vec<SiteCommandEnvelope>, _> = site.vault.get("/api/v1/agent/commands?wait=20").await;
+        let fetched: Result<Vec<SiteCommandEnvelope>, _> = site.vault.get(&path).await;
+        if let Err(ferry_client::Error::Api { api, .. }) = &fetched {
+            if api.code == "NotActiveProvider" {
+                if !standby {
+                    tracing::info!("standby instance: the active site manager runs the site's commands");
+                    standby = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                continue;
+            }
+        }
+        standby = false;
         match fetched {
             Ok(cmds) => {
                 // Commands run concurrently (a plan starts many VMs at once; a script may run for

@@ -469,6 +469,19 @@ async fn fab_8_second_provider_joins_same_version_only() {
     assert_eq!(providers.len(), 2);
     assert!(providers.iter().any(|p| p.server_name == "ny.lab" && p.active));
     assert!(providers.iter().any(|p| p.server_name == "ny-node2.lab" && !p.active));
+    // Only the active instance is handed the site's commands; the standby is told why.
+    let standby = tv.client(Some(&second.site_token));
+    let e = expect_err(
+        standby
+            .get::<Vec<serde_json::Value>>(&format!("/api/v1/agent/commands?wait=0&provider={}", second.provider_id))
+            .await,
+    );
+    assert_eq!(e, (409, "NotActiveProvider".to_string()));
+    let _: Vec<serde_json::Value> = first
+        .client
+        .get(&format!("/api/v1/agent/commands?wait=0&provider={}", first.provider_id))
+        .await
+        .expect("the active instance fetches commands");
 
     // A third instance with another version: refused, the key stays unused, nothing changes.
     let before = snapshot(&tv.admin, "v1").await;

@@ -357,6 +357,8 @@ pub async fn report(
 pub struct WaitParams {
     /// Seconds to wait for a command when none is pending (0..=60).
     pub wait: Option<u64>,
+    /// The site manager instance asking (FAB-8): only the active instance gets commands.
+    pub provider: Option<Uuid>,
 }
 
 #[utoipa::path(get, path = "/api/v1/agent/commands", tag = "agent", params(WaitParams), responses((status = 200, body = [SiteCommandEnvelope])))]
@@ -366,7 +368,26 @@ pub async fn fetch_commands(
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> ApiResult<Json<Vec<SiteCommandEnvelope>>> {
     let fabric = auth.require_site()?;
-    let vault = site_fabric(&st, fabric).await?.body.vault_id;
+    let site = site_fabric(&st, fabric).await?.body;
+    let vault = site.vault_id;
+    // FAB-8: a standby instance of the site manager runs no command (the active one does).
+    if let Some(provider) = p.provider {
+        match site.providers.iter().find(|x| x.id == provider) {
+            None => {
+                return Err(ApiFailure::bad_request("UnknownProvider", "This site manager instance is not registered"))
+            }
+            Some(x) if !x.active => {
+                return Err(ApiFailure::conflict(
+                    "NotActiveProvider",
+                    format!(
+                        "Site manager instance {} is a standby; the active instance runs the site's commands",
+                        x.server_name
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let wait = Duration::from_secs(p.wait.unwrap_or(0).min(60));
     let deadline = tokio::time::Instant::now() + wait;
     let timeout = chrono::Duration::from_std(st.config.site_command_timeout).unwrap_or(chrono::Duration::minutes(30));
