@@ -40,7 +40,7 @@ pub use ca::{csr_key_fingerprint, generate_key_and_csr, Ca, IssuedCert, CA_CERT_
 pub use error::{Error, ErrorKind, Result};
 pub use files::{TlsFiles, CERT_FILE, KEY_FILE};
 pub use hmac::constant_time_eq;
-pub use live::LiveIdentity;
+pub use live::{LiveIdentity, Revocations};
 pub use pem::{
     ensure_private_dir, fingerprint_of_der, fingerprint_of_pem, read_private_text, verify_ca_pin, write_private_file,
 };

@@ -14,6 +14,23 @@ use rustls::sign::CertifiedKey;
 use crate::error::{Context, ErrorKind, Result};
 use crate::pem::{parse_certs, parse_private_key};
 
+/// Fingerprints (SHA-256 of the DER, hex) of certificates revoked before they expired, as the
+/// vault last listed them; shared by the TLS configs that check peers against them (SEC-1).
+#[derive(Debug, Clone, Default)]
+pub struct Revocations(Arc<RwLock<std::collections::HashSet<String>>>);
+
+impl Revocations {
+    /// Replace the list.
+    pub fn set(&self, fingerprints: &[String]) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fingerprints.iter().map(|f| f.to_ascii_lowercase()).collect();
+    }
+
+    /// Was the certificate with this fingerprint revoked?
+    pub fn contains(&self, fingerprint: &str) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(&fingerprint.to_ascii_lowercase())
+    }
+}
+
 /// The certificate and key presented now.
 #[derive(Debug, Clone)]
 pub struct LiveIdentity {

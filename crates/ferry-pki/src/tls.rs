@@ -10,7 +10,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::{Context, Error, ErrorKind, Result};
-use crate::live::LiveIdentity;
+use crate::live::{LiveIdentity, Revocations};
 use crate::pem::{parse_certs, parse_private_key};
 
 /// Whether and how a server asks for client certificates.
@@ -226,7 +226,7 @@ pub fn named_server_client_config(
     identity: Option<(&str, &str)>,
     expected: PeerName,
 ) -> Result<Arc<ClientConfig>> {
-    let builder = named_client_builder(ca_pem, expected)?;
+    let builder = named_client_builder(ca_pem, expected, None)?;
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert_pem, key_pem)) => builder
@@ -242,8 +242,10 @@ pub fn named_server_client_config_live(
     ca_pem: &str,
     identity: &LiveIdentity,
     expected: PeerName,
+    revoked: Option<&Revocations>,
 ) -> Result<Arc<ClientConfig>> {
-    let mut config = named_client_builder(ca_pem, expected)?.with_client_cert_resolver(Arc::new(identity.clone()));
+    let mut config =
+        named_client_builder(ca_pem, expected, revoked.cloned())?.with_client_cert_resolver(Arc::new(identity.clone()));
     config.resumption = rustls::client::Resumption::store(identity.session_store());
     Ok(Arc::new(config))
 }
@@ -251,6 +253,7 @@ pub fn named_server_client_config_live(
 fn named_client_builder(
     ca_pem: &str,
     expected: PeerName,
+    revoked: Option<Revocations>,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>> {
     let empty = match &expected {
         PeerName::Exact(n) | PeerName::Prefix(n) => n.trim().is_empty(),
@@ -259,7 +262,8 @@ fn named_client_builder(
         return Err(Error::new(ErrorKind::InvalidInput, "The expected peer certificate name is empty"));
     }
     let provider = provider();
-    let verifier = Arc::new(NamedServerVerifier { roots: roots(ca_pem)?, provider: provider.clone(), expected });
+    let verifier =
+        Arc::new(NamedServerVerifier { roots: roots(ca_pem)?, provider: provider.clone(), expected, revoked });
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ctx(ErrorKind::Tls, || "TLS protocol versions not supported by the provider".to_string())?
@@ -285,6 +289,8 @@ struct NamedServerVerifier {
     roots: RootCertStore,
     provider: Arc<CryptoProvider>,
     expected: PeerName,
+    /// Certificates refused although they chain to the CA and carry the expected name.
+    revoked: Option<Revocations>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for NamedServerVerifier {
@@ -304,6 +310,9 @@ impl rustls::client::danger::ServerCertVerifier for NamedServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        if self.revoked.as_ref().is_some_and(|r| r.contains(&crate::pem::fingerprint_of_der(end_entity))) {
+            return Err(rustls::Error::General(format!("the certificate of {} was revoked", self.expected)));
+        }
         match peer_common_name(end_entity) {
             Some(cn) if self.expected.matches(&cn) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
             other => Err(rustls::Error::General(format!(

@@ -42,11 +42,30 @@ impl TlsIdentity {
     /// Client config presenting this host's certificate to a replication peer that must present
     /// a certificate named `peer_cn` (wherever it is reached).
     pub fn peer_client_config(&self, peer_cn: &str) -> Result<Arc<rustls::ClientConfig>> {
-        match &self.live {
+        self.peer_client_config_checked(peer_cn, None)
+    }
+
+    /// [`TlsIdentity::peer_client_config`] that also refuses a replica host whose certificate
+    /// is in `revoked` (SEC-1).
+    pub fn peer_client_config_checked(
+        &self,
+        peer_cn: &str,
+        revoked: Option<&ferry_pki::Revocations>,
+    ) -> Result<Arc<rustls::ClientConfig>> {
+        let live = match (&self.live, revoked) {
+            (Some(live), _) => Some(live.clone()),
+            (None, Some(_)) => Some(
+                ferry_pki::LiveIdentity::new(&self.cert_pem, &self.key_pem)
+                    .ctx(ErrorKind::Tls, || "Cannot load this host's TLS identity".into())?,
+            ),
+            (None, None) => None,
+        };
+        match live {
             Some(live) => ferry_pki::named_server_client_config_live(
                 &self.ca_pem,
-                live,
+                &live,
                 ferry_pki::PeerName::Exact(peer_cn.to_string()),
+                revoked,
             ),
             None => ferry_pki::named_peer_client_config(&self.ca_pem, &self.cert_pem, &self.key_pem, peer_cn),
         }
@@ -69,7 +88,7 @@ pub struct Allowlist {
     inner: Arc<Mutex<HashMap<String, Option<HashSet<Grant>>>>>,
     /// Fingerprints of certificates revoked before they expired (SEC-1): refused whatever name
     /// they carry.
-    revoked: Arc<Mutex<HashSet<String>>>,
+    revoked: ferry_pki::Revocations,
 }
 
 /// (pair, VM): `None` for every VM of the pair.
@@ -127,13 +146,17 @@ impl Allowlist {
 
     /// Replace the revoked certificates (SHA-256 fingerprints of their DER, hex).
     pub fn set_revoked_certificates(&self, fingerprints: &[String]) {
-        let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-        *r = fingerprints.iter().map(|f| f.to_ascii_lowercase()).collect();
+        self.revoked.set(fingerprints);
     }
 
     /// Was the certificate with this fingerprint revoked?
     pub fn is_revoked(&self, fingerprint: &str) -> bool {
-        self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains(&fingerprint.to_ascii_lowercase())
+        self.revoked.contains(fingerprint)
+    }
+
+    /// The revoked certificates, for the client configs of this host's replication connections.
+    pub fn revocations(&self) -> &ferry_pki::Revocations {
+        &self.revoked
     }
 
     /// Is `cn` known at all?

@@ -105,6 +105,17 @@ async fn sec_1_a_revoked_certificate_is_refused_under_a_granted_name() {
     Session::open(&peer(rx.local_addr(), &renewed, "pair-1", "vm1"), t).await.expect("new certificate");
     allow.set_revoked_certificates(&[]);
     Session::open(&peer(rx.local_addr(), &pki.primary, "pair-1", "vm1"), t).await.expect("list replaced");
+
+    // The other way round: a source refuses a replica host whose certificate was revoked.
+    let revoked = ferry_pki::Revocations::default();
+    let checked = |r: &ferry_pki::Revocations| Peer {
+        tls: pki.primary.peer_client_config_checked(REPLICA_CN, Some(r)).expect("tls"),
+        ..peer(rx.local_addr(), &pki.primary, "pair-1", "vm1")
+    };
+    Session::open(&checked(&revoked), t).await.expect("replica host not revoked");
+    revoked.set(&[ferry_pki::fingerprint_of_pem(&pki.replica.cert_pem).expect("fingerprint")]);
+    let e = Session::open(&checked(&revoked), t).await.err().expect("revoked replica host");
+    assert!(e.chain().contains("revoked"), "{}", e.chain());
 }
 
 async fn raw_session(rx: &Receiver, pki: &Pki) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {

@@ -42,6 +42,8 @@ pub struct VaultConfig {
     pub header_read_timeout: Duration,
     /// Requests served at once; more wait for a free slot.
     pub max_concurrent_requests: usize,
+    /// Connections one client address may hold open at once; more are refused (SEC-3).
+    pub max_connections_per_client: usize,
     /// Failed sign-ins and registrations one client address may make per minute; more are
     /// refused with 429 (SEC-3).
     pub max_failed_auth_per_minute: usize,
@@ -67,6 +69,7 @@ impl VaultConfig {
             health_sweep_interval: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_requests: 256,
+            max_connections_per_client: 256,
             max_failed_auth_per_minute: 30,
             metrics_listen: None,
             clock: Arc::new(SystemClock),

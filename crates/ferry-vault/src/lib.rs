@@ -33,6 +33,7 @@ pub mod capacity;
 pub mod certificates;
 pub mod clock;
 pub mod config;
+pub mod conn_limit;
 pub mod dashboard;
 pub mod error;
 pub mod extract;

@@ -157,7 +157,10 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     // The TLS handshake has its own limit (10 s, axum-server's default); then every request's
     // headers, and the wait for the next request on a kept-alive connection, are bounded.
-    let mut server = axum_server::from_tcp_rustls(std_listener, rustls).handle(handle.clone());
+    // One client address holds at most `max_connections_per_client` connections (SEC-3).
+    let limit = crate::conn_limit::PerClientLimit::new(state.config.max_connections_per_client);
+    let mut server =
+        axum_server::from_tcp_rustls(std_listener, rustls).map(|tls| tls.acceptor(limit)).handle(handle.clone());
     server
         .http_builder()
         .http1()

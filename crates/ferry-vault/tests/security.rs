@@ -479,3 +479,26 @@ async fn sec_3_api_tokens_can_expire() {
     assert_eq!(e, (401, "TokenExpired".to_string()));
     let _: Vec<Vault> = tv.admin.get("/api/v1/vaults").await.expect("the admin token does not expire");
 }
+
+/// SEC-3: one client address holds at most `max_connections_per_client` connections; one more
+/// is refused before its TLS handshake, other work goes on, and a closed connection frees its
+/// place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_connections_per_client_are_capped() {
+    let tv = start_vault_with(|c| c.max_connections_per_client = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tls_connection(&tv).await);
+    }
+    // The admin client holds (at most) one pooled connection of its own.
+    let _: Vec<Vault> = tv.admin.get("/api/v1/vaults").await.expect("within the cap");
+    let cfg = ferry_pki::tls::client_config(&tv.handle.ca_pem, None).expect("client config");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tcp = tokio::net::TcpStream::connect(tv.handle.addr).await.expect("connect");
+    let refused = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name.clone(), tcp).await;
+    assert!(refused.is_err(), "a fourth connection of the same client is refused");
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tcp = tokio::net::TcpStream::connect(tv.handle.addr).await.expect("connect");
+    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.expect("a place was freed");
+}

@@ -33,7 +33,8 @@ impl ReplicationService {
         let staging = self.data.join("staging").join(spec.item.to_string());
         std::fs::create_dir_all(&staging)?;
         // SEC-1: the replica host is whoever holds its certificate, wherever it listens.
-        let tls = self.identity.peer_client_config(&spec.target_host_cn)?;
+        // A replica host whose certificate the vault revoked is refused, as it refuses ours.
+        let tls = self.identity.peer_client_config_checked(&spec.target_host_cn, Some(self.allowlist.revocations()))?;
         let mut cfg = PrimaryConfig::new(
             &spec.item.to_string(),
             &spec.item.to_string(),
