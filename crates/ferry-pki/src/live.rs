@@ -22,7 +22,8 @@ pub struct Revocations(Arc<RwLock<std::collections::HashSet<String>>>);
 impl Revocations {
     /// Replace the list.
     pub fn set(&self, fingerprints: &[String]) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fingerprints.iter().map(|f| f.to_ascii_lowercase()).collect();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) =
+            fingerprints.iter().map(|f| f.to_ascii_lowercase()).collect();
     }
 
     /// Was the certificate with this fingerprint revoked?
