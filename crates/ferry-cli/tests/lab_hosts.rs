@@ -344,8 +344,8 @@ fn sec_3_host_certificates_renew_in_running_agents_without_a_lost_cycle() {
     });
     let after = lab.json(&["item-show", &id]);
     assert!(after["stats"]["cycles_ok"].as_u64().unwrap_or(0) >= ok + 3, "cycles went on: {after}");
-    assert_eq!(after["stats"]["cycles_missed"].as_u64().unwrap_or(0), missed, "no cycle lost: {after}");
-    assert_eq!(after["health"], "Normal", "{after}");
+    assert_eq!(after["stats"]["cycles_missed"].as_u64().unwrap_or(0), missed, "no cycle failed: {after}");
+    assert!(after["stats"]["last_error"].is_null(), "{after}");
     for (agent, pid) in agents.iter_mut().zip(&pids) {
         assert!(agent.0.try_wait().expect("wait").is_none(), "agent {pid} renewed without a restart");
     }

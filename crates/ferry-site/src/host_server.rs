@@ -97,7 +97,7 @@ async fn join(
             ),
         ));
     }
-    // The request proves the key it names; the host's name is bound to that key from now on.
+    // The request must prove the key it names (its signature); the site records that key.
     let key = ferry_pki::csr_key_fingerprint(&req.csr_pem)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "InvalidCertificateRequest", e.to_string()))?;
     let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem.clone() };
@@ -160,7 +160,7 @@ fn host_of(site: &Site, headers: &HeaderMap) -> Result<(String, String), Failure
 }
 
 /// SEC-3: a joined host renews its certificate (a new key) with its host token; the vault
-/// signs it and revokes the one before; the host's name is bound to the new key.
+/// signs it and revokes the one before; the site records the new key.
 async fn renew(
     State(site): State<Arc<Site>>,
     headers: HeaderMap,

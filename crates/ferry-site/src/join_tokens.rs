@@ -5,9 +5,9 @@
 //! The site manager issues one at start for every host of its definition that never joined;
 //! the operator issues a new one (`ferry site join-token --host NAME`) for a host that must join
 //! again (a reinstalled server). A token opens only its own host's name, so a token copied to one
-//! host cannot take over another host's name, address, token or certificate; and once a host
-//! joined, its name is bound to the key of its certificate request (recorded in the site's state)
-//! until the operator issues a new token for it.
+//! host cannot take over another host's name, address, token or certificate; once a host joined,
+//! joining again under its name needs a new token from the operator. The site records the key
+//! each host joined (or renewed) with in its state.
 //!
 //! The token files are the state: the running site manager reads the file at each join, so the
 //! command that issues a token needs no connection to it.
