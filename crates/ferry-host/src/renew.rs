@@ -82,10 +82,12 @@ pub async fn renew_once(host: &Host) -> Result<(), HostError> {
 /// and renew when due; a failed renewal is retried at the next check.
 pub async fn renew_loop(host: Arc<Host>) {
     let check = Duration::from_secs(host.cfg.renew_check_secs.max(1));
+    // A revoked certificate is renewed at once, but not more often than this while it fails.
+    let retry = Duration::from_secs(10).min(check);
     let mut last_check = tokio::time::Instant::now() - check;
     loop {
         let revoked = host.certificate_revoked.load(Ordering::SeqCst);
-        if revoked || last_check.elapsed() >= check {
+        if (revoked && last_check.elapsed() >= retry) || last_check.elapsed() >= check {
             last_check = tokio::time::Instant::now();
             let cert = std::fs::read_to_string(host.data.join("tls").join(ferry_pki::CERT_FILE)).unwrap_or_default();
             let expiring = ferry_pki::cert_not_after(&cert)
