@@ -73,6 +73,21 @@ pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHand
     Ok((addr, task))
 }
 
+/// The vault CA's certificate for a host's CSR (the vault's refusal passed on as it is).
+async fn vault_sign(site: &Site, sign: &SignHostRequest) -> Result<SignHostResponse, Failure> {
+    site.recorder.record("/api/v1/agent/hosts/sign", sign);
+    site.vault.post("/api/v1/agent/hosts/sign", sign).await.map_err(|e| match e {
+        ferry_client::Error::Api { api, status } => {
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api))
+        }
+        other => fail(
+            StatusCode::BAD_GATEWAY,
+            "VaultUnreachable",
+            format!("The vault cannot sign the host certificate now: {other}"),
+        ),
+    })
+}
+
 async fn join(
     State(site): State<Arc<Site>>,
     Json(req): Json<HostJoinRequest>,
@@ -101,17 +116,7 @@ async fn join(
     let key = ferry_pki::csr_key_fingerprint(&req.csr_pem)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "InvalidCertificateRequest", e.to_string()))?;
     let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem.clone() };
-    site.recorder.record("/api/v1/agent/hosts/sign", &sign);
-    let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
-        ferry_client::Error::Api { api, status } => {
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api))
-        }
-        other => fail(
-            StatusCode::BAD_GATEWAY,
-            "VaultUnreachable",
-            format!("The vault cannot sign the host certificate now: {other}"),
-        ),
-    })?;
+    let signed = vault_sign(&site, &sign).await?;
     let host_token = {
         use base64::Engine;
         let bytes: [u8; 32] = rand::random();
@@ -140,14 +145,19 @@ async fn join(
     }))
 }
 
-/// The host behind a request's bearer host token: (id, name).
-fn host_of(site: &Site, headers: &HeaderMap) -> Result<(String, String), Failure> {
+/// The hash of a request's bearer host token.
+fn token_hash(headers: &HeaderMap) -> Result<String, Failure> {
     let token = headers
         .get("authorization")
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "MissingCredentials", "Send the host token"))?;
-    let h = hash(token.trim());
+    Ok(hash(token.trim()))
+}
+
+/// The host behind a request's bearer host token: (id, name).
+fn host_of(site: &Site, headers: &HeaderMap) -> Result<(String, String), Failure> {
+    let h = token_hash(headers)?;
     let p = site
         .persisted
         .lock()
@@ -170,17 +180,7 @@ async fn renew(
     let key = ferry_pki::csr_key_fingerprint(&req.csr_pem)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, "InvalidCertificateRequest", e.to_string()))?;
     let sign = SignHostRequest { host_id: id.clone(), host_name: name.clone(), csr_pem: req.csr_pem };
-    site.recorder.record("/api/v1/agent/hosts/sign", &sign);
-    let signed: SignHostResponse = site.vault.post("/api/v1/agent/hosts/sign", &sign).await.map_err(|e| match e {
-        ferry_client::Error::Api { api, status } => {
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), Json(api))
-        }
-        other => fail(
-            StatusCode::BAD_GATEWAY,
-            "VaultUnreachable",
-            format!("The vault cannot sign the host certificate now: {other}"),
-        ),
-    })?;
+    let signed = vault_sign(&site, &sign).await?;
     if let Ok(mut p) = site.persisted.lock() {
         if let Some(e) = p.hosts.iter_mut().find(|e| e.id == id) {
             e.key_sha256 = Some(key);
@@ -196,12 +196,7 @@ async fn report(
     headers: HeaderMap,
     Json(rep): Json<HostReport>,
 ) -> Result<Json<HostReportAck>, Failure> {
-    let token = headers
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "MissingCredentials", "Send the host token"))?;
-    let h = hash(token.trim());
+    let h = token_hash(&headers)?;
     let mut p = site
         .persisted
         .lock()
