@@ -222,10 +222,7 @@ pub async fn report_once(host: &Host) -> Result<HostReportAck, ferry_client::Err
     }
     host.replication.apply_peers(&ack.peers).await;
     host.replication.apply_revoked_certificates(&ack.revoked_certificates);
-    let own = std::fs::read_to_string(host.data.join("tls").join(ferry_pki::CERT_FILE))
-        .ok()
-        .and_then(|c| ferry_pki::fingerprint_of_pem(&c).ok());
-    if own.is_some_and(|f| ack.revoked_certificates.contains(&f)) {
+    if ack.revoked_certificates.contains(&host.live.fingerprint()) {
         host.certificate_revoked.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     host.replication.apply_pairs(&ack.pairs).await;

@@ -75,6 +75,11 @@ impl LiveIdentity {
         })
     }
 
+    /// The fingerprint (SHA-256 of the DER, hex) of the certificate presented now.
+    pub fn fingerprint(&self) -> String {
+        self.get().cert.first().map(|c| crate::pem::fingerprint_of_der(c)).unwrap_or_default()
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -161,7 +166,9 @@ mod tests {
         assert_eq!(store.kx_hint(&server), Some(NamedGroup::X25519));
         assert!(live.replace(&b.cert_pem, &a.key_pem).is_err(), "a certificate of another key");
         assert_eq!(store.kx_hint(&server), Some(NamedGroup::X25519), "a refused replacement changes nothing");
+        assert_eq!(live.fingerprint(), crate::fingerprint_of_pem(&a.cert_pem).expect("a"));
         live.replace(&b.cert_pem, &b.key_pem).expect("replace");
+        assert_eq!(live.fingerprint(), crate::fingerprint_of_pem(&b.cert_pem).expect("b"));
         assert_eq!(store.kx_hint(&server), None, "sessions of the earlier certificate are forgotten");
         assert_eq!(live.get().cert[0].as_ref(), crate::pem::parse_certs(&b.cert_pem).expect("der")[0].as_ref());
     }
