@@ -91,6 +91,16 @@ enum BenchCmd {
         #[arg(long)]
         small: bool,
     },
+    /// Database size after a simulated year of a busy vault, pruned by the retention against
+    /// never pruned (SEC-3).
+    VaultYear {
+        /// Protected items.
+        #[arg(long, default_value_t = 1000)]
+        items: usize,
+        /// Simulated days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
     /// Failover: failover to QEMU running, reverse replication bytes against the change.
     Failover {
         /// Scratch directory.
@@ -245,6 +255,15 @@ fn main() {
                 };
                 let report = ferry_vault::bench::run(opts).await?;
                 println!("{report}");
+                Ok(())
+            }
+            Cmd::Bench { what: BenchCmd::VaultYear { items, days } } => {
+                let opts = ferry_vault::bench_year::YearOptions {
+                    items,
+                    days,
+                    ..ferry_vault::bench_year::YearOptions::full()
+                };
+                println!("{}", ferry_vault::bench_year::run(opts).await?);
                 Ok(())
             }
             Cmd::Bench { what: BenchCmd::Failover { dir, data_mib, changed_mib } } => {

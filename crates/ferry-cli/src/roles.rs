@@ -28,6 +28,7 @@ pub async fn vault(args: crate::vault_file::VaultArgs) -> Result<()> {
     cfg.public_url = s.public_url;
     cfg.dns_names = s.dns_names;
     cfg.metrics_listen = s.metrics_listen;
+    cfg.retention = s.retention;
     let handle = ferry_vault::start(cfg).await.context("Cannot start the vault")?;
     if let Some(m) = handle.metrics_addr {
         std::fs::write(data_dir.join(METRICS_ENDPOINT_FILE), m.to_string())

@@ -50,6 +50,38 @@ pub struct VaultFile {
     pub metrics_listen: Option<SocketAddr>,
     pub heartbeat_timeout_secs: Option<u64>,
     pub test_failover_max_age_secs: Option<u64>,
+    /// How long old rows are kept (SEC-3), in days.
+    #[serde(default)]
+    pub retention: RetentionFile,
+}
+
+/// `[retention]` of the vault's file: days each kind of row is kept (1–3650); absent ones keep
+/// their defaults (events and jobs 90, site commands and alerts 30).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    pub events_days: Option<u64>,
+    pub jobs_days: Option<u64>,
+    pub site_commands_days: Option<u64>,
+    pub alerts_days: Option<u64>,
+}
+
+impl RetentionFile {
+    /// The retention these settings give, or an error naming the one out of range.
+    pub fn resolve(&self) -> Result<ferry_store::Retention> {
+        let mut r = ferry_store::Retention::default();
+        let set = |name: &str, days: Option<u64>, into: &mut std::time::Duration| -> Result<()> {
+            if let Some(d) = days {
+                *into = ferry_store::Retention::days(&format!("retention.{name}"), d)?;
+            }
+            Ok(())
+        };
+        set("events_days", self.events_days, &mut r.events)?;
+        set("jobs_days", self.jobs_days, &mut r.jobs)?;
+        set("site_commands_days", self.site_commands_days, &mut r.site_commands)?;
+        set("alerts_days", self.alerts_days, &mut r.alerts)?;
+        Ok(r)
+    }
 }
 
 impl VaultFile {
@@ -70,6 +102,7 @@ pub struct VaultSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub heartbeat_timeout_secs: u64,
     pub test_failover_max_age_secs: u64,
+    pub retention: ferry_store::Retention,
 }
 
 impl VaultSettings {
@@ -79,11 +112,12 @@ impl VaultSettings {
             Some(p) => VaultFile::load(p)?,
             None => VaultFile::default(),
         };
-        Ok(Self::merge(args, file))
+        Self::merge(args, file)
     }
 
-    fn merge(args: VaultArgs, file: VaultFile) -> Self {
-        VaultSettings {
+    fn merge(args: VaultArgs, file: VaultFile) -> Result<Self> {
+        Ok(VaultSettings {
+            retention: file.retention.resolve()?,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("vault-data")),
             listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
             public_url: args.public_url.or(file.public_url),
@@ -94,7 +128,7 @@ impl VaultSettings {
                 .test_failover_max_age
                 .or(file.test_failover_max_age_secs)
                 .unwrap_or(14 * 24 * 3600),
-        }
+        })
     }
 }
 
@@ -109,13 +143,14 @@ mod tests {
         )
         .expect("file");
         let args = VaultArgs { heartbeat_timeout: Some(30), ..VaultArgs::default() };
-        let s = VaultSettings::merge(args, file);
+        let s = VaultSettings::merge(args, file).expect("valid");
         assert_eq!(s.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(s.data_dir, PathBuf::from("/var/lib/ferry/vault"));
         assert_eq!(s.public_url.as_deref(), Some("https://vault.example.com:8443"));
         assert_eq!(s.heartbeat_timeout_secs, 30, "the option wins");
         assert_eq!(s.test_failover_max_age_secs, 14 * 24 * 3600, "the default");
-        let d = VaultSettings::merge(VaultArgs::default(), VaultFile::default());
+        let d = VaultSettings::merge(VaultArgs::default(), VaultFile::default()).expect("valid");
+        assert_eq!(d.retention, ferry_store::Retention::default());
         assert_eq!((d.listen.port(), d.data_dir), (8443, PathBuf::from("vault-data")));
     }
 
@@ -126,5 +161,19 @@ mod tests {
         std::fs::write(&p, "listne = \"0.0.0.0:8443\"\n").expect("write");
         let err = format!("{:#}", VaultFile::load(&p).expect_err("refused"));
         assert!(err.contains("listne") && err.contains("not a valid vault configuration"), "{err}");
+    }
+
+    #[test]
+    fn sec_3_retention_days_come_from_the_file_and_out_of_range_is_refused() {
+        let file: VaultFile = toml::from_str("[retention]\nevents_days = 30\nalerts_days = 7\n").expect("file");
+        let s = VaultSettings::merge(VaultArgs::default(), file).expect("valid");
+        let day = std::time::Duration::from_secs(24 * 3600);
+        assert_eq!((s.retention.events, s.retention.alerts), (30 * day, 7 * day));
+        assert_eq!(s.retention.jobs, ferry_store::Retention::default().jobs, "the default stays");
+        let file: VaultFile = toml::from_str("[retention]\njobs_days = 0\n").expect("file");
+        let err = format!("{:#}", VaultSettings::merge(VaultArgs::default(), file).expect_err("refused"));
+        assert!(err.contains("retention.jobs_days"), "{err}");
+        let err = toml::from_str::<VaultFile>("[retention]\nevent_days = 3\n").expect_err("unknown").to_string();
+        assert!(err.contains("event_days"), "{err}");
     }
 }

@@ -43,3 +43,54 @@ fn sec_1_host_api_answers_only_its_own_site_manager() {
         assert!(sans.is_empty(), "{tls}: no alternative name: {sans:?}");
     }
 }
+
+/// Open `n` TCP connections to `address` at once; returns how many the server kept open and how
+/// many it closed at once (refused before the TLS handshake).
+fn hold_connections(address: &str, n: usize) -> (Vec<std::net::TcpStream>, usize) {
+    use std::io::Read;
+    let conns: Vec<std::net::TcpStream> = (0..n).filter_map(|_| std::net::TcpStream::connect(address).ok()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (mut open, mut closed) = (Vec::new(), 0);
+    for mut c in conns {
+        c.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 1];
+        match c.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open.push(c),
+            _ => closed += 1,
+        }
+    }
+    (open, closed)
+}
+
+/// SEC-3: the site manager's host endpoint and the host agent's API hold at most 256
+/// connections of one client address (the product default), refusing more before the TLS
+/// handshake; the connections given back, the site's host reports as before.
+#[test]
+fn sec_3_site_and_host_endpoints_cap_connections_per_client() {
+    let lab = Lab::start(LabOptions::default());
+    let site_endpoint =
+        std::fs::read_to_string(lab.dir.join("sites/chicago/data/host-endpoint")).expect("host endpoint");
+    let chi1 = lab
+        .json(&["host-list", "--site", "VMM-Chicago"])
+        .as_array()
+        .and_then(|a| a.iter().find(|h| h["name"] == "chi1"))
+        .and_then(|h| h["address"].as_str())
+        .expect("chi1 address")
+        .to_string();
+    for address in [site_endpoint.trim().to_string(), chi1] {
+        let (open, closed) = hold_connections(&address, 300);
+        assert!(open.len() <= 256, "{address}: {} connections held at once", open.len());
+        assert!(open.len() >= 200 && closed >= 44, "{address}: {} held, {closed} refused", open.len());
+        drop(open);
+        let (again, refused) = hold_connections(&address, 10);
+        assert_eq!((again.len(), refused), (10, 0), "{address}: the places are given back");
+    }
+    // The hosts kept (or got back) their connection to the site and to the vault's view.
+    lab.wait_for("the Chicago host connected", std::time::Duration::from_secs(60), || {
+        let hosts = lab.json(&["host-list", "--site", "VMM-Chicago"]);
+        hosts
+            .as_array()
+            .is_some_and(|a| a.iter().any(|h| h["name"] == "chi1") && a.iter().all(|h| h["connected"] == true))
+            .then_some(())
+    });
+}

@@ -175,3 +175,52 @@ fn rp_3_any_point_becomes_standalone_images_that_hold_its_records() {
         .collect();
     assert!(held.is_empty(), "{held:?}");
 }
+
+/// SEC-3: a replica layer deleted while the replica host was down is found by the chain check
+/// at its start: the item turns Critical naming the point, a test failover on a point reading
+/// through the missing layer is refused with the reason, and an older point whose chain is
+/// intact still serves a drill.
+#[test]
+fn sec_3_a_replica_layer_lost_while_the_host_was_down_is_found_at_start_and_refused() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "pc1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "pc1");
+    common::wait_records_and_points(&lab, &id, &serial, 6, 4);
+    assert_eq!(lab.json(&["pause-replication", &id, "--wait"])["status"], "Succeeded");
+    assert_ne!(item(&lab, &id)["health"], "Critical", "healthy before");
+
+    lab.pin_replication_address("chi1");
+    common::kill9(lab.pid("host-chi1"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data("chi1").join("replicas")).expect("store");
+    let vm = rt.block_on(store.vm(&id)).expect("replica");
+    let points: Vec<String> = vm.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
+    assert!(points.len() >= 3, "{points:?}");
+    let broken = points[points.len() - 2].clone();
+    std::fs::remove_file(vm.point_file(&broken, "vdb").expect("layer")).expect("lose the layer");
+    let _chi1 = lab.restart_host("chi1");
+
+    lab.wait_for("health Critical naming the broken point", Duration::from_secs(60), || {
+        let it = item(&lab, &id);
+        (it["health"] == "Critical"
+            && it["health_reasons"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r.as_str().is_some_and(|r| r.starts_with("ReplicaDamaged") && r.contains("is missing")))
+            }))
+        .then_some(())
+    });
+    let (code, out, err) = lab.cli(&["test-failover", &id, "--point", "latest", "--wait"]);
+    assert!(code != 0 || out.contains("Failed"), "{out}{err}");
+    assert!(format!("{out}{err}").contains("chain on the replica is broken"), "{out}{err}");
+    // The refused drill is cleaned up like any failed one (nothing was created).
+    let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+
+    // The point below the lost layer serves a drill.
+    let older = &points[points.len() - 3];
+    let job = lab.json(&["test-failover", &id, "--point", older, "--network", "none", "--wait"]);
+    assert_eq!(job["status"], "WaitingForInput", "the test VM runs: {job}");
+    let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+}

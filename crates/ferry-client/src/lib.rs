@@ -73,6 +73,7 @@ pub struct Builder {
     timeout: Duration,
     insecure_bootstrap: bool,
     peer_name: Option<ferry_pki::PeerName>,
+    revoked: Option<ferry_pki::Revocations>,
 }
 
 impl Client {
@@ -86,6 +87,7 @@ impl Client {
             timeout: Duration::from_secs(90),
             insecure_bootstrap: false,
             peer_name: None,
+            revoked: None,
         }
     }
 
@@ -206,6 +208,12 @@ impl Builder {
         self.peer_name = Some(name);
         self
     }
+    /// With [`Self::peer_name`]: refuse a server presenting one of these certificates, whatever
+    /// name it carries (SEC-1: a revoked agent certificate used by someone else).
+    pub fn revoked(mut self, revoked: ferry_pki::Revocations) -> Self {
+        self.revoked = Some(revoked);
+        self
+    }
     /// Accept any server certificate. Only for fetching a CA certificate whose fingerprint is
     /// then checked against a pin (registration bootstrap); never for anything else.
     pub fn insecure_for_pinned_bootstrap(mut self) -> Self {
@@ -226,7 +234,9 @@ impl Builder {
             let ca = self.ca_pem.ok_or_else(|| Error::Config("a CA certificate is required".into()))?;
             let identity = self.identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
             let cfg = match self.peer_name {
-                Some(name) => ferry_pki::named_server_client_config(&ca, identity, name),
+                Some(name) => {
+                    ferry_pki::named_server_client_config_revoking(&ca, identity, name, self.revoked.as_ref())
+                }
                 None => ferry_pki::client_config(&ca, identity),
             }
             .map_err(|e| Error::Config(e.to_string()))?;

@@ -50,16 +50,23 @@ pub fn serve(
         },
         true,
     )?;
+    let limit = ferry_endpoint::PerClientLimit::new(host.cfg.max_connections_per_client);
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/vm-actions", post(vm_action))
         .route("/v1/replication", post(replication_action))
         .route("/v1/profile", post(profile_action))
         .with_state(host);
-    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
-    // Slow or idle clients cannot hold connections: headers (and the wait for the next request)
-    // within 30 s; the TLS handshake within axum-server's 10 s.
-    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // SEC-3: one client address holds at most `max_connections_per_client` connections; slow
+    // or idle clients cannot hold them: headers (and the wait for the next request) within
+    // 30 s, the TLS handshake within axum-server's 10 s.
+    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+        .map(|tls| tls.acceptor(limit));
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ferry_endpoint::HEADER_READ_TIMEOUT);
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "host API stopped");
@@ -218,6 +225,3 @@ async fn replication_action(
         (status, Json(ApiError::new(code, e.to_string())))
     })
 }
-
-/// How long a client may take to send a request's headers, or idle between requests.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

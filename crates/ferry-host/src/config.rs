@@ -91,6 +91,10 @@ pub struct HostConfig {
     /// Allow plain-HTTP metrics on an address other than loopback.
     #[serde(default)]
     pub metrics_plain_http: bool,
+    /// Connections one client address may hold open on the host API; more are refused before
+    /// the TLS handshake (SEC-3).
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_client: usize,
     /// Bandwidth for the replication traffic this host sends (CAP-2), shared by all its VMs.
     #[serde(default)]
     pub bandwidth: Option<BandwidthDef>,
@@ -137,6 +141,10 @@ pub fn bandwidth_schedule(def: &BandwidthDef) -> Result<ferry_repl::RateSchedule
 
 fn default_verify_period() -> u64 {
     7 * 24 * 3600
+}
+
+fn default_max_connections() -> usize {
+    ferry_endpoint::DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 }
 
 fn default_verify_rate() -> u64 {

@@ -153,6 +153,12 @@ pub async fn start(cfg: HostConfig, data: &Path) -> Result<HostHandle, HostError
         certificate_revoked: Default::default(),
     });
     let server = api::serve(host.clone(), std_listener)?;
+    // SEC-3: replicas whose chain broke while the agent was down (a layer deleted or cut
+    // short) are found before they are needed; the first report says so.
+    let damaged = host.replication.check_replica_chains().await;
+    if damaged > 0 {
+        tracing::error!(points = damaged, "recovery points with a broken chain found at start");
+    }
     let reporter = tokio::spawn(report_loop(host.clone()));
     let retention = tokio::spawn(retention_loop(host.clone()));
     let io_errors = tokio::spawn(io_error_loop(host.clone()));

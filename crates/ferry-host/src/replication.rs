@@ -581,6 +581,23 @@ impl ReplicationService {
         }
     }
 
+    /// SEC-3: check the chain of every replica this host keeps (every layer the catalogue
+    /// names exists and reads, metadata only); a broken chain is recorded on its points, which
+    /// the next report carries to the vault (the item's health turns Critical naming the
+    /// point). Returns the number of damaged points found.
+    pub async fn check_replica_chains(&self) -> usize {
+        let replicas = self.persisted.lock().await.replicas.clone();
+        let mut damaged = 0;
+        for r in replicas {
+            let Ok(vm) = self.receiver.store().vm(&r.item.to_string()).await else { continue };
+            match vm.check_chains().await {
+                Ok(points) => damaged += points.len(),
+                Err(e) => tracing::warn!(item = %r.item, error = %e.chain(), "cannot check the replica's chain"),
+            }
+        }
+        damaged
+    }
+
     /// SEC-1: certificates the vault revoked are refused by this host's receiver from now on
     /// (the site keeps the vault's last list while the vault is unreachable).
     pub fn apply_revoked_certificates(&self, fingerprints: &[String]) {

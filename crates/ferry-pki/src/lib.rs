@@ -47,6 +47,6 @@ pub use pem::{
 pub use regkey::RegistrationKey;
 pub use tls::{
     cert_alternative_names, cert_common_name, cert_not_after, client_config, named_peer_client_config,
-    named_server_client_config, named_server_client_config_live, peer_common_name, server_config, server_config_live,
-    ClientAuth, PeerName,
+    named_server_client_config, named_server_client_config_live, named_server_client_config_revoking, peer_common_name,
+    server_config, server_config_live, ClientAuth, PeerName,
 };

@@ -226,7 +226,18 @@ pub fn named_server_client_config(
     identity: Option<(&str, &str)>,
     expected: PeerName,
 ) -> Result<Arc<ClientConfig>> {
-    let builder = named_client_builder(ca_pem, expected, None)?;
+    named_server_client_config_revoking(ca_pem, identity, expected, None)
+}
+
+/// Like [`named_server_client_config`], and a server presenting a certificate in `revoked` is
+/// refused whatever name it carries (SEC-1).
+pub fn named_server_client_config_revoking(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    expected: PeerName,
+    revoked: Option<&Revocations>,
+) -> Result<Arc<ClientConfig>> {
+    let builder = named_client_builder(ca_pem, expected, revoked.cloned())?;
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert_pem, key_pem)) => builder

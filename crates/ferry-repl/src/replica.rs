@@ -49,6 +49,7 @@ use crate::protocol::{valid_name, BeginCycle, DiskInfo, Extent, ExtentKind};
 use crate::qcow2::Qcow2Writer;
 
 mod apply;
+mod chain_check;
 mod verify;
 pub use apply::PendingApply;
 
@@ -523,6 +524,7 @@ impl VmReplica {
 
     /// Throwaway overlays on `point_id` in `dest` (one per disk), marking the point in use.
     pub async fn overlay_for_test(&self, point_id: &str, dest: &Path) -> Result<TestOverlay> {
+        self.require_intact_chain(point_id).await?;
         self.overlay_with_tag(point_id, dest, format!("test:{}", dest.display())).await
     }
 
@@ -653,6 +655,7 @@ impl VmReplica {
     /// Failover onto `point_id`: an overlay that becomes the VM's disk; replication into this
     /// replica is refused until the failover is released (cancel) or committed elsewhere.
     pub async fn begin_failover(&self, point_id: &str, dest: &Path) -> Result<TestOverlay> {
+        self.require_intact_chain(point_id).await?;
         {
             let _chain = self.chain_lock().await?;
             let mut cat = self.read_catalog()?;

@@ -186,3 +186,102 @@ async fn rp_1_a_new_point_is_verified_where_it_differs_from_an_exact_one_and_in_
     let (_, again) = rep.verify_point_since(&p1, Some(&p1), None).await.expect("since a damaged point");
     assert!(again.since.is_none() && again.damage.len() == 2, "{again:?}");
 }
+
+/// SEC-3: a replica whose catalogue names a layer that is missing, cut short or reading through
+/// the wrong backing file is found by the chain check (metadata only; silent on a healthy chain,
+/// also after retention merges); the points reading through the broken layer are marked
+/// damaged and refused for a failover or a test with the reason, before anything changes; the
+/// points below it stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_a_broken_replica_chain_is_found_and_its_points_are_refused_before_failover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let vm = start_vm(dir.path(), "vc", &[("vda", 32 * MIB), ("vdb", 32 * MIB)], false).await;
+    vm.write("vda", 0, MIB, 0x01).await;
+    let rx = receiver(&dir.path().join("replica"), &pki, 64).await;
+    let mut p = primary(&vm, &dir.path().join("staging"), "vm-c", rx.local_addr(), &pki);
+    p.seed_and_initial().await.expect("initial");
+    for i in 0..5u64 {
+        vm.write("vdb", i * 3 * MIB, MIB, 0x40 + i as u8).await;
+        p.run_cycle(false).await.expect("cycle");
+    }
+    let rep = rx.store().vm("vm-c").await.expect("replica");
+    let points: Vec<String> = rep.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
+    assert_eq!(points.len(), 6, "{points:?}");
+    assert!(rep.chain_faults().expect("check").is_empty(), "a healthy chain");
+    assert!(rep.check_chains().await.expect("check").is_empty());
+
+    // A middle layer of vdb goes missing: that point and every newer one read through it.
+    let k = points.len() - 2;
+    let layer = rep.point_file(&points[k], "vdb").expect("layer");
+    let aside = dir.path().join("aside.qcow2");
+    std::fs::rename(&layer, &aside).expect("move the layer away");
+    let faults = rep.chain_faults().expect("check");
+    let named: Vec<&str> = faults.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(named, points[k..].iter().map(String::as_str).collect::<Vec<_>>(), "{faults:?}");
+    assert!(faults[0].1.iter().all(|d| d.target == "vdb" && d.detail.contains("is missing")), "{faults:?}");
+
+    // Failover and test on a broken point: refused with the reason, nothing recorded.
+    let dest = dir.path().join("failover");
+    let err = rep.begin_failover(&points[k + 1], &dest).await.expect_err("refused").to_string();
+    assert!(err.contains("chain on the replica is broken") && err.contains("is missing"), "{err}");
+    assert_eq!(rep.failover_point().expect("catalogue"), None, "no failover recorded");
+    let err = rep.overlay_for_test("latest", &dir.path().join("t1")).await.expect_err("refused").to_string();
+    assert!(err.contains("chain on the replica is broken"), "{err}");
+    // The check is recorded with the points (the item's health reads it).
+    let marked: Vec<String> = rep
+        .recovery_points()
+        .expect("points")
+        .into_iter()
+        .filter(|p| p.check.as_ref().is_some_and(|c| !c.damage.is_empty()))
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(marked, points[k..].to_vec());
+    // An older point is intact and usable.
+    let ov = rep.overlay_for_test(&points[k - 1], &dir.path().join("t2")).await.expect("older point usable");
+    rep.release_test(&ov).await.expect("release");
+
+    // Back in place: intact, also after retention merged the oldest points (rebased layers).
+    std::fs::rename(&aside, &layer).expect("restore the layer");
+    assert!(rep.chain_faults().expect("check").is_empty());
+    // The newest vdb layer made to read through the base, skipping the layers between.
+    let top = rep.point_file(points.last().expect("points"), "vdb").expect("top");
+    let below = rep.chain(points.last().expect("points"), "vdb").expect("chain")[1].clone();
+    let base_vdb = rep.point_file(&points[0], "vdb").expect("base vdb");
+    let rebase = |onto: &std::path::Path| {
+        let name = onto.file_name().expect("name").to_string_lossy().into_owned();
+        let out = std::process::Command::new("qemu-img")
+            .args(["rebase", "-u", "-F", "qcow2", "-b", &name])
+            .arg(&top)
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    rebase(&base_vdb);
+    let faults = rep.chain_faults().expect("check");
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert!(faults[0].1[0].detail.contains("reads through"), "{faults:?}");
+    rebase(&below);
+    assert!(rep.chain_faults().expect("check").is_empty());
+
+    let merged = rep.apply_retention(24, 3).await.expect("retention").merged;
+    assert!(!merged.is_empty());
+    assert!(rep.chain_faults().expect("check").is_empty(), "a healthy chain after merges");
+    let points: Vec<String> = rep.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
+
+    // The base layer cut short: every point reads through it.
+    let base = rep.point_file(&points[0], "vda").expect("base");
+    let len = std::fs::metadata(&base).expect("stat").len();
+    let f = std::fs::OpenOptions::new().write(true).open(&base).expect("open");
+    f.set_len(len / 2).expect("cut short");
+    drop(f);
+    let faults = rep.chain_faults().expect("check");
+    assert_eq!(faults.len(), points.len(), "every point reads through the base: {faults:?}");
+    assert!(
+        faults[0]
+            .1
+            .iter()
+            .any(|d| d.detail.contains("vda") || d.detail.contains("cut short") || d.detail.contains("past the end")),
+        "{faults:?}"
+    );
+}

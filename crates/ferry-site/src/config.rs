@@ -51,6 +51,10 @@ pub struct SiteConfig {
     /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections one client address may hold open on the host endpoint; more are refused
+    /// before the TLS handshake (SEC-3).
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_client: usize,
     #[serde(default)]
     pub storage_classifications: Vec<ClassificationDef>,
     #[serde(default)]
@@ -68,6 +72,10 @@ pub struct SiteConfig {
 fn default_server_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())
 }
+fn default_max_connections() -> usize {
+    ferry_endpoint::DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }

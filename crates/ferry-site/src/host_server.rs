@@ -36,8 +36,20 @@ pub fn host_client(site: &Site, address: &str, host_id: &str) -> Result<ferry_cl
         .ca(site.tls.ca_cert_pem.clone())
         .identity(site.tls.cert_pem.clone(), site.tls.key_pem.clone())
         .peer_name(ferry_pki::PeerName::Exact(format!("host-{}-{host_id}", site.reg.fabric_id)))
+        // SEC-1: a revoked certificate of the host (it joined again; its old key may be in
+        // other hands) is refused at its address as everywhere else.
+        .revoked(site_revocations(site))
         .timeout(std::time::Duration::from_secs(600))
         .build()
+}
+
+/// The host certificates the vault revoked, as the site last heard them.
+fn site_revocations(site: &Site) -> ferry_pki::Revocations {
+    let r = ferry_pki::Revocations::default();
+    if let Ok(p) = site.persisted.lock() {
+        r.set(&p.revoked_certificates);
+    }
+    r
 }
 
 pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::SiteError> {
@@ -55,16 +67,23 @@ pub async fn serve(site: Arc<Site>) -> Result<(SocketAddr, tokio::task::JoinHand
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     std::fs::write(site.data.join("host-endpoint"), addr.to_string())?;
+    let limit = ferry_endpoint::PerClientLimit::new(site.cfg.max_connections_per_client);
     let app = Router::new()
         .route("/v1/join", post(join))
         .route("/v1/report", post(report))
         .route("/v1/renew", post(renew))
         .route("/v1/status", axum::routing::get(status))
         .with_state(site);
-    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls));
-    // Slow or idle clients cannot hold connections: headers (and the wait for the next request)
-    // within 30 s; the TLS handshake within axum-server's 10 s.
-    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // SEC-3: one client address holds at most `max_connections_per_client` connections; slow
+    // or idle clients cannot hold them: headers (and the wait for the next request) within
+    // 30 s, the TLS handshake within axum-server's 10 s.
+    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+        .map(|tls| tls.acceptor(limit));
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ferry_endpoint::HEADER_READ_TIMEOUT);
     let task = tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "host endpoint stopped");
@@ -242,6 +261,3 @@ async fn status(State(site): State<Arc<Site>>) -> Json<serde_json::Value> {
         "pairs": p.pairs.len(),
     }))
 }
-
-/// How long a client may take to send a request's headers, or idle between requests.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -84,6 +84,27 @@ impl Store {
         Ok(())
     }
 
+    /// Write delivered (`Some(time)`) or pending (`None`) rows of `alerts` for `channel` in one
+    /// transaction, as imports and the retention bench do.
+    pub async fn insert_alert_records(&self, alerts: &[(Alert, Option<i64>)], channel: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (alert, delivered_ms) in alerts {
+            Store::enqueue_alert_tx(&mut tx, alert, channel).await?;
+            if let Some(t) = delivered_ms {
+                sqlx::query(
+                    "UPDATE alert_outbox SET delivered_ms = $1, attempts = 1 WHERE alert_id = $2 AND channel = $3",
+                )
+                .bind(t)
+                .bind(alert.id.to_string())
+                .bind(channel)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::query("Record alert delivery", e))?;
+            }
+        }
+        Store::commit(tx).await
+    }
+
     /// Rows not yet delivered or dropped whose next attempt is due at `now_ms`, oldest first.
     pub async fn due_alerts(&self, now_ms: i64, limit: i64) -> Result<Vec<AlertRow>> {
         let rows: Vec<Row> = sqlx::query_as(&format!(

@@ -34,7 +34,42 @@ fn decode(r: Row) -> Result<SiteCommandRow> {
     })
 }
 
+/// A command with its whole history, as imports and the retention bench write it.
+#[derive(Debug, Clone)]
+pub struct CommandRecord {
+    pub id: Uuid,
+    pub vault: Uuid,
+    pub fabric: Uuid,
+    pub job: Option<Uuid>,
+    pub body: serde_json::Value,
+    pub created_ms: i64,
+    pub done_ms: Option<i64>,
+    pub result: Option<serde_json::Value>,
+}
+
 impl Store {
+    /// Write command records as they are, in one transaction.
+    pub async fn insert_command_records(&self, rows: &[CommandRecord]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for chunk in rows.chunks(500) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO site_commands (id, vault, fabric, job, body, created_ms, done_ms, result) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id.to_string())
+                    .push_bind(r.vault.to_string())
+                    .push_bind(r.fabric.to_string())
+                    .push_bind(r.job.map(|j| j.to_string()))
+                    .push_bind(r.body.to_string())
+                    .push_bind(r.created_ms)
+                    .push_bind(r.done_ms)
+                    .push_bind(r.result.as_ref().map(|x| x.to_string()));
+            });
+            qb.build().execute(&mut *tx).await.map_err(|e| Error::query("Insert site command records", e))?;
+        }
+        Store::commit(tx).await
+    }
+
     pub async fn enqueue_command(
         &self,
         id: Uuid,

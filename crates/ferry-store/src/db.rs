@@ -56,6 +56,16 @@ impl Store {
         tx.commit().await.map_err(|e| Error::query("Commit transaction", e))
     }
 
+    /// Move the write-ahead log into the database file and truncate the log (the database's
+    /// size then is the file's).
+    pub async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::query("Checkpoint the write-ahead log", e))?;
+        Ok(())
+    }
+
     /// Row counts per table, for the bench and diagnostics.
     pub async fn count(&self, table: &str) -> Result<i64> {
         let table = match table {

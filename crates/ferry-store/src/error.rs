@@ -14,6 +14,8 @@ pub enum ErrorKind {
     VersionMismatch,
     /// The row does not exist.
     NotFound,
+    /// A setting or argument is out of range.
+    Invalid,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,10 @@ pub struct Error {
 impl Error {
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
         Self { kind, context: context.into(), source: None }
+    }
+
+    pub(crate) fn invalid(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, context)
     }
 
     pub(crate) fn query(context: impl Into<String>, e: sqlx::Error) -> Self {

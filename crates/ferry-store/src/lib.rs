@@ -16,6 +16,9 @@
 //! - `alert_outbox`: alerts to deliver (JOB-4), written in the transaction of the event that
 //!   raised them and kept as a record once delivered or dropped.
 //!
+//! Events, ended jobs, answered site commands and finished alert rows are pruned by age
+//! ([`Retention`], [`Store::prune`]); configuration documents and credentials are not.
+//!
 //! Writes that must go together run in one transaction ([`Store::tx`]). SQLite runs in WAL mode
 //! with `synchronous=FULL`: a write the vault acknowledged survives a crash of the process or the
 //! machine.
@@ -28,15 +31,17 @@ mod error;
 mod events;
 mod jobs;
 mod keys;
+mod retention;
 mod tokens;
 
 pub use alerts::AlertRow;
-pub use commands::SiteCommandRow;
+pub use commands::{CommandRecord, SiteCommandRow};
 pub use db::{Store, Tx};
 pub use docs::{Doc, DocKind, ALERT_SETTINGS_ID};
 pub use error::{Error, ErrorKind};
 pub use events::NewEvent;
 pub use keys::{KeyRow, KeyUse};
+pub use retention::{Pruned, Retention};
 pub use tokens::TokenRow;
 
 /// Milliseconds since the epoch for a time.

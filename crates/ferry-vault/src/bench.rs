@@ -175,7 +175,7 @@ fn job_status(r: u32) -> JobStatus {
     }
 }
 
-fn severity(r: u32) -> Severity {
+pub(crate) fn severity(r: u32) -> Severity {
     match r % 1000 {
         0..=899 => Severity::Info,
         900..=969 => Severity::Warning,
@@ -210,7 +210,7 @@ fn protected_item(i: usize, fabric: Uuid, pair: Uuid) -> serde_json::Value {
     })
 }
 
-fn job(vault: Uuid, fabric: Uuid, i: usize, created: DateTime<Utc>, rng: &mut StdRng) -> Job {
+pub(crate) fn job(vault: Uuid, fabric: Uuid, i: usize, created: DateTime<Utc>, rng: &mut StdRng) -> Job {
     let status = job_status(rng.gen());
     let operation = OPERATIONS[rng.gen_range(0..OPERATIONS.len())];
     let task = |name: &str| JobTask {

@@ -49,6 +49,11 @@ pub struct VaultConfig {
     pub max_failed_auth_per_minute: usize,
     /// Plain-HTTP listener for Prometheus metrics (`/metrics`); off when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long events, ended jobs, answered site commands and finished alerts are kept
+    /// (SEC-3).
+    pub retention: ferry_store::Retention,
+    /// How often what the retention no longer keeps is pruned (also once at start).
+    pub prune_interval: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -72,6 +77,8 @@ impl VaultConfig {
             max_connections_per_client: 256,
             max_failed_auth_per_minute: 30,
             metrics_listen: None,
+            retention: ferry_store::Retention::default(),
+            prune_interval: crate::retention::DEFAULT_PRUNE_INTERVAL,
             clock: Arc::new(SystemClock),
         }
     }

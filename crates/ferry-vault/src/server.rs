@@ -141,6 +141,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     ));
     tokio::spawn(crate::test_expiry::run(state.clone()));
     tokio::spawn(crate::alerts::deliver::run(state.clone()));
+    tokio::spawn(crate::retention::run(state.clone()));
 
     let metrics_addr = match config.metrics_listen {
         Some(at) => {
@@ -158,7 +159,7 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
     // The TLS handshake has its own limit (10 s, axum-server's default); then every request's
     // headers, and the wait for the next request on a kept-alive connection, are bounded.
     // One client address holds at most `max_connections_per_client` connections (SEC-3).
-    let limit = crate::conn_limit::PerClientLimit::new(state.config.max_connections_per_client);
+    let limit = ferry_endpoint::PerClientLimit::new(state.config.max_connections_per_client);
     let mut server =
         axum_server::from_tcp_rustls(std_listener, rustls).map(|tls| tls.acceptor(limit)).handle(handle.clone());
     server

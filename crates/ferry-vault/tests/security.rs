@@ -512,3 +512,85 @@ async fn sec_3_connections_per_client_are_capped() {
         }
     }
 }
+
+/// SEC-3: the vault prunes by its retention at start and then every hour (the product's
+/// defaults: events and jobs 90 days, answered commands and finished alerts 30): rows older
+/// than that leave the API, an open job of the same age and everything recent stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_the_vault_prunes_old_events_and_ended_jobs_at_start_and_keeps_open_ones() {
+    use ferry_types::event::Severity;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tv = start_vault_in(dir.path(), |_| {}).await;
+    let vault = create_vault(&tv.admin, "v1").await;
+    let now = chrono::Utc::now();
+    let old = now - chrono::Duration::days(120);
+    let recent = now - chrono::Duration::days(2);
+    let job_at = |t: chrono::DateTime<chrono::Utc>, status: JobStatus, name: &str| Job {
+        id: Uuid::new_v4(),
+        vault_id: vault.id,
+        operation: "TestFailover".into(),
+        object_type: "ProtectedItem".into(),
+        object_id: "pi-1".into(),
+        object_name: name.into(),
+        fabric: None,
+        status,
+        tasks: vec![],
+        progress: 0,
+        allowed_actions: Job::actions_for(status),
+        errors: vec![],
+        params: serde_json::Value::Null,
+        created_at: t,
+        started_at: Some(t),
+        ended_at: None,
+        restart_of: None,
+    };
+    let (old_done, old_open, new_done) = (
+        job_at(old, JobStatus::Succeeded, "old-done"),
+        job_at(old, JobStatus::WaitingForInput, "old-open"),
+        job_at(recent, JobStatus::Failed, "new-done"),
+    );
+    tv.store().insert_jobs(&[old_done.clone(), old_open.clone(), new_done.clone()]).await.expect("jobs");
+    let ev = |t, message| ferry_store::NewEvent {
+        vault: vault.id,
+        time: t,
+        severity: Severity::Warning,
+        kind: "RetentionProbe",
+        message,
+        fabric: None,
+        object_id: None,
+    };
+    tv.store().append_events(&[ev(old, "old event"), ev(recent, "recent event")]).await.expect("events");
+    let events = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let v: serde_json::Value = c.get("/api/v1/vaults/v1/events?kind=RetentionProbe").await.expect("events");
+            v["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e["message"].to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(events(&tv.admin).await.len(), 2, "written");
+    tv.handle.shutdown().await;
+
+    // Started again with the product's defaults: the pruning at start takes the old rows.
+    let tv = start_vault_in(dir.path(), |_| {}).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let names: Vec<String> = all_jobs(&tv.admin, "v1", "").await.into_iter().map(|j| j.object_name).collect();
+        if !names.contains(&"old-done".to_string()) {
+            assert!(names.contains(&"old-open".to_string()), "an open job is kept whatever its age: {names:?}");
+            assert!(names.contains(&"new-done".to_string()), "a recent job is kept: {names:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old ended job was not pruned: {names:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(events(&tv.admin).await, vec!["\"recent event\"".to_string()]);
+    let e = expect_err(tv.admin.get::<Job>(&format!("/api/v1/vaults/v1/replicationJobs/{}", old_done.id)).await);
+    assert_eq!(e.0, 404);
+    tv.handle.shutdown().await;
+}

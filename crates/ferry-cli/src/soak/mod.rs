@@ -644,10 +644,27 @@ async fn expect_recovery(soak: &Soak, n: usize, ended_at: Instant, what: &str) {
     }
 }
 
+/// The replica host of the most protected items not taken by an operation (failovers and
+/// re-protects move replicas between sites, so a fixed host may hold none at that moment);
+/// `chi1` when no item is protected.
+async fn outage_host(soak: &Soak) -> String {
+    let items = ops::items(&soak.lab).await.unwrap_or_default();
+    let busy = soak.state.lock().map(|s| s.busy.clone()).unwrap_or_default();
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for it in items.iter().filter(|i| i["state"] == "Protected" && !busy.contains(i["id"].as_str().unwrap_or(""))) {
+        if let Some(h) = it["target"]["host_name"].as_str() {
+            *per_host.entry(h.to_string()).or_default() += 1;
+        }
+    }
+    // Most items first; the smallest name among equals, so a replay chooses the same host.
+    per_host.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map_or_else(|| "chi1".to_string(), |(h, _)| h)
+}
+
 /// A replica host down longer than the stall threshold: its items turn Critical with the
 /// cause (invariant 4), and recover when it is back.
 async fn long_replica_outage(soak: &Soak, n: usize) {
-    let host = "chi1";
+    let host = outage_host(soak).await;
+    let host = host.as_str();
     let name = format!("host-{host}");
     let argv = match soak.lab.kill(&name) {
         Ok(a) => a,

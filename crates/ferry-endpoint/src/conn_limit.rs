@@ -1,4 +1,4 @@
-//! A cap on the connections one client address holds open at once (SEC-3): the vault refuses a
+//! A cap on the connections one client address holds open at once (SEC-3): an endpoint refuses a
 //! client's connection beyond `max_connections_per_client` before the TLS handshake, so one
 //! client cannot take every connection the server can hold (its requests are limited apart,
 //! globally). A connection counts until it is closed.
