@@ -958,6 +958,8 @@ fn spawn_host(
         hcfg.push_str(&format!("test_churn_tick_ms = {ms}\n"));
     }
     let guest = test_guest_dir();
+    // The test guest's kernel boots the lab's VMs (SEC-3: from a configured directory only).
+    hcfg.push_str(&format!("boot_dirs = [\"{}\"]\n", guest.display()));
     if guest.join("vmlinuz").exists() {
         hcfg.push_str(&format!(
             "probe_kernel = \"{}\"\nprobe_initrd = \"{}\"\n",

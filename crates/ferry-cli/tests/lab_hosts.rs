@@ -21,7 +21,7 @@ fn vms(lab: &Lab) -> Value {
 }
 
 #[test]
-fn host_1_invalid_definitions_are_refused_and_create_nothing() {
+fn host_1_sec_3_invalid_definitions_are_refused_and_create_nothing() {
     let lab = Lab::start(LabOptions::default());
     let gold = lab.storage("ny1", "gold");
     let ok_disk = gold.join("ok-vda.qcow2");
@@ -65,16 +65,40 @@ fn host_1_invalid_definitions_are_refused_and_create_nothing() {
         "m4",
     );
     assert!(err.contains("used twice"), "{err}");
+    // SEC-3: a kernel from anywhere on the host, or a NIC on any host interface, is refused.
+    let err = vm_action_error(
+        &lab,
+        &json!({"name": "m5", "disks": [{"target": "vda", "path": gold.join("m5.qcow2"), "format": "qcow2", "create_size": 1048576}],
+                "kernel_boot": {"kernel": "/etc/hostname", "append": "console=ttyS0"}}),
+        "m5",
+    );
+    assert!(err.contains("kernel /etc/hostname is outside"), "{err}");
+    let escape = gold.join("escape-kernel");
+    std::os::unix::fs::symlink("/etc/hostname", &escape).expect("symlink");
+    let err = vm_action_error(
+        &lab,
+        &json!({"name": "m6", "disks": [{"target": "vda", "path": gold.join("m6.qcow2"), "format": "qcow2", "create_size": 1048576}],
+                "kernel_boot": {"kernel": escape, "append": "console=ttyS0"}}),
+        "m6",
+    );
+    assert!(err.contains("is outside"), "a link out of the storage location is followed: {err}");
+    let err = vm_action_error(
+        &lab,
+        &json!({"name": "m7", "disks": [{"target": "vda", "path": gold.join("m7.qcow2"), "format": "qcow2", "create_size": 1048576}],
+                "nics": [{"bridge": "lo"}]}),
+        "m7",
+    );
+    assert!(err.contains("bridge lo is not one of this host's bridges"), "{err}");
 
     // Nothing was created by the refused definitions.
     let listed: Vec<String> =
         vms(&lab).as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(str::to_string)).collect();
     assert_eq!(listed, vec!["dup".to_string()]);
-    for f in ["m2.qcow2", "m4a.qcow2", "m4b.qcow2"] {
+    for f in ["m2.qcow2", "m4a.qcow2", "m4b.qcow2", "m5.qcow2", "m6.qcow2", "m7.qcow2"] {
         assert!(!gold.join(f).exists(), "{f} must not be created");
     }
     assert!(!outside.exists());
-    for vm in ["m1", "m2", "m3", "m4"] {
+    for vm in ["m1", "m2", "m3", "m4", "m5", "m6", "m7"] {
         assert!(!lab.host_data("ny1").join("vms").join(vm).exists());
     }
 }

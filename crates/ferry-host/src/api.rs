@@ -207,7 +207,7 @@ async fn replication_action(
         A::ReleaseTest { item } => host.replication.release_test(item).await,
         A::FailoverOverlays { item, point } => host.replication.failover_overlays(item, &point).await,
         A::RemoveTestNetwork { bridge } => {
-            if !bridge.starts_with("fyt") || !crate::net::valid_ifname(&bridge) {
+            if !crate::net::is_test_bridge(&bridge) {
                 Err(crate::replication::ReplicationError::Invalid(format!("{bridge} is not a test-failover bridge")))
             } else {
                 crate::net::delete_link(&bridge)

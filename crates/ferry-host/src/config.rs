@@ -42,6 +42,10 @@ pub struct HostConfig {
     /// `auto` (probe KVM with a real boot, HOST-2), `kvm` or `tcg`.
     #[serde(default = "default_accel")]
     pub accel: String,
+    /// Directories a VM definition may take a kernel and initrd from for direct kernel boot,
+    /// besides the storage locations (SEC-3: any other host file is refused).
+    #[serde(default)]
+    pub boot_dirs: Vec<PathBuf>,
     /// Kernel and initrd of the probe guest (the test guest); without them `auto` means TCG.
     #[serde(default)]
     pub probe_kernel: Option<PathBuf>,

@@ -35,6 +35,14 @@ pub fn valid_ifname(name: &str) -> bool {
     !name.is_empty() && name.len() <= 15 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Prefix of the isolated bridges Ferry creates for test failovers (`fyt` + 8 hex digits).
+pub const TEST_BRIDGE_PREFIX: &str = "fyt";
+
+/// Whether `name` is one of Ferry's test-failover bridges.
+pub fn is_test_bridge(name: &str) -> bool {
+    name.strip_prefix(TEST_BRIDGE_PREFIX).is_some_and(|rest| !rest.is_empty()) && valid_ifname(name)
+}
+
 /// Create a bridge (no uplink) if it does not exist, and bring it up.
 pub fn ensure_bridge(name: &str) -> Result<(), NetError> {
     if !valid_ifname(name) {

@@ -172,6 +172,13 @@ impl VmManager {
                 if !crate::net::valid_ifname(br) {
                     return bad(format!("NIC {i}: bridge name {br} is invalid"));
                 }
+                // SEC-3: a VM joins only the bridges of this host's configuration, or the
+                // isolated bridge of its own test failover — never any interface of the host.
+                if !self.cfg.bridges.iter().any(|b| &b.bridge == br) && !crate::net::is_test_bridge(br) {
+                    return bad(format!(
+                        "NIC {i}: bridge {br} is not one of this host's bridges (host.toml [[bridges]]) nor a test-failover bridge"
+                    ));
+                }
             } else if let Some(ln) = &n.logical_network {
                 if !self.cfg.bridges.iter().any(|b| &b.logical_network == ln) {
                     return bad(format!("NIC {i}: logical network {ln} has no bridge on this host"));
@@ -189,8 +196,23 @@ impl VmManager {
                     return bad(format!("initrd {i} does not exist"));
                 }
             }
+            for (what, file) in std::iter::once(("kernel", &k.kernel)).chain(k.initrd.iter().map(|i| ("initrd", i))) {
+                if !self.boot_file_allowed(Path::new(file)) {
+                    return bad(format!(
+                        "{what} {file} is outside this host's storage locations and boot directories (host.toml boot_dirs)"
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// SEC-3: a kernel or initrd is taken only from a storage location or a configured boot
+    /// directory, after following links (a link inside pointing elsewhere is refused).
+    fn boot_file_allowed(&self, file: &Path) -> bool {
+        let Ok(real) = file.canonicalize() else { return false };
+        let dirs = self.cfg.storage.iter().map(|s| &s.path).chain(self.cfg.boot_dirs.iter());
+        dirs.filter_map(|d| d.canonicalize().ok()).any(|d| real.starts_with(d))
     }
 
     /// Define a VM; missing disks with `create_size` are created. Nothing is created when the

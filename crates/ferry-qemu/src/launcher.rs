@@ -139,7 +139,7 @@ impl Qemu {
             .map_err(|e| Error::with_source(ErrorKind::Parse, "Cannot serialise VM spec", e))?;
         std::fs::write(&paths.spec, spec_json)
             .map_err(|e| Error::io(format!("Cannot write {}", paths.spec.display()), e))?;
-        let args = spec.to_args(&paths);
+        let args = crate::sandbox::with_sandbox(spec.to_args(&paths));
         tracing::info!(vm = %spec.name, args = ?args, "Starting QEMU");
         let pid = process::spawn_detached(QEMU_BINARY, &args, &paths.log)?;
         let started = Instant::now();

@@ -34,6 +34,7 @@ pub mod nbd;
 pub mod process;
 pub mod qga;
 pub mod qmp;
+pub mod sandbox;
 pub mod spec;
 
 pub use accel::{probe_kvm, Accel};

@@ -118,3 +118,22 @@ async fn host_2_kvm_probe_boots_the_guest_or_falls_back_to_tcg() {
     }
     vm.hard_stop().await.expect("stop");
 }
+
+/// SEC-3: a VM's QEMU runs under its seccomp sandbox (the kernel reports a filter on the
+/// process) and the guest runs as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_3_a_vms_qemu_runs_under_its_seccomp_sandbox() {
+    assert!(ferry_qemu::sandbox::supported(), "Debian's QEMU is built with seccomp");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = qcow2(dir.path(), "d.qcow2", 8 * MIB).await;
+    let run = dir.path().join("run");
+    let vm = Qemu::start(&diskless_os_spec("sandbox1", &[("vda", &disk)]), &run).await.expect("start");
+    let _guard = VmGuard(vm.pid());
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", vm.pid())).expect("cmdline");
+    assert!(String::from_utf8_lossy(&cmdline).contains("spawn=deny"), "started with the sandbox");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).expect("status");
+    let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).expect("Seccomp line");
+    assert_eq!(seccomp.split_whitespace().nth(1), Some("2"), "a seccomp filter is installed: {seccomp}");
+    assert!(matches!(vm.status().await.expect("status"), VmState::Running(_)));
+    vm.qmp().block_dirty_bitmap_add("vda", "bm", false).await.expect("QMP works inside the sandbox");
+}

@@ -575,7 +575,7 @@ async fn finalize(state: &AppState, vault: Uuid, item: &ProtectedItem, name: &st
                 object_id: item.id.to_string(),
                 object_name: name.to_string(),
                 fabric: Some(item.source.fabric),
-                params: serde_json::json!({"item": item.id}),
+                params: crate::jobs::JobInput::of(&crate::jobs::ItemParams { item: item.id }),
                 tasks: vec!["Initial replication complete".into(), "Ready for failover".into()],
             },
         )

@@ -54,7 +54,10 @@ async fn sweep(state: &AppState, max_age: Duration) -> Result<(), ferry_types::A
                 object_id: it.id.to_string(),
                 object_name: it.name.clone(),
                 fabric: Some(it.target.fabric),
-                params: serde_json::json!({"item": it.id, "notes": AUTO_NOTE}),
+                params: crate::jobs::JobInput::of(&crate::jobs::CleanupParams {
+                    item: it.id,
+                    notes: AUTO_NOTE.to_string(),
+                }),
                 tasks: crate::jobs::CLEANUP_TASKS.iter().map(|t| t.to_string()).collect(),
             };
             state.jobs.submit(state, job).await.map_err(store_err)?;

@@ -233,7 +233,9 @@ async fn register_checked(st: &AppState, req: RegisterRequest) -> ApiResult<Json
                 object_id: fabric.id.to_string(),
                 object_name: fabric.name.clone(),
                 fabric: Some(fabric.id),
-                params: serde_json::json!({"server_name": req.server_name}),
+                params: crate::jobs::JobInput::of(&crate::jobs::RegisterSiteParams {
+                    server_name: req.server_name.clone(),
+                }),
                 tasks: vec![
                     "Validate registration key".into(),
                     "Register site manager".into(),

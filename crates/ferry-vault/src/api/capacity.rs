@@ -74,8 +74,7 @@ async fn submit(st: &AppState, plan: &CapacityPlan, operation: &'static str, for
                 object_id: plan.id.to_string(),
                 object_name: plan.name.clone(),
                 fabric: Some(plan.site),
-                params: serde_json::to_value(CapacityParams { plan: plan.id, forget })
-                    .map_err(|e| ApiFailure::internal(e.to_string()))?,
+                params: crate::jobs::JobInput::of(&CapacityParams { plan: plan.id, forget }),
                 tasks: tasks.iter().map(|t| t.to_string()).collect(),
             },
         )

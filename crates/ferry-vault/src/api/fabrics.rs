@@ -249,7 +249,11 @@ pub async fn vm_action(
                 object_id: format!("{}/{}", h.id, vm_name),
                 object_name: format!("{op_name} {vm_name}"),
                 fabric: Some(f.id),
-                params: serde_json::json!({"fabric": f.id, "host": h.id, "action": action}),
+                params: crate::jobs::JobInput::of(&crate::jobs::VmActionParams {
+                    fabric: f.id,
+                    host: h.id.clone(),
+                    action,
+                }),
                 tasks: vec!["Run on host".into()],
             },
         )

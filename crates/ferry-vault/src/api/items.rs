@@ -26,7 +26,7 @@ use super::vaults::load_fabric;
 use crate::auth::Auth;
 use crate::error::{ApiFailure, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, PageParams};
-use crate::jobs::NewJob;
+use crate::jobs::{JobInput, NewJob};
 use crate::state::AppState;
 
 /// Fill in what is computed from the state: allowed operations (JOB-3) and the RPO as of `now`
@@ -379,7 +379,7 @@ pub async fn enable_on_site(
                     object_id: item.id.to_string(),
                     object_name: item.name.clone(),
                     fabric: Some(item.source.fabric),
-                    params: serde_json::json!({"item": item.id}),
+                    params: JobInput::of(&crate::jobs::ItemParams { item: item.id }),
                     tasks: crate::jobs::ENABLE_TASKS.iter().map(|t| t.to_string()).collect(),
                 },
             )
@@ -598,12 +598,10 @@ async fn submit_replica_job(
     vault: Uuid,
     it: &ProtectedItem,
     operation: &'static str,
-    params: &impl Serialize,
+    params: &impl crate::jobs::JobParams,
     tasks: &[&str],
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    let params = serde_json::to_value(params).map_err(|e| {
-        ApiFailure::with(StatusCode::INTERNAL_SERVER_ERROR, ferry_types::ApiError::new("InternalError", e.to_string()))
-    })?;
+    let params = JobInput::of(params);
     let job = st
         .jobs
         .submit(
@@ -663,17 +661,14 @@ pub async fn operate(
         awaiting_import: it.stats.awaiting_import,
     };
     ferry_core::state::check_operation(it.state, &ctx, op).map_err(core_err)?;
-    let new_job = |operation: &'static str, mut params: serde_json::Value, tasks: &[&str]| NewJob {
+    let new_job = |operation: &'static str, params: JobInput, tasks: &[&str]| NewJob {
         vault: v.id,
-        params: {
-            // FO-7: a failover-type job that failed can be resumed once its cause is fixed
-            // (finished tasks are kept); test failover and disable are started anew instead.
-            if !matches!(op, Operation::TestFailover | Operation::DisableProtection) {
-                if let Some(o) = params.as_object_mut() {
-                    o.insert(crate::jobs::RESUME_AFTER_FAILURE.into(), serde_json::json!(true));
-                }
-            }
+        // FO-7: a failover-type job that failed can be resumed once its cause is fixed
+        // (finished tasks are kept); test failover and disable are started anew instead.
+        params: if matches!(op, Operation::TestFailover | Operation::DisableProtection) {
             params
+        } else {
+            params.resumable_after_failure()
         },
         operation,
         object_type: "ProtectedItem",
@@ -728,7 +723,7 @@ pub async fn operate(
                     format!("A test failover of {} is already running", it.name),
                 ));
             }
-            let params = serde_json::json!({"item": it.id, "point": point, "network": network, "bridge": bridge});
+            let params = JobInput::of(&crate::jobs::TestParams { item: it.id, point, network, bridge });
             let job =
                 st.jobs.submit(&st, new_job(crate::jobs::OP_TEST_FAILOVER, params, &crate::jobs::TEST_TASKS)).await?;
             let jid = job.id;
@@ -742,7 +737,8 @@ pub async fn operate(
             job
         }
         Operation::TestFailoverCleanup => {
-            let params = serde_json::json!({"item": it.id, "notes": req.notes.clone().unwrap_or_default()});
+            let params =
+                JobInput::of(&crate::jobs::CleanupParams { item: it.id, notes: req.notes.clone().unwrap_or_default() });
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_TEST_FAILOVER_CLEANUP, params, &crate::jobs::CLEANUP_TASKS))
                 .await?
@@ -759,7 +755,8 @@ pub async fn operate(
                 }
             };
             crate::replication::apply_operation(&st, v.id, it.id, Operation::PlannedFailover).await?;
-            let params = serde_json::json!({"item": it.id, "shutdown_timeout_secs": shutdown_timeout});
+            let params =
+                JobInput::of(&crate::jobs::PlannedParams { item: it.id, shutdown_timeout_secs: shutdown_timeout });
             st.jobs.submit(&st, new_job(crate::jobs::OP_PLANNED_FAILOVER, params, &crate::jobs::PLANNED_TASKS)).await?
         }
         Operation::UnplannedFailover => {
@@ -777,51 +774,50 @@ pub async fn operate(
                 }
             }
             let point = overlay_point(&it, req.recovery_point.as_deref())?;
-            let params = serde_json::json!({"item": it.id, "point": point, "shutdown_source": req.shutdown_source, "source_fenced": req.source_fenced});
+            let params = JobInput::of(&crate::jobs::UnplannedParams {
+                item: it.id,
+                point,
+                shutdown_source: req.shutdown_source,
+                source_fenced: req.source_fenced,
+            });
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_UNPLANNED_FAILOVER, params, &crate::jobs::UNPLANNED_TASKS))
                 .await?
         }
         Operation::FailoverCommit => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_COMMIT, params, &crate::jobs::COMMIT_TASKS)).await?
         }
         Operation::ApplyRecoveryPoint => {
             let point = choose_point(&it, req.recovery_point.as_deref())?;
-            let params = serde_json::json!({"item": it.id, "point": point});
+            let params = JobInput::of(&crate::jobs::ApplyParams { item: it.id, point });
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_APPLY_RECOVERY_POINT, params, &crate::jobs::APPLY_TASKS))
                 .await?
         }
         Operation::FailoverCancel => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs.submit(&st, new_job(crate::jobs::OP_FAILOVER_CANCEL, params, &crate::jobs::CANCEL_TASKS)).await?
         }
         Operation::ReProtect => {
             crate::replication::apply_operation(&st, v.id, it.id, Operation::ReProtect).await?;
-            let params = serde_json::to_value(crate::jobs::ReProtectParams {
+            let params = JobInput::of(&crate::jobs::ReProtectParams {
                 item: it.id,
                 original: it.source.clone(),
                 active: it.target.clone(),
-            })
-            .map_err(|e| {
-                ApiFailure::with(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ferry_types::ApiError::new("InternalError", e.to_string()),
-                )
-            })?;
+            });
             st.jobs.submit(&st, new_job(crate::jobs::OP_REPROTECT, params, &crate::jobs::REPROTECT_TASKS)).await?
         }
         Operation::RepairReplication => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs.submit(&st, new_job(crate::jobs::OP_REPAIR_REPLICATION, params, &crate::jobs::REPAIR_TASKS)).await?
         }
         Operation::PauseReplication => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs.submit(&st, new_job(crate::jobs::OP_PAUSE_REPLICATION, params, &crate::jobs::PAUSE_TASKS)).await?
         }
         Operation::ResumeReplication => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs.submit(&st, new_job(crate::jobs::OP_RESUME_REPLICATION, params, &crate::jobs::RESUME_TASKS)).await?
         }
         Operation::ImportInitialReplica => {
@@ -845,11 +841,11 @@ pub async fn operate(
                 },
             };
             ferry_core::paths::validate_absolute_path("importPath", &import_path).map_err(core_err)?;
-            let params = serde_json::json!({"item": it.id, "import_path": import_path});
+            let params = JobInput::of(&crate::jobs::ImportParams { item: it.id, import_path });
             st.jobs.submit(&st, new_job(crate::jobs::OP_IMPORT_INITIAL, params, &crate::jobs::IMPORT_TASKS)).await?
         }
         Operation::DisableProtection => {
-            let params = serde_json::json!({"item": it.id});
+            let params = JobInput::of(&crate::jobs::ItemParams { item: it.id });
             st.jobs
                 .submit(&st, new_job(crate::jobs::OP_DISABLE_PROTECTION, params, &crate::jobs::DISABLE_TASKS))
                 .await?

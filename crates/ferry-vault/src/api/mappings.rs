@@ -163,7 +163,7 @@ pub async fn create_pair(
                 object_id: mapping.id.to_string(),
                 object_name: name.clone(),
                 fabric: Some(source.fabric),
-                params: serde_json::json!({"mapping": mapping.id}),
+                params: crate::jobs::JobInput::of(&crate::jobs::PairParams { mapping: mapping.id }),
                 tasks: vec!["Configure source site (pair)".into(), "Configure target site (pair)".into()],
             },
         )
@@ -241,7 +241,7 @@ pub async fn delete_container_mapping(
                 object_id: id.to_string(),
                 object_name: id.to_string(),
                 fabric: Some(m.body.source.fabric),
-                params: serde_json::json!({"mapping": id}),
+                params: crate::jobs::JobInput::of(&crate::jobs::PairParams { mapping: id }),
                 tasks: vec![
                     "Remove from source site".into(),
                     "Remove from target site".into(),

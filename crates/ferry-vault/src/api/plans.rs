@@ -493,10 +493,6 @@ pub async fn operate_plan(
         _ => {}
     }
     let tasks = crate::jobs::plan_tasks(&params);
-    let mut value = serde_json::to_value(&params).map_err(|e| ApiFailure::internal(e.to_string()))?;
-    if let Some(o) = value.as_object_mut() {
-        o.insert(crate::jobs::RESUME_AFTER_FAILURE.into(), serde_json::json!(true));
-    }
     let job = st
         .jobs
         .submit(
@@ -508,7 +504,7 @@ pub async fn operate_plan(
                 object_id: plan.id.to_string(),
                 object_name: plan.name.clone(),
                 fabric: Some(first.target.fabric),
-                params: value,
+                params: crate::jobs::JobInput::of(&params).resumable_after_failure(),
                 tasks,
             },
         )

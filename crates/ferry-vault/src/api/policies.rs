@@ -186,7 +186,7 @@ pub async fn update_policy(
                         object_id: p.id.to_string(),
                         object_name: p.spec.name.clone(),
                         fabric: None,
-                        params: serde_json::json!({"policy": p.id, "version": version}),
+                        params: crate::jobs::JobInput::of(&crate::jobs::PolicyParams { policy: p.id, version }),
                         tasks: vec![],
                     },
                 )

@@ -32,16 +32,16 @@ use uuid::Uuid;
 
 pub use ctx::{withdraw as withdraw_command, JobCtx, RESUMABLE_AT};
 pub use failover::{
-    source_running, test_info, CLEANUP_TASKS, COMMIT_TASKS, DEFAULT_SHUTDOWN_TIMEOUT_SECS, DISABLE_TASKS,
-    OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT, OP_PLANNED_FAILOVER, OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP,
-    OP_UNPLANNED_FAILOVER, PLANNED_TASKS, TEST_TASKS, UNPLANNED_TASKS,
+    source_running, test_info, CleanupParams, PlannedParams, TestParams, UnplannedParams, CLEANUP_TASKS, COMMIT_TASKS,
+    DEFAULT_SHUTDOWN_TIMEOUT_SECS, DISABLE_TASKS, OP_DISABLE_PROTECTION, OP_FAILOVER_COMMIT, OP_PLANNED_FAILOVER,
+    OP_TEST_FAILOVER, OP_TEST_FAILOVER_CLEANUP, OP_UNPLANNED_FAILOVER, PLANNED_TASKS, TEST_TASKS, UNPLANNED_TASKS,
 };
 pub(crate) use kinds::load_policy;
 pub use kinds::{
-    host_cn, JobKind, ENABLE_TASKS, OP_CONFIGURE_PAIR, OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR,
-    OP_UPDATE_POLICY, OP_VM_ACTION,
+    host_cn, ItemParams, JobKind, PairParams, PolicyParams, VmActionParams, ENABLE_TASKS, OP_CONFIGURE_PAIR,
+    OP_ENABLE_PROTECTION, OP_FINALIZE_PROTECTION, OP_REMOVE_PAIR, OP_UPDATE_POLICY, OP_VM_ACTION,
 };
-pub use offline::{IMPORT_TASKS, OP_IMPORT_INITIAL};
+pub use offline::{ImportParams, IMPORT_TASKS, OP_IMPORT_INITIAL};
 pub use pause::{OP_PAUSE_REPLICATION, OP_RESUME_REPLICATION, PAUSE_TASKS, RESUME_TASKS};
 pub use plans::{
     plan_operation_name, plan_tasks, t_start, waiting_manual_action, ItemPoint, PlanParams, WaitingAction,
@@ -66,9 +66,63 @@ pub struct NewJob {
     pub object_id: String,
     pub object_name: String,
     pub fabric: Option<Uuid>,
-    pub params: serde_json::Value,
+    pub params: JobInput,
     pub tasks: Vec<String>,
 }
+
+/// A job kind's typed parameters: what the API or another job hands it and what it reads back
+/// with `JobCtx::params` — the job's contract, one struct per kind.
+pub trait JobParams: serde::Serialize {}
+
+/// A job's input as it is stored with the job, made only from a kind's [`JobParams`] (never
+/// from ad-hoc JSON); the engine keeps its own bookkeeping beside it (attempts, task outputs,
+/// where a resumed job continues).
+#[derive(Debug, Clone)]
+pub struct JobInput(serde_json::Value);
+
+impl JobInput {
+    pub fn of<P: JobParams>(params: &P) -> Self {
+        // Params are ids, strings, numbers and ferry-types values: they always encode. Were one
+        // not to, the job would fail reading its params, with that said.
+        Self(serde_json::to_value(params).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// FO-7: a run of this job that failed can be resumed once its cause is fixed (finished
+    /// tasks are kept) instead of started anew.
+    pub fn resumable_after_failure(mut self) -> Self {
+        if let Some(o) = self.0.as_object_mut() {
+            o.insert(plans::RESUME_AFTER_FAILURE.into(), serde_json::Value::Bool(true));
+        }
+        self
+    }
+
+    fn into_value(self) -> serde_json::Value {
+        self.0
+    }
+}
+
+/// A job that only records what happened (site registration): the site manager's name.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RegisterSiteParams {
+    pub server_name: String,
+}
+
+impl JobParams for RegisterSiteParams {}
+impl JobParams for kinds::PairParams {}
+impl JobParams for kinds::PolicyParams {}
+impl JobParams for kinds::VmActionParams {}
+impl JobParams for kinds::ItemParams {}
+impl JobParams for verify::VerifyParams {}
+impl JobParams for plans::PlanParams {}
+impl JobParams for failover::TestParams {}
+impl JobParams for failover::CleanupParams {}
+impl JobParams for failover::PlannedParams {}
+impl JobParams for failover::UnplannedParams {}
+impl JobParams for reverse::ApplyParams {}
+impl JobParams for reverse::ReProtectParams {}
+impl JobParams for offline::ImportParams {}
+impl JobParams for capacity::CapacityParams {}
+impl JobParams for point_image::PointImageParams {}
 
 /// Namespace for ids of jobs started by other jobs.
 const CHILD_NS: Uuid = Uuid::from_u128(0x3e5b_7c1d_40a2_4f6e_9b8a_2d4c_6e1f_0a37);
@@ -200,7 +254,7 @@ impl JobEngine {
             progress: 0,
             allowed_actions: Job::actions_for(JobStatus::NotStarted),
             errors: Vec::new(),
-            params: new.params,
+            params: new.params.into_value(),
             created_at: now,
             started_at: None,
             ended_at: None,
@@ -237,7 +291,7 @@ impl JobEngine {
             progress: 100,
             allowed_actions: vec![],
             errors: vec![],
-            params: new.params,
+            params: new.params.into_value(),
             created_at: now,
             started_at: Some(now),
             ended_at: Some(now),
@@ -350,5 +404,24 @@ impl JobEngine {
                 m.remove(&id);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JOB-1: a job's stored input is its kind's typed params, read back as the same type; the
+    /// resume flag sits beside them without changing what the kind reads.
+    #[test]
+    fn job_1_a_jobs_input_is_its_kinds_typed_params() {
+        let item = Uuid::new_v4();
+        let input =
+            JobInput::of(&UnplannedParams { item, point: "rp-1".into(), shutdown_source: true, source_fenced: false })
+                .resumable_after_failure();
+        let stored = input.into_value();
+        assert_eq!(stored[plans::RESUME_AFTER_FAILURE], true);
+        let back: UnplannedParams = serde_json::from_value(stored).expect("the kind reads its params");
+        assert_eq!((back.item, back.point.as_str(), back.shutdown_source), (item, "rp-1", true));
     }
 }

@@ -26,10 +26,10 @@ pub fn register(m: &mut HashMap<&'static str, Arc<dyn JobKind>>) {
     m.insert(OP_IMPORT_INITIAL, Arc::new(ImportJob));
 }
 
-#[derive(serde::Deserialize)]
-struct ImportParams {
-    item: Uuid,
-    import_path: String,
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ImportParams {
+    pub item: Uuid,
+    pub import_path: String,
 }
 
 struct ImportJob;

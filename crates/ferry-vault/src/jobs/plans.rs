@@ -773,7 +773,7 @@ async fn children(ctx: &mut JobCtx, p: &PlanParams, operation: &'static str) -> 
                     None => {
                         let item = load_item(&st, vault, it.id).await?;
                         // The per-VM operation's own preparation, as its API does.
-                        let (params, tasks): (serde_json::Value, &[&str]) = if operation == super::OP_REPROTECT {
+                        let (params, tasks): (super::JobInput, &[&str]) = if operation == super::OP_REPROTECT {
                             let reprotect = ferry_core::state::Event::Operation(Operation::ReProtect);
                             crate::replication::apply_event(&st, vault, it.id, reprotect).await?;
                             let p = super::ReProtectParams {
@@ -781,11 +781,9 @@ async fn children(ctx: &mut JobCtx, p: &PlanParams, operation: &'static str) -> 
                                 original: item.source.clone(),
                                 active: item.target.clone(),
                             };
-                            let v =
-                                serde_json::to_value(p).map_err(|e| ApiError::new("InternalError", e.to_string()))?;
-                            (v, &super::REPROTECT_TASKS)
+                            (super::JobInput::of(&p), &super::REPROTECT_TASKS)
                         } else {
-                            (serde_json::json!({"item": it.id}), &super::COMMIT_TASKS)
+                            (super::JobInput::of(&super::ItemParams { item: it.id }), &super::COMMIT_TASKS)
                         };
                         let new = super::NewJob {
                             vault,
