@@ -18,7 +18,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[test]
-fn pol_8_offline_export_carry_import_then_deltas() {
+fn pol_8_sec_3_offline_export_carry_import_then_deltas() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let export = lab.dir.join("media-export");
     let import = lab.dir.join("media-import");
@@ -69,6 +69,18 @@ fn pol_8_offline_export_carry_import_then_deltas() {
             .filter(|n| *n >= 3)
     });
     copy_dir(&folder, &import.join(&id));
+    // SEC-3: the manifest is sealed with the item's key from the vault; media altered on the
+    // way (here its date) is refused and nothing is imported, the original media imports.
+    assert!(manifest["mac"].as_str().is_some_and(|m| m.len() == 64), "sealed: {manifest}");
+    let carried = import.join(&id).join("ferry-export.json");
+    let mut altered = manifest.clone();
+    altered["created_at"] = "2020-01-01T00:00:00Z".into();
+    std::fs::write(&carried, serde_json::to_vec(&altered).expect("json")).expect("alter");
+    let (code, out, err) = lab.cli(&["import-initial", &id, "--wait"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(format!("{out}{err}").contains("not sealed with this item's key"), "{out}{err}");
+    assert_eq!(lab.json(&["item-show", &id])["stats"]["awaiting_import"], true);
+    std::fs::copy(folder.join("ferry-export.json"), &carried).expect("the original manifest");
     let protected = lab.json(&["import-initial", &id, "--wait"]);
     assert_eq!(protected["state"], "Protected", "{protected}");
     let points = protected["recovery_points"].as_array().expect("points");

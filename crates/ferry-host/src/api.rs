@@ -196,7 +196,7 @@ async fn replication_action(
         A::Resume { item } => host.replication.resume_paused(item, host.vms.clone()).await,
         A::CommitFailover { item } => host.replication.commit_failover(item).await,
         A::AdoptVm { vm, replica } => host.replication.adopt_vm(&vm, replica, &host.vms).await,
-        A::ImportInitial { item, path } => host.replication.import_initial(item, &path).await,
+        A::ImportInitial { item, path, key } => host.replication.import_initial(item, &path, key.as_deref()).await,
         A::ConfirmImport { item, cycle } => host.replication.confirm_import(item, cycle).await,
         A::Repair { item } => host.replication.repair(item, host.vms.clone()).await,
         A::VerifyPoints { item, point } => host.replication.verify_points(item, point.as_deref()).await,

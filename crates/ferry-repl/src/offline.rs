@@ -82,6 +82,56 @@ pub struct ExportManifest {
     pub data_bytes: u64,
     pub segments: Vec<Segment>,
     pub complete: bool,
+    /// Keyed blake3 of the manifest (with this field empty) under the item's [`ExportKey`]
+    /// (SEC-3): the replica host imports only media sealed for the item it expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The key the manifest is sealed with when written (never written itself).
+    #[serde(skip)]
+    pub seal_with: Option<ExportKey>,
+}
+
+/// The per-item key an offline export's manifest is sealed with (keyed blake3). It reaches the
+/// source host and the replica host through the vault, never on the media, so media altered in
+/// transit (a segment swapped, its checksum rewritten in the manifest) or another item's export
+/// is refused before anything is applied. Segments are bound through their checksums in the
+/// sealed manifest; segment names are checked as plain file names.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExportKey([u8; 32]);
+
+impl std::fmt::Debug for ExportKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportKey(..)")
+    }
+}
+
+impl ExportKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key given as 64 hex digits.
+    pub fn from_hex(hex: &str) -> Result<Self> {
+        let h = blake3::Hash::from_hex(hex.trim())
+            .map_err(|_| Error::new(ErrorKind::Invalid, "An export key is 64 hexadecimal digits"))?;
+        Ok(Self(*h.as_bytes()))
+    }
+
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from(self.0).to_hex().to_string()
+    }
+
+    fn seal(&self, m: &ExportManifest) -> blake3::Hash {
+        let mut bare = m.clone();
+        bare.mac = None;
+        // A manifest of ids, numbers and strings always encodes.
+        blake3::keyed_hash(&self.0, &serde_json::to_vec(&bare).unwrap_or_default())
+    }
+
+    /// Whether `m` carries this key's seal (compared in constant time).
+    pub fn verifies(&self, m: &ExportManifest) -> bool {
+        m.mac.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()).is_some_and(|h| h == self.seal(m))
+    }
 }
 
 impl ExportManifest {
@@ -119,7 +169,9 @@ impl ExportManifest {
     }
 
     fn write(&self, dir: &Path) -> Result<()> {
-        let b = serde_json::to_vec_pretty(self)
+        let mut sealed = self.clone();
+        sealed.mac = self.seal_with.as_ref().map(|k| k.seal(self).to_hex().to_string());
+        let b = serde_json::to_vec_pretty(&sealed)
             .map_err(|e| Error::with_source(ErrorKind::Store, "Cannot encode the export manifest", e))?;
         atomic_write(&dir.join(MANIFEST), &b)
     }
@@ -186,9 +238,19 @@ impl Primary {
     /// Continues an interrupted export of the same VM when its staging images and bitmaps
     /// survived; a complete export is not written again.
     pub async fn export_initial(&mut self, dir: &Path) -> Result<ExportReport> {
+        self.export_initial_sealed(dir, None).await
+    }
+
+    /// [`Self::export_initial`] with the manifest sealed with the item's `key` (SEC-3). An
+    /// earlier export in `dir` that this key does not verify is not continued but made anew.
+    pub async fn export_initial_sealed(&mut self, dir: &Path, key: Option<ExportKey>) -> Result<ExportReport> {
         let t0 = Instant::now();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("Cannot create {}", dir.display()), e))?;
         let existing = match ExportManifest::read(dir) {
+            Ok(m) if key.as_ref().is_some_and(|k| !k.verifies(&m)) => {
+                tracing::warn!(dir = %dir.display(), "an export not sealed with this item's key is made anew");
+                None
+            }
             Ok(m) => Some(m),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -235,7 +297,7 @@ impl Primary {
                 return Err(e);
             }
         };
-        let m = match manifest.take() {
+        let mut m = match manifest.take() {
             Some(m) if m.extent_count == src.extents.len() as u64 => m,
             _ => {
                 remove_export_files(dir)?;
@@ -251,12 +313,15 @@ impl Primary {
                     data_bytes: src.data_bytes(),
                     segments: vec![],
                     complete: false,
+                    mac: None,
+                    seal_with: key.clone(),
                 };
                 m.write(dir)?;
                 fsync_dir(dir)?;
                 m
             }
         };
+        m.seal_with = key;
         let resumed_from_extent = m.extents_written();
         let opts = WriteOptions {
             segment_bytes: self.cfg.export_segment_bytes.max(1),
@@ -387,8 +452,11 @@ fn write_segments(
 }
 
 /// Options of an import.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
+    /// The item's key (SEC-3): an export whose manifest it does not verify is refused before
+    /// anything is applied.
+    pub key: Option<ExportKey>,
     /// Test hook: stop (as if the host died) after applying this many segments.
     #[doc(hidden)]
     pub stop_after_segments: Option<usize>,
@@ -438,6 +506,15 @@ impl VmReplica {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 format!("{} holds the export of {}, not of {}", dir.display(), m.vm_id, self.vm_id()),
+            ));
+        }
+        if opts.key.as_ref().is_some_and(|k| !k.verifies(&m)) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "The export in {} is not sealed with this item's key: the media was altered, or it holds an export another vault made; nothing was imported",
+                    dir.display()
+                ),
             ));
         }
         let points = self.recovery_points()?;

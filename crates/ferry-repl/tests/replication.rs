@@ -610,8 +610,11 @@ fn carry(from: &std::path::Path, to: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checksummed() {
-    use ferry_repl::offline::{ImportOptions, OfflineStatus};
+async fn pol_8_sec_3_offline_export_import_equals_network_initial_resumable_checksummed_and_sealed() {
+    use ferry_repl::offline::{ExportKey, ImportOptions, OfflineStatus};
+    // SEC-3: the item's key, from the vault in production; never on the media.
+    let key = ExportKey::new([0x5e; 32]);
+    let sealed = |stop: Option<usize>| ImportOptions { key: Some(key.clone()), stop_after_segments: stop };
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki();
     let vm = start_vm(dir.path(), "off", &[("vda", 64 * MIB), ("vdb", 32 * MIB)], false).await;
@@ -638,13 +641,13 @@ async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checks
     let mut p = primary(&vm, &staging, "vm-off", rx.local_addr(), &pki);
     p.config_mut().export_segment_bytes = 2 * MIB;
     p.config_mut().export_stop_after_segments = Some(2);
-    let err = p.export_initial(&export).await.expect_err("the export stops");
+    let err = p.export_initial_sealed(&export, Some(key.clone())).await.expect_err("the export stops");
     assert!(err.to_string().contains("stopped"), "{err}");
     assert_eq!(p.offline_status(), OfflineStatus::NotExported);
     drop(p);
     let mut p = primary(&vm, &staging, "vm-off", rx.local_addr(), &pki);
     p.config_mut().export_segment_bytes = 2 * MIB;
-    let report = p.export_initial(&export).await.expect("export resumes");
+    let report = p.export_initial_sealed(&export, Some(key.clone())).await.expect("export resumes");
     assert!(report.resumed_from_extent > 0, "{report:?}");
     assert!(report.segments > 3, "{report:?}");
     assert_eq!(report.data_bytes, network.data_bytes, "the same allocated data as over the network");
@@ -660,7 +663,7 @@ async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checks
     // No staging images are left; the tracking bitmap records from the export's point.
     assert_eq!(p.tracking().await.expect("tracking"), TrackingState::Tracking { generation: cycle });
     // Exporting again writes nothing.
-    assert!(p.export_initial(&export).await.expect("again").already_complete);
+    assert!(p.export_initial_sealed(&export, Some(key.clone())).await.expect("again").already_complete);
 
     // The guest keeps writing while the media travels.
     vm.write("vdb", 20 * MIB, MIB, 0x77).await;
@@ -674,19 +677,32 @@ async fn pol_8_offline_export_import_equals_network_initial_resumable_and_checks
     b[mid] ^= 0xff;
     std::fs::write(&seg, b).expect("damage");
     let replica = rx.store().vm("vm-off").await.expect("replica");
-    let err = replica.import_initial(&media, ImportOptions::default()).await.expect_err("damaged segment");
+    let err = replica.import_initial(&media, sealed(None)).await.expect_err("damaged segment");
     assert!(err.to_string().contains("seg-00001.ferry") && err.to_string().contains("damaged"), "{err}");
     assert!(replica.recovery_points().expect("points").is_empty());
+
+    // Altered media: the segment changed and its checksum rewritten in the manifest to match.
+    // The checksums agree, but the manifest's seal does not: refused before anything is applied,
+    // as is an export checked with another item's key.
+    let manifest_path = media.join(ferry_repl::offline::MANIFEST);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("manifest")).expect("json");
+    let forged = blake3::hash(&std::fs::read(&seg).expect("segment")).to_hex().to_string();
+    m["segments"][1]["blake3"] = forged.into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).expect("json")).expect("forge");
+    let err = replica.import_initial(&media, sealed(None)).await.expect_err("forged media");
+    assert!(err.to_string().contains("not sealed with this item's key"), "{err}");
     carry(&export, &media);
+    let other = ImportOptions { key: Some(ExportKey::new([1; 32])), stop_after_segments: None };
+    let err = replica.import_initial(&media, other).await.expect_err("another item's key");
+    assert!(err.to_string().contains("not sealed with this item's key"), "{err}");
+    assert!(replica.recovery_points().expect("points").is_empty(), "nothing imported");
 
     // The import stops after two segments and resumes from there.
-    let err = replica
-        .import_initial(&media, ImportOptions { stop_after_segments: Some(2) })
-        .await
-        .expect_err("the import stops");
+    let err = replica.import_initial(&media, sealed(Some(2))).await.expect_err("the import stops");
     assert!(err.to_string().contains("stopped"), "{err}");
     assert!(replica.recovery_points().expect("points").is_empty(), "no point before the import completes");
-    let imported = replica.import_initial(&media, ImportOptions::default()).await.expect("import resumes");
+    let imported = replica.import_initial(&media, sealed(None)).await.expect("import resumes");
     assert_eq!(imported.resumed_from_segment, 2, "{imported:?}");
     assert_eq!(imported.point.id, format!("rp-{cycle}"));
     assert_eq!(imported.point.kind, ferry_repl::replica::PointKind::Initial);

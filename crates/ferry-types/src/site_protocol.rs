@@ -407,6 +407,10 @@ pub struct ReplicationSpec {
     pub mapping: Option<Uuid>,
     #[serde(default)]
     pub initial: InitialReplication,
+    /// POL-8, SEC-3: the item's key (64 hex digits) an offline export's manifest is sealed
+    /// with; given when the policy's initial replication is offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -540,6 +544,9 @@ pub enum ReplicationAction {
     ImportInitial {
         item: Uuid,
         path: String,
+        /// The item's key the export's manifest must be sealed with (SEC-3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// REP-6 repair, source side: resynchronize by block-hash comparison now, whatever the
     /// tracking state says.

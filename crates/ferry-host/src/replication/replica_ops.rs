@@ -166,7 +166,13 @@ impl ReplicationService {
     /// POL-8, target side: import the offline export of `item` from `<path>/<item>` as the
     /// replica's first point. Verifies every segment first; an interrupted import continues
     /// where it stopped; an import that already finished reports its point again.
-    pub async fn import_initial(&self, item: Uuid, path: &str) -> Result<serde_json::Value, ReplicationError> {
+    pub async fn import_initial(
+        &self,
+        item: Uuid,
+        path: &str,
+        key: Option<&str>,
+    ) -> Result<serde_json::Value, ReplicationError> {
+        let key = key.map(ferry_repl::offline::ExportKey::from_hex).transpose()?;
         let base = Path::new(path);
         if !base.is_absolute() || base.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Err(ReplicationError::Invalid(format!("{path} is not an absolute path without '..'")));
@@ -182,7 +188,7 @@ impl ReplicationService {
             )));
         }
         let vm = self.receiver.store().vm(&item.to_string()).await?;
-        let r = vm.import_initial(&dir, ferry_repl::offline::ImportOptions::default()).await?;
+        let r = vm.import_initial(&dir, ferry_repl::offline::ImportOptions { key, ..Default::default() }).await?;
         Ok(serde_json::json!({
             "point": r.point.id,
             "cycle": r.point.cycle,

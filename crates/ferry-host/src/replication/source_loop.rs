@@ -78,6 +78,14 @@ impl ReplicationService {
             }
             _ => None,
         };
+        // SEC-3: the export's manifest is sealed with the item's key from the vault.
+        let offline_key = match spec.offline_key.as_deref().map(ferry_repl::offline::ExportKey::from_hex).transpose() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(item = %item, error = %e.chain(), "the offline export key is unusable; the export is not sealed");
+                None
+            }
+        };
         let this = self.clone();
         let resync_window = self.resync_window;
         let slot: Arc<Mutex<Option<Primary>>> = Arc::new(Mutex::new(None));
@@ -139,7 +147,7 @@ impl ReplicationService {
                         OfflineStatus::AwaitingImport { .. } => true,
                         OfflineStatus::NotExported => {
                             set_phase(&sources, item, ReplicationPhase::InitialInProgress);
-                            match p.export_initial(dir).await {
+                            match p.export_initial_sealed(dir, offline_key.clone()).await {
                                 Ok(r) => {
                                     tracing::info!(item = %item, cycle = r.cycle, segments = r.segments, "offline export ready for import");
                                     if let Ok(mut s) = sources.lock() {

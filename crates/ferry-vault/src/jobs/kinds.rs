@@ -409,7 +409,12 @@ impl JobKind for EnableProtectionJob {
                     Some(_) => ferry_types::site_protocol::InitialReplication::CompareHashes,
                     None => ferry_types::site_protocol::InitialReplication::Full,
                 },
+                offline_key: None,
             };
+            let mut replication = replication;
+            if matches!(replication.policy.initial_replication, ferry_types::policy::InitialReplication::Offline { .. }) {
+                replication.offline_key = Some(super::offline::offline_key(&state, vault, item.id).await?);
+            }
             // POL-8: a scheduled initial replication waits on the source host until its time.
             let waits = matches!(&replication.policy.initial_replication,
                 ferry_types::policy::InitialReplication::OverNetworkScheduled { start_at } if *start_at > state.clock.now());

@@ -42,9 +42,10 @@ impl JobKind for ImportJob {
         let item = load_item(&ctx.state, vault, p.item).await?;
         let target = item.target.clone();
         ctx.task_with_output(IMPORT_TASKS[0], |state, job| async move {
+            let key = offline_key(&state, vault, p.item).await?;
             let cmd = SiteCommand::Replication {
                 host: target.host.clone(),
-                action: ReplicationAction::ImportInitial { item: p.item, path: p.import_path.clone() },
+                action: ReplicationAction::ImportInitial { item: p.item, path: p.import_path.clone(), key: Some(key) },
             };
             let r = JobCtx::site_command_within(&state, &job, target.fabric, "import", cmd, IMPORT_LIMIT).await?;
             let output = r.output.clone();
@@ -81,4 +82,13 @@ impl JobKind for ImportJob {
         })
         .await
     }
+}
+
+/// POL-8, SEC-3: the key an item's offline export is sealed with, derived from the vault's own
+/// secret and the item (never stored, never on the media): the source host seals the manifest
+/// with it, the replica host imports only media it verifies.
+pub(crate) async fn offline_key(state: &crate::state::AppState, vault: Uuid, item: Uuid) -> Result<String, ApiError> {
+    let (_, secret) = state.vault(&vault.to_string()).await.map_err(|f| f.body)?;
+    let key = blake3::derive_key("ferry 2026 offline export manifest key", format!("{secret}/{item}").as_bytes());
+    Ok(blake3::Hash::from(key).to_hex().to_string())
 }

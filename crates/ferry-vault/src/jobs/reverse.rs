@@ -185,6 +185,12 @@ pub(super) async fn replication_spec(
             format!("Host {} does not receive replication", item.target.host_name),
         ));
     }
+    let offline_key = match policy.spec.initial_replication {
+        ferry_types::policy::InitialReplication::Offline { .. } => {
+            Some(super::offline::offline_key(state, vault, item.id).await?)
+        }
+        _ => None,
+    };
     Ok(ReplicationSpec {
         item: item.id,
         vm_name: item.name.clone(),
@@ -196,6 +202,7 @@ pub(super) async fn replication_spec(
         policy_version,
         mapping: Some(item.container_mapping),
         initial,
+        offline_key,
     })
 }
 
