@@ -127,6 +127,15 @@ pub enum ApiCmd {
         #[arg(long)]
         site: String,
     },
+    /// Rotate a host's certificate now: the current one is revoked at once (every host refuses
+    /// it from its next report) and the agent renews it with a new key through its site.
+    HostRenewCertificate {
+        /// Site (id or name)
+        #[arg(long)]
+        site: String,
+        /// Host (id or name)
+        host: String,
+    },
     /// List a site's VM networks.
     NetworkList {
         /// Site (id or name)
@@ -691,6 +700,11 @@ pub async fn run(conn: &Connection, cmd: ApiCmd) -> Result<()> {
                 ("ADDRESS", "/address"),
             ],
         ),
+        ApiCmd::HostRenewCertificate { site, host } => {
+            let r: Value =
+                c.post(&ctx.f(&site, &format!("/hosts/{}/renewCertificate", enc(&host))), &json!({})).await?;
+            print(out, &r, &[("HOST", "/host"), ("REVOKED CERTIFICATE (SHA-256)", "/revoked_sha256")]);
+        }
         ApiCmd::NetworkList { site } => print(
             out,
             &c.get(&ctx.f(&site, "/vmNetworks")).await?,

@@ -381,3 +381,43 @@ fn sec_3_host_certificates_renew_in_running_agents_without_a_lost_cycle() {
     });
     common::wait_records_and_points(&lab, &id, &serial, common::last_record(&serial) + 2, points(&lab) + 1);
 }
+
+/// SEC-3: an operator rotates a host's certificate now (`ferry host-renew-certificate`): the
+/// vault revokes it at once, the running agent renews it with a new key through its site
+/// without a restart (its own certificate listed as revoked), and the replica hosts refuse the
+/// old one. An unknown host is refused and nothing changes.
+#[test]
+fn sec_3_an_operator_rotates_a_host_certificate_now_and_the_old_one_is_refused() {
+    let lab = Lab::start(LabOptions::default());
+    let old_identity = lab.tmp.path().join("ny1-old-tls");
+    std::fs::create_dir_all(&old_identity).expect("dir");
+    for f in ["ca-cert.pem", "cert.pem", "key.pem"] {
+        std::fs::copy(lab.host_data("ny1").join("tls").join(f), old_identity.join(f)).expect("copy identity");
+    }
+    let fingerprint = |dir: &std::path::Path| {
+        ferry_pki::fingerprint_of_pem(&std::fs::read_to_string(dir.join("cert.pem")).expect("cert")).expect("fp")
+    };
+    let old = fingerprint(&old_identity);
+    let agent = lab.pid("host-ny1");
+
+    let (code, out, err) = lab.cli(&["host-renew-certificate", "--site", "VMM-NewYork", "no-such-host"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("NotFound"), "{err}");
+    assert!(replicate_to_chi1_with(&lab, &old_identity).is_none_or(|e| !e.contains("revoked")), "nothing revoked");
+
+    let r = lab.json(&["host-renew-certificate", "--site", "VMM-NewYork", "ny1"]);
+    assert_eq!(r["revoked_sha256"].as_str(), Some(old.as_str()), "{r}");
+    lab.wait_for("ny1 to renew its revoked certificate", Duration::from_secs(90), || {
+        (fingerprint(&lab.host_data("ny1").join("tls")) != old).then_some(())
+    });
+    assert_eq!(lab.pid("host-ny1"), agent, "renewed in the running agent");
+    lab.wait_for("chi1 refusing ny1's old certificate as revoked", Duration::from_secs(30), || {
+        replicate_to_chi1_with(&lab, &old_identity).filter(|e| e.contains("revoked"))
+    });
+    lab.wait_for("ny1 connected with its new certificate", Duration::from_secs(60), || {
+        let hosts = lab.json(&["host-list", "--site", "VMM-NewYork"]);
+        hosts.as_array()?.iter().any(|h| h["name"] == "ny1" && h["connected"] == true).then_some(())
+    });
+    let ev = lab.json(&["event-list", "--kind", "HostCertificateRevoked"]);
+    assert!(ev["items"].as_array().is_some_and(|a| a.len() == 1), "one revocation, recorded: {ev}");
+}

@@ -103,6 +103,28 @@ pub async fn revoke_site(
     Ok(n)
 }
 
+/// Revoke the current certificate of host `cn` (an operator's rotation, or a key that may have
+/// leaked): every host refuses it from the next heartbeat, and the host's agent, told the same,
+/// renews its certificate at once with its host token. Returns the revoked fingerprint, or
+/// none when the host has no current certificate.
+pub async fn revoke_host(
+    store: &Store,
+    vault: Uuid,
+    fabric: Uuid,
+    cn: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, ferry_store::Error> {
+    let Some(d) = store.get_doc::<HostCertificates>(DocKind::HostCertificate, vault, cn).await? else {
+        return Ok(None);
+    };
+    let mut body = d.body;
+    let Some(c) = body.current.take() else { return Ok(None) };
+    let sha256 = c.sha256.clone();
+    body.revoke(c, "RenewalRequested", now);
+    store.put_doc(DocKind::HostCertificate, vault, cn, Some(&fabric.to_string()), None, &body, Some(d.version)).await?;
+    Ok(Some(sha256))
+}
+
 /// Fingerprints of the vault's revoked host certificates that have not expired yet.
 pub async fn revoked(store: &Store, vault: Uuid, now: DateTime<Utc>) -> Result<Vec<String>, ferry_store::Error> {
     let docs: Vec<ferry_store::Doc<HostCertificates>> = store.all_docs(DocKind::HostCertificate, vault).await?;

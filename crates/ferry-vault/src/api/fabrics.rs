@@ -12,7 +12,7 @@ use ferry_types::fabric::{
 };
 use ferry_types::mapping::ContainerMapping;
 use ferry_types::Page;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::vaults::load_fabric;
 use crate::auth::Auth;
@@ -66,6 +66,52 @@ pub async fn delete_fabric(
     st.event(v.id, Severity::Info, "SiteUnregistered", &format!("Site {} unregistered", f.name), Some(f.id), None)
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A host certificate revoked on request (`renewCertificate`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CertificateRenewal {
+    pub host: String,
+    /// SHA-256 of the revoked certificate (hex); every host refuses it from its next report.
+    pub revoked_sha256: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/vaults/{vault}/replicationFabrics/{fabric}/hosts/{host}/renewCertificate", tag = "fabrics", params(("vault" = String, Path), ("fabric" = String, Path), ("host" = String, Path, description = "Host id or name")), responses((status = 202, body = CertificateRenewal), (status = 404, body = ferry_types::ApiError), (status = 409, body = ferry_types::ApiError)))]
+/// SEC-3: rotate a host's certificate now (a key that may have leaked, or the operator's own
+/// rotation schedule): the current certificate is revoked at once — every host refuses it from
+/// its next report — and the host's agent, told with its site's next heartbeat, renews it with a
+/// new key through its site.
+pub async fn renew_certificate(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path((vault, fabric, host)): Path<(String, String, String)>,
+) -> ApiResult<(StatusCode, Json<CertificateRenewal>)> {
+    auth.require(Role::Contributor)?;
+    let (v, _) = st.vault(&vault).await?;
+    let f = load_fabric(&st, v.id, &fabric).await?.body;
+    let h = f
+        .inventory
+        .hosts
+        .iter()
+        .find(|h| h.id == host || h.name == host)
+        .ok_or_else(|| ApiFailure::not_found("Host", &host))?;
+    let cn = crate::jobs::host_cn(f.id, &h.id);
+    let Some(revoked) = crate::certificates::revoke_host(&st.store, v.id, f.id, &cn, st.clock.now()).await? else {
+        return Err(ApiFailure::conflict(
+            "NoHostCertificate",
+            format!("The vault has issued no certificate to host {} that it could revoke", h.name),
+        ));
+    };
+    st.event(
+        v.id,
+        Severity::Warning,
+        "HostCertificateRevoked",
+        &format!("The certificate of host {} was revoked on request; the agent renews it with its next report", h.name),
+        Some(f.id),
+        Some(&h.id),
+    )
+    .await;
+    Ok((StatusCode::ACCEPTED, Json(CertificateRenewal { host: h.name.clone(), revoked_sha256: revoked })))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -58,6 +58,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(fabrics::list_storage_classifications))
         .routes(routes!(fabrics::list_protectable_items))
         .routes(routes!(fabrics::vm_action))
+        .routes(routes!(fabrics::renew_certificate))
         .routes(routes!(policies::list_policies, policies::create_policy))
         .routes(routes!(policies::get_policy, policies::update_policy, policies::delete_policy))
         .routes(routes!(mappings::list_container_mappings, mappings::create_container_mapping))
