@@ -178,10 +178,10 @@ fn rp_3_any_point_becomes_standalone_images_that_hold_its_records() {
 
 /// SEC-3: a replica layer deleted while the replica host was down is found by the chain check
 /// at its start: the item turns Critical naming the point, a test failover on a point reading
-/// through the missing layer is refused with the reason, and an older point whose chain is
-/// intact still serves a drill.
+/// through the missing layer is refused with the reason, an older point whose chain is intact
+/// still serves a drill, and a repair heals the replica.
 #[test]
-fn sec_3_a_replica_layer_lost_while_the_host_was_down_is_found_at_start_and_refused() {
+fn sec_3_rep_6_a_replica_layer_lost_while_the_host_was_down_is_found_at_start_refused_and_repaired() {
     let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
     let serial = common::guest_vm(&lab, "pc1", 16, None);
     common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
@@ -221,6 +221,27 @@ fn sec_3_a_replica_layer_lost_while_the_host_was_down_is_found_at_start_and_refu
     let older = &points[points.len() - 3];
     let job = lab.json(&["test-failover", &id, "--point", older, "--network", "none", "--wait"]);
     assert_eq!(job["status"], "WaitingForInput", "the test VM runs: {job}");
+    let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+
+    // REP-6: a repair heals it — the unreadable points are set aside, the source's disks are
+    // compared with the newest intact point; health leaves Critical and the latest point serves
+    // a drill again.
+    assert_eq!(lab.json(&["resume-replication", &id, "--wait"])["status"], "Succeeded");
+    assert_eq!(lab.json(&["repair-replication", &id, "--wait"])["status"], "Succeeded");
+    lab.wait_for("health to leave Critical after the repair", Duration::from_secs(90), || {
+        let it = item(&lab, &id);
+        (it["health"] != "Critical").then_some(it)
+    });
+    let listed: Vec<String> = item(&lab, &id)["recovery_points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(!listed.contains(&broken), "the unreadable point is gone: {listed:?}");
+    let job = lab.json(&["test-failover", &id, "--point", "latest", "--network", "none", "--wait"]);
+    assert_eq!(job["status"], "WaitingForInput", "the latest point serves a drill: {job}");
     let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
     assert_eq!(job["status"], "Succeeded", "{job}");
 }

@@ -377,6 +377,9 @@ impl Shared {
         let vm = self.store.vm(&vm_id).await?;
         let slot = self.slot(&vm_id);
         let mut cycle: Option<u64> = None;
+        // REP-6: a resync (the sender's first hash request) starts from the newest point whose
+        // chain is intact; points behind a broken layer are unreadable and set aside first.
+        let mut chain_checked = false;
         let (_pump, mut frames) = self.pump(rd);
         while let Some(msg) = frames.recv().await.transpose()? {
             match msg {
@@ -438,6 +441,10 @@ impl Shared {
                     cycle = None;
                 }
                 Message::HashRequest { disk, block_size, first, count } => {
+                    if !chain_checked {
+                        vm.drop_broken_points().await?;
+                        chain_checked = true;
+                    }
                     let hashes = hash_request(&vm, disk, block_size, first, count).await?;
                     write_msg(wr, &Message::HashReply { disk, first, hashes }).await?;
                 }

@@ -191,9 +191,10 @@ async fn rp_1_a_new_point_is_verified_where_it_differs_from_an_exact_one_and_in_
 /// the wrong backing file is found by the chain check (metadata only; silent on a healthy chain,
 /// also after retention merges); the points reading through the broken layer are marked
 /// damaged and refused for a failover or a test with the reason, before anything changes; the
-/// points below it stay usable.
+/// points below it stay usable; a repair (REP-6) sets the unreadable points aside and sends only
+/// what differs from the newest intact point; a broken base needs a full copy and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sec_3_a_broken_replica_chain_is_found_and_its_points_are_refused_before_failover() {
+async fn sec_3_rep_6_a_broken_replica_chain_is_found_refused_before_failover_and_healed_by_a_repair() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki();
     let vm = start_vm(dir.path(), "vc", &[("vda", 32 * MIB), ("vdb", 32 * MIB)], false).await;
@@ -211,11 +212,30 @@ async fn sec_3_a_broken_replica_chain_is_found_and_its_points_are_refused_before
     assert!(rep.chain_faults().expect("check").is_empty(), "a healthy chain");
     assert!(rep.check_chains().await.expect("check").is_empty());
 
+    // The newest vdb layer made to read through the base, skipping the layers between.
+    let top = rep.point_file(points.last().expect("points"), "vdb").expect("top");
+    let below = rep.chain(points.last().expect("points"), "vdb").expect("chain")[1].clone();
+    let base_vdb = rep.point_file(&points[0], "vdb").expect("base vdb");
+    let rebase = |onto: &std::path::Path| {
+        let name = onto.file_name().expect("name").to_string_lossy().into_owned();
+        let out = std::process::Command::new("qemu-img")
+            .args(["rebase", "-u", "-F", "qcow2", "-b", &name])
+            .arg(&top)
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    rebase(&base_vdb);
+    let faults = rep.chain_faults().expect("check");
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert!(faults[0].1[0].detail.contains("reads through"), "{faults:?}");
+    rebase(&below);
+    assert!(rep.chain_faults().expect("check").is_empty());
+
     // A middle layer of vdb goes missing: that point and every newer one read through it.
     let k = points.len() - 2;
     let layer = rep.point_file(&points[k], "vdb").expect("layer");
-    let aside = dir.path().join("aside.qcow2");
-    std::fs::rename(&layer, &aside).expect("move the layer away");
+    std::fs::remove_file(&layer).expect("lose the layer");
     let faults = rep.chain_faults().expect("check");
     let named: Vec<&str> = faults.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(named, points[k..].iter().map(String::as_str).collect::<Vec<_>>(), "{faults:?}");
@@ -241,35 +261,27 @@ async fn sec_3_a_broken_replica_chain_is_found_and_its_points_are_refused_before
     let ov = rep.overlay_for_test(&points[k - 1], &dir.path().join("t2")).await.expect("older point usable");
     rep.release_test(&ov).await.expect("release");
 
-    // Back in place: intact, also after retention merged the oldest points (rebased layers).
-    std::fs::rename(&aside, &layer).expect("restore the layer");
-    assert!(rep.chain_faults().expect("check").is_empty());
-    // The newest vdb layer made to read through the base, skipping the layers between.
-    let top = rep.point_file(points.last().expect("points"), "vdb").expect("top");
-    let below = rep.chain(points.last().expect("points"), "vdb").expect("chain")[1].clone();
-    let base_vdb = rep.point_file(&points[0], "vdb").expect("base vdb");
-    let rebase = |onto: &std::path::Path| {
-        let name = onto.file_name().expect("name").to_string_lossy().into_owned();
-        let out = std::process::Command::new("qemu-img")
-            .args(["rebase", "-u", "-F", "qcow2", "-b", &name])
-            .arg(&top)
-            .output()
-            .expect("qemu-img");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    rebase(&base_vdb);
-    let faults = rep.chain_faults().expect("check");
-    assert_eq!(faults.len(), 1, "{faults:?}");
-    assert!(faults[0].1[0].detail.contains("reads through"), "{faults:?}");
-    rebase(&below);
-    assert!(rep.chain_faults().expect("check").is_empty());
+    // REP-6 heals it: the unreadable points are set aside, the resync compares the disks with
+    // the newest intact point and sends only what differs; the new point verifies.
+    vm.write("vdb", 20 * MIB, MIB, 0x66).await;
+    let out = p.resync(&ResyncLimits::default()).await.expect("repair");
+    assert!(matches!(out, ResyncOutcome::Completed { .. }), "{out:?}");
+    let now: Vec<String> = rep.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
+    assert_eq!(now.len(), k + 1, "{now:?}");
+    assert_eq!(now[..k], points[..k], "the intact points stay");
+    assert!(rep.chain_faults().expect("check").is_empty(), "healed");
+    let (_, check) = rep.verify_point(&now[k], None).await.expect("verify");
+    assert!(check.ok(), "the repaired point verifies: {check:?}");
+    assert_latest_identical(&rx, "vm-c", &vm).await;
 
+    // Retention merges keep the chain intact.
     let merged = rep.apply_retention(24, 3).await.expect("retention").merged;
     assert!(!merged.is_empty());
     assert!(rep.chain_faults().expect("check").is_empty(), "a healthy chain after merges");
     let points: Vec<String> = rep.recovery_points().expect("points").into_iter().map(|p| p.id).collect();
 
-    // The base layer cut short: every point reads through it.
+    // The base layer cut short: every point reads through it, and a repair says that only a
+    // full copy helps.
     let base = rep.point_file(&points[0], "vda").expect("base");
     let len = std::fs::metadata(&base).expect("stat").len();
     let f = std::fs::OpenOptions::new().write(true).open(&base).expect("open");
@@ -277,11 +289,7 @@ async fn sec_3_a_broken_replica_chain_is_found_and_its_points_are_refused_before
     drop(f);
     let faults = rep.chain_faults().expect("check");
     assert_eq!(faults.len(), points.len(), "every point reads through the base: {faults:?}");
-    assert!(
-        faults[0]
-            .1
-            .iter()
-            .any(|d| d.detail.contains("vda") || d.detail.contains("cut short") || d.detail.contains("past the end")),
-        "{faults:?}"
-    );
+    let err = p.resync(&ResyncLimits::default()).await.expect_err("no intact point to start from");
+    let text = format!("{err} {:?}", std::error::Error::source(&err));
+    assert!(text.contains("base of the replica's chain is broken"), "{text}");
 }

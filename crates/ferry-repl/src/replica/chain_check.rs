@@ -4,7 +4,9 @@
 //! over every replica and before a point is used for a test failover or a failover; a broken
 //! chain is recorded as damage on every point that reads through it, so the item's health turns
 //! Critical naming the point, and such a point is refused with the reason instead of booting a
-//! VM on a disk with holes.
+//! VM on a disk with holes. A repair (REP-6) heals it: the points behind the broken layer —
+//! unreadable anyway — are set aside and the resync compares the source's disks with the newest
+//! intact point, sending only what differs.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -153,5 +155,45 @@ impl VmReplica {
                 why.join("; ")
             ),
         ))
+    }
+
+    /// REP-6 heal: remove the points that read through a broken layer (they cannot be read,
+    /// so they hold nothing to keep) with their files, so a resync continues from the newest
+    /// intact point. Refused when the base itself is broken (only a full copy helps then) or
+    /// when a broken point is still in use. Returns the ids removed.
+    pub async fn drop_broken_points(&self) -> Result<Vec<String>> {
+        let _chain = self.chain_lock().await?;
+        let faults = self.chain_faults()?;
+        let Some((first, damage)) = faults.first() else { return Ok(vec![]) };
+        let mut cat = self.read_catalog()?;
+        let k = cat.points.iter().position(|p| &p.id == first).ok_or_else(|| not_found(first))?;
+        let why: Vec<String> = damage.iter().map(|d| format!("{}: {}", d.target, d.detail)).collect();
+        if k == 0 {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "The base of the replica's chain is broken ({}); disable protection deleting the replica and enable it again for a full copy",
+                    why.join("; ")
+                ),
+            ));
+        }
+        if let Some(p) = cat.points[k..].iter().find(|p| !p.in_use.is_empty()) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("Recovery point {} is in use ({}); end that first", p.id, p.in_use.join(", ")),
+            ));
+        }
+        let removed: Vec<RecoveryPoint> = cat.points.drain(k..).collect();
+        self.write_catalog(&cat)?;
+        for p in &removed {
+            for d in &p.disks {
+                let _ = std::fs::remove_file(self.dir.join(&d.file));
+            }
+            let _ = std::fs::remove_file(manifest::manifest_path(&self.dir, &p.id));
+        }
+        fsync_dir(&self.dir)?;
+        let ids: Vec<String> = removed.into_iter().map(|p| p.id).collect();
+        tracing::warn!(vm = %self.vm_id, points = ?ids, reason = %why.join("; "), "Recovery points behind a broken layer set aside; the resync continues from the newest intact point");
+        Ok(ids)
     }
 }
