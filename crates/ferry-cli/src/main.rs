@@ -12,6 +12,7 @@ mod alert_cmds;
 mod api_cmds;
 mod capacity_cmds;
 mod lab;
+mod lab_demo;
 mod lab_net;
 mod names;
 mod output;
