@@ -37,6 +37,7 @@ pub mod alerts;
 pub mod capacity;
 pub mod error;
 pub mod fabric_rules;
+pub mod failpoint;
 pub mod health;
 pub mod metrics;
 pub mod network;

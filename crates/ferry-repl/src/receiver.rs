@@ -388,6 +388,7 @@ impl Shared {
                     match vm.last_cycle()? {
                         // A re-send after a lost ack: already durable.
                         Some(last) if last == h.cycle => {
+                            tracing::info!(vm = %vm_id, cycle = h.cycle, "Cycle already durable; acknowledged again");
                             write_msg(wr, &Message::Ack { cycle: h.cycle, durable: true }).await?;
                             continue;
                         }

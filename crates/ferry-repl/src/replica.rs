@@ -454,6 +454,7 @@ impl VmReplica {
         cat.last_cycle = Some(h.cycle);
         cat.next_seq = seq + 1;
         self.write_catalog(&cat)?;
+        ferry_core::failpoint::hit(ferry_core::failpoint::REPLICA_AFTER_CATALOG_WRITE);
         tracing::info!(vm = %self.vm_id, point = %point.id, bytes = point.bytes, "Recovery point recorded");
         Ok(point)
     }

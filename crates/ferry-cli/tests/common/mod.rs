@@ -353,10 +353,15 @@ impl Lab {
     /// Start a lab process again (after it was killed) with `args`; its log goes to the lab's
     /// logs as `<name>-restarted.log`. The process stops when the guard drops.
     fn respawn(&self, name: &str, args: &[String]) -> ChildGuard {
+        self.respawn_with(name, args, &[])
+    }
+
+    fn respawn_with(&self, name: &str, args: &[String], env: &[(&str, &str)]) -> ChildGuard {
         let log = self.dir.join("logs").join(format!("{name}-restarted.log"));
         ChildGuard(
             Command::new(ferry_bin())
                 .args(args)
+                .envs(env.iter().copied())
                 // As the lab runs its processes (tests read their logs).
                 .env("FERRY_LOG", std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into()))
                 .stdout(Stdio::null())
@@ -368,9 +373,14 @@ impl Lab {
 
     /// Start host agent `host` again from its configuration and data directory.
     pub fn restart_host(&self, host: &str) -> ChildGuard {
+        self.restart_host_with(host, &[])
+    }
+
+    /// [`Self::restart_host`] with more environment (failpoints of a crash test).
+    pub fn restart_host_with(&self, host: &str, env: &[(&str, &str)]) -> ChildGuard {
         let hdir = self.dir.join("hosts").join(host);
         let (config, data) = (hdir.join("host.toml"), hdir.join("data"));
-        self.respawn(
+        self.respawn_with(
             &format!("host-{host}"),
             &[
                 "host".into(),
@@ -379,6 +389,7 @@ impl Lab {
                 "--data-dir".into(),
                 data.display().to_string(),
             ],
+            env,
         )
     }
 
