@@ -69,3 +69,50 @@ fn rep_3_a_replica_host_dying_between_its_catalogue_and_its_ack_loses_nothing() 
     let source = std::fs::read_to_string(lab.dir.join("logs/host-ny1.log")).expect("source log");
     assert!(!source.contains("resync complete"), "no resynchronization was needed");
 }
+
+/// JOB-1: the vault dies right after it recorded a job's first task as done (a test failover's
+/// test disks prepared on the replica host). Started again it resumes the job after that task —
+/// the task is not run a second time — and the test VM comes up.
+#[test]
+fn job_1_the_vault_dying_after_a_task_checkpoint_resumes_the_job_after_that_task() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "cj1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "cj1");
+    common::wait_records_and_points(&lab, &id, &serial, 3, 2);
+
+    kill9(lab.pid("vault"));
+    let mut armed = lab.restart_vault_with(&[(failpoint::ENV, failpoint::JOB_AFTER_TASK_CHECKPOINT)]);
+    lab.wait_for("the armed vault to answer", Duration::from_secs(20), || {
+        (lab.cli(&["vault-show"]).0 == 0).then_some(())
+    });
+    let job = lab.json(&["test-failover", &id, "--network", "none"]);
+    let job_id = job["id"].as_str().expect("job id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = armed.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the vault never reached the failpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.signal(), Some(6), "died by abort at the failpoint: {status:?}");
+    drop(armed);
+
+    let restarted = chrono::Utc::now();
+    let _vault = lab.restart_vault();
+    let done = lab.wait_for("the resumed test failover to run its test VM", Duration::from_secs(120), || {
+        let (code, out, _) = lab.cli(&["job-show", &job_id, "-o", "json"]);
+        let j: serde_json::Value = serde_json::from_str(&out).ok().filter(|_| code == 0)?;
+        matches!(j["status"].as_str(), Some("WaitingForInput") | Some("Failed")).then_some(j)
+    });
+    assert_eq!(done["status"], "WaitingForInput", "{done}");
+    let at = |k: &str, i: usize| {
+        done["tasks"][i][k].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc())
+    };
+    let first = at("started_at", 0).expect("the first task ran");
+    assert!(first < restarted, "the first task ran once, before the crash: {done}");
+    assert!(at("started_at", 1).is_some_and(|t| t > restarted), "the job went on after it: {done}");
+    let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
+    assert_eq!(job["status"], "Succeeded", "{job}");
+}

@@ -10,9 +10,14 @@
 //! - [`REPLICA_AFTER_CATALOG_WRITE`]: a replica host recorded a cycle's point durably and has
 //!   not acknowledged it yet (the source re-sends the cycle; the replica acknowledges it without
 //!   applying it twice).
+//! - [`JOB_AFTER_TASK_CHECKPOINT`]: the vault recorded a job task as succeeded, with its output
+//!   (the job resumes after it, never running the task again).
 
 /// After the replica's catalogue names a new point, before the source hears of it.
 pub const REPLICA_AFTER_CATALOG_WRITE: &str = "replica.after_catalog_write";
+
+/// After the vault recorded a job task as succeeded, before the next task starts.
+pub const JOB_AFTER_TASK_CHECKPOINT: &str = "job.after_task_checkpoint";
 
 /// The environment variable that arms failpoints.
 pub const ENV: &str = "FERRY_FAILPOINTS";

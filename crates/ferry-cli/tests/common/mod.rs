@@ -431,8 +431,13 @@ impl Lab {
 
     /// Start the vault again on its data directory and address (heartbeat timeout 5 s).
     pub fn restart_vault(&self) -> ChildGuard {
+        self.restart_vault_with(&[])
+    }
+
+    /// [`Self::restart_vault`] with more environment (failpoints of a crash test).
+    pub fn restart_vault_with(&self, env: &[(&str, &str)]) -> ChildGuard {
         let listen = self.env("FERRY_URL").trim_start_matches("https://").to_string();
-        self.respawn(
+        self.respawn_with(
             "vault",
             &[
                 "vault".into(),
@@ -443,6 +448,7 @@ impl Lab {
                 "--heartbeat-timeout".into(),
                 "5".into(),
             ],
+            env,
         )
     }
 

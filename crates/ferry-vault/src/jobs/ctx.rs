@@ -119,6 +119,9 @@ impl JobCtx {
         }
         self.progress();
         self.save().await?;
+        if res.is_ok() {
+            ferry_core::failpoint::hit(ferry_core::failpoint::JOB_AFTER_TASK_CHECKPOINT);
+        }
         res.map(|_| ())
     }
 
