@@ -116,3 +116,60 @@ fn job_1_the_vault_dying_after_a_task_checkpoint_resumes_the_job_after_that_task
     let job = lab.json(&["test-failover-cleanup", &id, "--wait"]);
     assert_eq!(job["status"], "Succeeded", "{job}");
 }
+
+/// RP-2: the replica host dies in the middle of a retention merge (one disk's next layer
+/// committed into the point's file, the catalogue not yet changed). Started again it finishes the
+/// merge from the intent its catalogue recorded: every remaining point's chain is intact and holds
+/// a clean prefix of the guest's records, and replication goes on.
+#[test]
+fn rp_2_a_replica_host_dying_in_the_middle_of_a_merge_finishes_it_on_start() {
+    let lab = Lab::start(LabOptions {
+        test_copy_interval_ms: Some(1500),
+        retention_interval_secs: Some(2),
+        ..Default::default()
+    });
+    let serial = common::guest_vm(&lab, "cm1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30", "--retention-hours", "0"]);
+    let id = common::protect(&lab, "cm1");
+    common::wait_records_and_points(&lab, &id, &serial, 3, 1);
+    let merged = |log: &str| {
+        std::fs::read_to_string(lab.dir.join("logs").join(log))
+            .unwrap_or_default()
+            .matches("merged by retention")
+            .count()
+    };
+    lab.wait_for("retention merging points on chi1", Duration::from_secs(90), || {
+        (merged("host-chi1.log") >= 2).then_some(())
+    });
+
+    lab.pin_replication_address("chi1");
+    kill9(lab.pid("host-chi1"));
+    let mut armed = lab.restart_host_with("chi1", &[(failpoint::ENV, failpoint::REPLICA_MID_MERGE)]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = armed.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "chi1 never reached the failpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.signal(), Some(6), "died by abort in the merge: {status:?}");
+    drop(armed);
+
+    let _chi1 = lab.restart_host("chi1");
+    lab.wait_for("the interrupted merge finished and merges going on", Duration::from_secs(90), || {
+        let log = std::fs::read_to_string(lab.dir.join("logs/host-chi1-restarted.log")).unwrap_or_default();
+        (log.contains("Finishing an interrupted retention merge") && merged("host-chi1-restarted.log") >= 2)
+            .then_some(())
+    });
+    let before = common::last_record(&serial);
+    common::wait_records_and_points(&lab, &id, &serial, before + 2, 1);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data("chi1").join("replicas")).expect("store");
+    let vm = rt.block_on(store.vm(&id)).expect("replica");
+    assert!(vm.chain_faults().expect("check").is_empty(), "every chain is intact");
+    let prefixes = common::clean_prefixes(&rt, &vm);
+    assert!(!prefixes.is_empty());
+    let it = lab.json(&["item-show", &id]);
+    assert_eq!(it["state"], "Protected", "{it}");
+}

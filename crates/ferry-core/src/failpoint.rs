@@ -10,11 +10,17 @@
 //! - [`REPLICA_AFTER_CATALOG_WRITE`]: a replica host recorded a cycle's point durably and has
 //!   not acknowledged it yet (the source re-sends the cycle; the replica acknowledges it without
 //!   applying it twice).
+//! - [`REPLICA_MID_MERGE`]: retention is removing a point; the next layer was committed into the
+//!   point's file but the catalogue still names both (the merge intent in the catalogue makes the
+//!   restarted agent finish it).
 //! - [`JOB_AFTER_TASK_CHECKPOINT`]: the vault recorded a job task as succeeded, with its output
 //!   (the job resumes after it, never running the task again).
 
 /// After the replica's catalogue names a new point, before the source hears of it.
 pub const REPLICA_AFTER_CATALOG_WRITE: &str = "replica.after_catalog_write";
+
+/// In the middle of a retention merge: one disk's next layer committed, nothing else yet.
+pub const REPLICA_MID_MERGE: &str = "replica.mid_merge";
 
 /// After the vault recorded a job task as succeeded, before the next task starts.
 pub const JOB_AFTER_TASK_CHECKPOINT: &str = "job.after_task_checkpoint";

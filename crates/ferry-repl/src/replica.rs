@@ -740,6 +740,7 @@ impl VmReplica {
                 img::commit(&next_path, None)
                     .await
                     .map_err(|e| Error::qemu(format!("Cannot merge {fnext} into {fk}"), e))?;
+                ferry_core::failpoint::hit(ferry_core::failpoint::REPLICA_MID_MERGE);
             }
             if let Some(fafter) = (k + 2 < cat.points.len()).then(|| file_of(k + 2)).flatten() {
                 img::rebase_unsafe(&self.dir.join(&fafter), Path::new(&fk), DiskFormat::Qcow2)
