@@ -173,3 +173,49 @@ fn rp_2_a_replica_host_dying_in_the_middle_of_a_merge_finishes_it_on_start() {
     let it = lab.json(&["item-show", &id]);
     assert_eq!(it["state"], "Protected", "{it}");
 }
+
+/// REP-3: the source host dies right after the replica acknowledged a cycle, before it released
+/// the cycle's capture. Its VM keeps running; started again, the agent picks the VM up and goes
+/// on: what it cannot prove sent travels again, nothing is lost, no resynchronization, and every
+/// point holds a clean prefix of the guest's records.
+#[test]
+fn rep_3_a_source_host_dying_after_the_replicas_ack_loses_nothing() {
+    let lab = Lab::start(LabOptions { test_copy_interval_ms: Some(1500), ..Default::default() });
+    let serial = common::guest_vm(&lab, "cs1", 16, None);
+    common::pair_gold(&lab, &["--name", "gold", "--copy-frequency", "30"]);
+    let id = common::protect(&lab, "cs1");
+    common::wait_records_and_points(&lab, &id, &serial, 3, 2);
+
+    kill9(lab.pid("host-ny1"));
+    let mut armed = lab.restart_host_with("ny1", &[(failpoint::ENV, failpoint::SOURCE_AFTER_ACK)]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = armed.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "ny1 never reached the failpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.signal(), Some(6), "died by abort after the ack: {status:?}");
+    let armed_log = std::fs::read_to_string(lab.dir.join("logs/host-ny1-restarted.log")).expect("log");
+    assert!(armed_log.contains("failpoint source.after_ack"), "{armed_log}");
+    drop(armed);
+    let points = |lab: &Lab| lab.json(&["item-show", &id])["recovery_points"].as_array().map_or(0, Vec::len);
+    let before = points(&lab);
+
+    let _ny1 = lab.restart_host("ny1");
+    let records = common::last_record(&serial);
+    common::wait_records_and_points(&lab, &id, &serial, records + 3, before + 2);
+    let restarted_log = std::fs::read_to_string(lab.dir.join("logs/host-ny1-restarted.log")).expect("log");
+    assert!(!restarted_log.contains("resync complete") && !armed_log.contains("resync complete"), "no resync");
+    let it = lab.json(&["item-show", &id]);
+    assert_eq!(it["state"], "Protected", "{it}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = ferry_repl::ReplicaStore::open(&lab.host_data("chi1").join("replicas")).expect("store");
+    let vm = rt.block_on(store.vm(&id)).expect("replica");
+    let prefixes = common::clean_prefixes(&rt, &vm);
+    assert!(
+        prefixes.last().is_some_and(|p| p.2 >= records),
+        "the newest point holds the records written: {prefixes:?}"
+    );
+}

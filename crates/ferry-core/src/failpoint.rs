@@ -10,6 +10,9 @@
 //! - [`REPLICA_AFTER_CATALOG_WRITE`]: a replica host recorded a cycle's point durably and has
 //!   not acknowledged it yet (the source re-sends the cycle; the replica acknowledges it without
 //!   applying it twice).
+//! - [`SOURCE_AFTER_ACK`]: the source host heard the replica acknowledge a cycle and has not
+//!   released the cycle's capture yet (the restarted agent sends what it cannot prove sent
+//!   again; nothing is lost, no resync).
 //! - [`REPLICA_MID_MERGE`]: retention is removing a point; the next layer was committed into the
 //!   point's file but the catalogue still names both (the merge intent in the catalogue makes the
 //!   restarted agent finish it).
@@ -18,6 +21,10 @@
 
 /// After the replica's catalogue names a new point, before the source hears of it.
 pub const REPLICA_AFTER_CATALOG_WRITE: &str = "replica.after_catalog_write";
+
+/// On the source host, after the replica's acknowledgement of a cycle, before the capture is
+/// released.
+pub const SOURCE_AFTER_ACK: &str = "source.after_ack";
 
 /// In the middle of a retention merge: one disk's next layer committed, nothing else yet.
 pub const REPLICA_MID_MERGE: &str = "replica.mid_merge";

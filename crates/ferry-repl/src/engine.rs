@@ -410,6 +410,7 @@ impl Primary {
     ) -> Result<CycleReport> {
         match result {
             Ok((data_bytes, send, send_time)) => {
+                ferry_core::failpoint::hit(ferry_core::failpoint::SOURCE_AFTER_ACK);
                 self.capture.commit(self.vm.qmp(), &snap).await?;
                 self.counters.cycles_ok += 1;
                 self.counters.missed_cycles = 0;
