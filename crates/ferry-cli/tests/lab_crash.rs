@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 use common::{kill9, Lab, LabOptions};
 use ferry_core::failpoint;
 
+/// Wait until the process behind `armed` dies at its armed failpoint (abort: SIGABRT).
+fn died_at_failpoint(armed: &mut common::ChildGuard, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = armed.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{who} never reached the failpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.signal(), Some(6), "{who} died by abort at the failpoint: {status:?}");
+}
+
 /// REP-3: the replica host dies right after its catalogue recorded a cycle's point and before the
 /// source heard of it. Started again it keeps that point; the source sends the cycle again and
 /// the replica acknowledges it without applying it twice; replication goes on with no resync,
@@ -25,15 +38,7 @@ fn rep_3_a_replica_host_dying_between_its_catalogue_and_its_ack_loses_nothing() 
     lab.pin_replication_address("chi1");
     kill9(lab.pid("host-chi1"));
     let mut armed = lab.restart_host_with("chi1", &[(failpoint::ENV, failpoint::REPLICA_AFTER_CATALOG_WRITE)]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = armed.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "chi1 never reached the failpoint");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.signal(), Some(6), "died by abort at the failpoint: {status:?}");
+    died_at_failpoint(&mut armed, "chi1");
     let log = std::fs::read_to_string(lab.dir.join("logs/host-chi1-restarted.log")).expect("log");
     assert!(log.contains("failpoint replica.after_catalog_write"), "{log}");
     drop(armed);
@@ -88,15 +93,7 @@ fn job_1_the_vault_dying_after_a_task_checkpoint_resumes_the_job_after_that_task
     });
     let job = lab.json(&["test-failover", &id, "--network", "none"]);
     let job_id = job["id"].as_str().expect("job id").to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = armed.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the vault never reached the failpoint");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.signal(), Some(6), "died by abort at the failpoint: {status:?}");
+    died_at_failpoint(&mut armed, "the vault");
     drop(armed);
 
     let restarted = chrono::Utc::now();
@@ -145,15 +142,7 @@ fn rp_2_a_replica_host_dying_in_the_middle_of_a_merge_finishes_it_on_start() {
     lab.pin_replication_address("chi1");
     kill9(lab.pid("host-chi1"));
     let mut armed = lab.restart_host_with("chi1", &[(failpoint::ENV, failpoint::REPLICA_MID_MERGE)]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = armed.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "chi1 never reached the failpoint");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.signal(), Some(6), "died by abort in the merge: {status:?}");
+    died_at_failpoint(&mut armed, "chi1");
     drop(armed);
 
     let _chi1 = lab.restart_host("chi1");
@@ -188,15 +177,7 @@ fn rep_3_a_source_host_dying_after_the_replicas_ack_loses_nothing() {
 
     kill9(lab.pid("host-ny1"));
     let mut armed = lab.restart_host_with("ny1", &[(failpoint::ENV, failpoint::SOURCE_AFTER_ACK)]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = armed.0.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "ny1 never reached the failpoint");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(status.signal(), Some(6), "died by abort after the ack: {status:?}");
+    died_at_failpoint(&mut armed, "ny1");
     let armed_log = std::fs::read_to_string(lab.dir.join("logs/host-ny1-restarted.log")).expect("log");
     assert!(armed_log.contains("failpoint source.after_ack"), "{armed_log}");
     drop(armed);

@@ -44,22 +44,32 @@ fn sec_1_host_api_answers_only_its_own_site_manager() {
     }
 }
 
-/// Open `n` TCP connections to `address` at once; returns how many the server kept open and how
-/// many it closed at once (refused before the TLS handshake).
-fn hold_connections(address: &str, n: usize) -> (Vec<std::net::TcpStream>, usize) {
+/// Open `n` TCP connections to `address` at once; returns those the server kept open and how
+/// many it closed (refused before the TLS handshake), once at most `keep` are open or 8 s have
+/// passed (a loaded server accepts its backlog late; before its 10 s handshake limit closes the
+/// ones it kept).
+fn hold_connections(address: &str, n: usize, keep: usize) -> (Vec<std::net::TcpStream>, usize) {
     use std::io::Read;
-    let conns: Vec<std::net::TcpStream> = (0..n).filter_map(|_| std::net::TcpStream::connect(address).ok()).collect();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (mut open, mut closed) = (Vec::new(), 0);
-    for mut c in conns {
-        c.set_nonblocking(true).expect("nonblocking");
-        let mut b = [0u8; 1];
-        match c.read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => open.push(c),
-            _ => closed += 1,
+    let mut open: Vec<std::net::TcpStream> =
+        (0..n).filter_map(|_| std::net::TcpStream::connect(address).ok()).collect();
+    let mut closed = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut still = Vec::new();
+        for mut c in open {
+            c.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => still.push(c),
+                _ => closed += 1,
+            }
+        }
+        open = still;
+        if open.len() <= keep || std::time::Instant::now() > deadline {
+            return (open, closed);
         }
     }
-    (open, closed)
 }
 
 /// SEC-3: the site manager's host endpoint and the host agent's API hold at most 256
@@ -78,12 +88,15 @@ fn sec_3_site_and_host_endpoints_cap_connections_per_client() {
         .expect("chi1 address")
         .to_string();
     for address in [site_endpoint.trim().to_string(), chi1] {
-        let (open, closed) = hold_connections(&address, 300);
+        let (open, closed) = hold_connections(&address, 300, 256);
         assert!(open.len() <= 256, "{address}: {} connections held at once", open.len());
         assert!(open.len() >= 200 && closed >= 44, "{address}: {} held, {closed} refused", open.len());
         drop(open);
-        let (again, refused) = hold_connections(&address, 10);
-        assert_eq!((again.len(), refused), (10, 0), "{address}: the places are given back");
+        // The server frees a place when it sees the connection closed.
+        lab.wait_for("the places given back", std::time::Duration::from_secs(20), || {
+            let (again, refused) = hold_connections(&address, 10, 10);
+            (again.len() == 10 && refused == 0).then_some(())
+        });
     }
     // The hosts kept (or got back) their connection to the site and to the vault's view.
     lab.wait_for("the Chicago host connected", std::time::Duration::from_secs(60), || {

@@ -50,23 +50,15 @@ pub fn serve(
         },
         true,
     )?;
-    let limit = ferry_endpoint::PerClientLimit::new(host.cfg.max_connections_per_client);
+    let max_per_client = host.cfg.max_connections_per_client;
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/vm-actions", post(vm_action))
         .route("/v1/replication", post(replication_action))
         .route("/v1/profile", post(profile_action))
         .with_state(host);
-    // SEC-3: one client address holds at most `max_connections_per_client` connections; slow
-    // or idle clients cannot hold them: headers (and the wait for the next request) within
-    // 30 s, the TLS handshake within axum-server's 10 s.
-    let mut server = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-        .map(|tls| tls.acceptor(limit));
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(ferry_endpoint::HEADER_READ_TIMEOUT);
+    // SEC-3: connections per client address capped, slow or idle clients closed.
+    let server = ferry_endpoint::tls_server(listener, tls, max_per_client, ferry_endpoint::HEADER_READ_TIMEOUT);
     Ok(tokio::spawn(async move {
         if let Err(e) = server.serve(app.into_make_service()).await {
             tracing::error!(error = %e, "host API stopped");

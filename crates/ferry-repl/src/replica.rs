@@ -686,14 +686,21 @@ impl VmReplica {
         let k = cat.points.iter().position(|p| p.id == fp).ok_or_else(|| not_found(&fp))?;
         let newer: Vec<RecoveryPoint> = cat.points.drain(k + 1..).collect();
         self.write_catalog(&cat)?;
-        for p in &newer {
+        self.remove_point_files(newer)
+    }
+
+    /// Delete the layers and manifests of `points`, which the catalogue no longer names (it was
+    /// written first, so a crash in between leaves only unreferenced files, removed on open);
+    /// returns their ids.
+    pub(crate) fn remove_point_files(&self, points: Vec<RecoveryPoint>) -> Result<Vec<String>> {
+        for p in &points {
             for d in &p.disks {
                 let _ = std::fs::remove_file(self.dir.join(&d.file));
             }
             let _ = std::fs::remove_file(manifest::manifest_path(&self.dir, &p.id));
         }
         fsync_dir(&self.dir)?;
-        Ok(newer.into_iter().map(|p| p.id).collect())
+        Ok(points.into_iter().map(|p| p.id).collect())
     }
 
     /// RP-2: apply retention with ferry-core's plan; merges oldest first, never touches points in

@@ -155,18 +155,14 @@ pub async fn start(config: VaultConfig) -> Result<VaultHandle, StartError> {
         .layer(axum::middleware::from_fn_with_state(state.http_metrics.clone(), crate::metrics::track))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(state.config.max_concurrent_requests.max(1)));
     let handle = axum_server::Handle::new();
-    let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    // The TLS handshake has its own limit (10 s, axum-server's default); then every request's
-    // headers, and the wait for the next request on a kept-alive connection, are bounded.
-    // One client address holds at most `max_connections_per_client` connections (SEC-3).
-    let limit = ferry_endpoint::PerClientLimit::new(state.config.max_connections_per_client);
-    let mut server =
-        axum_server::from_tcp_rustls(std_listener, rustls).map(|tls| tls.acceptor(limit)).handle(handle.clone());
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout);
+    // SEC-3: connections per client address capped, slow or idle clients closed.
+    let server = ferry_endpoint::tls_server(
+        std_listener,
+        tls,
+        state.config.max_connections_per_client,
+        state.config.header_read_timeout,
+    )
+    .handle(handle.clone());
     // The client's address reaches handlers (the limit of failed sign-ins is per address).
     let task = tokio::spawn(async move {
         server.serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await

@@ -185,14 +185,7 @@ impl VmReplica {
         }
         let removed: Vec<RecoveryPoint> = cat.points.drain(k..).collect();
         self.write_catalog(&cat)?;
-        for p in &removed {
-            for d in &p.disks {
-                let _ = std::fs::remove_file(self.dir.join(&d.file));
-            }
-            let _ = std::fs::remove_file(manifest::manifest_path(&self.dir, &p.id));
-        }
-        fsync_dir(&self.dir)?;
-        let ids: Vec<String> = removed.into_iter().map(|p| p.id).collect();
+        let ids = self.remove_point_files(removed)?;
         tracing::warn!(vm = %self.vm_id, points = ?ids, reason = %why.join("; "), "Recovery points behind a broken layer set aside; the resync continues from the newest intact point");
         Ok(ids)
     }

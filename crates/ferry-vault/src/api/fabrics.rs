@@ -68,6 +68,11 @@ pub async fn delete_fabric(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Host `host` (id or name) of site `f`'s inventory.
+fn site_host<'a>(f: &'a Fabric, host: &str) -> ApiResult<&'a ferry_types::fabric::Host> {
+    f.inventory.hosts.iter().find(|h| h.id == host || h.name == host).ok_or_else(|| ApiFailure::not_found("Host", host))
+}
+
 /// A host certificate revoked on request (`renewCertificate`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CertificateRenewal {
@@ -89,12 +94,7 @@ pub async fn renew_certificate(
     auth.require(Role::Contributor)?;
     let (v, _) = st.vault(&vault).await?;
     let f = load_fabric(&st, v.id, &fabric).await?.body;
-    let h = f
-        .inventory
-        .hosts
-        .iter()
-        .find(|h| h.id == host || h.name == host)
-        .ok_or_else(|| ApiFailure::not_found("Host", &host))?;
+    let h = site_host(&f, &host)?;
     let cn = crate::jobs::host_cn(f.id, &h.id);
     let Some(revoked) = crate::certificates::revoke_host(&st.store, v.id, f.id, &cn, st.clock.now()).await? else {
         return Err(ApiFailure::conflict(
@@ -266,12 +266,7 @@ pub async fn vm_action(
     auth.require(needed)?;
     let (v, _) = st.vault(&vault).await?;
     let f = load_fabric(&st, v.id, &fabric).await?.body;
-    let h = f
-        .inventory
-        .hosts
-        .iter()
-        .find(|h| h.id == host || h.name == host)
-        .ok_or_else(|| ApiFailure::not_found("Host", &host))?;
+    let h = site_host(&f, &host)?;
     let (op_name, vm_name) = match &action {
         VmAction::Create { definition } => {
             ("CreateVm", definition.get("name").and_then(|n| n.as_str()).unwrap_or("").to_string())
